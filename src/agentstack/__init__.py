@@ -1,0 +1,1 @@
+from agentstack.config import Settings

@@ -1,0 +1,157 @@
+"""`PoolSaver` and `open_saver`: LangGraph checkpoints on a psycopg pool, without a global lock.
+
+langgraph-checkpoint-postgres's `AsyncPostgresSaver` wraps every operation in one
+`asyncio.Lock`, even when it is given a pool (langgraph#7259). Fifty agent threads then
+save one at a time, and each waits out the others' network round trips. `PoolSaver` is
+the same saver (same tables, same SQL, same migrations: checkpoints written by either are
+read by the other) with the lock removed: each operation checks out its own pooled
+connection, so concurrency is bounded by the pool size instead of by one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from psycopg import AsyncCursor
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from agentstack.checkpoint._local_postgres import LocalPostgres
+from agentstack.checkpoint._serde import StrictSerializer
+from agentstack.config import Settings
+from agentstack.errors import CheckpointError, UserError
+
+__all__ = ["PoolSaver", "open_pool", "open_saver", "redact_url"]
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every process that runs setup().
+_SETUP_LOCK_KEY = 0x61676E7473746B  # "agntstk"
+
+CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+
+
+def redact_url(url: str) -> str:
+    """`user@host:port/db` of a Postgres URL, never its password, for messages and logs."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable Postgres URL>"
+    return f"{info.get('user', '')}@{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+class PoolSaver(AsyncPostgresSaver):
+    """`AsyncPostgresSaver` that takes one pooled connection per operation instead of a global lock."""
+
+    conn: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]],
+        *,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        if not isinstance(pool, AsyncConnectionPool):
+            raise UserError(
+                f"PoolSaver needs a psycopg_pool.AsyncConnectionPool, got {type(pool).__name__}",
+                fix="use open_saver(url), or AsyncPostgresSaver for a single connection",
+            )
+        super().__init__(pool, serde=serde if serde is not None else StrictSerializer())
+
+    @asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
+        async with self.conn.connection() as conn:
+            if pipeline:
+                # One round trip for all statements of the operation, and atomic: the
+                # implicit transaction of a pipeline commits or rolls back as a whole.
+                async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    yield cur
+            else:
+                async with conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    yield cur
+
+    async def setup(self) -> None:
+        """Create or migrate the tables; safe when several processes call it at once.
+
+        The stock `setup()` reads the migration version and then applies what is missing,
+        so two processes starting together both try to apply migration 0. A session
+        advisory lock makes the check-then-apply atomic across processes.
+        """
+        async with self.conn.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
+            try:
+                saver = AsyncPostgresSaver(conn, serde=self.serde)
+                await saver.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
+
+
+@asynccontextmanager
+async def open_pool(
+    url: str, *, max_size: int = 20, min_size: int = 2, timeout: float = 15.0
+) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]]:
+    """A pool with the connection settings the savers need, that fails fast with the real reason."""
+    where = redact_url(url)
+    try:
+        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(timeout))
+    except psycopg.Error as exc:
+        raise CheckpointError(
+            f"cannot connect to Postgres at {where}: {str(exc).strip()}",
+            fix="check AGENTSTACK_POSTGRES_URL (host, port, password, database), or unset it to use the "
+            "embedded server",
+        ) from exc
+    await probe.close()
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+        url,
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        kwargs=CONNECTION_KWARGS,
+        open=False,
+        name="agentstack-checkpoints",
+    )
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except PoolTimeout as exc:
+        await pool.close()
+        raise CheckpointError(
+            f"Postgres at {where} accepted a test connection but the pool could not open within {timeout}s",
+            fix="check the server's max_connections and load",
+        ) from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def open_saver(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    allowed_types: Iterable[type | tuple[str, str]] = (),
+    pool_size: int | None = None,
+    setup: bool = True,
+) -> AsyncIterator[PoolSaver]:
+    """Open a `PoolSaver` on its own pool, closed on exit.
+
+    With no `url` and no `settings.postgres_url`, the embedded Postgres under
+    `settings.home` is started (or reused) first. `allowed_types` are the extra classes
+    (your pydantic/dataclass state) that may be loaded back from a checkpoint.
+    """
+    settings = settings if settings is not None else Settings.load()
+    if url is None:
+        url = settings.postgres_url or await LocalPostgres.from_settings(settings).astart()
+    size = pool_size if pool_size is not None else settings.checkpoint_pool_size
+    async with open_pool(url, max_size=size) as pool:
+        saver = PoolSaver(pool, serde=StrictSerializer(allowed_types))
+        if setup:
+            await saver.setup()
+        yield saver
+

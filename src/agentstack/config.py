@@ -1,0 +1,101 @@
+"""`Settings`: the one place agentstack reads the environment.
+
+Everything else receives its configuration as arguments, so a test or an application can
+build any part with explicit values and never be surprised by a stray variable. Sources,
+highest priority first: constructor arguments, `AGENTSTACK_*` environment variables, then
+`agentstack.toml` in the working directory. (No `.env` file: a project's `.env` holds other
+tools' variables too, and strict settings would refuse them.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agentstack.errors import ConfigError
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration with a working local default for every field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTSTACK_",
+        extra="forbid",
+        toml_file="agentstack.toml",
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        default=Path("~/.agentstack"),
+        description="Where agentstack keeps its local state (the embedded Postgres cluster, logs).",
+    )
+    postgres_url: str | None = Field(
+        default=None,
+        description="Postgres to store checkpoints in; unset starts a private server under <home>/pg.",
+    )
+    postgres_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="TCP port of the embedded Postgres on 127.0.0.1; 0 picks a free one.",
+    )
+    postgres_bin_dir: Path | None = Field(
+        default=None,
+        description="Directory holding initdb/pg_ctl/postgres; unset searches PATH and /usr/lib/postgresql.",
+    )
+    checkpoint_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Connections in the checkpoint saver's pool: how many threads save at once.",
+    )
+
+    @field_validator("home", "postgres_bin_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("postgres_url", mode="after")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError(
+                "must start with postgresql:// (for example postgresql://user:pw@host:5432/db); "
+                "unset it to use the embedded server"
+            )
+        return value or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Build settings, turning a validation failure into a `ConfigError` that names the field."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "settings"
+                lines.append(f"{field}: {err['msg']}")
+            raise ConfigError(
+                "invalid agentstack settings: " + "; ".join(lines),
+                fix="correct the AGENTSTACK_<FIELD> environment variable or agentstack.toml entry named above",
+            ) from exc

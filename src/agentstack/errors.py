@@ -1,0 +1,62 @@
+"""One error tree for the whole library.
+
+Every error names the problem and, where there is one, the fix, so a user reading a
+traceback (or the CLI's one-line report) knows what to do next without reading our code.
+`UserError` means "the library was used wrongly or is misconfigured"; the other branches
+mean "something failed while running" and say which layer it came from.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentStackError",
+    "UserError",
+    "ConfigError",
+    "MissingDependencyError",
+    "PostgresServerError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "BackendError",
+    "RetrievalError",
+]
+
+
+class AgentStackError(Exception):
+    """Base of every error agentstack raises on purpose."""
+
+    def __init__(self, problem: str, *, fix: str | None = None) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if fix is None else f"{problem}\n  fix: {fix}")
+
+
+class UserError(AgentStackError):
+    """The library was called wrongly; the message says how to call it."""
+
+
+class ConfigError(UserError):
+    """A setting, file or argument has a value that cannot work."""
+
+
+class MissingDependencyError(UserError):
+    """An optional package or a system program is not installed."""
+
+
+class PostgresServerError(AgentStackError):
+    """The embedded PostgreSQL server could not be initialised, started or reached."""
+
+
+class CheckpointError(AgentStackError):
+    """A checkpoint could not be saved, loaded or pruned."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds a type that is not on the deserialization allow-list."""
+
+
+class BackendError(AgentStackError):
+    """A model server failed to start, answer or stay healthy."""
+
+
+class RetrievalError(AgentStackError):
+    """Ingestion or retrieval failed."""
