@@ -1,5 +1,17 @@
-"""Durable state: the embedded Postgres, savers and retention."""
+"""Durable state: the embedded Postgres, savers on a pool, strict deserialization, retention."""
 
 from agentstack.checkpoint._local_postgres import LocalPostgres, PostgresStatus, find_postgres_binaries
+from agentstack.checkpoint._saver import PoolSaver, open_pool, open_saver, redact_url
+from agentstack.checkpoint._serde import DEFAULT_ALLOWED_TYPES, StrictSerializer
 
-__all__ = ["LocalPostgres", "PostgresStatus", "find_postgres_binaries"]
+__all__ = [
+    "DEFAULT_ALLOWED_TYPES",
+    "LocalPostgres",
+    "PoolSaver",
+    "PostgresStatus",
+    "StrictSerializer",
+    "find_postgres_binaries",
+    "open_pool",
+    "open_saver",
+    "redact_url",
+]
