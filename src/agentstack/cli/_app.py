@@ -1,0 +1,187 @@
+"""Typer application: `agentstack doctor | db ... | threads ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agentstack.checkpoint import (
+    LocalPostgres,
+    delete_thread,
+    list_threads,
+    open_saver,
+    parse_duration,
+    prune_thread,
+    redact_url,
+)
+from agentstack.cli._doctor import run_checks
+from agentstack.config import Settings
+from agentstack.errors import AgentStackError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="agentstack: production agents on LangGraph.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The embedded PostgreSQL server (used when AGENTSTACK_POSTGRES_URL is unset).")
+threads_app = typer.Typer(help="Checkpointed threads: list, prune history, delete.")
+app.add_typer(db_app, name="db")
+app.add_typer(threads_app, name="threads")
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(func: F) -> F:
+    """Turn an `AgentStackError` into a two-line report and exit code 1 instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AgentStackError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(exc.problem)}")
+            if exc.fix:
+                err_console.print(f"[bold]fix:[/] {escape(exc.fix)}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+# -- doctor ------------------------------------------------------------------------------------
+@app.command()
+@reports_errors
+def doctor() -> None:
+    """Check Python, PostgreSQL, GPUs, model backends and Milvus Lite; exit 1 if an essential is missing."""
+    settings = Settings.load()
+    checks = run_checks(settings)
+    table = Table(title="agentstack doctor", show_lines=False)
+    for column in ("", "check", "found", "fix"):
+        table.add_column(column)
+    for check in checks:
+        mark = "[green]ok[/]" if check.ok else ("[red]MISSING[/]" if check.essential else "[yellow]optional[/]")
+        table.add_row(mark, check.name, escape(check.detail), escape(check.fix or ""))
+    console.print(table)
+    if any(c.essential and not c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+# -- db ----------------------------------------------------------------------------------------
+def _local_postgres() -> LocalPostgres:
+    return LocalPostgres.from_settings(Settings.load())
+
+
+@db_app.command("start")
+@reports_errors
+def db_start() -> None:
+    """Initialise (first time) and start the embedded server; print its URL."""
+    url = _local_postgres().start()
+    console.print(f"running: {redact_url(url)}")
+
+
+@db_app.command("stop")
+@reports_errors
+def db_stop() -> None:
+    """Stop the embedded server (fast shutdown; data is kept)."""
+    stopped = _local_postgres().stop()
+    console.print("stopped" if stopped else "was not running")
+
+
+@db_app.command("status")
+@reports_errors
+def db_status() -> None:
+    """Whether the embedded server runs, where its data lives, and its port. Exit 3 if not running."""
+    status = _local_postgres().status()
+    console.print(f"data:    {status.data_dir} ({'initialised' if status.initialised else 'not initialised'})")
+    if status.running:
+        console.print(f"running: pid {status.pid}, port {status.port}")
+    else:
+        console.print("not running")
+        raise typer.Exit(3)
+
+
+@db_app.command("url")
+@reports_errors
+def db_url() -> None:
+    """Print the URL of the running embedded server, password included (for psql or AGENTSTACK_POSTGRES_URL)."""
+    print(_local_postgres().url)
+
+
+# -- threads -----------------------------------------------------------------------------------
+async def _with_pool(action: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    # Through open_saver so the tables exist (setup is idempotent) even before any graph ran.
+    async with open_saver(pool_size=2) as saver:
+        return await action(saver.conn)
+
+
+@threads_app.command("list")
+@reports_errors
+def threads_list(limit: Annotated[int, typer.Option(help="Show at most this many threads.")] = 50) -> None:
+    """Threads with checkpoints, most recently saved first."""
+    threads = _run(_with_pool(lambda pool: list_threads(pool, limit=limit)))
+    table = Table(title=f"{len(threads)} thread(s)")
+    for column in ("thread", "checkpoints", "namespaces", "last saved"):
+        table.add_column(column)
+    for t in threads:
+        saved = t.last_saved.isoformat(timespec="seconds") if t.last_saved else "-"
+        table.add_row(t.thread_id, str(t.checkpoints), str(t.namespaces), saved)
+    console.print(table)
+
+
+@threads_app.command("prune")
+@reports_errors
+def threads_prune(
+    thread_ids: Annotated[list[str] | None, typer.Argument(help="Threads to prune (or --all).")] = None,
+    all_threads: Annotated[bool, typer.Option("--all", help="Prune every thread.")] = False,
+    keep_last: Annotated[int | None, typer.Option(help="Keep the newest N checkpoints per namespace.")] = None,
+    older_than: Annotated[str | None, typer.Option(help="Delete checkpoints older than this: 30m, 12h, 7d, 2w.")] = None,
+) -> None:
+    """Delete old checkpoints; the newest of each thread always stays, so resume still works."""
+    if bool(thread_ids) == all_threads:
+        raise typer.BadParameter("name the threads to prune, or pass --all (not both)")
+    if keep_last is None and older_than is None:
+        raise typer.BadParameter("say what to delete: --keep-last N and/or --older-than 7d")
+    age = parse_duration(older_than) if older_than else None
+
+    async def action(pool: Any) -> list[Any]:
+        targets = thread_ids or [t.thread_id for t in await list_threads(pool, limit=1_000_000)]
+        return [await prune_thread(pool, t, keep_last=keep_last, older_than=age) for t in targets]
+
+    for result in _run(_with_pool(action)):
+        console.print(
+            f"{result.thread_id}: deleted {result.checkpoints_deleted} checkpoint(s), {result.writes_deleted} "
+            f"write(s), {result.blobs_deleted} blob(s); kept {result.checkpoints_kept}"
+        )
+
+
+@threads_app.command("delete")
+@reports_errors
+def threads_delete(
+    thread_id: Annotated[str, typer.Argument(help="The thread to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a thread's whole history."""
+    if not yes:
+        typer.confirm(f"Delete every checkpoint of thread {thread_id!r}?", abort=True)
+    deleted = _run(_with_pool(lambda pool: delete_thread(pool, thread_id)))
+    console.print(f"deleted {deleted} checkpoint(s) of {thread_id}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,89 @@
+"""`agentstack doctor`: what this machine has, what is missing, and how to get it."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import psycopg
+
+from agentstack.checkpoint import find_postgres_binaries, redact_url
+from agentstack.config import Settings
+from agentstack.errors import MissingDependencyError
+from agentstack.serving import gpu_inventory
+
+__all__ = ["Check", "run_checks"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    essential: bool = False
+
+
+def _python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    ok = sys.version_info >= (3, 11)
+    return Check("Python", ok, version, None if ok else "install Python 3.11 or newer", essential=True)
+
+
+def _postgres(settings: Settings) -> Check:
+    if settings.postgres_url:
+        where = redact_url(settings.postgres_url)
+        try:
+            with psycopg.connect(settings.postgres_url, connect_timeout=5) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+            return Check("PostgreSQL", True, f"{where} (server {version[0] if version else '?'})", essential=True)
+        except psycopg.Error as exc:
+            return Check(
+                "PostgreSQL", False, f"{where}: {str(exc).strip()}",
+                "check AGENTSTACK_POSTGRES_URL, or unset it to use the embedded server", essential=True,
+            )
+    try:
+        bin_dir = find_postgres_binaries(settings.postgres_bin_dir)
+    except MissingDependencyError as exc:
+        return Check("PostgreSQL", False, exc.problem, exc.fix, essential=True)
+    version = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    return Check("PostgreSQL", True, f"embedded server from {bin_dir} ({version})", essential=True)
+
+
+def _gpus() -> Check:
+    gpus = gpu_inventory()
+    if not gpus:
+        return Check("GPUs (NVML)", True, "none found: CPU backends only (llama.cpp)")
+    lines = [f"#{g.index} {g.name}, {g.free_bytes / 2**30:.1f} of {g.total_bytes / 2**30:.1f} GiB free" for g in gpus]
+    return Check("GPUs (NVML)", True, f"driver {gpus[0].driver}; " + "; ".join(lines))
+
+
+def _backends() -> Check:
+    found = []
+    if shutil.which("vllm") or importlib.util.find_spec("vllm"):
+        found.append("vLLM")
+    if importlib.util.find_spec("sglang"):
+        found.append("SGLang")
+    if shutil.which("llama-server"):
+        found.append("llama.cpp (llama-server)")
+    elif importlib.util.find_spec("llama_cpp"):
+        found.append("llama.cpp (llama-cpp-python)")
+    if found:
+        return Check("Model backends", True, ", ".join(found))
+    return Check(
+        "Model backends", False, "no vLLM, SGLang or llama.cpp server installed",
+        "pip install 'agentstack[gpu]' for vLLM on a GPU machine; the llama.cpp CPU backend comes with the model fleet",
+    )
+
+
+def _milvus_lite() -> Check:
+    if importlib.util.find_spec("milvus_lite"):
+        return Check("Milvus Lite", True, "installed")
+    return Check("Milvus Lite", False, "not installed (needed for local retrieval)", "pip install 'agentstack[local]'")
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [_python(), _postgres(settings), _gpus(), _backends(), _milvus_lite()]
