@@ -201,6 +201,16 @@ class LocalPostgres:
             url=self._url() if pid is not None else None,
         )
 
+    def destroy(self) -> None:
+        """Stop the server and delete the cluster and everything in it (tests, `db` resets)."""
+        self.stop()
+        with self._locked():
+            link = self.home / "pg"
+            target = self.root
+            shutil.rmtree(target, ignore_errors=True)
+            if link.is_symlink():
+                link.unlink()
+
     @property
     def url(self) -> str:
         """The URL of the running server; raises if it is not running."""
