@@ -40,7 +40,9 @@ CheckpointRow = tuple[str, str, str, str | None, Jsonb, Jsonb]
 _MAX_OPERATIONS_PER_BATCH = 500
 
 _WRITES_COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob"
-_WRITES_ARRAYS = "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::bytea[]"
+_WRITES_ARRAYS = (
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::bytea[]"
+)
 _WRITES_KEY = "(thread_id, checkpoint_ns, checkpoint_id, task_id, idx)"
 
 # One INSERT per kind of row; a batch sends those it has rows for, chained as data-modifying
@@ -101,9 +103,7 @@ class _Batch:
 class GroupCommitter:
     """Queue checkpoint rows from many coroutines and commit them in shared statements."""
 
-    def __init__(
-        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]], *, max_in_flight: int = 4
-    ) -> None:
+    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]], *, max_in_flight: int = 4) -> None:
         self._pool = pool
         self._max_in_flight = max_in_flight
         self._queued: deque[_Batch] = deque()
@@ -177,9 +177,9 @@ class GroupCommitter:
         except BaseException as exc:
             for waiter in batch.waiters:
                 if not waiter.done():
-                    waiter.set_exception(exc if isinstance(exc, Exception) else RuntimeError(
-                        f"checkpoint write abandoned: {exc!r}"
-                    ))
+                    waiter.set_exception(
+                        exc if isinstance(exc, Exception) else RuntimeError(f"checkpoint write abandoned: {exc!r}")
+                    )
             if not isinstance(exc, Exception):
                 raise
         else:

@@ -176,8 +176,7 @@ class LocalPostgres:
             if self._server_pid() is None:
                 return False
             result = self._run(
-                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
-                 "-t", str(int(timeout)), "stop"],
+                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(int(timeout)), "stop"],
                 check=False,
             )
             if result.returncode != 0 and self._server_pid() is not None:
@@ -215,9 +214,7 @@ class LocalPostgres:
     def url(self) -> str:
         """The URL of the running server; raises if it is not running."""
         if self._server_pid() is None:
-            raise PostgresServerError(
-                "the embedded PostgreSQL server is not running", fix="run `agentstack db start`"
-            )
+            raise PostgresServerError("the embedded PostgreSQL server is not running", fix="run `agentstack db start`")
         return self._url()
 
     async def astart(self) -> str:
@@ -248,8 +245,14 @@ class LocalPostgres:
     def _run(self, argv: list[str], *, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         env.pop("PGDATA", None)
-        result = subprocess.run(  # noqa: S603 - argv is built from our own binaries
-            argv, capture_output=True, text=True, env=env, cwd="/", **self._user_kwargs(), **kwargs  # type: ignore[arg-type]
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd="/",
+            **self._user_kwargs(),
+            **kwargs,  # type: ignore[arg-type]
         )
         if check and result.returncode != 0:
             raise PostgresServerError(
@@ -279,9 +282,13 @@ class LocalPostgres:
 
     @staticmethod
     def _reachable_by(user: pwd.struct_passwd, directory: Path) -> bool:
-        probe = subprocess.run(  # noqa: S603
+        probe = subprocess.run(
             ["/bin/sh", "-c", 'cd "$1"', "sh", str(directory)],
-            user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True, check=False,
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=[],
+            capture_output=True,
+            check=False,
         )
         return probe.returncode == 0
 
@@ -320,11 +327,23 @@ class LocalPostgres:
             os.chown(pwfile, user.pw_uid, user.pw_gid)
         pwfile.chmod(0o600)
         try:
-            self._run([
-                self._bin("initdb"), "-D", str(staging), "-U", _USER, "--pwfile", str(pwfile),
-                "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                "-E", "UTF8", "--locale=C", "--no-instructions",
-            ])
+            self._run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(staging),
+                    "-U",
+                    _USER,
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ]
+            )
         except PostgresServerError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -432,8 +451,17 @@ class LocalPostgres:
             self._write_server_conf(port)
             self._port_file.write_text(str(port))
             result = self._run(
-                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w",
-                 "-t", str(int(self.start_timeout)), "start"],
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    str(int(self.start_timeout)),
+                    "start",
+                ],
                 check=False,
                 start_new_session=True,  # the server must not die with our terminal or process group
             )

@@ -76,9 +76,7 @@ async def list_threads(pool: Pool, *, limit: int = 100) -> list[ThreadSummary]:
             (limit,),
         )
         rows = await cur.fetchall()
-    return [
-        ThreadSummary(r["thread_id"], r["checkpoints"], r["namespaces"], _timestamp(r["last_saved"])) for r in rows
-    ]
+    return [ThreadSummary(r["thread_id"], r["checkpoints"], r["namespaces"], _timestamp(r["last_saved"])) for r in rows]
 
 
 async def delete_thread(pool: Pool, thread_id: str) -> int:

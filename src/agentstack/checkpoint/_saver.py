@@ -11,6 +11,7 @@ checkpoints share one statement and one round trip instead of queueing behind ea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -26,8 +27,8 @@ from langgraph.checkpoint.base import (
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncCursor
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process that runs setup().
 _SETUP_LOCK_KEY = 0x61676E7473746B  # "agntstk"
+
 
 def _needs_blob(value: Any) -> bool:
     """The stock rule: primitives stay inline in the checkpoint row, everything else is a blob."""
@@ -122,7 +124,9 @@ class PoolSaver(AsyncPostgresSaver):
                 Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
             ),
         )
-        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint["id"]}}
+        return {
+            "configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint["id"]}
+        }
 
     async def aput_writes(
         self,
@@ -172,7 +176,13 @@ class PoolSaver(AsyncPostgresSaver):
         advisory lock makes the check-then-apply atomic across processes.
         """
         async with self.conn.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
+            # Poll with short transactions rather than block in pg_advisory_lock(): a blocked
+            # call is an open transaction, and the migrations' CREATE INDEX CONCURRENTLY in
+            # the lock holder waits for every open transaction to end: a deadlock.
+            while not (
+                await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_SETUP_LOCK_KEY,))).fetchone() or {}
+            ).get("ok"):
+                await asyncio.sleep(0.05)
             try:
                 saver = AsyncPostgresSaver(conn, serde=self.serde)
                 await saver.setup()
@@ -244,4 +254,3 @@ async def open_saver(
             yield saver
         finally:
             await saver.drain()
-

@@ -70,8 +70,8 @@ class StrictSerializer(JsonPlusSerializer):
 
     def __init__(self, allowed_types: Iterable[type | tuple[str, str]] = ()) -> None:
         self.allowed_types: frozenset[TypeKey] = DEFAULT_ALLOWED_TYPES | {type_key(t) for t in allowed_types}
-        allowed_hook = JsonPlusSerializer(allowed_msgpack_modules=tuple(self.allowed_types))._unpack_ext_hook
-        super().__init__(allowed_msgpack_modules=None, __unpack_ext_hook__=self._checking_hook(allowed_hook))
+        self._allowed_hook = JsonPlusSerializer(allowed_msgpack_modules=tuple(self.allowed_types))._unpack_ext_hook
+        super().__init__(allowed_msgpack_modules=None, __unpack_ext_hook__=self._checking_hook([]))
 
     def with_allowed(self, extra: Iterable[type | tuple[str, str]]) -> StrictSerializer:
         """A copy that also allows `extra`."""
@@ -86,9 +86,17 @@ class StrictSerializer(JsonPlusSerializer):
             return self
         return self.with_allowed(keys)
 
-    def _checking_hook(self, allowed_hook: Callable[[int, bytes], Any]) -> Callable[[int, bytes], Any]:
+    def _checking_hook(self, refusals: list[UnsafeCheckpointError]) -> Callable[[int, bytes], Any]:
+        """An ext hook that checks before constructing; refusals are also recorded in `refusals`
+        because ormsgpack replaces any exception from a hook with a bare "ext_hook failed"."""
         allowed = self.allowed_types
+        allowed_hook = self._allowed_hook
         safe_methods = lg_msgpack.SAFE_MSGPACK_METHODS
+
+        def refuse(module: str, name: str) -> UnsafeCheckpointError:
+            error = _refusal(module, name)
+            refusals.append(error)
+            return error
 
         def hook(code: int, data: bytes) -> Any:
             if code in _CONSTRUCTOR_CODES or code == EXT_METHOD_SINGLE_ARG:
@@ -98,9 +106,9 @@ class StrictSerializer(JsonPlusSerializer):
                 module, name = str(tup[0]), str(tup[1])
                 if code == EXT_METHOD_SINGLE_ARG:
                     if (module, name, str(tup[3])) not in safe_methods:
-                        raise _refusal(module, f"{name}.{tup[3]}")
+                        raise refuse(module, f"{name}.{tup[3]}")
                 elif (module, name) not in allowed:
-                    raise _refusal(module, name)
+                    raise refuse(module, name)
             return allowed_hook(code, data)
 
         return hook
@@ -114,6 +122,16 @@ class StrictSerializer(JsonPlusSerializer):
             )
         if kind == "json":
             return json.loads(payload, object_hook=self._checked_reviver)
+        if kind == "msgpack":
+            refusals: list[UnsafeCheckpointError] = []
+            try:
+                return ormsgpack.unpackb(
+                    payload, ext_hook=self._checking_hook(refusals), option=ormsgpack.OPT_NON_STR_KEYS
+                )
+            except ValueError:
+                if refusals:
+                    raise refusals[0] from None
+                raise
         return super().loads_typed(data)
 
     def _checked_reviver(self, value: dict[str, Any]) -> Any:

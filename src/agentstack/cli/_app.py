@@ -150,7 +150,9 @@ def threads_prune(
     thread_ids: Annotated[list[str] | None, typer.Argument(help="Threads to prune (or --all).")] = None,
     all_threads: Annotated[bool, typer.Option("--all", help="Prune every thread.")] = False,
     keep_last: Annotated[int | None, typer.Option(help="Keep the newest N checkpoints per namespace.")] = None,
-    older_than: Annotated[str | None, typer.Option(help="Delete checkpoints older than this: 30m, 12h, 7d, 2w.")] = None,
+    older_than: Annotated[
+        str | None, typer.Option(help="Delete checkpoints older than this: 30m, 12h, 7d, 2w.")
+    ] = None,
 ) -> None:
     """Delete old checkpoints; the newest of each thread always stays, so resume still works."""
     if bool(thread_ids) == all_threads:

@@ -42,8 +42,11 @@ def _postgres(settings: Settings) -> Check:
             return Check("PostgreSQL", True, f"{where} (server {version[0] if version else '?'})", essential=True)
         except psycopg.Error as exc:
             return Check(
-                "PostgreSQL", False, f"{where}: {str(exc).strip()}",
-                "check AGENTSTACK_POSTGRES_URL, or unset it to use the embedded server", essential=True,
+                "PostgreSQL",
+                False,
+                f"{where}: {str(exc).strip()}",
+                "check AGENTSTACK_POSTGRES_URL, or unset it to use the embedded server",
+                essential=True,
             )
     try:
         bin_dir = find_postgres_binaries(settings.postgres_bin_dir)
@@ -74,7 +77,9 @@ def _backends() -> Check:
     if found:
         return Check("Model backends", True, ", ".join(found))
     return Check(
-        "Model backends", False, "no vLLM, SGLang or llama.cpp server installed",
+        "Model backends",
+        False,
+        "no vLLM, SGLang or llama.cpp server installed",
         "pip install 'agentstack[gpu]' for vLLM on a GPU machine; the llama.cpp CPU backend comes with the model fleet",
     )
 

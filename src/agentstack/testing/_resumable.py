@@ -29,7 +29,9 @@ class ResumeReport:
     final_state: dict[str, Any]
 
 
-async def _run_until(graph: Pregel, payload: Any, config: dict[str, Any], stop_after_step: int | None) -> list[tuple[int, str]]:
+async def _run_until(
+    graph: Pregel, payload: Any, config: dict[str, Any], stop_after_step: int | None
+) -> list[tuple[int, str]]:
     """Run (or resume); cancel once the checkpoint of `stop_after_step` is out. Returns (step, node) of tasks started."""
     started: list[tuple[int, str]] = []
     reached = asyncio.Event()

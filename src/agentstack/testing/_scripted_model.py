@@ -192,9 +192,14 @@ def _chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
                 content="",
                 id=message.id,
                 tool_call_chunks=[
-                    {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i, "type": "tool_call_chunk"}
+                    {
+                        "name": c["name"],
+                        "args": json.dumps(c["args"]),
+                        "id": c["id"],
+                        "index": i,
+                        "type": "tool_call_chunk",
+                    }
                     for i, c in enumerate(message.tool_calls)
                 ],
             )
         )
-

@@ -1,0 +1,17 @@
+"""Shared test setup: the agentstack pytest plugin is loaded through its entry point."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentstack.config import Settings
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    """Settings isolated from the developer's own ~/.agentstack and environment."""
+    for name in list(__import__("os").environ):
+        if name.startswith("AGENTSTACK_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENTSTACK_HOME", str(tmp_path / "home"))
+    return Settings.load()
