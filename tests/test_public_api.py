@@ -1,0 +1,95 @@
+"""The public surface is deliberate: exactly these names, each importable and documented."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import agentstack
+
+EXPECTED = {
+    "agentstack": {
+        "AgentStackError",
+        "BackendError",
+        "CheckpointError",
+        "ConfigError",
+        "GpuInfo",
+        "LocalPostgres",
+        "MissingDependencyError",
+        "PoolSaver",
+        "PostgresServerError",
+        "PruneResult",
+        "RetrievalError",
+        "Settings",
+        "StrictSerializer",
+        "ThreadSummary",
+        "UnsafeCheckpointError",
+        "UserError",
+        "delete_thread",
+        "gpu_inventory",
+        "list_threads",
+        "open_saver",
+        "prune_thread",
+    },
+    "agentstack.checkpoint": {
+        "DEFAULT_ALLOWED_TYPES",
+        "LocalPostgres",
+        "PoolSaver",
+        "PostgresStatus",
+        "PruneResult",
+        "StrictSerializer",
+        "ThreadSummary",
+        "delete_thread",
+        "find_postgres_binaries",
+        "list_threads",
+        "open_pool",
+        "open_saver",
+        "parse_duration",
+        "prune_thread",
+        "redact_url",
+    },
+    "agentstack.testing": {
+        "ResumeReport",
+        "ScriptExhaustedError",
+        "ScriptedChatModel",
+        "TestPostgres",
+        "check_resumable",
+    },
+    "agentstack.serving": {"GpuInfo", "gpu_inventory"},
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPECTED))
+def test_exports(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert set(module.__all__) == EXPECTED[module_name]
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if callable(obj):
+            assert obj.__doc__, f"{module_name}.{name} has no docstring"
+
+
+def test_errors_form_one_tree_and_carry_their_fix() -> None:
+    for name in ("ConfigError", "MissingDependencyError", "PostgresServerError", "CheckpointError", "BackendError"):
+        assert issubclass(getattr(agentstack, name), agentstack.AgentStackError)
+    assert issubclass(agentstack.ConfigError, agentstack.UserError)
+    error = agentstack.ConfigError("port is taken", fix="pick another")
+    assert str(error) == "port is taken\n  fix: pick another"
+
+
+def test_settings_errors_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTSTACK_POSTGRES_PORT", "99999")
+    with pytest.raises(agentstack.ConfigError, match="postgres_port"):
+        agentstack.Settings.load()
+    monkeypatch.setenv("AGENTSTACK_POSTGRES_PORT", "0")
+    monkeypatch.setenv("AGENTSTACK_POSTGRES_URL", "mysql://x")
+    with pytest.raises(agentstack.ConfigError, match="postgres_url"):
+        agentstack.Settings.load()
+
+
+def test_settings_reject_unknown_keys_in_toml(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "agentstack.toml").write_text('home = "/tmp/x"\npostgres_prot = 5\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(agentstack.ConfigError, match="postgres_prot"):
+        agentstack.Settings.load()
