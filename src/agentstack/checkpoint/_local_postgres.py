@@ -255,8 +255,9 @@ class LocalPostgres:
             **kwargs,  # type: ignore[arg-type]
         )
         if check and result.returncode != 0:
+            output = result.stderr.strip() or result.stdout.strip()
             raise PostgresServerError(
-                f"{Path(argv[0]).name} failed (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}",
+                f"{Path(argv[0]).name} failed (exit {result.returncode}): {output}",
                 fix=f"see {self.log_file} for the server's own log",
             )
         return result

@@ -179,9 +179,7 @@ class PoolSaver(AsyncPostgresSaver):
             # Poll with short transactions rather than block in pg_advisory_lock(): a blocked
             # call is an open transaction, and the migrations' CREATE INDEX CONCURRENTLY in
             # the lock holder waits for every open transaction to end: a deadlock.
-            while not (
-                await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_SETUP_LOCK_KEY,))).fetchone() or {}
-            ).get("ok"):
+            while not await _try_lock(conn, _SETUP_LOCK_KEY):  # noqa: ASYNC110 - the holder is another process
                 await asyncio.sleep(0.05)
             try:
                 saver = AsyncPostgresSaver(conn, serde=self.serde)
@@ -190,14 +188,19 @@ class PoolSaver(AsyncPostgresSaver):
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
 
 
+async def _try_lock(conn: psycopg.AsyncConnection[DictRow], key: int) -> bool:
+    row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,))).fetchone()
+    return bool(row and row["ok"])
+
+
 @asynccontextmanager
 async def open_pool(
-    url: str, *, max_size: int = 20, min_size: int = 2, timeout: float = 15.0
+    url: str, *, max_size: int = 20, min_size: int = 2, connect_timeout: float = 15.0
 ) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]]:
     """A pool with the connection settings the savers need, that fails fast with the real reason."""
     where = redact_url(url)
     try:
-        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(timeout))
+        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(connect_timeout))
     except psycopg.Error as exc:
         raise CheckpointError(
             f"cannot connect to Postgres at {where}: {str(exc).strip()}",
@@ -214,11 +217,11 @@ async def open_pool(
         name="agentstack-checkpoints",
     )
     try:
-        await pool.open(wait=True, timeout=timeout)
+        await pool.open(wait=True, timeout=connect_timeout)
     except PoolTimeout as exc:
         await pool.close()
         raise CheckpointError(
-            f"Postgres at {where} accepted a test connection but the pool could not open within {timeout}s",
+            f"Postgres at {where} accepted a test connection but the pool could not open within {connect_timeout}s",
             fix="check the server's max_connections and load",
         ) from exc
     try:

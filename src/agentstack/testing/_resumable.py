@@ -32,7 +32,10 @@ class ResumeReport:
 async def _run_until(
     graph: Pregel, payload: Any, config: dict[str, Any], stop_after_step: int | None
 ) -> list[tuple[int, str]]:
-    """Run (or resume); cancel once the checkpoint of `stop_after_step` is out. Returns (step, node) of tasks started."""
+    """Run (or resume); cancel once the checkpoint of `stop_after_step` is out.
+
+    Returns (step, node) of every task started.
+    """
     started: list[tuple[int, str]] = []
     reached = asyncio.Event()
 

@@ -30,7 +30,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr
 
 from agentstack.errors import UserError
 
@@ -49,7 +49,7 @@ class ScriptExhaustedError(UserError):
 class ScriptedChatModel(BaseChatModel):
     """A chat model that answers from a script (see the module docstring)."""
 
-    replies: list[Any] = []
+    replies: list[Any] = Field(default_factory=list)
     responder: Any = None  # Responder | None; pydantic cannot validate a callable's signature
 
     _cursor: int = PrivateAttr(default=0)
