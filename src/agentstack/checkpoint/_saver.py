@@ -150,7 +150,7 @@ class PoolSaver(AsyncPostgresSaver):
             # Row by row, a later write to the same special channel replaced the earlier one;
             # one statement may not touch a row twice, so keep the last of each index.
             rows = list({row[5]: row for row in rows}.values())
-        keys: set[Hashable] = {("write", *row[:5]) for row in rows}
+        keys: set[Hashable] = {("write", *row[:4], row[5]) for row in rows}  # the table's primary key
         if upsert:
             await self._committer.submit(keys=keys, upserted_writes=rows)
         else:
@@ -160,8 +160,8 @@ class PoolSaver(AsyncPostgresSaver):
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
         async with self.conn.connection() as conn:
             if pipeline:
-                # One round trip for all statements of the operation, and atomic: the
-                # implicit transaction of a pipeline commits or rolls back as a whole.
+                # As the stock saver does: the statements of one operation in one round trip
+                # (used by the inherited methods this class does not override, e.g. delete).
                 async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
                     yield cur
             else:
