@@ -51,7 +51,7 @@ _SETUP_LOCK_KEY = 0x61676E7473746B  # "agntstk"
 
 def _needs_blob(value: Any) -> bool:
     """The stock rule: primitives stay inline in the checkpoint row, everything else is a blob."""
-    return not (value is None or isinstance(value, (str, int, float, bool))) or isinstance(value, _DeltaSnapshot)
+    return not (value is None or isinstance(value, (str, int, float, bool)))
 
 
 CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
@@ -125,7 +125,7 @@ class PoolSaver(AsyncPostgresSaver):
             ),
         )
         return {
-            "configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint["id"]}
+            "configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id}
         }
 
     async def aput_writes(

@@ -71,7 +71,7 @@ class StrictSerializer(JsonPlusSerializer):
     def __init__(self, allowed_types: Iterable[type | tuple[str, str]] = ()) -> None:
         self.allowed_types: frozenset[TypeKey] = DEFAULT_ALLOWED_TYPES | {type_key(t) for t in allowed_types}
         self._allowed_hook = JsonPlusSerializer(allowed_msgpack_modules=tuple(self.allowed_types))._unpack_ext_hook
-        super().__init__(allowed_msgpack_modules=None, __unpack_ext_hook__=self._checking_hook([]))
+        super().__init__(allowed_msgpack_modules=None, __unpack_ext_hook__=self._checking_hook(None))
 
     def with_allowed(self, extra: Iterable[type | tuple[str, str]]) -> StrictSerializer:
         """A copy that also allows `extra`."""
@@ -86,7 +86,7 @@ class StrictSerializer(JsonPlusSerializer):
             return self
         return self.with_allowed(keys)
 
-    def _checking_hook(self, refusals: list[UnsafeCheckpointError]) -> Callable[[int, bytes], Any]:
+    def _checking_hook(self, refusals: list[UnsafeCheckpointError] | None) -> Callable[[int, bytes], Any]:
         """An ext hook that checks before constructing; refusals are also recorded in `refusals`
         because ormsgpack replaces any exception from a hook with a bare "ext_hook failed"."""
         allowed = self.allowed_types
@@ -95,7 +95,8 @@ class StrictSerializer(JsonPlusSerializer):
 
         def refuse(module: str, name: str) -> UnsafeCheckpointError:
             error = _refusal(module, name)
-            refusals.append(error)
+            if refusals is not None:
+                refusals.append(error)
             return error
 
         def hook(code: int, data: bytes) -> Any:

@@ -60,10 +60,6 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
-
-
 # -- doctor ------------------------------------------------------------------------------------
 @app.command()
 @reports_errors
@@ -134,7 +130,7 @@ async def _with_pool(action: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
 @reports_errors
 def threads_list(limit: Annotated[int, typer.Option(help="Show at most this many threads.")] = 50) -> None:
     """Threads with checkpoints, most recently saved first."""
-    threads = _run(_with_pool(lambda pool: list_threads(pool, limit=limit)))
+    threads = asyncio.run(_with_pool(lambda pool: list_threads(pool, limit=limit)))
     table = Table(title=f"{len(threads)} thread(s)")
     for column in ("thread", "checkpoints", "namespaces", "last saved"):
         table.add_column(column)
@@ -165,7 +161,7 @@ def threads_prune(
         targets = thread_ids or [t.thread_id for t in await list_threads(pool, limit=1_000_000)]
         return [await prune_thread(pool, t, keep_last=keep_last, older_than=age) for t in targets]
 
-    for result in _run(_with_pool(action)):
+    for result in asyncio.run(_with_pool(action)):
         console.print(
             f"{result.thread_id}: deleted {result.checkpoints_deleted} checkpoint(s), {result.writes_deleted} "
             f"write(s), {result.blobs_deleted} blob(s); kept {result.checkpoints_kept}"
@@ -181,7 +177,7 @@ def threads_delete(
     """Delete a thread's whole history."""
     if not yes:
         typer.confirm(f"Delete every checkpoint of thread {thread_id!r}?", abort=True)
-    deleted = _run(_with_pool(lambda pool: delete_thread(pool, thread_id)))
+    deleted = asyncio.run(_with_pool(lambda pool: delete_thread(pool, thread_id)))
     console.print(f"deleted {deleted} checkpoint(s) of {thread_id}")
 
 
