@@ -59,7 +59,16 @@ class Settings(BaseSettings):
         description="Connections in the checkpoint saver's pool: how many threads save at once.",
     )
 
-    @field_validator("home", "postgres_bin_dir", mode="after")
+    fleet: Path | None = Field(
+        default=None,
+        description="Fleet spec (YAML) that `Fleet.from_settings` serves; unset: serving/cpu-tiny.yaml.",
+    )
+    llama_server: Path | None = Field(
+        default=None,
+        description="llama.cpp's llama-server binary; unset: next to Python, then PATH, then <home>/bin.",
+    )
+
+    @field_validator("home", "postgres_bin_dir", "fleet", "llama_server", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()

@@ -1,10 +1,12 @@
-"""Typer application: `agentstack doctor | db ... | threads ...`."""
+"""Typer application: `agentstack doctor | db ... | threads ... | serve | build-llama-server`."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -22,8 +24,10 @@ from agentstack.checkpoint import (
     redact_url,
 )
 from agentstack.cli._doctor import run_checks
+from agentstack.cli._serve import serve_fleet
 from agentstack.config import Settings
 from agentstack.errors import AgentStackError
+from agentstack.serving import Fleet, FleetSpec, build_llama_server, default_fleet_spec
 
 __all__ = ["app", "main"]
 
@@ -179,6 +183,38 @@ def threads_delete(
         typer.confirm(f"Delete every checkpoint of thread {thread_id!r}?", abort=True)
     deleted = asyncio.run(_with_pool(lambda pool: delete_thread(pool, thread_id)))
     console.print(f"deleted {deleted} checkpoint(s) of {thread_id}")
+
+
+# -- model fleet -------------------------------------------------------------------------------
+@app.command("build-llama-server")
+@reports_errors
+def build_llama_server_cmd(
+    into: Annotated[
+        Path | None, typer.Option(help="Directory for the binary; default: next to this Python, where it is found.")
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="Keep a copy here, reused by later builds.")] = Path(
+        "~/.cache/agentstack"
+    ),
+) -> None:
+    """Build llama.cpp's llama-server from its PyPI source package (about 10 minutes; needs cmake and a C++ compiler)."""
+    target = build_llama_server(
+        into or Path(sys.executable).parent, cache_dir=cache.expanduser(), log=lambda line: console.print(escape(line))
+    )
+    console.print(f"built {target}")
+
+
+@app.command()
+@reports_errors
+def serve(
+    spec: Annotated[Path | None, typer.Argument(help="Fleet spec (YAML); default: AGENTSTACK_FLEET or cpu-tiny.")] = None,
+    host: Annotated[str | None, typer.Option(help="Gateway address; default: the spec's host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Gateway port; default: the spec's port.")] = None,
+) -> None:
+    """Launch a model fleet and serve it as one OpenAI-compatible endpoint, with a live status table."""
+    settings = Settings.load()
+    fleet_spec = FleetSpec.from_yaml(spec or settings.fleet or default_fleet_spec())
+    fleet = Fleet(fleet_spec, home=settings.home, llama_server=settings.llama_server)
+    asyncio.run(serve_fleet(fleet, host or fleet_spec.host, fleet_spec.port if port is None else port, console))
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import psycopg
 from agentstack.checkpoint import find_postgres_binaries, redact_url
 from agentstack.config import Settings
 from agentstack.errors import MissingDependencyError
-from agentstack.serving import gpu_inventory
+from agentstack.serving import find_llama_server, gpu_inventory
 
 __all__ = ["Check", "run_checks"]
 
@@ -64,23 +64,23 @@ def _gpus() -> Check:
     return Check("GPUs (NVML)", True, f"driver {gpus[0].driver}; " + "; ".join(lines))
 
 
-def _backends() -> Check:
+def _backends(settings: Settings) -> Check:
     found = []
     if shutil.which("vllm") or importlib.util.find_spec("vllm"):
         found.append("vLLM")
     if importlib.util.find_spec("sglang"):
         found.append("SGLang")
-    if shutil.which("llama-server"):
-        found.append("llama.cpp (llama-server)")
-    elif importlib.util.find_spec("llama_cpp"):
-        found.append("llama.cpp (llama-cpp-python)")
+    try:
+        found.append(f"llama.cpp ({find_llama_server(settings.llama_server, home=settings.home)})")
+    except MissingDependencyError:
+        pass
     if found:
         return Check("Model backends", True, ", ".join(found))
     return Check(
         "Model backends",
         False,
         "no vLLM, SGLang or llama.cpp server installed",
-        "pip install 'agentstack[gpu]' for vLLM on a GPU machine; the llama.cpp CPU backend comes with the model fleet",
+        "`agentstack build-llama-server` for the CPU backend; pip install 'agentstack[gpu]' for vLLM on a GPU machine",
     )
 
 
@@ -91,4 +91,4 @@ def _milvus_lite() -> Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_python(), _postgres(settings), _gpus(), _backends(), _milvus_lite()]
+    return [_python(), _postgres(settings), _gpus(), _backends(settings), _milvus_lite()]

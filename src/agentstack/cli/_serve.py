@@ -1,0 +1,101 @@
+"""`agentstack serve`: start a fleet, put the gateway in front, show a live table, stop cleanly.
+
+Signals are ours, not uvicorn's: SIGINT/SIGTERM set one event, which aborts a start in progress
+or ends serving, and the fleet then drains and stops its servers. (uvicorn re-raises captured
+signals when it returns, which would interrupt that drain.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from agentstack.errors import ConfigError
+from agentstack.serving import Fleet, gateway_server
+
+__all__ = ["serve_fleet"]
+
+T = TypeVar("T")
+
+
+def status_table(fleet: Fleet, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("replica", "backend", "state", "pid", "url", "in flight", "served", "restarts"):
+        table.add_column(column)
+    backends = {s.name: s.backend for s in fleet.spec.models}
+    for r in fleet.replicas:
+        colour = {"ready": "green", "failed": "red", "restarting": "yellow"}.get(r.state.value, "cyan")
+        table.add_row(
+            r.label, backends[r.model], f"[{colour}]{r.state.value}[/]", str(r.pid or "-"), r.base_url,
+            str(r.outstanding), str(r.served), str(r.restarts),
+        )
+    return table
+
+
+async def serve_fleet(fleet: Fleet, host: str, port: int, console: Console) -> None:
+    _check_port_free(host, port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = f"http://{host}:{port}/v1"
+    phase = "starting models"
+    with Live(status_table(fleet, phase), console=console, refresh_per_second=2) as live:
+
+        async def refresh() -> None:
+            while True:
+                live.update(status_table(fleet, f"agentstack fleet · {url} · {phase} · Ctrl-C stops"))
+                await asyncio.sleep(0.5)
+
+        refresher = asyncio.create_task(refresh())
+        try:
+            started = await _unless_stopped(fleet.start(), stop)
+            if started is None:
+                return
+            server = gateway_server(fleet, host, port)
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+            phase = "serving"
+            serving = asyncio.create_task(server.serve())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            server.should_exit = True  # uvicorn stops accepting, finishes open responses, returns
+            await serving
+        finally:
+            phase = "stopping (draining requests)"
+            await fleet.stop()
+            refresher.cancel()
+            live.update(status_table(fleet, "agentstack fleet · stopped"))
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """Run `work` until it finishes or `stop` is set (then cancel it and return None)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"the gateway cannot listen on {host}:{port}: {exc.strerror}", fix="pass another --port, or stop what uses it"
+            ) from exc

@@ -1,0 +1,94 @@
+"""The OpenAI-compatible gateway (`agentstack serve`): the fleet's router behind one port.
+
+Requests are passed through byte for byte (streams stay streams) by the same `Router` Python
+callers use, so a curl user and a LangGraph node get the same routing, failover and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from agentstack.serving._fleet import Fleet
+from agentstack.serving._replica import ReplicaState
+from agentstack.serving._router import THREAD_HEADER
+
+__all__ = ["gateway_app", "gateway_server"]
+
+_FORWARD_REQUEST = ("content-type", "accept", THREAD_HEADER)
+_FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
+
+
+def gateway_app(fleet: Fleet) -> Starlette:
+    client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
+    created = int(time.time())
+
+    async def proxy(request: Request) -> Response:
+        body = await request.body()
+        headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
+        upstream_request = client.build_request(request.method, request.url.path, content=body, headers=headers)
+        try:
+            upstream = await client.send(upstream_request, stream=True)
+        except httpx.HTTPError as exc:
+            message = f"every replica failed: {type(exc).__name__}: {exc}"
+            return JSONResponse({"error": {"message": message, "type": "agentstack_router", "code": "bad_gateway"}}, 502)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:  # also on client disconnect, so the replica's slot is released
+                await upstream.aclose()
+
+        kept = {k: v for k in _FORWARD_RESPONSE if (v := upstream.headers.get(k)) is not None}
+        return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
+
+    async def models(_: Request) -> Response:
+        data = []
+        for spec in fleet.spec.models:
+            entry = {"id": spec.name, "object": "model", "created": created, "owned_by": "agentstack"}
+            data.append({**entry, "backend": spec.backend, "task": spec.task})
+            data += [{**entry, "id": a.name, "parent": spec.name, "task": spec.task} for a in spec.lora]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(_: Request) -> Response:
+        ready = {s.name: 0 for s in fleet.spec.models}
+        for replica in fleet.replicas:
+            ready[replica.model] += replica.state is ReplicaState.READY
+        status = 200 if ready and all(ready.values()) else 503
+        return JSONResponse({"status": "ok" if status == 200 else "degraded", "ready_replicas": ready}, status)
+
+    async def metrics(_: Request) -> Response:
+        return Response(fleet.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    routes = [
+        Route(path, proxy, methods=["POST"])
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/rerank")
+    ]
+    routes += [
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def gateway_server(fleet: Fleet, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
+    config = uvicorn.Config(gateway_app(fleet), host=host, port=port, log_level="warning", lifespan="on")
+    return uvicorn.Server(config)
+

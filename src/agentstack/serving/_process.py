@@ -1,0 +1,168 @@
+"""Server processes: own process group, logs to a file, startup against health *and* exit code.
+
+Each server gets its own session (so a terminal's Ctrl-C reaches the fleet, which drains, not the
+servers) and its output goes straight to a per-replica log file: no pipe for a chatty server to
+fill, and the last lines are at hand when it dies. A `Watchdog` outside our process kills the
+groups if we are killed before we can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from agentstack.errors import BackendError, MissingDependencyError
+from agentstack.serving._backends import LaunchCommand
+
+__all__ = ["ServerProcess", "Watchdog"]
+
+_WATCHDOG = Path(__file__).with_name("_watchdog.py")
+
+
+class Watchdog:
+    """A tiny sidecar process that outlives us by a few seconds, long enough to kill our servers."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, str(_WATCHDOG)], stdin=subprocess.PIPE, text=True, start_new_session=True, close_fds=True
+        )
+
+    def _send(self, line: str) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+    def close(self) -> None:
+        """Normal shutdown: every group was forgotten, so EOF makes the watchdog exit quietly."""
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+class ServerProcess:
+    """One launch of one server; a restart is a new `start()` on the same object."""
+
+    def __init__(self, label: str, command: LaunchCommand, log_path: Path, watchdog: Watchdog) -> None:
+        self.label = label
+        self.command = command
+        self.log_path = log_path
+        self._watchdog = watchdog
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.returncode
+
+    async def start(self) -> None:
+        program = _which(self.command.argv[0])
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n==> {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command.argv)}\n".encode())
+            log.flush()
+            self._proc = await asyncio.create_subprocess_exec(
+                program,
+                *self.command.argv[1:],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.command.env},
+                start_new_session=True,
+            )
+        self._watchdog.watch(self._proc.pid)
+
+    async def wait(self) -> int:
+        """Wait for the leader to exit (a crash, when nobody called `stop`)."""
+        assert self._proc is not None
+        return await self._proc.wait()
+
+    async def wait_ready(self, is_ready: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+        """Return once `is_ready()` holds; fail at once if the server exits, or at the deadline."""
+        assert self._proc is not None
+        exited = asyncio.ensure_future(self._proc.wait())
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if exited.done():
+                    raise BackendError(
+                        f"{self.label} exited with code {exited.result()} while starting; its last log lines "
+                        f"({self.log_path}):\n{self.tail()}",
+                        fix="correct the problem the log shows (model path, memory, flags) and start again",
+                    )
+                if await is_ready():
+                    return
+                if time.monotonic() > deadline:
+                    await self.stop(grace_s=5)
+                    raise BackendError(
+                        f"{self.label} was not healthy within {timeout_s:.0f}s; its last log lines:\n{self.tail()}",
+                        fix="raise startup_timeout_s for a large model, or fix the problem the log shows",
+                    )
+                await asyncio.wait([exited], timeout=0.25)
+        finally:
+            exited.cancel()
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM the whole group, SIGKILL what is left after grace_s, and reap."""
+        proc = self._proc
+        if proc is None:
+            return
+        pgid = proc.pid
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=grace_s)
+        except TimeoutError:
+            pass
+        _signal_group(pgid, signal.SIGKILL)  # also any worker the leader left behind
+        await proc.wait()
+        self._watchdog.forget(pgid)
+
+    def kill(self) -> None:
+        """SIGKILL the group now (tests and the reliability bench use it to simulate a crash)."""
+        if self._proc is not None:
+            _signal_group(self._proc.pid, signal.SIGKILL)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _which(program: str) -> str:
+    if os.sep in program:
+        return program
+    found = shutil.which(program, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        hint = {"vllm": "pip install 'agentstack[gpu]' (vLLM 0.33)"}.get(program, f"install {program}")
+        raise MissingDependencyError(f"the server program {program!r} is not installed", fix=hint)
+    return found

@@ -1,0 +1,205 @@
+"""GPU placement on recorded NVML inventories, and the exact command lines each backend generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentstack.errors import ConfigError, MissingDependencyError
+from agentstack.serving import (
+    FleetSpec,
+    GpuInfo,
+    LlamaCppBackend,
+    Placement,
+    SglangBackend,
+    VllmBackend,
+    place,
+)
+
+GIB = 1024**3
+SPECS = Path(__file__).parents[1] / "serving"
+
+
+def gpu(index: int, free_gib: float, total_gib: float = 79.2, name: str = "NVIDIA H100 80GB HBM3") -> GpuInfo:
+    # Shape recorded on the lent H100: 79.2 GiB total and free when idle, cc 9.0, driver 580.159.04.
+    return GpuInfo(index, name, f"GPU-{index}", int(total_gib * GIB), int(free_gib * GIB), (9, 0), "580.159.04")
+
+
+H100 = [gpu(0, 79.2)]
+FOUR_H100 = [gpu(i, 79.2) for i in range(4)]
+
+
+def fleet(*models: dict[str, object]) -> FleetSpec:
+    return FleetSpec.from_data({"models": list(models)})
+
+
+def vllm(name: str, memory: float, **extra: object) -> dict[str, object]:
+    return {"name": name, "backend": "vllm", "model": f"org/{name}", "memory_gib": memory, **extra}
+
+
+def test_multi_model_spec_packs_on_one_h100() -> None:
+    placements = place(FleetSpec.from_yaml(SPECS / "h100-multi.yaml"), H100)
+    assert [(p.model, p.gpus, p.bytes_per_gpu // GIB) for p in placements] == [
+        ("chat", (0,), 48),
+        ("embed", (0,), 8),
+        ("rerank", (0,), 8),
+    ]
+    chat = placements[0]
+    assert chat.memory_fraction == pytest.approx(48 / 79.2, abs=0.001)
+    assert chat.memory_fraction <= 48 / 79.2  # rounded down: never more than the budget
+
+
+def test_best_fit_decreasing_is_deterministic_and_keeps_room_for_big_models() -> None:
+    inventory = [gpu(0, 79.2), gpu(1, 30.0)]
+    spec = fleet(vllm("small", 20), vllm("big", 70))
+    first = place(spec, inventory)
+    assert first == place(spec, inventory)
+    by_model = {p.model: p.gpus for p in first}
+    # "big" goes first (largest); "small" then takes the tighter GPU 1 rather than the rest of GPU 0.
+    assert by_model == {"big": (0,), "small": (1,)}
+
+
+def test_tensor_parallel_replicas_get_distinct_gpus() -> None:
+    spec = fleet(vllm("tp", 120, gpus_per_replica=2, replicas=2))
+    placements = place(spec, FOUR_H100)
+    assert [p.gpus for p in placements] == [(0, 1), (2, 3)]
+    assert all(p.bytes_per_gpu == 60 * GIB for p in placements)
+    assert placements[0].env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}
+
+
+def test_a_spec_that_does_not_fit_names_gpu_free_memory_and_need() -> None:
+    busy = [gpu(0, 30.0)]
+    with pytest.raises(ConfigError) as info:
+        place(fleet(vllm("chat", 40)), busy)
+    message = str(info.value)
+    assert "model 'chat' replica 0 needs 40.0 GiB" in message
+    assert "GPU 0 (NVIDIA H100 80GB HBM3): 30.0 GiB free" in message
+    with pytest.raises(ConfigError, match="replica 1 needs 50.0 GiB"):
+        place(fleet(vllm("chat", 50, replicas=2)), H100)
+    with pytest.raises(ConfigError, match="needs 2 GPUs per replica; this machine has 1"):
+        place(fleet(vllm("chat", 50, gpus_per_replica=2)), H100)
+
+
+def test_gpu_only_spec_without_gpu_says_so() -> None:
+    with pytest.raises(ConfigError, match="NVML found no NVIDIA GPU on this machine") as info:
+        place(fleet(vllm("chat", 20)), [])
+    assert "backend: llamacpp" in str(info.value)
+
+
+def test_memory_is_estimated_from_local_weights_or_required(tmp_path: Path) -> None:
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"\0" * 1000)
+    spec = fleet({"name": "local", "backend": "vllm", "model": str(weights)})
+    (p,) = place(spec, H100, weights_bytes=lambda s: 8 * GIB)
+    assert p.bytes_per_gpu == 12 * GIB  # 8 GiB * 1.25 + 2 GiB
+    (p,) = place(spec, H100)
+    assert p.bytes_per_gpu == 1250 + 2 * GIB
+    with pytest.raises(ConfigError, match="set memory_gib for 'hub'"):
+        place(fleet({"name": "hub", "backend": "vllm", "model": "org/hub"}), H100)
+
+
+def test_cpu_replicas_split_the_cores() -> None:
+    spec = FleetSpec.from_yaml(SPECS / "cpu-tiny.yaml")
+    assert [(p.gpus, p.threads) for p in place(spec, [], cpu_count=8)] == [((), 4), ((), 4)]
+    assert [p.threads for p in place(spec, [], cpu_count=1)] == [1, 1]
+    assert place(spec, [])[0].env["CUDA_VISIBLE_DEVICES"] == ""  # a CUDA build must not grab a GPU
+
+
+# -- command lines -----------------------------------------------------------------------------
+
+GPU0 = Placement("m", 0, gpus=(0,), bytes_per_gpu=36 * GIB, memory_fraction=0.454)
+
+
+def test_vllm_llama_8b_with_lora_and_tools() -> None:
+    spec = FleetSpec.from_yaml(SPECS / "h100-llama-8b.yaml").models[0]
+    command = VllmBackend().command(spec, GPU0, host="127.0.0.1", port=8001)
+    assert command.argv == [
+        "vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1", "--port", "8001",
+        "--served-model-name", "llama-8b", "--tensor-parallel-size", "1",
+        "--gpu-memory-utilization", "0.454",
+        "--max-model-len", "32768", "--enable-prefix-caching",
+        "--enable-lora", "--max-loras", "2",
+        "--lora-modules", "llama-8b-sql=/models/lora/llama-8b-sql", "llama-8b-support=/models/lora/llama-8b-support",
+        "--max-lora-rank", "32",
+        "--enable-auto-tool-choice", "--tool-call-parser", "llama3_json",
+    ]  # fmt: skip
+    assert command.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}
+
+
+def test_vllm_pooling_models_kv_bytes_and_extras() -> None:
+    spec = fleet(
+        vllm("embed", 10, task="embed", prefix_caching=False),
+        vllm("rr", 10, task="rerank"),
+        vllm("kv", 40, gpus_per_replica=2, kv_cache_gib=8, extra_args=["--seed", "1"], env={"VLLM_LOGGING_LEVEL": "INFO"}),
+    ).models
+    embed = VllmBackend().command(spec[0], GPU0, host="h", port=1).argv
+    assert embed[-5:] == ["--no-enable-prefix-caching", "--runner", "pooling", "--convert", "embed"]
+    assert VllmBackend().command(spec[1], GPU0, host="h", port=1).argv[-2:] == ["--convert", "classify"]
+    tp = Placement("kv", 0, gpus=(2, 3), bytes_per_gpu=20 * GIB, memory_fraction=0.252)
+    kv = VllmBackend().command(spec[2], tp, host="h", port=1)
+    assert kv.argv[kv.argv.index("--kv-cache-memory-bytes") + 1] == str(4 * GIB)  # per GPU
+    assert kv.argv[kv.argv.index("--tensor-parallel-size") + 1] == "2"
+    assert kv.argv[-2:] == ["--seed", "1"]
+    assert kv.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "2,3", "VLLM_LOGGING_LEVEL": "INFO"}
+    assert "guided_json" not in str(VllmBackend().structured_output({"type": "object"}))
+
+
+def test_sglang_command() -> None:
+    spec = FleetSpec.from_yaml(SPECS / "h100-sglang-qwen.yaml").models[0]
+    placement = Placement("qwen-7b", 0, gpus=(0,), bytes_per_gpu=64 * GIB, memory_fraction=0.808)
+    command = SglangBackend(python="/venv/bin/python").command(spec, placement, host="127.0.0.1", port=30001)
+    assert command.argv == [
+        "/venv/bin/python", "-m", "sglang.launch_server", "--model-path", "Qwen/Qwen2.5-7B-Instruct",
+        "--host", "127.0.0.1", "--port", "30001", "--served-model-name", "qwen-7b", "--tp-size", "1",
+        "--mem-fraction-static", "0.808", "--enable-metrics", "--context-length", "32768",
+        "--tool-call-parser", "qwen25",
+    ]  # fmt: skip
+    lora = fleet(
+        {"name": "s", "backend": "sglang", "model": "m", "memory_gib": 9, "prefix_caching": False, "task": "embed"},
+        {"name": "l", "backend": "sglang", "model": "m", "memory_gib": 9, "lora": [{"name": "a", "path": "/a"}]},
+    ).models
+    embed = SglangBackend(python="py").command(lora[0], placement, host="h", port=1).argv
+    assert embed[-2:] == ["--disable-radix-cache", "--is-embedding"]
+    assert SglangBackend(python="py").command(lora[1], placement, host="h", port=1).argv[-5:] == [
+        "--enable-lora", "--max-loras-per-batch", "1", "--lora-paths", "a=/a"
+    ]
+
+
+def test_llamacpp_command(tmp_path: Path) -> None:
+    server = tmp_path / "llama-server"
+    server.write_text("#!/bin/sh\n")
+    server.chmod(0o755)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    backend = LlamaCppBackend(server=server, models_dir=tmp_path / "models")
+    spec = fleet(
+        {"name": "tiny", "backend": "llamacpp", "model": str(gguf), "max_context": 2048, "parallel": 2},
+        {"name": "emb", "backend": "llamacpp", "model": str(gguf), "task": "embed", "gpus_per_replica": 1},
+    ).models
+    cpu = Placement("tiny", 0, threads=3)
+    command = backend.command(spec[0], cpu, host="127.0.0.1", port=9000)
+    assert command.argv == [
+        str(server), "--model", str(gguf), "--host", "127.0.0.1", "--port", "9000", "--alias", "tiny",
+        "--ctx-size", "4096", "--parallel", "2", "--metrics", "--no-webui",
+        "--threads", "3", "--threads-http", "3", "--n-gpu-layers", "0", "--jinja",
+    ]  # fmt: skip
+    assert command.env["CUDA_VISIBLE_DEVICES"] == ""
+    gpu_cmd = backend.command(spec[1], Placement("emb", 0, gpus=(1,), bytes_per_gpu=GIB), host="h", port=1)
+    assert gpu_cmd.argv[-5:] == ["--n-gpu-layers", "999", "--embeddings", "--pooling", "mean"]
+    assert gpu_cmd.env["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_llamacpp_missing_model_and_server_are_explained(tmp_path: Path) -> None:
+    spec = fleet({"name": "tiny", "backend": "llamacpp", "model": str(tmp_path / "nope.gguf")}).models[0]
+    server = tmp_path / "llama-server"
+    server.write_text("")
+    server.chmod(0o755)
+    with pytest.raises(ConfigError, match="is not a file"):
+        LlamaCppBackend(server=server, models_dir=tmp_path).command(spec, Placement("tiny", 0), host="h", port=1)
+    missing = fleet({"name": "tiny", "backend": "llamacpp", "model": "pypi:no-such-gguf-package"}).models[0]
+    with pytest.raises(MissingDependencyError, match="pip install no-such-gguf-package"):
+        LlamaCppBackend(server=server, models_dir=tmp_path).command(missing, Placement("tiny", 0), host="h", port=1)
+    with pytest.raises(MissingDependencyError, match="not an executable file"):
+        LlamaCppBackend(server=tmp_path / "x", models_dir=tmp_path).command(spec, Placement("t", 0), host="h", port=1)
