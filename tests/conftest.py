@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agentstack.config import Settings
@@ -15,3 +17,9 @@ def settings(tmp_path, monkeypatch) -> Settings:
             monkeypatch.delenv(name)
     monkeypatch.setenv("AGENTSTACK_HOME", str(tmp_path / "home"))
     return Settings.load()
+
+
+@pytest.fixture(scope="session")
+def fleet_home(tmp_path_factory) -> Path:
+    """One agentstack home for every fleet test: the GGUF model is assembled into it once."""
+    return tmp_path_factory.mktemp("fleet-home")

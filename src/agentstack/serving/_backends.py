@@ -100,6 +100,8 @@ class VllmBackend(Backend):
                 argv += ["--max-lora-rank", str(spec.max_lora_rank)]
         if spec.tool_call_parser:
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
+        if spec.chat_template:
+            argv += ["--chat-template", spec.chat_template]
         return LaunchCommand(argv + spec.extra_args, self._env(spec, placement))
 
 
@@ -137,6 +139,8 @@ class SglangBackend(Backend):
                 argv += ["--max-lora-rank", str(spec.max_lora_rank)]
         if spec.tool_call_parser:
             argv += ["--tool-call-parser", spec.tool_call_parser]
+        if spec.chat_template:
+            argv += ["--chat-template", spec.chat_template]
         return LaunchCommand(argv + spec.extra_args, self._env(spec, placement))
 
 
@@ -177,6 +181,8 @@ class LlamaCppBackend(Backend):
             argv += ["--reranking"]
         else:
             argv.append("--jinja")  # chat templates with tool calls
+            if spec.chat_template:
+                argv += ["--chat-template-file", spec.chat_template]
         return LaunchCommand(argv + spec.extra_args, self._env(spec, placement))
 
 

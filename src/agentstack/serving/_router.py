@@ -228,7 +228,7 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
 
     def _exhausted(self, request: httpx.Request, model: str, last: httpx.Response | Exception | None) -> httpx.Response:
         if isinstance(last, httpx.Response):
-            return httpx.Response(last.status_code, headers=last.headers, content=last.content)
+            return httpx.Response(last.status_code, headers=last.headers, stream=httpx.ByteStream(last.content))
         if isinstance(last, Exception):
             raise last
         states = ", ".join(f"{r.label}: {r.state.value}" for r in self._pools[self._aliases.get(model, model)])
@@ -281,5 +281,9 @@ def _langgraph_thread() -> str | None:
 
 
 def _error(status: int, message: str, code: str) -> httpx.Response:
-    """An OpenAI-shaped error, so SDKs raise their usual exception with our message."""
-    return httpx.Response(status, json={"error": {"message": message, "type": "agentstack_router", "code": code}})
+    """An OpenAI-shaped error, so SDKs raise their usual exception with our message.
+
+    Built on a stream (not `json=`), so callers can read it like any upstream response, raw or not.
+    """
+    body = json.dumps({"error": {"message": message, "type": "agentstack_router", "code": code}}).encode()
+    return httpx.Response(status, headers={"content-type": "application/json"}, stream=httpx.ByteStream(body))

@@ -60,6 +60,9 @@ class ModelSpec(_Strict):
     lora: list[LoraAdapter] = Field(default_factory=list)
     max_lora_rank: int | None = Field(default=None, ge=1, le=512)
     tool_call_parser: str | None = None
+    chat_template: str | None = Field(
+        default=None, description="A Jinja chat template file replacing the model's own; relative to the spec file."
+    )
     threads: int | None = Field(default=None, ge=1, le=1024, description="llamacpp on CPU: threads per replica.")
     parallel: int | None = Field(default=None, ge=1, le=256, description="llamacpp: request slots per replica.")
     fallback: Name | None = Field(default=None, description="Another model of this fleet to use when all replicas fail.")
@@ -85,8 +88,10 @@ class ModelSpec(_Strict):
             for field in ("memory_gib", "kv_cache_gib", "gpus_per_replica", "threads", "parallel", "max_context"):
                 if field in self.model_fields_set:
                     refuse.append(f"{field}: an external server's resources are its own; remove {field}")
-            if self.lora or self.extra_args or self.env or self.tool_call_parser:
-                refuse.append("lora/extra_args/env/tool_call_parser: agentstack does not launch external servers")
+            if self.lora or self.extra_args or self.env or self.tool_call_parser or self.chat_template:
+                refuse.append(
+                    "lora/extra_args/env/tool_call_parser/chat_template: agentstack does not launch external servers"
+                )
         else:
             if self.urls:
                 refuse.append(f"urls: only external models take urls; backend {self.backend} is launched by the fleet")
@@ -165,6 +170,11 @@ class FleetSpec(_Strict):
             raise ConfigError(f"cannot read fleet spec {path}: {exc.strerror}", fix="check the path") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"fleet spec {path} is not valid YAML: {exc}", fix="correct the YAML syntax") from exc
+        if isinstance(data, dict) and isinstance(data.get("models"), list):
+            for model in data["models"]:
+                template = model.get("chat_template") if isinstance(model, dict) else None
+                if isinstance(template, str) and not Path(template).expanduser().is_absolute():
+                    model["chat_template"] = str((path.parent / template).resolve())
         return cls.from_data(data, source=str(path))
 
     @classmethod

@@ -1,0 +1,38 @@
+"""Shared pieces of the fleet tests: the CPU spec with overrides, and process checks."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import yaml
+
+from agentstack.serving import FleetSpec, default_fleet_spec
+
+MODEL = "gemma-270m"
+
+
+def tiny_spec(*, fleet: dict[str, Any] | None = None, **model: Any) -> FleetSpec:
+    """serving/cpu-tiny.yaml (Gemma 270M on llama.cpp, two replicas) with overrides."""
+    path = default_fleet_spec()
+    data = yaml.safe_load(path.read_text())
+    data["models"][0]["chat_template"] = str(path.parent / data["models"][0]["chat_template"])
+    data["models"][0].update(model)
+    data.update(fleet or {})
+    return FleetSpec.from_data(data)
+
+
+def alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
