@@ -164,7 +164,7 @@ async def test_gateway_speaks_openai_and_prometheus(fleet: Fleet) -> None:
     server.capture_signals = __import__("contextlib").nullcontext  # type: ignore[method-assign]
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag)
             await asyncio.sleep(0.05)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             models = (await client.get("/v1/models")).json()

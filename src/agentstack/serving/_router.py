@@ -6,7 +6,7 @@ the request's `model` picks the pool, then
 - affinity: a LangGraph thread goes back to the replica that served it, where its growing prompt
   is still in the prefix cache, unless that replica has `max_imbalance` more requests in flight
   than the idlest one;
-- otherwise least outstanding requests, ties taken in turn;
+- otherwise least outstanding requests, ties taken in turn (or plain round-robin, for comparison);
 - failover on connection errors and 5xx, to the pool's other replicas, then the fallback model;
 - circuit breaking: a replica that failed `threshold` times in a row is skipped for a cooldown.
 
@@ -22,6 +22,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Literal
 
 import httpx
 from langchain_core.runnables.config import var_child_runnable_config
@@ -45,6 +46,8 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         aliases: Mapping[str, str] | None = None,
         metrics: FleetMetrics | None = None,
         max_imbalance: int = 4,
+        affinity: bool = True,
+        balance: Literal["least_outstanding", "round_robin"] = "least_outstanding",
         affinity_capacity: int = 100_000,
     ) -> None:
         self._pools = pools
@@ -52,6 +55,8 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self._aliases = dict(aliases or {})  # LoRA adapter name -> base model whose replicas serve it
         self._metrics = metrics
         self._max_imbalance = max_imbalance
+        self._use_affinity = affinity
+        self._balance = balance
         self._affinity: OrderedDict[str, Replica] = OrderedDict()
         self._affinity_capacity = affinity_capacity
         self._turn = itertools.count()
@@ -69,8 +74,10 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         ready = [r for r in pool if r.accepts(now)]
         if ready:
             turn = next(self._turn) % len(ready)
-            ready = sorted(ready[turn:] + ready[:turn], key=lambda r: r.outstanding)
-            sticky = self._affinity.get(thread) if thread else None
+            ready = ready[turn:] + ready[:turn]
+            if self._balance == "least_outstanding":
+                ready.sort(key=lambda r: r.outstanding)
+            sticky = self._affinity.get(thread) if thread and self._use_affinity else None
             if sticky in ready and sticky is not ready[0]:
                 assert sticky is not None
                 if sticky.outstanding <= ready[0].outstanding + self._max_imbalance:
@@ -79,7 +86,9 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         plan: list[tuple[Replica, str | None]] = [(r, None) for r in ready]
         fallback = self._fallbacks.get(self._aliases.get(model, model))
         if fallback:
-            plan += [(r, fallback) for r in sorted(self._pools[fallback], key=lambda r: r.outstanding) if r.accepts(now)]
+            plan += [
+                (r, fallback) for r in sorted(self._pools[fallback], key=lambda r: r.outstanding) if r.accepts(now)
+            ]
         if not plan:  # every breaker is open: a trial request beats a certain failure
             plan = [(r, None) for r in pool if r.state is ReplicaState.READY]
         return plan
@@ -183,7 +192,7 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
             payload = None
         model = payload.get("model") if isinstance(payload, dict) else None
         if not isinstance(model, str):
-            return _error(400, "the request body must be a JSON object with a \"model\" field", "invalid_request")
+            return _error(400, 'the request body must be a JSON object with a "model" field', "invalid_request")
         if model not in self._pools and model not in self._aliases:
             served = ", ".join(sorted([*self._pools, *self._aliases]))
             return _error(404, f"model {model!r} is not served by this fleet; it serves: {served}", "model_not_found")

@@ -65,7 +65,9 @@ class ModelSpec(_Strict):
     )
     threads: int | None = Field(default=None, ge=1, le=1024, description="llamacpp on CPU: threads per replica.")
     parallel: int | None = Field(default=None, ge=1, le=256, description="llamacpp: request slots per replica.")
-    fallback: Name | None = Field(default=None, description="Another model of this fleet to use when all replicas fail.")
+    fallback: Name | None = Field(
+        default=None, description="Another model of this fleet to use when all replicas fail."
+    )
     startup_timeout_s: float = Field(default=900.0, gt=0, le=24 * 3600)
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)

@@ -7,6 +7,7 @@ registered group gets SIGTERM, then SIGKILL after a grace period. PR_SET_PDEATHS
 only the direct child; vLLM and SGLang start worker processes of their own, all in its group.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -27,10 +28,8 @@ def _alive(pgid: int) -> bool:
 
 def _kill(groups: set[int], sig: int) -> None:
     for pgid in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def main() -> None:

@@ -62,4 +62,3 @@ def _walk(node: object) -> list[str]:
         else:
             found.append(str(child))
     return found
-

@@ -1,0 +1,120 @@
+"""Thread affinity versus round-robin on two llama.cpp replicas, with a multi-turn agent workload.
+
+Each thread is an agent loop whose prompt grows turn by turn (a system prompt, a document
+chunk per turn, and its own earlier answers), so a replica that served the thread's previous turn
+already holds its prefix in llama-server's prompt cache. Both policies go through the same router:
+affinity (the default: a thread sticks to its replica) and plain round-robin. Streams measure
+time to first token; throughput counts completion tokens over the wall time of the whole workload.
+Ends with one JSON line; above 1 means affinity wins.
+
+    python bench/affinity.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+import httpx
+from _fleet import MODEL, cpu_fleet
+
+from agentstack.serving import THREAD_HEADER, Router
+
+SYSTEM = "You are a research agent. Read each new document, keep notes, answer briefly. " * 4
+DOC_WORDS = 400  # a tool result per turn: large next to the answer, as in agent loops
+WORDS = ("retrieval", "checkpoint", "replica", "gradient", "protein", "latency", "cache", "graph", "token", "vector")
+
+
+def document(thread: int, turn: int) -> str:
+    words = [WORDS[(thread * 7 + turn * 3 + i) % len(WORDS)] for i in range(DOC_WORDS)]
+    return f"Document {turn} of thread {thread}: " + " ".join(words)
+
+
+async def run_turn(client: httpx.AsyncClient, thread: int, messages: list[dict[str, str]]) -> tuple[float, int, str]:
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": 16,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    ttft, tokens, text = None, 0, []
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers={THREAD_HEADER: f"t{thread}"}) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices", []):
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    ttft = ttft if ttft is not None else time.perf_counter() - started
+                    text.append(piece)
+    return (ttft if ttft is not None else time.perf_counter() - started), tokens, "".join(text)
+
+
+async def workload(
+    client: httpx.AsyncClient, threads: int, turns: int, session: str
+) -> tuple[list[float], int, float]:
+    ttfts: list[float] = []
+    tokens = 0
+
+    async def agent(thread: int) -> None:
+        nonlocal tokens
+        # A prefix unique to this run: no run may hit prompts that an earlier run left in a cache.
+        messages = [{"role": "system", "content": f"Session {session}, agent {thread}. {SYSTEM}"}]
+        for turn in range(turns):
+            messages.append({"role": "user", "content": document(thread, turn) + "\nNote the key word:"})
+            ttft, n, text = await run_turn(client, thread, messages)
+            messages.append({"role": "assistant", "content": text})
+            ttfts.append(ttft)
+            tokens += n
+
+    started = time.perf_counter()
+    await asyncio.gather(*(agent(t) for t in range(threads)))
+    return ttfts, tokens, time.perf_counter() - started
+
+
+async def main(threads: int, turns: int, rounds: int) -> dict[str, float]:
+    # One core per replica; 4 slots each, so the 2 x 4 slots can hold every thread's prefix.
+    async with cpu_fleet(replicas=2, threads=1, parallel=4, max_context=4096) as fleet:
+        pools = {MODEL: fleet.replicas}
+        policies = {
+            "affinity": Router(pools),
+            "rr": Router(pools, affinity=False, balance="round_robin"),
+        }
+        results: dict[str, dict[str, list[float]]] = {p: {"ttft": [], "tps": []} for p in policies}
+        for round_ in range(rounds):
+            order = list(policies) if round_ % 2 == 0 else list(reversed(policies))
+            for name in order:
+                async with httpx.AsyncClient(transport=policies[name], base_url="http://fleet", timeout=300) as c:
+                    ttfts, tokens, wall = await workload(c, threads, turns, f"{name}-{round_}")
+                results[name]["ttft"] += ttfts
+                results[name]["tps"].append(tokens / wall)
+                print(
+                    f"round {round_} {name:8s}: mean TTFT {statistics.mean(ttfts) * 1000:7.1f} ms, "
+                    f"{tokens / wall:6.1f} tok/s"
+                )
+    ttft = {name: statistics.mean(r["ttft"]) for name, r in results.items()}
+    tps = {name: statistics.mean(r["tps"]) for name, r in results.items()}
+    return {
+        "ttft_rr_over_affinity": round(ttft["rr"] / ttft["affinity"], 3),
+        "throughput_affinity_over_rr": round(tps["affinity"] / tps["rr"], 3),
+        "ttft_affinity_ms": round(ttft["affinity"] * 1000, 1),
+        "ttft_rr_ms": round(ttft["rr"] * 1000, 1),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 threads x 5 turns, 1 round per policy")
+    args = parser.parse_args()
+    shape = (4, 5, 1) if args.quick else (4, 8, 2)
+    print(json.dumps(asyncio.run(main(*shape))))

@@ -1,0 +1,62 @@
+"""Router overhead: the same requests sent direct to a llama-server replica and through the router.
+
+One replica, one request at a time, direct and routed alternating so drift hits both alike.
+The request is a 1-token chat completion with a cached prompt: the cheapest real request, so the
+router's share is as visible as it can be. Added latency = routed percentile - direct percentile.
+Ends with one JSON line; target: p99_added_ms < 1.
+
+    python bench/router_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import httpx
+from _fleet import MODEL, cpu_fleet, percentile
+
+
+async def main(requests: int) -> dict[str, float]:
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0}
+    ).encode()
+    headers = {"content-type": "application/json"}
+    async with cpu_fleet(replicas=1) as fleet:
+        base = fleet.replicas[0].base_url
+        direct = httpx.AsyncClient(base_url=base, timeout=60)
+        routed = fleet.http_client(timeout=60)
+        timings: dict[str, list[float]] = {"direct": [], "routed": []}
+
+        async def once(name: str, client: httpx.AsyncClient) -> None:
+            started = time.perf_counter()
+            response = await client.post("/v1/chat/completions", content=body, headers=headers)
+            response.raise_for_status()
+            timings[name].append((time.perf_counter() - started) * 1000)
+
+        for _ in range(20):  # warm connections and the prompt cache
+            await once("direct", direct)
+            await once("routed", routed)
+        timings = {"direct": [], "routed": []}
+        for i in range(requests):
+            pair = [("direct", direct), ("routed", routed)]
+            for name, client in pair if i % 2 else reversed(pair):
+                await once(name, client)
+        await direct.aclose()
+        await routed.aclose()
+    result = {}
+    for q in (50, 99):
+        d, r = percentile(timings["direct"], q), percentile(timings["routed"], q)
+        print(f"p{q}: direct {d:.3f} ms, routed {r:.3f} ms")
+        result[f"p{q}_added_ms"] = round(r - d, 3)
+    result["requests"] = requests
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200 requests per side instead of 1000")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(200 if args.quick else 1000))))
