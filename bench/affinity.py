@@ -60,9 +60,7 @@ async def run_turn(client: httpx.AsyncClient, thread: int, messages: list[dict[s
     return (ttft if ttft is not None else time.perf_counter() - started), tokens, "".join(text)
 
 
-async def workload(
-    client: httpx.AsyncClient, threads: int, turns: int, session: str
-) -> tuple[list[float], int, float]:
+async def workload(client: httpx.AsyncClient, threads: int, turns: int, session: str) -> tuple[list[float], int, float]:
     ttfts: list[float] = []
     tokens = 0
 

@@ -97,6 +97,17 @@ async def test_langgraph_thread_sticks_to_one_replica(fleet: Fleet) -> None:
         assert gained == [0, 4], f"{thread} was spread over replicas: {gained}"
 
 
+async def test_a_cancelled_request_releases_its_replica(fleet: Fleet) -> None:
+    llm = fleet.chat_model(MODEL, max_tokens=200)
+    task = asyncio.create_task(llm.ainvoke("Write a long story:"))
+    while not any(r.outstanding for r in fleet.replicas):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [r.outstanding for r in fleet.replicas] == [0, 0]
+
+
 async def test_concurrent_requests_use_both_replicas(fleet: Fleet) -> None:
     before = [r.served for r in fleet.replicas]
     llm = fleet.chat_model(MODEL, max_tokens=8)

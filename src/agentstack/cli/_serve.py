@@ -11,27 +11,24 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Sequence
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from agentstack.errors import ConfigError
-from agentstack.serving import Fleet, gateway_server
+from agentstack.serving import Fleet, Replica, gateway_server
 
 __all__ = ["serve_fleet"]
 
-T = TypeVar("T")
 
-
-def status_table(fleet: Fleet, title: str) -> Table:
+def status_table(fleet: Fleet, title: str, replicas: Sequence[Replica] | None = None) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("replica", "backend", "state", "pid", "url", "in flight", "served", "restarts"):
         table.add_column(column)
     backends = {s.name: s.backend for s in fleet.spec.models}
-    for r in fleet.replicas:
+    for r in fleet.replicas if replicas is None else replicas:
         colour = {"ready": "green", "failed": "red", "restarting": "yellow"}.get(r.state.value, "cyan")
         table.add_row(
             r.label,
@@ -62,10 +59,11 @@ async def serve_fleet(fleet: Fleet, host: str, port: int, console: Console) -> N
                 await asyncio.sleep(0.5)
 
         refresher = asyncio.create_task(refresh())
+        replicas: list[Replica] = []
         try:
-            started = await _unless_stopped(fleet.start(), stop)
-            if started is None:
+            if not await _unless_stopped(fleet.start(), stop):
                 return
+            replicas = fleet.replicas  # kept for the final table: stop() forgets them
             server = gateway_server(fleet, host, port)
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
@@ -79,21 +77,22 @@ async def serve_fleet(fleet: Fleet, host: str, port: int, console: Console) -> N
             phase = "stopping (draining requests)"
             await fleet.stop()
             refresher.cancel()
-            live.update(status_table(fleet, "agentstack fleet · stopped"))
+            live.update(status_table(fleet, "agentstack fleet · stopped", replicas))
 
 
-async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
-    """Run `work` until it finishes or `stop` is set (then cancel it and return None)."""
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `work` to its end (True) unless `stop` is set first (then cancel it: False)."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     if task.done():
-        return task.result()
+        task.result()
+        return True
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    return None
+    return False
 
 
 def _check_port_free(host: str, port: int) -> None:

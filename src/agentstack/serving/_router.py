@@ -122,6 +122,9 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
                 self._failed(replica, started, type(exc).__name__)
                 last = exc
                 continue
+            except BaseException:  # a timeout or a cancelled caller: not the replica's fault, not retried
+                replica.outstanding -= 1
+                raise
             if response.status_code >= 500:
                 await response.aread()
                 await response.aclose()
@@ -159,6 +162,9 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
                 self._failed(replica, started, type(exc).__name__)
                 last = exc
                 continue
+            except BaseException:
+                replica.outstanding -= 1
+                raise
             if response.status_code >= 500:
                 response.read()
                 response.close()
