@@ -196,6 +196,7 @@ class ExternalBackend(Backend):
 def backend_for(
     spec: ModelSpec, *, llama_server: Path | None = None, models_dir: Path, home: Path | None = None
 ) -> Backend:
+    """The backend that launches and speaks to `spec`'s server."""
     match spec.backend:
         case "vllm":
             return VllmBackend()

@@ -60,6 +60,8 @@ class _Member:
 
 
 class Fleet:
+    """The running servers of one `FleetSpec`, their router, metrics and LangChain clients."""
+
     def __init__(
         self,
         spec: FleetSpec,

@@ -29,6 +29,7 @@ _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
 
 
 def gateway_app(fleet: Fleet) -> Starlette:
+    """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
 

@@ -10,6 +10,8 @@ __all__ = ["Replica", "ReplicaState"]
 
 
 class ReplicaState(StrEnum):
+    """Only READY replicas take requests; DRAINING ones finish theirs while the fleet stops."""
+
     STARTING = "starting"
     READY = "ready"
     RESTARTING = "restarting"

@@ -38,6 +38,8 @@ _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolErro
 
 
 class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
+    """Routes each request to a replica of its `model` (see the module docstring for the policy)."""
+
     def __init__(
         self,
         pools: Mapping[str, Sequence[Replica]],
