@@ -105,6 +105,9 @@ def test_cpu_replicas_split_the_cores() -> None:
     assert [(p.gpus, p.threads) for p in place(spec, [], cpu_count=8)] == [((), 4), ((), 4)]
     assert [p.threads for p in place(spec, [], cpu_count=1)] == [1, 1]
     assert place(spec, [])[0].env["CUDA_VISIBLE_DEVICES"] == ""  # a CUDA build must not grab a GPU
+    gguf_on_gpu = fleet({"name": "g", "backend": "llamacpp", "model": "x.gguf", "gpus_per_replica": 1,
+                         "memory_gib": 2, "threads": 6})  # fmt: skip
+    assert [(p.gpus, p.threads) for p in place(gguf_on_gpu, H100)] == [((0,), 6)]
 
 
 # -- command lines -----------------------------------------------------------------------------
@@ -183,6 +186,7 @@ def test_llamacpp_command(tmp_path: Path) -> None:
     spec = fleet(
         {"name": "tiny", "backend": "llamacpp", "model": str(gguf), "max_context": 2048, "parallel": 2},
         {"name": "emb", "backend": "llamacpp", "model": str(gguf), "task": "embed", "gpus_per_replica": 1},
+        {"name": "cold", "backend": "llamacpp", "model": str(gguf), "prefix_caching": False},
     ).models
     cpu = Placement("tiny", 0, threads=3)
     command = backend.command(spec[0], cpu, host="127.0.0.1", port=9000)
@@ -195,6 +199,8 @@ def test_llamacpp_command(tmp_path: Path) -> None:
     gpu_cmd = backend.command(spec[1], Placement("emb", 0, gpus=(1,), bytes_per_gpu=GIB), host="h", port=1)
     assert gpu_cmd.argv[-5:] == ["--n-gpu-layers", "999", "--embeddings", "--pooling", "mean"]
     assert gpu_cmd.env["CUDA_VISIBLE_DEVICES"] == "1"
+    cold = backend.command(spec[2], cpu, host="h", port=1).argv
+    assert cold[cold.index("--n-gpu-layers") + 2 :][:3] == ["--no-cache-prompt", "--cache-ram", "0"]
 
 
 def test_llamacpp_missing_model_and_server_are_explained(tmp_path: Path) -> None:

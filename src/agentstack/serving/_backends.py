@@ -174,7 +174,7 @@ class LlamaCppBackend(Backend):
             argv += ["--threads", str(placement.threads), "--threads-http", str(max(2, placement.threads))]
         argv += ["--n-gpu-layers", "999" if placement.gpus else "0"]
         if not spec.prefix_caching:
-            argv += ["--cache-ram", "0", "--slot-prompt-similarity", "0"]
+            argv += ["--no-cache-prompt", "--cache-ram", "0"]  # neither slot nor host-RAM prompt cache
         if spec.task == "embed":
             argv += ["--embeddings", "--pooling", "mean"]
         elif spec.task == "rerank":

@@ -126,7 +126,12 @@ def place(
             free[index] -= per_gpu
         fraction = min(per_gpu / info[i].total_bytes for i in chosen)
         by_replica[spec.name, r] = Placement(
-            spec.name, r, gpus=chosen, bytes_per_gpu=per_gpu, memory_fraction=math.floor(fraction * 1000) / 1000
+            spec.name,
+            r,
+            gpus=chosen,
+            bytes_per_gpu=per_gpu,
+            memory_fraction=math.floor(fraction * 1000) / 1000,
+            threads=spec.threads,  # llama.cpp on a GPU still uses CPU threads; None elsewhere
         )
 
     return [by_replica[spec.name, r] for spec in launched for r in range(spec.replicas)]
