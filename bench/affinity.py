@@ -4,8 +4,13 @@ Each thread is an agent loop whose prompt grows turn by turn (a system prompt, a
 chunk per turn, and its own earlier answers), so a replica that served the thread's previous turn
 already holds its prefix in llama-server's prompt cache. Both policies go through the same router:
 affinity (the default: a thread sticks to its replica) and plain round-robin. Streams measure
-time to first token; throughput counts completion tokens over the wall time of the whole workload.
-Ends with one JSON line; above 1 means affinity wins.
+time to first token; throughput counts completion tokens over the wall time of the whole workload;
+llama-server's own `prompt_tokens_total` counts the prompt tokens each policy made the replicas
+prefill (cache hits are not prefilled), which is the mechanism behind both figures.
+
+The thread count is odd on purpose: with an even count and two replicas, threads that move in
+lockstep make round-robin hand every thread the same replica turn after turn, which is affinity
+by accident. Ends with one JSON line; above 1 means affinity wins.
 
     python bench/affinity.py [--quick]
 """
@@ -24,7 +29,7 @@ from _fleet import MODEL, cpu_fleet
 from agentstack.serving import THREAD_HEADER, Router
 
 SYSTEM = "You are a research agent. Read each new document, keep notes, answer briefly. " * 4
-DOC_WORDS = 400  # a tool result per turn: large next to the answer, as in agent loops
+DOC_WORDS = 250  # a tool result per turn: large next to the answer, as in agent loops
 WORDS = ("retrieval", "checkpoint", "replica", "gradient", "protein", "latency", "cache", "graph", "token", "vector")
 
 
@@ -60,6 +65,15 @@ async def run_turn(client: httpx.AsyncClient, thread: int, messages: list[dict[s
     return (ttft if ttft is not None else time.perf_counter() - started), tokens, "".join(text)
 
 
+async def prefilled_tokens(client: httpx.AsyncClient, base_urls: list[str]) -> float:
+    """Prompt tokens the replicas have actually processed so far (llama-server's /metrics)."""
+    total = 0.0
+    for url in base_urls:
+        text = (await client.get(f"{url}/metrics")).text
+        total += sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("llamacpp:prompt_tokens_total"))
+    return total
+
+
 async def workload(client: httpx.AsyncClient, threads: int, turns: int, session: str) -> tuple[list[float], int, float]:
     ttfts: list[float] = []
     tokens = 0
@@ -81,38 +95,44 @@ async def workload(client: httpx.AsyncClient, threads: int, turns: int, session:
 
 
 async def main(threads: int, turns: int, rounds: int) -> dict[str, float]:
-    # One core per replica; 4 slots each, so the 2 x 4 slots can hold every thread's prefix.
-    async with cpu_fleet(replicas=2, threads=1, parallel=4, max_context=4096) as fleet:
+    # One core per replica, 4 slots each.
+    async with cpu_fleet(replicas=2, threads=1, parallel=4, max_context=4096) as fleet, httpx.AsyncClient() as direct:
         pools = {MODEL: fleet.replicas}
+        urls = [r.base_url for r in fleet.replicas]
         policies = {
             "affinity": Router(pools),
             "rr": Router(pools, affinity=False, balance="round_robin"),
         }
-        results: dict[str, dict[str, list[float]]] = {p: {"ttft": [], "tps": []} for p in policies}
+        results: dict[str, dict[str, list[float]]] = {p: {"ttft": [], "tps": [], "prefill": []} for p in policies}
         for round_ in range(rounds):
             order = list(policies) if round_ % 2 == 0 else list(reversed(policies))
             for name in order:
+                before = await prefilled_tokens(direct, urls)
                 async with httpx.AsyncClient(transport=policies[name], base_url="http://fleet", timeout=300) as c:
                     ttfts, tokens, wall = await workload(c, threads, turns, f"{name}-{round_}")
+                prefill = await prefilled_tokens(direct, urls) - before
                 results[name]["ttft"] += ttfts
                 results[name]["tps"].append(tokens / wall)
+                results[name]["prefill"].append(prefill)
                 print(
                     f"round {round_} {name:8s}: mean TTFT {statistics.mean(ttfts) * 1000:7.1f} ms, "
-                    f"{tokens / wall:6.1f} tok/s"
+                    f"{tokens / wall:6.1f} tok/s, {prefill:7.0f} prompt tokens prefilled"
                 )
     ttft = {name: statistics.mean(r["ttft"]) for name, r in results.items()}
     tps = {name: statistics.mean(r["tps"]) for name, r in results.items()}
+    prefill = {name: sum(r["prefill"]) for name, r in results.items()}
     return {
         "ttft_rr_over_affinity": round(ttft["rr"] / ttft["affinity"], 3),
         "throughput_affinity_over_rr": round(tps["affinity"] / tps["rr"], 3),
         "ttft_affinity_ms": round(ttft["affinity"] * 1000, 1),
         "ttft_rr_ms": round(ttft["rr"] * 1000, 1),
+        "prefill_rr_over_affinity": round(prefill["rr"] / max(prefill["affinity"], 1.0), 3),
     }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 threads x 5 turns, 1 round per policy")
+    parser.add_argument("--quick", action="store_true", help="5 threads x 5 turns, 1 round per policy")
     args = parser.parse_args()
-    shape = (4, 5, 1) if args.quick else (4, 8, 2)
+    shape = (5, 5, 1) if args.quick else (5, 8, 2)
     print(json.dumps(asyncio.run(main(*shape))))

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import httpx
+import orjson
 from langchain_core.runnables.config import var_child_runnable_config
 
 from agentstack.serving._metrics import FleetMetrics
@@ -66,6 +67,7 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self._async = httpx.AsyncHTTPTransport(limits=limits)
         self._sync: httpx.HTTPTransport | None = None
         self._urls = {id(r): httpx.URL(r.base_url) for pool in pools.values() for r in pool}
+        self._outgoing_urls: dict[tuple[int, bytes], httpx.URL] = {}
 
     # -- choosing ---------------------------------------------------------------------------------
 
@@ -195,8 +197,8 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
 
     def _route(self, request: httpx.Request, body: bytes) -> tuple[str, str | None, dict] | httpx.Response:
         try:
-            payload = json.loads(body) if body[:1] == b"{" else None
-        except ValueError:
+            payload = orjson.loads(body) if body[:1] == b"{" else None
+        except orjson.JSONDecodeError:
             payload = None
         model = payload.get("model") if isinstance(payload, dict) else None
         if not isinstance(model, str):
@@ -209,14 +211,24 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
     def _outgoing(
         self, request: httpx.Request, replica: Replica, body: bytes, payload: dict, rename: str | None
     ) -> httpx.Request:
-        base = self._urls[id(replica)]
-        url = request.url.copy_with(scheme=base.scheme, host=base.host, port=base.port)
+        # httpx parses URLs slowly (~25 us), a large share of the router's cost: reuse them per path.
+        key = (id(replica), request.url.raw_path)
+        url = self._outgoing_urls.get(key)
+        if url is None:
+            base = self._urls[id(replica)]
+            url = request.url.copy_with(scheme=base.scheme, host=base.host, port=base.port)
+            if len(self._outgoing_urls) >= 4096:
+                self._outgoing_urls.clear()
+            self._outgoing_urls[key] = url
         headers = request.headers.copy()
-        headers["host"] = base.netloc.decode()
+        headers["host"] = url.netloc.decode()
         if rename is not None:
-            body = json.dumps({**payload, "model": rename}).encode()
+            body = orjson.dumps({**payload, "model": rename})
             headers["content-length"] = str(len(body))
-        return httpx.Request(request.method, url, headers=headers, content=body, extensions=request.extensions)
+        # A ready stream, not `content=`: the headers already frame the body, and encoding it again costs ~10 us.
+        return httpx.Request(
+            request.method, url, headers=headers, stream=httpx.ByteStream(body), extensions=request.extensions
+        )
 
     def _failed(self, replica: Replica, started: float, outcome: str) -> None:
         replica.outstanding -= 1
