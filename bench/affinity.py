@@ -70,7 +70,9 @@ async def prefilled_tokens(client: httpx.AsyncClient, base_urls: list[str]) -> f
     total = 0.0
     for url in base_urls:
         text = (await client.get(f"{url}/metrics")).text
-        total += sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("llamacpp:prompt_tokens_total"))
+        total += sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("llamacpp:prompt_tokens_total")
+        )
     return total
 
 
