@@ -155,7 +155,12 @@ class OpenAIEmbedder:
 
     @classmethod
     async def connect(
-        cls, base_url: str, model: str, *, api_key: str | None = None, http_client: httpx.AsyncClient | None = None,
+        cls,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        http_client: httpx.AsyncClient | None = None,
         **options: Any,
     ) -> OpenAIEmbedder:
         probe = cls(base_url, model, dimension=0, api_key=api_key, http_client=http_client, **options)

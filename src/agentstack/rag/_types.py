@@ -46,7 +46,7 @@ class Chunk:
     doc_id: str
     source: str
     text: str
-    kind: Literal["leaf", "parent"]
+    kind: Literal["leaf", "parent", "meta"]
     position: int
     parent_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -90,3 +90,6 @@ class RetrievalResult:
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+    def __getitem__(self, index: int) -> ScoredChunk:
+        return self.chunks[index]

@@ -1,0 +1,282 @@
+"""The Milvus collection behind hybrid retrieval: one schema for Milvus Lite, a server or a cluster.
+
+Fields: `text` (returned to callers), `bm25_text` (the stemmed copy, analyzer on, feeding Milvus's
+built-in BM25 function into `sparse`), `dense` (normalised embeddings, HNSW/cosine), `metadata` (JSON,
+filterable), and bookkeeping for re-ingestion (`doc_id`, `fingerprint`, `kind`, `parent_id`).
+Parents live in the same collection (`kind == "parent"`, excluded from search) with the mean of their
+leaves' vectors, so expansion needs no second store and costs no extra embedding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
+from agentstack.rag._bm25_text import bm25_text
+from agentstack.rag._types import Chunk
+
+__all__ = ["LegHit", "MilvusIndex", "filter_expression"]
+
+FilterValue = str | int | float | bool | Sequence[str | int | float]
+TEXT_LIMIT = 65_535  # Milvus VARCHAR maximum (bytes)
+_META_ID = "agentstack-index-meta"
+_FIELDS = ["id", "doc_id", "source", "kind", "parent_id", "position", "text", "metadata", "fingerprint"]
+
+
+class LegHit:
+    """One candidate from one leg (dense or BM25) of a search."""
+
+    __slots__ = ("chunk", "score")
+
+    def __init__(self, chunk: Chunk, score: float) -> None:
+        self.chunk = chunk
+        self.score = score
+
+
+def filter_expression(filters: Mapping[str, FilterValue] | None) -> str:
+    """Metadata filters as a Milvus boolean expression: equality, or membership for a list value."""
+    if not filters:
+        return 'kind == "leaf"'
+    clauses = ['kind == "leaf"']
+    for key, value in filters.items():
+        if not key.replace("_", "").isalnum():
+            raise RetrievalError(f"filter key {key!r} is not a plain name", fix="use letters, digits and _ only")
+        field = f'metadata["{key}"]'
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            if not value:
+                raise RetrievalError(f"filter {key!r} is an empty list", fix="give at least one allowed value")
+            # `in` on a JSON path is not in Milvus Lite's grammar; a disjunction means the same everywhere.
+            clauses.append("(" + " or ".join(f"{field} == {json.dumps(v)}" for v in value) + ")")
+        elif isinstance(value, str | int | float | bool):
+            clauses.append(f"{field} == {json.dumps(value)}")
+        else:
+            raise RetrievalError(
+                f"filter {key!r} has a value of type {type(value).__name__}",
+                fix="filter on a string, number or bool, or a list of them (any of)",
+            )
+    return " and ".join(clauses)
+
+
+class MilvusIndex:
+    """A hybrid (dense + BM25) Milvus collection; `uri` is a `.db` path (Milvus Lite) or a server URL."""
+
+    def __init__(self, client: Any, collection: str, *, dimension: int, embedder: str, uri: str, token: str) -> None:
+        self._client = client
+        self._uri, self._token = uri, token
+        self.collection = collection
+        self.dimension = dimension
+        self.embedder = embedder
+
+    @classmethod
+    async def open(
+        cls, uri: str | Path, *, dimension: int, embedder: str, collection: str = "agentstack", token: str = ""
+    ) -> MilvusIndex:
+        """Connect, create the collection if missing, and check an existing one matches the embedder."""
+        try:
+            from pymilvus import AsyncMilvusClient
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "the hybrid index needs pymilvus", fix="pip install 'agentstack[local]'"
+            ) from exc
+        uri = str(uri)
+        if "://" not in uri:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        client = AsyncMilvusClient(uri=uri, token=token)
+        index = cls(client, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
+        try:
+            if await client.has_collection(collection):
+                await index._check_existing()
+            else:
+                await asyncio.to_thread(index._create)
+            await client.load_collection(collection)
+        except BaseException:
+            await client.close()
+            raise
+        return index
+
+    def _create(self) -> None:
+        """Through the sync client: the async one waits on index builds with an RPC Milvus Lite lacks."""
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+        client = MilvusClient(uri=self._uri, token=self._token)
+        try:
+            self._create_with(client, DataType, Function, FunctionType)
+        finally:
+            client.close()
+
+    def _create_with(self, client: Any, DataType: Any, Function: Any, FunctionType: Any) -> None:  # noqa: N803
+        schema = client.create_schema(auto_id=False, description="agentstack hybrid index")
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
+        schema.add_field("source", DataType.VARCHAR, max_length=4096)
+        schema.add_field("fingerprint", DataType.VARCHAR, max_length=64)
+        schema.add_field("kind", DataType.VARCHAR, max_length=8)
+        schema.add_field("parent_id", DataType.VARCHAR, max_length=64)
+        schema.add_field("position", DataType.INT64)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_LIMIT)
+        schema.add_field(
+            "bm25_text",
+            DataType.VARCHAR,
+            max_length=TEXT_LIMIT,
+            enable_analyzer=True,
+            analyzer_params={"tokenizer": "standard"},
+        )
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["bm25_text"],
+                output_field_names=["sparse"],
+            )
+        )
+        params = client.prepare_index_params()
+        params.add_index("dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
+        params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        client.create_collection(self.collection, schema=schema, index_params=params)
+        # Which embedder made the vectors: a row, since Milvus Lite keeps no collection description.
+        meta = Chunk(_META_ID, "", "", "", "meta", 0, None, {"embedder": self.embedder})  # type: ignore[arg-type]
+        client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1))])
+
+    async def _check_existing(self) -> None:
+        info = await self._client.describe_collection(self.collection)
+        fields = {f["name"]: f for f in info["fields"]}
+        if "dense" not in fields or "bm25_text" not in fields:
+            raise ConfigError(
+                f"the Milvus collection {self.collection!r} exists but was not made by agentstack",
+                fix="choose another collection name, or drop that collection",
+            )
+        dim = int(fields["dense"]["params"]["dim"])
+        rows = await self._client.get(self.collection, ids=[_META_ID], output_fields=["metadata"])
+        made_with = str(rows[0]["metadata"].get("embedder", "")) if rows else ""
+        if dim != self.dimension:
+            raise ConfigError(
+                f"the collection {self.collection!r} holds {dim}-dimensional vectors (embedder {made_with or '?'}), "
+                f"but the embedder {self.embedder} makes {self.dimension}-dimensional ones",
+                fix="use the embedder the collection was built with, or another collection name "
+                "(then re-ingest into it)",
+            )
+        if made_with != self.embedder:
+            raise ConfigError(
+                f"the collection {self.collection!r} was built with the embedder {made_with or '?'}, "
+                f"not {self.embedder}: their vectors are not comparable",
+                fix=f"use the embedder {made_with or 'it was built with'}, or another collection name "
+                "(then re-ingest into it)",
+            )
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def fingerprint_of(self, doc_id: str) -> str | None:
+        rows = await self._client.query(
+            self.collection, filter=f'doc_id == "{doc_id}"', output_fields=["fingerprint"], limit=1
+        )
+        return rows[0]["fingerprint"] if rows else None
+
+    async def replace_document(
+        self, doc_id: str, fingerprint: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]
+    ) -> None:
+        """Insert the new version's chunks, then delete the older versions': a crash leaves one or both, never none."""
+        rows = [_row(chunk, fingerprint, vector) for chunk, vector in zip(chunks, vectors, strict=True)]
+        for start in range(0, len(rows), 512):
+            await self._client.insert(self.collection, rows[start : start + 512])
+        await self._client.delete(self.collection, filter=f'doc_id == "{doc_id}" and fingerprint != "{fingerprint}"')
+
+    async def delete_document(self, doc_id: str) -> None:
+        await self._client.delete(self.collection, filter=f'doc_id == "{doc_id}"')
+
+    async def flush(self) -> None:
+        """Seal what was written into indexed segments: unflushed rows are searched by brute force."""
+        await self._client.flush(self.collection)
+
+    async def count(self, kind: str = "leaf") -> int:
+        rows = await self._client.query(self.collection, filter=f'kind == "{kind}"', output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def search_legs(
+        self, query: str | None, vector: Sequence[float] | None, *, candidates: int, expression: str
+    ) -> tuple[list[LegHit], list[LegHit]]:
+        """Dense (unless `vector` is None) and BM25 (unless `query` is None) candidates, fetched concurrently."""
+        dense, sparse = await asyncio.gather(
+            self._dense(vector, candidates, expression), self._bm25(query, candidates, expression)
+        )
+        return dense, sparse
+
+    async def _dense(self, vector: Sequence[float] | None, candidates: int, expression: str) -> list[LegHit]:
+        if vector is None:
+            return []
+        hits = await self._client.search(
+            self.collection,
+            [list(vector)],
+            anns_field="dense",
+            limit=candidates,
+            filter=expression,
+            search_params={"metric_type": "COSINE", "params": {"ef": max(64, candidates)}},
+            output_fields=_FIELDS,
+        )
+        return [LegHit(_chunk(h["entity"]), float(h["distance"])) for h in hits[0]]
+
+    async def _bm25(self, query: str | None, candidates: int, expression: str) -> list[LegHit]:
+        terms = bm25_text(query) if query is not None else ""
+        if not terms:  # only stop words or punctuation: BM25 has nothing to match
+            return []
+        hits = await self._client.search(
+            self.collection,
+            [terms],
+            anns_field="sparse",
+            limit=candidates,
+            filter=expression,
+            search_params={"metric_type": "BM25"},
+            output_fields=_FIELDS,
+        )
+        return [LegHit(_chunk(h["entity"]), abs(float(h["distance"]))) for h in hits[0]]
+
+    async def get(self, ids: Sequence[str]) -> dict[str, Chunk]:
+        if not ids:
+            return {}
+        rows = await self._client.get(self.collection, ids=list(ids), output_fields=_FIELDS)
+        return {row["id"]: _chunk(row) for row in rows}
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _row(chunk: Chunk, fingerprint: str, vector: Sequence[float]) -> dict[str, Any]:
+    if len(chunk.text.encode()) > TEXT_LIMIT:
+        raise RetrievalError(
+            f"a chunk of {chunk.source} is {len(chunk.text.encode())} bytes; Milvus stores at most {TEXT_LIMIT}",
+            fix="use smaller chunks (parent_tokens)",
+        )
+    return {
+        "id": chunk.id,
+        "doc_id": chunk.doc_id,
+        "source": chunk.source[:4096],
+        "fingerprint": fingerprint,
+        "kind": chunk.kind,
+        "parent_id": chunk.parent_id or "",
+        "position": chunk.position,
+        "text": chunk.text,
+        "bm25_text": bm25_text(chunk.text) if chunk.kind == "leaf" else "",
+        "metadata": chunk.metadata,
+        "dense": list(vector),
+    }
+
+
+def _chunk(row: Mapping[str, Any]) -> Chunk:
+    return Chunk(
+        id=row["id"],
+        doc_id=row["doc_id"],
+        source=row["source"],
+        text=row["text"],
+        kind=row["kind"],
+        position=int(row["position"]),
+        parent_id=row["parent_id"] or None,
+        metadata=dict(row["metadata"] or {}),
+    )
