@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fleet_helpers import free_port
-from rag_server import serve
 
 from agentstack.errors import ConfigError, RetrievalError
 from agentstack.rag import (
@@ -22,6 +20,8 @@ from agentstack.rag import (
     SemanticChunker,
     load_document,
 )
+from fleet_helpers import free_port
+from rag_server import serve
 
 DOCS = {
     "postgres.md": "# Checkpoints\n\nLangGraph checkpoints are saved to Postgres after every superstep. "
@@ -201,9 +201,9 @@ async def test_query_longer_than_the_model_window_is_refused(index, embedder):
 
 async def test_collection_of_another_dimension_or_embedder_is_refused(index, embedder, tmp_path):
     path = tmp_path / "milvus.db"
-    with pytest.raises(ConfigError, match="holds 384-dimensional vectors .* makes 768-dimensional"):
+    with pytest.raises(ConfigError, match=r"holds 384-dimensional vectors .* makes 768-dimensional"):
         await MilvusIndex.open(path, dimension=768, embedder="bge-base")
-    with pytest.raises(ConfigError, match="built with the embedder all-MiniLM-L6-v2, not other-384"):
+    with pytest.raises(ConfigError, match=r"built with the embedder all-MiniLM-L6-v2, not other-384"):
         await MilvusIndex.open(path, dimension=384, embedder="other-384")
 
 
@@ -223,9 +223,9 @@ async def test_rerankers_speak_cohere_and_v1_rerank(index, embedder, corpus):
             assert all(c.score == c.rerank_score for c in result)
         assert [s["path"] for s in seen] == ["/v2/rerank", "/v1/rerank"]
         assert seen[0]["auth"] == "Bearer test-key" and seen[0]["body"]["model"] == "rerank-v3.5"
-        with pytest.raises(RetrievalError, match="(?s)answered 404.*serves the rerank model 'missing'"):
+        with pytest.raises(RetrievalError, match=r"(?s)answered 404.*serves the rerank model 'missing'"):
             await HttpReranker(f"http://127.0.0.1:{port}", model="missing").arerank("q", ["d"], 1)
-        with pytest.raises(RetrievalError, match="Cohere rerank failed \\(404\\)"):
+        with pytest.raises(RetrievalError, match=r"Cohere rerank failed \(404\)"):
             await CohereReranker("k", model="missing", base_url=f"http://127.0.0.1:{port}").arerank("q", ["d"], 1)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -66,6 +66,35 @@ class Settings(BaseSettings):
     llama_server: Path | None = Field(
         default=None,
         description="llama.cpp's llama-server binary; unset: next to Python, then PATH, then <home>/bin.",
+    )
+
+    milvus_uri: str | None = Field(
+        default=None,
+        description="Milvus to index into: a server URL (http://host:19530) or a .db path; unset: <home>/milvus.db.",
+    )
+    milvus_token: SecretStr | None = Field(default=None, description="Token for a Milvus server (user:password).")
+    collection: str = Field(
+        default="agentstack",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection of the hybrid index.",
+    )
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="Embedding model: the bundled default, a sentence-transformers name or path, or the model "
+        "name served at embedding_base_url.",
+    )
+    embedding_base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible /v1 URL to embed with instead of a local model."
+    )
+    embedding_api_key: SecretStr | None = Field(default=None, description="API key for embedding_base_url.")
+    rerank_url: str | None = Field(
+        default=None, description="A self-hosted rerank endpoint (/v1/rerank: vLLM, llama.cpp, TEI)."
+    )
+    rerank_model: str = Field(default="rerank-v3.5", description="Model name sent to the reranker.")
+    cohere_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("cohere_api_key", "AGENTSTACK_COHERE_API_KEY", "COHERE_API_KEY"),
+        description="Set (COHERE_API_KEY works too): rerank with Cohere's API.",
     )
 
     @field_validator("home", "postgres_bin_dir", "fleet", "llama_server", mode="after")

@@ -1,4 +1,4 @@
-"""Typer application: `agentstack doctor | db ... | threads ... | serve | build-llama-server`."""
+"""Typer application: `agentstack doctor | db ... | threads ... | ingest | search | serve | build-llama-server`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from agentstack.checkpoint import (
     redact_url,
 )
 from agentstack.cli._doctor import run_checks
+from agentstack.cli._rag import ingest_paths, parse_filters, search_index
 from agentstack.cli._serve import serve_fleet
 from agentstack.config import Settings
 from agentstack.errors import AgentStackError
@@ -186,6 +187,35 @@ def threads_delete(
 
 
 # -- model fleet -------------------------------------------------------------------------------
+# -- retrieval -----------------------------------------------------------------------------------
+@app.command()
+@reports_errors
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories (.txt .md .html .pdf ...).")],
+    semantic: Annotated[bool, typer.Option(help="Semantic chunks instead of parent/child chunks.")] = False,
+) -> None:
+    """Index documents into the hybrid index (unchanged ones are skipped, changed ones replaced)."""
+    asyncio.run(ingest_paths(Settings.load(), paths, semantic=semantic, console=console))
+
+
+@app.command()
+@reports_errors
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", help="How many results.")] = 5,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="key=value on document metadata; repeat a key for any-of.")
+    ] = None,
+    parents: Annotated[bool, typer.Option(help="Show the parent passages of the matching chunks.")] = False,
+) -> None:
+    """Search the hybrid index: dense + BM25, fused, reranked when a reranker is configured."""
+    asyncio.run(
+        search_index(
+            Settings.load(), query, k=k, filters=parse_filters(filter_ or []), parents=parents, console=console
+        )
+    )
+
+
 @app.command("build-llama-server")
 @reports_errors
 def build_llama_server_cmd(

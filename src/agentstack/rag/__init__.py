@@ -6,6 +6,7 @@ await Ingestor(index, embedder).aingest_paths(["docs/"])
 result = await HybridRetriever(index, embedder).aretrieve("how do I resume a thread?", k=5)
 """
 
+from agentstack.rag._adapters import LangChainRetriever, llama_index_retriever, retrieval_tool
 from agentstack.rag._chunking import Chunker, ParentChildChunker, SemanticChunker
 from agentstack.rag._embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, LocalEmbedder, OpenAIEmbedder
 from agentstack.rag._index import MilvusIndex, filter_expression
@@ -13,6 +14,7 @@ from agentstack.rag._ingest import Ingestor, IngestReport
 from agentstack.rag._loaders import SUPPORTED_SUFFIXES, expand_paths, load_document
 from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
 from agentstack.rag._retriever import HybridRetriever, reciprocal_rank_fusion
+from agentstack.rag._setup import Retrieval, open_retrieval, reranker_from
 from agentstack.rag._types import Chunk, Document, RetrievalResult, ScoredChunk
 
 __all__ = [
@@ -26,17 +28,23 @@ __all__ = [
     "HttpReranker",
     "HybridRetriever",
     "IngestReport",
+    "LangChainRetriever",
     "Ingestor",
     "LocalEmbedder",
     "MilvusIndex",
     "OpenAIEmbedder",
     "ParentChildChunker",
     "Reranker",
+    "Retrieval",
     "RetrievalResult",
     "ScoredChunk",
     "SemanticChunker",
     "expand_paths",
     "filter_expression",
+    "llama_index_retriever",
     "load_document",
+    "open_retrieval",
     "reciprocal_rank_fusion",
+    "reranker_from",
+    "retrieval_tool",
 ]

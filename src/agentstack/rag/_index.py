@@ -28,12 +28,13 @@ _FIELDS = ["id", "doc_id", "source", "kind", "parent_id", "position", "text", "m
 
 
 class LegHit:
-    """One candidate from one leg (dense or BM25) of a search."""
+    """One candidate from one leg (dense or BM25) of a search: ids and score only, texts are fetched later."""
 
-    __slots__ = ("chunk", "score")
+    __slots__ = ("id", "parent_id", "score")
 
-    def __init__(self, chunk: Chunk, score: float) -> None:
-        self.chunk = chunk
+    def __init__(self, id: str, parent_id: str | None, score: float) -> None:
+        self.id = id
+        self.parent_id = parent_id
         self.score = score
 
 
@@ -88,11 +89,12 @@ class MilvusIndex:
         client = AsyncMilvusClient(uri=uri, token=token)
         index = cls(client, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
         try:
-            if await client.has_collection(collection):
-                await index._check_existing()
-            else:
+            exists = await client.has_collection(collection)
+            if not exists:
                 await asyncio.to_thread(index._create)
             await client.load_collection(collection)
+            if exists:
+                await index._check_existing()
         except BaseException:
             await client.close()
             raise
@@ -104,34 +106,34 @@ class MilvusIndex:
 
         client = MilvusClient(uri=self._uri, token=self._token)
         try:
-            self._create_with(client, DataType, Function, FunctionType)
+            self._create_collection(client, DataType, Function, FunctionType)
         finally:
             client.close()
 
-    def _create_with(self, client: Any, DataType: Any, Function: Any, FunctionType: Any) -> None:  # noqa: N803
+    def _create_collection(self, client: Any, dtype: Any, function: Any, function_type: Any) -> None:
         schema = client.create_schema(auto_id=False, description="agentstack hybrid index")
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
-        schema.add_field("source", DataType.VARCHAR, max_length=4096)
-        schema.add_field("fingerprint", DataType.VARCHAR, max_length=64)
-        schema.add_field("kind", DataType.VARCHAR, max_length=8)
-        schema.add_field("parent_id", DataType.VARCHAR, max_length=64)
-        schema.add_field("position", DataType.INT64)
-        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_LIMIT)
+        schema.add_field("id", dtype.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("doc_id", dtype.VARCHAR, max_length=64)
+        schema.add_field("source", dtype.VARCHAR, max_length=4096)
+        schema.add_field("fingerprint", dtype.VARCHAR, max_length=64)
+        schema.add_field("kind", dtype.VARCHAR, max_length=8)
+        schema.add_field("parent_id", dtype.VARCHAR, max_length=64)
+        schema.add_field("position", dtype.INT64)
+        schema.add_field("text", dtype.VARCHAR, max_length=TEXT_LIMIT)
         schema.add_field(
             "bm25_text",
-            DataType.VARCHAR,
+            dtype.VARCHAR,
             max_length=TEXT_LIMIT,
             enable_analyzer=True,
             analyzer_params={"tokenizer": "standard"},
         )
-        schema.add_field("metadata", DataType.JSON)
-        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
-        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("metadata", dtype.JSON)
+        schema.add_field("dense", dtype.FLOAT_VECTOR, dim=self.dimension)
+        schema.add_field("sparse", dtype.SPARSE_FLOAT_VECTOR)
         schema.add_function(
-            Function(
+            function(
                 name="bm25",
-                function_type=FunctionType.BM25,
+                function_type=function_type.BM25,
                 input_field_names=["bm25_text"],
                 output_field_names=["sparse"],
             )
@@ -219,9 +221,9 @@ class MilvusIndex:
             limit=candidates,
             filter=expression,
             search_params={"metric_type": "COSINE", "params": {"ef": max(64, candidates)}},
-            output_fields=_FIELDS,
+            output_fields=["parent_id"],
         )
-        return [LegHit(_chunk(h["entity"]), float(h["distance"])) for h in hits[0]]
+        return [LegHit(h["id"], h["entity"]["parent_id"] or None, float(h["distance"])) for h in hits[0]]
 
     async def _bm25(self, query: str | None, candidates: int, expression: str) -> list[LegHit]:
         terms = bm25_text(query) if query is not None else ""
@@ -234,9 +236,9 @@ class MilvusIndex:
             limit=candidates,
             filter=expression,
             search_params={"metric_type": "BM25"},
-            output_fields=_FIELDS,
+            output_fields=["parent_id"],
         )
-        return [LegHit(_chunk(h["entity"]), abs(float(h["distance"]))) for h in hits[0]]
+        return [LegHit(h["id"], h["entity"]["parent_id"] or None, abs(float(h["distance"]))) for h in hits[0]]
 
     async def get(self, ids: Sequence[str]) -> dict[str, Chunk]:
         if not ids:

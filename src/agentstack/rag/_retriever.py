@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agentstack.errors import RetrievalError
 from agentstack.rag._embeddings import Embedder
@@ -19,26 +19,58 @@ from agentstack.rag._index import FilterValue, LegHit, MilvusIndex, filter_expre
 from agentstack.rag._rerank import Reranker
 from agentstack.rag._types import Leg, RetrievalResult, ScoredChunk
 
-__all__ = ["HybridRetriever", "reciprocal_rank_fusion"]
+__all__ = ["Candidate", "HybridRetriever", "merge_into_parents", "reciprocal_rank_fusion"]
 
 RRF_K = 60
 
 
-def reciprocal_rank_fusion(legs: Mapping[Leg, list[LegHit]], k: int = RRF_K) -> list[ScoredChunk]:
+@dataclass
+class Candidate:
+    """A fused candidate before its text is fetched: only the final few are ever read back."""
+
+    id: str
+    parent_id: str | None
+    fused_score: float = 0.0
+    legs: dict[Leg, int] = field(default_factory=dict)
+    dense_score: float | None = None
+    bm25_score: float | None = None
+    children: list[str] = field(default_factory=list)
+
+
+def reciprocal_rank_fusion(legs: Mapping[Leg, list[LegHit]], k: int = RRF_K) -> list[Candidate]:
     """Fuse ranked lists: each chunk scores sum(1 / (k + rank)) over the legs that found it."""
-    fused: dict[str, ScoredChunk] = {}
+    fused: dict[str, Candidate] = {}
     for leg, hits in legs.items():
         for rank, hit in enumerate(hits, start=1):
-            scored = fused.get(hit.chunk.id)
-            if scored is None:
-                scored = fused[hit.chunk.id] = ScoredChunk(chunk=hit.chunk, fused_score=0.0, legs={})
-            scored.fused_score += 1.0 / (k + rank)
-            scored.legs[leg] = rank
+            candidate = fused.get(hit.id)
+            if candidate is None:
+                candidate = fused[hit.id] = Candidate(hit.id, hit.parent_id)
+            candidate.fused_score += 1.0 / (k + rank)
+            candidate.legs[leg] = rank
             if leg == "dense":
-                scored.dense_score = hit.score
+                candidate.dense_score = hit.score
             else:
-                scored.bm25_score = hit.score
-    return sorted(fused.values(), key=lambda s: (-s.fused_score, min(s.legs.values())))
+                candidate.bm25_score = hit.score
+    return sorted(fused.values(), key=lambda c: (-c.fused_score, min(c.legs.values())))
+
+
+def merge_into_parents(ranked: list[Candidate]) -> list[Candidate]:
+    """Leaves grouped under their parent, which takes its best leaf's score and ranks: expansion adds
+    context without reordering (summing leaf scores was tried: it favours long documents, nDCG fell)."""
+    merged: dict[str, Candidate] = {}
+    for leaf in ranked:
+        if leaf.parent_id is None:  # a leaf without a parent (semantic chunks) stands for itself
+            merged[leaf.id] = leaf
+            continue
+        parent = merged.get(leaf.parent_id)
+        if parent is None:
+            parent = merged[leaf.parent_id] = Candidate(leaf.parent_id, None, leaf.fused_score)
+        parent.children.append(leaf.id)
+        for leg, rank in leaf.legs.items():
+            parent.legs[leg] = min(rank, parent.legs.get(leg, rank))
+        parent.dense_score = max(filter(None, (parent.dense_score, leaf.dense_score)), default=None)
+        parent.bm25_score = max(filter(None, (parent.bm25_score, leaf.bm25_score)), default=None)
+    return list(merged.values())  # ranked leaves arrive best first, so parents already are
 
 
 @dataclass
@@ -66,8 +98,8 @@ class HybridRetriever:
     ) -> RetrievalResult:
         """The k best chunks for `query`; `expand_parents` merges leaves into their parent passages.
 
-        With expansion, a parent scores the sum of its leaves' scores (a passage several of whose pieces
-        match outranks one with a single match) and lists those leaves in `children`.
+        With expansion, each parent passage takes the place of its best leaf and lists the matching leaves
+        in `children`.
         """
         if k < 1:
             raise RetrievalError(f"k={k}: ask for at least one result", fix="pass k >= 1")
@@ -92,47 +124,40 @@ class HybridRetriever:
             found["bm25"] = bm25
         ranked = reciprocal_rank_fusion(found)
         if expand_parents:
-            mark = time.perf_counter()
-            ranked = await self._expand(ranked)
-            timings["expand"] = _ms(mark)
+            ranked = merge_into_parents(ranked)
+        head = ranked[: max(self.rerank_candidates, k) if self.reranker is not None else k]
+        mark = time.perf_counter()
+        chunks = await self.index.get(sorted({c.id for c in head} | {i for c in head for i in c.children}))
+        timings["fetch"] = _ms(mark)
+        scored = [
+            ScoredChunk(
+                chunk=chunks[c.id],
+                fused_score=c.fused_score,
+                legs=c.legs,
+                dense_score=c.dense_score,
+                bm25_score=c.bm25_score,
+                children=[chunks[i] for i in c.children],
+            )
+            for c in head
+            if c.id in chunks  # deleted between search and fetch: drop it
+        ]
         reranked = False
-        if self.reranker is not None and ranked:
+        if self.reranker is not None and scored:
             mark = time.perf_counter()
-            head = ranked[: max(self.rerank_candidates, k)]
-            order = await self.reranker.arerank(query, [s.text for s in head], top_n=k)
+            order = await self.reranker.arerank(query, [s.text for s in scored], top_n=k)
             for index, score in order:
-                head[index].rerank_score = score
-            ranked = [head[index] for index, _ in order]
+                scored[index].rerank_score = score
+            scored = [scored[index] for index, _ in order]
             reranked = True
             timings["rerank"] = _ms(mark)
         timings["total"] = _ms(started)
         return RetrievalResult(
             query=query,
-            chunks=ranked[:k],
+            chunks=scored[:k],
             reranked=reranked,
             reranker=self.reranker.name if self.reranker is not None else None,
             timings_ms=timings,
         )
-
-    async def _expand(self, ranked: list[ScoredChunk]) -> list[ScoredChunk]:
-        parent_ids = {s.chunk.parent_id for s in ranked if s.chunk.parent_id}
-        parents = await self.index.get(sorted(parent_ids))  # type: ignore[arg-type]
-        merged: dict[str, ScoredChunk] = {}
-        for leaf in ranked:
-            parent = parents.get(leaf.chunk.parent_id or "")
-            if parent is None:  # a leaf without a parent (semantic chunks) stands for itself
-                merged[leaf.chunk.id] = leaf
-                continue
-            entry = merged.get(parent.id)
-            if entry is None:
-                entry = merged[parent.id] = ScoredChunk(chunk=parent, fused_score=0.0, legs={}, parent=parent)
-            entry.fused_score += leaf.fused_score
-            entry.children.append(leaf.chunk)
-            for leg, rank in leaf.legs.items():
-                entry.legs[leg] = min(rank, entry.legs.get(leg, rank))
-            entry.dense_score = max(filter(None, (entry.dense_score, leaf.dense_score)), default=None)
-            entry.bm25_score = max(filter(None, (entry.bm25_score, leaf.bm25_score)), default=None)
-        return sorted(merged.values(), key=lambda s: -s.fused_score)
 
 
 def _ms(since: float) -> float:

@@ -62,8 +62,7 @@ class ScoredChunk:
     dense_score: float | None = None
     bm25_score: float | None = None
     rerank_score: float | None = None
-    parent: Chunk | None = None  # filled by parent expansion
-    children: list[Chunk] = field(default_factory=list)  # leaves merged into this parent by expansion
+    children: list[Chunk] = field(default_factory=list)  # with parent expansion: the matching leaves
 
     @property
     def text(self) -> str:

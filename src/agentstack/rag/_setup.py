@@ -1,0 +1,66 @@
+"""`open_retrieval`: the hybrid index, embedder and reranker that `Settings` describe, closed together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from agentstack.config import Settings
+from agentstack.rag._embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
+from agentstack.rag._index import MilvusIndex
+from agentstack.rag._ingest import Ingestor
+from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
+from agentstack.rag._retriever import HybridRetriever
+
+__all__ = ["Retrieval", "open_retrieval"]
+
+
+@dataclass
+class Retrieval:
+    """The parts of retrieval built from settings; pass them on (to graphs, tools) rather than rebuilding."""
+
+    index: MilvusIndex
+    embedder: Embedder
+    reranker: Reranker | None
+    retriever: HybridRetriever
+    ingestor: Ingestor
+
+
+def reranker_from(settings: Settings) -> Reranker | None:
+    """Cohere when COHERE_API_KEY is set, else a self-hosted endpoint when rerank_url is, else none."""
+    if settings.cohere_api_key is not None:
+        return CohereReranker(settings.cohere_api_key.get_secret_value(), model=settings.rerank_model)
+    if settings.rerank_url:
+        return HttpReranker(settings.rerank_url, model=settings.rerank_model)
+    return None
+
+
+@asynccontextmanager
+async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[Retrieval]:
+    """Open (creating if needed) the index in `settings.milvus_uri` or `<home>/milvus.db`."""
+    async with AsyncExitStack() as stack:
+        if embedder is None:
+            if settings.embedding_base_url:
+                key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
+                remote = await OpenAIEmbedder.connect(
+                    settings.embedding_base_url, settings.embedding_model, api_key=key
+                )
+                stack.push_async_callback(remote.aclose)
+                embedder = remote
+            else:
+                embedder = LocalEmbedder(settings.embedding_model)
+        uri = settings.milvus_uri or str(settings.home / "milvus.db")
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        index = await MilvusIndex.open(
+            uri, dimension=embedder.dimension, embedder=embedder.name, collection=settings.collection, token=token
+        )
+        stack.push_async_callback(index.aclose)
+        reranker = reranker_from(settings)
+        yield Retrieval(
+            index=index,
+            embedder=embedder,
+            reranker=reranker,
+            retriever=HybridRetriever(index, embedder, reranker),
+            ingestor=Ingestor(index, embedder),
+        )

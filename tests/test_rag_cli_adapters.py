@@ -1,0 +1,98 @@
+"""`agentstack ingest`/`search` as a user runs them, settings-driven setup, and the framework adapters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from langchain_core.documents import Document as LangChainDocument
+
+from agentstack.config import Settings
+from agentstack.errors import UserError
+from agentstack.rag import (
+    CohereReranker,
+    HttpReranker,
+    LangChainRetriever,
+    llama_index_retriever,
+    open_retrieval,
+    reranker_from,
+    retrieval_tool,
+)
+from fleet_helpers import free_port
+from rag_server import serve
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_") and k != "COHERE_API_KEY"}
+    env |= {"AGENTSTACK_HOME": str(home), "COLUMNS": "200"}
+    agentstack = Path(sys.executable).with_name("agentstack")
+    return subprocess.run([str(agentstack), *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_ingest_then_search(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "resume.md").write_text("# Resuming\n\nA thread resumes from its last Postgres checkpoint after a crash.")
+    (docs / "fleet.txt").write_text("The fleet restarts a crashed llama.cpp replica with exponential backoff.")
+    home = tmp_path / "home"
+    first = _cli(home, "ingest", str(docs))
+    assert first.returncode == 0, first.stderr
+    assert "2 new, 0 changed, 0 unchanged" in first.stdout and (home / "milvus.db").is_dir()
+    again = _cli(home, "ingest", str(docs))
+    assert "0 new, 0 changed, 2 unchanged" in again.stdout and "0 chunks embedded" in again.stdout
+    found = _cli(home, "search", "replica restart backoff", "-k", "1")
+    assert found.returncode == 0, found.stderr
+    assert "fleet.txt" in found.stdout and "resume.md" not in found.stdout
+    assert "no reranker configured" in found.stdout and "bm25 #1" in found.stdout and "dense #1" in found.stdout
+    filtered = _cli(home, "search", "crash", "--filter", "file_type=md")
+    assert "resume.md" in filtered.stdout and "fleet.txt" not in filtered.stdout
+    (tmp_path / "empty.md").write_text("")
+    bad = _cli(home, "ingest", str(tmp_path / "empty.md"))
+    assert bad.returncode == 1 and "empty.md is empty" in bad.stderr and "fix:" in bad.stderr
+    bad_filter = _cli(home, "search", "crash", "--filter", "nokey")
+    assert bad_filter.returncode == 1 and "not key=value" in bad_filter.stderr
+
+
+def test_reranker_choice_follows_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in [*os.environ]:
+        if name.startswith("AGENTSTACK_") or name == "COHERE_API_KEY":
+            monkeypatch.delenv(name)
+    assert reranker_from(Settings.load(home=tmp_path)) is None
+    monkeypatch.setenv("AGENTSTACK_RERANK_URL", "http://127.0.0.1:9/v1")
+    assert isinstance(reranker_from(Settings.load(home=tmp_path)), HttpReranker)
+    monkeypatch.setenv("COHERE_API_KEY", "co-key")
+    assert isinstance(reranker_from(Settings.load(home=tmp_path)), CohereReranker)
+
+
+async def test_adapters_over_settings_built_retrieval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [*os.environ]:
+        if name.startswith("AGENTSTACK_") or name == "COHERE_API_KEY":
+            monkeypatch.delenv(name)
+    (tmp_path / "a.md").write_text("Milvus Lite keeps its data in a local milvus.db directory.")
+    (tmp_path / "b.md").write_text("LangGraph interrupts pause a graph until a human approves the tool call.")
+    from agentstack.rag import LocalEmbedder
+
+    embedder = LocalEmbedder()
+    port = free_port()
+    settings = Settings.load(home=tmp_path / "home", rerank_url=f"http://127.0.0.1:{port}", rerank_model="minilm")
+    with serve(embedder, port) as seen:
+        async with open_retrieval(settings, embedder=embedder) as retrieval:
+            await retrieval.ingestor.aingest_paths([tmp_path / "a.md", tmp_path / "b.md"])
+            lc = LangChainRetriever(retriever=retrieval.retriever, k=1)
+            docs = await lc.ainvoke("human approval of tool calls")
+            assert isinstance(docs[0], LangChainDocument) and "interrupts" in docs[0].page_content
+            assert docs[0].metadata["rerank_score"] is not None and docs[0].metadata["legs"]
+            with pytest.raises(UserError, match="ainvoke"):
+                lc.invoke("sync is refused")
+            nodes = await llama_index_retriever(retrieval.retriever, k=1).aretrieve("where is the milvus data?")
+            assert "milvus.db" in nodes[0].node.get_content() and nodes[0].score is not None
+            tool = retrieval_tool(retrieval.retriever, k=1)
+            message = await tool.ainvoke(
+                {"type": "tool_call", "id": "call-1", "name": tool.name, "args": {"query": "local milvus directory"}}
+            )
+            chunk = message.artifact[0].chunk
+            assert f"[{chunk.id}]" in message.content and "milvus.db" in message.content
+        assert seen and all(s["path"] == "/v1/rerank" for s in seen)
