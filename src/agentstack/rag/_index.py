@@ -174,19 +174,27 @@ class MilvusIndex:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    async def fingerprint_of(self, doc_id: str) -> str | None:
-        rows = await self._client.query(
-            self.collection, filter=f'doc_id == "{doc_id}"', output_fields=["fingerprint"], limit=1
-        )
-        return rows[0]["fingerprint"] if rows else None
+    async def fingerprints(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc_id -> fingerprint of the version indexed now, for those of `doc_ids` in the index."""
+        found: dict[str, str] = {}
+        for start in range(0, len(doc_ids), 500):
+            part = json.dumps(list(doc_ids[start : start + 500]))
+            rows = await self._client.query(
+                self.collection,
+                filter=f'doc_id in {part} and kind == "leaf" and position == 0',  # one row per document
+                output_fields=["doc_id", "fingerprint"],
+            )
+            found.update((row["doc_id"], row["fingerprint"]) for row in rows)
+        return found
 
-    async def replace_document(
-        self, doc_id: str, fingerprint: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]
-    ) -> None:
-        """Insert the new version's chunks, then delete the older versions': a crash leaves one or both, never none."""
-        rows = [_row(chunk, fingerprint, vector) for chunk, vector in zip(chunks, vectors, strict=True)]
-        for start in range(0, len(rows), 512):
-            await self._client.insert(self.collection, rows[start : start + 512])
+    async def insert(self, chunks: Sequence[tuple[Chunk, str, Sequence[float]]]) -> None:
+        """Write (chunk, its document's fingerprint, vector) rows."""
+        rows = [_row(chunk, fingerprint, vector) for chunk, fingerprint, vector in chunks]
+        for start in range(0, len(rows), 1000):
+            await self._client.insert(self.collection, rows[start : start + 1000])
+
+    async def delete_stale(self, doc_id: str, fingerprint: str) -> None:
+        """Remove the chunks of a document's other versions (call after inserting the new one)."""
         await self._client.delete(self.collection, filter=f'doc_id == "{doc_id}" and fingerprint != "{fingerprint}"')
 
     async def delete_document(self, doc_id: str) -> None:

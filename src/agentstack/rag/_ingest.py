@@ -59,9 +59,11 @@ class Ingestor:
         report = IngestReport()
         started = time.perf_counter()
         pending: list[tuple[Document, str, list[Chunk], bool]] = []
-        for document in documents:
+        unique = list({d.doc_id: d for d in documents}.values())  # a source given twice: the last one wins
+        indexed = await self.index.fingerprints([d.doc_id for d in unique])
+        for document in unique:
             fingerprint = document.fingerprint(self._pipeline)
-            current = await self.index.fingerprint_of(document.doc_id)
+            current = indexed.get(document.doc_id)
             if current == fingerprint:
                 report.unchanged.append(document.source)
                 continue
@@ -95,13 +97,20 @@ class Ingestor:
             for chunk, vector in zip(part, await self.embedder.aembed_documents([c.text for c in part]), strict=True):
                 vectors[chunk.id] = vector
             bar.advance(task, len(part))
-        for document, fingerprint, chunks, existed in batch:
-            ordered = [c for c in chunks if c.kind == "leaf"] + [c for c in chunks if c.kind == "parent"]
+        rows: list[tuple[Chunk, str, list[float]]] = []
+        for _, fingerprint, chunks, _ in batch:
+            children: dict[str, list[list[float]]] = {}
+            for leaf in (c for c in chunks if c.kind == "leaf"):
+                rows.append((leaf, fingerprint, vectors[leaf.id]))
+                if leaf.parent_id:
+                    children.setdefault(leaf.parent_id, []).append(vectors[leaf.id])
             for parent in (c for c in chunks if c.kind == "parent"):
-                vectors[parent.id] = _mean(
-                    [vectors[c.id] for c in chunks if c.parent_id == parent.id], self.embedder.dimension
-                )
-            await self.index.replace_document(document.doc_id, fingerprint, ordered, [vectors[c.id] for c in ordered])
+                rows.append((parent, fingerprint, _mean(children.get(parent.id, []), self.embedder.dimension)))
+        # New versions first, then the old ones go: a crash in between leaves both, never neither.
+        await self.index.insert(rows)
+        for document, fingerprint, chunks, existed in batch:
+            if existed:
+                await self.index.delete_stale(document.doc_id, fingerprint)
             (report.replaced if existed else report.added).append(document.source)
             report.chunks += sum(1 for c in chunks if c.kind == "leaf")
 
