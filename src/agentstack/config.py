@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         description="Set (COHERE_API_KEY works too): rerank with Cohere's API.",
     )
 
+    graph_url: str | None = Field(
+        default=None,
+        description="Graph store for graph RAG: neo4j://user:pw@host:7687 or redis://:pw@host:port (FalkorDB); "
+        "unset: a local FalkorDB under <home>/falkordb.",
+    )
+
     @field_validator("home", "postgres_bin_dir", "fleet", "llama_server", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from agentstack.config import Settings
 from agentstack.rag._embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
+from agentstack.rag._falkordb_server import LocalFalkorDB
+from agentstack.rag._graph import KnowledgeGraph, open_graph_store
 from agentstack.rag._index import MilvusIndex
 from agentstack.rag._ingest import Ingestor
 from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
 from agentstack.rag._retriever import HybridRetriever
 
-__all__ = ["Retrieval", "open_retrieval"]
+__all__ = ["Retrieval", "open_knowledge_graph", "open_retrieval"]
 
 
 @dataclass
@@ -64,3 +67,16 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
             retriever=HybridRetriever(index, embedder, reranker),
             ingestor=Ingestor(index, embedder),
         )
+
+
+@asynccontextmanager
+async def open_knowledge_graph(settings: Settings) -> AsyncIterator[KnowledgeGraph]:
+    """The graph at `settings.graph_url`, or the local FalkorDB (started if needed; it keeps running)."""
+    url = settings.graph_url or await asyncio.to_thread(LocalFalkorDB(settings.home).start)
+    store = open_graph_store(url)
+    try:
+        graph = KnowledgeGraph(store)
+        await graph.setup()
+        yield graph
+    finally:
+        await store.aclose()
