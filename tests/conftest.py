@@ -23,3 +23,11 @@ def settings(tmp_path, monkeypatch) -> Settings:
 def fleet_home(tmp_path_factory) -> Path:
     """One agentstack home for every fleet test: the GGUF model is assembled into it once."""
     return tmp_path_factory.mktemp("fleet-home")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The default local embedder (all-MiniLM-L6-v2 from PyPI), loaded once: loading takes seconds."""
+    from agentstack.rag import LocalEmbedder
+
+    return LocalEmbedder()

@@ -141,3 +141,27 @@ def test_local_falkordb_is_reused_and_stopped(tmp_path: Path):
     finally:
         assert server.stop()
     assert server.url() is None and not server.stop()
+
+
+async def test_ingestor_feeds_the_graph_and_paths_cite_indexed_chunks(graph, scripted_model, embedder, tmp_path):
+    from agentstack.rag import HybridRetriever, Ingestor, MilvusIndex
+
+    def reply(messages, tools):
+        return extraction(("Milvus Lite", "stores", "the hybrid index"))
+
+    (tmp_path / "notes.md").write_text("Milvus Lite stores the hybrid index in a local directory.")
+    index = await MilvusIndex.open(tmp_path / "milvus.db", dimension=embedder.dimension, embedder=embedder.name)
+    try:
+        extractor = GraphExtractor(scripted_model(reply))
+        ingestor = Ingestor(index, embedder, graph=GraphIngestor(graph, extractor))
+        await ingestor.aingest_paths([tmp_path / "notes.md"])
+        result = await GraphRetriever(graph, index=index).aretrieve("what does milvus lite store?", hops=1)
+        assert [str(p) for p in result.paths] == ["(Milvus Lite) -[stores]-> (the hybrid index)"]
+        (leaf,) = result.chunks.values()
+        assert "local directory" in leaf.text and leaf.kind == "leaf"
+        hit = (await HybridRetriever(index, embedder).aretrieve("hybrid index", k=1)).chunks[0]
+        assert hit.chunk.id == leaf.id  # the graph's provenance is the index's chunk
+        await ingestor.adelete(tmp_path / "notes.md")
+        assert await graph.count_entities() == 0
+    finally:
+        await index.aclose()

@@ -35,11 +35,6 @@ DOCS = {
 }
 
 
-@pytest.fixture(scope="session")
-def embedder() -> LocalEmbedder:
-    return LocalEmbedder()
-
-
 @pytest.fixture
 async def index(tmp_path: Path, embedder: LocalEmbedder) -> AsyncIterator[MilvusIndex]:
     opened = await MilvusIndex.open(tmp_path / "milvus.db", dimension=embedder.dimension, embedder=embedder.name)

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentstack.rag._chunking import Chunker, ParentChildChunker
 from agentstack.rag._embeddings import Embedder
+from agentstack.rag._graph import GraphIngestor
 from agentstack.rag._index import MilvusIndex
 from agentstack.rag._loaders import expand_paths, load_document
 from agentstack.rag._types import Chunk, Document
@@ -42,11 +43,18 @@ class Ingestor:
     """Writes documents into a `MilvusIndex` with one embedder and one chunker (default: parent/child)."""
 
     def __init__(
-        self, index: MilvusIndex, embedder: Embedder, chunker: Chunker | None = None, *, batch_size: int = 64
+        self,
+        index: MilvusIndex,
+        embedder: Embedder,
+        chunker: Chunker | None = None,
+        *,
+        graph: GraphIngestor | None = None,
+        batch_size: int = 64,
     ) -> None:
         self.index = index
         self.embedder = embedder
         self.chunker = chunker or ParentChildChunker(embedder)
+        self.graph = graph  # when set, new and changed documents are also extracted into the knowledge graph
         self.batch_size = batch_size
         self._pipeline = f"{self.chunker.signature}|{embedder.name}|{embedder.dimension}"
 
@@ -106,6 +114,8 @@ class Ingestor:
                     children.setdefault(leaf.parent_id, []).append(vectors[leaf.id])
             for parent in (c for c in chunks if c.kind == "parent"):
                 rows.append((parent, fingerprint, _mean(children.get(parent.id, []), self.embedder.dimension)))
+        if self.graph is not None:  # extraction can fail (a model down): do it before the index changes
+            await self.graph.aingest([c for _, _, chunks, _ in batch for c in chunks])
         # New versions first, then the old ones go: a crash in between leaves both, never neither.
         await self.index.insert(rows)
         for document, fingerprint, chunks, existed in batch:
@@ -117,8 +127,11 @@ class Ingestor:
     async def adelete(self, source: str | Path) -> None:
         """Remove a document's chunks. A `Path` is resolved as the loader did; a `str` is the source as ingested."""
         key = str(source.expanduser().resolve()) if isinstance(source, Path) else source  # noqa: ASYNC240
-        await self.index.delete_document(Document(source=key, text="").doc_id)
+        doc_id = Document(source=key, text="").doc_id
+        await self.index.delete_document(doc_id)
         await self.index.flush()
+        if self.graph is not None:
+            await self.graph.graph.delete_document(doc_id)
 
 
 def _mean(vectors: list[list[float]], dimension: int) -> list[float]:
