@@ -47,7 +47,8 @@ def load(data: Path, quick: bool) -> tuple[list[Document], dict[str, str], dict[
     docs = []
     for line in (data / "corpus.jsonl").read_text().splitlines():
         row = json.loads(line)
-        docs.append(Document(source=row["_id"], text=f"{row['title']}\n{row['text']}".strip()))
+        metadata = {"title": row["title"]} if row["title"] else {}
+        docs.append(Document(source=row["_id"], text=f"{row['title']}\n{row['text']}".strip(), metadata=metadata))
     if quick:  # the judged documents of 50 queries plus 1,000 others: same shape, a fifth of the work
         queries = dict(list(queries.items())[:50])
         judged = {d for q in queries for d in qrels[q]}

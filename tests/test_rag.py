@@ -242,3 +242,14 @@ async def test_openai_compatible_embedder(tmp_path, embedder, corpus):
             await remote.aclose()
     with pytest.raises(RetrievalError, match="cannot be reached"):
         await OpenAIEmbedder.connect(f"http://127.0.0.1:{port}/v1", "minilm")
+
+
+async def test_every_leaf_is_indexed_under_its_document_title(index, embedder, tmp_path):
+    """A leaf cut from the middle of a document is found by its document's subject (its title)."""
+    body = " ".join(f"<p>Step {i}: the operator checks valve {i} and records the pressure.</p>" for i in range(40))
+    (tmp_path / "manual.html").write_text(f"<html><head><title>Zeppelin maintenance</title></head><body>{body}</body>")
+    report = await Ingestor(index, embedder).aingest_paths([tmp_path / "manual.html"])
+    assert report.chunks >= 3
+    result = await HybridRetriever(index, embedder).aretrieve("zeppelin", k=50, legs=("bm25",))
+    assert len(result) == report.chunks  # every leaf, though only the title says "Zeppelin"
+    assert sum("Zeppelin" in c.text for c in result) == 1  # the stored text stays the leaf's own

@@ -144,7 +144,7 @@ class MilvusIndex:
         client.create_collection(self.collection, schema=schema, index_params=params)
         # Which embedder made the vectors: a row, since Milvus Lite keeps no collection description.
         meta = Chunk(_META_ID, "", "", "", "meta", 0, None, {"embedder": self.embedder})  # type: ignore[arg-type]
-        client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1))])
+        client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1), "")])
 
     async def _check_existing(self) -> None:
         info = await self._client.describe_collection(self.collection)
@@ -187,9 +187,9 @@ class MilvusIndex:
             found.update((row["doc_id"], row["fingerprint"]) for row in rows)
         return found
 
-    async def insert(self, chunks: Sequence[tuple[Chunk, str, Sequence[float]]]) -> None:
-        """Write (chunk, its document's fingerprint, vector) rows."""
-        rows = [_row(chunk, fingerprint, vector) for chunk, fingerprint, vector in chunks]
+    async def insert(self, chunks: Sequence[tuple[Chunk, str, Sequence[float], str]]) -> None:
+        """Write (chunk, its document's fingerprint, vector, text for BM25 or "" to keep it out of BM25) rows."""
+        rows = [_row(chunk, fingerprint, vector, bm25) for chunk, fingerprint, vector, bm25 in chunks]
         for start in range(0, len(rows), 1000):
             await self._client.insert(self.collection, rows[start : start + 1000])
 
@@ -258,7 +258,7 @@ class MilvusIndex:
         await self._client.close()
 
 
-def _row(chunk: Chunk, fingerprint: str, vector: Sequence[float]) -> dict[str, Any]:
+def _row(chunk: Chunk, fingerprint: str, vector: Sequence[float], searchable: str) -> dict[str, Any]:
     if len(chunk.text.encode()) > TEXT_LIMIT:
         raise RetrievalError(
             f"a chunk of {chunk.source} is {len(chunk.text.encode())} bytes; Milvus stores at most {TEXT_LIMIT}",
@@ -273,7 +273,7 @@ def _row(chunk: Chunk, fingerprint: str, vector: Sequence[float]) -> dict[str, A
         "parent_id": chunk.parent_id or "",
         "position": chunk.position,
         "text": chunk.text,
-        "bm25_text": bm25_text(chunk.text) if chunk.kind == "leaf" else "",
+        "bm25_text": bm25_text(searchable),
         "metadata": chunk.metadata,
         "dense": list(vector),
     }

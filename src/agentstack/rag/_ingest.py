@@ -56,7 +56,7 @@ class Ingestor:
         self.chunker = chunker or ParentChildChunker(embedder)
         self.graph = graph  # when set, new and changed documents are also extracted into the knowledge graph
         self.batch_size = batch_size
-        self._pipeline = f"{self.chunker.signature}|{embedder.name}|{embedder.dimension}"
+        self._pipeline = f"title-headers|{self.chunker.signature}|{embedder.name}|{embedder.dimension}"
 
     async def aingest_paths(self, paths: Iterable[str | Path], *, progress: bool = False) -> IngestReport:
         """Files and directories; every file is read first, so one bad file stops the ingest before any write."""
@@ -102,18 +102,19 @@ class Ingestor:
         vectors: dict[str, list[float]] = {}
         for start in range(0, len(leaves), self.batch_size):
             part = leaves[start : start + self.batch_size]
-            for chunk, vector in zip(part, await self.embedder.aembed_documents([c.text for c in part]), strict=True):
+            texts = [self._indexed_text(c) for c in part]
+            for chunk, vector in zip(part, await self.embedder.aembed_documents(texts), strict=True):
                 vectors[chunk.id] = vector
             bar.advance(task, len(part))
-        rows: list[tuple[Chunk, str, list[float]]] = []
+        rows: list[tuple[Chunk, str, list[float], str]] = []
         for _, fingerprint, chunks, _ in batch:
             children: dict[str, list[list[float]]] = {}
             for leaf in (c for c in chunks if c.kind == "leaf"):
-                rows.append((leaf, fingerprint, vectors[leaf.id]))
+                rows.append((leaf, fingerprint, vectors[leaf.id], self._indexed_text(leaf)))
                 if leaf.parent_id:
                     children.setdefault(leaf.parent_id, []).append(vectors[leaf.id])
             for parent in (c for c in chunks if c.kind == "parent"):
-                rows.append((parent, fingerprint, _mean(children.get(parent.id, []), self.embedder.dimension)))
+                rows.append((parent, fingerprint, _mean(children.get(parent.id, []), self.embedder.dimension), ""))
         if self.graph is not None:  # extraction can fail (a model down): do it before the index changes
             await self.graph.aingest([c for _, _, chunks, _ in batch for c in chunks])
         # New versions first, then the old ones go: a crash in between leaves both, never neither.
@@ -123,6 +124,16 @@ class Ingestor:
                 await self.index.delete_stale(document.doc_id, fingerprint)
             (report.replaced if existed else report.added).append(document.source)
             report.chunks += sum(1 for c in chunks if c.kind == "leaf")
+
+    def _indexed_text(self, leaf: Chunk) -> str:
+        """The leaf under its document's title, for both legs: a leaf cut from the middle of a document often
+        does not name its subject ("it", "the method"), the title does. Left out when it would not fit the
+        embedder's window (leaves are sized to fit, headers are not) or the leaf already starts with it."""
+        title = str(leaf.metadata.get("title") or "").strip()
+        if not title or leaf.text.startswith(title):
+            return leaf.text
+        text = f"{title}\n{leaf.text}"
+        return text if len(self.embedder.tokenize(text)) <= self.embedder.max_tokens else leaf.text
 
     async def adelete(self, source: str | Path) -> None:
         """Remove a document's chunks. A `Path` is resolved as the loader did; a `str` is the source as ingested."""
