@@ -109,6 +109,7 @@ async def test_replacing_and_deleting_a_document(graph):
 async def test_ingest_and_retrieve_with_a_model(graph, scripted_model):
     def reply(messages, tools):
         text = messages[-1].content
+        assert len(messages) == 3  # the worked example, then the text
         if "Question:" in text:
             return QueryEntities(names=["the fleet"])
         if "restarts" in text:
@@ -165,3 +166,20 @@ async def test_ingestor_feeds_the_graph_and_paths_cite_indexed_chunks(graph, scr
         assert await graph.count_entities() == 0
     finally:
         await index.aclose()
+
+
+@pytest.mark.slow
+async def test_the_local_model_extracts_a_grounded_graph(graph, fleet_home):
+    """The real CPU model (Gemma 270M on llama.cpp): grammar-constrained output always parses, and with the
+    worked example it names entities that are in the text."""
+    from agentstack.serving import Fleet
+    from fleet_helpers import MODEL, tiny_spec
+
+    text = "Alice Smith founded Acme Corporation in Berlin. Acme Corporation builds rockets."
+    async with Fleet(tiny_spec(replicas=1), home=fleet_home) as fleet:
+        extractor = GraphExtractor(fleet.chat_model(MODEL, temperature=0, max_tokens=400))
+        await GraphIngestor(graph, extractor).aingest([chunk("c1", "d", text)])
+        assert await graph.count_entities() >= 1
+        assert await graph.link(text)  # at least one extracted entity is named, as a whole word, in the text
+        names = await extractor.aquery_entities("Who founded Acme Corporation?")
+        assert names and all(isinstance(n, str) and n for n in names)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, Field
 
 from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
@@ -178,21 +179,46 @@ class ExtractedRelation(BaseModel):
 class Extraction(BaseModel):
     """Entities and relations stated in one chunk of text."""
 
-    entities: list[ExtractedEntity] = Field(default_factory=list, max_length=16)
-    relations: list[ExtractedRelation] = Field(default_factory=list, max_length=16)
+    entities: list[ExtractedEntity] = Field(max_length=12)
+    relations: list[ExtractedRelation] = Field(max_length=12)
 
 
 class QueryEntities(BaseModel):
     """The entities a question is about."""
 
-    names: list[str] = Field(default_factory=list, max_length=8)
+    names: list[str] = Field(max_length=6)
 
 
-EXTRACT_PROMPT = (
-    "Extract the named entities (systems, tools, people, organisations, concepts) and the relations between "
-    "them that this text states. Use the names as written. Only relations stated in the text.\n\nText:\n{text}"
+EXTRACT_INSTRUCTION = (
+    "Extract the named entities (systems, tools, people, organisations, places, concepts) and the relations "
+    "between them that the text states, as JSON. Use the names as written.\n\nText: {text}"
 )
-QUERY_PROMPT = "List the named entities this question is about, as written.\n\nQuestion: {text}"
+QUERY_INSTRUCTION = "List the named entities this question is about, as JSON.\n\nQuestion: {text}"
+# One worked example each: small and base models follow a shown answer far better than a described one
+# (Gemma 270M answers `{}` or whitespace without it, even under a grammar).
+EXTRACT_EXAMPLE = (
+    "Marie Curie discovered polonium in Paris.",
+    Extraction(
+        entities=[
+            ExtractedEntity(name="Marie Curie", type="person"),
+            ExtractedEntity(name="polonium", type="element"),
+            ExtractedEntity(name="Paris", type="place"),
+        ],
+        relations=[
+            ExtractedRelation(source="Marie Curie", relation="discovered", target="polonium"),
+            ExtractedRelation(source="Marie Curie", relation="worked in", target="Paris"),
+        ],
+    ),
+)
+QUERY_EXAMPLE = ("Which element did Marie Curie discover in Paris?", QueryEntities(names=["Marie Curie", "Paris"]))
+
+
+def _few_shot(instruction: str, example: tuple[str, BaseModel], text: str) -> list[BaseMessage]:
+    return [
+        HumanMessage(instruction.format(text=example[0])),
+        AIMessage(example[1].model_dump_json()),
+        HumanMessage(instruction.format(text=text)),
+    ]
 
 
 class GraphExtractor:
@@ -203,10 +229,11 @@ class GraphExtractor:
         self._query = model.with_structured_output(QueryEntities, method="json_schema")
 
     async def aextract(self, text: str) -> Extraction:
-        return await self._extract.ainvoke(EXTRACT_PROMPT.format(text=text))  # type: ignore[return-value]
+        messages = _few_shot(EXTRACT_INSTRUCTION, EXTRACT_EXAMPLE, text)
+        return await self._extract.ainvoke(messages)  # type: ignore[return-value]
 
     async def aquery_entities(self, query: str) -> list[str]:
-        result = await self._query.ainvoke(QUERY_PROMPT.format(text=query))
+        result = await self._query.ainvoke(_few_shot(QUERY_INSTRUCTION, QUERY_EXAMPLE, query))
         return list(result.names)  # type: ignore[union-attr]
 
 
