@@ -106,11 +106,12 @@ class MilvusIndex:
 
         client = MilvusClient(uri=self._uri, token=self._token)
         try:
-            self._create_collection(client, DataType, Function, FunctionType)
+            self._create_collection(client, DataType, Function, FunctionType.BM25)
         finally:
             client.close()
 
-    def _create_collection(self, client: Any, dtype: Any, function: Any, function_type: Any) -> None:
+    def _create_collection(self, client: Any, dtype: Any, function: Any, bm25: Any) -> None:
+        """The schema (pymilvus's types are passed in: it is imported only when an index is used)."""
         schema = client.create_schema(auto_id=False, description="agentstack hybrid index")
         schema.add_field("id", dtype.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("doc_id", dtype.VARCHAR, max_length=64)
@@ -133,7 +134,7 @@ class MilvusIndex:
         schema.add_function(
             function(
                 name="bm25",
-                function_type=function_type.BM25,
+                function_type=bm25,
                 input_field_names=["bm25_text"],
                 output_field_names=["sparse"],
             )

@@ -136,7 +136,7 @@ class HybridRetriever:
                 legs=c.legs,
                 dense_score=c.dense_score,
                 bm25_score=c.bm25_score,
-                children=[chunks[i] for i in c.children],
+                children=[chunks[i] for i in c.children if i in chunks],
             )
             for c in head
             if c.id in chunks  # deleted between search and fetch: drop it
