@@ -211,18 +211,8 @@ class MilvusIndex:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    async def search_legs(
-        self, query: str | None, vector: Sequence[float] | None, *, candidates: int, expression: str
-    ) -> tuple[list[LegHit], list[LegHit]]:
-        """Dense (unless `vector` is None) and BM25 (unless `query` is None) candidates, fetched concurrently."""
-        dense, sparse = await asyncio.gather(
-            self._dense(vector, candidates, expression), self._bm25(query, candidates, expression)
-        )
-        return dense, sparse
-
-    async def _dense(self, vector: Sequence[float] | None, candidates: int, expression: str) -> list[LegHit]:
-        if vector is None:
-            return []
+    async def search_dense(self, vector: Sequence[float], *, candidates: int, expression: str) -> list[LegHit]:
+        """The `candidates` nearest leaves by cosine similarity."""
         hits = await self._client.search(
             self.collection,
             [list(vector)],
@@ -234,8 +224,9 @@ class MilvusIndex:
         )
         return [LegHit(h["id"], h["entity"]["parent_id"] or None, float(h["distance"])) for h in hits[0]]
 
-    async def _bm25(self, query: str | None, candidates: int, expression: str) -> list[LegHit]:
-        terms = bm25_text(query) if query is not None else ""
+    async def search_bm25(self, query: str, *, candidates: int, expression: str) -> list[LegHit]:
+        """The `candidates` best leaves by BM25 over the stemmed text."""
+        terms = bm25_text(query)
         if not terms:  # only stop words or punctuation: BM25 has nothing to match
             return []
         hits = await self._client.search(
