@@ -26,8 +26,6 @@ def fleet_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedder():
-    """The default local embedder (all-MiniLM-L6-v2 from PyPI), loaded once: loading takes seconds."""
-    from agentstack.rag import LocalEmbedder
-
-    return LocalEmbedder()
+def embedder(agentstack_embedder):
+    """Shorter name for the plugin's session embedder."""
+    return agentstack_embedder

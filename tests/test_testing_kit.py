@@ -133,3 +133,11 @@ def test_scripted_model_bad_reply_type_is_explained() -> None:
 def test_ai_message_replies_pass_through() -> None:
     message = AIMessage(content="", tool_calls=[{"name": "search", "args": {"query": "q"}, "id": "1"}])
     assert ScriptedChatModel.from_script([message]).invoke("x").tool_calls[0]["id"] == "1"
+
+
+async def test_hybrid_index_fixture_is_a_real_empty_index(hybrid_index, tmp_path):
+    assert await hybrid_index.index.count("leaf") == 0
+    (tmp_path / "note.md").write_text("The hybrid index fixture gives each test its own Milvus Lite directory.")
+    await hybrid_index.ingestor.aingest_paths([tmp_path / "note.md"])
+    result = await hybrid_index.retriever.aretrieve("own Milvus Lite directory", k=1)
+    assert result.chunks[0].chunk.source.endswith("note.md") and (tmp_path / "milvus.db").is_dir()

@@ -8,6 +8,9 @@ Fixtures:
   `scripted_model(lambda messages, tools: ...)`, returning a `ScriptedChatModel`.
 - `resumable`: `await resumable(graph, input)` interrupts the graph after every superstep,
   resumes it, and asserts the same final state with no completed superstep run twice.
+- `agentstack_embedder`: the default local embedder (all-MiniLM-L6-v2 from PyPI), loaded once per session.
+- `hybrid_index`: a `Retrieval` (index, embedder, retriever, ingestor) on a fresh Milvus Lite index in the
+  test's temporary directory (async; needs `agentstack[local]`).
 """
 
 from __future__ import annotations
@@ -63,17 +66,32 @@ def resumable() -> Callable[..., Any]:
     return check_resumable
 
 
+@pytest.fixture(scope="session")
+def agentstack_embedder() -> Any:
+    """The default local embedder, loaded once: loading the model takes seconds."""
+    from agentstack.rag import LocalEmbedder
+
+    return LocalEmbedder()
+
+
 try:
     import pytest_asyncio
 except ImportError:  # the plugin still loads; only the async fixture explains what is missing
 
-    @pytest.fixture
-    def saver() -> Any:
+    def _needs_pytest_asyncio(name: str) -> Any:
         from agentstack.errors import MissingDependencyError
 
         raise MissingDependencyError(
-            "the `saver` fixture is async and needs pytest-asyncio", fix="pip install 'agentstack[testing]'"
+            f"the `{name}` fixture is async and needs pytest-asyncio", fix="pip install 'agentstack[testing]'"
         )
+
+    @pytest.fixture
+    def saver() -> Any:
+        return _needs_pytest_asyncio("saver")
+
+    @pytest.fixture
+    def hybrid_index() -> Any:
+        return _needs_pytest_asyncio("hybrid_index")
 
 else:
 
@@ -85,3 +103,21 @@ else:
 
         async with open_saver(agentstack_postgres, settings=Settings.load(), pool_size=5) as pool_saver:
             yield pool_saver
+
+    @pytest_asyncio.fixture
+    async def hybrid_index(tmp_path: Any, agentstack_embedder: Any) -> AsyncIterator[Any]:
+        """A fresh Milvus Lite hybrid index with the default embedder and no reranker."""
+        from agentstack.rag import HybridRetriever, Ingestor, MilvusIndex, Retrieval
+
+        embedder = agentstack_embedder
+        index = await MilvusIndex.open(tmp_path / "milvus.db", dimension=embedder.dimension, embedder=embedder.name)
+        try:
+            yield Retrieval(
+                index=index,
+                embedder=embedder,
+                reranker=None,
+                retriever=HybridRetriever(index, embedder),
+                ingestor=Ingestor(index, embedder),
+            )
+        finally:
+            await index.aclose()
