@@ -3,8 +3,9 @@
 Fields: `text` (returned to callers), `bm25_text` (the stemmed copy, analyzer on, feeding Milvus's
 built-in BM25 function into `sparse`), `dense` (normalised embeddings, HNSW/cosine), `metadata` (JSON,
 filterable), and bookkeeping for re-ingestion (`doc_id`, `fingerprint`, `kind`, `parent_id`).
-Parents live in the same collection (`kind == "parent"`, excluded from search) with the mean of their
-leaves' vectors, so expansion needs no second store and costs no extra embedding.
+Parents (the context of leaves, never searched) live in a twin collection `<name>_parents` with the
+same schema and the mean of their leaves' vectors: expansion costs no extra embedding, and the searched
+collection holds only searchable rows (Milvus Lite's per-search work grows with every row it holds).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class MilvusIndex:
         self._client = client
         self._uri, self._token = uri, token
         self.collection = collection
+        self.parents = f"{collection}_parents"
         self.dimension = dimension
         self.embedder = embedder
 
@@ -90,9 +92,10 @@ class MilvusIndex:
         index = cls(client, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
         try:
             exists = await client.has_collection(collection)
-            if not exists:
+            if not exists or not await client.has_collection(index.parents):
                 await asyncio.to_thread(index._create)
-            await client.load_collection(collection)
+            for name in (collection, index.parents):
+                await client.load_collection(name)
             if exists:
                 await index._check_existing()
         except BaseException:
@@ -106,11 +109,17 @@ class MilvusIndex:
 
         client = MilvusClient(uri=self._uri, token=self._token)
         try:
-            self._create_collection(client, DataType, Function, FunctionType.BM25)
+            if not client.has_collection(self.collection):
+                self._create_collection(client, self.collection, DataType, Function, FunctionType.BM25)
+                # Which embedder made the vectors: a row, since Milvus Lite keeps no collection description.
+                meta = Chunk(_META_ID, "", "", "", "meta", 0, None, {"embedder": self.embedder})
+                client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1), "")])
+            if not client.has_collection(self.parents):
+                self._create_collection(client, self.parents, DataType, Function, FunctionType.BM25)
         finally:
             client.close()
 
-    def _create_collection(self, client: Any, dtype: Any, function: Any, bm25: Any) -> None:
+    def _create_collection(self, client: Any, name: str, dtype: Any, function: Any, bm25: Any) -> None:
         """The schema (pymilvus's types are passed in: it is imported only when an index is used)."""
         schema = client.create_schema(auto_id=False, description="agentstack hybrid index")
         schema.add_field("id", dtype.VARCHAR, is_primary=True, max_length=64)
@@ -142,10 +151,7 @@ class MilvusIndex:
         params = client.prepare_index_params()
         params.add_index("dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
         params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        client.create_collection(self.collection, schema=schema, index_params=params)
-        # Which embedder made the vectors: a row, since Milvus Lite keeps no collection description.
-        meta = Chunk(_META_ID, "", "", "", "meta", 0, None, {"embedder": self.embedder})  # type: ignore[arg-type]
-        client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1), "")])
+        client.create_collection(name, schema=schema, index_params=params)
 
     async def _check_existing(self) -> None:
         info = await self._client.describe_collection(self.collection)
@@ -190,23 +196,28 @@ class MilvusIndex:
 
     async def insert(self, chunks: Sequence[tuple[Chunk, str, Sequence[float], str]]) -> None:
         """Write (chunk, its document's fingerprint, vector, text for BM25 or "" to keep it out of BM25) rows."""
-        rows = [_row(chunk, fingerprint, vector, bm25) for chunk, fingerprint, vector, bm25 in chunks]
-        for start in range(0, len(rows), 1000):
-            await self._client.insert(self.collection, rows[start : start + 1000])
+        for name, kinds in ((self.collection, {"leaf"}), (self.parents, {"parent"})):
+            rows = [_row(c, fingerprint, vector, bm25) for c, fingerprint, vector, bm25 in chunks if c.kind in kinds]
+            for start in range(0, len(rows), 1000):
+                await self._client.insert(name, rows[start : start + 1000])
 
     async def delete_stale(self, doc_id: str, fingerprint: str) -> None:
         """Remove the chunks of a document's other versions (call after inserting the new one)."""
-        await self._client.delete(self.collection, filter=f'doc_id == "{doc_id}" and fingerprint != "{fingerprint}"')
+        for name in (self.collection, self.parents):
+            await self._client.delete(name, filter=f'doc_id == "{doc_id}" and fingerprint != "{fingerprint}"')
 
     async def delete_document(self, doc_id: str) -> None:
-        await self._client.delete(self.collection, filter=f'doc_id == "{doc_id}"')
+        for name in (self.collection, self.parents):
+            await self._client.delete(name, filter=f'doc_id == "{doc_id}"')
 
     async def flush(self) -> None:
         """Seal what was written into indexed segments: unflushed rows are searched by brute force."""
-        await self._client.flush(self.collection)
+        for name in (self.collection, self.parents):
+            await self._client.flush(name)
 
     async def count(self, kind: str = "leaf") -> int:
-        rows = await self._client.query(self.collection, filter=f'kind == "{kind}"', output_fields=["count(*)"])
+        name = self.parents if kind == "parent" else self.collection
+        rows = await self._client.query(name, filter=f'kind == "{kind}"', output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
     # -- reading ----------------------------------------------------------------------------------
@@ -243,8 +254,14 @@ class MilvusIndex:
     async def get(self, ids: Sequence[str]) -> dict[str, Chunk]:
         if not ids:
             return {}
-        rows = await self._client.get(self.collection, ids=list(ids), output_fields=_FIELDS)
-        return {row["id"]: _chunk(row) for row in rows}
+        found: dict[str, Chunk] = {}
+        for name in (self.collection, self.parents):
+            missing = [i for i in ids if i not in found]
+            if not missing:
+                break
+            rows = await self._client.get(name, ids=missing, output_fields=_FIELDS)
+            found.update((row["id"], _chunk(row)) for row in rows)
+        return found
 
     async def aclose(self) -> None:
         await self._client.close()
