@@ -253,3 +253,12 @@ async def test_every_leaf_is_indexed_under_its_document_title(index, embedder, t
     result = await HybridRetriever(index, embedder).aretrieve("zeppelin", k=50, legs=("bm25",))
     assert len(result) == report.chunks  # every leaf, though only the title says "Zeppelin"
     assert sum("Zeppelin" in c.text for c in result) == 1  # the stored text stays the leaf's own
+
+
+async def test_a_document_without_text_is_refused_before_any_write(index, embedder):
+    from agentstack.rag import Document
+
+    good = Document(source="memo-1", text="The release ships on Friday.", metadata={"team": "infra"})
+    with pytest.raises(RetrievalError, match="document 'memo-2' has no text"):
+        await Ingestor(index, embedder).aingest([good, Document(source="memo-2", text=" \n")])
+    assert await index.count("leaf") == 0

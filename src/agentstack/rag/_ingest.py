@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from agentstack.errors import RetrievalError
 from agentstack.rag._chunking import Chunker, ParentChildChunker
 from agentstack.rag._embeddings import Embedder
 from agentstack.rag._graph import GraphIngestor
@@ -68,6 +69,9 @@ class Ingestor:
         started = time.perf_counter()
         pending: list[tuple[Document, str, list[Chunk], bool]] = []
         unique = list({d.doc_id: d for d in documents}.values())  # a source given twice: the last one wins
+        for document in unique:
+            if not document.text.strip():
+                raise RetrievalError(f"document {document.source!r} has no text", fix="leave it out or give it text")
         indexed = await self.index.fingerprints([d.doc_id for d in unique])
         for document in unique:
             fingerprint = document.fingerprint(self._pipeline)
