@@ -119,7 +119,9 @@ class Ingestor:
                     children.setdefault(leaf.parent_id, []).append(vectors[leaf.id])
             for parent in (c for c in chunks if c.kind == "parent"):
                 rows.append((parent, fingerprint, _mean(children.get(parent.id, []), self.embedder.dimension), ""))
-        if self.graph is not None:  # extraction can fail (a model down): do it before the index changes
+        # The index write is the commit point: a crash before it leaves the old fingerprint, so the next ingest
+        # redoes the whole document, graph included. Extraction can fail (a model down): it goes first.
+        if self.graph is not None:
             await self.graph.aingest([c for _, _, chunks, _ in batch for c in chunks])
         # New versions first, then the old ones go: a crash in between leaves both, never neither.
         await self.index.insert(rows)
