@@ -25,9 +25,9 @@ from fleet_helpers import free_port
 from rag_server import serve
 
 
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_") and k != "COHERE_API_KEY"}
-    env |= {"AGENTSTACK_HOME": str(home), "COLUMNS": "200"}
+def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_") and k != "COHERE_API_KEY"}
+    env = clean | {"AGENTSTACK_HOME": str(home), "COLUMNS": "200"} | (env or {})
     agentstack = Path(sys.executable).with_name("agentstack")
     return subprocess.run([str(agentstack), *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -96,3 +96,36 @@ async def test_adapters_over_settings_built_retrieval(tmp_path: Path, monkeypatc
             chunk = message.artifact[0].chunk
             assert f"[{chunk.id}]" in message.content and "milvus.db" in message.content
         assert seen and all(s["path"] == "/v1/rerank" for s in seen)
+
+
+@pytest.mark.slow
+def test_cli_graph_ingest_with_the_local_model_then_graph_search(tmp_path: Path, fleet_home: Path) -> None:
+    """`ingest --graph` starts the CPU fleet, extracts with Gemma 270M into a local FalkorDB; `search --graph`
+    shows paths with their source files."""
+    import yaml
+
+    from fleet_helpers import tiny_spec
+
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(replicas=1).model_dump(mode="json", exclude_defaults=True)))
+    (tmp_path / "acme.md").write_text(
+        "Alice Smith founded Acme Corporation in Berlin. Acme Corporation builds rockets."
+    )
+    home = tmp_path / "home"
+    models = fleet_home / "models"
+    (home / "models").parent.mkdir(parents=True, exist_ok=True)
+    if models.is_dir():  # reuse the session's assembled GGUF instead of assembling it again
+        (home / "models").symlink_to(models)
+    env_fleet = {"AGENTSTACK_FLEET": str(spec)}
+    try:
+        ingested = _cli(home, "ingest", "--graph", str(tmp_path / "acme.md"), env=env_fleet)
+        assert ingested.returncode == 0, ingested.stderr + ingested.stdout
+        assert "1 new" in ingested.stdout and "the graph" in ingested.stdout
+        found = _cli(home, "search", "What did Alice Smith found?", "--graph", env=env_fleet)
+        assert found.returncode == 0, found.stderr
+        assert "graph paths from alice smith" in found.stdout.lower()  # Gemma named her; linking found her
+        assert "acme.md" in found.stdout
+    finally:
+        from agentstack.rag import LocalFalkorDB
+
+        LocalFalkorDB(home).stop()

@@ -193,9 +193,12 @@ def threads_delete(
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or directories (.txt .md .html .pdf ...).")],
     semantic: Annotated[bool, typer.Option(help="Semantic chunks instead of parent/child chunks.")] = False,
+    graph: Annotated[
+        bool, typer.Option(help="Also extract entities and relations into the knowledge graph (starts the fleet).")
+    ] = False,
 ) -> None:
     """Index documents into the hybrid index (unchanged ones are skipped, changed ones replaced)."""
-    asyncio.run(ingest_paths(Settings.load(), paths, semantic=semantic, console=console))
+    asyncio.run(ingest_paths(Settings.load(), paths, semantic=semantic, graph=graph, console=console))
 
 
 @app.command()
@@ -207,11 +210,18 @@ def search(
         list[str] | None, typer.Option("--filter", help="key=value on document metadata; repeat a key for any-of.")
     ] = None,
     parents: Annotated[bool, typer.Option(help="Show the parent passages of the matching chunks.")] = False,
+    graph: Annotated[bool, typer.Option(help="Also show knowledge-graph paths from the query's entities.")] = False,
 ) -> None:
     """Search the hybrid index: dense + BM25, fused, reranked when a reranker is configured."""
     asyncio.run(
         search_index(
-            Settings.load(), query, k=k, filters=parse_filters(filter_ or []), parents=parents, console=console
+            Settings.load(),
+            query,
+            k=k,
+            filters=parse_filters(filter_ or []),
+            parents=parents,
+            graph=graph,
+            console=console,
         )
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -10,7 +11,18 @@ from rich.table import Table
 
 from agentstack.config import Settings
 from agentstack.errors import UserError
-from agentstack.rag import ParentChildChunker, SemanticChunker, open_retrieval
+from agentstack.rag import (
+    GraphExtractor,
+    GraphIngestor,
+    GraphResult,
+    GraphRetriever,
+    Ingestor,
+    ParentChildChunker,
+    SemanticChunker,
+    open_knowledge_graph,
+    open_retrieval,
+)
+from agentstack.serving import Fleet
 
 __all__ = ["ingest_paths", "parse_filters", "search_index"]
 
@@ -26,26 +38,54 @@ def parse_filters(pairs: list[str]) -> dict[str, str | list[str]]:
     return {k: v[0] if len(v) == 1 else v for k, v in filters.items()}
 
 
-async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool, console: Console) -> None:
-    async with open_retrieval(settings) as retrieval:
-        if semantic:
-            retrieval.ingestor.chunker = SemanticChunker(retrieval.embedder)
-        else:
-            retrieval.ingestor.chunker = ParentChildChunker(retrieval.embedder)
-        report = await retrieval.ingestor.aingest_paths(paths, progress=console.is_terminal)
+async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool, graph: bool, console: Console) -> None:
+    async with AsyncExitStack() as stack:
+        retrieval = await stack.enter_async_context(open_retrieval(settings))
+        chunker = SemanticChunker(retrieval.embedder) if semantic else ParentChildChunker(retrieval.embedder)
+        ingestor = Ingestor(retrieval.index, retrieval.embedder, chunker)
+        if graph:
+            ingestor.graph = await _graph_ingestor(settings, stack, console)
+        report = await ingestor.aingest_paths(paths, progress=console.is_terminal)
         leaves = await retrieval.index.count("leaf")
+        entities = await ingestor.graph.graph.count_entities() if ingestor.graph is not None else None
     console.print(
         f"[green]ingested[/] {len(report.added)} new, {len(report.replaced)} changed, "
         f"{len(report.unchanged)} unchanged document(s): {report.chunks} chunks embedded in {report.seconds:.1f} s "
         f"({report.chunks_per_s:.1f} chunks/s); the index holds {leaves} chunks"
+        + (f", the graph {entities} entities" if entities is not None else "")
     )
 
 
+async def _graph_ingestor(settings: Settings, stack: AsyncExitStack, console: Console) -> GraphIngestor:
+    """The knowledge graph from settings, extracting with the first chat model of the settings' fleet."""
+    fleet = Fleet.from_settings(settings)
+    chat = next((m for m in fleet.spec.models if m.task == "chat"), None)
+    if chat is None:
+        raise UserError("the fleet spec serves no chat model to extract a graph with", fix="add one, or drop --graph")
+    with console.status(f"starting the model fleet ({chat.name}) for graph extraction"):
+        await stack.enter_async_context(fleet)
+    knowledge_graph = await stack.enter_async_context(open_knowledge_graph(settings))
+    model = fleet.chat_model(chat.name, temperature=0, max_tokens=400)
+    slots = chat.replicas * (chat.parallel or 4)  # llama.cpp slots; vLLM and SGLang batch far more
+    return GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=max(1, slots))
+
+
 async def search_index(
-    settings: Settings, query: str, *, k: int, filters: dict[str, str | list[str]], parents: bool, console: Console
+    settings: Settings,
+    query: str,
+    *,
+    k: int,
+    filters: dict[str, str | list[str]],
+    parents: bool,
+    graph: bool,
+    console: Console,
 ) -> None:
     async with open_retrieval(settings) as retrieval:
         result = await retrieval.retriever.aretrieve(query, k, filters or None, expand_parents=parents)
+        if graph:
+            async with open_knowledge_graph(settings) as knowledge_graph:
+                found = await GraphRetriever(knowledge_graph, index=retrieval.index).aretrieve(query, hops=2)
+            _print_graph(found, console)
     ordered_by = f"reranked by {result.reranker}" if result.reranked else "fused order (no reranker configured)"
     table = Table(title=f"{escape(query)} — {ordered_by}, {result.timings_ms['total']:.0f} ms", show_lines=True)
     for column in ("#", "score", "found by", "source", "text"):
@@ -57,3 +97,16 @@ async def search_index(
     console.print(table)
     if not result.chunks:
         console.print("[yellow]no results[/]: ingest documents first (agentstack ingest PATH...)")
+
+
+def _print_graph(found: GraphResult, console: Console) -> None:
+    if not found.entities:
+        console.print("[yellow]graph:[/] no entity of the query is in the graph (agentstack ingest --graph PATH...)")
+        return
+    table = Table(title=f"graph paths from {', '.join(found.entities)}", show_lines=False)
+    for column in ("path", "sources"):
+        table.add_column(column, overflow="fold")
+    for path in found.paths[:20]:
+        sources = {found.chunks[s.chunk_id].source for s in path.steps if s.chunk_id in found.chunks}
+        table.add_row(escape(str(path)), escape(", ".join(sorted(sources))))
+    console.print(table)
