@@ -15,8 +15,9 @@ import httpx
 import pytest
 import yaml
 
+from agentstack._net import free_port
 from agentstack.serving import default_fleet_spec
-from fleet_helpers import MODEL, alive, free_port
+from fleet_helpers import MODEL, alive
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,12 @@ from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel
 
+from agentstack._net import free_port
 from agentstack.errors import BackendError, ConfigError
 from agentstack.serving import Fleet, LlamaCppBackend, Replica, ReplicaState, Router, gateway_server
 from agentstack.serving._canary import run_canary
 from agentstack.serving._metrics import FleetMetrics
-from fleet_helpers import MODEL, free_port, tiny_spec
+from fleet_helpers import MODEL, tiny_spec
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

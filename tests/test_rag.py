@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agentstack._net import free_port
 from agentstack.errors import ConfigError, RetrievalError
 from agentstack.rag import (
     CohereReranker,
@@ -20,7 +21,6 @@ from agentstack.rag import (
     SemanticChunker,
     load_document,
 )
-from fleet_helpers import free_port
 from rag_server import serve
 
 DOCS = {

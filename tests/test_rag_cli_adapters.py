@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from langchain_core.documents import Document as LangChainDocument
 
+from agentstack._net import free_port
 from agentstack.config import Settings
 from agentstack.errors import UserError
 from agentstack.rag import (
@@ -21,7 +22,6 @@ from agentstack.rag import (
     reranker_from,
     retrieval_tool,
 )
-from fleet_helpers import free_port
 from rag_server import serve
 
 

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentstack._net import free_port
 from agentstack.config import Settings
 from agentstack.errors import MissingDependencyError, PostgresServerError
 
@@ -88,12 +89,6 @@ def find_postgres_binaries(bin_dir: Path | None = None) -> Path:
     raise MissingDependencyError(
         f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in {where}", fix=_INSTALL_FIX
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_is_free(port: int) -> bool:
@@ -416,7 +411,7 @@ class LocalPostgres:
         previous = self._read_port()
         if previous and _port_is_free(previous):
             return previous  # keep the URL stable across restarts when we can
-        return _free_port()
+        return free_port()
 
     def _write_server_conf(self, port: int) -> None:
         settings = {

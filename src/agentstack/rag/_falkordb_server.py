@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from agentstack._net import free_port
 from agentstack.errors import MissingDependencyError, RetrievalError
 
 __all__ = ["LocalFalkorDB"]
@@ -47,7 +48,7 @@ class LocalFalkorDB:
             if state is not None:
                 return _url(state)
             redis_server, module = _binaries()
-            state = {"port": self._port or _free_port(), "password": secrets.token_urlsafe(24)}
+            state = {"port": self._port or free_port(), "password": secrets.token_urlsafe(24)}
             config = self.root / "redis.conf"
             config.write_text(
                 f"bind 127.0.0.1\nport {state['port']}\nrequirepass {state['password']}\n"
@@ -161,9 +162,3 @@ def _ping(state: dict) -> bool:
         return b"PONG" in _command(state, "PING")
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from agentstack._net import free_port
 from agentstack.config import Settings
 from agentstack.errors import BackendError, ConfigError
 from agentstack.serving._backends import Backend, backend_for
@@ -147,7 +147,7 @@ class Fleet:
             ]
         members = []
         for i in range(spec.replicas):
-            port = _free_port()
+            port = free_port()
             placement = placements[spec.name, i]
             command = backend.command(spec, placement, host="127.0.0.1", port=port)
             process = ServerProcess(
@@ -277,9 +277,3 @@ class Fleet:
             if any(a.name == name for a in spec.lora):
                 return spec.name
         return name
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
