@@ -262,3 +262,11 @@ async def test_a_document_without_text_is_refused_before_any_write(index, embedd
     with pytest.raises(RetrievalError, match="document 'memo-2' has no text"):
         await Ingestor(index, embedder).aingest([good, Document(source="memo-2", text=" \n")])
     assert await index.count("leaf") == 0
+
+
+async def test_changing_the_chunker_re_ingests(index, embedder, corpus):
+    ingestor = Ingestor(index, embedder)
+    await ingestor.aingest_paths([corpus])
+    ingestor.chunker = SemanticChunker(embedder)
+    again = await ingestor.aingest_paths([corpus])
+    assert len(again.replaced) == 3 and again.unchanged == []

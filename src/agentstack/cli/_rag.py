@@ -16,8 +16,6 @@ from agentstack.rag import (
     GraphIngestor,
     GraphResult,
     GraphRetriever,
-    Ingestor,
-    ParentChildChunker,
     SemanticChunker,
     open_knowledge_graph,
     open_retrieval,
@@ -41,8 +39,9 @@ def parse_filters(pairs: list[str]) -> dict[str, str | list[str]]:
 async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool, graph: bool, console: Console) -> None:
     async with AsyncExitStack() as stack:
         retrieval = await stack.enter_async_context(open_retrieval(settings))
-        chunker = SemanticChunker(retrieval.embedder) if semantic else ParentChildChunker(retrieval.embedder)
-        ingestor = Ingestor(retrieval.index, retrieval.embedder, chunker)
+        ingestor = retrieval.ingestor
+        if semantic:
+            ingestor.chunker = SemanticChunker(retrieval.embedder)
         if graph:
             ingestor.graph = await _graph_ingestor(settings, stack, console)
         report = await ingestor.aingest_paths(paths, progress=console.is_terminal)

@@ -57,7 +57,11 @@ class Ingestor:
         self.chunker = chunker or ParentChildChunker(embedder)
         self.graph = graph  # when set, new and changed documents are also extracted into the knowledge graph
         self.batch_size = batch_size
-        self._pipeline = f"title-headers|{self.chunker.signature}|{embedder.name}|{embedder.dimension}"
+
+    @property
+    def _pipeline(self) -> str:
+        """Part of every fingerprint: changing the chunker (even after construction) re-ingests."""
+        return f"title-headers|{self.chunker.signature}|{self.embedder.name}|{self.embedder.dimension}"
 
     async def aingest_paths(self, paths: Iterable[str | Path], *, progress: bool = False) -> IngestReport:
         """Files and directories; every file is read first, so one bad file stops the ingest before any write."""

@@ -22,6 +22,7 @@ class Reranker(Protocol):
     @property
     def name(self) -> str: ...
     async def arerank(self, query: str, documents: Sequence[str], top_n: int) -> list[tuple[int, float]]: ...
+    async def aclose(self) -> None: ...
 
 
 class CohereReranker:
@@ -40,7 +41,8 @@ class CohereReranker:
         except ImportError as exc:
             raise MissingDependencyError("Cohere reranking needs the cohere client", fix="pip install cohere") from exc
         options = {"base_url": base_url} if base_url else {}
-        self._client = cohere.AsyncClientV2(api_key=api_key, httpx_client=http_client, **options)
+        self._http = http_client or httpx.AsyncClient(timeout=60)
+        self._client = cohere.AsyncClientV2(api_key=api_key, httpx_client=self._http, **options)
         self._model = model
         self._error = cohere.core.api_error.ApiError
 
@@ -63,6 +65,9 @@ class CohereReranker:
         except httpx.HTTPError as exc:
             raise RetrievalError(f"Cohere rerank cannot be reached: {exc!r}", fix="check the network") from exc
         return [(r.index, float(r.relevance_score)) for r in response.results]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 class HttpReranker:

@@ -60,6 +60,8 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
         )
         stack.push_async_callback(index.aclose)
         reranker = reranker_from(settings)
+        if reranker is not None:
+            stack.push_async_callback(reranker.aclose)
         yield Retrieval(
             index=index,
             embedder=embedder,
