@@ -3,7 +3,7 @@
 Indexes the 5,183 abstracts (parent/child chunks of all-MiniLM-L6-v2 tokens) into Milvus Lite and
 scores the 300 test claims: nDCG@10 and Recall@100 at document level (a document ranks where its first
 chunk does) for BM25 only, dense only, hybrid (RRF of both) and hybrid with parent expansion (leaves
-merged into their parent passages, which score the sum of their leaves). Also ingest throughput and the
+merged into their parent passages, which take their best leaf's score). Also ingest throughput and the
 latency of a k=10 hybrid query. Ends with one JSON line.
 
     python bench/retrieval_scifact.py [--quick] [--data DIR] [--index DIR]

@@ -40,7 +40,7 @@ def test_cli_ingest_then_search(tmp_path: Path) -> None:
     home = tmp_path / "home"
     first = _cli(home, "ingest", str(docs))
     assert first.returncode == 0, first.stderr
-    assert "2 new, 0 changed, 0 unchanged" in first.stdout and (home / "milvus.db").is_dir()
+    assert "2 new, 0 changed, 0 unchanged" in first.stdout and (home / "milvus.db").exists()
     again = _cli(home, "ingest", str(docs))
     assert "0 new, 0 changed, 2 unchanged" in again.stdout and "0 chunks embedded" in again.stdout
     found = _cli(home, "search", "replica restart backoff", "-k", "1")

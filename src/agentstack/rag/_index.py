@@ -1,7 +1,7 @@
 """The Milvus collection behind hybrid retrieval: one schema for Milvus Lite, a server or a cluster.
 
 Fields: `text` (returned to callers), `bm25_text` (the stemmed copy, analyzer on, feeding Milvus's
-built-in BM25 function into `sparse`), `dense` (normalised embeddings, HNSW/cosine), `metadata` (JSON,
+built-in BM25 function into `sparse`), `dense` (normalised embeddings, cosine, AUTOINDEX), `metadata` (JSON,
 filterable), and bookkeeping for re-ingestion (`doc_id`, `fingerprint`, `kind`, `parent_id`).
 Parents (the context of leaves, never searched) live in a twin collection `<name>_parents` with the
 same schema and the mean of their leaves' vectors: expansion costs no extra embedding, and the searched
@@ -10,8 +10,8 @@ collection holds only searchable rows (Milvus Lite's per-search work grows with 
 
 from __future__ import annotations
 
-import asyncio
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +51,7 @@ def filter_expression(filters: Mapping[str, FilterValue] | None) -> str:
         if isinstance(value, Sequence) and not isinstance(value, str):
             if not value:
                 raise RetrievalError(f"filter {key!r} is an empty list", fix="give at least one allowed value")
-            # `in` on a JSON path is not in Milvus Lite's grammar; a disjunction means the same everywhere.
-            clauses.append("(" + " or ".join(f"{field} == {json.dumps(v)}" for v in value) + ")")
+            clauses.append(f"{field} in {json.dumps(list(value))}")
         elif isinstance(value, str | int | float | bool):
             clauses.append(f"{field} == {json.dumps(value)}")
         else:
@@ -88,12 +87,13 @@ class MilvusIndex:
         uri = str(uri)
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            _import_milvus_lite()
         client = AsyncMilvusClient(uri=uri, token=token)
         index = cls(client, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
         try:
             exists = await client.has_collection(collection)
             if not exists or not await client.has_collection(index.parents):
-                await asyncio.to_thread(index._create)
+                await index._create()
             for name in (collection, index.parents):
                 await client.load_collection(name)
             if exists:
@@ -103,55 +103,52 @@ class MilvusIndex:
             raise
         return index
 
-    def _create(self) -> None:
-        """Through the sync client: the async one waits on index builds with an RPC Milvus Lite lacks."""
+    async def _create(self) -> None:
+        from pymilvus import MilvusClient
+
+        if not await self._client.has_collection(self.collection):
+            await self._client.create_collection(
+                self.collection, schema=self._schema(), index_params=_index_params(MilvusClient)
+            )
+            # Which embedder made the vectors: a row, since Milvus Lite keeps no collection description.
+            meta = Chunk(_META_ID, "", "", "", "meta", 0, None, {"embedder": self.embedder})
+            await self._client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1), "")])
+        if not await self._client.has_collection(self.parents):
+            await self._client.create_collection(
+                self.parents, schema=self._schema(), index_params=_index_params(MilvusClient)
+            )
+
+    def _schema(self) -> Any:
         from pymilvus import DataType, Function, FunctionType, MilvusClient
 
-        client = MilvusClient(uri=self._uri, token=self._token)
-        try:
-            if not client.has_collection(self.collection):
-                self._create_collection(client, self.collection, DataType, Function, FunctionType.BM25)
-                # Which embedder made the vectors: a row, since Milvus Lite keeps no collection description.
-                meta = Chunk(_META_ID, "", "", "", "meta", 0, None, {"embedder": self.embedder})
-                client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1), "")])
-            if not client.has_collection(self.parents):
-                self._create_collection(client, self.parents, DataType, Function, FunctionType.BM25)
-        finally:
-            client.close()
-
-    def _create_collection(self, client: Any, name: str, dtype: Any, function: Any, bm25: Any) -> None:
-        """The schema (pymilvus's types are passed in: it is imported only when an index is used)."""
-        schema = client.create_schema(auto_id=False, description="agentstack hybrid index")
-        schema.add_field("id", dtype.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("doc_id", dtype.VARCHAR, max_length=64)
-        schema.add_field("source", dtype.VARCHAR, max_length=4096)
-        schema.add_field("fingerprint", dtype.VARCHAR, max_length=64)
-        schema.add_field("kind", dtype.VARCHAR, max_length=8)
-        schema.add_field("parent_id", dtype.VARCHAR, max_length=64)
-        schema.add_field("position", dtype.INT64)
-        schema.add_field("text", dtype.VARCHAR, max_length=TEXT_LIMIT)
+        schema = MilvusClient.create_schema(auto_id=False, description="agentstack hybrid index")
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
+        schema.add_field("source", DataType.VARCHAR, max_length=4096)
+        schema.add_field("fingerprint", DataType.VARCHAR, max_length=64)
+        schema.add_field("kind", DataType.VARCHAR, max_length=8)
+        schema.add_field("parent_id", DataType.VARCHAR, max_length=64)
+        schema.add_field("position", DataType.INT64)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_LIMIT)
         schema.add_field(
             "bm25_text",
-            dtype.VARCHAR,
+            DataType.VARCHAR,
             max_length=TEXT_LIMIT,
             enable_analyzer=True,
             analyzer_params={"tokenizer": "standard"},
         )
-        schema.add_field("metadata", dtype.JSON)
-        schema.add_field("dense", dtype.FLOAT_VECTOR, dim=self.dimension)
-        schema.add_field("sparse", dtype.SPARSE_FLOAT_VECTOR)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_function(
-            function(
+            Function(
                 name="bm25",
-                function_type=bm25,
+                function_type=FunctionType.BM25,
                 input_field_names=["bm25_text"],
                 output_field_names=["sparse"],
             )
         )
-        params = client.prepare_index_params()
-        params.add_index("dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
-        params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        client.create_collection(name, schema=schema, index_params=params)
+        return schema
 
     async def _check_existing(self) -> None:
         info = await self._client.describe_collection(self.collection)
@@ -265,6 +262,26 @@ class MilvusIndex:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _index_params(client_type: Any) -> Any:
+    params = client_type.prepare_index_params()
+    # AUTOINDEX: HNSW on a Milvus server or cluster, FLAT (exact) on Milvus Lite, which has no HNSW.
+    params.add_index("dense", index_type="AUTOINDEX", metric_type="COSINE")
+    params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    return params
+
+
+def _import_milvus_lite() -> None:
+    """Import Milvus Lite before pymilvus does, without its pkg_resources deprecation warning on every run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        try:
+            import milvus_lite  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "a local index path needs Milvus Lite", fix="pip install 'agentstack[local]', or give a server URI"
+            ) from exc
 
 
 def _row(chunk: Chunk, fingerprint: str, vector: Sequence[float], searchable: str) -> dict[str, Any]:
