@@ -5,6 +5,7 @@ run for you), retrieval, and self-hosted models. This module re-exports the publ
 everything else lives in private modules and may change.
 """
 
+from agentstack._stack import Stack
 from agentstack.checkpoint import (
     LocalPostgres,
     PoolSaver,
@@ -22,6 +23,7 @@ from agentstack.errors import (
     BackendError,
     CheckpointError,
     ConfigError,
+    GraphInputError,
     MissingDependencyError,
     PostgresServerError,
     RetrievalError,
@@ -37,6 +39,7 @@ __all__ = [
     "BackendError",
     "CheckpointError",
     "ConfigError",
+    "GraphInputError",
     "GpuInfo",
     "LocalPostgres",
     "MissingDependencyError",
@@ -45,6 +48,7 @@ __all__ = [
     "PruneResult",
     "RetrievalError",
     "Settings",
+    "Stack",
     "StrictSerializer",
     "ThreadSummary",
     "UnsafeCheckpointError",

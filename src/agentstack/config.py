@@ -63,6 +63,16 @@ class Settings(BaseSettings):
         default=None,
         description="Fleet spec (YAML) that `Fleet.from_settings` serves; unset: serving/cpu-tiny.yaml.",
     )
+    llm_base_url: str | None = Field(
+        default=None,
+        description="Any OpenAI-compatible /v1 URL to run the graphs' models on instead of starting the fleet.",
+    )
+    llm_model: str | None = Field(
+        default=None,
+        description="Chat model for the graphs: a model of the fleet, or the name served at llm_base_url; "
+        "unset: the fleet's first chat model (required with llm_base_url).",
+    )
+    llm_api_key: SecretStr | None = Field(default=None, description="API key for llm_base_url.")
     llama_server: Path | None = Field(
         default=None,
         description="llama.cpp's llama-server binary; unset: next to Python, then PATH, then <home>/bin.",
@@ -107,6 +117,13 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
+
+    @field_validator("llm_base_url", mode="after")
+    @classmethod
+    def _check_llm_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1")
+        return value or None
 
     @field_validator("postgres_url", mode="after")
     @classmethod

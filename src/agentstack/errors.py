@@ -18,6 +18,8 @@ __all__ = [
     "UnsafeCheckpointError",
     "BackendError",
     "RetrievalError",
+    "GraphInputError",
+    "ModelOutputError",
 ]
 
 
@@ -60,3 +62,11 @@ class BackendError(AgentStackError):
 
 class RetrievalError(AgentStackError):
     """Ingestion or retrieval failed."""
+
+
+class GraphInputError(UserError):
+    """A graph was given input or a resume value it cannot use; the message names the field."""
+
+
+class ModelOutputError(BackendError):
+    """A model's reply did not parse as the structured output the graph asked for."""

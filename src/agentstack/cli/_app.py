@@ -1,4 +1,4 @@
-"""Typer application: `agentstack doctor | db ... | threads ... | ingest | search | serve | build-llama-server`."""
+"""Typer application: `agentstack run | resume | doctor | db ... | threads ... | ingest | search | serve | ...`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from agentstack.checkpoint import (
 )
 from agentstack.cli._doctor import run_checks
 from agentstack.cli._rag import ingest_paths, parse_filters, search_index
+from agentstack.cli._run import parse_decision_flags, resume_thread, run_graph, show_thread
 from agentstack.cli._serve import serve_fleet
 from agentstack.config import Settings
 from agentstack.errors import AgentStackError
@@ -145,6 +146,13 @@ def threads_list(limit: Annotated[int, typer.Option(help="Show at most this many
     console.print(table)
 
 
+@threads_app.command("show")
+@reports_errors
+def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to show.")]) -> None:
+    """A thread's history: each checkpoint (step, what changed, what waits), then its latest values."""
+    asyncio.run(show_thread(Settings.load(), thread_id, console=console))
+
+
 @threads_app.command("prune")
 @reports_errors
 def threads_prune(
@@ -184,6 +192,64 @@ def threads_delete(
         typer.confirm(f"Delete every checkpoint of thread {thread_id!r}?", abort=True)
     deleted = asyncio.run(_with_pool(lambda pool: delete_thread(pool, thread_id)))
     console.print(f"deleted {deleted} checkpoint(s) of {thread_id}")
+
+
+# -- graphs ------------------------------------------------------------------------------------
+def _knobs(pairs: list[str]) -> dict[str, Any]:
+    import json
+
+    knobs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not knob=value (for example --set max_iterations=2)")
+        try:
+            knobs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[key] = value
+    return knobs
+
+
+@app.command()
+@reports_errors
+def run(
+    graph: Annotated[str, typer.Argument(help="research, team or approval.")],
+    task: Annotated[str, typer.Argument(help="The question (research) or task (team, approval).")],
+    docs: Annotated[
+        list[Path] | None, typer.Option(help="Documents to ingest first (default: agentstack's own docs).")
+    ] = None,
+    thread: Annotated[str | None, typer.Option(help="Thread id (default: a new one).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A runtime knob, e.g. --set max_iterations=2 --set review_threshold=0.5."),
+    ] = None,
+) -> None:
+    """Run a graph on the embedded stack with live progress; print the answer and the thread id.
+
+    Exit code 0 when it finished, 2 when it waits for a decision (see `agentstack resume`).
+    """
+    finished = asyncio.run(
+        run_graph(Settings.load(), graph, task, docs=docs, thread_id=thread, knobs=_knobs(set_ or []), console=console)
+    )
+    if not finished:
+        raise typer.Exit(2)
+
+
+@app.command()
+@reports_errors
+def resume(
+    thread_id: Annotated[str, typer.Argument(help="The interrupted thread.")],
+    approve: Annotated[bool, typer.Option("--approve", help="Approve what waits.")] = False,
+    reject: Annotated[str | None, typer.Option("--reject", help="Reject it, with a reason the agent reads.")] = None,
+    edit: Annotated[
+        str | None, typer.Option("--edit", help="JSON: the tool call's new arguments, or the corrected answer.")
+    ] = None,
+) -> None:
+    """Continue a thread that waits for a human decision (from any process: the thread lives in Postgres)."""
+    decision = parse_decision_flags(approve, reject, edit)
+    finished = asyncio.run(resume_thread(Settings.load(), thread_id, decision, console=console))
+    if not finished:
+        raise typer.Exit(2)
 
 
 # -- model fleet -------------------------------------------------------------------------------

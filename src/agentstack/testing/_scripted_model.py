@@ -85,6 +85,18 @@ class ScriptedChatModel(BaseChatModel):
         formatted = [convert_to_openai_tool(t) for t in tools]
         return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: str | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Accepts ChatOpenAI's `method`/`strict` so graph code is the same for both; replies are tool calls."""
+        return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+
     # -- the script ----------------------------------------------------------------------------
     def _next_reply(self, messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Reply:
         with self._lock:

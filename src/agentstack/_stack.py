@@ -1,0 +1,163 @@
+"""`Stack`: every part `Settings` describes, started together and closed in reverse order.
+
+    async with Stack.from_settings() as stack:
+        graph = stack.research_graph()
+        await graph.ainvoke({"question": "..."}, stack.thread("t1"))
+
+With nothing configured this is the embedded stack: the local Postgres for checkpoints, Milvus Lite
+with the offline embedder, and the CPU llama.cpp fleet. `AGENTSTACK_LLM_BASE_URL` swaps the fleet for
+any OpenAI-compatible server; `AGENTSTACK_POSTGRES_URL`, `AGENTSTACK_MILVUS_URI`... swap the others.
+The model servers start while Postgres and the index open, since they take longest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+from agentstack.checkpoint import PoolSaver, open_saver
+from agentstack.config import Settings
+from agentstack.errors import ConfigError
+
+__all__ = ["Stack"]
+
+
+class Stack:
+    """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM) and `model`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: Any = None,
+        retrieval: bool = True,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._given_model = model
+        self._want_retrieval = retrieval
+        self._progress = on_progress or (lambda _message: None)
+        self._exits: AsyncExitStack | None = None
+        self.saver: PoolSaver | None = None
+        self.retrieval: Any = None
+        self.fleet: Any = None
+        self.model: Any = model
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **options: Any) -> Stack:
+        """A stack for `settings` (default: `Settings.load()`); `model=` uses your chat model instead."""
+        return cls(settings if settings is not None else Settings.load(), **options)
+
+    async def __aenter__(self) -> Stack:
+        if self._exits is not None:
+            raise ConfigError("this Stack is already open", fix="open it once, or build another")
+        exits = AsyncExitStack()
+        try:
+            starting = self._start_models(exits)
+            self._progress("checkpoints: opening Postgres")
+            self.saver = await exits.enter_async_context(open_saver(settings=self.settings, pool_size=4))
+            if self._want_retrieval:
+                from agentstack.rag import open_retrieval
+
+                self._progress("retrieval: loading the embedder and opening the index")
+                self.retrieval = await exits.enter_async_context(open_retrieval(self.settings))
+            if starting is not None:
+                self._progress("models: waiting for the fleet to be healthy")
+                await starting
+                self.model = self.fleet.chat_model(self._fleet_model_name())
+        except BaseException:
+            await exits.aclose()
+            raise
+        self._exits = exits
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        exits, self._exits = self._exits, None
+        if exits is not None:
+            await exits.aclose()
+
+    def _start_models(self, exits: AsyncExitStack) -> asyncio.Task[None] | None:
+        """Bind the chat model now (external LLM), or start the fleet in the background and return its task."""
+        if self.model is not None:
+            return None
+        settings = self.settings
+        if settings.llm_base_url:
+            from langchain_openai import ChatOpenAI
+
+            if not settings.llm_model:
+                raise ConfigError(
+                    "AGENTSTACK_LLM_BASE_URL is set but no model name is",
+                    fix="set AGENTSTACK_LLM_MODEL to the model that server serves",
+                )
+            key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
+            self.model = ChatOpenAI(base_url=settings.llm_base_url, model=settings.llm_model, api_key=key)  # type: ignore[arg-type]
+            return None
+        from agentstack.serving import Fleet
+
+        self.fleet = Fleet.from_settings(settings)
+        self._fleet_model_name()  # a wrong name fails before anything starts
+        self._progress("models: starting the fleet")
+        exits.push_async_callback(self.fleet.stop)
+        task = asyncio.create_task(self.fleet.start(), name="start the fleet")
+        exits.push_async_callback(_cancelled, task)  # runs before fleet.stop: callbacks unwind in reverse
+        return task
+
+    def _fleet_model_name(self) -> str:
+        chat = [m.name for m in self.fleet.spec.models if m.task == "chat"]
+        wanted = self.settings.llm_model
+        if wanted:
+            self.fleet.spec.model(wanted)
+            return wanted
+        if not chat:
+            raise ConfigError("the fleet spec serves no chat model", fix="add a model with task: chat to the spec")
+        return chat[0]
+
+    # -- graphs wired from the running parts -----------------------------------------------------------
+
+    def research_graph(self, *, checkpointer: bool = True, **options: Any) -> Any:
+        from agentstack.graphs import build_research_graph
+
+        return build_research_graph(
+            self._need_model(),
+            self.retrieval.retriever if self.retrieval is not None else None,
+            checkpointer=self.saver if checkpointer else None,
+            **options,
+        )
+
+    def team_graph(self, **options: Any) -> Any:
+        from agentstack.graphs import build_team_graph
+
+        return build_team_graph(
+            self._need_model(), researcher=self.research_graph(checkpointer=False), checkpointer=self.saver, **options
+        )
+
+    def approval_graph(self, tools: Sequence[Any] | None = None, **options: Any) -> Any:
+        from agentstack.graphs import ApprovalPolicy, build_approval_graph, default_tools
+
+        return build_approval_graph(
+            self._need_model(),
+            list(tools) if tools is not None else default_tools(self),
+            policy=options.pop("policy", None) or ApprovalPolicy.default(),
+            checkpointer=self.saver,
+            **options,
+        )
+
+    def _need_model(self) -> Any:
+        if self.model is None:
+            raise ConfigError("the stack is not open", fix="use it inside `async with Stack.from_settings() as stack`")
+        return self.model
+
+    @staticmethod
+    def thread(thread_id: str, **configurable: Any) -> dict[str, Any]:
+        """A run config for `thread_id` (plus any configurable keys)."""
+        return {"configurable": {"thread_id": thread_id, **configurable}}
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

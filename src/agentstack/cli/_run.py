@@ -1,0 +1,290 @@
+"""`agentstack run GRAPH TASK`, `agentstack resume THREAD`, `agentstack threads show THREAD`.
+
+A run streams its progress live and ends with the answer and the thread id. A run that stops for a human
+(a low-confidence research answer, a tool call on the approval policy) prints what waits and the
+`agentstack resume` line that continues it, from this process or any other: the thread lives in Postgres.
+The graph's name and runtime knobs are recorded in each checkpoint's metadata, so `resume` rebuilds the
+same graph with the same knobs without being told.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agentstack._stack import Stack
+from agentstack.config import Settings
+from agentstack.errors import ConfigError, UserError
+
+__all__ = ["GRAPHS", "default_corpus", "resume_thread", "run_graph", "show_thread"]
+
+GRAPHS = ("research", "team", "approval")
+
+
+def default_corpus() -> Path:
+    """agentstack's own documentation: packaged as `agentstack/docs`, or `docs/` of a source checkout."""
+    packaged = Path(__file__).resolve().parents[1] / "docs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[3] / "docs"
+
+
+def _context(graph: str, knobs: dict[str, Any]) -> Any:
+    from agentstack.graphs import ApprovalContext, ResearchContext, TeamContext
+
+    kind = {"research": ResearchContext, "team": TeamContext, "approval": ApprovalContext}[graph]
+    known = {f.name for f in fields(kind)}
+    unknown = set(knobs) - known
+    if unknown:
+        raise UserError(
+            f"the {graph} graph has no knob {', '.join(sorted(unknown))}",
+            fix=f"use some of: {', '.join(sorted(known))}",
+        )
+    return kind(**knobs)
+
+
+def _input(graph: str, task: str) -> dict[str, Any]:
+    if graph == "research":
+        return {"question": task}
+    if graph == "team":
+        return {"task": task}
+    return {"messages": [{"role": "user", "content": task}]}
+
+
+def _build(stack: Stack, graph: str) -> Any:
+    if graph not in GRAPHS:
+        raise UserError(f"there is no graph named {graph!r}", fix=f"use one of: {', '.join(GRAPHS)}")
+    return getattr(stack, f"{graph}_graph")()
+
+
+async def run_graph(
+    settings: Settings,
+    graph: str,
+    task: str,
+    *,
+    docs: list[Path] | None,
+    thread_id: str | None,
+    knobs: dict[str, Any],
+    console: Console,
+) -> bool:
+    """Run `graph` on `task` with live progress; True when it finished, False when it waits for a human."""
+    if not task.strip():
+        raise UserError(f"the {graph} task is empty", fix=f'agentstack run {graph} "what to do"')
+    if graph not in GRAPHS:
+        raise UserError(f"there is no graph named {graph!r}", fix=f"use one of: {', '.join(GRAPHS)}")
+    context = _context(graph, knobs)
+    thread_id = thread_id or f"{graph}-{uuid.uuid4().hex[:12]}"
+    async with Stack.from_settings(settings, on_progress=lambda m: console.print(f"[dim]{escape(m)}[/]")) as stack:
+        if graph in ("research", "team"):
+            paths = docs or [default_corpus()]
+            report = await stack.retrieval.ingestor.aingest_paths(paths, progress=console.is_terminal)
+            console.print(
+                f"[dim]docs: {len(report.added)} new, {len(report.replaced)} changed, "
+                f"{len(report.unchanged)} unchanged document(s) from {', '.join(map(str, paths))}[/]"
+            )
+        compiled = _build(stack, graph)
+        config = Stack.thread(thread_id)
+        config["metadata"] = {"agentstack_context": json.dumps(asdict(context))}
+        return await _stream(compiled, _input(graph, task), config, context, graph, console)
+
+
+async def resume_thread(settings: Settings, thread_id: str, decision: Any, *, console: Console) -> bool:
+    """Continue an interrupted thread with a decision (approve / edit / reject), in this process."""
+    from langgraph.types import Command
+
+    async with Stack.from_settings(settings, on_progress=lambda m: console.print(f"[dim]{escape(m)}[/]")) as stack:
+        assert stack.saver is not None
+        saved = await stack.saver.aget_tuple(Stack.thread(thread_id))
+        if saved is None:
+            raise UserError(f"there is no thread {thread_id!r}", fix="see `agentstack threads list`")
+        graph = str(saved.metadata.get("agentstack_graph", ""))
+        if graph not in GRAPHS:
+            raise UserError(
+                f"thread {thread_id!r} was not run by an agentstack graph (its metadata names {graph or 'none'})",
+                fix="resume it with the graph that ran it: graph.ainvoke(Command(resume=...), config)",
+            )
+        knobs = json.loads(str(saved.metadata.get("agentstack_context") or "{}"))
+        context = _context(graph, knobs)
+        compiled = _build(stack, graph)
+        config = Stack.thread(thread_id)
+        config["metadata"] = {"agentstack_context": json.dumps(knobs)}
+        state = await compiled.aget_state(config, subgraphs=True)
+        pending = _pending_interrupts(state)
+        if not pending:
+            raise UserError(
+                f"thread {thread_id!r} is not waiting for a decision"
+                + (f" (next: {', '.join(state.next)})" if state.next else " (it has finished)"),
+                fix=f"see `agentstack threads show {thread_id}`",
+            )
+        resume = _resume_value(decision, pending)
+        return await _stream(compiled, Command(resume=resume), config, context, graph, console)
+
+
+def _pending_interrupts(state: Any) -> list[Any]:
+    found = list(state.interrupts)
+    for task in state.tasks:
+        if task.state is not None and not task.interrupts:
+            found += _pending_interrupts(task.state)
+    return list({i.id: i for i in found}.values())
+
+
+def _resume_value(decision: dict[str, Any], pending: list[Any]) -> Any:
+    """One decision for one waiting interrupt; for several, the same decision for each, or an edit per id."""
+    if len(pending) == 1:
+        return decision
+    if decision["action"] == "edit":
+        edits = decision.get("value")
+        ids = {i.id for i in pending}
+        if not isinstance(edits, dict) or set(edits) != ids:
+            raise UserError(
+                f"{len(pending)} decisions are waiting, so --edit needs a JSON object from each interrupt id "
+                "to its edited value",
+                fix=f"--edit '{json.dumps({i: {} for i in sorted(ids)})}' (ids from `agentstack threads show`)",
+            )
+        return {i: {"action": "edit", "value": edits[i]} for i in ids}
+    return {i.id: decision for i in pending}
+
+
+async def _stream(
+    compiled: Any, graph_input: Any, config: dict[str, Any], context: Any, graph: str, console: Console
+) -> bool:
+    from agentstack.graphs import stream_run
+
+    tokens = 0
+    final: dict[str, Any] = {}
+    with console.status("[dim]running[/]") as status:
+        async for event in stream_run(compiled, graph_input, config, context=context):
+            if event.kind == "token":
+                tokens += 1
+                status.update(f"[dim]{event.node or 'model'}: {tokens} tokens[/]")
+            elif event.kind == "progress":
+                console.print(_progress_line(event.namespace, event.data))
+            elif event.kind == "update" and not event.namespace:
+                console.print(f"[green]done[/] {escape(str(event.node))}")
+            elif event.kind == "end":
+                final = event.data
+    state = await compiled.aget_state(config, subgraphs=True)
+    pending = _pending_interrupts(state)
+    thread_id = config["configurable"]["thread_id"]
+    if pending:
+        for item in pending:
+            console.print(f"[bold yellow]waiting for a decision[/] (interrupt {item.id}):")
+            console.print(escape(json.dumps(item.value, indent=2, default=str)))
+        console.print(
+            f"thread: [bold]{thread_id}[/]\ncontinue with: agentstack resume {thread_id} "
+            "--approve | --reject REASON | --edit JSON"
+        )
+        return False
+    _print_result(graph, state.values, console)
+    console.print(f"thread: [bold]{thread_id}[/]" + (f" ({final.get('next')})" if final.get("next") else ""))
+    return True
+
+
+def _progress_line(namespace: tuple[str, ...], data: Any) -> str:
+    where = f"[dim]{escape(namespace[-1].split(':')[0])}[/] " if namespace else ""
+    if isinstance(data, dict) and "stage" in data:
+        rest = ", ".join(f"{k}: {v}" for k, v in data.items() if k != "stage")
+        return f"{where}[cyan]{escape(str(data['stage']))}[/] {escape(rest)}"
+    return where + escape(str(data))
+
+
+def _print_result(graph: str, values: dict[str, Any], console: Console) -> None:
+    if graph == "research":
+        console.print(f"\n[bold]answer[/] ({values.get('status')}, confidence {values.get('confidence', 0):.2f}):")
+        console.print(escape(values.get("answer", "")))
+        _print_citations(values.get("citations", []), console)
+        if values.get("failures"):
+            console.print(f"[yellow]{len(values['failures'])} search(es) failed[/]: {escape(str(values['failures']))}")
+    elif graph == "team":
+        console.print(f"\n[bold]result[/] ({values.get('status')}):")
+        console.print(escape(str(values.get("output", ""))))
+        _print_citations(values.get("citations", []), console)
+    else:
+        messages = values.get("messages", [])
+        console.print("\n[bold]answer[/]:")
+        console.print(escape(str(messages[-1].content if messages else "")))
+
+
+def _print_citations(citations: list[dict[str, Any]], console: Console) -> None:
+    if not citations:
+        console.print("[yellow]no citations[/]")
+        return
+    table = Table(title="citations")
+    for column in ("id", "source", "passage"):
+        table.add_column(column)
+    for c in citations:
+        table.add_row(c["id"], escape(str(c["source"])), escape(c["quote"][:160]))
+    console.print(table)
+
+
+async def show_thread(settings: Settings, thread_id: str, *, console: Console) -> None:
+    """A thread's checkpoints, oldest first (step, source, what changed), then its latest values."""
+    from agentstack.checkpoint import open_saver
+
+    async with open_saver(settings=settings, pool_size=2) as saver:
+        history = [t async for t in saver.alist(Stack.thread(thread_id))]
+    if not history:
+        raise UserError(f"there is no thread {thread_id!r}", fix="see `agentstack threads list`")
+    root = [t for t in history if not t.config["configurable"].get("checkpoint_ns")]
+    table = Table(title=f"thread {thread_id}: {len(root)} checkpoint(s)")
+    for column in ("step", "source", "saved", "changed", "waiting"):
+        table.add_column(column)
+    previous: dict[str, Any] = {}
+    for item in reversed(root):
+        versions = item.checkpoint["channel_versions"]
+        changed = sorted(k for k, v in versions.items() if previous.get(k) != v and not k.startswith("branch:"))
+        previous = versions
+        waiting = [w[2] for w in item.pending_writes or [] if w[1] == "__interrupt__"]
+        table.add_row(
+            str(item.metadata.get("step")),
+            str(item.metadata.get("source")),
+            item.checkpoint["ts"][:19],
+            escape(", ".join(changed)),
+            escape(
+                ", ".join(
+                    str(getattr(i, "id", i)) for w in waiting for i in (w if isinstance(w, list | tuple) else [w])
+                )
+            ),
+        )
+    console.print(table)
+    latest = root[0] if root else history[0]
+    console.print(f"graph: {latest.metadata.get('agentstack_graph', '?')}")
+    for key, value in latest.checkpoint["channel_values"].items():
+        if key.startswith(("branch:", "__")):
+            continue
+        console.print(f"[bold]{escape(key)}[/]: {escape(_short(value))}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=lambda v: getattr(v, "content", str(v)), ensure_ascii=False)
+    return text if len(text) <= 300 else text[:300] + f"... ({len(text)} characters)"
+
+
+def parse_decision_flags(approve: bool, reject: str | None, edit: str | None) -> dict[str, Any]:
+    """Exactly one of --approve / --reject REASON / --edit JSON, as a resume decision."""
+    chosen = [name for name, on in (("--approve", approve), ("--reject", reject is not None), ("--edit", edit)) if on]
+    if len(chosen) != 1:
+        raise UserError(
+            "say what to do with the waiting decision: exactly one of --approve, --reject REASON, --edit JSON",
+            fix="for example: agentstack resume THREAD --approve",
+        )
+    if approve:
+        return {"action": "approve"}
+    if reject is not None:
+        if not reject.strip():
+            raise UserError("--reject needs a reason", fix='--reject "the agent reads this reason"')
+        return {"action": "reject", "reason": reject}
+    try:
+        value = json.loads(edit or "")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--edit is not JSON: {exc}", fix="""--edit '{"path": "/tmp/x"}' (tool arguments) or '"new answer"'"""
+        ) from exc
+    return {"action": "edit", "value": value}

@@ -1,0 +1,59 @@
+"""Structured model calls shared by the graph builders.
+
+Every LLM step of a built-in graph asks for a pydantic model through `response_format`
+json_schema (grammar-constrained on llama.cpp, vLLM and SGLang), so even a 270M model returns
+valid shapes. The raw reply is kept to count tokens for the graphs' token budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from pydantic import BaseModel
+
+from agentstack.errors import ModelOutputError
+from agentstack.prompts import Prompt
+
+__all__ = ["StructuredCall", "estimate_tokens"]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token: used only when the server reports no usage."""
+    return max(1, len(text) // 4)
+
+
+class StructuredCall(Generic[T]):
+    """`await call(prompt, **variables)` -> (parsed reply, tokens used) for one output schema."""
+
+    def __init__(self, model: BaseChatModel, schema: type[T]) -> None:
+        self.schema = schema
+        self._runnable = model.with_structured_output(schema, method="json_schema", include_raw=True)
+
+    async def __call__(self, prompt: Prompt, **variables: Any) -> tuple[T, int]:
+        messages = prompt.messages(**variables)
+        return await self.ask(messages, ref=prompt.ref)
+
+    async def ask(self, messages: Sequence[BaseMessage], *, ref: str) -> tuple[T, int]:
+        out = await self._runnable.ainvoke(list(messages))
+        parsed, raw = out.get("parsed"), out.get("raw")
+        if parsed is None:
+            raise ModelOutputError(
+                f"the model's reply to {ref} did not parse as {self.schema.__name__}: {out.get('parsing_error')}",
+                fix="serve the model where response_format json_schema is enforced (llama.cpp, vLLM, SGLang), "
+                "or use a larger model",
+            )
+        return parsed, _tokens(messages, raw)
+
+
+def _tokens(messages: Sequence[BaseMessage], raw: Any) -> int:
+    usage = getattr(raw, "usage_metadata", None)
+    if usage and usage.get("total_tokens"):
+        return int(usage["total_tokens"])
+    sent = sum(len(str(m.content)) for m in messages)
+    received = len(str(getattr(raw, "content", ""))) + len(str(getattr(raw, "tool_calls", "") or ""))
+    return max(1, (sent + received) // 4)

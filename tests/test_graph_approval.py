@@ -1,0 +1,213 @@
+"""The approval graph: guarded tool calls wait for a human; approve, edit, reject, several at once, across processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+
+from agentstack.errors import ConfigError, GraphInputError
+from agentstack.graphs import ApprovalContext, ApprovalPolicy, build_approval_graph, workspace_tools
+from agentstack.testing import ScriptedChatModel
+
+POLICY = ApprovalPolicy.of(["write_file"])
+
+
+def agent(calls: list[dict[str, Any]]) -> ScriptedChatModel:
+    """Asks for `calls` on the user's turn; after tool results, answers with what the tools said."""
+
+    def respond(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Any:
+        if isinstance(messages[-1], ToolMessage):
+            results = [m.content for m in messages if isinstance(m, ToolMessage)]
+            return "done: " + " | ".join(str(r) for r in results)
+        return AIMessage(
+            content="",
+            tool_calls=[{"name": c["name"], "args": c["args"], "id": f"call{i}"} for i, c in enumerate(calls)],
+        )
+
+    return ScriptedChatModel.from_script(respond)
+
+
+def thread() -> dict[str, Any]:
+    return {"configurable": {"thread_id": uuid.uuid4().hex}}
+
+
+def ask(task: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": task}]}
+
+
+async def test_an_unguarded_call_runs_without_asking(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    model = agent([{"name": "read_file", "args": {"path": "notes.txt"}}])
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    out = await graph.ainvoke(ask("read notes"), thread())
+    assert "__interrupt__" not in out and out["messages"][-1].content == "done: hello"
+    assert [d["action"] for d in out["decisions"]] == ["auto"]
+
+
+async def test_approve_runs_the_call_as_asked(tmp_path: Path, saver: Any) -> None:
+    model = agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=saver)
+    config = thread()
+    paused = await graph.ainvoke(ask("write a"), config)
+    (pending,) = paused["__interrupt__"]
+    assert pending.value == {
+        "type": "tool_approval",
+        "tool": "write_file",
+        "args": {"path": "a.txt", "content": "A"},
+        "call_id": "call0",
+    }
+    assert not (tmp_path / "a.txt").exists()  # nothing ran before the decision
+    out = await graph.ainvoke(Command(resume={"action": "approve"}), config)
+    assert (tmp_path / "a.txt").read_text() == "A" and out["decisions"][0]["action"] == "approve"
+    saved = await saver.aget_tuple(config)
+    assert (
+        saved.metadata["agentstack_graph"] == "approval" and "approval/agent@v1" in saved.metadata["agentstack_prompts"]
+    )
+
+
+async def test_edit_runs_the_call_with_the_reviewers_arguments(tmp_path: Path) -> None:
+    model = agent([{"name": "write_file", "args": {"path": "../escape.txt", "content": "x"}}])
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    config = thread()
+    await graph.ainvoke(ask("write"), config)
+    edit = {"action": "edit", "value": {"path": "safe.txt", "content": "edited"}}
+    out = await graph.ainvoke(Command(resume=edit), config)
+    assert (tmp_path / "safe.txt").read_text() == "edited" and not (tmp_path.parent / "escape.txt").exists()
+    assert out["decisions"][0] == {
+        "call_id": "call0",
+        "tool": "write_file",
+        "action": "edit",
+        "args": {"path": "safe.txt", "content": "edited"},
+        "reason": None,
+    }
+
+
+async def test_reject_tells_the_agent_why_and_runs_nothing(tmp_path: Path) -> None:
+    model = agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    config = thread()
+    await graph.ainvoke(ask("write"), config)
+    out = await graph.ainvoke(Command(resume={"action": "reject", "reason": "not in prod"}), config)
+    assert not (tmp_path / "a.txt").exists()
+    tool_message = next(m for m in out["messages"] if isinstance(m, ToolMessage))
+    assert tool_message.status == "error" and "not in prod" in tool_message.content
+    assert "not in prod" in str(model.calls[-1][-1].content)  # the model read the reason
+    assert out["decisions"][0]["action"] == "reject" and out["decisions"][0]["reason"] == "not in prod"
+
+
+async def test_several_pending_approvals_resume_together(tmp_path: Path) -> None:
+    model = agent(
+        [
+            {"name": "write_file", "args": {"path": "one.txt", "content": "1"}},
+            {"name": "write_file", "args": {"path": "two.txt", "content": "2"}},
+            {"name": "list_files", "args": {}},
+        ]
+    )
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    config = thread()
+    paused = await graph.ainvoke(ask("write both"), config)
+    pending = {i.value["args"]["path"]: i.id for i in paused["__interrupt__"]}
+    assert set(pending) == {"one.txt", "two.txt"}
+    decisions = {pending["one.txt"]: {"action": "approve"}, pending["two.txt"]: {"action": "reject", "reason": "no"}}
+    out = await graph.ainvoke(Command(resume=decisions), config)
+    assert (tmp_path / "one.txt").exists() and not (tmp_path / "two.txt").exists()
+    assert sorted(d["action"] for d in out["decisions"]) == ["approve", "auto", "reject"]
+    assert out["messages"][-1].content.startswith("done:")
+
+
+async def test_a_bad_decision_asks_again_instead_of_breaking_the_thread(tmp_path: Path) -> None:
+    model = agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    config = thread()
+    await graph.ainvoke(ask("write"), config)
+    again = await graph.ainvoke(Command(resume={"action": "edit", "value": "not an object"}), config)
+    assert "as an object" in again["__interrupt__"][0].value["error"]
+    out = await graph.ainvoke(Command(resume="approve"), config)
+    assert (tmp_path / "a.txt").read_text() == "A" and "__interrupt__" not in out
+
+
+async def test_step_budget_ends_a_tool_loop(tmp_path: Path) -> None:
+    looping = ScriptedChatModel.from_script(
+        lambda messages, tools: AIMessage(content="", tool_calls=[{"name": "list_files", "args": {}, "id": "c"}])
+    )
+    graph = build_approval_graph(looping, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    out = await graph.ainvoke(ask("loop"), thread(), context=ApprovalContext(max_steps=3))
+    assert out["steps"] == 3 and len(out["decisions"]) == 2
+
+
+async def test_bad_input_and_bad_policy_get_clear_errors(tmp_path: Path) -> None:
+    graph = build_approval_graph(agent([]), workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    with pytest.raises(GraphInputError, match="needs `messages`"):
+        await graph.ainvoke({"messages": []}, thread())
+    with pytest.raises(GraphInputError, match="at least one tool"):
+        build_approval_graph(agent([]), [])
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("require_aproval: [write_file]\n")
+    with pytest.raises(ConfigError, match="unknown keys: require_aproval"):
+        ApprovalPolicy.from_yaml(bad)
+    assert ApprovalPolicy.default().needs_approval("write_file")  # tools/policy.yaml
+    assert not ApprovalPolicy.default().needs_approval("read_file")
+
+
+async def test_approval_graph_is_resumable_on_postgres(tmp_path: Path, saver: Any, resumable: Any) -> None:
+    model = agent([{"name": "list_files", "args": {}}, {"name": "read_file", "args": {"path": "x"}}])
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=saver)
+
+    def without_ids(values: dict[str, Any]) -> Any:  # message ids are random per run
+        return [(type(m).__name__, m.content) for m in values["messages"]], values["decisions"], values["steps"]
+
+    report = await resumable(graph, ask("look around"), normalize=without_ids)
+    assert report.interruptions >= 1 and report.final_state["messages"][-1].content.startswith("done:")
+
+
+_PROCESS = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from langgraph.types import Command
+    from agentstack import open_saver
+    from agentstack.graphs import ApprovalPolicy, build_approval_graph, workspace_tools
+    sys.path.insert(0, {tests!r})
+    from test_graph_approval import agent
+
+    async def main(step):
+        model = agent([{{"name": "write_file", "args": {{"path": "a.txt", "content": "from process 1"}}}}])
+        async with open_saver({url!r}) as saver:
+            graph = build_approval_graph(
+                model, workspace_tools(Path({root!r})), policy=ApprovalPolicy.of(["write_file"]), checkpointer=saver
+            )
+            config = {{"configurable": {{"thread_id": "cross-process"}}}}
+            if step == "start":
+                out = await graph.ainvoke({{"messages": [{{"role": "user", "content": "write"}}]}}, config)
+                print(json.dumps([i.value for i in out["__interrupt__"]]))
+            else:
+                out = await graph.ainvoke(Command(resume={{"action": "approve"}}), config)
+                print(json.dumps(out["messages"][-1].content))
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+def test_start_in_one_process_approve_from_another(tmp_path: Path, agentstack_postgres: str) -> None:
+    script = tmp_path / "run.py"
+    root = tmp_path / "workspace"
+    script.write_text(_PROCESS.format(tests=str(Path(__file__).parent), url=agentstack_postgres, root=str(root)))
+    first = subprocess.run([sys.executable, str(script), "start"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.strip().splitlines()[-1])[0]["tool"] == "write_file"
+    assert not (root / "a.txt").exists()
+    second = subprocess.run([sys.executable, str(script), "resume"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert (root / "a.txt").read_text() == "from process 1"
+    assert json.loads(second.stdout.strip().splitlines()[-1]).startswith("done: wrote")

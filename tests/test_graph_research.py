@@ -1,0 +1,216 @@
+"""The research graph on a real hybrid index and real Postgres, driven by a scripted model through every branch."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+from langchain_core.tools import StructuredTool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+
+from agentstack.errors import GraphInputError
+from agentstack.graphs import ResearchContext, build_research_graph, verify_citations
+from agentstack.rag import Document
+from graph_helpers import DOCS, schema_model
+
+PLAN = {"queries": ["postgres checkpoint resume", "llama.cpp replica restart"]}
+CONFIDENT = {"draft": "It resumes from Postgres [S1].", "confidence": 0.9, "gaps": [], "cited": ["S1"]}
+UNSURE = {"draft": "Unclear.", "confidence": 0.2, "gaps": ["retrieval fusion"], "cited": []}
+ANSWER = {
+    "answer": "Threads resume from the last Postgres checkpoint [S1], as the docs say [S99].",
+    "citations": ["S1"],
+}
+
+
+@pytest.fixture
+async def retrieval(hybrid_index: Any) -> Any:
+    await hybrid_index.ingestor.aingest([Document(source=name, text=text) for name, text in DOCS.items()])
+    return hybrid_index
+
+
+def thread() -> dict[str, Any]:
+    return {"configurable": {"thread_id": uuid.uuid4().hex}}
+
+
+async def test_plan_search_analyze_answer_with_checked_citations(retrieval: Any, saver: Any) -> None:
+    model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=ANSWER)
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    config = thread()
+    out = await graph.ainvoke({"question": "How does a thread survive a crash?"}, config)
+
+    assert out["status"] == "answered" and out["iteration"] == 1
+    assert sorted(out["asked"]) == sorted(PLAN["queries"])
+    assert {e["id"] for e in out["evidence"]} == {f"S{i}" for i in range(1, len(out["evidence"]) + 1)}
+    assert "[S99]" not in out["answer"] and out["removed_citations"] == ["S99"]
+    assert [c["id"] for c in out["citations"]] == ["S1"]
+    cited = out["citations"][0]
+    first = out["evidence"][0]
+    assert cited["chunk_id"] == first["chunk_id"] and cited["source"] == first["source"]
+    # the sources are the ingested documents, and the evidence text is theirs
+    assert all(e["source"] in DOCS and e["text"] in DOCS[e["source"]] for e in out["evidence"])
+    # the prompt versions used are in the run's checkpoint metadata
+    saved = await saver.aget_tuple(config)
+    assert saved.metadata["agentstack_graph"] == "research"
+    assert "research/plan@v1" in saved.metadata["agentstack_prompts"].split()
+
+
+async def test_low_confidence_refines_until_max_iterations(retrieval: Any) -> None:
+    model = schema_model(
+        Plan=lambda prompt: {"queries": ["fusion"]} if "Already asked" in prompt else PLAN,
+        Analysis=UNSURE,
+        FinalAnswer=ANSWER,
+    )
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=2))
+    assert out["iteration"] == 2 and out["status"] == "budget_exhausted"
+    # the refine round searched the new query and the analysis's gap, never a query asked before
+    assert out["asked"][:2] == PLAN["queries"] or sorted(out["asked"][:2]) == sorted(PLAN["queries"])
+    assert set(out["asked"][2:]) == {"fusion", "retrieval fusion"}
+
+
+async def test_confidence_routes_to_answer_once_the_refined_evidence_is_enough(retrieval: Any) -> None:
+    model = schema_model(
+        Plan=lambda prompt: {"queries": ["reciprocal rank fusion"]} if "Already asked" in prompt else PLAN,
+        Analysis=lambda prompt: CONFIDENT if "[S3]" in prompt else UNSURE,  # the third passage settles it
+        FinalAnswer=ANSWER,
+    )
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(k=1, max_iterations=5))
+    assert out["iteration"] == 2 and out["status"] == "answered" and out["confidence"] == 0.9
+
+
+async def test_token_budget_stops_refining(retrieval: Any) -> None:
+    model = schema_model(Plan=PLAN, Analysis=UNSURE, FinalAnswer=ANSWER)
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=5, token_budget=10))
+    assert out["iteration"] == 1 and out["status"] == "budget_exhausted" and out["tokens_used"] > 10
+
+
+async def test_failed_searches_are_recorded_not_fatal(retrieval: Any) -> None:
+    def broken_search(query: str) -> str:
+        """A search tool whose backend is down."""
+        raise ConnectionError("search backend unreachable")
+
+    model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=ANSWER)
+    tool = StructuredTool.from_function(broken_search)
+    graph = build_research_graph(model, retrieval.retriever, tools=[tool], checkpointer=InMemorySaver())
+    out = await graph.ainvoke({"question": "q?"}, thread())
+    assert len(out["failures"]) == 2 and {f["searcher"] for f in out["failures"]} == {"broken_search"}
+    assert "search backend unreachable" in out["failures"][0]["error"]
+    assert out["status"] == "answered" and out["citations"]
+
+
+async def test_every_search_failing_still_answers_with_zero_confidence(retrieval: Any) -> None:
+    await retrieval.index.aclose()  # the index is gone: every retrieval raises
+    model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer={"answer": "No idea [S1].", "citations": []})
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=1))
+    assert len(out["failures"]) == 2 and out["failures"][0]["searcher"] == "retriever"
+    assert out["confidence"] == 0.0 and out["citations"] == [] and out["removed_citations"] == ["S1"]
+
+
+async def test_an_uncited_answer_is_revised(retrieval: Any) -> None:
+    model = schema_model(
+        Plan=PLAN,
+        Analysis=CONFIDENT,
+        FinalAnswer=lambda prompt: (
+            {"answer": "Resumes from Postgres [S2].", "citations": []}
+            if "cites no passage" in prompt
+            else {"answer": "It just works.", "citations": []}
+        ),
+    )
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    out = await graph.ainvoke({"question": "q?"}, thread())
+    assert out["answer"] == "Resumes from Postgres [S2]." and [c["id"] for c in out["citations"]] == ["S2"]
+    assert len(model.calls) == 4  # plan, analyze, answer, revise
+
+
+async def test_low_confidence_waits_for_review_then_approve_edit_or_reject(retrieval: Any, saver: Any) -> None:
+    model = schema_model(
+        Plan=lambda prompt: {"queries": ["hybrid fusion"]} if "Already asked" in prompt else PLAN,
+        Analysis=UNSURE,
+        FinalAnswer=ANSWER,
+    )
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    knobs = ResearchContext(max_iterations=2, review_threshold=0.5)
+
+    approved = thread()
+    paused = await graph.ainvoke({"question": "q?"}, approved, context=knobs)
+    (pending,) = paused["__interrupt__"]
+    assert pending.value["type"] == "review" and pending.value["answer"] == paused["answer"]
+    out = await graph.ainvoke(Command(resume={"action": "approve"}), approved, context=knobs)
+    assert out["status"] == "approved" and "__interrupt__" not in out
+
+    edited = thread()
+    await graph.ainvoke({"question": "q?"}, edited, context=knobs)
+    out = await graph.ainvoke(
+        Command(resume={"action": "edit", "value": "Checkpoints [S1] and magic [S42]."}), edited, context=knobs
+    )
+    assert out["status"] == "edited" and out["answer"] == "Checkpoints [S1] and magic."
+    assert out["removed_citations"] == ["S42"]
+
+    # sure enough to answer at once, not sure enough to skip review: a rejection sends it back to research
+    model = schema_model(Plan=PLAN, Analysis={**UNSURE, "confidence": 0.4}, FinalAnswer=ANSWER)
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    rejected = thread()
+    more = ResearchContext(max_iterations=2, confidence_threshold=0.3, review_threshold=0.5)
+    first = await graph.ainvoke({"question": "q?"}, rejected, context=more)
+    assert first["iteration"] == 1 and first["__interrupt__"]
+    again = await graph.ainvoke(
+        Command(resume={"action": "reject", "reason": "say how fusion works"}), rejected, context=more
+    )
+    assert again["iteration"] == 2 and "say how fusion works" in again["asked"]  # the reason became a query
+    assert again["__interrupt__"]  # the new answer is still unsure: reviewed again
+    final = await graph.ainvoke(Command(resume={"action": "reject", "reason": "still no"}), rejected, context=more)
+    assert final["status"] == "rejected" and final["feedback"] == "still no"  # out of iterations
+
+
+async def test_a_malformed_review_decision_is_refused(retrieval: Any) -> None:
+    model = schema_model(Plan=PLAN, Analysis=UNSURE, FinalAnswer=ANSWER)
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    config, knobs = thread(), ResearchContext(max_iterations=1, review_threshold=0.5)
+    await graph.ainvoke({"question": "q?"}, config, context=knobs)
+    # a bad decision is answered with the problem, and the thread waits again instead of breaking
+    again = await graph.ainvoke(Command(resume={"action": "maybe"}), config, context=knobs)
+    assert "not a decision" in again["__interrupt__"][0].value["error"]
+    again = await graph.ainvoke(Command(resume={"action": "edit", "value": {"x": 1}}), config, context=knobs)
+    assert "as text" in again["__interrupt__"][0].value["error"]
+    again = await graph.ainvoke(Command(resume={"action": "reject"}), config, context=knobs)
+    assert "needs a `reason`" in again["__interrupt__"][0].value["error"]
+    done = await graph.ainvoke(Command(resume="approve"), config, context=knobs)
+    assert done["status"] == "approved" and "__interrupt__" not in done
+
+
+@pytest.mark.parametrize("bad", [{"question": ""}, {"question": "   "}, {"question": 42}])
+async def test_bad_input_gets_a_clear_error(retrieval: Any, bad: dict[str, Any]) -> None:
+    graph = build_research_graph(schema_model(), retrieval.retriever, checkpointer=InMemorySaver())
+    with pytest.raises(GraphInputError, match="non-empty string `question`"):
+        await graph.ainvoke(bad, thread())
+
+
+def test_a_graph_with_nothing_to_search_is_refused() -> None:
+    with pytest.raises(GraphInputError, match="needs something to search"):
+        build_research_graph(schema_model(), None)
+
+
+async def test_research_graph_is_resumable_on_postgres(retrieval: Any, saver: Any, resumable: Any) -> None:
+    model = schema_model(
+        Plan=lambda prompt: {"queries": ["fusion"]} if "Already asked" in prompt else PLAN,
+        Analysis=UNSURE,
+        FinalAnswer=ANSWER,
+    )
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    report = await resumable(graph, {"question": "q?"})
+    assert report.interruptions >= 4 and report.final_state["status"] == "budget_exhausted"
+
+
+def test_verify_citations_keeps_real_ids_and_strips_invented_ones() -> None:
+    evidence = [
+        {"id": "S1", "query": "q", "kind": "chunk", "source": "a.md", "chunk_id": "c1", "text": "alpha", "score": 1.0}
+    ]
+    text, citations, removed = verify_citations("Alpha [S1], beta [S7] and [S1].", ["S8"], evidence)  # type: ignore[arg-type]
+    assert text == "Alpha [S1], beta and [S1]." and removed == ["S7", "S8"]
+    assert [c["id"] for c in citations] == ["S1"] and re.search(r"alpha", citations[0]["quote"])
