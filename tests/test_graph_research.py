@@ -42,7 +42,7 @@ async def test_plan_search_analyze_answer_with_checked_citations(retrieval: Any,
     out = await graph.ainvoke({"question": "How does a thread survive a crash?"}, config)
 
     assert out["status"] == "answered" and out["iteration"] == 1
-    assert sorted(out["asked"]) == sorted(PLAN["queries"])
+    assert sorted(out["asked"]) == sorted(["How does a thread survive a crash?", *PLAN["queries"]])
     assert {e["id"] for e in out["evidence"]} == {f"S{i}" for i in range(1, len(out["evidence"]) + 1)}
     assert "[S99]" not in out["answer"] and out["removed_citations"] == ["S99"]
     assert [c["id"] for c in out["citations"]] == ["S1"]
@@ -66,9 +66,9 @@ async def test_low_confidence_refines_until_max_iterations(retrieval: Any) -> No
     graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=2))
     assert out["iteration"] == 2 and out["status"] == "budget_exhausted"
-    # the refine round searched the new query and the analysis's gap, never a query asked before
-    assert out["asked"][:2] == PLAN["queries"] or sorted(out["asked"][:2]) == sorted(PLAN["queries"])
-    assert set(out["asked"][2:]) == {"fusion", "retrieval fusion"}
+    # the question itself is searched first; the refine round searched the new query and the analysis's gap
+    assert sorted(out["asked"][:3]) == sorted(["q?", *PLAN["queries"]])
+    assert set(out["asked"][3:]) == {"fusion", "retrieval fusion"}
 
 
 async def test_confidence_routes_to_answer_once_the_refined_evidence_is_enough(retrieval: Any) -> None:
@@ -98,7 +98,7 @@ async def test_failed_searches_are_recorded_not_fatal(retrieval: Any) -> None:
     tool = StructuredTool.from_function(broken_search)
     graph = build_research_graph(model, retrieval.retriever, tools=[tool], checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread())
-    assert len(out["failures"]) == 2 and {f["searcher"] for f in out["failures"]} == {"broken_search"}
+    assert len(out["failures"]) == 3 and {f["searcher"] for f in out["failures"]} == {"broken_search"}
     assert "search backend unreachable" in out["failures"][0]["error"]
     assert out["status"] == "answered" and out["citations"]
 
@@ -108,7 +108,7 @@ async def test_every_search_failing_still_answers_with_zero_confidence(retrieval
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer={"answer": "No idea [S1].", "citations": []})
     graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=1))
-    assert len(out["failures"]) == 2 and out["failures"][0]["searcher"] == "retriever"
+    assert len(out["failures"]) == 3 and out["failures"][0]["searcher"] == "retriever"
     assert out["confidence"] == 0.0 and out["citations"] == [] and out["removed_citations"] == ["S1"]
 
 

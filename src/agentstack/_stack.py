@@ -24,6 +24,8 @@ from agentstack.errors import ConfigError
 
 __all__ = ["Stack"]
 
+_MAX_TOKENS = 1024  # per reply: every graph step asks for a bounded structured answer
+
 
 class Stack:
     """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM) and `model`."""
@@ -67,7 +69,7 @@ class Stack:
             if starting is not None:
                 self._progress("models: waiting for the fleet to be healthy")
                 await starting
-                self.model = self.fleet.chat_model(self._fleet_model_name())
+                self.model = self.fleet.chat_model(self._fleet_model_name(), max_tokens=_MAX_TOKENS)
         except BaseException:
             await exits.aclose()
             raise
@@ -93,7 +95,12 @@ class Stack:
                     fix="set AGENTSTACK_LLM_MODEL to the model that server serves",
                 )
             key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
-            self.model = ChatOpenAI(base_url=settings.llm_base_url, model=settings.llm_model, api_key=key)  # type: ignore[arg-type]
+            self.model = ChatOpenAI(
+                base_url=settings.llm_base_url,
+                model=settings.llm_model,
+                api_key=key,  # type: ignore[arg-type]
+                max_tokens=_MAX_TOKENS,
+            )
             return None
         from agentstack.serving import Fleet
 

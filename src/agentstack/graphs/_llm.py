@@ -7,6 +7,7 @@ valid shapes. The raw reply is kept to count tokens for the graphs' token budget
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
@@ -39,7 +40,17 @@ class StructuredCall(Generic[T]):
         return await self.ask(messages, ref=prompt.ref)
 
     async def ask(self, messages: Sequence[BaseMessage], *, ref: str) -> tuple[T, int]:
-        out = await self._runnable.ainvoke(list(messages))
+        try:
+            with warnings.catch_warnings():  # langchain serialises the raw+parsed pair with a loose schema
+                warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
+                out = await self._runnable.ainvoke(list(messages))
+        except Exception as exc:
+            if type(exc).__name__ != "LengthFinishReasonError":  # openai's; not imported: the model may be any
+                raise
+            raise ModelOutputError(
+                f"the model's reply to {ref} hit its token limit before the {self.schema.__name__} was complete",
+                fix="raise the model's max_tokens, or use a larger model that answers more concisely",
+            ) from exc
         parsed, raw = out.get("parsed"), out.get("raw")
         if parsed is None:
             raise ModelOutputError(

@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 PROMPTS = ("plan", "analyze", "refine", "answer", "revise")
-_CITE = re.compile(r"\[(S\d+)\]")
+_CITE = re.compile(r"\[([Ss]\d+)\]")
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -132,26 +132,36 @@ class _SearchTask(TypedDict):
 
 
 # -- model outputs -----------------------------------------------------------------------------------
+# Lengths are part of the JSON schema, so a grammar-constrained server stops a small model that rambles
+# instead of letting it fill the context window.
+Query = Annotated[str, Field(min_length=1, max_length=120)]
+Phrase = Annotated[str, Field(max_length=160)]
+
+
 class Plan(BaseModel):
     """The planner's (and refiner's) structured output."""
 
-    queries: list[str] = Field(description="short keyword search queries", min_length=1, max_length=5)
+    queries: list[Query] = Field(description="short keyword search queries", min_length=1, max_length=5)
 
 
 class Analysis(BaseModel):
     """The analyst's structured output: a draft, how sure it is, and what is missing."""
 
-    draft: str = Field(description="an answer draft from the evidence, citing ids like [S1]")
+    draft: str = Field(max_length=1500, description="an answer draft from the evidence, citing ids like [S1]")
     confidence: float = Field(description="0 to 1: how fully the evidence answers the question")
-    gaps: list[str] = Field(default_factory=list, max_length=3, description="what the evidence does not tell")
-    cited: list[str] = Field(default_factory=list, description="evidence ids the draft relies on")
+    gaps: list[Phrase] = Field(default_factory=list, max_length=3, description="what the evidence does not tell")
+    cited: list[Annotated[str, Field(max_length=8)]] = Field(
+        default_factory=list, max_length=20, description="evidence ids the draft relies on"
+    )
 
 
 class FinalAnswer(BaseModel):
     """The writer's structured output; its citations are checked against the evidence before anyone sees them."""
 
-    answer: str = Field(description="the answer, each claim followed by its evidence id like [S2]")
-    citations: list[str] = Field(default_factory=list, description="the evidence ids cited")
+    answer: str = Field(max_length=2000, description="the answer, each claim followed by its evidence id like [S2]")
+    citations: list[Annotated[str, Field(max_length=8)]] = Field(
+        default_factory=list, max_length=20, description="the evidence ids cited"
+    )
 
 
 # -- knobs ------------------------------------------------------------------------------------------
@@ -214,7 +224,8 @@ def build_research_graph(
         knobs = _knobs(runtime)
         question = _validated_question(state)
         reply, tokens = await plan_call(prompt["plan"], question=question, max_queries=knobs.max_queries)
-        queries = _fresh(reply.queries, [], knobs.max_queries) or [question]
+        # The question itself is always searched: a weak planner then costs recall, never all of it.
+        queries = _fresh([question, *reply.queries], [], knobs.max_queries)
         get_stream_writer()({"stage": "plan", "queries": queries})
         return {"queries": queries, "iteration": 1, "tokens_used": tokens}
 
@@ -380,6 +391,8 @@ def verify_citations(
 ) -> tuple[str, list[Citation], list[str]]:
     """(text without invented markers, the citations that exist, the ids that were removed)."""
     by_id = {e["id"]: e for e in evidence}
+    text = _CITE.sub(lambda m: f"[{m.group(1).upper()}]", text)  # small models write [s1] for [S1]
+    listed = [i.strip().upper() for i in listed]
     marked = _CITE.findall(text)
     removed = list(dict.fromkeys(i for i in [*marked, *listed] if i not in by_id))
     for bad in removed:

@@ -4,7 +4,7 @@ Model-written code is usually harmless and occasionally wrong in expensive ways:
 allocation, a `pip install`, a request to some URL it hallucinated, a server it forgets to stop. Each run
 therefore gets a fresh temporary directory (cwd, HOME and TMPDIR, deleted afterwards), an environment
 with nothing of ours in it (no API keys), rlimits on address space, CPU time and file size, and its own
-process group that is SIGKILLed on timeout or cancellation, so nothing it started outlives the run.
+process group, SIGKILLed when the run ends (exit, timeout or cancellation), so nothing it started outlives it.
 
 Network isolation has two strengths, reported in `SandboxResult.network_isolation`:
 
@@ -58,7 +58,7 @@ NetworkIsolation = Literal["namespace", "audit-hook"]
 _MAX_FILE_BYTES = 16 * 1024 * 1024
 _PROBE_TIMEOUT_S = 5.0
 # After the child is gone its pipes close at once, unless something that escaped the process group (possible
-# only in the audit-hook mode) still holds them: we stop reading then rather than wait for it.
+# only without a PID namespace) still holds them: we stop reading then rather than wait for it.
 _PIPE_GRACE_S = 1.0
 _SCRIPT_NAME = "main.py"
 _MEMORY_MARKERS = (
@@ -294,6 +294,7 @@ def _apply_limits(memory_bytes: int, cpu_seconds: int) -> None:
     The CPU limit is a backstop for what the wall-clock deadline misses (threads burning several CPUs);
     with soft = hard the kernel SIGKILLs at the limit, which works even where the child is a PID namespace's
     init (init ignores SIGXCPU). Limits already lower in our process are kept: raising them would fail.
+    It only calls getrlimit/setrlimit, which take no lock another thread of ours could hold at fork time.
     """
     for limit, value in (
         (resource.RLIMIT_AS, memory_bytes),

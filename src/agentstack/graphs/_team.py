@@ -67,21 +67,21 @@ class TeamState(TypedDict):
 
 class Route(BaseModel):
     next: Literal["researcher", "coder", "reviewer", "synthesize"]
-    instruction: str = Field(default="", description="one short instruction for that worker")
+    instruction: str = Field(default="", max_length=300, description="one short instruction for that worker")
 
 
 class CodeDraft(BaseModel):
-    code: str = Field(description="a complete Python 3 program that prints its result")
-    explanation: str = Field(default="", description="one line: what the program does")
+    code: str = Field(max_length=6000, description="a complete Python 3 program that prints its result")
+    explanation: str = Field(default="", max_length=300, description="one line: what the program does")
 
 
 class Review(BaseModel):
     verdict: Literal["accept", "revise"]
-    feedback: str = Field(default="", description="what to change (revise)")
+    feedback: str = Field(default="", max_length=500, description="what to change (revise)")
 
 
 class FinalOutput(BaseModel):
-    output: str
+    output: str = Field(max_length=4000)
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,12 @@ def _knobs(runtime: Runtime[Any]) -> TeamContext:
 def build_team_graph(
     model: BaseChatModel,
     *,
-    researcher: Any,
+    researcher: Any | None,
     prompts: PromptLibrary | None = None,
     checkpointer: Checkpointer = None,
     name: str = "team",
 ) -> Any:
-    """Compile the team; `researcher` is a research graph compiled without a checkpointer (a subgraph)."""
+    """Compile the team; `researcher` is a research graph compiled without a checkpointer (a subgraph), or None."""
     library = prompts or PromptLibrary()
     prompt = {n: library.get("team", n) for n in PROMPTS}
     route_call = StructuredCall(model, Route)
@@ -133,6 +133,8 @@ def build_team_graph(
 
     async def research(state: TeamState) -> dict[str, Any]:
         question = state.get("instruction") or state["task"]
+        if researcher is None:  # tell the coordinator rather than fail the run: it can route elsewhere
+            return {"work": [_work("researcher", question, "no researcher is configured for this team", ok=False)]}
         result = await researcher.ainvoke({"question": question})
         answer = str(result.get("answer", ""))
         item = _work("researcher", question, answer, ok=bool(result.get("citations")))
