@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import BaseMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
@@ -28,11 +28,8 @@ def agent(calls: list[dict[str, Any]]) -> ScriptedChatModel:
     def respond(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Any:
         if isinstance(messages[-1], ToolMessage):
             results = [m.content for m in messages if isinstance(m, ToolMessage)]
-            return "done: " + " | ".join(str(r) for r in results)
-        return AIMessage(
-            content="",
-            tool_calls=[{"name": c["name"], "args": c["args"], "id": f"call{i}"} for i, c in enumerate(calls)],
-        )
+            return {"calls": [], "answer": "done: " + " | ".join(str(r) for r in results)}
+        return {"calls": [{"tool": c["name"], "args": c["args"]} for c in calls], "answer": ""}
 
     return ScriptedChatModel.from_script(respond)
 
@@ -64,7 +61,7 @@ async def test_approve_runs_the_call_as_asked(tmp_path: Path, saver: Any) -> Non
         "type": "tool_approval",
         "tool": "write_file",
         "args": {"path": "a.txt", "content": "A"},
-        "call_id": "call0",
+        "call_id": "call_0_0",
     }
     assert not (tmp_path / "a.txt").exists()  # nothing ran before the decision
     out = await graph.ainvoke(Command(resume={"action": "approve"}), config)
@@ -84,7 +81,7 @@ async def test_edit_runs_the_call_with_the_reviewers_arguments(tmp_path: Path) -
     out = await graph.ainvoke(Command(resume=edit), config)
     assert (tmp_path / "safe.txt").read_text() == "edited" and not (tmp_path.parent / "escape.txt").exists()
     assert out["decisions"][0] == {
-        "call_id": "call0",
+        "call_id": "call_0_0",
         "tool": "write_file",
         "action": "edit",
         "args": {"path": "safe.txt", "content": "edited"},
@@ -137,9 +134,7 @@ async def test_a_bad_decision_asks_again_instead_of_breaking_the_thread(tmp_path
 
 
 async def test_step_budget_ends_a_tool_loop(tmp_path: Path) -> None:
-    looping = ScriptedChatModel.from_script(
-        lambda messages, tools: AIMessage(content="", tool_calls=[{"name": "list_files", "args": {}, "id": "c"}])
-    )
+    looping = ScriptedChatModel.from_script(lambda messages, tools: {"calls": [{"tool": "list_files", "args": {}}]})
     graph = build_approval_graph(looping, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
     out = await graph.ainvoke(ask("loop"), thread(), context=ApprovalContext(max_steps=3))
     assert out["steps"] == 3 and len(out["decisions"]) == 2

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from agentstack.checkpoint import PoolSaver, open_saver
@@ -142,15 +143,25 @@ class Stack:
         )
 
     def approval_graph(self, tools: Sequence[Any] | None = None, **options: Any) -> Any:
-        from agentstack.graphs import ApprovalPolicy, build_approval_graph, default_tools
+        """The approval agent over `tools`; default: the working directory's files, sandboxed Python, the docs."""
+        from agentstack.graphs import ApprovalPolicy, build_approval_graph
 
         return build_approval_graph(
             self._need_model(),
-            list(tools) if tools is not None else default_tools(self),
+            list(tools) if tools is not None else self.default_tools(),
             policy=options.pop("policy", None) or ApprovalPolicy.default(),
             checkpointer=self.saver,
             **options,
         )
+
+    def default_tools(self, workspace: Path | None = None) -> list[Any]:
+        """list/read/write_file in `workspace` (default: the working directory), run_python, search_docs."""
+        from agentstack.graphs import python_tool, search_tool, workspace_tools
+
+        tools = [*workspace_tools(workspace or Path.cwd()), python_tool()]
+        if self.retrieval is not None:
+            tools.append(search_tool(self.retrieval.retriever))
+        return tools
 
     def _need_model(self) -> Any:
         if self.model is None:

@@ -11,10 +11,11 @@ Every decision is kept in `decisions`, an audit trail that lives in the checkpoi
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, SystemMessage, ToolMessage
@@ -24,9 +25,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Send
+from pydantic import BaseModel, Field, create_model
 
 from agentstack.errors import GraphInputError
 from agentstack.graphs._decisions import Decision, ask_decision
+from agentstack.graphs._llm import StructuredCall
 from agentstack.graphs._policy import ApprovalPolicy
 from agentstack.graphs._research import run_metadata
 from agentstack.prompts import PromptLibrary
@@ -79,7 +82,7 @@ def build_approval_graph(
     policy = policy or ApprovalPolicy.default()
     library = prompts or PromptLibrary()
     system = library.get("approval", "agent")
-    bound = model.bind_tools(list(tools))
+    turn_call = StructuredCall(model, turn_schema(tools))
 
     async def agent(state: ApprovalState, runtime: Runtime[ApprovalContext]) -> dict[str, Any]:
         messages = state.get("messages") or []
@@ -90,11 +93,14 @@ def build_approval_graph(
             )
         guarded = [n for n in by_name if policy.needs_approval(n)]
         instructions, _ = system.render(tools=list(by_name), guarded=guarded)
-        reply = await bound.ainvoke([SystemMessage(content=instructions), *messages])
-        unknown = [c["name"] for c in getattr(reply, "tool_calls", []) if c["name"] not in by_name]
-        if unknown:  # answer the model instead of failing the run: it can pick a real tool next turn
-            get_stream_writer()({"stage": "agent", "unknown_tools": unknown})
-        return {"messages": [reply], "steps": 1}
+        turn, _tokens = await turn_call.ask([SystemMessage(content=instructions), *messages], ref=system.ref)
+        step = state.get("steps", 0)
+        calls = [
+            {"name": c.tool, "args": c.args.model_dump(mode="json"), "id": f"call_{step}_{i}", "type": "tool_call"}
+            for i, c in enumerate(turn.calls)
+        ]
+        get_stream_writer()({"stage": "agent", "calls": [c["name"] for c in calls]})
+        return {"messages": [AIMessage(content=turn.answer, tool_calls=calls)], "steps": 1}
 
     def route(state: ApprovalState, runtime: Runtime[ApprovalContext]) -> list[Send] | str:
         last = state["messages"][-1]
@@ -142,6 +148,24 @@ def build_approval_graph(
     builder.add_edge("call_tool", "agent")
     graph = builder.compile(checkpointer=checkpointer, name=name)
     return graph.with_config(metadata=run_metadata("approval", [system]))
+
+
+def turn_schema(tools: Sequence[BaseTool]) -> type[BaseModel]:
+    """The agent's structured turn: calls of these tools with their own argument schemas, or an answer.
+
+    Asked for as JSON schema output rather than native tool calling: grammar-constrained decoding then
+    keeps even a 270M model's calls well-formed, and every backend enforces it the same way.
+    """
+    variants = [
+        create_model(f"Call_{t.name}", tool=(Literal[t.name], ...), args=(t.tool_call_schema, ...))  # type: ignore[valid-type]
+        for t in tools
+    ]
+    call: Any = functools.reduce(operator.or_, variants)  # one of the tools' calls
+    return create_model(
+        "AgentTurn",
+        calls=(list[call], Field(default_factory=list, max_length=4, description="tool calls to make now")),
+        answer=(str, Field(default="", max_length=2000, description="the final answer, when no calls are needed")),
+    )
 
 
 def _arguments_edit(decision: Decision) -> None:
