@@ -1,0 +1,5 @@
+"""The research agent over the hybrid index, wired from `agentstack.Settings`."""
+
+from _wiring import factory
+
+graph = factory(lambda stack: stack.research_graph())

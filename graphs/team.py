@@ -1,0 +1,5 @@
+"""The coordinator/researcher/coder/reviewer team, wired from `agentstack.Settings`."""
+
+from _wiring import factory
+
+graph = factory(lambda stack: stack.team_graph())
