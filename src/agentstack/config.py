@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
+    @field_validator("milvus_uri", mode="after")
+    @classmethod
+    def _expand_milvus_path(cls, value: str | None) -> str | None:
+        if value and "://" not in value:  # a Milvus Lite file: ~ means home, as in the other path settings
+            return str(Path(value).expanduser())
+        return value or None
+
     @field_validator("llm_base_url", mode="after")
     @classmethod
     def _check_llm_url(cls, value: str | None) -> str | None:
