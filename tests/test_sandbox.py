@@ -443,10 +443,11 @@ async def test_directory_is_removed_after_a_timeout() -> None:
 
 async def test_cancellation_kills_the_program_and_removes_its_directory(isolation: str) -> None:
     code = "import subprocess, time\nsubprocess.Popen(['sleep', '61'])\ntime.sleep(60)\n"
+    already = set(descendants(os.getpid()))  # servers other tests left running (Postgres, Milvus Lite, ...)
     run = asyncio.create_task(run_python(code, timeout_s=30))
     grandchild = await find_descendant(["sleep", "61"])
     workdir = Path(os.readlink(f"/proc/{grandchild}/cwd"))
-    started = descendants(os.getpid())
+    started = [pid for pid in descendants(os.getpid()) if pid not in already]
     assert workdir.name.startswith("agentstack-sandbox-") and exists(workdir)
     assert len(started) >= 2  # the interpreter (under unshare, in the namespace mode) and the sleep
     run.cancel()

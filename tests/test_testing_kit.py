@@ -140,4 +140,4 @@ async def test_hybrid_index_fixture_is_a_real_empty_index(hybrid_index, tmp_path
     (tmp_path / "note.md").write_text("The hybrid index fixture gives each test its own Milvus Lite directory.")
     await hybrid_index.ingestor.aingest_paths([tmp_path / "note.md"])
     result = await hybrid_index.retriever.aretrieve("own Milvus Lite directory", k=1)
-    assert result.chunks[0].chunk.source.endswith("note.md") and (tmp_path / "milvus.db").is_dir()
+    assert result.chunks[0].chunk.source.endswith("note.md") and (tmp_path / "milvus.db").exists()
