@@ -12,8 +12,8 @@ from agentstack import Stack
 def factory(build: Callable[[Stack], Any]) -> Callable[[Any], Any]:
     """A LangGraph Server graph factory: opens the stack, yields the graph, closes the stack on shutdown.
 
-    LangGraph Server supplies its own checkpointer, so the graph is built on the stack's parts but the
-    server's persistence wins; `agentstack api` uses the stack's `PoolSaver`.
+    The server calls it with the run's config, which the graphs do not need: their knobs come per run
+    through `context`. The server attaches its own persistence to what it serves.
     """
 
     @asynccontextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,12 @@ from agentstack.rag import (
     reranker_from,
     retrieval_tool,
 )
+from cli_helpers import run_agentstack
 from rag_server import serve
 
 
 def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_") and k != "COHERE_API_KEY"}
-    env = clean | {"AGENTSTACK_HOME": str(home), "COLUMNS": "200"} | (env or {})
-    agentstack = Path(sys.executable).with_name("agentstack")
-    return subprocess.run([str(agentstack), *args], env=env, capture_output=True, text=True, timeout=300)
+    return run_agentstack(*args, env={"AGENTSTACK_HOME": str(home), **(env or {})}, timeout=300)
 
 
 def test_cli_ingest_then_search(tmp_path: Path) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cli_helpers import run_agentstack
 from fleet_helpers import tiny_spec
 from graph_helpers import DOCS
 
@@ -24,17 +23,14 @@ def cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str):
     home.mkdir()
     if (fleet_home / "models").is_dir():  # reuse the session's assembled GGUF
         (home / "models").symlink_to(fleet_home / "models")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_")}
-    env = clean | {
+    env = {
         "AGENTSTACK_HOME": str(home),
         "AGENTSTACK_FLEET": str(spec),
         "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
-        "COLUMNS": "200",
     }
-    agentstack = Path(sys.executable).with_name("agentstack")
 
     def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(agentstack), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+        return run_agentstack(*args, env=env, cwd=cwd)
 
     return run
 

@@ -40,7 +40,6 @@ class Stack:
         on_progress: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
-        self._given_model = model
         self._want_retrieval = retrieval
         self._progress = on_progress or (lambda _message: None)
         self._exits: AsyncExitStack | None = None

@@ -59,8 +59,7 @@ def _input(graph: str, task: str) -> dict[str, Any]:
 
 
 def _build(stack: Stack, graph: str) -> Any:
-    if graph not in GRAPHS:
-        raise UserError(f"there is no graph named {graph!r}", fix=f"use one of: {', '.join(GRAPHS)}")
+    """`stack.research_graph()`, ... for a name the caller has checked against GRAPHS."""
     return getattr(stack, f"{graph}_graph")()
 
 
@@ -158,7 +157,6 @@ async def _stream(
     from agentstack.graphs import stream_run
 
     tokens = 0
-    final: dict[str, Any] = {}
     with console.status("[dim]running[/]") as status:
         async for event in stream_run(compiled, graph_input, config, context=context):
             if event.kind == "token":
@@ -168,8 +166,6 @@ async def _stream(
                 console.print(_progress_line(event.namespace, event.data))
             elif event.kind == "update" and not event.namespace:
                 console.print(f"[green]done[/] {escape(str(event.node))}")
-            elif event.kind == "end":
-                final = event.data
     state = await compiled.aget_state(config, subgraphs=True)
     pending = _pending_interrupts(state)
     thread_id = config["configurable"]["thread_id"]
@@ -183,7 +179,7 @@ async def _stream(
         )
         return False
     _print_result(graph, state.values, console)
-    console.print(f"thread: [bold]{thread_id}[/]" + (f" ({final.get('next')})" if final.get("next") else ""))
+    console.print(f"thread: [bold]{thread_id}[/]")
     return True
 
 
@@ -241,17 +237,16 @@ async def show_thread(settings: Settings, thread_id: str, *, console: Console) -
         versions = item.checkpoint["channel_versions"]
         changed = sorted(k for k, v in versions.items() if previous.get(k) != v and not k.startswith("branch:"))
         previous = versions
-        waiting = [w[2] for w in item.pending_writes or [] if w[1] == "__interrupt__"]
+        # an "__interrupt__" pending write holds the interrupts its task raised
+        waiting = [
+            i.id for _task, channel, raised in item.pending_writes or [] if channel == "__interrupt__" for i in raised
+        ]
         table.add_row(
             str(item.metadata.get("step")),
             str(item.metadata.get("source")),
             item.checkpoint["ts"][:19],
             escape(", ".join(changed)),
-            escape(
-                ", ".join(
-                    str(getattr(i, "id", i)) for w in waiting for i in (w if isinstance(w, list | tuple) else [w])
-                )
-            ),
+            escape(", ".join(waiting)),
         )
     console.print(table)
     latest = root[0] if root else history[0]

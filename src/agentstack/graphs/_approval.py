@@ -29,9 +29,8 @@ from pydantic import BaseModel, Field, create_model
 
 from agentstack.errors import GraphInputError
 from agentstack.graphs._decisions import Decision, ask_decision
-from agentstack.graphs._llm import StructuredCall
+from agentstack.graphs._llm import StructuredCall, run_metadata
 from agentstack.graphs._policy import ApprovalPolicy
-from agentstack.graphs._research import run_metadata
 from agentstack.prompts import PromptLibrary
 
 __all__ = ["ApprovalContext", "ApprovalState", "ToolDecision", "build_approval_graph"]

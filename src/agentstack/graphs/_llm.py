@@ -18,14 +18,15 @@ from pydantic import BaseModel
 from agentstack.errors import ModelOutputError
 from agentstack.prompts import Prompt
 
-__all__ = ["StructuredCall", "estimate_tokens"]
+__all__ = ["StructuredCall", "run_metadata"]
 
 T = TypeVar("T", bound=BaseModel)
 
 
-def estimate_tokens(text: str) -> int:
-    """About four characters per token: used only when the server reports no usage."""
-    return max(1, len(text) // 4)
+def run_metadata(graph: str, prompts: Sequence[Prompt]) -> dict[str, str]:
+    """The graph's name and prompt versions, as flat strings: LangGraph copies only scalar config metadata
+    into each checkpoint's metadata."""
+    return {"agentstack_graph": graph, "agentstack_prompts": " ".join(sorted(p.ref for p in prompts))}
 
 
 class StructuredCall(Generic[T]):
@@ -65,6 +66,7 @@ def _tokens(messages: Sequence[BaseMessage], raw: Any) -> int:
     usage = getattr(raw, "usage_metadata", None)
     if usage and usage.get("total_tokens"):
         return int(usage["total_tokens"])
+    # no usage reported (e.g. a scripted model): about four characters per token
     sent = sum(len(str(m.content)) for m in messages)
     received = len(str(getattr(raw, "content", ""))) + len(str(getattr(raw, "tool_calls", "") or ""))
     return max(1, (sent + received) // 4)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from agentstack.errors import GraphInputError
 from agentstack.graphs._decisions import Decision, ask_decision
-from agentstack.graphs._llm import StructuredCall
+from agentstack.graphs._llm import StructuredCall, run_metadata
 from agentstack.prompts import PromptLibrary
 
 __all__ = [
@@ -379,11 +379,6 @@ def _answer_edit(decision: Decision) -> None:
             f"an edit of the research answer needs the new answer as text, got {decision.value!r}",
             fix='resume with {"action": "edit", "value": "the corrected answer [S1]"}',
         )
-
-
-def run_metadata(graph: str, prompts: Sequence[Any]) -> dict[str, str]:
-    """Flat strings: LangGraph copies only scalar config metadata into each checkpoint's metadata."""
-    return {"agentstack_graph": graph, "agentstack_prompts": " ".join(sorted(p.ref for p in prompts))}
 
 
 def verify_citations(

@@ -23,8 +23,8 @@ from langgraph.types import Checkpointer, Command
 from pydantic import BaseModel, Field
 
 from agentstack.errors import GraphInputError
-from agentstack.graphs._llm import StructuredCall
-from agentstack.graphs._research import Citation, ResearchContext, run_metadata
+from agentstack.graphs._llm import StructuredCall, run_metadata
+from agentstack.graphs._research import Citation, ResearchContext
 from agentstack.graphs._tools import format_sandbox_result
 from agentstack.prompts import PromptLibrary
 
