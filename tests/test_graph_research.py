@@ -128,6 +128,26 @@ async def test_an_uncited_answer_is_revised(retrieval: Any) -> None:
     assert len(model.calls) == 4  # plan, analyze, answer, revise
 
 
+class LengthFinishReasonError(Exception):
+    """Named like openai's: what a server's reply cut off at max_tokens raises."""
+
+
+async def test_a_revision_the_model_cannot_finish_keeps_the_first_answer(retrieval: Any) -> None:
+    def final_answer(prompt: str) -> dict[str, Any]:
+        if "cites no passage" in prompt:
+            raise LengthFinishReasonError("length")
+        return {"answer": "It just works.", "citations": []}
+
+    model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=final_answer)
+    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    config = thread()
+    progress = [e async for e in graph.astream({"question": "q?"}, config, stream_mode="custom")]
+    failed = next(e for e in progress if e.get("stage") == "revise")
+    assert "research/revise@v1 hit its token limit" in failed["error"]
+    out = (await graph.aget_state(config)).values
+    assert out["answer"] == "It just works." and out["citations"] == [] and out["status"] == "answered"
+
+
 async def test_low_confidence_waits_for_review_then_approve_edit_or_reject(retrieval: Any, saver: Any) -> None:
     model = schema_model(
         Plan=lambda prompt: {"queries": ["hybrid fusion"]} if "Already asked" in prompt else PLAN,

@@ -28,7 +28,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command, Send
 from pydantic import BaseModel, Field
 
-from agentstack.errors import GraphInputError
+from agentstack.errors import GraphInputError, ModelOutputError
 from agentstack.graphs._decisions import Decision, ask_decision
 from agentstack.graphs._llm import StructuredCall, run_metadata
 from agentstack.prompts import PromptLibrary
@@ -309,16 +309,22 @@ def build_research_graph(
         )
         text, citations, removed = verify_citations(reply.answer, reply.citations, evidence)
         if not citations and shown:  # nothing it says is backed by a passage: one revision
-            revised, more = await answer_call(
-                prompt["revise"],
-                question=state["question"],
-                answer=text,
-                evidence=shown,
-                ids=[e["id"] for e in shown],
-            )
-            tokens += more
-            text, citations, removed_again = verify_citations(revised.answer, revised.citations, evidence)
-            removed += removed_again
+            try:
+                revised, more = await answer_call(
+                    prompt["revise"],
+                    question=state["question"],
+                    answer=text,
+                    evidence=shown,
+                    ids=[e["id"] for e in shown],
+                )
+            except ModelOutputError as exc:
+                # The revision is an improvement, not the answer: when the model cannot finish it, the verified
+                # first answer stands (uncited, which `citations == []` says) and the run is not lost.
+                get_stream_writer()({"stage": "revise", "error": exc.problem})
+            else:
+                tokens += more
+                text, citations, removed_again = verify_citations(revised.answer, revised.citations, evidence)
+                removed += removed_again
         confident = state.get("confidence", 0.0) >= knobs.confidence_threshold
         get_stream_writer()({"stage": "answer", "citations": [c["id"] for c in citations], "removed": removed})
         return {
