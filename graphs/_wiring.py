@@ -1,12 +1,20 @@
-"""Shared by the deployable graph modules: one `Stack` from `Settings` per served graph."""
+"""Shared by the deployable graph modules: one `Stack` from `Settings` per served graph, and the tool packs."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from langchain_core.tools import BaseTool
+
 from agentstack import Stack
+from agentstack.errors import ConfigError
+
+TOOL_PACKS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def factory(build: Callable[[Stack], Any]) -> Callable[[Any], Any]:
@@ -22,3 +30,29 @@ def factory(build: Callable[[Stack], Any]) -> Callable[[Any], Any]:
             yield build(stack)
 
     return make_graph
+
+
+def tools(stack: Stack, *packs: str) -> list[BaseTool]:
+    """The tools of `tools/<pack>.py` for each pack, in order; two packs may not offer the same tool name."""
+    found: dict[str, BaseTool] = {}
+    for pack in packs:
+        for tool in _load(pack).tools(stack):
+            if tool.name in found:
+                raise ConfigError(
+                    f"tool pack {pack!r} offers {tool.name!r}, which an earlier pack already offers",
+                    fix="rename one of the tools: an agent calls tools by name",
+                )
+            found[tool.name] = tool
+    return list(found.values())
+
+
+def _load(pack: str) -> ModuleType:
+    path = TOOL_PACKS / f"{pack}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in TOOL_PACKS.glob("*.py"))
+        raise ConfigError(f"there is no tool pack {pack!r} in {TOOL_PACKS}", fix=f"use one of: {', '.join(known)}")
+    spec = importlib.util.spec_from_file_location(f"agentstack_toolpack_{pack}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,8 @@
-"""The tool-using agent whose guarded calls (tools/policy.yaml) wait for a human, wired from `agentstack.Settings`."""
+"""The tool-using agent whose guarded calls (tools/policy.yaml) wait for a human, wired from `agentstack.Settings`.
 
-from _wiring import factory
+Its tools are the packs in tools/: the workspace's files, sandboxed Python, and search over the ingested docs.
+"""
 
-graph = factory(lambda stack: stack.approval_graph())
+from _wiring import factory, tools
+
+graph = factory(lambda stack: stack.approval_graph(tools=tools(stack, "workspace", "sandbox", "docs")))

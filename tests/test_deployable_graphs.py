@@ -1,4 +1,4 @@
-"""`graphs/`: langgraph.json names modules that exist and export graph factories."""
+"""`graphs/`: langgraph.json names modules whose factories open the stack and yield the wired graphs."""
 
 from __future__ import annotations
 
@@ -6,22 +6,84 @@ import importlib.util
 import inspect
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from agentstack.errors import ConfigError
 
 GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
+CONFIG = json.loads((GRAPHS / "langgraph.json").read_text())
 
 
-def test_langgraph_json_points_at_graph_factories(monkeypatch) -> None:
-    config = json.loads((GRAPHS / "langgraph.json").read_text())
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Import a module of graphs/ as LangGraph Server does: by path, with graphs/ on sys.path."""
     monkeypatch.syspath_prepend(str(GRAPHS))
-    assert set(config["graphs"]) == {"research", "team", "approval"}
-    for name, target in config["graphs"].items():
-        path, attr = target.split(":")
-        spec = importlib.util.spec_from_file_location(f"deployable_{name}", GRAPHS / path)
+    loaded: list[str] = []
+
+    def load_module(path: str) -> ModuleType:
+        name = f"deployable_{Path(path).stem}"
+        spec = importlib.util.spec_from_file_location(name, GRAPHS / path)
+        assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        factory = getattr(module, attr)
-        assert callable(factory) and len(inspect.signature(factory).parameters) == 1  # LangGraph passes the config
-        cm = factory({})
-        assert hasattr(cm, "__aenter__")  # opened by the server; not here: it would start the whole stack
-        sys.modules.pop(f"deployable_{name}", None)
+        loaded.append(name)
+        return module
+
+    yield load_module
+    for name in [*loaded, "_wiring"]:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def wired_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agentstack_postgres: str) -> Path:
+    """Settings for a real stack (Postgres, Milvus Lite) with an external LLM, which is not called here."""
+    for name in [n for n in __import__("os").environ if n.startswith("AGENTSTACK_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    monkeypatch.setenv("AGENTSTACK_HOME", str(home))
+    monkeypatch.setenv("AGENTSTACK_POSTGRES_URL", agentstack_postgres)
+    monkeypatch.setenv("AGENTSTACK_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("AGENTSTACK_LLM_MODEL", "any")
+    return home
+
+
+def test_langgraph_json_names_the_three_graphs() -> None:
+    assert set(CONFIG["graphs"]) == {"research", "team", "approval"}
+    assert all(target.startswith("./") and ":" in target for target in CONFIG["graphs"].values())
+
+
+@pytest.mark.slow
+async def test_each_factory_opens_the_stack_and_yields_its_graph(load: Any, wired_env: Path) -> None:
+    expected = {"research": {"plan", "search", "analyze", "answer"}, "team": {"coordinator", "synthesizer"}}
+    for name, target in CONFIG["graphs"].items():
+        path, attr = target.split(":")
+        factory = getattr(load(path), attr)
+        assert len(inspect.signature(factory).parameters) == 1  # LangGraph Server passes the run config
+        async with factory({}) as graph:
+            nodes = set(graph.get_graph().nodes)
+            assert expected.get(name, {"agent", "call_tool"}) <= nodes, (name, nodes)
+            assert graph.checkpointer is not None
+
+
+@pytest.mark.slow
+async def test_the_approval_graph_gets_its_tools_from_the_packs(load: Any, wired_env: Path) -> None:
+    wiring = load("_wiring.py")
+    from agentstack import Stack
+
+    async with Stack.from_settings() as stack:
+        tools = wiring.tools(stack, "workspace", "sandbox", "docs")
+        assert [t.name for t in tools] == ["list_files", "read_file", "write_file", "run_python", "search_docs"]
+        write = next(t for t in tools if t.name == "write_file")
+        assert "wrote" in await write.ainvoke({"path": "a/b.txt", "content": "hi"})
+        assert (wired_env / "workspace" / "a" / "b.txt").read_text() == "hi"
+
+        with pytest.raises(ConfigError, match="no tool pack 'nope'") as missing:
+            wiring.tools(stack, "nope")
+        assert "workspace" in str(missing.value)
+        with pytest.raises(ConfigError, match="already offers"):
+            wiring.tools(stack, "sandbox", "sandbox")
