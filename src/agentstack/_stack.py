@@ -25,7 +25,10 @@ from agentstack.errors import ConfigError
 
 __all__ = ["Stack"]
 
-_MAX_TOKENS = 1024  # per reply: every graph step asks for a bounded structured answer
+# Per reply. Every graph step asks for a schema whose text fields are bounded (about 2,000 characters), so
+# this lets a reply finish even from a model stuck emitting one character per token, and still leaves
+# room for a prompt with evidence in a 4,096-token context (serving/cpu-tiny.yaml).
+_MAX_TOKENS = 2048
 
 
 class Stack:
