@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
+
+from agentstack._net import free_port
 
 
 def run_agentstack(
@@ -22,3 +30,37 @@ def run_agentstack(
         text=True,
         timeout=timeout,
     )
+
+
+@contextmanager
+def serve_gateway(spec: Path, *, home: Path, timeout: float = 120) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`agentstack serve SPEC` on a free port until healthy: (the process, its port); killed if still running."""
+    port = free_port()
+    env = {**os.environ, "AGENTSTACK_HOME": str(home), "COLUMNS": "160"}
+    agentstack = Path(sys.executable).with_name("agentstack")
+    proc = subprocess.Popen(
+        [str(agentstack), "serve", str(spec), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway never became healthy"
+            time.sleep(0.2)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()

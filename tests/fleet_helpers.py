@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -28,3 +29,9 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def tiny_spec_file(path: Path, **model: Any) -> Path:
+    """`tiny_spec(**model)` written as a YAML spec file at `path`."""
+    path.write_text(yaml.safe_dump(tiny_spec(**model).model_dump(mode="json", exclude_defaults=True)))
+    return path

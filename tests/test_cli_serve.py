@@ -8,55 +8,25 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from agentstack._net import free_port
-from agentstack.serving import default_fleet_spec
-from fleet_helpers import MODEL, alive
+from cli_helpers import serve_gateway
+from fleet_helpers import MODEL, alive, tiny_spec_file
 
 pytestmark = pytest.mark.slow
 
 
 def test_serve_runs_a_gateway_and_stops_cleanly(fleet_home: Path, tmp_path: Path) -> None:
-    data = yaml.safe_load(default_fleet_spec().read_text())
-    data["models"][0]["chat_template"] = str(default_fleet_spec().parent / data["models"][0]["chat_template"])
-    data["models"][0]["replicas"] = 1
-    spec = tmp_path / "fleet.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    port = free_port()
-    env = {**os.environ, "AGENTSTACK_HOME": str(fleet_home), "COLUMNS": "160"}
-    agentstack = Path(sys.executable).with_name("agentstack")
-    proc = subprocess.Popen(
-        [str(agentstack), "serve", str(spec), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway never became healthy"
-            time.sleep(0.2)
+    spec = tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)
+    with serve_gateway(spec, home=fleet_home) as (proc, port):
         body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
         assert reply.status_code == 200 and reply.json()["choices"]
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, output
     assert "stopped" in output
     pid = re.search(rf"{MODEL}/0\D+?llamacpp\D+?(\d+)", output)  # the final status table's pid column

@@ -1,32 +1,110 @@
-"""Every example runs, as the README tells users to run it."""
+"""Every example runs, as its docstring tells users to run it, on the real local stack.
+
+The examples share one model gateway (`agentstack serve`, one CPU replica) through
+`AGENTSTACK_LLM_BASE_URL`, the setting users point at their own servers, so the fleet starts once
+for the module rather than once per example; Postgres, Milvus Lite and the embedder are real.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agentstack.checkpoint import LocalPostgres
+from cli_helpers import serve_gateway
+from fleet_helpers import MODEL, tiny_spec_file
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def gateway(fleet_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    spec = tiny_spec_file(tmp_path_factory.mktemp("gateway") / "fleet.yaml", replicas=1)
+    with serve_gateway(spec, home=fleet_home) as (_proc, port):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture
+def example_env(tmp_path: Path, gateway: str, agentstack_postgres: str) -> dict[str, str]:
+    """The environment an example runs in: its own home, this test's Postgres, the shared gateway."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_")}
+    return env | {
+        "AGENTSTACK_HOME": str(tmp_path / "home"),
+        "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
+        "AGENTSTACK_LLM_BASE_URL": gateway,
+        "AGENTSTACK_LLM_MODEL": MODEL,
+    }
+
+
+def run_example(name: str, *args: str, env: dict[str, str], timeout: float = 420) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
 def test_resume_after_kill(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_")}
     env["AGENTSTACK_HOME"] = str(tmp_path / "home")
     try:
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "resume_after_kill.py")],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=180,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "killed" in result.stdout and "ran exactly once across two processes" in result.stdout
+        out = run_example("resume_after_kill.py", env=env, timeout=180)
+        assert "killed" in out and "ran exactly once across two processes" in out
     finally:
         LocalPostgres(tmp_path / "home").destroy()
+
+
+def test_research_example(example_env: dict[str, str]) -> None:
+    out = run_example("research.py", "What restarts a crashed replica?", "--iterations", "1", env=example_env)
+    assert "[docs] " in out and "new" in out
+    assert "'stage': 'plan'" in out and "done analyze" in out
+    assert "answer (" in out and "sources:" in out and "thread: research-" in out
+
+
+def test_team_example(example_env: dict[str, str]) -> None:
+    out = run_example("team.py", "Use Python to compute 6 times 7", "--max-steps", "2", env=example_env)
+    assert "'stage': 'coordinator'" in out
+    assert "result (" in out and "thread: team-" in out
+
+
+def test_approval_example_rejected_refunds_change_nothing(example_env: dict[str, str]) -> None:
+    out = run_example("approval.py", "--decide", "reject", env=example_env)
+    assert "audit trail:" in out and "thread: approval-" in out
+    # whatever the small model asked for, no refund ran without a person approving it
+    assert "orders: [(1001, 'delivered'), (1002, 'delivered')]" in out
+    assert "refund(" not in out or "reject (refunds need a photo" in out
+
+
+def test_notebook(example_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    for name in [n for n in os.environ if n.startswith("AGENTSTACK_")]:
+        monkeypatch.delenv(name)
+    for name, value in example_env.items():
+        if name.startswith("AGENTSTACK_"):
+            monkeypatch.setenv(name, value)  # the kernel process inherits this environment
+    notebook = nbformat.read(EXAMPLES / "review_a_research_answer.ipynb", as_version=4)
+    client = NotebookClient(
+        notebook, timeout=420, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
+    )
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
+    outputs = "\n".join(
+        o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    )
+    assert "edited |" in outputs and "removed: ['S99']" in outputs
+    assert "step " in outputs and "'end'" in outputs

@@ -99,12 +99,9 @@ async def test_adapters_over_settings_built_retrieval(tmp_path: Path, monkeypatc
 def test_cli_graph_ingest_with_the_local_model_then_graph_search(tmp_path: Path, fleet_home: Path) -> None:
     """`ingest --graph` starts the CPU fleet, extracts with Gemma 270M into a local FalkorDB; `search --graph`
     shows paths with their source files."""
-    import yaml
+    from fleet_helpers import tiny_spec_file
 
-    from fleet_helpers import tiny_spec
-
-    spec = tmp_path / "fleet.yaml"
-    spec.write_text(yaml.safe_dump(tiny_spec(replicas=1).model_dump(mode="json", exclude_defaults=True)))
+    spec = tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)
     (tmp_path / "acme.md").write_text(
         "Alice Smith founded Acme Corporation in Berlin. Acme Corporation builds rockets."
     )

@@ -7,18 +7,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cli_helpers import run_agentstack
-from fleet_helpers import tiny_spec
+from fleet_helpers import tiny_spec_file
 from graph_helpers import DOCS
 
 
 @pytest.fixture
 def cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str):
     """Run the agentstack CLI with a one-replica CPU fleet, this test's Postgres and its own home."""
-    spec = tmp_path / "fleet.yaml"
-    spec.write_text(yaml.safe_dump(tiny_spec(replicas=1).model_dump(mode="json", exclude_defaults=True)))
+    spec = tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)
     home = tmp_path / "home"
     home.mkdir()
     if (fleet_home / "models").is_dir():  # reuse the session's assembled GGUF
