@@ -58,10 +58,21 @@ class Prompt:
     def ref(self) -> str:
         return f"{self.key}@v{self.version}"
 
+    @cached_property
+    def _templates(self) -> tuple[jinja2.Template, jinja2.Template]:
+        """Compiled once per prompt: compiling costs far more than rendering, and a graph renders per step."""
+        try:
+            return _ENV.from_string(self.system), _ENV.from_string(self.user)
+        except jinja2.TemplateError as exc:
+            raise ConfigError(
+                f"prompt {self.ref} is not a valid Jinja2 template: {exc}", fix=f"fix {self.path}"
+            ) from exc
+
     def render(self, **variables: Any) -> tuple[str, str]:
         """(system, user) text; a variable the template uses but the caller did not pass is an error."""
+        system, user = self._templates
         try:
-            return _ENV.from_string(self.system).render(**variables), _ENV.from_string(self.user).render(**variables)
+            return system.render(**variables), user.render(**variables)
         except jinja2.UndefinedError as exc:
             raise UserError(
                 f"prompt {self.ref} needs a variable that was not given: {exc.message}",

@@ -1,0 +1,65 @@
+"""`StructuredCall`: the one way graph steps ask a model for a pydantic reply, and count its tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnablePassthrough
+from pydantic import BaseModel, Field
+
+from agentstack.errors import ModelOutputError
+from agentstack.graphs._llm import StructuredCall
+from agentstack.prompts import Prompt
+from agentstack.testing import ScriptedChatModel
+
+PROMPT = Prompt(graph="demo", name="ask", version=1, system="Answer briefly.", user="Q: {{ question }}")
+
+
+class Verdict(BaseModel):
+    ok: bool
+    why: str = Field(max_length=50)
+
+
+class WrappedModel(ScriptedChatModel):
+    """A chat model whose structured output is not `model | parser` (as some integrations build it)."""
+
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Any:
+        structured = super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        return structured if include_raw else structured | RunnablePassthrough()
+
+
+@pytest.mark.parametrize("model_type", [ScriptedChatModel, WrappedModel])
+async def test_the_reply_is_parsed_and_its_tokens_counted(model_type: type[ScriptedChatModel]) -> None:
+    reply = AIMessage(
+        content="",
+        tool_calls=[{"name": "Verdict", "args": {"ok": True, "why": "fine"}, "id": "c1", "type": "tool_call"}],
+        usage_metadata={"input_tokens": 30, "output_tokens": 12, "total_tokens": 42},
+    )
+    model = model_type(replies=[reply])
+    call = StructuredCall(model, Verdict)
+    assert (call._with_raw is None) == (model_type is ScriptedChatModel)  # both paths are covered
+    verdict, tokens = await call(PROMPT, question="is it?")
+    assert verdict == Verdict(ok=True, why="fine") and tokens == 42
+    assert model.calls[0][-1].content == "Q: is it?"
+
+
+@pytest.mark.parametrize("model_type", [ScriptedChatModel, WrappedModel])
+async def test_a_reply_that_does_not_fit_the_schema_is_a_clear_error(model_type: type[ScriptedChatModel]) -> None:
+    model = model_type(replies=[{"ok": True, "why": "x" * 80}, "plain text, no structured reply"])
+    call = StructuredCall(model, Verdict)
+    with pytest.raises(ModelOutputError, match=r"reply to demo/ask@v1 did not parse as Verdict") as long:
+        await call(PROMPT, question="q")
+    assert "response_format json_schema" in str(long.value)
+    with pytest.raises(ModelOutputError, match="did not parse as Verdict"):
+        await call(PROMPT, question="q")
+
+
+async def test_a_reply_cut_at_the_token_limit_says_so() -> None:
+    class LengthFinishReasonError(Exception):  # what openai raises when max_tokens cut the reply
+        pass
+
+    call = StructuredCall(ScriptedChatModel(replies=[LengthFinishReasonError("length")]), Verdict)
+    with pytest.raises(ModelOutputError, match="hit its token limit before the Verdict was complete"):
+        await call(PROMPT, question="q")
