@@ -25,10 +25,11 @@ from agentstack.errors import ConfigError
 
 __all__ = ["Stack"]
 
-# Per reply. Every graph step asks for a schema whose text fields are bounded (about 2,000 characters), so
-# this lets a reply finish even from a model stuck emitting one character per token, and still leaves
-# room for a prompt with evidence in a 4,096-token context (serving/cpu-tiny.yaml).
-_MAX_TOKENS = 2048
+# Per reply. Every graph step asks for a schema whose text fields are bounded (2,000 characters at most), so a
+# reply ends by itself; this only has to let it finish even from a model stuck repeating a one-character token
+# (Gemma 270M once wrote an agent answer of 2,000 zeros: 2,049 tokens). A long prompt is bounded by the
+# context instead: llama.cpp stops at the slot's context size (4,096 in serving/cpu-tiny.yaml).
+_MAX_TOKENS = 3072
 
 
 class Stack:
