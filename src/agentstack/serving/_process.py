@@ -30,9 +30,14 @@ _WATCHDOG = Path(__file__).with_name("_watchdog.py")
 class Watchdog:
     """A tiny sidecar process that outlives us by a few seconds, long enough to kill our servers."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float = 5.0) -> None:
+        """`grace_s`: between the SIGTERM and the SIGKILL the watchdog sends each group once we are gone."""
         self._proc = subprocess.Popen(
-            [sys.executable, str(_WATCHDOG)], stdin=subprocess.PIPE, text=True, start_new_session=True, close_fds=True
+            [sys.executable, str(_WATCHDOG), str(grace_s)],
+            stdin=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            close_fds=True,
         )
 
     def _send(self, line: str) -> None:

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-GRACE_S = float(os.environ.get("AGENTSTACK_WATCHDOG_GRACE_S", "5"))
+GRACE_S = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0  # `Watchdog(grace_s=...)` passes it
 
 
 def _alive(pgid: int) -> bool:
