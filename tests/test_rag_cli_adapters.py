@@ -123,3 +123,13 @@ def test_cli_graph_ingest_with_the_local_model_then_graph_search(tmp_path: Path,
         from agentstack.rag import LocalFalkorDB
 
         LocalFalkorDB(home).stop()
+
+
+def test_cli_graph_ingest_extracts_with_the_external_model_when_one_is_set(tmp_path: Path) -> None:
+    """With AGENTSTACK_LLM_BASE_URL, `ingest --graph` uses that server (here: refused, no model name) and
+    starts no fleet."""
+    (tmp_path / "a.md").write_text("Alice founded Acme.")
+    env = {"AGENTSTACK_LLM_BASE_URL": "http://127.0.0.1:9/v1", "AGENTSTACK_FLEET": str(tmp_path / "no-such.yaml")}
+    result = _cli(tmp_path / "home", "ingest", "--graph", str(tmp_path / "a.md"), env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "needs both AGENTSTACK_LLM_BASE_URL and AGENTSTACK_LLM_MODEL" in result.stderr

@@ -91,20 +91,7 @@ class Stack:
             return None
         settings = self.settings
         if settings.llm_base_url:
-            from langchain_openai import ChatOpenAI
-
-            if not settings.llm_model:
-                raise ConfigError(
-                    "AGENTSTACK_LLM_BASE_URL is set but no model name is",
-                    fix="set AGENTSTACK_LLM_MODEL to the model that server serves",
-                )
-            key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
-            self.model = ChatOpenAI(
-                base_url=settings.llm_base_url,
-                model=settings.llm_model,
-                api_key=key,  # type: ignore[arg-type]
-                max_tokens=_MAX_TOKENS,
-            )
+            self.model = external_chat_model(settings, max_tokens=_MAX_TOKENS)
             return None
         from agentstack.serving import Fleet
 
@@ -175,6 +162,19 @@ class Stack:
     def thread(thread_id: str, **configurable: Any) -> dict[str, Any]:
         """A run config for `thread_id` (plus any configurable keys)."""
         return {"configurable": {"thread_id": thread_id, **configurable}}
+
+
+def external_chat_model(settings: Settings, **options: Any) -> Any:
+    """A LangChain chat model bound to `AGENTSTACK_LLM_BASE_URL` (any OpenAI-compatible server)."""
+    from langchain_openai import ChatOpenAI
+
+    if not settings.llm_base_url or not settings.llm_model:
+        raise ConfigError(
+            "an external model needs both AGENTSTACK_LLM_BASE_URL and AGENTSTACK_LLM_MODEL",
+            fix="set AGENTSTACK_LLM_MODEL to the model that server serves (and the URL, if it is unset)",
+        )
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
+    return ChatOpenAI(base_url=settings.llm_base_url, model=settings.llm_model, api_key=key, **options)
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -24,6 +24,8 @@ from agentstack.serving import Fleet
 
 __all__ = ["ingest_paths", "parse_filters", "search_index"]
 
+_EXTERNAL_CONCURRENCY = 8  # extraction requests in flight to an external server, whose batching we can't see
+
 
 def parse_filters(pairs: list[str]) -> dict[str, str | list[str]]:
     """`key=value` pairs; a key given twice matches any of its values."""
@@ -56,7 +58,13 @@ async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool,
 
 
 async def _graph_ingestor(settings: Settings, stack: AsyncExitStack, console: Console) -> GraphIngestor:
-    """The knowledge graph from settings, extracting with the first chat model of the settings' fleet."""
+    """The knowledge graph from settings, extracting with AGENTSTACK_LLM_BASE_URL's model or the fleet's first."""
+    if settings.llm_base_url:
+        from agentstack._stack import external_chat_model
+
+        model = external_chat_model(settings, temperature=0, max_tokens=400)
+        knowledge_graph = await stack.enter_async_context(open_knowledge_graph(settings))
+        return GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=_EXTERNAL_CONCURRENCY)
     fleet = Fleet.from_settings(settings)
     chat = next((m for m in fleet.spec.models if m.task == "chat"), None)
     if chat is None:
