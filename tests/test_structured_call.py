@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnablePassthrough
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from agentstack.errors import ModelOutputError
 from agentstack.graphs._llm import StructuredCall
@@ -46,13 +46,28 @@ async def test_the_reply_is_parsed_and_its_tokens_counted(model_type: type[Scrip
 
 
 @pytest.mark.parametrize("model_type", [ScriptedChatModel, WrappedModel])
-async def test_a_reply_that_does_not_fit_the_schema_is_a_clear_error(model_type: type[ScriptedChatModel]) -> None:
+async def test_a_reply_that_does_not_fit_the_schema_is_asked_for_once_more(model_type: type[ScriptedChatModel]) -> None:
+    model = model_type(replies=[{"ok": True, "why": "x" * 80}, {"ok": False, "why": "short"}])
+    verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict == Verdict(ok=False, why="short") and len(model.calls) == 2
+
+
+@pytest.mark.parametrize("model_type", [ScriptedChatModel, WrappedModel])
+async def test_two_replies_that_do_not_fit_are_a_clear_error(model_type: type[ScriptedChatModel]) -> None:
     model = model_type(replies=[{"ok": True, "why": "x" * 80}, "plain text, no structured reply"])
-    call = StructuredCall(model, Verdict)
-    with pytest.raises(ModelOutputError, match=r"reply to demo/ask@v1 did not parse as Verdict") as long:
-        await call(PROMPT, question="q")
-    assert "response_format json_schema" in str(long.value)
-    with pytest.raises(ModelOutputError, match="did not parse as Verdict"):
+    with pytest.raises(ModelOutputError, match=r"reply to demo/ask@v1 did not parse as Verdict in 2 attempts") as bad:
+        await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert "response_format json_schema" in str(bad.value) and len(model.calls) == 2
+
+
+async def test_a_validation_error_raised_inside_the_model_call_is_retried_then_reported() -> None:
+    """openai's client validates a streamed json_schema reply itself and raises pydantic's error from the call."""
+    try:
+        Verdict(ok=True, why="x" * 80)
+    except ValidationError as exc:
+        invalid = exc
+    call = StructuredCall(ScriptedChatModel(replies=[invalid, invalid]), Verdict)
+    with pytest.raises(ModelOutputError, match="did not parse as Verdict in 2 attempts"):
         await call(PROMPT, question="q")
 
 

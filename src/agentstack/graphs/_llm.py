@@ -7,6 +7,7 @@ valid shapes. The raw reply is kept to count tokens for the graphs' token budget
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
@@ -23,6 +24,9 @@ from agentstack.prompts import Prompt
 __all__ = ["StructuredCall", "run_metadata"]
 
 T = TypeVar("T", bound=BaseModel)
+
+_PARSE_ATTEMPTS = 2
+_log = logging.getLogger(__name__)
 
 
 def run_metadata(graph: str, prompts: Sequence[Prompt]) -> dict[str, str]:
@@ -51,32 +55,44 @@ class StructuredCall(Generic[T]):
         return await self.ask(messages, ref=prompt.ref)
 
     async def ask(self, messages: Sequence[BaseMessage], *, ref: str) -> tuple[T, int]:
+        """One reply parsed as the schema. A reply that does not parse is asked for once more: a schema can say
+        more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and sampling differs."""
+        error: Exception | None = None
+        for attempt in range(_PARSE_ATTEMPTS):
+            try:
+                raw, parsed, error = await self._reply(messages)
+            except (OutputParserException, ValidationError) as exc:  # some clients parse inside the model call
+                raw, parsed, error = None, None, exc
+            except Exception as exc:
+                if type(exc).__name__ != "LengthFinishReasonError":  # openai's; not imported: the model may be any
+                    raise
+                raise ModelOutputError(
+                    f"the model's reply to {ref} hit its token limit before the {self.schema.__name__} was complete",
+                    fix="raise the model's max_tokens, or use a larger model that answers more concisely",
+                ) from exc
+            if isinstance(parsed, self.schema):
+                return parsed, _tokens(messages, raw)
+            if attempt + 1 < _PARSE_ATTEMPTS:
+                _log.warning("the reply to %s did not parse as %s, asking again: %s", ref, self.schema.__name__, error)
+        raise ModelOutputError(
+            f"the model's reply to {ref} did not parse as {self.schema.__name__} "
+            f"in {_PARSE_ATTEMPTS} attempts: {error or 'no structured reply'}",
+            fix="serve the model where response_format json_schema is enforced (llama.cpp, vLLM, SGLang), "
+            "or use a larger model",
+        )
+
+    async def _reply(self, messages: Sequence[BaseMessage]) -> tuple[Any, Any, Any]:
+        """(raw message, parsed reply or None, parsing error or None)."""
+        if self._with_raw is not None:
+            with warnings.catch_warnings():  # langchain serialises the raw+parsed pair with a loose schema
+                warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
+                out = await self._with_raw.ainvoke(list(messages))
+            return out.get("raw"), out.get("parsed"), out.get("parsing_error")
+        raw = await self._model.ainvoke(list(messages))
         try:
-            if self._with_raw is not None:
-                with warnings.catch_warnings():  # langchain serialises the raw+parsed pair with a loose schema
-                    warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
-                    out = await self._with_raw.ainvoke(list(messages))
-                raw, parsed, error = out.get("raw"), out.get("parsed"), out.get("parsing_error")
-            else:
-                raw = await self._model.ainvoke(list(messages))
-                try:
-                    parsed, error = await self._parser.ainvoke(raw), None
-                except (OutputParserException, ValidationError) as exc:
-                    parsed, error = None, exc
-        except Exception as exc:
-            if type(exc).__name__ != "LengthFinishReasonError":  # openai's; not imported: the model may be any
-                raise
-            raise ModelOutputError(
-                f"the model's reply to {ref} hit its token limit before the {self.schema.__name__} was complete",
-                fix="raise the model's max_tokens, or use a larger model that answers more concisely",
-            ) from exc
-        if not isinstance(parsed, self.schema):
-            raise ModelOutputError(
-                f"the model's reply to {ref} did not parse as {self.schema.__name__}: {error or 'no structured reply'}",
-                fix="serve the model where response_format json_schema is enforced (llama.cpp, vLLM, SGLang), "
-                "or use a larger model",
-            )
-        return parsed, _tokens(messages, raw)
+            return raw, await self._parser.ainvoke(raw), None
+        except (OutputParserException, ValidationError) as exc:
+            return raw, None, exc
 
 
 def _tokens(messages: Sequence[BaseMessage], raw: Any) -> int:
