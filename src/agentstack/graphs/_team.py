@@ -81,7 +81,7 @@ class Review(BaseModel):
 
 
 class FinalOutput(BaseModel):
-    output: str = Field(max_length=4000)
+    output: str = Field(max_length=2000)  # like every text field: a reply that always fits the token limit
 
 
 @dataclass(frozen=True)
