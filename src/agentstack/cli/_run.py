@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agentstack._bundled import bundled
 from agentstack._stack import Stack
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, UserError
@@ -30,10 +31,7 @@ GRAPHS = ("research", "team", "approval")
 
 def default_corpus() -> Path:
     """agentstack's own documentation: packaged as `agentstack/docs`, or `docs/` of a source checkout."""
-    packaged = Path(__file__).resolve().parents[1] / "docs"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[3] / "docs"
+    return bundled("docs", "docs")
 
 
 def _context(graph: str, knobs: dict[str, Any]) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from agentstack._bundled import bundled
 from agentstack.errors import ConfigError
 
 __all__ = ["ApprovalPolicy", "default_policy_path"]
@@ -26,10 +27,7 @@ __all__ = ["ApprovalPolicy", "default_policy_path"]
 
 def default_policy_path() -> Path:
     """`tools/policy.yaml`: packaged as `agentstack/graphs/toolpacks`, or read from a source checkout."""
-    packaged = Path(__file__).with_name("toolpacks") / "policy.yaml"
-    if packaged.is_file():
-        return packaged
-    return Path(__file__).parents[3] / "tools" / "policy.yaml"
+    return bundled("graphs/toolpacks", "tools") / "policy.yaml"
 
 
 @dataclass(frozen=True)

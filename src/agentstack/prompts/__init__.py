@@ -22,6 +22,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from agentstack._bundled import bundled
 from agentstack.errors import ConfigError, UserError
 
 __all__ = ["Prompt", "PromptLibrary", "default_prompts_dir"]
@@ -32,10 +33,7 @@ _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trai
 
 def default_prompts_dir() -> Path:
     """`prompts/`: packaged in the wheel as `agentstack/prompts/templates`, or read from a source checkout."""
-    packaged = Path(__file__).with_name("templates")
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).parents[3] / "prompts"
+    return bundled("prompts/templates", "prompts")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from agentstack._bundled import bundled
 from agentstack._net import free_port
 from agentstack.config import Settings
 from agentstack.errors import BackendError, ConfigError
@@ -41,10 +42,7 @@ _PROBE_TIMEOUT = httpx.Timeout(5.0)
 
 def default_fleet_spec() -> Path:
     """The CPU default, `serving/cpu-tiny.yaml`: packaged in the wheel, or read from a source checkout."""
-    packaged = Path(__file__).with_name("specs") / "cpu-tiny.yaml"
-    if packaged.is_file():
-        return packaged
-    return Path(__file__).parents[3] / "serving" / "cpu-tiny.yaml"
+    return bundled("serving/specs", "serving") / "cpu-tiny.yaml"
 
 
 @dataclass(eq=False)
