@@ -274,6 +274,33 @@ async def test_memory_limit(isolation: str) -> None:
     assert not small.memory_exceeded
 
 
+async def test_the_program_cannot_raise_its_limits() -> None:
+    code = (
+        "import resource\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS), resource.getrlimit(resource.RLIMIT_CORE))\n"
+        "try:\n"
+        "    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n"
+        "except (ValueError, OSError):\n"
+        "    print('refused')\n"
+    )
+    result = await run_python(code, memory_mb=300)
+    assert result.ok, result.stderr
+    cap = 300 * 1024 * 1024
+    assert result.stdout == f"({cap}, {cap}) (0, 0)\nrefused\n"
+
+
+async def test_no_fork_handler_of_ours_runs_for_the_child() -> None:
+    """gRPC (under pymilvus) registers fork handlers; run in a forked child, they once wrote an epoll error into
+    the program's stderr, which the coder agent then read as the program's output. The sandbox spawns without
+    a Python-level fork (vfork), so no handler runs at all."""
+    forks: list[int] = []
+    os.register_at_fork(before=lambda: forks.append(os.getpid()))
+    before = len(forks)
+    result = await run_python("print('hi')")
+    assert result.ok and result.stdout == "hi\n" and result.stderr == ""
+    assert len(forks) == before
+
+
 async def test_files_are_capped_in_size() -> None:
     code = (
         "try:\n"

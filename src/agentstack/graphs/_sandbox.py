@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import math
 import os
-import resource
 import shutil
 import signal
 import stat
@@ -45,7 +44,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple, cast
 
@@ -70,11 +68,28 @@ _MEMORY_MARKERS = (
     "bad_alloc",
 )
 
-# The interpreter's first code (`python -c`). It installs the audit hook, then runs main.py as `__main__` the way
+# The interpreter's first code (`python -c`, with the rlimits as arguments). It sets the rlimits and installs the
+# audit hook, then runs main.py as `__main__` the way
 # `python main.py` would, except that the runner's own frame is left out of tracebacks, so the agent sees
 # `File "main.py", line N` for its code and nothing of ours.
 _RUNNER = r"""
 import sys
+
+def _agentstack_sandbox_limits():
+    # First, before any of the program's code: soft = hard, so the code cannot raise them again. A limit already
+    # lower than ours (inherited) is kept, since raising a hard limit is refused. The CPU limit is a backstop for
+    # what the wall-clock deadline misses (threads burning several CPUs); with soft = hard the kernel SIGKILLs at
+    # the limit, which works even where this process is a PID namespace's init (init ignores SIGXCPU).
+    import resource
+    for name, value in zip(("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE"), sys.argv[1:5]):
+        limit = getattr(resource, name)
+        value = int(value)
+        hard = resource.getrlimit(limit)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(limit, (value, value))
+
+_agentstack_sandbox_limits()
 
 def _agentstack_sandbox_setup():
     import os, types
@@ -216,7 +231,8 @@ async def _run(
     workdir: Path, data: bytes, isolation: _Isolation, timeout_s: float, memory_mb: int, max_output_bytes: int
 ) -> SandboxResult:
     cpu_limit_s = math.ceil(timeout_s) + 1
-    argv = [*isolation.prefix, sys.executable, "-I", "-X", "utf8", "-u", "-c", _RUNNER]
+    limits = (memory_mb * 1024 * 1024, cpu_limit_s, _MAX_FILE_BYTES, 0)  # AS, CPU, FSIZE, CORE: as _RUNNER reads them
+    argv = [*isolation.prefix, sys.executable, "-I", "-X", "utf8", "-u", "-c", _RUNNER, *map(str, limits)]
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(
         lambda: _Protocol(loop, max_output_bytes),
@@ -226,8 +242,9 @@ async def _run(
         stderr=subprocess.PIPE,
         cwd=workdir,
         env=_child_env(workdir),
+        # No preexec_fn, so Python spawns with vfork: no fork handlers run in the child. gRPC's (pymilvus) once
+        # wrote an epoll error into a forked child's stderr, which then reached the agent as the program's output.
         start_new_session=True,
-        preexec_fn=partial(_apply_limits, memory_mb * 1024 * 1024, cpu_limit_s),
     )
     started = time.monotonic()
     pgid = transport.get_pid()
@@ -286,26 +303,6 @@ def _child_env(workdir: Path) -> dict[str, str]:
     # Our interpreter's directory first, so `python` and `pip` in a subprocess mean the interpreter we run.
     path = os.pathsep.join(dict.fromkeys([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]))
     return {"PATH": path, "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
-
-
-def _apply_limits(memory_bytes: int, cpu_seconds: int) -> None:
-    """Runs in the forked child before exec. Soft = hard, so the code cannot raise them again.
-
-    The CPU limit is a backstop for what the wall-clock deadline misses (threads burning several CPUs);
-    with soft = hard the kernel SIGKILLs at the limit, which works even where the child is a PID namespace's
-    init (init ignores SIGXCPU). Limits already lower in our process are kept: raising them would fail.
-    It only calls getrlimit/setrlimit, which take no lock another thread of ours could hold at fork time.
-    """
-    for limit, value in (
-        (resource.RLIMIT_AS, memory_bytes),
-        (resource.RLIMIT_CPU, cpu_seconds),
-        (resource.RLIMIT_FSIZE, _MAX_FILE_BYTES),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        hard = resource.getrlimit(limit)[1]
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(limit, (value, value))
 
 
 def _kill_group(pgid: int) -> None:
