@@ -71,6 +71,33 @@ async def test_the_sandbox_stops_a_program_that_never_ends() -> None:
     assert work["ok"] is False and "timed out" in work["content"]
 
 
+class LengthFinishReasonError(Exception):
+    """Named like openai's: what a server's reply cut off at max_tokens raises."""
+
+
+async def test_a_program_the_model_cannot_finish_is_failed_work_not_a_lost_run() -> None:
+    drafts = iter([LengthFinishReasonError("length"), LengthFinishReasonError("length"), CODE])
+
+    def draft(prompt: str) -> dict[str, str]:
+        reply = next(drafts)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    model = schema_model(
+        Route=coordinator("coder", "coder", "synthesize"), CodeDraft=draft, FinalOutput={"output": "45"}
+    )
+    graph = build_team_graph(model, researcher=None, checkpointer=InMemorySaver())
+    config = thread()
+    progress = [e async for e in graph.astream({"task": "sum 0..9"}, config, stream_mode="custom")]
+    assert any("team/coder@v1 hit its token limit" in e.get("error", "") for e in progress)
+    out = (await graph.aget_state(config)).values
+    first, second = out["work"]
+    assert first["ok"] is False and "the coder wrote no usable program" in first["content"]
+    assert second["ok"] is True and "45" in second["content"] and out["output"] == "45"
+    assert out["tokens_used"] > 0
+
+
 async def test_the_researcher_is_the_research_graph_as_a_subgraph(hybrid_index: Any, saver: Any) -> None:
     await hybrid_index.ingestor.aingest([Document(source=n, text=t) for n, t in DOCS.items()])
     model = schema_model(

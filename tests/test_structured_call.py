@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -71,10 +72,41 @@ async def test_a_validation_error_raised_inside_the_model_call_is_retried_then_r
         await call(PROMPT, question="q")
 
 
-async def test_a_reply_cut_at_the_token_limit_says_so() -> None:
-    class LengthFinishReasonError(Exception):  # what openai raises when max_tokens cut the reply
-        pass
+class LengthFinishReasonError(Exception):
+    """Named like openai's, which a reply cut at max_tokens raises; it carries the cut completion's usage."""
 
-    call = StructuredCall(ScriptedChatModel(replies=[LengthFinishReasonError("length")]), Verdict)
-    with pytest.raises(ModelOutputError, match="hit its token limit before the Verdict was complete"):
-        await call(PROMPT, question="q")
+    def __init__(self, total_tokens: int) -> None:
+        super().__init__("length")
+        self.completion = SimpleNamespace(usage=SimpleNamespace(total_tokens=total_tokens))
+
+
+async def test_a_reply_cut_at_the_token_limit_is_asked_for_once_more_and_both_count() -> None:
+    fine = AIMessage(
+        content="",
+        tool_calls=[{"name": "Verdict", "args": {"ok": True, "why": "ok"}, "id": "c1", "type": "tool_call"}],
+        usage_metadata={"input_tokens": 30, "output_tokens": 10, "total_tokens": 40},
+    )
+    model = ScriptedChatModel(replies=[LengthFinishReasonError(3100), fine])
+    verdict, tokens = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict == Verdict(ok=True, why="ok") and tokens == 3140
+
+
+async def test_two_replies_cut_at_the_token_limit_say_so() -> None:
+    model = ScriptedChatModel(replies=[LengthFinishReasonError(3100), LengthFinishReasonError(3100)])
+    with pytest.raises(ModelOutputError, match=r"hit its token limit before the Verdict was complete \(2 attempts\)"):
+        await StructuredCall(model, Verdict)(PROMPT, question="q")
+
+
+async def test_the_tokens_of_a_reply_that_did_not_parse_count_too() -> None:
+    def reply(why: str, total: int) -> AIMessage:
+        args = {"ok": True, "why": why}
+        usage = {"input_tokens": total - 5, "output_tokens": 5, "total_tokens": total}
+        return AIMessage(
+            content="",
+            tool_calls=[{"name": "Verdict", "args": args, "id": "c", "type": "tool_call"}],
+            usage_metadata=usage,
+        )
+
+    model = ScriptedChatModel(replies=[reply("x" * 80, 70), reply("short", 50)])
+    verdict, tokens = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict.why == "short" and tokens == 120

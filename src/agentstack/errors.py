@@ -70,3 +70,8 @@ class GraphInputError(UserError):
 
 class ModelOutputError(BackendError):
     """A model's reply did not parse as the structured output the graph asked for."""
+
+    def __init__(self, problem: str, *, fix: str | None = None, tokens_used: int = 0) -> None:
+        super().__init__(problem, fix=fix)
+        self.tokens_used = tokens_used
+        """What the failed attempts cost, so a graph that carries on can still charge its token budget."""

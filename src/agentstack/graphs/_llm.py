@@ -55,31 +55,42 @@ class StructuredCall(Generic[T]):
         return await self.ask(messages, ref=prompt.ref)
 
     async def ask(self, messages: Sequence[BaseMessage], *, ref: str) -> tuple[T, int]:
-        """One reply parsed as the schema. A reply that does not parse is asked for once more: a schema can say
-        more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and sampling differs."""
+        """One reply parsed as the schema, and the tokens spent on it (every attempt's).
+
+        A reply that does not parse, or that the token limit cut short, is asked for once more: a schema can say
+        more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and sampling differs, so a
+        small model that rambled into the limit once rarely does it twice.
+        """
         error: Exception | None = None
+        spent = 0
         for attempt in range(_PARSE_ATTEMPTS):
             try:
                 raw, parsed, error = await self._reply(messages)
             except (OutputParserException, ValidationError) as exc:  # some clients parse inside the model call
                 raw, parsed, error = None, None, exc
             except Exception as exc:
-                if type(exc).__name__ != "LengthFinishReasonError":  # openai's; not imported: the model may be any
+                if not _cut_at_token_limit(exc):
                     raise
-                raise ModelOutputError(
-                    f"the model's reply to {ref} hit its token limit before the {self.schema.__name__} was complete",
-                    fix="raise the model's max_tokens, or use a larger model that answers more concisely",
-                ) from exc
+                raw, parsed, error = None, None, exc
+            spent += _tokens(messages, raw, error)
             if isinstance(parsed, self.schema):
-                return parsed, _tokens(messages, raw)
+                return parsed, spent
             if attempt + 1 < _PARSE_ATTEMPTS:
                 _log.warning("the reply to %s did not parse as %s, asking again: %s", ref, self.schema.__name__, error)
+        if error is not None and _cut_at_token_limit(error):
+            raise ModelOutputError(
+                f"the model's reply to {ref} hit its token limit before the {self.schema.__name__} was complete "
+                f"({_PARSE_ATTEMPTS} attempts)",
+                fix="raise the model's max_tokens, or use a larger model that answers more concisely",
+                tokens_used=spent,
+            ) from error
         raise ModelOutputError(
             f"the model's reply to {ref} did not parse as {self.schema.__name__} "
             f"in {_PARSE_ATTEMPTS} attempts: {error or 'no structured reply'}",
             fix="serve the model where response_format json_schema is enforced (llama.cpp, vLLM, SGLang), "
             "or use a larger model",
-        )
+            tokens_used=spent,
+        ) from error
 
     async def _reply(self, messages: Sequence[BaseMessage]) -> tuple[Any, Any, Any]:
         """(raw message, parsed reply or None, parsing error or None)."""
@@ -95,11 +106,19 @@ class StructuredCall(Generic[T]):
             return raw, None, exc
 
 
-def _tokens(messages: Sequence[BaseMessage], raw: Any) -> int:
+def _cut_at_token_limit(error: Exception) -> bool:
+    return type(error).__name__ == "LengthFinishReasonError"  # openai's; not imported: the model may be any
+
+
+def _tokens(messages: Sequence[BaseMessage], raw: Any, error: Exception | None) -> int:
     usage = getattr(raw, "usage_metadata", None)
     if usage and usage.get("total_tokens"):
         return int(usage["total_tokens"])
-    # no usage reported (e.g. a scripted model): about four characters per token
+    # A reply the token limit cut short: openai's error carries the completion and its usage.
+    cut_usage = getattr(getattr(error, "completion", None), "usage", None)
+    if getattr(cut_usage, "total_tokens", None):
+        return int(cut_usage.total_tokens)
+    # no usage reported (e.g. a scripted model, or a reply lost to an error): about four characters per token
     sent = sum(len(str(m.content)) for m in messages)
     received = len(str(getattr(raw, "content", ""))) + len(str(getattr(raw, "tool_calls", "") or ""))
     return max(1, (sent + received) // 4)

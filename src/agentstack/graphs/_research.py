@@ -321,6 +321,7 @@ def build_research_graph(
                 # The revision is an improvement, not the answer: when the model cannot finish it, the verified
                 # first answer stands (uncited, which `citations == []` says) and the run is not lost.
                 get_stream_writer()({"stage": "revise", "error": exc.problem})
+                tokens += exc.tokens_used
             else:
                 tokens += more
                 text, citations, removed_again = verify_citations(revised.answer, revised.citations, evidence)

@@ -22,7 +22,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command
 from pydantic import BaseModel, Field
 
-from agentstack.errors import GraphInputError
+from agentstack.errors import GraphInputError, ModelOutputError
 from agentstack.graphs._llm import StructuredCall, run_metadata
 from agentstack.graphs._research import Citation, ResearchContext
 from agentstack.graphs._tools import format_sandbox_result
@@ -146,13 +146,20 @@ def build_team_graph(
         knobs = _knobs(runtime)
         instruction = state.get("instruction") or state["task"]
         previous = next((w["content"] for w in reversed(state.get("work", [])) if w["role"] == "coder"), "")
-        draft, tokens = await code_call(
-            prompt["coder"],
-            task=state["task"],
-            instruction=instruction,
-            feedback=state.get("feedback", ""),
-            previous=previous[-2000:],
-        )
+        try:
+            draft, tokens = await code_call(
+                prompt["coder"],
+                task=state["task"],
+                instruction=instruction,
+                feedback=state.get("feedback", ""),
+                previous=previous[-2000:],
+            )
+        except ModelOutputError as exc:
+            # Like a program that fails: the coordinator sees it and routes on (the coder again, or elsewhere)
+            # rather than the whole run being lost to one reply the model could not finish.
+            get_stream_writer()({"stage": "coder", "error": exc.problem})
+            failed = _work("coder", instruction, f"the coder wrote no usable program: {exc.problem}", ok=False)
+            return {"work": [failed], "tokens_used": exc.tokens_used}
         result = await run_python(draft.code, timeout_s=knobs.code_timeout_s, memory_mb=knobs.code_memory_mb)
         get_stream_writer()({"stage": "coder", "exit_code": result.exit_code, "timed_out": result.timed_out})
         content = f"```python\n{draft.code}\n```\n{format_sandbox_result(result)}"
