@@ -69,9 +69,8 @@ _MEMORY_MARKERS = (
 )
 
 # The interpreter's first code (`python -c`, with the rlimits as arguments). It sets the rlimits and installs the
-# audit hook, then runs main.py as `__main__` the way
-# `python main.py` would, except that the runner's own frame is left out of tracebacks, so the agent sees
-# `File "main.py", line N` for its code and nothing of ours.
+# audit hook, then runs main.py as `__main__` the way `python main.py` would, except that the runner's own frame
+# is left out of tracebacks, so the agent sees `File "main.py", line N` for its code and nothing of ours.
 _RUNNER = r"""
 import sys
 
