@@ -7,6 +7,7 @@ re-run a graph any number of times and get the same replies.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -39,3 +40,11 @@ DOCS = {
     "fleet.md": "# Fleet\n\nThe fleet restarts a crashed llama.cpp replica with exponential backoff.",
     "rag.md": "# Retrieval\n\nHybrid retrieval fuses dense vectors and BM25 with reciprocal rank fusion.",
 }
+
+
+class LengthFinishReasonError(Exception):
+    """Named like openai's, which a reply cut at max_tokens raises; it carries the cut completion's usage."""
+
+    def __init__(self, total_tokens: int = 0) -> None:
+        super().__init__("length")
+        self.completion = SimpleNamespace(usage=SimpleNamespace(total_tokens=total_tokens))

@@ -14,7 +14,7 @@ from langgraph.types import Command
 from agentstack.errors import GraphInputError
 from agentstack.graphs import ResearchContext, build_research_graph, verify_citations
 from agentstack.rag import Document
-from graph_helpers import DOCS, schema_model
+from graph_helpers import DOCS, LengthFinishReasonError, schema_model
 
 PLAN = {"queries": ["postgres checkpoint resume", "llama.cpp replica restart"]}
 CONFIDENT = {"draft": "It resumes from Postgres [S1].", "confidence": 0.9, "gaps": [], "cited": ["S1"]}
@@ -128,14 +128,10 @@ async def test_an_uncited_answer_is_revised(retrieval: Any) -> None:
     assert len(model.calls) == 4  # plan, analyze, answer, revise
 
 
-class LengthFinishReasonError(Exception):
-    """Named like openai's: what a server's reply cut off at max_tokens raises."""
-
-
 async def test_a_revision_the_model_cannot_finish_keeps_the_first_answer(retrieval: Any) -> None:
     def final_answer(prompt: str) -> dict[str, Any]:
         if "cites no passage" in prompt:
-            raise LengthFinishReasonError("length")
+            raise LengthFinishReasonError()
         return {"answer": "It just works.", "citations": []}
 
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=final_answer)

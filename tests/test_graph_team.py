@@ -11,7 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from agentstack.errors import GraphInputError
 from agentstack.graphs import TeamContext, build_research_graph, build_team_graph, stream_run
 from agentstack.rag import Document
-from graph_helpers import DOCS, schema_model
+from graph_helpers import DOCS, LengthFinishReasonError, schema_model
 
 CODE = {"code": "print(sum(range(10)))", "explanation": "adds"}
 
@@ -71,12 +71,8 @@ async def test_the_sandbox_stops_a_program_that_never_ends() -> None:
     assert work["ok"] is False and "timed out" in work["content"]
 
 
-class LengthFinishReasonError(Exception):
-    """Named like openai's: what a server's reply cut off at max_tokens raises."""
-
-
 async def test_a_program_the_model_cannot_finish_is_failed_work_not_a_lost_run() -> None:
-    drafts = iter([LengthFinishReasonError("length"), LengthFinishReasonError("length"), CODE])
+    drafts = iter([LengthFinishReasonError(), LengthFinishReasonError(), CODE])
 
     def draft(prompt: str) -> dict[str, str]:
         reply = next(drafts)

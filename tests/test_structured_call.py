@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from agentstack.errors import ModelOutputError
 from agentstack.graphs._llm import StructuredCall
 from agentstack.prompts import Prompt
 from agentstack.testing import ScriptedChatModel
+from graph_helpers import LengthFinishReasonError
 
 PROMPT = Prompt(graph="demo", name="ask", version=1, system="Answer briefly.", user="Q: {{ question }}")
 
@@ -70,14 +70,6 @@ async def test_a_validation_error_raised_inside_the_model_call_is_retried_then_r
     call = StructuredCall(ScriptedChatModel(replies=[invalid, invalid]), Verdict)
     with pytest.raises(ModelOutputError, match="did not parse as Verdict in 2 attempts"):
         await call(PROMPT, question="q")
-
-
-class LengthFinishReasonError(Exception):
-    """Named like openai's, which a reply cut at max_tokens raises; it carries the cut completion's usage."""
-
-    def __init__(self, total_tokens: int) -> None:
-        super().__init__("length")
-        self.completion = SimpleNamespace(usage=SimpleNamespace(total_tokens=total_tokens))
 
 
 async def test_a_reply_cut_at_the_token_limit_is_asked_for_once_more_and_both_count() -> None:
