@@ -82,6 +82,8 @@ def build_approval_graph(
     library = prompts or PromptLibrary()
     system = library.get("approval", "agent")
     turn_call = StructuredCall(model, turn_schema(tools))
+    guarded = [n for n in by_name if policy.needs_approval(n)]
+    instructions = SystemMessage(content=system.render(tools=list(by_name), guarded=guarded)[0])
 
     async def agent(state: ApprovalState, runtime: Runtime[ApprovalContext]) -> dict[str, Any]:
         messages = state.get("messages") or []
@@ -90,9 +92,7 @@ def build_approval_graph(
                 "the approval graph needs `messages` with the user's request",
                 fix='invoke it with {"messages": [{"role": "user", "content": "..."}]}',
             )
-        guarded = [n for n in by_name if policy.needs_approval(n)]
-        instructions, _ = system.render(tools=list(by_name), guarded=guarded)
-        turn, _tokens = await turn_call.ask([SystemMessage(content=instructions), *messages], ref=system.ref)
+        turn, _tokens = await turn_call.ask([instructions, *messages], ref=system.ref)
         step = state.get("steps", 0)
         calls = [
             {"name": c.tool, "args": c.args.model_dump(mode="json"), "id": f"call_{step}_{i}", "type": "tool_call"}
