@@ -133,13 +133,15 @@ class Stack:
         )
 
     def approval_graph(self, tools: Sequence[Any] | None = None, **options: Any) -> Any:
-        """The approval agent over `tools`; default: the working directory's files, sandboxed Python, the docs."""
-        from agentstack.graphs import ApprovalPolicy, build_approval_graph
+        """The approval agent over `tools`; default: the working directory's files, sandboxed Python, the docs.
+
+        `options` go to `build_approval_graph`; its `policy` defaults to tools/policy.yaml there.
+        """
+        from agentstack.graphs import build_approval_graph
 
         return build_approval_graph(
             self._need_model(),
             list(tools) if tools is not None else self.default_tools(),
-            policy=options.pop("policy", None) or ApprovalPolicy.default(),
             checkpointer=self.saver,
             **options,
         )
