@@ -104,19 +104,13 @@ class MilvusIndex:
         return index
 
     async def _create(self) -> None:
-        from pymilvus import MilvusClient
-
         if not await self._client.has_collection(self.collection):
-            await self._client.create_collection(
-                self.collection, schema=self._schema(), index_params=_index_params(MilvusClient)
-            )
+            await self._client.create_collection(self.collection, schema=self._schema(), index_params=_index_params())
             # Which embedder made the vectors: a row, since Milvus Lite keeps no collection description.
             meta = Chunk(_META_ID, "", "", "", "meta", 0, None, {"embedder": self.embedder})
             await self._client.insert(self.collection, [_row(meta, "", [1.0] + [0.0] * (self.dimension - 1), "")])
         if not await self._client.has_collection(self.parents):
-            await self._client.create_collection(
-                self.parents, schema=self._schema(), index_params=_index_params(MilvusClient)
-            )
+            await self._client.create_collection(self.parents, schema=self._schema(), index_params=_index_params())
 
     def _schema(self) -> Any:
         from pymilvus import DataType, Function, FunctionType, MilvusClient
@@ -264,8 +258,10 @@ class MilvusIndex:
         await self._client.close()
 
 
-def _index_params(client_type: Any) -> Any:
-    params = client_type.prepare_index_params()
+def _index_params() -> Any:
+    from pymilvus import MilvusClient
+
+    params = MilvusClient.prepare_index_params()
     # AUTOINDEX: HNSW on a Milvus server or cluster, FLAT (exact) on Milvus Lite, which has no HNSW.
     params.add_index("dense", index_type="AUTOINDEX", metric_type="COSINE")
     params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
