@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import operator
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict
 
@@ -374,7 +375,7 @@ async def test_sse_streams_the_same_events_as_stream_run() -> None:
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["x-accel-buffering"] == "no"
     thread_id = events[0][1]["data"]["thread_id"]
-    assert len(thread_id) == 32 and int(thread_id, 16) >= 0  # a generated uuid4 hex
+    assert uuid.UUID(hex=thread_id).version == 4 and len(thread_id) == 32  # a generated uuid4, as hex
     assert [(name, d["node"], d["data"]) for name, d in events] == simple_expected(thread_id)
     assert all(name == d["kind"] and d["namespace"] == [] for name, d in events)
 
