@@ -16,15 +16,20 @@ import httpx
 from agentstack._net import free_port
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without the developer's agentstack settings: no AGENTSTACK_*, no COHERE_API_KEY
+    (which `Settings` reads too, and which would send reranking to Cohere's API)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_") and k != "COHERE_API_KEY"}
+
+
 def run_agentstack(
     *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """`agentstack ARGS` with no AGENTSTACK_*/COHERE_API_KEY from this environment, only `env`'s."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_") and k != "COHERE_API_KEY"}
+    """`agentstack ARGS` in `clean_env()` plus `env`."""
     agentstack = Path(sys.executable).with_name("agentstack")
     return subprocess.run(
         [str(agentstack), *args],
-        env=clean | {"COLUMNS": "200"} | env,
+        env=clean_env() | {"COLUMNS": "200"} | env,
         cwd=cwd,
         capture_output=True,
         text=True,

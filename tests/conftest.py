@@ -13,7 +13,7 @@ from agentstack.config import Settings
 def settings(tmp_path, monkeypatch) -> Settings:
     """Settings isolated from the developer's own ~/.agentstack and environment."""
     for name in list(__import__("os").environ):
-        if name.startswith("AGENTSTACK_"):
+        if name.startswith("AGENTSTACK_") or name == "COHERE_API_KEY":  # Settings reads COHERE_API_KEY too
             monkeypatch.delenv(name)
     monkeypatch.setenv("AGENTSTACK_HOME", str(tmp_path / "home"))
     return Settings.load()

@@ -40,16 +40,12 @@ def load(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 @pytest.fixture
-def wired_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agentstack_postgres: str) -> Path:
+def wired_env(settings: Any, monkeypatch: pytest.MonkeyPatch, agentstack_postgres: str) -> Path:
     """Settings for a real stack (Postgres, Milvus Lite) with an external LLM, which is not called here."""
-    for name in [n for n in __import__("os").environ if n.startswith("AGENTSTACK_")]:
-        monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    monkeypatch.setenv("AGENTSTACK_HOME", str(home))
     monkeypatch.setenv("AGENTSTACK_POSTGRES_URL", agentstack_postgres)
     monkeypatch.setenv("AGENTSTACK_LLM_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("AGENTSTACK_LLM_MODEL", "any")
-    return home
+    return settings.home
 
 
 def test_langgraph_json_names_the_three_graphs() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agentstack.checkpoint import LocalPostgres
-from cli_helpers import serve_gateway
+from cli_helpers import clean_env, serve_gateway
 from fleet_helpers import MODEL, tiny_spec_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,7 @@ def gateway(fleet_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture
 def example_env(tmp_path: Path, gateway: str, agentstack_postgres: str) -> dict[str, str]:
     """The environment an example runs in: its own home, this test's Postgres, the shared gateway."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_")}
-    return env | {
+    return clean_env() | {
         "AGENTSTACK_HOME": str(tmp_path / "home"),
         "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
         "AGENTSTACK_LLM_BASE_URL": gateway,
@@ -59,8 +58,7 @@ def run_example(name: str, *args: str, env: dict[str, str], timeout: float = 420
 
 
 def test_resume_after_kill(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_")}
-    env["AGENTSTACK_HOME"] = str(tmp_path / "home")
+    env = clean_env() | {"AGENTSTACK_HOME": str(tmp_path / "home")}
     try:
         out = run_example("resume_after_kill.py", env=env, timeout=180)
         assert "killed" in out and "ran exactly once across two processes" in out
@@ -93,11 +91,10 @@ def test_notebook(example_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
     import nbformat
     from nbclient import NotebookClient
 
-    for name in [n for n in os.environ if n.startswith("AGENTSTACK_")]:
+    for name in set(os.environ) - set(example_env):
         monkeypatch.delenv(name)
     for name, value in example_env.items():
-        if name.startswith("AGENTSTACK_"):
-            monkeypatch.setenv(name, value)  # the kernel process inherits this environment
+        monkeypatch.setenv(name, value)  # the kernel process inherits this environment
     notebook = nbformat.read(EXAMPLES / "review_a_research_answer.ipynb", as_version=4)
     client = NotebookClient(
         notebook, timeout=420, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
