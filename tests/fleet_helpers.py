@@ -23,12 +23,12 @@ def tiny_spec(*, fleet: dict[str, Any] | None = None, **model: Any) -> FleetSpec
 
 
 def alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
+    """Running or sleeping; a zombie is dead (it only waits for a parent that may never reap it)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def tiny_spec_file(path: Path, **model: Any) -> Path:

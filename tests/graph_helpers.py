@@ -6,6 +6,7 @@ re-run a graph any number of times and get the same replies.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -48,3 +49,8 @@ class LengthFinishReasonError(Exception):
     def __init__(self, total_tokens: int = 0) -> None:
         super().__init__("length")
         self.completion = SimpleNamespace(usage=SimpleNamespace(total_tokens=total_tokens))
+
+
+def thread() -> dict[str, Any]:
+    """A run config on a new thread."""
+    return {"configurable": {"thread_id": uuid.uuid4().hex}}

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from langgraph.types import Command
 from agentstack.errors import ConfigError, GraphInputError
 from agentstack.graphs import ApprovalContext, ApprovalPolicy, build_approval_graph, workspace_tools
 from agentstack.testing import ScriptedChatModel
+from graph_helpers import thread
 
 POLICY = ApprovalPolicy.of(["write_file"])
 
@@ -32,10 +32,6 @@ def agent(calls: list[dict[str, Any]]) -> ScriptedChatModel:
         return {"calls": [{"tool": c["name"], "args": c["args"]} for c in calls], "answer": ""}
 
     return ScriptedChatModel.from_script(respond)
-
-
-def thread() -> dict[str, Any]:
-    return {"configurable": {"thread_id": uuid.uuid4().hex}}
 
 
 def ask(task: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from langgraph.types import Command
 from agentstack.errors import GraphInputError
 from agentstack.graphs import ResearchContext, build_research_graph, verify_citations
 from agentstack.rag import Document
-from graph_helpers import DOCS, LengthFinishReasonError, schema_model
+from graph_helpers import DOCS, LengthFinishReasonError, schema_model, thread
 
 PLAN = {"queries": ["postgres checkpoint resume", "llama.cpp replica restart"]}
 CONFIDENT = {"draft": "It resumes from Postgres [S1].", "confidence": 0.9, "gaps": [], "cited": ["S1"]}
@@ -29,10 +28,6 @@ ANSWER = {
 async def retrieval(hybrid_index: Any) -> Any:
     await hybrid_index.ingestor.aingest([Document(source=name, text=text) for name, text in DOCS.items()])
     return hybrid_index
-
-
-def thread() -> dict[str, Any]:
-    return {"configurable": {"thread_id": uuid.uuid4().hex}}
 
 
 async def test_plan_search_analyze_answer_with_checked_citations(retrieval: Any, saver: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -11,13 +10,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 from agentstack.errors import GraphInputError
 from agentstack.graphs import TeamContext, build_research_graph, build_team_graph, stream_run
 from agentstack.rag import Document
-from graph_helpers import DOCS, LengthFinishReasonError, schema_model
+from graph_helpers import DOCS, LengthFinishReasonError, schema_model, thread
 
 CODE = {"code": "print(sum(range(10)))", "explanation": "adds"}
-
-
-def thread() -> dict[str, Any]:
-    return {"configurable": {"thread_id": uuid.uuid4().hex}}
 
 
 def coordinator(*route: str) -> Any:

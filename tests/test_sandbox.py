@@ -25,6 +25,7 @@ import pytest
 from agentstack.errors import UserError
 from agentstack.graphs import _sandbox
 from agentstack.graphs._sandbox import SandboxResult, run_python
+from fleet_helpers import alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
@@ -88,15 +89,6 @@ def cmdline(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
-
-
-def alive(pid: int) -> bool:
-    """Running or sleeping; a zombie is dead (it only waits for a parent that may never reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def exists(path: Path | str) -> bool:

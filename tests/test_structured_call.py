@@ -31,14 +31,16 @@ class WrappedModel(ScriptedChatModel):
         return structured if include_raw else structured | RunnablePassthrough()
 
 
+def verdict_reply(why: str, total_tokens: int, *, ok: bool = True) -> AIMessage:
+    """A structured reply as chat models give it (a tool call), with the token usage a server reports."""
+    usage = {"input_tokens": total_tokens - 5, "output_tokens": 5, "total_tokens": total_tokens}
+    call = {"name": "Verdict", "args": {"ok": ok, "why": why}, "id": "c1", "type": "tool_call"}
+    return AIMessage(content="", tool_calls=[call], usage_metadata=usage)
+
+
 @pytest.mark.parametrize("model_type", [ScriptedChatModel, WrappedModel])
 async def test_the_reply_is_parsed_and_its_tokens_counted(model_type: type[ScriptedChatModel]) -> None:
-    reply = AIMessage(
-        content="",
-        tool_calls=[{"name": "Verdict", "args": {"ok": True, "why": "fine"}, "id": "c1", "type": "tool_call"}],
-        usage_metadata={"input_tokens": 30, "output_tokens": 12, "total_tokens": 42},
-    )
-    model = model_type(replies=[reply])
+    model = model_type(replies=[verdict_reply("fine", 42)])
     call = StructuredCall(model, Verdict)
     assert (call._with_raw is None) == (model_type is ScriptedChatModel)  # both paths are covered
     verdict, tokens = await call(PROMPT, question="is it?")
@@ -73,12 +75,7 @@ async def test_a_validation_error_raised_inside_the_model_call_is_retried_then_r
 
 
 async def test_a_reply_cut_at_the_token_limit_is_asked_for_once_more_and_both_count() -> None:
-    fine = AIMessage(
-        content="",
-        tool_calls=[{"name": "Verdict", "args": {"ok": True, "why": "ok"}, "id": "c1", "type": "tool_call"}],
-        usage_metadata={"input_tokens": 30, "output_tokens": 10, "total_tokens": 40},
-    )
-    model = ScriptedChatModel(replies=[LengthFinishReasonError(3100), fine])
+    model = ScriptedChatModel(replies=[LengthFinishReasonError(3100), verdict_reply("ok", 40)])
     verdict, tokens = await StructuredCall(model, Verdict)(PROMPT, question="q")
     assert verdict == Verdict(ok=True, why="ok") and tokens == 3140
 
@@ -90,15 +87,6 @@ async def test_two_replies_cut_at_the_token_limit_say_so() -> None:
 
 
 async def test_the_tokens_of_a_reply_that_did_not_parse_count_too() -> None:
-    def reply(why: str, total: int) -> AIMessage:
-        args = {"ok": True, "why": why}
-        usage = {"input_tokens": total - 5, "output_tokens": 5, "total_tokens": total}
-        return AIMessage(
-            content="",
-            tool_calls=[{"name": "Verdict", "args": args, "id": "c", "type": "tool_call"}],
-            usage_metadata=usage,
-        )
-
-    model = ScriptedChatModel(replies=[reply("x" * 80, 70), reply("short", 50)])
+    model = ScriptedChatModel(replies=[verdict_reply("x" * 80, 70), verdict_reply("short", 50)])
     verdict, tokens = await StructuredCall(model, Verdict)(PROMPT, question="q")
     assert verdict.why == "short" and tokens == 120
