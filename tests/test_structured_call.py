@@ -9,8 +9,8 @@ from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnablePassthrough
 from pydantic import BaseModel, Field, ValidationError
 
+from agentstack._structured import StructuredCall
 from agentstack.errors import ModelOutputError
-from agentstack.graphs._llm import StructuredCall
 from agentstack.prompts import Prompt
 from agentstack.testing import ScriptedChatModel
 from graph_helpers import LengthFinishReasonError
@@ -90,3 +90,22 @@ async def test_the_tokens_of_a_reply_that_did_not_parse_count_too() -> None:
     model = ScriptedChatModel(replies=[verdict_reply("x" * 80, 70), verdict_reply("short", 50)])
     verdict, tokens = await StructuredCall(model, Verdict)(PROMPT, question="q")
     assert verdict.why == "short" and tokens == 120
+
+
+class GreedyModel(ScriptedChatModel):
+    """A scripted model with a temperature, like ChatOpenAI's, that records the options of each call."""
+
+    temperature: float | None = 0.0
+    options: list[dict[str, Any]] = Field(default_factory=list)
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        self.options.append({k: v for k, v in kwargs.items() if k == "temperature"})
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+async def test_a_greedy_model_is_asked_again_at_a_sampling_temperature() -> None:
+    """Asked again at temperature 0, a model that rambled into the token limit would ramble the same way."""
+    model = GreedyModel(replies=[LengthFinishReasonError(3100), verdict_reply("ok", 40)])
+    verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict.why == "ok"
+    assert "temperature" not in model.options[0] and model.options[1]["temperature"] == 0.7

@@ -27,9 +27,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Send
 from pydantic import BaseModel, Field, create_model
 
+from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError
 from agentstack.graphs._decisions import Decision, ask_decision
-from agentstack.graphs._llm import StructuredCall, run_metadata
+from agentstack.graphs._metadata import run_metadata
 from agentstack.graphs._policy import ApprovalPolicy
 from agentstack.prompts import PromptLibrary
 

@@ -28,9 +28,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command, Send
 from pydantic import BaseModel, Field
 
+from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError, ModelOutputError
 from agentstack.graphs._decisions import Decision, ask_decision
-from agentstack.graphs._llm import StructuredCall, run_metadata
+from agentstack.graphs._metadata import run_metadata
 from agentstack.prompts import PromptLibrary
 
 __all__ = [

@@ -22,8 +22,9 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command
 from pydantic import BaseModel, Field
 
+from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError, ModelOutputError
-from agentstack.graphs._llm import StructuredCall, run_metadata
+from agentstack.graphs._metadata import run_metadata
 from agentstack.graphs._research import Citation, ResearchContext
 from agentstack.graphs._tools import format_sandbox_result
 from agentstack.prompts import PromptLibrary

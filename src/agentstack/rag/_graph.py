@@ -21,6 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, Field
 
+from agentstack._structured import StructuredCall
 from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
 from agentstack.rag._types import Chunk
 
@@ -222,19 +223,30 @@ def _few_shot(instruction: str, example: tuple[str, BaseModel], text: str) -> li
 
 
 class GraphExtractor:
-    """Structured-output extraction with any LangChain chat model (grammar-constrained on the local fleet)."""
+    """Structured-output extraction with any LangChain chat model (grammar-constrained on the local fleet).
+
+    Asks through `StructuredCall`, like every structured step: a reply that does not parse is asked for once
+    more, then is a `ModelOutputError` naming the schema; `tokens_used` adds up what extraction cost.
+    """
 
     def __init__(self, model: BaseChatModel) -> None:
-        self._extract = model.with_structured_output(Extraction, method="json_schema")
-        self._query = model.with_structured_output(QueryEntities, method="json_schema")
+        self._extract = StructuredCall(model, Extraction)
+        self._query = StructuredCall(model, QueryEntities)
+        self.tokens_used = 0
 
     async def aextract(self, text: str) -> Extraction:
-        messages = _few_shot(EXTRACT_INSTRUCTION, EXTRACT_EXAMPLE, text)
-        return await self._extract.ainvoke(messages)  # type: ignore[return-value]
+        extraction, tokens = await self._extract.ask(
+            _few_shot(EXTRACT_INSTRUCTION, EXTRACT_EXAMPLE, text), ref="graph extraction"
+        )
+        self.tokens_used += tokens
+        return extraction
 
     async def aquery_entities(self, query: str) -> list[str]:
-        result = await self._query.ainvoke(_few_shot(QUERY_INSTRUCTION, QUERY_EXAMPLE, query))
-        return list(result.names)  # type: ignore[union-attr]
+        found, tokens = await self._query.ask(
+            _few_shot(QUERY_INSTRUCTION, QUERY_EXAMPLE, query), ref="query entity linking"
+        )
+        self.tokens_used += tokens
+        return list(found.names)
 
 
 # -- the graph --------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""Structured model calls shared by the graph builders.
+"""`StructuredCall`: the one way agentstack asks a chat model for a pydantic reply.
 
-Every LLM step of a built-in graph asks for a pydantic model through `response_format`
-json_schema (grammar-constrained on llama.cpp, vLLM and SGLang), so even a 270M model returns
-valid shapes. The raw reply is kept to count tokens for the graphs' token budgets.
+The graphs' steps, the knowledge-graph extractor and the fleet's startup canary all ask through it, so
+they share one behaviour: `response_format` json_schema (grammar-constrained on llama.cpp, vLLM and
+SGLang, so even a 270M model returns valid shapes), one more attempt with other sampling when a reply
+does not parse or runs into the token limit, every attempt's tokens counted, and `ModelOutputError`
+naming the schema when both fail. It lives below every layer (it needs only a LangChain chat model),
+so the models, data and orchestration layers can all use it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
@@ -19,20 +22,18 @@ from langchain_core.runnables import RunnableSequence
 from pydantic import BaseModel, ValidationError
 
 from agentstack.errors import ModelOutputError
-from agentstack.prompts import Prompt
 
-__all__ = ["StructuredCall", "run_metadata"]
+if TYPE_CHECKING:
+    from agentstack.prompts import Prompt
+
+__all__ = ["StructuredCall"]
 
 T = TypeVar("T", bound=BaseModel)
 
 _PARSE_ATTEMPTS = 2
+# A greedy (temperature 0) model asked again answers the same thing again; the second attempt samples instead.
+_RETRY_TEMPERATURE = 0.7
 _log = logging.getLogger(__name__)
-
-
-def run_metadata(graph: str, prompts: Sequence[Prompt]) -> dict[str, str]:
-    """The graph's name and prompt versions, as flat strings: LangGraph copies only scalar config metadata
-    into each checkpoint's metadata."""
-    return {"agentstack_graph": graph, "agentstack_prompts": " ".join(sorted(p.ref for p in prompts))}
 
 
 class StructuredCall(Generic[T]):
@@ -46,6 +47,7 @@ class StructuredCall(Generic[T]):
         # and fallback runnables took 1.7 ms a call (bench/graph_overhead.py); other shapes take that path.
         if isinstance(structured, RunnableSequence) and len(structured.steps) == 2:
             self._model, self._parser = structured.steps
+            self._retry_model = self._model.bind(**_retry_sampling(model))
             self._with_raw = None
         else:
             self._with_raw = model.with_structured_output(schema, method="json_schema", include_raw=True)
@@ -58,14 +60,15 @@ class StructuredCall(Generic[T]):
         """One reply parsed as the schema, and the tokens spent on it (every attempt's).
 
         A reply that does not parse, or that the token limit cut short, is asked for once more: a schema can say
-        more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and sampling differs, so a
-        small model that rambled into the limit once rarely does it twice.
+        more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and the second attempt
+        samples (a greedy model is asked at a higher temperature), so a small model that rambled into the limit
+        once rarely does it twice.
         """
         error: Exception | None = None
         spent = 0
         for attempt in range(_PARSE_ATTEMPTS):
             try:
-                raw, parsed, error = await self._reply(messages)
+                raw, parsed, error = await self._reply(messages, retry=attempt > 0)
             except (OutputParserException, ValidationError) as exc:  # some clients parse inside the model call
                 raw, parsed, error = None, None, exc
             except Exception as exc:
@@ -92,18 +95,26 @@ class StructuredCall(Generic[T]):
             tokens_used=spent,
         ) from error
 
-    async def _reply(self, messages: Sequence[BaseMessage]) -> tuple[Any, Any, Any]:
+    async def _reply(self, messages: Sequence[BaseMessage], *, retry: bool) -> tuple[Any, Any, Any]:
         """(raw message, parsed reply or None, parsing error or None)."""
         if self._with_raw is not None:
             with warnings.catch_warnings():  # langchain serialises the raw+parsed pair with a loose schema
                 warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
                 out = await self._with_raw.ainvoke(list(messages))
             return out.get("raw"), out.get("parsed"), out.get("parsing_error")
-        raw = await self._model.ainvoke(list(messages))
+        raw = await (self._retry_model if retry else self._model).ainvoke(list(messages))
         try:
             return raw, await self._parser.ainvoke(raw), None
         except (OutputParserException, ValidationError) as exc:
             return raw, None, exc
+
+
+def _retry_sampling(model: BaseChatModel) -> dict[str, Any]:
+    """Request options for the second attempt: a temperature when the model is greedy and has one to set."""
+    if "temperature" not in type(model).model_fields:
+        return {}
+    temperature = getattr(model, "temperature", None)
+    return {"temperature": _RETRY_TEMPERATURE} if temperature is not None and temperature < _RETRY_TEMPERATURE else {}
 
 
 def _cut_at_token_limit(error: Exception) -> bool:
