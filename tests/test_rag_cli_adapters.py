@@ -11,7 +11,7 @@ from langchain_core.documents import Document as LangChainDocument
 
 from agentstack._net import free_port
 from agentstack.config import Settings
-from agentstack.errors import UserError
+from agentstack.errors import ConfigError, UserError
 from agentstack.rag import (
     CohereReranker,
     HttpReranker,
@@ -60,8 +60,21 @@ def test_reranker_choice_follows_settings(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert reranker_from(Settings.load(home=tmp_path)) is None
     monkeypatch.setenv("AGENTSTACK_RERANK_URL", "http://127.0.0.1:9/v1")
     assert isinstance(reranker_from(Settings.load(home=tmp_path)), HttpReranker)
-    monkeypatch.setenv("COHERE_API_KEY", "co-key")
+    monkeypatch.setenv("COHERE_API_KEY", "co-key")  # held for some other tool: documents stay here
+    assert isinstance(reranker_from(Settings.load(home=tmp_path)), HttpReranker)
+    monkeypatch.delenv("AGENTSTACK_RERANK_URL")
+    assert reranker_from(Settings.load(home=tmp_path)) is None
+    monkeypatch.setenv("AGENTSTACK_RERANKER", "cohere")
     assert isinstance(reranker_from(Settings.load(home=tmp_path)), CohereReranker)
+    monkeypatch.delenv("COHERE_API_KEY")
+    with pytest.raises(ConfigError, match="reranker=cohere needs Cohere's key"):
+        Settings.load(home=tmp_path)
+    monkeypatch.setenv("AGENTSTACK_RERANKER", "http")
+    with pytest.raises(ConfigError, match="reranker=http needs AGENTSTACK_RERANK_URL"):
+        Settings.load(home=tmp_path)
+    monkeypatch.setenv("AGENTSTACK_RERANKER", "none")
+    monkeypatch.setenv("AGENTSTACK_RERANK_URL", "http://127.0.0.1:9/v1")
+    assert reranker_from(Settings.load(home=tmp_path)) is None
 
 
 async def test_adapters_over_settings_built_retrieval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

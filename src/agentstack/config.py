@@ -10,8 +10,9 @@ tools' variables too, and strict settings would refuse them.)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -97,6 +98,12 @@ class Settings(BaseSettings):
         default=None, description="An OpenAI-compatible /v1 URL to embed with instead of a local model."
     )
     embedding_api_key: SecretStr | None = Field(default=None, description="API key for embedding_base_url.")
+    reranker: Literal["none", "http", "cohere"] | None = Field(
+        default=None,
+        description="Who reranks retrieved passages: none (the fused order), http (rerank_url, self-hosted) or "
+        "cohere (Cohere's API: passages leave this machine). Unset: http when rerank_url is set, else none; "
+        "Cohere is never chosen by itself, whatever keys the environment holds.",
+    )
     rerank_url: str | None = Field(
         default=None, description="A self-hosted rerank endpoint (/v1/rerank: vLLM, llama.cpp, TEI)."
     )
@@ -104,7 +111,7 @@ class Settings(BaseSettings):
     cohere_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("cohere_api_key", "AGENTSTACK_COHERE_API_KEY", "COHERE_API_KEY"),
-        description="Set (COHERE_API_KEY works too): rerank with Cohere's API.",
+        description="Cohere's API key (COHERE_API_KEY works too); used only with reranker=cohere.",
     )
 
     graph_url: str | None = Field(
@@ -141,6 +148,21 @@ class Settings(BaseSettings):
                 "unset it to use the embedded server"
             )
         return value or None
+
+    @model_validator(mode="after")
+    def _check_reranker(self) -> Self:
+        if self.reranker == "cohere" and self.cohere_api_key is None:
+            raise ValueError("reranker=cohere needs Cohere's key: set COHERE_API_KEY (or AGENTSTACK_COHERE_API_KEY)")
+        if self.reranker == "http" and not self.rerank_url:
+            raise ValueError("reranker=http needs AGENTSTACK_RERANK_URL, the /v1/rerank endpoint to use")
+        return self
+
+    @property
+    def chosen_reranker(self) -> Literal["none", "http", "cohere"]:
+        """The reranker in effect: `reranker` when set, else http when `rerank_url` is set, else none."""
+        if self.reranker is not None:
+            return self.reranker
+        return "http" if self.rerank_url else "none"
 
     @classmethod
     def settings_customise_sources(

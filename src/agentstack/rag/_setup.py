@@ -31,12 +31,20 @@ class Retrieval:
 
 
 def reranker_from(settings: Settings) -> Reranker | None:
-    """Cohere when COHERE_API_KEY is set, else a self-hosted endpoint when rerank_url is, else none."""
-    if settings.cohere_api_key is not None:
-        return CohereReranker(settings.cohere_api_key.get_secret_value(), model=settings.rerank_model)
-    if settings.rerank_url:
-        return HttpReranker(settings.rerank_url, model=settings.rerank_model)
-    return None
+    """The reranker `settings.chosen_reranker` names: a self-hosted endpoint, Cohere's API, or none.
+
+    Cohere only when `reranker=cohere` says so: a COHERE_API_KEY that the environment holds for some other
+    tool must not send this machine's documents to Cohere.
+    """
+    match settings.chosen_reranker:
+        case "cohere":
+            assert settings.cohere_api_key is not None  # Settings refuses reranker=cohere without the key
+            return CohereReranker(settings.cohere_api_key.get_secret_value(), model=settings.rerank_model)
+        case "http":
+            assert settings.rerank_url is not None
+            return HttpReranker(settings.rerank_url, model=settings.rerank_model)
+        case _:
+            return None
 
 
 @asynccontextmanager
