@@ -17,11 +17,10 @@ from agentstack.rag import (
     GraphIngestor,
     GraphRetriever,
     KnowledgeGraph,
-    LocalFalkorDB,
-    entity_key,
     open_graph_store,
 )
-from agentstack.rag._graph import QueryEntities
+from agentstack.rag._falkordb_server import LocalFalkorDB
+from agentstack.rag._graph import QueryEntities, entity_key
 
 NEO4J_URL = os.environ.get("AGENTSTACK_TEST_NEO4J_URL")
 STORES = ["falkordb", pytest.param("neo4j", marks=pytest.mark.skipif(not NEO4J_URL, reason="no Neo4j configured"))]

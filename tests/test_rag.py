@@ -19,8 +19,8 @@ from agentstack.rag import (
     MilvusIndex,
     OpenAIEmbedder,
     SemanticChunker,
-    load_document,
 )
+from agentstack.rag._loaders import load_document
 from rag_server import serve
 
 DOCS = {

@@ -18,9 +18,9 @@ from agentstack.rag import (
     LangChainRetriever,
     llama_index_retriever,
     open_retrieval,
-    reranker_from,
     retrieval_tool,
 )
+from agentstack.rag._setup import reranker_from
 from cli_helpers import run_agentstack
 from rag_server import serve
 
@@ -133,7 +133,7 @@ def test_cli_graph_ingest_with_the_local_model_then_graph_search(tmp_path: Path,
         assert "graph paths from alice smith" in found.stdout.lower()  # Gemma named her; linking found her
         assert "acme.md" in found.stdout
     finally:
-        from agentstack.rag import LocalFalkorDB
+        from agentstack.rag._falkordb_server import LocalFalkorDB
 
         LocalFalkorDB(home).stop()
 
