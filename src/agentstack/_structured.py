@@ -11,6 +11,7 @@ so the models, data and orchestration layers can all use it.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -21,7 +22,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableSequence
 from pydantic import BaseModel, ValidationError
 
-from agentstack.errors import ModelOutputError
+from agentstack.errors import BackendError, ModelOutputError
 
 if TYPE_CHECKING:
     from agentstack.prompts import Prompt
@@ -41,6 +42,9 @@ class StructuredCall(Generic[T]):
 
     def __init__(self, model: BaseChatModel, schema: type[T]) -> None:
         self.schema = schema
+        self._model_name = str(
+            getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__
+        )
         structured = model.with_structured_output(schema, method="json_schema")
         # Chat models build structured output as `bound model | parser`. Calling the two steps ourselves keeps
         # the raw reply (its token usage) at a third of the cost of `include_raw=True`, whose map, assign
@@ -73,7 +77,10 @@ class StructuredCall(Generic[T]):
                 raw, parsed, error = None, None, exc
             except Exception as exc:
                 if not _cut_at_token_limit(exc):
-                    raise
+                    mapped = _unreachable_model(exc, ref, self._model_name)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
                 raw, parsed, error = None, None, exc
             spent += _tokens(messages, raw, error)
             if isinstance(parsed, self.schema):
@@ -107,6 +114,32 @@ class StructuredCall(Generic[T]):
             return raw, await self._parser.ainvoke(raw), None
         except (OutputParserException, ValidationError) as exc:
             return raw, None, exc
+
+
+def _unreachable_model(error: Exception, ref: str, model: str) -> Exception:
+    """The client's error mapped to `BackendError` when the model server failed; anything else unchanged.
+
+    openai's and httpx's errors are recognised by their base classes, imported only if the client already
+    loaded them (a model that is neither cannot raise them).
+    """
+    openai = sys.modules.get("openai")
+    httpx = sys.modules.get("httpx")
+    if openai is not None and isinstance(error, openai.APIStatusError):
+        message = str(getattr(error, "message", "") or error)[:300]
+        return BackendError(
+            f"the model server answered the request for {ref} (model {model!r}) with HTTP {error.status_code}: "
+            f"{message}",
+            fix="check that the server serves this model and accepts response_format json_schema; see its log",
+        )
+    reached = openai is not None and isinstance(error, openai.APIConnectionError)
+    if reached or (httpx is not None and isinstance(error, httpx.HTTPError)):
+        return BackendError(
+            f"the model server for {ref} (model {model!r}) could not be reached or dropped the request: "
+            f"{type(error).__name__}: {error}",
+            fix="start the fleet (agentstack serve) or check AGENTSTACK_LLM_BASE_URL; a dead replica's log is under "
+            "<home>/fleet/logs",
+        )
+    return error
 
 
 def _retry_sampling(model: BaseChatModel) -> dict[str, Any]:
