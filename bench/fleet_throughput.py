@@ -4,7 +4,7 @@ One llama-server replica; batches of concurrent chat completions sent either str
 port or through the fleet's router, alternating batch by batch so drift hits both alike.
 Ends with one JSON line; target: fleet_over_direct >= 0.95.
 
-    python bench/fleet_throughput.py [--quick]
+    python bench/fleet_throughput.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ async def main(rounds: int, concurrency: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 rounds per side instead of 12")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="4 rounds per side instead of 12")
+    size.add_argument("--smoke", action="store_true", help="1 round of 2: proves it runs, measures nothing")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(4 if args.quick else 12, concurrency=4))))
+    rounds, concurrency = (1, 2) if args.smoke else (4, 4) if args.quick else (12, 4)
+    print(json.dumps(asyncio.run(main(rounds, concurrency=concurrency))))

@@ -7,7 +7,7 @@ own work is as visible as it can be), the same in-memory keyword retriever, and 
 renders versioned Jinja2 prompts, counts tokens, checks citations and writes progress events. Runs of
 the two alternate, so drift hits both alike. Ends with one JSON line; target: overhead_ratio <= 1.05.
 
-    python bench/graph_overhead.py [--quick]
+    python bench/graph_overhead.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class Side:
         return out
 
 
-async def main(runs: int) -> dict[str, Any]:
+async def main(runs: int, warmup: int = 10) -> dict[str, Any]:
     retriever = KeywordRetriever(CORPUS)
     ours = Side(
         "agentstack",
@@ -195,7 +195,7 @@ async def main(runs: int) -> dict[str, Any]:
         out = await side.run()
         assert out["iteration"] == ITERATIONS and len(out["asked"]) == 2 * QUERIES, (side.name, out["asked"])
         assert len(out["citations"]) == 2, (side.name, out["citations"])
-    for _ in range(10):  # warm-up
+    for _ in range(warmup):
         await ours.run()
         await hand.run()
     ours.times.clear()
@@ -214,6 +214,9 @@ async def main(runs: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50 runs per side instead of 300")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="50 runs per side instead of 300")
+    size.add_argument("--smoke", action="store_true", help="3 runs per side: proves it runs, measures nothing")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(50 if args.quick else 300))))
+    runs, warmup = (3, 1) if args.smoke else (50, 10) if args.quick else (300, 10)
+    print(json.dumps(asyncio.run(main(runs, warmup))))

@@ -6,7 +6,7 @@ chunk does) for BM25 only, dense only, hybrid (RRF of both) and hybrid with pare
 merged into their parent passages, which take their best leaf's score). Also ingest throughput and the
 latency of a k=10 hybrid query. Ends with one JSON line.
 
-    python bench/retrieval_scifact.py [--quick] [--data DIR] [--index DIR]
+    python bench/retrieval_scifact.py [--quick | --smoke] [--data DIR] [--index DIR]
 
 `--index DIR` keeps the index between runs: re-ingesting unchanged documents is a no-op, so a second
 run measures only retrieval (its ingest figure then counts fingerprint checks, not embedding).
@@ -34,7 +34,7 @@ MODES = {
 }
 
 
-def load(data: Path, quick: bool) -> tuple[list[Document], dict[str, str], dict[str, dict[str, int]]]:
+def load(data: Path, size: str) -> tuple[list[Document], dict[str, str], dict[str, dict[str, int]]]:
     qrels: dict[str, dict[str, int]] = {}
     for line in (data / "qrels" / "test.tsv").read_text().splitlines()[1:]:
         qid, did, score = line.split("\t")
@@ -49,10 +49,11 @@ def load(data: Path, quick: bool) -> tuple[list[Document], dict[str, str], dict[
         row = json.loads(line)
         metadata = {"title": row["title"]} if row["title"] else {}
         docs.append(Document(source=row["_id"], text=f"{row['title']}\n{row['text']}".strip(), metadata=metadata))
-    if quick:  # the judged documents of 50 queries plus 1,000 others: same shape, a fifth of the work
-        queries = dict(list(queries.items())[:50])
+    if size != "full":  # the judged documents of some queries plus others: same shape, less work
+        count, others = (50, 1000) if size == "quick" else (3, 20)
+        queries = dict(list(queries.items())[:count])
         judged = {d for q in queries for d in qrels[q]}
-        docs = [d for d in docs if d.source in judged] + [d for d in docs if d.source not in judged][:1000]
+        docs = [d for d in docs if d.source in judged] + [d for d in docs if d.source not in judged][:others]
     return docs, queries, qrels
 
 
@@ -66,13 +67,13 @@ def documents(result) -> list[str]:  # type: ignore[no-untyped-def]
     return list(dict.fromkeys(s.chunk.source for s in result.chunks))
 
 
-async def main(data: Path, quick: bool, index_dir: Path | None) -> dict[str, float]:
-    docs, queries, qrels = load(data, quick)
+async def main(data: Path, size: str, index_dir: Path | None) -> dict[str, float]:
+    docs, queries, qrels = load(data, size)
     embedder = LocalEmbedder()
     home = index_dir or Path(tempfile.mkdtemp(prefix="agentstack-scifact-"))
     index = await MilvusIndex.open(home / "milvus.db", dimension=embedder.dimension, embedder=embedder.name)
     try:
-        report = await Ingestor(index, embedder).aingest(docs, progress=True)
+        report = await Ingestor(index, embedder).aingest(docs, progress=size != "smoke")
         print(
             f"ingested {len(report.added) + len(report.replaced)} documents ({len(report.unchanged)} unchanged), "
             f"{report.chunks} chunks in {report.seconds:.1f} s: {report.chunks_per_s:.1f} chunks/s"
@@ -92,7 +93,7 @@ async def main(data: Path, quick: bool, index_dir: Path | None) -> dict[str, flo
             print(f"{mode:15s} nDCG@10 {scores[mode]['ndcg10']:.4f}  Recall@100 {scores[mode]['recall100']:.4f}")
         retriever = HybridRetriever(index, embedder)
         latencies = []
-        for text in list(queries.values()) * (2 if quick else 1):
+        for text in list(queries.values()) * (2 if size == "quick" else 1):
             started = time.perf_counter()
             await retriever.aretrieve(text, k=10)
             latencies.append((time.perf_counter() - started) * 1000)
@@ -116,8 +117,11 @@ async def main(data: Path, quick: bool, index_dir: Path | None) -> dict[str, flo
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50 queries over their judged documents + 1,000 others")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="50 queries over their judged documents + 1,000 others")
+    size.add_argument("--smoke", action="store_true", help="3 queries, a few dozen documents: proves it runs")
     parser.add_argument("--data", type=Path, default=DATA, help="a BEIR-format SciFact directory")
     parser.add_argument("--index", type=Path, default=None, help="keep the index here (re-runs skip ingest)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.data, args.quick, args.index))))
+    chosen = "smoke" if args.smoke else "quick" if args.quick else "full"
+    print(json.dumps(asyncio.run(main(args.data, chosen, args.index))))
