@@ -18,12 +18,12 @@ import httpx
 from _fleet import MODEL, cpu_fleet
 
 
-async def batch(client: httpx.AsyncClient, concurrency: int, round_: int) -> int:
+async def batch(client: httpx.AsyncClient, concurrency: int, round_: int, max_tokens: int) -> int:
     async def one(i: int) -> int:
         body = {
             "model": MODEL,
             "messages": [{"role": "user", "content": f"List facts about the number {round_ * 100 + i}:"}],
-            "max_tokens": 64,
+            "max_tokens": max_tokens,
             "temperature": 0.7,
             "seed": i,
         }
@@ -34,7 +34,7 @@ async def batch(client: httpx.AsyncClient, concurrency: int, round_: int) -> int
     return sum(await asyncio.gather(*(one(i) for i in range(concurrency))))
 
 
-async def main(rounds: int, concurrency: int) -> dict[str, float]:
+async def main(rounds: int, concurrency: int, max_tokens: int = 64) -> dict[str, float]:
     async with cpu_fleet(replicas=1, parallel=concurrency) as fleet:
         clients = {
             "direct": httpx.AsyncClient(base_url=fleet.replicas[0].base_url, timeout=300),
@@ -42,11 +42,11 @@ async def main(rounds: int, concurrency: int) -> dict[str, float]:
         }
         tokens = {name: 0 for name in clients}
         seconds = {name: 0.0 for name in clients}
-        await batch(clients["direct"], concurrency, -1)  # warm up
+        await batch(clients["direct"], concurrency, -1, max_tokens)  # warm up
         for round_ in range(rounds):
             for name in clients if round_ % 2 == 0 else reversed(list(clients)):
                 started = time.perf_counter()
-                tokens[name] += await batch(clients[name], concurrency, round_)
+                tokens[name] += await batch(clients[name], concurrency, round_, max_tokens)
                 seconds[name] += time.perf_counter() - started
         for client in clients.values():
             await client.aclose()
@@ -63,7 +63,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="4 rounds per side instead of 12")
-    size.add_argument("--smoke", action="store_true", help="1 round of 2: proves it runs, measures nothing")
+    size.add_argument("--smoke", action="store_true", help="1 round of 2 short replies: proves it runs")
     args = parser.parse_args()
-    rounds, concurrency = (1, 2) if args.smoke else (4, 4) if args.quick else (12, 4)
-    print(json.dumps(asyncio.run(main(rounds, concurrency=concurrency))))
+    rounds, concurrency, max_tokens = (1, 2, 8) if args.smoke else (4, 4, 64) if args.quick else (12, 4, 64)
+    print(json.dumps(asyncio.run(main(rounds, concurrency, max_tokens))))
