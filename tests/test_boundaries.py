@@ -6,6 +6,8 @@ Each test stops or breaks a real server under a running operation.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,8 +22,10 @@ from pydantic import BaseModel
 
 from agentstack._net import free_port
 from agentstack._structured import StructuredCall
-from agentstack.errors import BackendError
+from agentstack.errors import BackendError, RetrievalError
 from agentstack.prompts import Prompt
+from agentstack.rag import MilvusIndex
+from cli_helpers import run_agentstack
 
 PROMPT = Prompt(graph="demo", name="ask", version=1, system="Answer.", user="{{ question }}")
 SERVER = Path(__file__).with_name("chat_server.py")
@@ -78,3 +82,52 @@ async def test_a_model_server_error_reply_is_a_backend_error_with_its_status() -
         call = StructuredCall(chat_model(url), Answer)
         with pytest.raises(BackendError, match=r"HTTP 500: .*out of memory"):
             await call(PROMPT, question="why?")
+
+
+def children_running(marker: str) -> list[int]:
+    """Pids of this process's children whose command line mentions `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_milvus_lite_killed_under_searches_is_a_retrieval_error(tmp_path: Path) -> None:
+    path = tmp_path / "milvus.db"
+    index = await MilvusIndex.open(path, dimension=4, embedder="test")
+    try:
+        await index.search_dense([1.0, 0, 0, 0], candidates=5, expression='kind == "leaf"')
+
+        async def search_forever() -> None:
+            while True:
+                await index.search_dense([1.0, 0, 0, 0], candidates=5, expression='kind == "leaf"')
+
+        searching = asyncio.create_task(search_forever())
+        await asyncio.sleep(0.2)
+        (server,) = children_running(str(path))
+        os.kill(server, signal.SIGKILL)
+        with pytest.raises(RetrievalError, match=rf"Milvus Lite \({path}\) failed while searching by vector") as bad:
+            await asyncio.wait_for(searching, 60)
+        assert "open the index again" in (bad.value.fix or "")
+    finally:
+        await index.aclose()
+
+
+def test_the_cli_reports_an_unreachable_milvus_without_a_traceback(tmp_path: Path) -> None:
+    done = run_agentstack(
+        "search",
+        "anything",
+        env={"AGENTSTACK_HOME": str(tmp_path), "AGENTSTACK_MILVUS_URI": f"http://127.0.0.1:{free_port()}"},
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "error:" in done.stderr and "the Milvus server at http://127.0.0.1" in done.stderr
+    assert "fix:" in done.stderr and "Traceback" not in done.stderr

@@ -11,8 +11,10 @@ collection holds only searchable rows (Milvus Lite's per-search work grows with 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,25 @@ class MilvusIndex:
         self.dimension = dimension
         self.embedder = embedder
 
+    @contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        """pymilvus's and gRPC's errors, as a `RetrievalError` naming Milvus, what it was doing, and the fix."""
+        try:
+            yield
+        except Exception as exc:
+            if not _is_milvus_error(exc):
+                raise
+            lite = "://" not in self._uri
+            where = f"Milvus Lite ({self._uri})" if lite else f"the Milvus server at {self._uri}"
+            reason = getattr(exc, "message", None) or str(exc)
+            raise RetrievalError(
+                f"{where} failed while {doing}: {reason}",
+                fix="open the index again: Milvus Lite's server process stopped, or another process holds the "
+                "file's lock (one process at a time)"
+                if lite
+                else "check that the Milvus server runs and is reachable, and AGENTSTACK_MILVUS_URI / _TOKEN",
+            ) from exc
+
     @classmethod
     async def open(
         cls, uri: str | Path, *, dimension: int, embedder: str, collection: str = "agentstack", token: str = ""
@@ -88,16 +109,18 @@ class MilvusIndex:
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             _import_milvus_lite()
-        client = AsyncMilvusClient(uri=uri, token=token)
-        index = cls(client, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
+        index = cls(None, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
+        with index._failures("connecting"):
+            index._client = client = AsyncMilvusClient(uri=uri, token=token)
         try:
-            exists = await client.has_collection(collection)
-            if not exists or not await client.has_collection(index.parents):
-                await index._create()
-            for name in (collection, index.parents):
-                await client.load_collection(name)
-            if exists:
-                await index._check_existing()
+            with index._failures(f"opening the collection {collection!r}"):
+                exists = await client.has_collection(collection)
+                if not exists or not await client.has_collection(index.parents):
+                    await index._create()
+                for name in (collection, index.parents):
+                    await client.load_collection(name)
+                if exists:
+                    await index._check_existing()
         except BaseException:
             await client.close()
             raise
@@ -174,88 +197,108 @@ class MilvusIndex:
 
     async def fingerprints(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """doc_id -> fingerprint of the version indexed now, for those of `doc_ids` in the index."""
-        found: dict[str, str] = {}
-        for start in range(0, len(doc_ids), 500):
-            part = json.dumps(list(doc_ids[start : start + 500]))
-            rows = await self._client.query(
-                self.collection,
-                filter=f'doc_id in {part} and kind == "leaf" and position == 0',  # one row per document
-                output_fields=["doc_id", "fingerprint"],
-            )
-            found.update((row["doc_id"], row["fingerprint"]) for row in rows)
-        return found
+        with self._failures("reading document fingerprints"):
+            found: dict[str, str] = {}
+            for start in range(0, len(doc_ids), 500):
+                part = json.dumps(list(doc_ids[start : start + 500]))
+                rows = await self._client.query(
+                    self.collection,
+                    filter=f'doc_id in {part} and kind == "leaf" and position == 0',  # one row per document
+                    output_fields=["doc_id", "fingerprint"],
+                )
+                found.update((row["doc_id"], row["fingerprint"]) for row in rows)
+            return found
 
     async def insert(self, chunks: Sequence[tuple[Chunk, str, Sequence[float], str]]) -> None:
         """Write (chunk, its document's fingerprint, vector, text for BM25 or "" to keep it out of BM25) rows."""
-        for name, kinds in ((self.collection, {"leaf"}), (self.parents, {"parent"})):
-            rows = [_row(c, fingerprint, vector, bm25) for c, fingerprint, vector, bm25 in chunks if c.kind in kinds]
-            for start in range(0, len(rows), 1000):
-                await self._client.insert(name, rows[start : start + 1000])
+        with self._failures("inserting chunks"):
+            for name, kinds in ((self.collection, {"leaf"}), (self.parents, {"parent"})):
+                rows = [
+                    _row(c, fingerprint, vector, bm25) for c, fingerprint, vector, bm25 in chunks if c.kind in kinds
+                ]
+                for start in range(0, len(rows), 1000):
+                    await self._client.insert(name, rows[start : start + 1000])
 
     async def delete_stale(self, doc_id: str, fingerprint: str) -> None:
         """Remove the chunks of a document's other versions (call after inserting the new one)."""
-        for name in (self.collection, self.parents):
-            await self._client.delete(name, filter=f'doc_id == "{doc_id}" and fingerprint != "{fingerprint}"')
+        with self._failures("deleting old chunks"):
+            for name in (self.collection, self.parents):
+                await self._client.delete(name, filter=f'doc_id == "{doc_id}" and fingerprint != "{fingerprint}"')
 
     async def delete_document(self, doc_id: str) -> None:
-        for name in (self.collection, self.parents):
-            await self._client.delete(name, filter=f'doc_id == "{doc_id}"')
+        with self._failures("deleting a document"):
+            for name in (self.collection, self.parents):
+                await self._client.delete(name, filter=f'doc_id == "{doc_id}"')
 
     async def flush(self) -> None:
         """Seal what was written into indexed segments: unflushed rows are searched by brute force."""
-        for name in (self.collection, self.parents):
-            await self._client.flush(name)
+        with self._failures("flushing"):
+            for name in (self.collection, self.parents):
+                await self._client.flush(name)
 
     async def count(self, kind: str = "leaf") -> int:
-        name = self.parents if kind == "parent" else self.collection
-        rows = await self._client.query(name, filter=f'kind == "{kind}"', output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
+        with self._failures("counting chunks"):
+            name = self.parents if kind == "parent" else self.collection
+            rows = await self._client.query(name, filter=f'kind == "{kind}"', output_fields=["count(*)"])
+            return int(rows[0]["count(*)"])
 
     # -- reading ----------------------------------------------------------------------------------
 
     async def search_dense(self, vector: Sequence[float], *, candidates: int, expression: str) -> list[LegHit]:
         """The `candidates` nearest leaves by cosine similarity."""
-        hits = await self._client.search(
-            self.collection,
-            [list(vector)],
-            anns_field="dense",
-            limit=candidates,
-            filter=expression,
-            search_params={"metric_type": "COSINE", "params": {"ef": max(64, candidates)}},
-            output_fields=["parent_id"],
-        )
-        return [LegHit(h["id"], h["entity"]["parent_id"] or None, float(h["distance"])) for h in hits[0]]
+        with self._failures("searching by vector"):
+            hits = await self._client.search(
+                self.collection,
+                [list(vector)],
+                anns_field="dense",
+                limit=candidates,
+                filter=expression,
+                search_params={"metric_type": "COSINE", "params": {"ef": max(64, candidates)}},
+                output_fields=["parent_id"],
+            )
+            return [LegHit(h["id"], h["entity"]["parent_id"] or None, float(h["distance"])) for h in hits[0]]
 
     async def search_bm25(self, query: str, *, candidates: int, expression: str) -> list[LegHit]:
         """The `candidates` best leaves by BM25 over the stemmed text."""
-        terms = bm25_text(query)
-        if not terms:  # only stop words or punctuation: BM25 has nothing to match
-            return []
-        hits = await self._client.search(
-            self.collection,
-            [terms],
-            anns_field="sparse",
-            limit=candidates,
-            filter=expression,
-            search_params={"metric_type": "BM25"},
-            output_fields=["parent_id"],
-        )
-        return [LegHit(h["id"], h["entity"]["parent_id"] or None, abs(float(h["distance"]))) for h in hits[0]]
+        with self._failures("searching by BM25"):
+            terms = bm25_text(query)
+            if not terms:  # only stop words or punctuation: BM25 has nothing to match
+                return []
+            hits = await self._client.search(
+                self.collection,
+                [terms],
+                anns_field="sparse",
+                limit=candidates,
+                filter=expression,
+                search_params={"metric_type": "BM25"},
+                output_fields=["parent_id"],
+            )
+            return [LegHit(h["id"], h["entity"]["parent_id"] or None, abs(float(h["distance"]))) for h in hits[0]]
 
     async def get(self, ids: Sequence[str]) -> dict[str, Chunk]:
-        if not ids:
-            return {}
-        found: dict[str, Chunk] = {}
-        for name in (self.collection, self.parents):
-            missing = [i for i in ids if i not in found]
-            if not missing:
-                break
-            rows = await self._client.get(name, ids=missing, output_fields=_FIELDS)
-            found.update((row["id"], _chunk(row)) for row in rows)
-        return found
+        with self._failures("fetching chunks"):
+            if not ids:
+                return {}
+            found: dict[str, Chunk] = {}
+            for name in (self.collection, self.parents):
+                missing = [i for i in ids if i not in found]
+                if not missing:
+                    break
+                rows = await self._client.get(name, ids=missing, output_fields=_FIELDS)
+                found.update((row["id"], _chunk(row)) for row in rows)
+            return found
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _is_milvus_error(error: Exception) -> bool:
+    """pymilvus's own errors and the gRPC errors under them (both modules are loaded once a client exists)."""
+    exceptions = sys.modules.get("pymilvus.exceptions")
+    grpc = sys.modules.get("grpc")
+    return (exceptions is not None and isinstance(error, exceptions.MilvusException)) or (
+        grpc is not None and isinstance(error, grpc.RpcError)
+    )
 
 
 def _index_params() -> Any:
