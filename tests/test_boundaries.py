@@ -24,7 +24,8 @@ from agentstack._net import free_port
 from agentstack._structured import StructuredCall
 from agentstack.errors import BackendError, RetrievalError
 from agentstack.prompts import Prompt
-from agentstack.rag import MilvusIndex
+from agentstack.rag import KnowledgeGraph, MilvusIndex, open_graph_store
+from agentstack.rag._falkordb_server import LocalFalkorDB
 from cli_helpers import run_agentstack
 
 PROMPT = Prompt(graph="demo", name="ask", version=1, system="Answer.", user="{{ question }}")
@@ -131,3 +132,36 @@ def test_the_cli_reports_an_unreachable_milvus_without_a_traceback(tmp_path: Pat
     assert done.returncode == 1, done.stderr
     assert "error:" in done.stderr and "the Milvus server at http://127.0.0.1" in done.stderr
     assert "fix:" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_falkordb_stopped_under_queries_is_a_retrieval_error(tmp_path: Path) -> None:
+    server = LocalFalkorDB(tmp_path)
+    graph = KnowledgeGraph(open_graph_store(server.start(), graph="boundaries"))
+    try:
+        await graph.setup()
+
+        async def query_forever() -> None:
+            while True:
+                await graph.count_entities()
+
+        querying = asyncio.create_task(query_forever())
+        await asyncio.sleep(0.2)
+        assert server.stop()
+        with pytest.raises(RetrievalError, match=r"FalkorDB at 127\.0\.0\.1:\d+ failed: ") as bad:
+            await asyncio.wait_for(querying, 60)
+        assert "AGENTSTACK_GRAPH_URL" in (bad.value.fix or "")
+        assert "password" not in str(bad.value).lower()
+    finally:
+        server.stop()
+        await graph.store.aclose()
+
+
+async def test_an_unreachable_neo4j_is_a_retrieval_error() -> None:
+    port = free_port()
+    store = open_graph_store(f"neo4j://neo4j:secret-pw@127.0.0.1:{port}")
+    try:
+        with pytest.raises(RetrievalError, match=rf"Neo4j at 127\.0\.0\.1:{port} failed: ServiceUnavailable") as bad:
+            await KnowledgeGraph(store).setup()
+        assert "secret-pw" not in str(bad.value)
+    finally:
+        await store.aclose()

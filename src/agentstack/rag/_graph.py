@@ -97,13 +97,23 @@ class FalkorDBStore:
     def __init__(self, url: str, graph: str = "agentstack") -> None:
         try:
             from falkordb.asyncio import FalkorDB
+            from redis.exceptions import RedisError
         except ImportError as exc:
             raise MissingDependencyError("FalkorDB needs its client", fix="pip install 'agentstack[local]'") from exc
+        self._where = f"FalkorDB at {_host_of(url)}"
+        self._errors = RedisError
         self._db = FalkorDB.from_url(url)
         self._graph = self._db.select_graph(graph)
 
     async def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
-        result = await self._graph.query(query, params or {})
+        try:
+            result = await self._graph.query(query, params or {})
+        except self._errors as exc:
+            raise _store_failed(
+                self._where,
+                exc,
+                "check that it runs (a local one restarts on the next open_knowledge_graph) and AGENTSTACK_GRAPH_URL",
+            ) from exc
         return [list(row) for row in result.result_set]
 
     async def ensure_indexes(self) -> None:
@@ -123,15 +133,23 @@ class Neo4jStore:
     def __init__(self, url: str, *, user: str = "neo4j", password: str = "", database: str | None = None) -> None:
         try:
             from neo4j import AsyncGraphDatabase
+            from neo4j.exceptions import DriverError, Neo4jError
         except ImportError as exc:
             raise MissingDependencyError("Neo4j needs its driver", fix="pip install 'agentstack[neo4j]'") from exc
+        self._where = f"Neo4j at {_host_of(url)}"
+        self._errors = (Neo4jError, DriverError)
         self._driver = AsyncGraphDatabase.driver(url, auth=(user, password) if password else None)
         self._database = database
 
     async def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
-        async with self._driver.session(database=self._database) as session:
-            result = await session.run(query, params or {})
-            return [list(record.values()) async for record in result]
+        try:
+            async with self._driver.session(database=self._database) as session:
+                result = await session.run(query, params or {})
+                return [list(record.values()) async for record in result]
+        except self._errors as exc:
+            raise _store_failed(
+                self._where, exc, "check that Neo4j runs, and the user, password and database in AGENTSTACK_GRAPH_URL"
+            ) from exc
 
     async def ensure_indexes(self) -> None:
         for name, label, prop in (
@@ -143,6 +161,18 @@ class Neo4jStore:
 
     async def aclose(self) -> None:
         await self._driver.close()
+
+
+def _host_of(url: str) -> str:
+    """host:port of a store URL, never its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _store_failed(where: str, error: Exception, fix: str) -> RetrievalError:
+    return RetrievalError(f"{where} failed: {type(error).__name__}: {error}", fix=fix)
 
 
 def open_graph_store(url: str, *, graph: str = "agentstack") -> GraphStore:
