@@ -24,7 +24,7 @@ from agentstack._net import free_port
 from agentstack._structured import StructuredCall
 from agentstack.errors import BackendError, RetrievalError
 from agentstack.prompts import Prompt
-from agentstack.rag import KnowledgeGraph, MilvusIndex, open_graph_store
+from agentstack.rag import HttpReranker, KnowledgeGraph, MilvusIndex, OpenAIEmbedder, open_graph_store
 from agentstack.rag._falkordb_server import LocalFalkorDB
 from cli_helpers import run_agentstack
 
@@ -165,3 +165,18 @@ async def test_an_unreachable_neo4j_is_a_retrieval_error() -> None:
         assert "secret-pw" not in str(bad.value)
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("mode", ["html", "shape"])
+async def test_odd_embeddings_and_rerank_replies_are_retrieval_errors(mode: str) -> None:
+    with chat_server(mode) as (_proc, url):
+        embedder = OpenAIEmbedder(url, "tiny", dimension=4)
+        reranker = HttpReranker(url, model="tiny")
+        try:
+            with pytest.raises(RetrievalError, match="is not an embeddings reply"):
+                await embedder.aembed_documents(["a text"])
+            with pytest.raises(RetrievalError, match="is not a rerank reply"):
+                await reranker.arerank("q", ["a", "b"], 2)
+        finally:
+            await embedder.aclose()
+            await reranker.aclose()

@@ -212,8 +212,21 @@ class OpenAIEmbedder:
                 f"the embeddings endpoint {self._url} answered {response.status_code}: {response.text[:300]}",
                 fix=f"check that it serves the embedding model {self._model!r}",
             )
-        data = sorted(response.json()["data"], key=lambda item: item["index"])
-        return [_normalized(item["embedding"]) for item in data]
+        try:
+            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            vectors = [_normalized([float(x) for x in item["embedding"]]) for item in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RetrievalError(
+                f"the embeddings endpoint {self._url} answered with something that is not an embeddings reply "
+                f"({type(exc).__name__}: {exc}): {response.text[:200]!r}",
+                fix="point embedding_base_url at an OpenAI-compatible /v1 server that serves embeddings",
+            ) from exc
+        if len(vectors) != len(texts):
+            raise RetrievalError(
+                f"the embeddings endpoint {self._url} returned {len(vectors)} vectors for {len(texts)} texts",
+                fix="point embedding_base_url at an OpenAI-compatible /v1 server that serves embeddings",
+            )
+        return vectors
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -100,8 +100,14 @@ class HttpReranker:
                 f"the rerank endpoint {self._url} answered {response.status_code}: {response.text[:300]}",
                 fix=f"check that it serves the rerank model {self._model!r}",
             )
-        results = response.json()["results"]
-        ranked = [(int(r["index"]), float(r["relevance_score"])) for r in results]
+        try:
+            ranked = [(int(r["index"]), float(r["relevance_score"])) for r in response.json()["results"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RetrievalError(
+                f"the rerank endpoint {self._url} answered with something that is not a rerank reply "
+                f"({type(exc).__name__}: {exc}): {response.text[:200]!r}",
+                fix="point rerank_url at a /v1/rerank endpoint (vLLM, llama.cpp, TEI)",
+            ) from exc
         return sorted(ranked, key=lambda item: -item[1])[:top_n]
 
     async def aclose(self) -> None:
