@@ -32,13 +32,19 @@ from agentstack.graphs import ApprovalContext, ApprovalPolicy, stream_run
 ORDERS = [(1001, "desk lamp", 39.0, "delivered"), (1002, "office chair", 189.0, "delivered")]
 
 
+# Every field bounded as tightly as its meaning allows: a grammar-constrained server then stops a small model
+# that starts repeating itself inside a field (llama.cpp bounds an integer's digits by its range).
+OrderId = Annotated[int, Field(ge=1, le=99_999, description="the order number, e.g. 1002")]
+
+
 class FindOrder(BaseModel):
-    order_id: int = Field(description="the order number, e.g. 1002")
+    order_id: OrderId
 
 
 class Refund(BaseModel):
-    order_id: int = Field(description="the order number")
-    amount: float = Field(description="how much to refund")  # checked by the tool: grammars skip exclusiveMinimum
+    order_id: OrderId
+    # checked by the tool too: grammars skip exclusiveMinimum, and a range does not bound a float's digits
+    amount: float = Field(ge=0, le=10_000, description="how much to refund")
     reason: Annotated[str, Field(max_length=100)] = Field(description="one line for the customer")
 
 
