@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
-import Stemmer
+from agentstack._optional import require
 
 __all__ = ["bm25_text"]
 
@@ -56,8 +57,8 @@ STOP_WORDS = frozenset(
 
 
 @lru_cache(maxsize=1)
-def _stemmer() -> Stemmer.Stemmer:
-    stemmer = Stemmer.Stemmer("english")
+def _stemmer() -> Any:
+    stemmer = require("Stemmer", extra="local", feature="BM25 stemming").Stemmer("english")
     stemmer.maxCacheSize = 100_000
     return stemmer
 

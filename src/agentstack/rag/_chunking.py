@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from llama_index.core import Document as LlamaDocument
-from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.node_parser import HierarchicalNodeParser, SemanticSplitterNodeParser, SentenceSplitter
-from llama_index.core.schema import BaseNode, NodeRelationship
-from pydantic import PrivateAttr
-
+from agentstack._optional import require
 from agentstack.errors import ConfigError
 from agentstack.rag._embeddings import Embedder
 from agentstack.rag._types import Chunk, Document, content_id
 
+if TYPE_CHECKING:
+    from llama_index.core.schema import BaseNode
+
 __all__ = ["Chunker", "ParentChildChunker", "SemanticChunker"]
+
+
+def _llama_index() -> Any:
+    """llama-index's core, imported on first use: only chunking needs it."""
+    require("llama_index.core", extra="local", feature="chunking documents")
+    import llama_index.core.node_parser
+    import llama_index.core.schema
+
+    return llama_index.core
 
 
 class Chunker(Protocol):
@@ -52,11 +59,14 @@ class ParentChildChunker:
                 fix="for example parent_tokens=512, leaf_tokens=128, overlap=16",
             )
         self._signature = f"parent-child:{parent_tokens}/{leaf_tokens}/{overlap}:{embedder.name}"
+        parsers = _llama_index().node_parser
         splitters = {
-            f"size_{size}": SentenceSplitter(chunk_size=size, chunk_overlap=overlap, tokenizer=embedder.tokenize)
+            f"size_{size}": parsers.SentenceSplitter(
+                chunk_size=size, chunk_overlap=overlap, tokenizer=embedder.tokenize
+            )
             for size in (parent_tokens, leaf_tokens)
         }
-        self._parser = HierarchicalNodeParser.from_defaults(
+        self._parser = parsers.HierarchicalNodeParser.from_defaults(
             node_parser_ids=list(splitters), node_parser_map=splitters, include_prev_next_rel=False
         )
 
@@ -68,7 +78,9 @@ class ParentChildChunker:
         return await asyncio.to_thread(self._chunk, document, fingerprint)
 
     def _chunk(self, document: Document, fingerprint: str) -> list[Chunk]:
-        nodes = self._parser.get_nodes_from_documents([LlamaDocument(text=document.text)])
+        core = _llama_index()
+        NodeRelationship = core.schema.NodeRelationship
+        nodes = self._parser.get_nodes_from_documents([core.Document(text=document.text)])
         parents = [n for n in nodes if NodeRelationship.PARENT not in n.relationships]
         leaves = [n for n in nodes if NodeRelationship.PARENT in n.relationships]
         ids = {n.node_id: content_id(fingerprint, "parent", str(i)) for i, n in enumerate(parents)}
@@ -87,7 +99,9 @@ class SemanticChunker:
         self._buffer_size = buffer_size
         self._percentile = breakpoint_percentile
         self._signature = f"semantic:{buffer_size}/{breakpoint_percentile}:{embedder.name}"
-        self._fit = SentenceSplitter(chunk_size=embedder.max_tokens, chunk_overlap=0, tokenizer=embedder.tokenize)
+        self._fit = _llama_index().node_parser.SentenceSplitter(
+            chunk_size=embedder.max_tokens, chunk_overlap=0, tokenizer=embedder.tokenize
+        )
 
     @property
     def signature(self) -> str:
@@ -108,14 +122,15 @@ class SemanticChunker:
     def _chunk(
         self, document: Document, fingerprint: str, embed: Callable[[list[str]], list[list[float]]]
     ) -> list[Chunk]:
-        parser = SemanticSplitterNodeParser(
-            embed_model=_FunctionEmbedding(embed),
+        core = _llama_index()
+        parser = core.node_parser.SemanticSplitterNodeParser(
+            embed_model=_function_embedding(embed),
             buffer_size=self._buffer_size,
             breakpoint_percentile_threshold=self._percentile,
             include_prev_next_rel=False,
         )
-        semantic = parser.get_nodes_from_documents([LlamaDocument(text=document.text)])
-        fitted = self._fit.get_nodes_from_documents([LlamaDocument(text=n.get_content()) for n in semantic])
+        semantic = parser.get_nodes_from_documents([core.Document(text=document.text)])
+        fitted = self._fit.get_nodes_from_documents([core.Document(text=n.get_content()) for n in semantic])
         return [
             _chunk(document, content_id(fingerprint, "leaf", str(i)), n, "leaf", i, None) for i, n in enumerate(fitted)
         ]
@@ -134,26 +149,24 @@ def _chunk(document: Document, id_: str, node: BaseNode, kind: Any, position: in
     )
 
 
-class _FunctionEmbedding(BaseEmbedding):
+def _function_embedding(embed: Callable[[list[str]], list[list[float]]]) -> Any:
     """llama-index's embedding interface over a plain function (the semantic splitter calls it sync)."""
+    from llama_index.core.base.embeddings.base import BaseEmbedding
 
-    _embed: Callable[[list[str]], list[list[float]]] = PrivateAttr()
+    class FunctionEmbedding(BaseEmbedding):
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return embed([text])[0]
 
-    def __init__(self, embed: Callable[[list[str]], list[list[float]]]) -> None:
-        super().__init__(model_name="agentstack", embed_batch_size=64)
-        self._embed = embed
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return embed(texts)
 
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed([text])[0]
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return embed([query])[0]
 
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(texts)
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return embed([query])[0]
 
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed([query])[0]
+        async def _aget_text_embeddings(self, texts: Sequence[str]) -> list[list[float]]:  # type: ignore[override]
+            return embed(list(texts))
 
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
-
-    async def _aget_text_embeddings(self, texts: Sequence[str]) -> list[list[float]]:  # type: ignore[override]
-        return self._embed(list(texts))
+    return FunctionEmbedding(model_name="agentstack", embed_batch_size=64)

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from agentstack._optional import require
 from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "LocalEmbedder", "OpenAIEmbedder", "check_query_length"]
@@ -182,9 +183,8 @@ class OpenAIEmbedder:
 
     def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is None:
-            from llama_index.core.utils import get_tokenizer
-
-            self._tokenizer = get_tokenizer()
+            utils = require("llama_index.core.utils", extra="local", feature="counting tokens (cl100k)")
+            self._tokenizer = utils.get_tokenizer()
         return self._tokenizer(text)
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:

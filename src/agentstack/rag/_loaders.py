@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from agentstack._optional import require
 from agentstack.errors import RetrievalError
 from agentstack.rag._types import Document
 
@@ -75,9 +76,8 @@ def _text(path: Path) -> str:
 
 
 def _html(path: Path) -> tuple[str, str | None]:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(_text(path), "html.parser")
+    bs4 = require("bs4", extra="local", feature="reading HTML")
+    soup = bs4.BeautifulSoup(_text(path), "html.parser")
     for tag in soup(["script", "style", "noscript", "template"]):
         tag.decompose()
     title = soup.title.get_text(strip=True) if soup.title else None
@@ -86,11 +86,11 @@ def _html(path: Path) -> tuple[str, str | None]:
 
 
 def _pdf(path: Path) -> tuple[str, str | None]:
-    from pypdf import PdfReader
+    pypdf = require("pypdf", extra="local", feature="reading PDF")
     from pypdf.errors import PyPdfError
 
     try:
-        reader = PdfReader(path, strict=False)
+        reader = pypdf.PdfReader(path, strict=False)
         pages = [page.extract_text() or "" for page in reader.pages]
         title = reader.metadata.title if reader.metadata else None
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
