@@ -234,7 +234,6 @@ class _Exchange:
         "_plan",
         "_request",
         "_router",
-        "_tried",
         "last",
         "model",
         "replica",
@@ -258,8 +257,7 @@ class _Exchange:
         self.model = model
         self.thread = thread
         self._plan = iter(router.plan(model, thread))
-        self._tried = 0
-        self.replica: Replica | None = None
+        self.replica: Replica | None = None  # the one tried last
         self.started = 0.0
         self.last: httpx.Response | Exception | None = None
 
@@ -270,9 +268,8 @@ class _Exchange:
             return None
         replica, rename = step
         router = self._router
-        if self._tried and router._metrics is not None:
+        if self.replica is not None and router._metrics is not None:  # a retry after a failed attempt
             router._metrics.failovers.labels(self.model).inc()
-        self._tried += 1
         outgoing = router._outgoing(self._request, replica, self._body, self._payload, rename)
         replica.outstanding += 1
         self.replica, self.started = replica, time.perf_counter()
@@ -298,8 +295,11 @@ class _Exchange:
         """The response to hand back; its replica stays busy until the body is closed."""
         replica = self._replica()
         replica.record_success()
-        self._router._remember(self.thread, replica)
-        self._router._observe(replica, self.started, "ok")
+        router = self._router
+        if self.thread is not None:
+            router._remember(self.thread, replica)
+        if router._metrics is not None:
+            router._observe(replica, self.started, "ok")
 
         def done() -> None:
             replica.outstanding -= 1
