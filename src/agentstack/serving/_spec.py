@@ -182,7 +182,7 @@ class FleetSpec(_Strict):
         names = [name for m in chat for name in (m.name, *(a.name for a in m.lora))]
         if wanted not in names:
             raise ConfigError(
-                f"the chat model {wanted!r} (AGENTSTACK_LLM_MODEL) is not a chat model of this fleet",
+                f"{wanted!r} (AGENTSTACK_LLM_MODEL) is not a chat model of this fleet",
                 fix=f"set AGENTSTACK_LLM_MODEL to one of: {', '.join(names)}, or unset it to use {names[0]!r}",
             )
         return wanted
