@@ -24,8 +24,18 @@ from pydantic import BaseModel
 
 from agentstack._net import free_port
 from agentstack._structured import StructuredCall
+from agentstack.cli._doctor import _backends
+from agentstack.config import Settings
 from agentstack.errors import BackendError, ConfigError
-from agentstack.serving import BackendContext, BackendRegistry, Fleet, FleetSpec, ReplicaState, default_registry
+from agentstack.serving import (
+    BackendContext,
+    BackendRegistry,
+    Fleet,
+    FleetSpec,
+    ReplicaState,
+    default_registry,
+    gateway_app,
+)
 from agentstack.serving._canary import run_canary
 from agentstack.serving._registry import BUILTIN_BACKENDS
 from fleet_helpers import alive
@@ -195,11 +205,32 @@ async def test_an_external_server_that_ignores_the_schema_fails_its_canary(tmp_p
             await Fleet(spec, home=tmp_path).start()
         unchecked = FleetSpec.from_data({**spec.model_dump(mode="json", exclude_defaults=True), "canary": False})
         async with Fleet(unchecked, home=tmp_path) as fleet, fleet.http_client() as client:
+            gateway = httpx.AsyncClient(transport=httpx.ASGITransport(gateway_app(fleet)), base_url="http://gw")
             body = {"model": "stub-chat", "messages": [{"role": "user", "content": "hi"}]}
             assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+            assert (await gateway.post("/v1/chat/completions", json=body)).status_code == 200
             proc.kill()
             proc.wait()
             with pytest.raises(httpx.ConnectError, match="every replica of 'stub-chat' failed"):
                 await client.post("/v1/chat/completions", json=body)
+            failed = await gateway.post("/v1/chat/completions", json=body)  # an OpenAI-shaped error, no traceback
+            assert failed.status_code == 502 and "every replica" in failed.json()["error"]["message"]
+            await gateway.aclose()
     with pytest.raises(BackendError, match=r"external model 'stub-chat' at http://127\.0\.0\.1:\d+ is not answering"):
         await Fleet(spec, home=tmp_path).start()
+
+
+def test_doctor_asks_every_registered_backend(stub_registry: BackendRegistry, settings: Settings) -> None:
+    check = _backends(settings, stub_registry)
+    assert check.ok and f"stub ({SERVER})" in check.detail  # the third party's own detection
+    assert "llama.cpp (" in check.detail  # built next to this Python
+    assert "vLLM" not in check.detail and "SGLang" not in check.detail  # not installed here
+
+
+def test_doctor_names_each_missing_backends_install_hint(settings: Settings, tmp_path: Path) -> None:
+    nothing = BackendRegistry({"llamacpp": BUILTIN_BACKENDS["llamacpp"], "vllm": BUILTIN_BACKENDS["vllm"]})
+    missing = settings.model_copy(update={"llama_server": tmp_path / "no-llama-server"})
+    check = _backends(missing, nothing)
+    assert not check.ok and check.fix is not None
+    assert "llamacpp: run `agentstack build-llama-server`" in check.fix
+    assert "vllm: pip install 'agentstack[gpu]'" in check.fix
