@@ -5,8 +5,9 @@ chunk per turn, and its own earlier answers), so a replica that served the threa
 already holds its prefix in llama-server's prompt cache. Both policies go through the same router:
 affinity (the default: a thread sticks to its replica) and plain round-robin. Streams measure
 time to first token; throughput counts completion tokens over the wall time of the whole workload;
-llama-server's own `prompt_tokens_total` counts the prompt tokens each policy made the replicas
-prefill (cache hits are not prefilled), which is the mechanism behind both figures.
+the replicas' own prompt-token counters (scraped by the fleet, `Fleet.scrape_backends`, under each
+backend's metric names) count the prompt tokens each policy made the replicas prefill (cache hits
+are not prefilled), which is the mechanism behind both figures.
 
 The thread count is odd on purpose: with an even count and two replicas, threads that move in
 lockstep make round-robin hand every thread the same replica turn after turn, which is affinity
@@ -26,7 +27,7 @@ import time
 import httpx
 from _fleet import MODEL, cpu_fleet
 
-from agentstack.serving import THREAD_HEADER, Router
+from agentstack.serving import THREAD_HEADER, Fleet, Router
 
 SYSTEM = "You are a research agent. Read each new document, keep notes, answer briefly. " * 4
 DOC_WORDS = 250  # a tool result per turn: large next to the answer, as in agent loops
@@ -65,15 +66,11 @@ async def run_turn(client: httpx.AsyncClient, thread: int, messages: list[dict[s
     return (ttft if ttft is not None else time.perf_counter() - started), tokens, "".join(text)
 
 
-async def prefilled_tokens(client: httpx.AsyncClient, base_urls: list[str]) -> float:
-    """Prompt tokens the replicas have actually processed so far (llama-server's /metrics)."""
-    total = 0.0
-    for url in base_urls:
-        text = (await client.get(f"{url}/metrics")).text
-        total += sum(
-            float(line.split()[-1]) for line in text.splitlines() if line.startswith("llamacpp:prompt_tokens_total")
-        )
-    return total
+async def prefilled_tokens(fleet: Fleet) -> float:
+    """Prompt tokens the replicas have actually processed so far (each server's own counter, read by the fleet)."""
+    stats = await fleet.scrape_backends()
+    assert len(stats) == len(fleet.replicas), "a replica's /metrics did not answer"
+    return sum(s.prompt_tokens for s in stats.values())
 
 
 async def workload(client: httpx.AsyncClient, threads: int, turns: int, session: str) -> tuple[list[float], int, float]:
@@ -97,22 +94,24 @@ async def workload(client: httpx.AsyncClient, threads: int, turns: int, session:
 
 
 async def main(threads: int, turns: int, rounds: int) -> dict[str, float]:
-    # One core per replica, 4 slots each.
-    async with cpu_fleet(replicas=2, threads=1, parallel=4, max_context=4096) as fleet, httpx.AsyncClient() as direct:
+    # One core per replica, 4 slots each. Both routers share one pool, which this benchmark owns.
+    async with (
+        cpu_fleet(replicas=2, threads=1, parallel=4, max_context=4096) as fleet,
+        httpx.AsyncHTTPTransport() as transport,
+    ):
         pools = {MODEL: fleet.replicas}
-        urls = [r.base_url for r in fleet.replicas]
         policies = {
-            "affinity": Router(pools),
-            "rr": Router(pools, affinity=False, balance="round_robin"),
+            "affinity": Router(pools, transport=transport),
+            "rr": Router(pools, transport=transport, affinity=False, balance="round_robin"),
         }
         results: dict[str, dict[str, list[float]]] = {p: {"ttft": [], "tps": [], "prefill": []} for p in policies}
         for round_ in range(rounds):
             order = list(policies) if round_ % 2 == 0 else list(reversed(policies))
             for name in order:
-                before = await prefilled_tokens(direct, urls)
+                before = await prefilled_tokens(fleet)
                 async with httpx.AsyncClient(transport=policies[name], base_url="http://fleet", timeout=300) as c:
                     ttfts, tokens, wall = await workload(c, threads, turns, f"{name}-{round_}")
-                prefill = await prefilled_tokens(direct, urls) - before
+                prefill = await prefilled_tokens(fleet) - before
                 results[name]["ttft"] += ttfts
                 results[name]["tps"].append(tokens / wall)
                 results[name]["prefill"].append(prefill)

@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import httpx
 import openai
@@ -19,7 +19,16 @@ from pydantic import BaseModel
 
 from agentstack._net import free_port
 from agentstack.errors import BackendError, ConfigError
-from agentstack.serving import Fleet, LlamaCppBackend, Replica, ReplicaState, Router, gateway_server
+from agentstack.serving import (
+    BackendContext,
+    Fleet,
+    LlamaCppBackend,
+    Replica,
+    ReplicaState,
+    Router,
+    StructuredDialect,
+    gateway_server,
+)
 from agentstack.serving._canary import run_canary
 from agentstack.serving._metrics import FleetMetrics
 from fleet_helpers import MODEL, tiny_spec
@@ -128,23 +137,25 @@ async def test_unknown_model_is_refused_clearly(fleet: Fleet) -> None:
 
 async def test_canary_fails_a_backend_that_ignores_the_schema(fleet: Fleet) -> None:
     class GuidedJsonDialect(LlamaCppBackend):
-        """Sends the pre-0.12 vLLM field, which servers ignore without an error."""
+        """Asks in the pre-0.12 vLLM field, which llama-server (like vLLM >= 0.12) ignores without an error."""
 
-        def structured_output(self, schema: dict[str, Any], name: str = "reply") -> dict[str, Any]:
-            return {"guided_json": schema}
+        dialect = StructuredDialect("guided_json", lambda schema, name: {"guided_json": schema})
 
-    replica = fleet.replicas[0]
-    async with httpx.AsyncClient() as client:
-        await run_canary(client, replica.base_url, fleet.spec.models[0], LlamaCppBackend(models_dir=fleet.home))
-        with pytest.raises(BackendError, match="ignored the JSON schema"):
-            await run_canary(client, replica.base_url, fleet.spec.models[0], GuidedJsonDialect(models_dir=fleet.home))
+    replica, spec = fleet.replicas[0], fleet.spec.models[0]
+    context = BackendContext(home=fleet.home)
+    async with httpx.AsyncHTTPTransport() as transport:
+        await run_canary(transport, replica.base_url, spec, LlamaCppBackend(context))
+        with pytest.raises(BackendError, match="ignored the JSON schema") as info:
+            await run_canary(transport, replica.base_url, spec, GuidedJsonDialect(context))
+    assert "guided_json" in str(info.value)  # the fix names the dialect the server did not honour
 
 
 async def test_failover_and_circuit_breaker(fleet: Fleet) -> None:
     dead = Replica(MODEL, 9, f"http://127.0.0.1:{free_port()}", state=ReplicaState.READY, breaker_cooldown_s=60)
     live = Replica(MODEL, 0, fleet.replicas[0].base_url, state=ReplicaState.READY)
     metrics = FleetMetrics(lambda: [dead, live])
-    router = Router({MODEL: [dead, live]}, metrics=metrics, max_imbalance=0)
+    transport = httpx.AsyncHTTPTransport()
+    router = Router({MODEL: [dead, live]}, transport=transport, metrics=metrics, max_imbalance=0)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     async with httpx.AsyncClient(transport=router, base_url="http://fleet") as client:
         for _ in range(6):
@@ -156,18 +167,18 @@ async def test_failover_and_circuit_breaker(fleet: Fleet) -> None:
     text = metrics.render().decode()
     assert f'agentstack_requests_total{{model="{MODEL}",outcome="ConnectError",replica="9"}} 3.0' in text
     assert f'agentstack_failovers_total{{model="{MODEL}"}} 3.0' in text
-    await router.aclose()
+    await transport.aclose()
 
 
 async def test_fallback_model_takes_over(fleet: Fleet) -> None:
     dead = Replica("big", 0, f"http://127.0.0.1:{free_port()}", state=ReplicaState.READY)
     live = Replica(MODEL, 0, fleet.replicas[1].base_url, state=ReplicaState.READY)
-    router = Router({"big": [dead], MODEL: [live]}, fallbacks={"big": MODEL})
-    async with httpx.AsyncClient(transport=router, base_url="http://fleet") as client:
-        body = {"model": "big", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-        response = await client.post("/v1/chat/completions", json=body)
+    async with httpx.AsyncHTTPTransport() as transport:
+        router = Router({"big": [dead], MODEL: [live]}, transport=transport, fallbacks={"big": MODEL})
+        async with httpx.AsyncClient(transport=router, base_url="http://fleet") as client:
+            body = {"model": "big", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200 and live.served == 1
-    await router.aclose()
 
 
 async def test_gateway_speaks_openai_and_prometheus(fleet: Fleet) -> None:
@@ -197,6 +208,40 @@ async def test_gateway_speaks_openai_and_prometheus(fleet: Fleet) -> None:
         assert f'agentstack_replica_outstanding_requests{{model="{MODEL}",replica="0"}} 0.0' in metrics
         assert f'agentstack_replica_restarts{{model="{MODEL}",replica="1"}} 0.0' in metrics
         assert f'agentstack_request_seconds_count{{model="{MODEL}",replica=' in metrics
+        assert f'agentstack_backend_prompt_tokens_total{{model="{MODEL}",replica="0"}}' in metrics  # scraped
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_closing_one_client_leaves_the_pool_to_the_others(fleet: Fleet) -> None:
+    first = fleet.chat_model(MODEL, max_tokens=4, temperature=0)
+    second = fleet.chat_model(MODEL, max_tokens=4, temperature=0)
+    await first.ainvoke("Say hi.")
+    pool = fleet._clients.transport._pool  # type: ignore[union-attr]  # httpcore's pool under the fleet's transport
+    assert pool.connections, "the request left a keep-alive connection in the fleet's pool"
+    await first.http_async_client.aclose()  # what `async with` or a user's cleanup does to one client
+    assert pool.connections, "closing one client closed the pool every client shares"
+    assert (await second.ainvoke("Say hi.")).content is not None
+
+
+async def test_backend_metrics_are_scraped_from_each_replica(fleet: Fleet) -> None:
+    """The replicas' own /metrics (llama.cpp names) become agentstack_backend_* series per replica."""
+    before = await fleet.scrape_backends()
+    assert set(before) == set(fleet.replicas)
+    llm = fleet.chat_model(MODEL, max_tokens=200, temperature=0)
+    task = asyncio.create_task(llm.ainvoke("Write a long story about a cat:"))
+    while not any(r.outstanding for r in fleet.replicas):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    busy = next(r for r in fleet.replicas if r.outstanding)
+    during = await fleet.scrape_backends()
+    await task
+    after = await fleet.scrape_backends()
+    assert during[busy].requests_running >= 1 and during[busy].requests_waiting == 0
+    assert after[busy].prompt_tokens > before[busy].prompt_tokens
+    assert after[busy].generated_tokens > before[busy].generated_tokens
+    text = fleet.metrics.render().decode()
+    label = f'{{model="{MODEL}",replica="{busy.index}"}}'
+    assert f"agentstack_backend_prompt_tokens_total{label} {after[busy].prompt_tokens}" in text
+    assert f"agentstack_backend_generated_tokens_total{label} {after[busy].generated_tokens}" in text
+    assert f"agentstack_backend_requests_running{label} 0.0" in text

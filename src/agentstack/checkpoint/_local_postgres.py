@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentstack._child_env import child_env
 from agentstack._net import free_port
 from agentstack.config import Settings
 from agentstack.errors import MissingDependencyError, PostgresServerError
@@ -238,8 +239,7 @@ class LocalPostgres:
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
     def _run(self, argv: list[str], *, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        env.pop("PGDATA", None)
+        env = child_env({"LC_ALL": "C", "LANG": "C"})  # no PGDATA, PGPASSWORD or keys of ours
         result = subprocess.run(
             argv,
             capture_output=True,
@@ -285,6 +285,7 @@ class LocalPostgres:
             extra_groups=[],
             capture_output=True,
             check=False,
+            env=child_env(),
         )
         return probe.returncode == 0
 

@@ -29,7 +29,7 @@ from agentstack.cli._run import parse_decision_flags, resume_thread, run_graph, 
 from agentstack.cli._serve import serve_fleet
 from agentstack.config import Settings
 from agentstack.errors import AgentStackError
-from agentstack.serving import Fleet, FleetSpec, build_llama_server, default_fleet_spec
+from agentstack.serving import Fleet, build_llama_server
 
 __all__ = ["app", "main"]
 
@@ -319,10 +319,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Gateway port; default: the spec's port.")] = None,
 ) -> None:
     """Launch a model fleet and serve it as one OpenAI-compatible endpoint, with a live status table."""
-    settings = Settings.load()
-    fleet_spec = FleetSpec.from_yaml(spec or settings.fleet or default_fleet_spec())
-    fleet = Fleet(fleet_spec, home=settings.home, llama_server=settings.llama_server)
-    asyncio.run(serve_fleet(fleet, host or fleet_spec.host, fleet_spec.port if port is None else port, console))
+    fleet = Fleet.from_settings(Settings.load(), spec)
+    asyncio.run(serve_fleet(fleet, host or fleet.spec.host, fleet.spec.port if port is None else port, console))
 
 
 def main() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,8 +11,8 @@ import psycopg
 
 from agentstack.checkpoint import find_postgres_binaries, redact_url
 from agentstack.config import Settings
-from agentstack.errors import MissingDependencyError
-from agentstack.serving import find_llama_server, gpu_inventory
+from agentstack.errors import ConfigError, MissingDependencyError
+from agentstack.serving import BackendContext, BackendRegistry, default_registry, gpu_inventory
 
 __all__ = ["Check", "run_checks"]
 
@@ -65,22 +63,27 @@ def _gpus() -> Check:
     return Check("GPUs (NVML)", True, f"driver {gpus[0].driver}; " + "; ".join(lines))
 
 
-def _backends(settings: Settings) -> Check:
-    found = []
-    if shutil.which("vllm") or importlib.util.find_spec("vllm"):
-        found.append("vLLM")
-    if importlib.util.find_spec("sglang"):
-        found.append("SGLang")
-    with contextlib.suppress(MissingDependencyError):
-        found.append(f"llama.cpp ({find_llama_server(settings.llama_server, home=settings.home)})")
+def _backends(settings: Settings, backends: BackendRegistry | None = None) -> Check:
+    """Which launchable backends of the registry have their server installed (each backend detects its own)."""
+    registry = backends or default_registry()
+    context = BackendContext(home=settings.home, llama_server=settings.llama_server)
+    found, missing = [], []
+    for name in registry.names:
+        try:
+            backend = registry.get(name)
+        except ConfigError as exc:  # a third-party backend that does not load
+            missing.append(f"{name}: {exc.problem}")
+            continue
+        if not backend.launched:
+            continue
+        where = backend(context).detect()
+        if where is None:
+            missing.append(f"{name}: {backend.install_hint}")
+        else:
+            found.append(where)
     if found:
         return Check("Model backends", True, ", ".join(found))
-    return Check(
-        "Model backends",
-        False,
-        "no vLLM, SGLang or llama.cpp server installed",
-        "`agentstack build-llama-server` for the CPU backend; pip install 'agentstack[gpu]' for vLLM on a GPU machine",
-    )
+    return Check("Model backends", False, "no model server installed", "; ".join(missing))
 
 
 def _embedder(settings: Settings) -> Check:

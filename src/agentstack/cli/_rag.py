@@ -58,7 +58,7 @@ async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool,
 
 
 async def _graph_ingestor(settings: Settings, stack: AsyncExitStack, console: Console) -> GraphIngestor:
-    """The knowledge graph from settings, extracting with AGENTSTACK_LLM_BASE_URL's model or the fleet's first."""
+    """The knowledge graph from settings, extracting with AGENTSTACK_LLM_BASE_URL's model or the fleet's chat model."""
     if settings.llm_base_url:
         from agentstack._stack import external_chat_model
 
@@ -66,15 +66,12 @@ async def _graph_ingestor(settings: Settings, stack: AsyncExitStack, console: Co
         knowledge_graph = await stack.enter_async_context(open_knowledge_graph(settings))
         return GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=_EXTERNAL_CONCURRENCY)
     fleet = Fleet.from_settings(settings)
-    chat = next((m for m in fleet.spec.models if m.task == "chat"), None)
-    if chat is None:
-        raise UserError("the fleet spec serves no chat model to extract a graph with", fix="add one, or drop --graph")
-    with console.status(f"starting the model fleet ({chat.name}) for graph extraction"):
+    name = fleet.chat_model_name()  # AGENTSTACK_LLM_MODEL, or the spec's first chat model
+    with console.status(f"starting the model fleet ({name}) for graph extraction"):
         await stack.enter_async_context(fleet)
     knowledge_graph = await stack.enter_async_context(open_knowledge_graph(settings))
-    model = fleet.chat_model(chat.name, temperature=0, max_tokens=400)
-    slots = chat.replicas * (chat.parallel or 4)  # llama.cpp slots; vLLM and SGLang batch far more
-    return GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=max(1, slots))
+    model = fleet.chat_model(name, temperature=0, max_tokens=400)
+    return GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=fleet.slots(name))
 
 
 async def search_index(

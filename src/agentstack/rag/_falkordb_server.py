@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from agentstack._child_env import child_env
 from agentstack._net import free_port
 from agentstack.errors import MissingDependencyError, RetrievalError
 
@@ -57,7 +58,9 @@ class LocalFalkorDB:
                 "protected-mode yes\n"
             )
             config.chmod(0o600)
-            done = subprocess.run([redis_server, str(config)], capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(
+                [redis_server, str(config)], capture_output=True, text=True, timeout=timeout, env=child_env()
+            )
             if done.returncode != 0:
                 raise RetrievalError(
                     f"FalkorDB did not start: {done.stderr.strip() or done.stdout.strip()}\n{self._log_tail()}",

@@ -1,87 +1,162 @@
 """The startup canary: one real request per replica that must come back in the expected shape.
 
-Health endpoints say a server is up, not that it does what agents need. A chat model must return
-JSON that validates against a schema it was sent; a server that silently drops the schema (as vLLM
-does for the old `guided_json` field) would otherwise break every structured-output node later,
-far from the cause.
+Health endpoints say a server is up, not that it does what agents need. A chat model is asked
+through `StructuredCall`, the one way agentstack's graphs ask for a pydantic reply, by a chat model
+bound to that replica and speaking its backend's structured-output dialect: a server that silently
+drops the schema (as vLLM does the old `guided_json` field) fails here, loudly, rather than breaking
+every structured-output node later, far from the cause. Embedders and rerankers are asked one plain
+request of their kind. Whatever goes wrong (refused connection, HTTP error, a reply that is not
+JSON or lacks a key) is a `BackendError` naming the replica.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+import openai
+from langchain_core.messages import HumanMessage
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentstack.errors import BackendError
-from agentstack.serving._backends import Backend
+from agentstack._structured import StructuredCall
+from agentstack.errors import BackendError, ModelOutputError
+from agentstack.serving._backends._base import Backend
+from agentstack.serving._clients import BorrowedTransport
 from agentstack.serving._spec import ModelSpec
 
-__all__ = ["run_canary"]
+__all__ = ["CanaryReply", "run_canary"]
+
+_TIMEOUT_S = 120.0
+_T = TypeVar("_T", bound=BaseModel)
+_LOG_FIX = "see the replica's log; the canary sends only standard OpenAI fields"
 
 
 class CanaryReply(BaseModel):
+    """What the chat canary asks for; a schema-constrained server can only answer in this shape."""
+
     model_config = ConfigDict(extra="forbid")
     answer: bool
-    confidence: int
+    confidence: int = Field(ge=0, le=100)
 
 
-def _schema() -> dict[str, Any]:
-    schema = CanaryReply.model_json_schema()
-    schema["additionalProperties"] = False
-    schema["properties"]["confidence"].update(minimum=0, maximum=100)
-    return schema
+class _Embedding(BaseModel):
+    embedding: list[float] = Field(min_length=1)
 
 
-async def run_canary(client: httpx.AsyncClient, base_url: str, spec: ModelSpec, backend: Backend) -> None:
-    """Raise `BackendError` unless the replica at base_url answers one request of its task correctly."""
+class _Embeddings(BaseModel):
+    data: list[_Embedding] = Field(min_length=1)
+
+
+class _Score(BaseModel):
+    index: int
+    relevance_score: float
+
+
+class _Rerank(BaseModel):
+    results: list[_Score]
+
+
+async def run_canary(transport: httpx.AsyncBaseTransport, base_url: str, spec: ModelSpec, backend: Backend) -> None:
+    """Raise `BackendError` unless the replica at `base_url` answers one request of its task correctly.
+
+    `transport` is the fleet's pool, borrowed (never closed here).
+    """
     where = f"model {spec.name!r} at {base_url}"
     if spec.task == "chat":
-        body = {
-            "model": spec.name,
-            "messages": [{"role": "user", "content": "Is 2 + 2 equal to 4? Reply as JSON with answer and confidence."}],
-            "max_tokens": 64,
-            "temperature": 0,
-            **backend.structured_output(_schema(), "canary"),
-        }
-        data = await _post(client, f"{base_url}/v1/chat/completions", body, where)
-        content = data["choices"][0]["message"].get("content") or ""
-        try:
-            CanaryReply.model_validate(json.loads(content))
-        except (ValueError, ValidationError) as exc:
-            raise BackendError(
-                f"{where} ignored the JSON schema of a structured-output request; it replied {content[:200]!r}",
-                fix="serve it with a backend version that honours response_format json_schema (see the pins in "
-                "agentstack.serving), or disable the canary only if no graph asks this model for structured output",
-            ) from exc
-    elif spec.task == "embed":
-        data = await _post(client, f"{base_url}/v1/embeddings", {"model": spec.name, "input": ["canary"]}, where)
-        vector = data["data"][0]["embedding"]
-        if not vector or not all(isinstance(x, int | float) for x in vector):
-            raise BackendError(
-                f"{where} returned an empty or non-numeric embedding", fix="check the model is an embedder"
-            )
-    else:
+        await _ask_chat(transport, base_url, spec, backend, where)
+        return
+    async with httpx.AsyncClient(transport=BorrowedTransport(transport), timeout=_TIMEOUT_S) as client:
+        if spec.task == "embed":
+            body: dict[str, Any] = {"model": spec.name, "input": ["canary"]}
+            _parse(_Embeddings, await _post(client, f"{base_url}/v1/embeddings", body, where), where)
+            return
         body = {
             "model": spec.name,
             "query": "What is the capital of France?",
             "documents": ["Bananas are yellow.", "Paris is the capital of France."],
         }
-        data = await _post(client, f"{base_url}/v1/rerank", body, where)
-        scores = {r["index"]: r["relevance_score"] for r in data["results"]}
-        if set(scores) != {0, 1}:
-            raise BackendError(f"{where} did not score both canary documents: {data}", fix="check it is a reranker")
+        reply = _parse(_Rerank, await _post(client, f"{base_url}/v1/rerank", body, where), where)
+        if {r.index for r in reply.results} != {0, 1}:
+            raise BackendError(
+                f"{where} did not score both canary documents: {reply.model_dump()}", fix="check it is a reranker"
+            )
 
 
-async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any], where: str) -> dict[str, Any]:
+async def _ask_chat(
+    transport: httpx.AsyncBaseTransport, base_url: str, spec: ModelSpec, backend: Backend, where: str
+) -> None:
+    from langchain_openai import ChatOpenAI
+
+    client = httpx.AsyncClient(transport=BorrowedTransport(transport, backend.dialect), timeout=_TIMEOUT_S)
+    model = ChatOpenAI(
+        model=spec.name,
+        base_url=f"{base_url}/v1",
+        api_key="agentstack-canary",  # type: ignore[arg-type]
+        max_tokens=64,
+        temperature=0,
+        max_retries=0,  # a startup check fails fast; the fleet decides about restarts
+        http_async_client=client,
+    )
+    question = [HumanMessage("Is 2 + 2 equal to 4? Give your answer and how confident you are, from 0 to 100.")]
     try:
-        response = await client.post(url, json=body, timeout=120)
+        with _as_backend_error(where):
+            await StructuredCall(model, CanaryReply).ask(question, ref="the startup canary")
+    except ModelOutputError as exc:
+        raise BackendError(
+            f"{where} ignored the JSON schema of a structured-output request: {exc.problem}",
+            fix=f"serve it with a backend version that honours its structured-output dialect "
+            f"({backend.dialect.name}; see the pins in agentstack.serving), or disable the canary only if no graph "
+            "asks this model for structured output",
+        ) from exc
+    finally:
+        await client.aclose()
+
+
+@contextlib.contextmanager
+def _as_backend_error(where: str) -> Iterator[None]:
+    """The OpenAI client's errors, and what odd replies make LangChain raise, as `BackendError`s."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        raise BackendError(
+            f"{where} answered the startup canary with HTTP {exc.status_code}: {exc.message[:300]}", fix=_LOG_FIX
+        ) from exc
+    except openai.APIError as exc:  # connection refused or reset, timeout, a body that is not JSON
+        raise BackendError(f"{where} failed the startup canary: {exc!r}", fix=_LOG_FIX) from exc
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a JSON reply of the wrong shape
+        raise BackendError(
+            f"{where} answered the startup canary with a reply that is not an OpenAI chat completion: {exc!r}",
+            fix="check the server speaks the OpenAI API at /v1/chat/completions",
+        ) from exc
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: dict[str, Any], where: str) -> object:
+    try:
+        response = await client.post(url, json=body)
     except httpx.HTTPError as exc:
-        raise BackendError(f"{where} failed the startup canary: {exc!r}", fix="see the replica's log") from exc
+        raise BackendError(f"{where} failed the startup canary: {exc!r}", fix=_LOG_FIX) from exc
     if response.status_code != 200:
         raise BackendError(
             f"{where} answered the startup canary with HTTP {response.status_code}: {response.text[:300]}",
-            fix="see the replica's log; the request used only standard OpenAI fields",
+            fix=_LOG_FIX,
         )
-    return response.json()
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise BackendError(
+            f"{where} answered the startup canary with a body that is not JSON: {response.text[:200]!r}",
+            fix="check the server speaks the OpenAI API at that URL",
+        ) from exc
+
+
+def _parse(model: type[_T], data: object, where: str) -> _T:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BackendError(
+            f"{where} answered the startup canary in an unexpected shape ({exc.error_count()} problem(s): "
+            f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']}): {str(data)[:200]}",
+            fix="check the model serves this task (an embedder for embed, a reranker for rerank)",
+        ) from exc

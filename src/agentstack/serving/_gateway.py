@@ -2,11 +2,15 @@
 
 Requests are passed through byte for byte (streams stay streams) by the same `Router` Python
 callers use, so a curl user and a LangGraph node get the same routing, failover and metrics.
+Failures of the replicas become OpenAI-shaped errors (502 when every replica failed); a replica
+that dies in the middle of a stream ends that stream early, with a warning in our log rather
+than a traceback from the ASGI server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -26,6 +30,7 @@ __all__ = ["gateway_app", "gateway_server"]
 
 _FORWARD_REQUEST = ("content-type", "accept", THREAD_HEADER)
 _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
+_log = logging.getLogger(__name__)
 
 
 def gateway_app(fleet: Fleet) -> Starlette:
@@ -49,6 +54,8 @@ def gateway_app(fleet: Fleet) -> Starlette:
             try:
                 async for chunk in upstream.aiter_raw():
                     yield chunk
+            except httpx.HTTPError as exc:  # the headers are sent: all we can do is end the body early
+                _log.warning("the replica died while streaming %s: %r", request.url.path, exc)
             finally:  # also on client disconnect, so the replica's slot is released
                 await upstream.aclose()
 

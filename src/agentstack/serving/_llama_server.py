@@ -19,9 +19,13 @@ from pathlib import Path
 
 from agentstack.errors import BackendError, MissingDependencyError
 
-__all__ = ["LLAMA_CPP_SOURCE", "build_llama_server", "find_llama_server"]
+__all__ = ["INSTALL_HINT", "LLAMA_CPP_SOURCE", "build_llama_server", "find_llama_server"]
 
 LLAMA_CPP_SOURCE = "llama-cpp-python==0.3.36"
+INSTALL_HINT = (
+    "run `agentstack build-llama-server` (builds it from PyPI source in about 10 minutes; needs cmake and a C++ "
+    "compiler), or set AGENTSTACK_LLAMA_SERVER to an existing llama-server"
+)
 _BINARY = "llama-server"
 
 
@@ -45,8 +49,7 @@ def find_llama_server(explicit: Path | None = None, *, home: Path | None = None)
             return candidate
     raise MissingDependencyError(
         "llama.cpp's llama-server is not installed (looked next to Python, on PATH and in <home>/bin)",
-        fix="run `agentstack build-llama-server` (builds it from PyPI source in about 10 minutes; needs cmake and a "
-        "C++ compiler), or set AGENTSTACK_LLAMA_SERVER to an existing llama-server",
+        fix=INSTALL_HINT,
     )
 
 
@@ -133,6 +136,8 @@ def _install(source: Path, target: Path) -> None:
 
 
 def _run(argv: list[str], log: Callable[[str], None]) -> None:
+    # Our environment whole, unlike the servers' allow-list (agentstack._child_env): pip and cmake are configured
+    # through it (proxies, index URLs, CA bundles, CC/CXX), and this is a build a developer runs by hand.
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])

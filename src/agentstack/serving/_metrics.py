@@ -1,20 +1,88 @@
 """Prometheus metrics of a fleet, in a registry of its own (no process-global state).
 
 Per-replica outstanding requests, restarts and state are read from the replicas at scrape time,
-so the request path only pays for one histogram observation and one counter increment.
+so the request path only pays for one histogram observation and one counter increment. Beside
+them, what each replica's own server reports (requests running and waiting, prompt and generated
+tokens), under one set of names whatever the backend: the fleet scrapes the servers' `/metrics`
+in the background (`Fleet.scrape_backends`), and collection only reads the last figures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from agentstack.serving._backends._base import MetricNames
 from agentstack.serving._replica import Replica, ReplicaState
 
-__all__ = ["FleetMetrics"]
+__all__ = ["BackendStats", "FleetMetrics", "parse_backend_metrics"]
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """One replica's own figures, from its server's `/metrics` (summed over the server's label sets)."""
+
+    requests_running: float
+    requests_waiting: float
+    prompt_tokens: float
+    generated_tokens: float
+
+
+def parse_backend_metrics(text: str, names: MetricNames) -> BackendStats:
+    """The four figures named by `names` in Prometheus text; a figure the server does not report is NaN.
+
+    Raises ValueError on text that is not Prometheus's format.
+    """
+    wanted = {names.running, names.waiting, names.prompt_tokens, names.generated_tokens}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return BackendStats(
+        requests_running=sums.get(names.running, math.nan),
+        requests_waiting=sums.get(names.waiting, math.nan),
+        prompt_tokens=sums.get(names.prompt_tokens, math.nan),
+        generated_tokens=sums.get(names.generated_tokens, math.nan),
+    )
+
+
+class _BackendCollector(Collector):
+    def __init__(self, stats: Callable[[], Mapping[Replica, BackendStats]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["model", "replica"]
+        running = GaugeMetricFamily(
+            "agentstack_backend_requests_running", "Requests the replica's server is processing.", labels=labels
+        )
+        waiting = GaugeMetricFamily(
+            "agentstack_backend_requests_waiting", "Requests queued inside the replica's server.", labels=labels
+        )
+        prompt = CounterMetricFamily(
+            "agentstack_backend_prompt_tokens", "Prompt tokens the replica's server prefilled.", labels=labels
+        )
+        generated = CounterMetricFamily(
+            "agentstack_backend_generated_tokens", "Tokens the replica's server generated.", labels=labels
+        )
+        for replica, s in self._stats().items():
+            values = [replica.model, str(replica.index)]
+            for family, value in (
+                (running, s.requests_running),
+                (waiting, s.requests_waiting),
+                (prompt, s.prompt_tokens),
+                (generated, s.generated_tokens),
+            ):
+                if not math.isnan(value):
+                    family.add_metric(values, value)
+        yield from (running, waiting, prompt, generated)
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -48,9 +116,15 @@ class _ReplicaCollector(Collector):
 
 
 class FleetMetrics:
-    def __init__(self, replicas: Callable[[], Sequence[Replica]]) -> None:
+    def __init__(
+        self,
+        replicas: Callable[[], Sequence[Replica]],
+        backend_stats: Callable[[], Mapping[Replica, BackendStats]] = dict,
+    ) -> None:
+        """`replicas` and `backend_stats` are read at each collection (the last scraped figures, no I/O)."""
         self.registry = CollectorRegistry()
         self.registry.register(_ReplicaCollector(replicas))
+        self.registry.register(_BackendCollector(backend_stats))
         self.latency = Histogram(
             "agentstack_request_seconds",
             "Time from routing a request to its response headers, per replica.",

@@ -75,7 +75,7 @@ def place(
     weights_bytes: Callable[[ModelSpec], int | None] = lambda spec: local_weights_bytes(spec.model),
 ) -> list[Placement]:
     """Place every launched replica, in spec order; raise `ConfigError` for what cannot fit."""
-    launched = [spec for spec in fleet.models if spec.backend != "external"]
+    launched = [spec for spec in fleet.models if spec.launched]
     cpu_replicas = sum(spec.replicas for spec in launched if spec.gpus == 0)
     cores = cpu_count or os.cpu_count() or 1
     by_replica: dict[tuple[str, int], Placement] = {}

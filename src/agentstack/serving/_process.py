@@ -3,7 +3,8 @@
 Each server gets its own session (so a terminal's Ctrl-C reaches the fleet, which drains, not the
 servers) and its output goes straight to a per-replica log file: no pipe for a chatty server to
 fill, and the last lines are at hand when it dies. A `Watchdog` outside our process kills the
-groups if we are killed before we can.
+groups if we are killed before we can. Both get an allow-listed environment (`agentstack._child_env`):
+never our API keys or database passwords.
 """
 
 from __future__ import annotations
@@ -17,14 +18,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentstack._child_env import child_env
 from agentstack.errors import BackendError, MissingDependencyError
-from agentstack.serving._backends import LaunchCommand
 
-__all__ = ["ServerProcess", "Watchdog"]
+__all__ = ["LaunchCommand", "ServerProcess", "Watchdog", "find_program"]
 
 _WATCHDOG = Path(__file__).with_name("_watchdog.py")
+
+
+@dataclass(frozen=True)
+class LaunchCommand:
+    """A server's command line, and the variables it gets on top of the allow-listed environment."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class Watchdog:
@@ -38,6 +48,7 @@ class Watchdog:
             text=True,
             start_new_session=True,
             close_fds=True,
+            env=child_env(),
         )
 
     def _send(self, line: str) -> None:
@@ -81,20 +92,24 @@ class ServerProcess:
         return None if self._proc is None else self._proc.returncode
 
     async def start(self) -> None:
-        program = _which(self.command.argv[0])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"\n==> {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command.argv)}\n".encode())
             log.flush()
-            self._proc = await asyncio.create_subprocess_exec(
-                program,
-                *self.command.argv[1:],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.command.env},
-                start_new_session=True,
-            )
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *self.command.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(self.command.env),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BackendError(
+                    f"{self.label}: cannot run {self.command.argv[0]}: {exc.strerror}",
+                    fix="check that the program exists and is executable (its backend's prepare step found it)",
+                ) from exc
         self._watchdog.watch(self._proc.pid)
 
     async def wait(self) -> int:
@@ -160,11 +175,16 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _which(program: str) -> str:
+def find_program(program: str, *, install_hint: str) -> str:
+    """The path of a server program: as given when it is a path, else next to this Python, then on PATH.
+
+    Backends call it from `prepare`, with their own install hint, so a missing server fails before anything starts.
+    """
     if os.sep in program:
+        if not os.access(program, os.X_OK):
+            raise MissingDependencyError(f"the server program {program} is not an executable file", fix=install_hint)
         return program
     found = shutil.which(program, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if found is None:
-        hint = {"vllm": "pip install 'agentstack[gpu]' (vLLM 0.33)"}.get(program, f"install {program}")
-        raise MissingDependencyError(f"the server program {program!r} is not installed", fix=hint)
+        raise MissingDependencyError(f"the server program {program!r} is not installed", fix=install_hint)
     return found

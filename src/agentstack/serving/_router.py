@@ -12,7 +12,13 @@ the request's `model` picks the pool, then
 
 A response is handed back once its headers arrive; its replica counts as busy until the body is
 closed, so streams hold their slot. The thread comes from the `X-Agentstack-Thread` header or,
-inside a LangGraph run, from the run's config, so graphs get affinity without any plumbing.
+inside a LangGraph run, from the run's config, so graphs get affinity without any plumbing. A
+structured-output request to a backend with its own dialect is rewritten into it.
+
+One core, two faces: `_Exchange` takes every decision for one request (which replica next, what an
+outcome means, what to hand back) without doing I/O; `handle_async_request` and `handle_request`
+only drive it with their transport, so the sync and async policies cannot drift apart. The router
+borrows its transports: their owner (the fleet) closes them, never a client that closes the router.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import orjson
 from langchain_core.runnables.config import var_child_runnable_config
 
+from agentstack.errors import ConfigError
+from agentstack.serving._backends._base import RESPONSE_FORMAT, StructuredDialect
 from agentstack.serving._metrics import FleetMetrics
 from agentstack.serving._replica import Replica, ReplicaState
 
@@ -45,17 +53,28 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self,
         pools: Mapping[str, Sequence[Replica]],
         *,
+        transport: httpx.AsyncBaseTransport,
+        sync_transport: httpx.BaseTransport | None = None,
         fallbacks: Mapping[str, str] | None = None,
         aliases: Mapping[str, str] | None = None,
+        dialects: Mapping[str, StructuredDialect] | None = None,
         metrics: FleetMetrics | None = None,
         max_imbalance: int = 4,
         affinity: bool = True,
         balance: Literal["least_outstanding", "round_robin"] = "least_outstanding",
         affinity_capacity: int = 100_000,
     ) -> None:
+        """`transport`/`sync_transport` carry the requests to replicas; the caller owns (and closes) them.
+
+        `dialects`: model -> how its backend is asked for structured output, for backends that do not take
+        OpenAI's `response_format` (the others need no entry).
+        """
         self._pools = pools
+        self._transport = transport
+        self._sync_transport = sync_transport
         self._fallbacks = dict(fallbacks or {})
         self._aliases = dict(aliases or {})  # LoRA adapter name -> base model whose replicas serve it
+        self._dialects = {m: d for m, d in (dialects or {}).items() if d != RESPONSE_FORMAT}
         self._metrics = metrics
         self._max_imbalance = max_imbalance
         self._use_affinity = affinity
@@ -63,9 +82,6 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self._affinity: OrderedDict[str, Replica] = OrderedDict()
         self._affinity_capacity = affinity_capacity
         self._turn = itertools.count()
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=60)
-        self._async = httpx.AsyncHTTPTransport(limits=limits)
-        self._sync: httpx.HTTPTransport | None = None
         self._urls = {id(r): httpx.URL(r.base_url) for pool in pools.values() for r in pool}
         self._outgoing_urls: dict[tuple[int, bytes], httpx.URL] = {}
 
@@ -105,97 +121,66 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         if len(self._affinity) > self._affinity_capacity:
             self._affinity.popitem(last=False)
 
-    # -- sending ----------------------------------------------------------------------------------
+    # -- the two faces: each only carries the exchange's requests over its transport ------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        routed = self._route(request, body)
-        if isinstance(routed, httpx.Response):
-            return routed
-        model, thread, payload = routed
-        last: httpx.Response | Exception | None = None
-        for attempt, (replica, rename) in enumerate(self.plan(model, thread)):
-            if attempt:
-                self._count_failover(model)
-            outgoing = self._outgoing(request, replica, body, payload, rename)
-            replica.outstanding += 1
-            started = time.perf_counter()
+        exchange = self._exchange(request, await request.aread())
+        if isinstance(exchange, httpx.Response):
+            return exchange
+        while (outgoing := exchange.next_request()) is not None:
             try:
-                response = await self._async.handle_async_request(outgoing)
+                response = await self._transport.handle_async_request(outgoing)
             except _RETRYABLE as exc:
-                self._failed(replica, started, type(exc).__name__)
-                last = exc
+                exchange.failed(exc)
                 continue
             except BaseException:  # a timeout or a cancelled caller: not the replica's fault, not retried
-                replica.outstanding -= 1
+                exchange.abandoned()
                 raise
             if response.status_code >= 500:
                 await response.aread()
                 await response.aclose()
-                self._failed(replica, started, f"http_{response.status_code}")
-                last = response
+                exchange.failed(response)
                 continue
-            done = self._succeeded(replica, started, thread)
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=_AsyncTracked(response.stream, done),  # type: ignore[arg-type]
-                extensions=response.extensions,
-            )
-        return self._exhausted(request, model, last)
+            return exchange.succeeded(response)
+        return exchange.exhausted()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """The same routing for synchronous clients (`ChatOpenAI.invoke`)."""
-        body = request.read()
-        routed = self._route(request, body)
-        if isinstance(routed, httpx.Response):
-            return routed
-        model, thread, payload = routed
-        if self._sync is None:
-            self._sync = httpx.HTTPTransport(limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
-        last: httpx.Response | Exception | None = None
-        for attempt, (replica, rename) in enumerate(self.plan(model, thread)):
-            if attempt:
-                self._count_failover(model)
-            outgoing = self._outgoing(request, replica, body, payload, rename)
-            replica.outstanding += 1
-            started = time.perf_counter()
+        if self._sync_transport is None:
+            raise ConfigError(
+                "this Router has no sync_transport, so it cannot route a synchronous client's request",
+                fix="pass Router(..., sync_transport=httpx.HTTPTransport()), or use an async client",
+            )
+        exchange = self._exchange(request, request.read())
+        if isinstance(exchange, httpx.Response):
+            return exchange
+        while (outgoing := exchange.next_request()) is not None:
             try:
-                response = self._sync.handle_request(outgoing)
+                response = self._sync_transport.handle_request(outgoing)
             except _RETRYABLE as exc:
-                self._failed(replica, started, type(exc).__name__)
-                last = exc
+                exchange.failed(exc)
                 continue
             except BaseException:
-                replica.outstanding -= 1
+                exchange.abandoned()
                 raise
             if response.status_code >= 500:
                 response.read()
                 response.close()
-                self._failed(replica, started, f"http_{response.status_code}")
-                last = response
+                exchange.failed(response)
                 continue
-            done = self._succeeded(replica, started, thread)
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=_SyncTracked(response.stream, done),  # type: ignore[arg-type]
-                extensions=response.extensions,
-            )
-        return self._exhausted(request, model, last)
+            return exchange.succeeded(response)
+        return exchange.exhausted()
 
     async def aclose(self) -> None:
-        await self._async.aclose()
-        if self._sync is not None:
-            self._sync.close()
+        """Nothing to close: the transports are borrowed (`httpx.AsyncClient.aclose()` lands here)."""
 
     def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
+        """Nothing to close: the transports are borrowed (`httpx.Client.close()` lands here)."""
 
-    # -- shared steps -----------------------------------------------------------------------------
+    # -- the core ---------------------------------------------------------------------------------
 
-    def _route(self, request: httpx.Request, body: bytes) -> tuple[str, str | None, dict] | httpx.Response:
+    def _exchange(self, request: httpx.Request, body: bytes) -> _Exchange | httpx.Response:
+        """The exchange for a routable request, or the error response for one that names no served model."""
         try:
             payload = orjson.loads(body) if body[:1] == b"{" else None
         except orjson.JSONDecodeError:
@@ -206,10 +191,11 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         if model not in self._pools and model not in self._aliases:
             served = ", ".join(sorted([*self._pools, *self._aliases]))
             return _error(404, f"model {model!r} is not served by this fleet; it serves: {served}", "model_not_found")
-        return model, request.headers.get(THREAD_HEADER) or _langgraph_thread(), payload  # type: ignore[return-value]
+        thread = request.headers.get(THREAD_HEADER) or _langgraph_thread()
+        return _Exchange(self, request, body, payload, model, thread)  # type: ignore[arg-type]
 
     def _outgoing(
-        self, request: httpx.Request, replica: Replica, body: bytes, payload: dict, rename: str | None
+        self, request: httpx.Request, replica: Replica, body: bytes, payload: dict[str, Any], rename: str | None
     ) -> httpx.Request:
         # httpx parses URLs slowly (~25 us), a large share of the router's cost: reuse them per path.
         key = (id(replica), request.url.raw_path)
@@ -222,52 +208,132 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
             self._outgoing_urls[key] = url
         headers = request.headers.copy()
         headers["host"] = url.netloc.decode()
-        if rename is not None:
-            body = orjson.dumps({**payload, "model": rename})
+        dialect = self._dialects.get(replica.model) if self._dialects else None
+        if rename is not None or dialect is not None:
+            rewritten = payload if rename is None else {**payload, "model": rename}
+            body = orjson.dumps(rewritten if dialect is None else dialect.apply(rewritten))
             headers["content-length"] = str(len(body))
         # A ready stream, not `content=`: the headers already frame the body, and encoding it again costs ~10 us.
         return httpx.Request(
             request.method, url, headers=headers, stream=httpx.ByteStream(body), extensions=request.extensions
         )
 
-    def _failed(self, replica: Replica, started: float, outcome: str) -> None:
-        replica.outstanding -= 1
-        replica.record_failure()
+    def _observe(self, replica: Replica, started: float, outcome: str) -> None:
         if self._metrics is not None:
             labels = (replica.model, str(replica.index))
             self._metrics.latency.labels(*labels).observe(time.perf_counter() - started)
             self._metrics.requests.labels(*labels, outcome).inc()
 
-    def _succeeded(self, replica: Replica, started: float, thread: str | None) -> Callable[[], None]:
+
+class _Exchange:
+    """One request's way through its plan: every routing decision, no I/O (both faces of the router drive it)."""
+
+    __slots__ = (
+        "_body",
+        "_payload",
+        "_plan",
+        "_request",
+        "_router",
+        "last",
+        "model",
+        "replica",
+        "started",
+        "thread",
+    )
+
+    def __init__(
+        self,
+        router: Router,
+        request: httpx.Request,
+        body: bytes,
+        payload: dict[str, Any],
+        model: str,
+        thread: str | None,
+    ) -> None:
+        self._router = router
+        self._request = request
+        self._body = body
+        self._payload = payload
+        self.model = model
+        self.thread = thread
+        self._plan = iter(router.plan(model, thread))
+        self.replica: Replica | None = None  # the one tried last
+        self.started = 0.0
+        self.last: httpx.Response | Exception | None = None
+
+    def next_request(self) -> httpx.Request | None:
+        """The request for the next replica of the plan (now counted as busy), or None when none is left."""
+        step = next(self._plan, None)
+        if step is None:
+            return None
+        replica, rename = step
+        router = self._router
+        if self.replica is not None and router._metrics is not None:  # a retry after a failed attempt
+            router._metrics.failovers.labels(self.model).inc()
+        outgoing = router._outgoing(self._request, replica, self._body, self._payload, rename)
+        replica.outstanding += 1
+        self.replica, self.started = replica, time.perf_counter()
+        return outgoing
+
+    def failed(self, outcome: httpx.Response | Exception) -> None:
+        """The replica could not serve it (connection error, 5xx): count it against the replica; try the next."""
+        replica = self._replica()
+        replica.outstanding -= 1
+        replica.record_failure()
+        self._router._observe(
+            replica,
+            self.started,
+            f"http_{outcome.status_code}" if isinstance(outcome, httpx.Response) else type(outcome).__name__,
+        )
+        self.last = outcome
+
+    def abandoned(self) -> None:
+        """The caller gave up (timeout, cancellation): free the replica, blame nobody."""
+        self._replica().outstanding -= 1
+
+    def succeeded(self, response: httpx.Response) -> httpx.Response:
+        """The response to hand back; its replica stays busy until the body is closed."""
+        replica = self._replica()
         replica.record_success()
-        self._remember(thread, replica)
-        if self._metrics is not None:
-            labels = (replica.model, str(replica.index))
-            self._metrics.latency.labels(*labels).observe(time.perf_counter() - started)
-            self._metrics.requests.labels(*labels, "ok").inc()
+        router = self._router
+        if self.thread is not None:
+            router._remember(self.thread, replica)
+        if router._metrics is not None:
+            router._observe(replica, self.started, "ok")
 
         def done() -> None:
             replica.outstanding -= 1
 
-        return done
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_Tracked(response.stream, done),
+            extensions=response.extensions,
+        )
 
-    def _count_failover(self, model: str) -> None:
-        if self._metrics is not None:
-            self._metrics.failovers.labels(model).inc()
-
-    def _exhausted(self, request: httpx.Request, model: str, last: httpx.Response | Exception | None) -> httpx.Response:
+    def exhausted(self) -> httpx.Response:
+        """Every replica was tried: the last 5xx as it came, the last connection error named, or a 503."""
+        last = self.last
         if isinstance(last, httpx.Response):
             return httpx.Response(last.status_code, headers=last.headers, stream=httpx.ByteStream(last.content))
-        if isinstance(last, Exception):
-            raise last
-        states = ", ".join(f"{r.label}: {r.state.value}" for r in self._pools[self._aliases.get(model, model)])
-        return _error(503, f"no replica of {model!r} can take requests now ({states})", "unavailable")
+        if isinstance(last, httpx.TransportError):
+            raise type(last)(
+                f"every replica of {self.model!r} failed; the last, {self._replica().label}, with {last!r}",
+                request=self._request,
+            ) from last
+        pool = self._router._pools[self._router._aliases.get(self.model, self.model)]
+        states = ", ".join(f"{r.label}: {r.state.value}" for r in pool)
+        return _error(503, f"no replica of {self.model!r} can take requests now ({states})", "unavailable")
+
+    def _replica(self) -> Replica:
+        assert self.replica is not None, "next_request() first"
+        return self.replica
 
 
-class _AsyncTracked(httpx.AsyncByteStream):
-    """Passes the body through and calls `done` exactly once when it is closed."""
+class _Tracked(httpx.AsyncByteStream, httpx.SyncByteStream):
+    """Passes a body through (sync or async, as it came) and calls `done` exactly once when it is closed."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, done: Callable[[], None]) -> None:
+    def __init__(self, inner: Any, done: Callable[[], None]) -> None:
         self._inner = inner
         self._done: Callable[[], None] | None = done
 
@@ -275,30 +341,25 @@ class _AsyncTracked(httpx.AsyncByteStream):
         async for chunk in self._inner:
             yield chunk
 
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            if self._done is not None:
-                self._done, done = None, self._done
-                done()
-
-
-class _SyncTracked(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, done: Callable[[], None]) -> None:
-        self._inner = inner
-        self._done: Callable[[], None] | None = done
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._inner
+            self._finish()
 
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            if self._done is not None:
-                self._done, done = None, self._done
-                done()
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._done is not None:
+            self._done, done = None, self._done
+            done()
 
 
 def _langgraph_thread() -> str | None:

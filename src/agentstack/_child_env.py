@@ -1,0 +1,54 @@
+"""The environment of every child process agentstack starts: an allow-list, never our own environment whole.
+
+Our process holds secrets its children have no use for: `OPENAI_API_KEY`, `COHERE_API_KEY`, a
+`AGENTSTACK_POSTGRES_URL` with its password, `PGPASSWORD`, cloud credentials. A model server that logs
+its environment, or runs a hub repository's remote code, must not see them; nor should Postgres,
+FalkorDB or the watchdog. So a child gets only what programs need to run (where programs and home
+are, temporary files, locale and time zone) and the runtime variables of the GPU and ML stack, plus
+what the caller adds on purpose: a spec's `env`, the placement's `CUDA_VISIBLE_DEVICES`.
+
+Kept by name: PATH, HOME, USER, LOGNAME, TMPDIR, TZ, LANG, LANGUAGE, LD_LIBRARY_PATH (CUDA libraries
+often live there), XDG_CACHE_HOME (where hub caches default to). Kept by prefix: LC_* (locale), and
+CUDA_*, NVIDIA_*, NCCL_* (GPU runtime), HF_*, HUGGINGFACE_*, TRANSFORMERS_* (the model hub and its
+cache; HF_TOKEN is the one credential passed, because a server downloads gated weights with it),
+TORCH_*, OMP_*, MKL_* (threading and kernels), VLLM_*, SGLANG_* (the servers' own settings).
+
+The sandbox that runs agents' code (`agentstack.graphs`) builds a stricter environment still (no GPU
+or hub variables at all, its own HOME), so it does not use this allow-list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+__all__ = ["KEPT_NAMES", "KEPT_PREFIXES", "child_env"]
+
+KEPT_NAMES: frozenset[str] = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "TZ", "LANG", "LANGUAGE", "LD_LIBRARY_PATH", "XDG_CACHE_HOME"}
+)
+KEPT_PREFIXES: tuple[str, ...] = (
+    "LC_",
+    "CUDA_",
+    "NVIDIA_",
+    "NCCL_",
+    "HF_",
+    "HUGGINGFACE_",
+    "TRANSFORMERS_",
+    "TORCH_",
+    "OMP_",
+    "MKL_",
+    "VLLM_",
+    "SGLANG_",
+)
+
+
+def child_env(extra: Mapping[str, str] | None = None, *, parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of `parent` (default: this process's environment), then `extra` on top.
+
+    `extra` is what the caller means the child to have (a spec's `env`, `CUDA_VISIBLE_DEVICES`, `LC_ALL=C`),
+    so it is added whatever its names.
+    """
+    source = os.environ if parent is None else parent
+    kept = {name: value for name, value in source.items() if name in KEPT_NAMES or name.startswith(KEPT_PREFIXES)}
+    return {**kept, **(extra or {})}

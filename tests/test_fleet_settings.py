@@ -1,0 +1,113 @@
+"""One model choice: `Fleet.from_settings` and `FleetSpec.chat_model_name`, shared by serve, ingest --graph and Stack.
+
+Nothing here starts a server: a wrong choice must fail before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentstack import Stack
+from agentstack.config import Settings
+from agentstack.errors import ConfigError
+from agentstack.serving import Fleet, FleetSpec
+
+TWO_CHATS = {
+    "models": [
+        {"name": "embedder", "backend": "llamacpp", "model": "e.gguf", "task": "embed"},
+        {"name": "small", "backend": "llamacpp", "model": "s.gguf", "replicas": 2, "parallel": 3},
+        {
+            "name": "large",
+            "backend": "vllm",
+            "model": "org/large",
+            "memory_gib": 20,
+            "lora": [{"name": "large-sql", "path": "/lora/sql"}],
+        },
+        {"name": "remote", "backend": "external", "urls": ["http://a:1/v1", "http://b:1/v1", "http://c:1/v1"]},
+    ]
+}
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(TWO_CHATS))
+    return path
+
+
+def test_the_first_chat_model_unless_one_is_named() -> None:
+    spec = FleetSpec.from_data(TWO_CHATS)
+    assert spec.chat_model_name() == "small"  # the embedder comes first but is no chat model
+    assert spec.chat_model_name("large") == "large"
+    assert spec.chat_model_name("large-sql") == "large-sql"  # an adapter of a chat model
+    with pytest.raises(ConfigError, match=r"'embedder' .* is not a chat model") as info:
+        spec.chat_model_name("embedder")
+    assert "one of: small, large, large-sql, remote" in str(info.value)
+    embed_only = FleetSpec.from_data({"models": [TWO_CHATS["models"][0]]})
+    with pytest.raises(ConfigError, match="the fleet spec serves no chat model"):
+        embed_only.chat_model_name()
+
+
+def test_from_settings_honours_llm_model_and_fails_before_starting(
+    settings: Settings, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTSTACK_FLEET", str(spec_file))
+    assert Fleet.from_settings(Settings.load()).chat_model_name() == "small"
+    monkeypatch.setenv("AGENTSTACK_LLM_MODEL", "large")
+    fleet = Fleet.from_settings(Settings.load())
+    assert fleet.chat_model_name() == "large" and fleet.home == settings.home
+    monkeypatch.setenv("AGENTSTACK_LLM_MODEL", "nope")
+    with pytest.raises(ConfigError, match=r"'nope' \(AGENTSTACK_LLM_MODEL\) is not a chat model of this fleet"):
+        Fleet.from_settings(Settings.load())
+    # With an external LLM server, AGENTSTACK_LLM_MODEL names that server's model: the fleet ignores it.
+    monkeypatch.setenv("AGENTSTACK_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    assert Fleet.from_settings(Settings.load()).chat_model_name() == "small"
+
+
+def test_an_explicit_spec_path_wins_over_the_setting(settings: Settings, spec_file: Path) -> None:
+    assert [m.name for m in Fleet.from_settings(settings).spec.models] == ["gemma-270m"]  # cpu-tiny by default
+    assert Fleet.from_settings(settings, spec_file).spec.models[1].name == "small"
+
+
+def test_slots_come_from_each_backend() -> None:
+    fleet = Fleet(FleetSpec.from_data(TWO_CHATS), home=Path("/nonexistent"))
+    assert fleet.slots("small") == 2 * 3  # llama.cpp: replicas x parallel
+    assert fleet.slots("large-sql") == 64  # vLLM batches; an adapter counts as its base model
+    assert fleet.slots("remote") == 3 * 4  # one replica per URL, the default 4 each
+
+
+async def test_stack_fails_on_a_wrong_model_before_starting_anything(
+    settings: Settings, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTSTACK_FLEET", str(spec_file))
+    monkeypatch.setenv("AGENTSTACK_LLM_MODEL", "embedder")
+    monkeypatch.setenv("AGENTSTACK_POSTGRES_URL", "postgresql://nobody@127.0.0.1:9/none")  # never reached
+    with pytest.raises(ConfigError, match=r"'embedder' .* is not a chat model of this fleet"):
+        async with Stack.from_settings(Settings.load(), retrieval=False):
+            pass
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["ingest", "--graph"]])
+def test_serve_and_graph_ingest_choose_the_same_way(command: list[str], spec_file: Path, tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_")},
+        "AGENTSTACK_HOME": str(tmp_path / "home"),
+        "COLUMNS": "200",  # one line per message
+        "AGENTSTACK_FLEET": str(spec_file),
+        "AGENTSTACK_LLM_MODEL": "nope",
+        "AGENTSTACK_MILVUS_URI": str(tmp_path / "milvus.db"),
+    }
+    document = tmp_path / "nothing.md"
+    document.write_text("nothing")
+    command = [*command, str(document)] if command[0] == "ingest" else command
+    agentstack = Path(sys.executable).with_name("agentstack")
+    result = subprocess.run([str(agentstack), *command], env=env, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "'nope' (AGENTSTACK_LLM_MODEL) is not a chat model of this fleet" in result.stderr
+    assert "small, large, large-sql, remote" in result.stderr
