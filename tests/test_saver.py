@@ -86,7 +86,11 @@ async def test_a_failed_batch_fails_its_callers_and_writes_nothing(saver: PoolSa
         saver.aput_writes(config, [("bad", 2)], task_id="t2"),
         return_exceptions=True,
     )
-    assert any(isinstance(o, psycopg.errors.CheckViolation) for o in outcomes)
+    # Failures reach callers as agentstack errors, with Postgres's own error as the cause.
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failed and all(isinstance(o, CheckpointError) for o in failed), outcomes
+    assert any(isinstance(o.__cause__, psycopg.errors.CheckViolation) for o in failed)
+    assert "no_bad" in str(failed[0]) and "Postgres at" in str(failed[0])
     async with saver.conn.connection() as conn:
         count = await (await conn.execute("SELECT count(*) AS n FROM checkpoint_writes")).fetchone()
     # Whatever shared the failing statement failed with it; nothing half-applied.
