@@ -345,9 +345,18 @@ class PoolSaver(BaseCheckpointSaver[str]):
 
 @asynccontextmanager
 async def open_pool(
-    url: str, *, max_size: int = DEFAULT_POOL_SIZE, min_size: int = 2, connect_timeout: float = 15.0
+    url: str,
+    *,
+    max_size: int = DEFAULT_POOL_SIZE,
+    min_size: int = 2,
+    connect_timeout: float = 15.0,
+    timeout: float = 30.0,
 ) -> AsyncIterator[Pool]:
-    """A pool with the connection settings the savers need, that fails fast with the real reason."""
+    """A pool with the connection settings the savers need, that fails fast with the real reason.
+
+    `timeout` is how long an operation waits for a connection (all busy, or the server
+    gone and the pool reconnecting) before it fails with a `CheckpointError`.
+    """
     where = redact_url(url)
     try:
         probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(connect_timeout))
@@ -364,6 +373,7 @@ async def open_pool(
         max_size=max_size,
         kwargs=CONNECTION_KWARGS,
         open=False,
+        timeout=timeout,
         name="agentstack-checkpoints",
     )
     try:
