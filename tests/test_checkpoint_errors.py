@@ -64,7 +64,7 @@ async def server(tmp_path: Path) -> AsyncIterator[LocalPostgres]:
 
 @pytest.fixture
 async def saver(server: LocalPostgres) -> AsyncIterator[PoolSaver]:
-    async with open_pool(server.url, max_size=2, min_size=2, timeout=1) as pool:
+    async with open_pool(server.url, max_size=2, min_size=2, acquire_timeout=1) as pool:
         pool_saver = PoolSaver(pool)
         await pool_saver.setup()
         yield pool_saver

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
-import logging
 import random
 from collections.abc import AsyncIterator, Collection, Coroutine, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -65,8 +63,6 @@ from agentstack.errors import CheckpointError, UserError
 
 __all__ = ["DEFAULT_POOL_SIZE", "PoolSaver", "open_pool", "open_saver", "redact_url"]
 
-log = logging.getLogger(__name__)
-
 #: Connections in `open_saver`'s pool when no size is given: how many threads save at once.
 #: The same default as `Settings.checkpoint_pool_size`.
 DEFAULT_POOL_SIZE = 20
@@ -77,7 +73,6 @@ Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 T = TypeVar("T")
 
 
-@functools.cache
 def delta_snapshot_type() -> type:
     """The class of a `DeltaChannel` snapshot, found through the public wire format.
 
@@ -350,11 +345,11 @@ async def open_pool(
     max_size: int = DEFAULT_POOL_SIZE,
     min_size: int = 2,
     connect_timeout: float = 15.0,
-    timeout: float = 30.0,
+    acquire_timeout: float = 30.0,
 ) -> AsyncIterator[Pool]:
     """A pool with the connection settings the savers need, that fails fast with the real reason.
 
-    `timeout` is how long an operation waits for a connection (all busy, or the server
+    `acquire_timeout` is how long an operation waits for a connection (all busy, or the server
     gone and the pool reconnecting) before it fails with a `CheckpointError`.
     """
     where = redact_url(url)
@@ -373,7 +368,7 @@ async def open_pool(
         max_size=max_size,
         kwargs=CONNECTION_KWARGS,
         open=False,
-        timeout=timeout,
+        timeout=acquire_timeout,
         name="agentstack-checkpoints",
     )
     try:
