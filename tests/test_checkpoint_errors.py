@@ -162,3 +162,23 @@ async def test_cancellation_is_not_turned_into_an_error(saver: PoolSaver) -> Non
     assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
     await saver.drain()
     assert await saver.aget_tuple(config) is None  # and the saver still works
+
+
+def test_each_kind_of_failure_gets_its_fix_and_cancellation_passes() -> None:
+    from agentstack.checkpoint._boundary import postgres_errors
+
+    url = "postgresql://me:secret@db.example:5433/agents"
+    cases = {
+        psycopg.errors.SerializationFailure("could not serialize access"): "retrying is safe",
+        psycopg.errors.UndefinedTable('relation "checkpoints" does not exist'): "saver.setup()",
+        psycopg.OperationalError("connection refused"): "is running and reachable",
+        psycopg.errors.CheckViolation("violates check constraint"): "server's log",
+    }
+    for cause, fix in cases.items():
+        with pytest.raises(CheckpointError) as info, postgres_errors(url, doing="testing"):
+            raise cause
+        assert info.value.__cause__ is cause and fix in (info.value.fix or "")
+        assert str(info.value).startswith(f"Postgres at me@db.example:5433/agents failed while testing: {cause}")
+        assert "secret" not in str(info.value)
+    with pytest.raises(asyncio.CancelledError), postgres_errors(url, doing="testing"):
+        raise asyncio.CancelledError

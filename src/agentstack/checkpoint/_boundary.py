@@ -29,6 +29,8 @@ def redact_url(url: str) -> str:
 
 
 def _fix(exc: psycopg.Error) -> str:
+    if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+        return "another transaction changed the same rows at the same time (a second prune?); retrying is safe"
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return (
             "check that the Postgres server is running and reachable (`agentstack db status` for the embedded "
