@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from langgraph.checkpoint.serde.types import TASKS
 from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from agentstack.errors import CheckpointError, UserError
 
@@ -123,7 +124,7 @@ _SUBGRAPH_CALLS_SQL = (
     "DELETE FROM checkpoint_blobs WHERE thread_id = %s AND checkpoint_ns = ANY(%s)",
 )
 
-Pool = Any  # psycopg_pool.AsyncConnectionPool; only `.connection()` is used
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 
 async def delta_threads(cur: psycopg.AsyncCursor[DictRow], thread_ids: Sequence[str]) -> list[str]:
