@@ -123,3 +123,27 @@ async def test_each_reads_and_continues_the_others_paused_thread(
         second_wrote = await every_checkpoint(writer, "handover")
     async with second(agentstack_postgres) as reader:
         assert await every_checkpoint(reader, "handover") == second_wrote
+
+
+async def test_sends_of_checkpoints_before_format_4_are_read_as_the_stock_saver_reads_them(
+    saver: PoolSaver, agentstack_postgres: str
+) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.serde.types import TASKS
+
+    base = {"configurable": {"thread_id": "old", "checkpoint_ns": ""}}
+    parent = {**empty_checkpoint(), "v": 3, "channel_versions": {"a": "00000000000000000000000000000001.1"}}
+    parent_config = await saver.aput(base, parent, {"step": 0}, {})
+    await saver.aput_writes(parent_config, [(TASKS, Send("node", {"n": 1})), (TASKS, Send("node", {"n": 2}))], "t1")
+    child = {**empty_checkpoint(), "v": 3, "channel_versions": {"a": "00000000000000000000000000000002.5"}}
+    child_config = await saver.aput(parent_config, child, {"step": 1}, {})
+
+    ours = await saver.aget_tuple(child_config)
+    assert ours is not None and ours.checkpoint["channel_values"][TASKS] == [
+        Send("node", {"n": 1}),
+        Send("node", {"n": 2}),
+    ]
+    assert ours.checkpoint["channel_versions"][TASKS] == "00000000000000000000000000000002.5"
+    async with stock_saver(agentstack_postgres) as stock:
+        assert await stock.aget_tuple(child_config) == ours
+        assert await every_checkpoint(stock, "old") == await every_checkpoint(saver, "old")
