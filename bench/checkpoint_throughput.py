@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import operator
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -195,7 +196,8 @@ async def run(mode: Mode, pool_size: int) -> dict[str, Any]:
                             results.setdefault(f"{setting}/t{threads}", {})[kind] = round(rate, 1)
                             print(f"{setting:>7} {kind:>7} threads={threads:<3} {rate:9.1f} steps/s", flush=True)
     finally:
-        await postgres.astop()
+        await asyncio.to_thread(postgres.destroy)  # a throwaway cluster: leave nothing in /tmp
+        shutil.rmtree(home, ignore_errors=True)
     for threads in mode.threads:  # no network involved: the direct figures stand for both settings
         for kind in ("none", "memory"):
             results[f"rtt2ms/t{threads}"][kind] = results[f"direct/t{threads}"][kind]
