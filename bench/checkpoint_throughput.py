@@ -10,7 +10,10 @@ direction by 1 ms: a 2 ms round trip, as to a Postgres on another host, which is
 global lock hurts. Ends with one JSON line of steps/s per saver and setting, and the ratios
 at 50 threads over the 2 ms round trip.
 
-    python bench/checkpoint_throughput.py [--quick]
+    python bench/checkpoint_throughput.py [--quick | --smoke]
+
+`--smoke` only proves the benchmark runs (one round at 4 threads; its ratios are at 4
+threads and mean little); `--quick` is a rough measurement; no flag, the full one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import operator
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,19 +31,30 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.graph import END, START, StateGraph
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-from agentstack.checkpoint import LocalPostgres, PoolSaver, open_pool
+# LangGraph, psycopg and agentstack are imported where used: the delay proxy runs this
+# file in its own process and needs none of them (importing them takes seconds).
 
 STEPS = 20
-THREADS = (1, 20, 50)
 SAVERS = ("none", "memory", "stock", "pool")
+
+
+@dataclass(frozen=True)
+class Mode:
+    threads: tuple[int, ...]  # the last one is the headline
+    single_rounds: int  # rounds at 1 thread
+    rounds: int  # rounds at more threads
+    pool_size: int = 20  # connections per saver's pool, unless --pool-size says
+
+
+MODES = {
+    "full": Mode((1, 20, 50), 10, 3),
+    "quick": Mode((1, 20, 50), 3, 1),
+    "smoke": Mode((4,), 1, 1, pool_size=4),
+}
 
 
 class State(TypedDict):
@@ -48,6 +63,8 @@ class State(TypedDict):
 
 
 def build_graph(checkpointer: Any) -> Any:
+    from langgraph.graph import END, START, StateGraph
+
     def work(state: State) -> dict[str, Any]:
         return {"step": state["step"] + 1, "notes": [f"step {state['step']} done"]}
 
@@ -105,9 +122,9 @@ async def _serve_proxy(listen_port: int, target_port: int, delay: float) -> None
 
 @contextlib.contextmanager
 def delay_proxy(target_port: int, one_way_ms: float) -> Any:
-    from agentstack.checkpoint._local_postgres import _free_port
+    from agentstack._net import free_port
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, __file__, "--proxy", str(port), str(target_port), str(one_way_ms / 1000)],
         stdout=subprocess.PIPE,
@@ -124,6 +141,11 @@ def delay_proxy(target_port: int, one_way_ms: float) -> Any:
 # -- measurement -------------------------------------------------------------------------------
 @asynccontextmanager
 async def make_saver(kind: str, url: str, pool_size: int) -> AsyncIterator[Any]:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    from agentstack.checkpoint import PoolSaver, open_pool
+
     if kind == "none":
         yield None
     elif kind == "memory":
@@ -149,7 +171,11 @@ async def steps_per_second(graph: Any, threads: int, rounds: int) -> float:
     return threads * rounds * STEPS / elapsed
 
 
-async def run(quick: bool, pool_size: int) -> dict[str, Any]:
+async def run(mode: Mode, pool_size: int) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from agentstack.checkpoint import LocalPostgres
+
     home = Path(tempfile.mkdtemp(prefix="agentstack-bench-"))
     postgres = LocalPostgres(home)
     url = await postgres.astart()
@@ -162,25 +188,20 @@ async def run(quick: bool, pool_size: int) -> dict[str, Any]:
                 for kind in SAVERS:
                     async with make_saver(kind, setting_url, pool_size) as saver:
                         graph = build_graph(saver)
-                        for threads in THREADS:
+                        for threads in mode.threads:
                             if setting == "rtt2ms" and kind in ("none", "memory"):
                                 continue  # nothing crosses the network: same as direct
-                            rounds = _rounds(threads, quick)
+                            rounds = mode.single_rounds if threads == 1 else mode.rounds
                             rate = await steps_per_second(graph, threads, rounds)
                             results.setdefault(f"{setting}/t{threads}", {})[kind] = round(rate, 1)
                             print(f"{setting:>7} {kind:>7} threads={threads:<3} {rate:9.1f} steps/s", flush=True)
     finally:
-        await postgres.astop()
-    for threads in THREADS:  # no network involved: the direct figures stand for both settings
+        await asyncio.to_thread(postgres.destroy)  # a throwaway cluster: leave nothing in /tmp
+        shutil.rmtree(home, ignore_errors=True)
+    for threads in mode.threads:  # no network involved: the direct figures stand for both settings
         for kind in ("none", "memory"):
             results[f"rtt2ms/t{threads}"][kind] = results[f"direct/t{threads}"][kind]
     return results
-
-
-def _rounds(threads: int, quick: bool) -> int:
-    if threads == 1:
-        return 3 if quick else 10
-    return 1 if quick else 3
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:
@@ -192,17 +213,20 @@ def print_table(results: dict[str, dict[str, float]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds: finishes within a minute")
-    parser.add_argument("--pool-size", type=int, default=20)
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="fewer rounds: finishes within a minute")
+    speed.add_argument("--smoke", action="store_true", help="one tiny round: proves it runs, in seconds")
+    parser.add_argument("--pool-size", type=int, help="connections per saver (default 20; 4 with --smoke)")
     parser.add_argument("--proxy", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.proxy:
         listen, target, delay = args.proxy
         asyncio.run(_serve_proxy(int(listen), int(target), float(delay)))
         return
-    results = asyncio.run(run(args.quick, args.pool_size))
+    mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    results = asyncio.run(run(mode, args.pool_size or mode.pool_size))
     print_table(results)
-    headline = results["rtt2ms/t50"]
+    headline = results[f"rtt2ms/t{mode.threads[-1]}"]
     summary = {
         "steps_per_s": results,
         "pool_vs_stock": round(headline["pool"] / headline["stock"], 2),

@@ -86,7 +86,11 @@ async def test_a_failed_batch_fails_its_callers_and_writes_nothing(saver: PoolSa
         saver.aput_writes(config, [("bad", 2)], task_id="t2"),
         return_exceptions=True,
     )
-    assert any(isinstance(o, psycopg.errors.CheckViolation) for o in outcomes)
+    # Failures reach callers as agentstack errors, with Postgres's own error as the cause.
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failed and all(isinstance(o, CheckpointError) for o in failed), outcomes
+    assert any(isinstance(o.__cause__, psycopg.errors.CheckViolation) for o in failed)
+    assert "no_bad" in str(failed[0]) and "Postgres at" in str(failed[0])
     async with saver.conn.connection() as conn:
         count = await (await conn.execute("SELECT count(*) AS n FROM checkpoint_writes")).fetchone()
     # Whatever shared the failing statement failed with it; nothing half-applied.
@@ -168,3 +172,41 @@ async def test_open_saver_without_url_starts_the_embedded_server(settings: Any) 
         assert LocalPostgres.from_settings(settings).status().running
     finally:
         LocalPostgres.from_settings(settings).destroy()
+
+
+async def test_open_saver_with_a_url_reads_no_settings(
+    agentstack_postgres: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentstack.checkpoint._saver import DEFAULT_POOL_SIZE
+    from agentstack.config import Settings
+    from agentstack.errors import ConfigError
+
+    monkeypatch.setenv("AGENTSTACK_CHECKPOINT_POOL_SIZE", "many")
+    monkeypatch.setenv("AGENTSTACK_POSTGRES_URL", "postgresql://nobody@127.0.0.1:1/nothing")
+    with pytest.raises(ConfigError, match="checkpoint_pool_size"):
+        Settings.load()  # what reading the environment would have met
+    async with open_saver(agentstack_postgres) as saver:
+        assert saver.conn.max_size == DEFAULT_POOL_SIZE
+        await build(saver, steps=1).ainvoke({"step": 0, "notes": []}, {"configurable": {"thread_id": "u"}})
+    async with open_saver(agentstack_postgres, pool_size=3) as saver:
+        assert saver.conn.max_size == 3
+    with pytest.raises(ConfigError, match="checkpoint_pool_size"):
+        async with open_saver():  # no URL: Settings decide, and say what is wrong
+            pass
+
+
+async def test_sync_methods_run_from_another_thread_and_explain_on_the_loop(saver: PoolSaver) -> None:
+    from agentstack.errors import UserError
+
+    config = {"configurable": {"thread_id": "sync"}}
+    result = await asyncio.to_thread(build(saver, steps=3).invoke, {"step": 0, "notes": []}, config)
+    assert result["step"] == 3
+    latest = await saver.aget_tuple(config)
+    assert await asyncio.to_thread(saver.get_tuple, config) == latest
+    assert await asyncio.to_thread(lambda: list(saver.list(config))) == [t async for t in saver.alist(config)]
+    with pytest.raises(UserError, match=r"await saver\.aget_tuple"):
+        saver.get_tuple(config)
+    with pytest.raises(UserError, match=r"await saver\.aput_writes"):
+        saver.put_writes(latest.config, [("notes", ["x"])], task_id="t")
+    await asyncio.to_thread(saver.delete_thread, "sync")
+    assert await saver.aget_tuple(config) is None

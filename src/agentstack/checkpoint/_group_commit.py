@@ -9,7 +9,8 @@ is in flight, new submissions gather into the next batch, so batches grow with l
 a lone thread pays nothing but one event-loop turn.
 
 Guarantees, the same as one statement per operation:
-- a caller's `submit` returns only after its rows are committed, and raises if they were not;
+- a caller's `submit` returns only after its rows are committed, and raises if they were not
+  (a `CheckpointError` naming Postgres, with psycopg's error as its cause);
 - a batch is one statement, so it commits or fails as a whole; it never half-applies;
 - two submissions that touch the same row never share a batch, and a batch never starts
   while an earlier one touching the same row is in flight, so a later write wins exactly
@@ -30,6 +31,8 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from agentstack.checkpoint._boundary import postgres_errors
 
 __all__ = ["GroupCommitter"]
 
@@ -172,8 +175,9 @@ class GroupCommitter:
 
     async def _commit(self, batch: _Batch) -> None:
         try:
-            async with self._pool.connection() as conn:
-                await conn.execute(*batch.statement(), binary=True)
+            with postgres_errors(self._pool.conninfo, doing=f"saving {len(batch.waiters)} checkpoint operation(s)"):
+                async with self._pool.connection() as conn:
+                    await conn.execute(*batch.statement(), binary=True)
         except BaseException as exc:
             for waiter in batch.waiters:
                 if not waiter.done():

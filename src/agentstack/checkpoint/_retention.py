@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from langgraph.checkpoint.postgres.base import PRUNE_DELTA_THREADS_SQL
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
+from agentstack.checkpoint._boundary import postgres_errors
+from agentstack.checkpoint._prune import DELTA_THREADS_SQL
 from agentstack.errors import CheckpointError, ConfigError
 
 __all__ = ["PruneResult", "ThreadSummary", "delete_thread", "list_threads", "parse_duration", "prune_thread"]
@@ -66,6 +67,12 @@ def _timestamp(value: str | None) -> datetime | None:
 
 async def list_threads(pool: Pool, *, limit: int = 100) -> list[ThreadSummary]:
     """Threads with their checkpoint counts, most recently saved first."""
+    with postgres_errors(pool.conninfo, doing="listing threads"):
+        rows = await _thread_rows(pool, limit)
+    return [ThreadSummary(r["thread_id"], r["checkpoints"], r["namespaces"], _timestamp(r["last_saved"])) for r in rows]
+
+
+async def _thread_rows(pool: Pool, limit: int) -> list[DictRow]:
     async with pool.connection() as conn:
         cur = await conn.execute(
             """
@@ -75,12 +82,16 @@ async def list_threads(pool: Pool, *, limit: int = 100) -> list[ThreadSummary]:
             """,
             (limit,),
         )
-        rows = await cur.fetchall()
-    return [ThreadSummary(r["thread_id"], r["checkpoints"], r["namespaces"], _timestamp(r["last_saved"])) for r in rows]
+        return await cur.fetchall()
 
 
 async def delete_thread(pool: Pool, thread_id: str) -> int:
     """Delete a thread's checkpoints, writes and blobs atomically; returns checkpoints deleted."""
+    with postgres_errors(pool.conninfo, doing=f"deleting thread {thread_id!r}"):
+        return await _delete_thread(pool, thread_id)
+
+
+async def _delete_thread(pool: Pool, thread_id: str) -> int:
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute("DELETE FROM checkpoints WHERE thread_id = %s", (thread_id,))
         deleted = cur.rowcount
@@ -127,8 +138,15 @@ async def prune_thread(
         raise ConfigError("prune needs a rule", fix="pass keep_last=N and/or older_than=timedelta(...)")
     if keep_last is not None and keep_last < 1:
         raise ConfigError(f"keep_last must be at least 1, got {keep_last}", fix="use delete_thread to remove a thread")
+    with postgres_errors(pool.conninfo, doing=f"pruning thread {thread_id!r}"):
+        return await _prune(pool, thread_id, keep_last, older_than, now or datetime.now(UTC))
+
+
+async def _prune(
+    pool: Pool, thread_id: str, keep_last: int | None, older_than: timedelta | None, now: datetime
+) -> PruneResult:
     async with pool.connection() as conn, conn.transaction():
-        cur = await conn.execute(PRUNE_DELTA_THREADS_SQL, ([thread_id], [thread_id]))
+        cur = await conn.execute(DELTA_THREADS_SQL, ([thread_id], [thread_id]))
         if await cur.fetchone():
             raise CheckpointError(
                 f"thread {thread_id!r} uses a DeltaChannel, whose values are rebuilt from the whole history",
@@ -140,7 +158,7 @@ async def prune_thread(
             (thread_id,),
         )
         rows = await cur.fetchall()
-        doomed = _choose_deletions(rows, keep_last, older_than, now or datetime.now(UTC))
+        doomed = _choose_deletions(rows, keep_last, older_than, now)
         counts = [0, 0, 0]
         for ns, ids in doomed.items():
             for i, n in enumerate(await _delete_checkpoints(conn, thread_id, ns, ids)):

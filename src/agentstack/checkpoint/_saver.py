@@ -2,93 +2,204 @@
 
 langgraph-checkpoint-postgres's `AsyncPostgresSaver` wraps every operation in one
 `asyncio.Lock`, even when it is given a pool (langgraph#7259). Fifty agent threads then
-save one at a time, and each waits out the others' network round trips. `PoolSaver` is
-the same saver (same tables, same migrations, same reads: checkpoints written by either
-are read by the other) with the lock removed, so reads run concurrently on pooled
-connections, and with writes group-committed (see `_group_commit`): concurrent threads'
+save one at a time, and each waits out the others' network round trips. `PoolSaver` keeps
+the stock saver's tables and on-disk format (checkpoints written by either are read and
+continued by the other) but takes a pooled connection per operation, so reads run
+concurrently, and group-commits writes (see `_group_commit`): concurrent threads'
 checkpoints share one statement and one round trip instead of queueing behind each other.
+
+It is built on LangGraph's public interfaces only: `BaseCheckpointSaver` (the contract
+LangGraph calls and its conformance suite checks), `SerializerProtocol`, and the table
+layout in `_schema` (a copy of the stock saver's migrations, checked against the stock
+saver by tests/test_checkpoint_layout.py). No private name of LangGraph is used, so an
+upstream release that moves its internals cannot silently change how we store state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+import copy
+import random
+from collections.abc import AsyncIterator, Collection, Coroutine, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
+import ormsgpack
 import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
+    BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
     CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
     get_serializable_checkpoint_metadata,
 )
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
-from psycopg import AsyncCursor
-from psycopg.conninfo import conninfo_to_dict
+from langgraph.checkpoint.serde.jsonplus import EXT_DELTA_SNAPSHOT, JsonPlusSerializer
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from agentstack.checkpoint._group_commit import GroupCommitter
+from agentstack.checkpoint._boundary import postgres_errors, redact_url
+from agentstack.checkpoint._delta import delta_channel_history
+from agentstack.checkpoint._group_commit import BlobRow, GroupCommitter, WriteRow
 from agentstack.checkpoint._local_postgres import LocalPostgres
+from agentstack.checkpoint._prune import prune_threads
+from agentstack.checkpoint._reads import (
+    PENDING_SENDS_SQL,
+    SELECT_SQL,
+    decode_row,
+    migrate_pending_sends,
+    needs_pending_sends,
+    search_where,
+)
+from agentstack.checkpoint._schema import apply_migrations
 from agentstack.checkpoint._serde import StrictSerializer
 from agentstack.config import Settings
 from agentstack.errors import CheckpointError, UserError
 
-__all__ = ["PoolSaver", "open_pool", "open_saver", "redact_url"]
+__all__ = ["DEFAULT_POOL_SIZE", "PoolSaver", "open_pool", "open_saver", "redact_url"]
 
-log = logging.getLogger(__name__)
-
-# Any constant works; it only has to be the same in every process that runs setup().
-_SETUP_LOCK_KEY = 0x61676E7473746B  # "agntstk"
-
-
-def _needs_blob(value: Any) -> bool:
-    """The stock rule: primitives stay inline in the checkpoint row, everything else is a blob."""
-    return not (value is None or isinstance(value, (str, int, float, bool)))
-
+#: Connections in `open_saver`'s pool when no size is given: how many threads save at once.
+#: The same default as `Settings.checkpoint_pool_size`.
+DEFAULT_POOL_SIZE = 20
 
 CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
 
-
-def redact_url(url: str) -> str:
-    """`user@host:port/db` of a Postgres URL, never its password, for messages and logs."""
-    try:
-        info = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "<unparseable Postgres URL>"
-    return f"{info.get('user', '')}@{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+T = TypeVar("T")
 
 
-class PoolSaver(AsyncPostgresSaver):
-    """`AsyncPostgresSaver` that takes one pooled connection per operation instead of a global lock."""
+def delta_snapshot_type() -> type:
+    """The class of a `DeltaChannel` snapshot, found through the public wire format.
 
-    conn: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+    The stock saver stores a snapshot as a blob plus an inline `true` marker, and prune and
+    delta history rely on that marker. LangGraph names the class privately, but the public
+    serializer decodes the public extension code `EXT_DELTA_SNAPSHOT` into it: that is the
+    definition of a snapshot on disk, so it is how we recognise one.
+    """
+    payload = ormsgpack.packb(ormsgpack.Ext(EXT_DELTA_SNAPSHOT, ormsgpack.packb(None)))
+    return type(JsonPlusSerializer(allowed_msgpack_modules=None).loads_typed(("msgpack", payload)))
 
-    def __init__(
-        self,
-        pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]],
-        *,
-        serde: SerializerProtocol | None = None,
-    ) -> None:
+
+def _is_inline(value: Any) -> bool:
+    """The stock rule: primitives stay inline in the checkpoint row, everything else is a blob."""
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+class PoolSaver(BaseCheckpointSaver[str]):
+    """A LangGraph checkpoint saver that takes one pooled connection per operation instead of a global lock."""
+
+    conn: Pool
+    serde: SerializerProtocol
+
+    def __init__(self, pool: Pool, *, serde: SerializerProtocol | None = None) -> None:
         if not isinstance(pool, AsyncConnectionPool):
             raise UserError(
                 f"PoolSaver needs a psycopg_pool.AsyncConnectionPool, got {type(pool).__name__}",
                 fix="use open_saver(url), or AsyncPostgresSaver for a single connection",
             )
-        super().__init__(pool, serde=serde if serde is not None else StrictSerializer())
+        super().__init__(serde=serde if serde is not None else StrictSerializer())
+        self.conn = pool
+        self.loop = asyncio.get_running_loop()  # where the sync methods run their async twins
         self._committer = GroupCommitter(pool)
+        self._snapshot_type = delta_snapshot_type()
+
+    def _errors(self, doing: str) -> AbstractContextManager[None]:
+        return postgres_errors(self.conn.conninfo, doing=doing)
+
+    async def setup(self) -> None:
+        """Create or migrate the tables; safe when several processes call it at once."""
+        with self._errors("creating or migrating the checkpoint tables"):
+            async with self.conn.connection() as conn:
+                await apply_migrations(conn)
 
     async def drain(self) -> None:
         """Wait for every queued checkpoint write to commit; call before closing the pool."""
         await self._committer.drain()
 
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> PoolSaver:
+        """This saver with a compiled graph's own state classes allowed to load (LangGraph calls it)."""
+        if not isinstance(self.serde, StrictSerializer):
+            return super().with_allowlist(extra_allowlist)  # type: ignore[return-value]
+        serde = self.serde.with_msgpack_allowlist(extra_allowlist)
+        if serde is self.serde:
+            return self
+        clone = copy.copy(self)  # same pool and committer: drain() covers both
+        clone.serde = serde
+        return clone
+
+    def get_next_version(self, current: str | int | None, channel: None = None) -> str:
+        """The stock saver's version format, so either saver can continue the other's threads."""
+        number = 0 if current is None else current if isinstance(current, int) else int(current.split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
+
+    # -- reads ---------------------------------------------------------------------------
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint `config` names, or the thread's latest in its namespace."""
+        configurable = config["configurable"]
+        thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
+        if checkpoint_id := configurable.get("checkpoint_id"):
+            where = "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
+            args: tuple[Any, ...] = (thread_id, ns, checkpoint_id)
+        else:
+            where = "WHERE thread_id = %s AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1"
+            args = (thread_id, ns)
+        with self._errors("loading a checkpoint"):
+            async with self.conn.connection() as conn, conn.cursor(binary=True, row_factory=dict_row) as cur:
+                await cur.execute(SELECT_SQL + where, args)
+                row = await cur.fetchone()
+                if row is None:
+                    return None
+                if needs_pending_sends(row):
+                    await self._add_pending_sends(cur, [row])
+        return decode_row(self.serde, row)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Checkpoints matching `config`, the metadata `filter` and `before`, newest first."""
+        where, params = search_where(config, filter, before)
+        query = SELECT_SQL + where + " ORDER BY checkpoint_id DESC"
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(int(limit))
+        with self._errors("listing checkpoints"):
+            async with self.conn.connection() as conn, conn.cursor(binary=True, row_factory=dict_row) as cur:
+                await cur.execute(query, params)
+                rows = await cur.fetchall()
+                if old := [row for row in rows if needs_pending_sends(row)]:
+                    await self._add_pending_sends(cur, old)
+        for row in rows:
+            yield decode_row(self.serde, row)
+
+    async def _add_pending_sends(self, cur: psycopg.AsyncCursor[DictRow], rows: list[DictRow]) -> None:
+        """Move the `Send`s of pre-format-4 checkpoints from their parents' writes into their values."""
+        by_parent: dict[str, list[DictRow]] = {}
+        for row in rows:
+            by_parent.setdefault(row["parent_checkpoint_id"], []).append(row)
+        await cur.execute(PENDING_SENDS_SQL, (rows[0]["thread_id"], list(by_parent)))
+        for sends in await cur.fetchall():
+            for row in by_parent[sends["checkpoint_id"]]:
+                migrate_pending_sends(self.serde, row, sends["sends"], self.get_next_version(None))
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """Each DeltaChannel's writes since its last stored value, in two statements (see `_delta`)."""
+        with self._errors("reading DeltaChannel history"):
+            async with self.conn.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                return await delta_channel_history(cur, self.serde, config, channels)
+
+    # -- writes --------------------------------------------------------------------------
     async def aput(
         self,
         config: RunnableConfig,
@@ -98,35 +209,37 @@ class PoolSaver(AsyncPostgresSaver):
     ) -> RunnableConfig:
         """Save a checkpoint and its new blobs atomically, group-committed with other threads'."""
         configurable = config["configurable"]
-        thread_id = configurable["thread_id"]
-        checkpoint_ns = configurable["checkpoint_ns"]
-        inline = dict(checkpoint["channel_values"])
-        blob_values = {k: inline.pop(k) for k in checkpoint["channel_values"] if _needs_blob(inline[k])}
-        for key, value in blob_values.items():
-            if isinstance(value, _DeltaSnapshot):
+        thread_id, ns, checkpoint_id = configurable["thread_id"], configurable["checkpoint_ns"], checkpoint["id"]
+        inline: dict[str, Any] = {}
+        blob_values: dict[str, Any] = {}
+        for key, value in checkpoint["channel_values"].items():
+            if isinstance(value, self._snapshot_type):
+                blob_values[key] = value
                 inline[key] = True  # the stock saver's marker: a snapshot lives in a blob
-        copy = {**checkpoint, "channel_values": inline}
+            elif _is_inline(value):
+                inline[key] = value
+            else:
+                blob_values[key] = value
         # Serialized inline, not in a worker thread: ormsgpack does ~1 GB/s, so a thread hop
         # costs more than it saves for any state an agent realistically checkpoints.
-        blobs = self._dump_blobs(
-            thread_id, checkpoint_ns, blob_values, {k: v for k, v in new_versions.items() if k in blob_values}
-        )
-        checkpoint_id = checkpoint["id"]
+        blobs: list[BlobRow] = [
+            (thread_id, ns, key, str(version), *self.serde.dumps_typed(blob_values[key]))
+            for key, version in new_versions.items()
+            if key in blob_values
+        ]
         await self._committer.submit(
-            keys={("checkpoint", thread_id, checkpoint_ns, checkpoint_id)},
+            keys={("checkpoint", thread_id, ns, checkpoint_id)},
             blobs=blobs,
             checkpoint=(
                 thread_id,
-                checkpoint_ns,
+                ns,
                 checkpoint_id,
                 configurable.get("checkpoint_id"),
-                Jsonb(copy),
+                Jsonb({**checkpoint, "channel_values": inline}),
                 Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
             ),
         )
-        return {
-            "configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id}
-        }
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
 
     async def aput_writes(
         self,
@@ -137,14 +250,12 @@ class PoolSaver(AsyncPostgresSaver):
     ) -> None:
         """Save a task's writes, group-committed, with the stock saver's conflict rules."""
         configurable = config["configurable"]
-        rows = self._dump_writes(
-            configurable["thread_id"],
-            configurable["checkpoint_ns"],
-            configurable["checkpoint_id"],
-            task_id,
-            task_path,
-            writes,
-        )
+        key = (configurable["thread_id"], configurable["checkpoint_ns"], configurable["checkpoint_id"], task_id)
+        rows: list[WriteRow] = [
+            (*key, task_path, WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value))
+            for idx, (channel, value) in enumerate(writes)
+        ]
+        # Writes to special channels (errors, interrupts...) replace an earlier one; others never do.
         upsert = all(w[0] in WRITES_IDX_MAP for w in writes)
         if upsert:
             # Row by row, a later write to the same special channel replaced the earlier one;
@@ -156,48 +267,91 @@ class PoolSaver(AsyncPostgresSaver):
         else:
             await self._committer.submit(keys=keys, inserted_writes=rows)
 
-    @asynccontextmanager
-    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
-        async with self.conn.connection() as conn:
-            if pipeline:
-                # As the stock saver does: the statements of one operation in one round trip
-                # (used by the inherited methods this class does not override, e.g. delete).
-                async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
-                    yield cur
-            else:
-                async with conn.cursor(binary=True, row_factory=dict_row) as cur:
-                    yield cur
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Delete a thread's checkpoints, blobs and writes, in every namespace, atomically."""
+        with self._errors(f"deleting thread {thread_id!r}"):
+            async with self.conn.connection() as conn, conn.transaction():
+                for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+                    await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (str(thread_id),))
 
-    async def setup(self) -> None:
-        """Create or migrate the tables; safe when several processes call it at once.
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Prune threads as the stock saver does: `keep_latest` or `delete` (see `_prune`)."""
+        with self._errors("pruning threads"):
+            await prune_threads(self.conn, thread_ids, strategy)
 
-        The stock `setup()` reads the migration version and then applies what is missing,
-        so two processes starting together both try to apply migration 0. A session
-        advisory lock makes the check-then-apply atomic across processes.
-        """
-        async with self.conn.connection() as conn:
-            # Poll with short transactions rather than block in pg_advisory_lock(): a blocked
-            # call is an open transaction, and the migrations' CREATE INDEX CONCURRENTLY in
-            # the lock holder waits for every open transaction to end: a deadlock.
-            while not await _try_lock(conn, _SETUP_LOCK_KEY):  # noqa: ASYNC110 - the holder is another process
-                await asyncio.sleep(0.05)
-            try:
-                saver = AsyncPostgresSaver(conn, serde=self.serde)
-                await saver.setup()
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
+    # -- sync faces: the async methods, run on the saver's loop from another thread ---------
+    def _sync(self, coroutine: Coroutine[Any, Any, T], async_name: str) -> T:
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            coroutine.close()
+            raise UserError(
+                "PoolSaver's sync methods block, so they cannot run on the event loop the saver lives on",
+                fix=f"await saver.{async_name}(...) (or await graph.ainvoke(...)); sync calls work only from "
+                "another thread",
+            )
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._sync(self.aget_tuple(config), "aget_tuple")
 
-async def _try_lock(conn: psycopg.AsyncConnection[DictRow], key: int) -> bool:
-    row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,))).fetchone()
-    return bool(row and row["ok"])
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        async def collect() -> list[CheckpointTuple]:
+            return [t async for t in self.alist(config, filter=filter, before=before, limit=limit)]
+
+        yield from self._sync(collect(), "alist")
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._sync(self.aput(config, checkpoint, metadata, new_versions), "aput")
+
+    def put_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        self._sync(self.aput_writes(config, writes, task_id, task_path), "aput_writes")
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._sync(self.adelete_thread(thread_id), "adelete_thread")
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._sync(self.aprune(thread_ids, strategy=strategy), "aprune")
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return self._sync(
+            self.aget_delta_channel_history(config=config, channels=channels), "aget_delta_channel_history"
+        )
 
 
 @asynccontextmanager
 async def open_pool(
-    url: str, *, max_size: int = 20, min_size: int = 2, connect_timeout: float = 15.0
-) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]]:
-    """A pool with the connection settings the savers need, that fails fast with the real reason."""
+    url: str,
+    *,
+    max_size: int = DEFAULT_POOL_SIZE,
+    min_size: int = 2,
+    connect_timeout: float = 15.0,
+    acquire_timeout: float = 30.0,
+) -> AsyncIterator[Pool]:
+    """A pool with the connection settings the savers need, that fails fast with the real reason.
+
+    `acquire_timeout` is how long an operation waits for a connection (all busy, or the server
+    gone and the pool reconnecting) before it fails with a `CheckpointError`.
+    """
     where = redact_url(url)
     try:
         probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(connect_timeout))
@@ -208,12 +362,13 @@ async def open_pool(
             "embedded server",
         ) from exc
     await probe.close()
-    pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+    pool: Pool = AsyncConnectionPool(
         url,
         min_size=min(min_size, max_size),
         max_size=max_size,
         kwargs=CONNECTION_KWARGS,
         open=False,
+        timeout=acquire_timeout,
         name="agentstack-checkpoints",
     )
     try:
@@ -241,15 +396,18 @@ async def open_saver(
 ) -> AsyncIterator[PoolSaver]:
     """Open a `PoolSaver` on its own pool, closed on exit.
 
-    With no `url` and no `settings.postgres_url`, the embedded Postgres under
-    `settings.home` is started (or reused) first. `allowed_types` are the extra classes
-    (your pydantic/dataclass state) that may be loaded back from a checkpoint.
+    Given a `url`, nothing else is read: the pool has `pool_size` connections
+    (`DEFAULT_POOL_SIZE` unless given). With no `url`, `settings` (or `Settings.load()`)
+    decide: `settings.postgres_url`, else the embedded Postgres under `settings.home`,
+    started (or reused) first, and `settings.checkpoint_pool_size` connections.
+    `allowed_types` are the extra classes (your pydantic/dataclass state) that may be
+    loaded back from a checkpoint.
     """
-    settings = settings if settings is not None else Settings.load()
     if url is None:
-        url = settings.postgres_url or await LocalPostgres.from_settings(settings).astart()
-    size = pool_size if pool_size is not None else settings.checkpoint_pool_size
-    async with open_pool(url, max_size=size) as pool:
+        url, size = await _url_from_settings(settings)
+    else:
+        size = DEFAULT_POOL_SIZE
+    async with open_pool(url, max_size=pool_size if pool_size is not None else size) as pool:
         saver = PoolSaver(pool, serde=StrictSerializer(allowed_types))
         if setup:
             await saver.setup()
@@ -257,3 +415,10 @@ async def open_saver(
             yield saver
         finally:
             await saver.drain()
+
+
+async def _url_from_settings(settings: Settings | None) -> tuple[str, int]:
+    """Where `Settings` say checkpoints live, and the pool size they ask for."""
+    settings = settings if settings is not None else Settings.load()
+    url = settings.postgres_url or await LocalPostgres.from_settings(settings).astart()
+    return url, settings.checkpoint_pool_size
