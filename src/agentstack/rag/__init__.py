@@ -4,33 +4,62 @@ embedder = LocalEmbedder()                                  # all-MiniLM-L6-v2 f
 index = await MilvusIndex.open(home / "milvus.db", dimension=embedder.dimension, embedder=embedder.name)
 await Ingestor(index, embedder).aingest_paths(["docs/"])
 result = await HybridRetriever(index, embedder).aretrieve("how do I resume a thread?", k=5)
+
+The names load on first use (PEP 562): `agentstack.rag._types` (what a retrieval returns) is imported by
+light code, the test kit's in-memory retriever among it, which must not pay for llama-index and Milvus.
 """
 
-from agentstack.rag._adapters import LangChainRetriever, llama_index_retriever, retrieval_tool
-from agentstack.rag._chunking import Chunker, ParentChildChunker, SemanticChunker
-from agentstack.rag._embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, LocalEmbedder, OpenAIEmbedder
-from agentstack.rag._falkordb_server import LocalFalkorDB
-from agentstack.rag._graph import (
-    Extraction,
-    FalkorDBStore,
-    GraphExtractor,
-    GraphIngestor,
-    GraphPath,
-    GraphResult,
-    GraphRetriever,
-    GraphStore,
-    KnowledgeGraph,
-    Neo4jStore,
-    entity_key,
-    open_graph_store,
-)
-from agentstack.rag._index import MilvusIndex, filter_expression
-from agentstack.rag._ingest import Ingestor, IngestReport
-from agentstack.rag._loaders import SUPPORTED_SUFFIXES, expand_paths, load_document
-from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
-from agentstack.rag._retriever import HybridRetriever, reciprocal_rank_fusion
-from agentstack.rag._setup import Retrieval, open_knowledge_graph, open_retrieval, reranker_from
-from agentstack.rag._types import Chunk, Document, RetrievalResult, ScoredChunk
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_EMBEDDING_MODEL": "agentstack.rag._embeddings",
+    "SUPPORTED_SUFFIXES": "agentstack.rag._loaders",
+    "Chunk": "agentstack.rag._types",
+    "Chunker": "agentstack.rag._chunking",
+    "CohereReranker": "agentstack.rag._rerank",
+    "Document": "agentstack.rag._types",
+    "Embedder": "agentstack.rag._embeddings",
+    "Extraction": "agentstack.rag._graph",
+    "FalkorDBStore": "agentstack.rag._graph",
+    "GraphExtractor": "agentstack.rag._graph",
+    "GraphIngestor": "agentstack.rag._graph",
+    "GraphPath": "agentstack.rag._graph",
+    "GraphResult": "agentstack.rag._graph",
+    "GraphRetriever": "agentstack.rag._graph",
+    "GraphStore": "agentstack.rag._graph",
+    "KnowledgeGraph": "agentstack.rag._graph",
+    "LocalFalkorDB": "agentstack.rag._falkordb_server",
+    "Neo4jStore": "agentstack.rag._graph",
+    "HttpReranker": "agentstack.rag._rerank",
+    "HybridRetriever": "agentstack.rag._retriever",
+    "IngestReport": "agentstack.rag._ingest",
+    "LangChainRetriever": "agentstack.rag._adapters",
+    "Ingestor": "agentstack.rag._ingest",
+    "LocalEmbedder": "agentstack.rag._embeddings",
+    "MilvusIndex": "agentstack.rag._index",
+    "OpenAIEmbedder": "agentstack.rag._embeddings",
+    "ParentChildChunker": "agentstack.rag._chunking",
+    "Reranker": "agentstack.rag._rerank",
+    "Retrieval": "agentstack.rag._setup",
+    "RetrievalResult": "agentstack.rag._types",
+    "ScoredChunk": "agentstack.rag._types",
+    "SemanticChunker": "agentstack.rag._chunking",
+    "entity_key": "agentstack.rag._graph",
+    "expand_paths": "agentstack.rag._loaders",
+    "filter_expression": "agentstack.rag._index",
+    "llama_index_retriever": "agentstack.rag._adapters",
+    "load_document": "agentstack.rag._loaders",
+    "open_graph_store": "agentstack.rag._graph",
+    "open_knowledge_graph": "agentstack.rag._setup",
+    "open_retrieval": "agentstack.rag._setup",
+    "reciprocal_rank_fusion": "agentstack.rag._retriever",
+    "reranker_from": "agentstack.rag._setup",
+    "retrieval_tool": "agentstack.rag._adapters",
+}
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -77,3 +106,43 @@ __all__ = [
     "reranker_from",
     "retrieval_tool",
 ]
+
+if TYPE_CHECKING:
+    from agentstack.rag._adapters import LangChainRetriever, llama_index_retriever, retrieval_tool
+    from agentstack.rag._chunking import Chunker, ParentChildChunker, SemanticChunker
+    from agentstack.rag._embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, LocalEmbedder, OpenAIEmbedder
+    from agentstack.rag._falkordb_server import LocalFalkorDB
+    from agentstack.rag._graph import (
+        Extraction,
+        FalkorDBStore,
+        GraphExtractor,
+        GraphIngestor,
+        GraphPath,
+        GraphResult,
+        GraphRetriever,
+        GraphStore,
+        KnowledgeGraph,
+        Neo4jStore,
+        entity_key,
+        open_graph_store,
+    )
+    from agentstack.rag._index import MilvusIndex, filter_expression
+    from agentstack.rag._ingest import Ingestor, IngestReport
+    from agentstack.rag._loaders import SUPPORTED_SUFFIXES, expand_paths, load_document
+    from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
+    from agentstack.rag._retriever import HybridRetriever, reciprocal_rank_fusion
+    from agentstack.rag._setup import Retrieval, open_knowledge_graph, open_retrieval, reranker_from
+    from agentstack.rag._types import Chunk, Document, RetrievalResult, ScoredChunk
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentstack.rag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*globals(), *__all__]
