@@ -13,7 +13,8 @@ from langgraph.types import Command
 from agentstack.errors import GraphInputError
 from agentstack.graphs import ResearchContext, build_research_graph, verify_citations
 from agentstack.rag import Document
-from graph_helpers import DOCS, LengthFinishReasonError, schema_model, thread
+from agentstack.testing import schema_model
+from graph_helpers import DOCS, LengthFinishReasonError, thread
 
 PLAN = {"queries": ["postgres checkpoint resume", "llama.cpp replica restart"]}
 CONFIDENT = {"draft": "It resumes from Postgres [S1].", "confidence": 0.9, "gaps": [], "cited": ["S1"]}

@@ -10,7 +10,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from agentstack.errors import GraphInputError
 from agentstack.graphs import TeamContext, build_research_graph, build_team_graph, stream_run
 from agentstack.rag import Document
-from graph_helpers import DOCS, LengthFinishReasonError, schema_model, thread
+from agentstack.testing import schema_model
+from graph_helpers import DOCS, LengthFinishReasonError, thread
 
 CODE = {"code": "print(sum(range(10)))", "explanation": "adds"}
 
