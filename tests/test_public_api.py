@@ -98,11 +98,14 @@ EXPECTED = {
         "redact_url",
     },
     "agentstack.testing": {
+        "InMemoryRetriever",
+        "ModelRequestBlockedError",
         "ResumeReport",
         "ScriptExhaustedError",
         "ScriptedChatModel",
         "TestPostgres",
         "check_resumable",
+        "schema_model",
     },
     "agentstack.serving": {
         "THREAD_HEADER",
