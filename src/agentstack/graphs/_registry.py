@@ -10,7 +10,7 @@ a graph's name, so adding a graph is its module (state, nodes, builder, entry) p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -105,10 +105,6 @@ class GraphRegistry:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise UserError(f"two graphs are registered as {', '.join(twice)}", fix="give every graph its own name")
-
-    @classmethod
-    def of(cls, entries: Iterable[GraphEntry[Any, Any, Any]]) -> GraphRegistry:
-        return cls(tuple(entries))
 
     @property
     def names(self) -> tuple[str, ...]:
