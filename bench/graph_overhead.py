@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import operator
 import re
@@ -23,14 +24,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, NotRequired, TypedDict
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from agentstack.graphs import Analysis, FinalAnswer, Plan, ResearchContext, build_research_graph
 from agentstack.rag import Chunk, ScoredChunk
-from agentstack.testing import ScriptedChatModel
+from agentstack.testing import ScriptedChatModel, schema_model
 
 ITERATIONS = 2  # search rounds per run: plan, then one refine
 QUERIES = 3
@@ -63,19 +64,17 @@ class KeywordRetriever:
 
 def scripted_model() -> ScriptedChatModel:
     """Replies by the schema asked for. The analysis is never confident, so every run refines once."""
-    rounds = {"plan": 0}
+    rounds = itertools.count(1)
 
-    def respond(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> dict[str, Any]:
-        name = tools[0]["function"]["name"]
-        if name == "Plan":
-            rounds["plan"] += 1
-            n = rounds["plan"]
-            return {"queries": [f"fleet restart replicas {n}", f"checkpoints survive crashes {n}"]}
-        if name == "Analysis":
-            return {"draft": "Checkpoints survive crashes [S1].", "confidence": 0.5, "gaps": ["more"], "cited": ["S1"]}
-        return {"answer": "Checkpoints survive crashes [S1] and the fleet restarts replicas [S2].", "citations": []}
+    def plan(prompt: str) -> dict[str, Any]:
+        n = next(rounds)
+        return {"queries": [f"fleet restart replicas {n}", f"checkpoints survive crashes {n}"]}
 
-    return ScriptedChatModel.from_script(respond)
+    return schema_model(
+        Plan=plan,
+        Analysis={"draft": "Checkpoints survive crashes [S1].", "confidence": 0.5, "gaps": ["more"], "cited": ["S1"]},
+        FinalAnswer={"answer": "Checkpoints survive crashes [S1], the fleet restarts replicas [S2].", "citations": []},
+    )
 
 
 # -- the same graph, written by hand --------------------------------------------------------------------

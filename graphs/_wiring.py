@@ -1,9 +1,12 @@
-"""Shared by the deployable graph modules: one `Stack` from `Settings` per served graph, and the tool packs."""
+"""Shared by the deployable graph modules: one `Stack` from `Settings` per served graph, and the tool packs.
+
+Each module is one line, `graph = factory("<name>")`, for an entry of `agentstack.graphs.BUILTIN_GRAPHS`.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
@@ -17,8 +20,9 @@ from agentstack.errors import ConfigError
 TOOL_PACKS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def factory(build: Callable[[Stack], Any]) -> Callable[[Any], Any]:
-    """A LangGraph Server graph factory: opens the stack, yields the graph, closes the stack on shutdown.
+def factory(name: str, *, tool_packs: Sequence[str] = ()) -> Callable[[Any], Any]:
+    """A LangGraph Server graph factory for the registered graph `name`: opens the stack, yields the graph,
+    closes the stack on shutdown. `tool_packs` (modules of tools/) are the agent's tools.
 
     The server calls it with the run's config, which the graphs do not need: their knobs come per run
     through `context`. The server attaches its own persistence to what it serves.
@@ -27,7 +31,8 @@ def factory(build: Callable[[Stack], Any]) -> Callable[[Any], Any]:
     @asynccontextmanager
     async def make_graph(config: Any = None) -> AsyncIterator[Any]:
         async with Stack.from_settings() as stack:
-            yield build(stack)
+            options = {"tools": tools(stack, *tool_packs)} if tool_packs else {}
+            yield stack.graph(name, **options)
 
     return make_graph
 

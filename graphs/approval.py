@@ -3,6 +3,6 @@
 Its tools are the packs in tools/: the workspace's files, sandboxed Python, and search over the ingested docs.
 """
 
-from _wiring import factory, tools
+from _wiring import factory
 
-graph = factory(lambda stack: stack.approval_graph(tools=tools(stack, "workspace", "sandbox", "docs")))
+graph = factory("approval", tool_packs=("workspace", "sandbox", "docs"))

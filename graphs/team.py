@@ -2,4 +2,4 @@
 
 from _wiring import factory
 
-graph = factory(lambda stack: stack.team_graph())
+graph = factory("team")

@@ -8,6 +8,8 @@ import pytest
 
 from agentstack.config import Settings
 
+pytest_plugins = ["pytester"]  # tests/test_testing_kit.py runs the plugin in sessions of its own
+
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:

@@ -1,39 +1,20 @@
-"""Scripts for the graph tests: a scripted model that answers by the structured-output schema asked for.
+"""What the graph tests share: a small corpus, openai's token-limit error, a fresh thread, the approval
+agent's scripted model, a fake sandbox for the team's coder, a runtime for calling one step alone.
 
-Stateless by design (each reply depends only on what the model is sent), so the resume checker can
-re-run a graph any number of times and get the same replies.
+The doubles for models and retrieval come from the kit (`agentstack.testing`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, ToolMessage
+from langgraph.runtime import Runtime
 
+from agentstack.graphs import SandboxResult
 from agentstack.testing import ScriptedChatModel
-
-Reply = Any
-ByPrompt = Callable[[str], Reply]
-
-
-def schema_model(**replies: Reply | ByPrompt) -> ScriptedChatModel:
-    """`schema_model(Plan={...}, Analysis=lambda prompt: {...})`: a reply per schema name, maybe per prompt."""
-
-    def respond(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Reply:
-        if len(tools) != 1:
-            raise AssertionError(f"expected one structured-output schema, got {[t['function']['name'] for t in tools]}")
-        name = tools[0]["function"]["name"]
-        if name not in replies:
-            raise AssertionError(f"the script has no reply for {name}")
-        reply = replies[name]
-        prompt = "\n".join(str(m.content) for m in messages)
-        return reply(prompt) if callable(reply) else reply
-
-    return ScriptedChatModel.from_script(respond)
-
 
 DOCS = {
     "resume.md": "# Resuming\n\nA thread resumes from its last Postgres checkpoint after a crash; "
@@ -54,3 +35,38 @@ class LengthFinishReasonError(Exception):
 def thread() -> dict[str, Any]:
     """A run config on a new thread."""
     return {"configurable": {"thread_id": uuid.uuid4().hex}}
+
+
+def tool_agent(calls: list[dict[str, Any]]) -> ScriptedChatModel:
+    """The approval agent's model: asks for `calls` on the user's turn; after tool results, answers with them."""
+
+    def respond(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Any:
+        if isinstance(messages[-1], ToolMessage):
+            results = [m.content for m in messages if isinstance(m, ToolMessage)]
+            return {"calls": [], "answer": "done: " + " | ".join(str(r) for r in results)}
+        return {"calls": [{"tool": c["name"], "args": c["args"]} for c in calls], "answer": ""}
+
+    return ScriptedChatModel.from_script(respond)
+
+
+def ran(stdout: str = "", stderr: str = "", exit_code: int | None = 0, *, timed_out: bool = False) -> SandboxResult:
+    """What the sandbox reports for a program that ran (or was stopped)."""
+    return SandboxResult(stdout, stderr, exit_code, timed_out, False, 0.01, "namespace", False)
+
+
+class FakeSandbox:
+    """The team coder's `run_code` for logic tests: a result per program, and every call remembered."""
+
+    def __init__(self, results: dict[str, SandboxResult]) -> None:
+        self.results = results
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, code: str, *, timeout_s: float, memory_mb: int) -> SandboxResult:
+        self.calls.append({"code": code, "timeout_s": timeout_s, "memory_mb": memory_mb})
+        return self.results[code]
+
+
+def step_runtime(context: Any) -> tuple[Runtime[Any], list[Any]]:
+    """A runtime for calling one graph step alone: `context` as the knobs, progress events into the list."""
+    events: list[Any] = []
+    return Runtime(context=context, stream_writer=events.append), events

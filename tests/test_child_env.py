@@ -14,7 +14,7 @@ import pytest
 
 from agentstack._child_env import child_env
 from agentstack.checkpoint import LocalPostgres
-from agentstack.rag import LocalFalkorDB
+from agentstack.rag._falkordb_server import LocalFalkorDB
 from agentstack.serving import Fleet
 from fleet_helpers import tiny_spec
 

@@ -18,7 +18,7 @@ from agentstack.errors import BackendError
 from agentstack.serving import Fleet, ReplicaState
 from fleet_helpers import MODEL, alive, tiny_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.allow_model_requests]
 
 
 async def test_kill_9_one_of_two_replicas_under_load(fleet_home: Path) -> None:

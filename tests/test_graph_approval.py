@@ -1,37 +1,27 @@
-"""The approval graph: guarded tool calls wait for a human; approve, edit, reject, several at once, across processes."""
+"""The approval graph's logic: guarded tool calls wait for a human; approve, edit, reject, several at once.
+
+A scripted agent, real file tools in the test's temporary directory, an `InMemorySaver`: milliseconds a test.
+Across processes and on Postgres: test_graphs_real.py.
+"""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END
 from langgraph.types import Command
 
 from agentstack.errors import ConfigError, GraphInputError
 from agentstack.graphs import ApprovalContext, ApprovalPolicy, build_approval_graph, workspace_tools
+from agentstack.graphs._approval import ApprovalDeps, call_tool, route
 from agentstack.testing import ScriptedChatModel
-from graph_helpers import thread
+from graph_helpers import step_runtime, thread, tool_agent
 
 POLICY = ApprovalPolicy.of(["write_file"])
-
-
-def agent(calls: list[dict[str, Any]]) -> ScriptedChatModel:
-    """Asks for `calls` on the user's turn; after tool results, answers with what the tools said."""
-
-    def respond(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Any:
-        if isinstance(messages[-1], ToolMessage):
-            results = [m.content for m in messages if isinstance(m, ToolMessage)]
-            return {"calls": [], "answer": "done: " + " | ".join(str(r) for r in results)}
-        return {"calls": [{"tool": c["name"], "args": c["args"]} for c in calls], "answer": ""}
-
-    return ScriptedChatModel.from_script(respond)
 
 
 def ask(task: str) -> dict[str, Any]:
@@ -40,15 +30,16 @@ def ask(task: str) -> dict[str, Any]:
 
 async def test_an_unguarded_call_runs_without_asking(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
-    model = agent([{"name": "read_file", "args": {"path": "notes.txt"}}])
+    model = tool_agent([{"name": "read_file", "args": {"path": "notes.txt"}}])
     graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
     out = await graph.ainvoke(ask("read notes"), thread())
     assert "__interrupt__" not in out and out["messages"][-1].content == "done: hello"
     assert [d["action"] for d in out["decisions"]] == ["auto"]
 
 
-async def test_approve_runs_the_call_as_asked(tmp_path: Path, saver: Any) -> None:
-    model = agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
+async def test_approve_runs_the_call_as_asked(tmp_path: Path) -> None:
+    model = tool_agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
+    saver = InMemorySaver()
     graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=saver)
     config = thread()
     paused = await graph.ainvoke(ask("write a"), config)
@@ -69,7 +60,7 @@ async def test_approve_runs_the_call_as_asked(tmp_path: Path, saver: Any) -> Non
 
 
 async def test_edit_runs_the_call_with_the_reviewers_arguments(tmp_path: Path) -> None:
-    model = agent([{"name": "write_file", "args": {"path": "../escape.txt", "content": "x"}}])
+    model = tool_agent([{"name": "write_file", "args": {"path": "../escape.txt", "content": "x"}}])
     graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
     config = thread()
     await graph.ainvoke(ask("write"), config)
@@ -86,7 +77,7 @@ async def test_edit_runs_the_call_with_the_reviewers_arguments(tmp_path: Path) -
 
 
 async def test_reject_tells_the_agent_why_and_runs_nothing(tmp_path: Path) -> None:
-    model = agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
+    model = tool_agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
     graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
     config = thread()
     await graph.ainvoke(ask("write"), config)
@@ -99,7 +90,7 @@ async def test_reject_tells_the_agent_why_and_runs_nothing(tmp_path: Path) -> No
 
 
 async def test_several_pending_approvals_resume_together(tmp_path: Path) -> None:
-    model = agent(
+    model = tool_agent(
         [
             {"name": "write_file", "args": {"path": "one.txt", "content": "1"}},
             {"name": "write_file", "args": {"path": "two.txt", "content": "2"}},
@@ -119,7 +110,7 @@ async def test_several_pending_approvals_resume_together(tmp_path: Path) -> None
 
 
 async def test_a_bad_decision_asks_again_instead_of_breaking_the_thread(tmp_path: Path) -> None:
-    model = agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
+    model = tool_agent([{"name": "write_file", "args": {"path": "a.txt", "content": "A"}}])
     graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
     config = thread()
     await graph.ainvoke(ask("write"), config)
@@ -137,11 +128,11 @@ async def test_step_budget_ends_a_tool_loop(tmp_path: Path) -> None:
 
 
 async def test_bad_input_and_bad_policy_get_clear_errors(tmp_path: Path) -> None:
-    graph = build_approval_graph(agent([]), workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
+    graph = build_approval_graph(tool_agent([]), workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
     with pytest.raises(GraphInputError, match="needs `messages`"):
         await graph.ainvoke({"messages": []}, thread())
     with pytest.raises(GraphInputError, match="at least one tool"):
-        build_approval_graph(agent([]), [])
+        build_approval_graph(tool_agent([]), [])
     bad = tmp_path / "policy.yaml"
     bad.write_text("require_aproval: [write_file]\n")
     with pytest.raises(ConfigError, match="unknown keys: require_aproval"):
@@ -150,9 +141,9 @@ async def test_bad_input_and_bad_policy_get_clear_errors(tmp_path: Path) -> None
     assert not ApprovalPolicy.default().needs_approval("read_file")
 
 
-async def test_approval_graph_is_resumable_on_postgres(tmp_path: Path, saver: Any, resumable: Any) -> None:
-    model = agent([{"name": "list_files", "args": {}}, {"name": "read_file", "args": {"path": "x"}}])
-    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=saver)
+async def test_approval_graph_is_resumable(tmp_path: Path, resumable: Any) -> None:
+    model = tool_agent([{"name": "list_files", "args": {}}, {"name": "read_file", "args": {"path": "x"}}])
+    graph = build_approval_graph(model, workspace_tools(tmp_path), policy=POLICY, checkpointer=InMemorySaver())
 
     def without_ids(values: dict[str, Any]) -> Any:  # message ids are random per run
         return [(type(m).__name__, m.content) for m in values["messages"]], values["decisions"], values["steps"]
@@ -161,44 +152,30 @@ async def test_approval_graph_is_resumable_on_postgres(tmp_path: Path, saver: An
     assert report.interruptions >= 1 and report.final_state["messages"][-1].content.startswith("done:")
 
 
-_PROCESS = textwrap.dedent(
-    """
-    import asyncio, json, sys
-    from pathlib import Path
-    from langgraph.types import Command
-    from agentstack import open_saver
-    from agentstack.graphs import ApprovalPolicy, build_approval_graph, workspace_tools
-    sys.path.insert(0, {tests!r})
-    from test_graph_approval import agent
-
-    async def main(step):
-        model = agent([{{"name": "write_file", "args": {{"path": "a.txt", "content": "from process 1"}}}}])
-        async with open_saver({url!r}) as saver:
-            graph = build_approval_graph(
-                model, workspace_tools(Path({root!r})), policy=ApprovalPolicy.of(["write_file"]), checkpointer=saver
-            )
-            config = {{"configurable": {{"thread_id": "cross-process"}}}}
-            if step == "start":
-                out = await graph.ainvoke({{"messages": [{{"role": "user", "content": "write"}}]}}, config)
-                print(json.dumps([i.value for i in out["__interrupt__"]]))
-            else:
-                out = await graph.ainvoke(Command(resume={{"action": "approve"}}), config)
-                print(json.dumps(out["messages"][-1].content))
-
-    asyncio.run(main(sys.argv[1]))
-    """
-)
+# -- one step at a time -----------------------------------------------------------------------------------
+async def test_a_call_of_a_tool_that_does_not_exist_is_answered_not_raised(tmp_path: Path) -> None:
+    deps = ApprovalDeps.create(tool_agent([]), workspace_tools(tmp_path), policy=POLICY)
+    runtime, _ = step_runtime(ApprovalContext())
+    update = await call_tool({"call": {"name": "rm_rf", "args": {}, "id": "c1"}}, runtime, deps)
+    (message,) = update["messages"]
+    assert message.status == "error" and "no tool 'rm_rf'" in message.content and "list_files" in message.content
+    assert update["decisions"] == [{"call_id": "c1", "tool": "rm_rf", "action": "auto", "args": {}, "reason": None}]
 
 
-def test_start_in_one_process_approve_from_another(tmp_path: Path, agentstack_postgres: str) -> None:
-    script = tmp_path / "run.py"
-    root = tmp_path / "workspace"
-    script.write_text(_PROCESS.format(tests=str(Path(__file__).parent), url=agentstack_postgres, root=str(root)))
-    first = subprocess.run([sys.executable, str(script), "start"], capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout.strip().splitlines()[-1])[0]["tool"] == "write_file"
-    assert not (root / "a.txt").exists()
-    second = subprocess.run([sys.executable, str(script), "resume"], capture_output=True, text=True, timeout=120)
-    assert second.returncode == 0, second.stderr
-    assert (root / "a.txt").read_text() == "from process 1"
-    assert json.loads(second.stdout.strip().splitlines()[-1]).startswith("done: wrote")
+async def test_an_unguarded_call_alone_runs_and_reports_progress(tmp_path: Path) -> None:
+    (tmp_path / "n.txt").write_text("note")
+    deps = ApprovalDeps.create(tool_agent([]), workspace_tools(tmp_path), policy=POLICY)
+    runtime, events = step_runtime(ApprovalContext())
+    update = await call_tool({"call": {"name": "read_file", "args": {"path": "n.txt"}, "id": "c1"}}, runtime, deps)
+    assert update["messages"][0].content == "note" and update["messages"][0].status == "success"
+    assert events == [{"stage": "tool", "tool": "read_file", "decision": "auto"}]
+
+
+def test_routing_sends_each_call_until_the_step_budget() -> None:
+    calls = [{"name": "list_files", "args": {}, "id": f"c{i}", "type": "tool_call"} for i in range(2)]
+    turn = AIMessage(content="", tool_calls=calls)
+    runtime, _ = step_runtime(ApprovalContext(max_steps=3))
+    sends = route({"messages": [turn], "steps": 2}, runtime)
+    assert [s.arg["call"]["id"] for s in sends] == ["c0", "c1"] and {s.node for s in sends} == {"call_tool"}
+    assert route({"messages": [turn], "steps": 3}, runtime) == END
+    assert route({"messages": [AIMessage(content="done")], "steps": 1}, runtime) == END

@@ -168,6 +168,7 @@ async def test_ingestor_feeds_the_graph_and_paths_cite_indexed_chunks(graph, scr
 
 
 @pytest.mark.slow
+@pytest.mark.allow_model_requests
 async def test_the_local_model_extracts_a_grounded_graph(graph, fleet_home):
     """The real CPU model (Gemma 270M on llama.cpp): grammar-constrained output always parses, and with the
     worked example it names entities that are in the text."""

@@ -1,4 +1,9 @@
-"""The research graph on a real hybrid index and real Postgres, driven by a scripted model through every branch."""
+"""The research graph's logic, driven through every branch by a scripted model over an in-memory retriever.
+
+Each test takes milliseconds: `schema_model` answers each step by the schema it asks for, `InMemoryRetriever`
+searches `DOCS` lexically, `InMemorySaver` keeps the thread. The same graph on the real hybrid index and
+Postgres is in test_graphs_real.py.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ from langchain_core.tools import StructuredTool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from agentstack.errors import GraphInputError
+from agentstack.errors import GraphInputError, RetrievalError
 from agentstack.graphs import ResearchContext, build_research_graph, verify_citations
-from agentstack.rag import Document
-from graph_helpers import DOCS, LengthFinishReasonError, schema_model, thread
+from agentstack.graphs._research import ResearchDeps, after_analyze, analyze, answer, plan, search
+from agentstack.testing import InMemoryRetriever, schema_model
+from graph_helpers import DOCS, LengthFinishReasonError, step_runtime, thread
 
 PLAN = {"queries": ["postgres checkpoint resume", "llama.cpp replica restart"]}
 CONFIDENT = {"draft": "It resumes from Postgres [S1].", "confidence": 0.9, "gaps": [], "cited": ["S1"]}
@@ -25,14 +31,22 @@ ANSWER = {
 
 
 @pytest.fixture
-async def retrieval(hybrid_index: Any) -> Any:
-    await hybrid_index.ingestor.aingest([Document(source=name, text=text) for name, text in DOCS.items()])
-    return hybrid_index
+def retriever() -> InMemoryRetriever:
+    return InMemoryRetriever.from_texts(DOCS)
 
 
-async def test_plan_search_analyze_answer_with_checked_citations(retrieval: Any, saver: Any) -> None:
+class DownRetriever:
+    """A retriever whose index is gone: every search raises, as a closed Milvus index does."""
+
+    async def aretrieve(self, query: str, k: int = 10, filters: Any = None) -> Any:
+        raise RetrievalError("the index is closed", fix="open it again")
+
+
+# -- the graph ---------------------------------------------------------------------------------------------
+async def test_plan_search_analyze_answer_with_checked_citations(retriever: InMemoryRetriever) -> None:
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=ANSWER)
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    saver = InMemorySaver()
+    graph = build_research_graph(model, retriever, checkpointer=saver)
     config = thread()
     out = await graph.ainvoke({"question": "How does a thread survive a crash?"}, config)
 
@@ -44,7 +58,7 @@ async def test_plan_search_analyze_answer_with_checked_citations(retrieval: Any,
     cited = out["citations"][0]
     first = out["evidence"][0]
     assert cited["chunk_id"] == first["chunk_id"] and cited["source"] == first["source"]
-    # the sources are the ingested documents, and the evidence text is theirs
+    # the sources are the searched documents, and the evidence text is theirs
     assert all(e["source"] in DOCS and e["text"] in DOCS[e["source"]] for e in out["evidence"])
     # the prompt versions used are in the run's checkpoint metadata
     saved = await saver.aget_tuple(config)
@@ -52,13 +66,13 @@ async def test_plan_search_analyze_answer_with_checked_citations(retrieval: Any,
     assert "research/plan@v1" in saved.metadata["agentstack_prompts"].split()
 
 
-async def test_low_confidence_refines_until_max_iterations(retrieval: Any) -> None:
+async def test_low_confidence_refines_until_max_iterations(retriever: InMemoryRetriever) -> None:
     model = schema_model(
         Plan=lambda prompt: {"queries": ["fusion"]} if "Already asked" in prompt else PLAN,
         Analysis=UNSURE,
         FinalAnswer=ANSWER,
     )
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=2))
     assert out["iteration"] == 2 and out["status"] == "budget_exhausted"
     # the question itself is searched first; the refine round searched the new query and the analysis's gap
@@ -66,48 +80,48 @@ async def test_low_confidence_refines_until_max_iterations(retrieval: Any) -> No
     assert set(out["asked"][3:]) == {"fusion", "retrieval fusion"}
 
 
-async def test_confidence_routes_to_answer_once_the_refined_evidence_is_enough(retrieval: Any) -> None:
+async def test_confidence_routes_to_answer_once_the_refined_evidence_is_enough(retriever: InMemoryRetriever) -> None:
     model = schema_model(
         Plan=lambda prompt: {"queries": ["reciprocal rank fusion"]} if "Already asked" in prompt else PLAN,
         Analysis=lambda prompt: CONFIDENT if "[S3]" in prompt else UNSURE,  # the third passage settles it
         FinalAnswer=ANSWER,
     )
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(k=1, max_iterations=5))
     assert out["iteration"] == 2 and out["status"] == "answered" and out["confidence"] == 0.9
 
 
-async def test_token_budget_stops_refining(retrieval: Any) -> None:
+async def test_token_budget_stops_refining(retriever: InMemoryRetriever) -> None:
     model = schema_model(Plan=PLAN, Analysis=UNSURE, FinalAnswer=ANSWER)
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=5, token_budget=10))
     assert out["iteration"] == 1 and out["status"] == "budget_exhausted" and out["tokens_used"] > 10
 
 
-async def test_failed_searches_are_recorded_not_fatal(retrieval: Any) -> None:
+async def test_failed_searches_are_recorded_not_fatal(retriever: InMemoryRetriever) -> None:
     def broken_search(query: str) -> str:
         """A search tool whose backend is down."""
         raise ConnectionError("search backend unreachable")
 
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=ANSWER)
     tool = StructuredTool.from_function(broken_search)
-    graph = build_research_graph(model, retrieval.retriever, tools=[tool], checkpointer=InMemorySaver())
+    graph = build_research_graph(model, retriever, tools=[tool], checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread())
     assert len(out["failures"]) == 3 and {f["searcher"] for f in out["failures"]} == {"broken_search"}
     assert "search backend unreachable" in out["failures"][0]["error"]
     assert out["status"] == "answered" and out["citations"]
 
 
-async def test_every_search_failing_still_answers_with_zero_confidence(retrieval: Any) -> None:
-    await retrieval.index.aclose()  # the index is gone: every retrieval raises
+async def test_every_search_failing_still_answers_with_zero_confidence() -> None:
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer={"answer": "No idea [S1].", "citations": []})
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    graph = build_research_graph(model, DownRetriever(), checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=1))
     assert len(out["failures"]) == 3 and out["failures"][0]["searcher"] == "retriever"
+    assert "RetrievalError: the index is closed" in out["failures"][0]["error"]
     assert out["confidence"] == 0.0 and out["citations"] == [] and out["removed_citations"] == ["S1"]
 
 
-async def test_an_uncited_answer_is_revised(retrieval: Any) -> None:
+async def test_an_uncited_answer_is_revised(retriever: InMemoryRetriever) -> None:
     model = schema_model(
         Plan=PLAN,
         Analysis=CONFIDENT,
@@ -117,20 +131,20 @@ async def test_an_uncited_answer_is_revised(retrieval: Any) -> None:
             else {"answer": "It just works.", "citations": []}
         ),
     )
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     out = await graph.ainvoke({"question": "q?"}, thread())
     assert out["answer"] == "Resumes from Postgres [S2]." and [c["id"] for c in out["citations"]] == ["S2"]
     assert len(model.calls) == 4  # plan, analyze, answer, revise
 
 
-async def test_a_revision_the_model_cannot_finish_keeps_the_first_answer(retrieval: Any) -> None:
+async def test_a_revision_the_model_cannot_finish_keeps_the_first_answer(retriever: InMemoryRetriever) -> None:
     def final_answer(prompt: str) -> dict[str, Any]:
         if "cites no passage" in prompt:
             raise LengthFinishReasonError()
         return {"answer": "It just works.", "citations": []}
 
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=final_answer)
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     config = thread()
     progress = [e async for e in graph.astream({"question": "q?"}, config, stream_mode="custom")]
     failed = next(e for e in progress if e.get("stage") == "revise")
@@ -139,13 +153,13 @@ async def test_a_revision_the_model_cannot_finish_keeps_the_first_answer(retriev
     assert out["answer"] == "It just works." and out["citations"] == [] and out["status"] == "answered"
 
 
-async def test_low_confidence_waits_for_review_then_approve_edit_or_reject(retrieval: Any, saver: Any) -> None:
+async def test_low_confidence_waits_for_review_then_approve_edit_or_reject(retriever: InMemoryRetriever) -> None:
     model = schema_model(
         Plan=lambda prompt: {"queries": ["hybrid fusion"]} if "Already asked" in prompt else PLAN,
         Analysis=UNSURE,
         FinalAnswer=ANSWER,
     )
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     knobs = ResearchContext(max_iterations=2, review_threshold=0.5)
 
     approved = thread()
@@ -165,7 +179,7 @@ async def test_low_confidence_waits_for_review_then_approve_edit_or_reject(retri
 
     # sure enough to answer at once, not sure enough to skip review: a rejection sends it back to research
     model = schema_model(Plan=PLAN, Analysis={**UNSURE, "confidence": 0.4}, FinalAnswer=ANSWER)
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     rejected = thread()
     more = ResearchContext(max_iterations=2, confidence_threshold=0.3, review_threshold=0.5)
     first = await graph.ainvoke({"question": "q?"}, rejected, context=more)
@@ -179,9 +193,9 @@ async def test_low_confidence_waits_for_review_then_approve_edit_or_reject(retri
     assert final["status"] == "rejected" and final["feedback"] == "still no"  # out of iterations
 
 
-async def test_a_malformed_review_decision_is_refused(retrieval: Any) -> None:
+async def test_a_malformed_review_decision_is_refused(retriever: InMemoryRetriever) -> None:
     model = schema_model(Plan=PLAN, Analysis=UNSURE, FinalAnswer=ANSWER)
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     config, knobs = thread(), ResearchContext(max_iterations=1, review_threshold=0.5)
     await graph.ainvoke({"question": "q?"}, config, context=knobs)
     # a bad decision is answered with the problem, and the thread waits again instead of breaking
@@ -196,8 +210,8 @@ async def test_a_malformed_review_decision_is_refused(retrieval: Any) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"question": ""}, {"question": "   "}, {"question": 42}])
-async def test_bad_input_gets_a_clear_error(retrieval: Any, bad: dict[str, Any]) -> None:
-    graph = build_research_graph(schema_model(), retrieval.retriever, checkpointer=InMemorySaver())
+async def test_bad_input_gets_a_clear_error(retriever: InMemoryRetriever, bad: dict[str, Any]) -> None:
+    graph = build_research_graph(schema_model(), retriever, checkpointer=InMemorySaver())
     with pytest.raises(GraphInputError, match="non-empty string `question`"):
         await graph.ainvoke(bad, thread())
 
@@ -207,13 +221,13 @@ def test_a_graph_with_nothing_to_search_is_refused() -> None:
         build_research_graph(schema_model(), None)
 
 
-async def test_research_graph_is_resumable_on_postgres(retrieval: Any, saver: Any, resumable: Any) -> None:
+async def test_research_graph_is_resumable(retriever: InMemoryRetriever, resumable: Any) -> None:
     model = schema_model(
         Plan=lambda prompt: {"queries": ["fusion"]} if "Already asked" in prompt else PLAN,
         Analysis=UNSURE,
         FinalAnswer=ANSWER,
     )
-    graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
+    graph = build_research_graph(model, retriever, checkpointer=InMemorySaver())
     report = await resumable(graph, {"question": "q?"})
     assert report.interruptions >= 4 and report.final_state["status"] == "budget_exhausted"
 
@@ -225,3 +239,60 @@ def test_verify_citations_keeps_real_ids_and_strips_invented_ones() -> None:
     text, citations, removed = verify_citations("Alpha [S1], beta [S7] and [S1].", ["S8"], evidence)  # type: ignore[arg-type]
     assert text == "Alpha [S1], beta and [S1]." and removed == ["S7", "S8"]
     assert [c["id"] for c in citations] == ["S1"] and re.search(r"alpha", citations[0]["quote"])
+
+
+# -- one step at a time: no graph, a scripted model, the deps object ----------------------------------------
+async def test_plan_alone_always_searches_the_question_first(retriever: InMemoryRetriever) -> None:
+    model = schema_model(Plan={"queries": ["  What is BM25?  ", "what is bm25?", "fusion", "dense"]})
+    runtime, events = step_runtime(ResearchContext(max_queries=3))
+    update = await plan({"question": " What is BM25? "}, runtime, ResearchDeps.create(model, retriever))
+    assert update["queries"] == ["What is BM25?", "fusion", "dense"]  # deduplicated, capped, question first
+    assert update["iteration"] == 1 and update["tokens_used"] > 0
+    assert events == [{"stage": "plan", "queries": update["queries"]}]
+
+
+async def test_search_alone_turns_hits_into_evidence_and_failures_into_records(retriever: InMemoryRetriever) -> None:
+    def flaky(query: str) -> str:
+        """A search tool that is down."""
+        raise TimeoutError("no answer in 5 s")
+
+    deps = ResearchDeps.create(schema_model(), retriever, tools=[StructuredTool.from_function(flaky)])
+    runtime, events = step_runtime(ResearchContext(k=1))
+    update = await search({"query": "llama.cpp replica"}, runtime, deps)
+    (hit,) = update["evidence"]
+    assert (hit["kind"], hit["source"], hit["chunk_id"], hit["text"]) == (
+        "chunk",
+        "fleet.md",
+        "fleet.md#0",
+        DOCS["fleet.md"],
+    )
+    assert update["failures"] == [
+        {"query": "llama.cpp replica", "searcher": "flaky", "error": "TimeoutError: no answer in 5 s"}
+    ]
+    assert update["asked"] == ["llama.cpp replica"] and retriever.queries == ["llama.cpp replica"]
+    assert events == [{"stage": "search", "query": "llama.cpp replica", "found": 1, "failed": 1}]
+
+
+async def test_analyze_alone_clamps_confidence_and_zeroes_it_without_evidence(retriever: InMemoryRetriever) -> None:
+    deps = ResearchDeps.create(schema_model(Analysis={**CONFIDENT, "confidence": 7}), retriever)
+    runtime, _ = step_runtime(None)  # no context: the defaults
+    evidence = [{"id": "S1", "query": "q", "kind": "chunk", "source": "a", "chunk_id": "c", "text": "t", "score": 1.0}]
+    assert (await analyze({"question": "q", "evidence": evidence}, runtime, deps))["confidence"] == 1.0
+    assert (await analyze({"question": "q"}, runtime, deps))["confidence"] == 0.0
+
+
+async def test_answer_alone_below_the_threshold_is_budget_exhausted(retriever: InMemoryRetriever) -> None:
+    deps = ResearchDeps.create(schema_model(FinalAnswer=ANSWER), retriever)
+    runtime, events = step_runtime(ResearchContext(confidence_threshold=0.8))
+    evidence = [{"id": "S1", "query": "q", "kind": "chunk", "source": "a", "chunk_id": "c", "text": "t", "score": 1.0}]
+    update = await answer({"question": "q", "evidence": evidence, "confidence": 0.5}, runtime, deps)
+    assert update["status"] == "budget_exhausted" and update["removed_citations"] == ["S99"]
+    assert events[-1] == {"stage": "answer", "citations": ["S1"], "removed": ["S99"]}
+
+
+def test_routing_after_the_analysis_reads_the_knobs() -> None:
+    runtime, _ = step_runtime(ResearchContext(confidence_threshold=0.5, max_iterations=2, token_budget=100))
+    assert after_analyze({"question": "q", "confidence": 0.6, "iteration": 1}, runtime) == "answer"
+    assert after_analyze({"question": "q", "confidence": 0.4, "iteration": 1}, runtime) == "refine"
+    assert after_analyze({"question": "q", "confidence": 0.4, "iteration": 2}, runtime) == "answer"
+    assert after_analyze({"question": "q", "confidence": 0.4, "iteration": 1, "tokens_used": 100}, runtime) == "answer"

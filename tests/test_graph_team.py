@@ -1,4 +1,9 @@
-"""The team graph: coordinator routing, the research subgraph, the sandboxed coder, the reviewer loop, the budget."""
+"""The team graph's logic: coordinator routing, the research subgraph, the coder, the reviewer loop, the budget.
+
+A scripted model answers by schema, the coder's programs "run" in a fake sandbox (`FakeSandbox`: a result per
+program), the researcher searches an in-memory retriever and threads live in an `InMemorySaver`, so each test
+takes milliseconds. The real sandbox, index and Postgres run the same graph in test_graphs_real.py.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,17 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from agentstack.errors import GraphInputError
 from agentstack.graphs import TeamContext, build_research_graph, build_team_graph, stream_run
-from agentstack.rag import Document
-from graph_helpers import DOCS, LengthFinishReasonError, schema_model, thread
+from agentstack.graphs._team import TeamDeps, code, compose_team_graph, coordinate
+from agentstack.testing import InMemoryRetriever, schema_model
+from graph_helpers import DOCS, FakeSandbox, LengthFinishReasonError, ran, step_runtime, thread
 
 CODE = {"code": "print(sum(range(10)))", "explanation": "adds"}
+CRASH = {"code": "print(1/0)", "explanation": ""}
+SANDBOX = {
+    CODE["code"]: ran("45\n"),
+    CRASH["code"]: ran(stderr="ZeroDivisionError: division by zero", exit_code=1),
+    "while True:\n    pass": ran(exit_code=None, timed_out=True),
+}
 
 
 def coordinator(*route: str) -> Any:
@@ -25,17 +37,21 @@ def coordinator(*route: str) -> Any:
     return decide
 
 
-async def test_reviewer_sends_work_back_until_it_accepts(saver: Any) -> None:
+def team(model: Any, sandbox: FakeSandbox | None = None, *, checkpointer: Any = None) -> Any:
+    deps = TeamDeps.create(model, researcher=None, run_code=sandbox or FakeSandbox(SANDBOX))
+    return compose_team_graph(deps, checkpointer=checkpointer or InMemorySaver())
+
+
+async def test_reviewer_sends_work_back_until_it_accepts() -> None:
     model = schema_model(
         Route=coordinator("coder", "reviewer", "coder", "reviewer", "synthesize"),
-        CodeDraft=lambda prompt: CODE if "Fix this feedback" in prompt else {"code": "print(1/0)", "explanation": ""},
+        CodeDraft=lambda prompt: CODE if "Fix this feedback" in prompt else CRASH,
         Review=lambda prompt: (
             {"verdict": "accept"} if "exit code 0" in prompt else {"verdict": "revise", "feedback": "it crashes"}
         ),
         FinalOutput={"output": "45"},
     )
-    graph = build_team_graph(model, researcher=None, checkpointer=saver)
-    out = await graph.ainvoke({"task": "sum 0..9"}, thread())
+    out = await team(model).ainvoke({"task": "sum 0..9"}, thread())
     roles = [(w["role"], w["ok"]) for w in out["work"]]
     assert roles == [("coder", False), ("reviewer", False), ("coder", True), ("reviewer", True)]
     assert "ZeroDivisionError" in out["work"][0]["content"] and "45" in out["work"][2]["content"]
@@ -48,22 +64,23 @@ async def test_step_budget_forces_the_synthesizer() -> None:
         Review={"verdict": "revise", "feedback": "never good"},
         FinalOutput={"output": "partial"},
     )
-    graph = build_team_graph(model, researcher=None, checkpointer=InMemorySaver())
-    out = await graph.ainvoke({"task": "t"}, thread(), context=TeamContext(max_steps=3))
+    out = await team(model).ainvoke({"task": "t"}, thread(), context=TeamContext(max_steps=3))
     assert out["steps"] == 3 and out["status"] == "step_budget_exhausted" and out["output"] == "partial"
     assert [w["role"] for w in out["work"]] == ["reviewer"] * 3
 
 
-async def test_the_sandbox_stops_a_program_that_never_ends() -> None:
+async def test_a_program_stopped_by_the_sandbox_is_failed_work_under_the_run_knobs() -> None:
     model = schema_model(
         Route=coordinator("coder", "synthesize"),
         CodeDraft={"code": "while True:\n    pass", "explanation": "spins"},
         FinalOutput={"output": "it timed out"},
     )
-    graph = build_team_graph(model, researcher=None, checkpointer=InMemorySaver())
-    out = await graph.ainvoke({"task": "t"}, thread(), context=TeamContext(code_timeout_s=1.0))
+    sandbox = FakeSandbox(SANDBOX)
+    knobs = TeamContext(code_timeout_s=1.0, code_memory_mb=64)
+    out = await team(model, sandbox).ainvoke({"task": "t"}, thread(), context=knobs)
     (work,) = out["work"]
     assert work["ok"] is False and "timed out" in work["content"]
+    assert sandbox.calls == [{"code": "while True:\n    pass", "timeout_s": 1.0, "memory_mb": 64}]
 
 
 async def test_a_program_the_model_cannot_finish_is_failed_work_not_a_lost_run() -> None:
@@ -78,7 +95,7 @@ async def test_a_program_the_model_cannot_finish_is_failed_work_not_a_lost_run()
     model = schema_model(
         Route=coordinator("coder", "coder", "synthesize"), CodeDraft=draft, FinalOutput={"output": "45"}
     )
-    graph = build_team_graph(model, researcher=None, checkpointer=InMemorySaver())
+    graph = team(model)
     config = thread()
     progress = [e async for e in graph.astream({"task": "sum 0..9"}, config, stream_mode="custom")]
     assert any("team/coder@v1 hit its token limit" in e.get("error", "") for e in progress)
@@ -89,8 +106,7 @@ async def test_a_program_the_model_cannot_finish_is_failed_work_not_a_lost_run()
     assert out["tokens_used"] > 0
 
 
-async def test_the_researcher_is_the_research_graph_as_a_subgraph(hybrid_index: Any, saver: Any) -> None:
-    await hybrid_index.ingestor.aingest([Document(source=n, text=t) for n, t in DOCS.items()])
+async def test_the_researcher_is_the_research_graph_as_a_subgraph() -> None:
     model = schema_model(
         Route=coordinator("researcher", "synthesize"),
         Plan={"queries": ["postgres checkpoint"]},
@@ -98,7 +114,8 @@ async def test_the_researcher_is_the_research_graph_as_a_subgraph(hybrid_index: 
         FinalAnswer={"answer": "From Postgres [S1].", "citations": ["S1"]},
         FinalOutput={"output": "Threads resume from Postgres [S1]."},
     )
-    researcher = build_research_graph(model, hybrid_index.retriever)
+    researcher = build_research_graph(model, InMemoryRetriever.from_texts(DOCS))
+    saver = InMemorySaver()
     graph = build_team_graph(model, researcher=researcher, checkpointer=saver)
     config = thread()
     events = [e async for e in stream_run(graph, {"task": "how do threads resume?"}, config)]
@@ -111,19 +128,48 @@ async def test_the_researcher_is_the_research_graph_as_a_subgraph(hybrid_index: 
     assert {"team/coordinator@v1", "research/plan@v1"} <= set(saved.metadata["agentstack_prompts"].split())
 
 
+async def test_without_a_researcher_the_coordinator_is_told_so() -> None:
+    model = schema_model(Route=coordinator("researcher", "synthesize"), FinalOutput={"output": "no research"})
+    out = await team(model).ainvoke({"task": "look it up"}, thread())
+    (work,) = out["work"]
+    assert work["role"] == "researcher" and work["ok"] is False and "no researcher" in work["content"]
+
+
 async def test_bad_task_is_refused() -> None:
     graph = build_team_graph(schema_model(), researcher=None, checkpointer=InMemorySaver())
     with pytest.raises(GraphInputError, match="non-empty string `task`"):
         await graph.ainvoke({"task": ""}, thread())
 
 
-async def test_team_graph_is_resumable_on_postgres(saver: Any, resumable: Any) -> None:
+async def test_team_graph_is_resumable(resumable: Any) -> None:
     model = schema_model(
         Route=coordinator("coder", "reviewer", "synthesize"),
         CodeDraft=CODE,
         Review={"verdict": "accept"},
         FinalOutput={"output": "45"},
     )
-    graph = build_team_graph(model, researcher=None, checkpointer=saver)
-    report = await resumable(graph, {"task": "sum"})
+    report = await resumable(team(model), {"task": "sum"})
     assert report.interruptions >= 3 and report.final_state["output"] == "45"
+
+
+# -- one step at a time -----------------------------------------------------------------------------------
+async def test_the_coordinator_alone_stops_routing_once_the_budget_is_spent() -> None:
+    deps = TeamDeps.create(schema_model(), researcher=None)  # no Route reply: the model must not be asked
+    runtime, events = step_runtime(TeamContext(max_steps=2))
+    command = await coordinate({"task": "t", "steps": 2}, runtime, deps)
+    assert command.goto == "synthesizer" and command.update == {"status": "step_budget_exhausted"}
+    assert events == [{"stage": "coordinator", "next": "synthesize", "why": "step budget spent"}]
+
+
+async def test_the_coder_alone_shows_its_previous_program_and_the_feedback() -> None:
+    model = schema_model(CodeDraft=CODE)
+    sandbox = FakeSandbox(SANDBOX)
+    runtime, events = step_runtime(TeamContext())
+    earlier = {"role": "coder", "instruction": "i", "content": "print(1/0) crashed", "summary": "", "ok": False}
+    state = {"task": "sum", "instruction": "fix it", "feedback": "it crashes", "work": [earlier]}
+    update = await code(state, runtime, TeamDeps.create(model, researcher=None, run_code=sandbox))
+    sent = model.calls[0][-1].content
+    assert "print(1/0) crashed" in sent and "it crashes" in sent
+    (work,) = update["work"]
+    assert work["ok"] is True and work["instruction"] == "fix it" and "45" in work["content"]
+    assert sandbox.calls[0]["timeout_s"] == 10.0 and events == [{"stage": "coder", "exit_code": 0, "timed_out": False}]

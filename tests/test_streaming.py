@@ -325,13 +325,19 @@ async def test_closing_sse_events_cancels_the_run() -> None:
     await asyncio.wait_for(cancelled.wait(), 5)
 
 
-# -- SSE over a real HTTP server --------------------------------------------------------------------------
+# -- SSE over HTTP (real uvicorn where the socket matters) ---------------------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def served(graph: Any, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """`graph`'s sse_app mounted under /research on a real uvicorn server, and a client for it."""
+async def served(graph: Any, *, real_http: bool = False, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """`graph`'s sse_app mounted under /research, and a client for it: in-process (ASGI, milliseconds) or, with
+    `real_http`, on a real uvicorn server (what a browser meets: headers, streaming over a socket)."""
     app = Starlette(routes=[Mount("/research", app=sse_app(graph, **kwargs))])
+    if not real_http:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://agentstack/research") as client:
+            yield client
+        return
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
@@ -368,7 +374,7 @@ async def post_events(client: httpx.AsyncClient, body: Any) -> tuple[httpx.Respo
 
 
 async def test_sse_streams_the_same_events_as_stream_run() -> None:
-    async with served(simple_graph()) as client:
+    async with served(simple_graph(), real_http=True) as client:
         response, events = await post_events(client, {"input": {"messages": []}})
 
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -381,7 +387,7 @@ async def test_sse_streams_the_same_events_as_stream_run() -> None:
 
 
 async def test_sse_resume_and_thread_state() -> None:
-    async with served(ask_graph()) as client:
+    async with served(ask_graph(), real_http=True) as client:
         _, first = await post_events(client, {"input": {"steps": []}, "thread_id": "web-1"})
         assert [name for name, _ in first] == ["start", "interrupt", "end"]
         assert first[-1][1]["data"] == {"thread_id": "web-1", "interrupted": True, "next": ["ask"]}

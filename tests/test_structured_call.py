@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnablePassthrough
@@ -28,14 +30,13 @@ class WrappedModel(ScriptedChatModel):
 
     def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Any:
         structured = super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        return structured if include_raw else structured | RunnablePassthrough()
+        return structured if include_raw else RunnablePassthrough() | structured
 
 
 def verdict_reply(why: str, total_tokens: int, *, ok: bool = True) -> AIMessage:
-    """A structured reply as chat models give it (a tool call), with the token usage a server reports."""
+    """A structured reply as a server constrained to the json_schema gives it (JSON text), with its token usage."""
     usage = {"input_tokens": total_tokens - 5, "output_tokens": 5, "total_tokens": total_tokens}
-    call = {"name": "Verdict", "args": {"ok": ok, "why": why}, "id": "c1", "type": "tool_call"}
-    return AIMessage(content="", tool_calls=[call], usage_metadata=usage)
+    return AIMessage(content=json.dumps({"ok": ok, "why": why}), usage_metadata=usage)
 
 
 @pytest.mark.parametrize("model_type", [ScriptedChatModel, WrappedModel])
@@ -109,3 +110,51 @@ async def test_a_greedy_model_is_asked_again_at_a_sampling_temperature() -> None
     verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
     assert verdict.why == "ok"
     assert "temperature" not in model.options[0] and model.options[1]["temperature"] == 0.7
+
+
+def completion(content: str, total_tokens: int) -> dict[str, Any]:
+    """An OpenAI chat completion, as llama.cpp, vLLM and SGLang answer."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gemma",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": total_tokens - 10, "completion_tokens": 10, "total_tokens": total_tokens},
+    }
+
+
+@pytest.mark.allow_model_requests  # a real ChatOpenAI, on a transport that answers in-process
+async def test_chat_openai_takes_the_same_path_as_the_scripted_model() -> None:
+    """ChatOpenAI's structured output is `model | refusal check | parser`: the call still keeps the raw reply
+    without `include_raw`, sends the json_schema as `response_format`, and asks again at a sampling temperature."""
+    from langchain_openai import ChatOpenAI
+
+    requests: list[dict[str, Any]] = []
+    replies = iter(
+        [completion('{"ok": true, "why": "' + "x" * 80 + '"}', 60), completion('{"ok": false, "why": "no"}', 42)]
+    )
+
+    def server(request: httpx.Request) -> httpx.Response:
+        requests.append(json.loads(request.content))
+        return httpx.Response(200, json=next(replies))
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    model = ChatOpenAI(
+        base_url="http://model/v1", api_key="none", model="gemma", temperature=0, http_async_client=client
+    )
+    call = StructuredCall(model, Verdict)
+    assert call._with_raw is None and StructuredCall(ScriptedChatModel(), Verdict)._with_raw is None
+    verdict, tokens = await call(PROMPT, question="is it?")
+    assert verdict == Verdict(ok=False, why="no") and tokens > 42  # the first, refused reply counts too
+    assert [r["response_format"]["json_schema"]["name"] for r in requests] == ["Verdict", "Verdict"]
+    assert [r["temperature"] for r in requests] == [0.0, 0.7]
+    await client.aclose()
+
+
+async def test_the_scripted_model_binds_the_json_schema_as_response_format() -> None:
+    model = ScriptedChatModel(replies=[verdict_reply("fine", 42)])
+    bound = model.with_structured_output(Verdict).first
+    assert bound.kwargs["response_format"]["type"] == "json_schema"
+    assert bound.kwargs["response_format"]["json_schema"]["name"] == "Verdict"
+    assert bound.kwargs["response_format"]["json_schema"]["schema"]["required"] == ["ok", "why"]

@@ -1,6 +1,7 @@
-"""Files the agent may read and write: `<AGENTSTACK_HOME>/workspace`, never outside it.
+"""Files the agent may read and write: `AGENTSTACK_WORKSPACE` (default: the working directory), never outside it.
 
-A served graph has no meaningful working directory, so the workspace lives under the agentstack home.
+The same setting as `Stack.default_tools()` uses, so an agent run from the CLI and the served one see the
+same files. A served graph's working directory is wherever its server started: set AGENTSTACK_WORKSPACE.
 """
 
 from __future__ import annotations
@@ -12,4 +13,4 @@ from agentstack.graphs import workspace_tools
 
 
 def tools(stack: Stack) -> list[BaseTool]:
-    return workspace_tools(stack.settings.home / "workspace")
+    return workspace_tools(stack.settings.workspace)

@@ -1,7 +1,7 @@
 """`Stack`: every part `Settings` describes, started together and closed in reverse order.
 
     async with Stack.from_settings() as stack:
-        graph = stack.research_graph()
+        graph = stack.research_graph()            # = stack.graph("research"): any registered graph by name
         await graph.ainvoke({"question": "..."}, stack.thread("t1"))
 
 With nothing configured this is the embedded stack: the local Postgres for checkpoints, Milvus Lite
@@ -17,11 +17,20 @@ import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentstack.checkpoint import PoolSaver, open_saver
 from agentstack.config import Settings
 from agentstack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+    from langgraph.graph.state import CompiledStateGraph
+
+    from agentstack.graphs import GraphParts, GraphRegistry
+    from agentstack.graphs._approval import ApprovalGraph
+    from agentstack.graphs._research import ResearchGraph
+    from agentstack.graphs._team import TeamGraph
 
 __all__ = ["Stack"]
 
@@ -33,7 +42,10 @@ _MAX_TOKENS = 3072
 
 
 class Stack:
-    """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM) and `model`."""
+    """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM) and `model`.
+
+    `graphs` is the registry `graph(name)` builds from (default: `agentstack.graphs.BUILTIN_GRAPHS`).
+    """
 
     def __init__(
         self,
@@ -42,8 +54,10 @@ class Stack:
         model: Any = None,
         retrieval: bool = True,
         on_progress: Callable[[str], None] | None = None,
+        graphs: GraphRegistry | None = None,
     ) -> None:
         self.settings = settings
+        self._graphs = graphs
         self._want_retrieval = retrieval
         self._progress = on_progress or (lambda _message: None)
         self._exits: AsyncExitStack | None = None
@@ -64,7 +78,9 @@ class Stack:
         try:
             starting = self._start_models(exits)
             self._progress("checkpoints: opening Postgres")
-            self.saver = await exits.enter_async_context(open_saver(settings=self.settings, pool_size=4))
+            self.saver = await exits.enter_async_context(
+                open_saver(settings=self.settings, pool_size=self.settings.checkpoint_pool_size)
+            )
             if self._want_retrieval:
                 from agentstack.rag import open_retrieval
 
@@ -105,42 +121,48 @@ class Stack:
 
     # -- graphs wired from the running parts -----------------------------------------------------------
 
-    def research_graph(self, *, checkpointer: bool = True, **options: Any) -> Any:
-        from agentstack.graphs import build_research_graph
+    @property
+    def graphs(self) -> GraphRegistry:
+        """The graphs this stack builds by name."""
+        if self._graphs is None:
+            from agentstack.graphs import BUILTIN_GRAPHS
 
-        return build_research_graph(
-            self._need_model(),
-            self.retrieval.retriever if self.retrieval is not None else None,
+            return BUILTIN_GRAPHS
+        return self._graphs
+
+    def graph(self, name: str, *, checkpointer: bool = True, **options: Any) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The registered graph `name` built from this stack's parts; `options` go to its builder."""
+        return self.graphs.get(name).build(self.parts(checkpointer=checkpointer), **options)
+
+    def parts(self, *, checkpointer: bool = True) -> GraphParts:
+        """The running parts a graph is built from: the model, the retriever, the saver, the default tools."""
+        from agentstack.graphs import GraphParts
+
+        return GraphParts(
+            model=self._need_model(),
+            retriever=self.retrieval.retriever if self.retrieval is not None else None,
             checkpointer=self.saver if checkpointer else None,
-            **options,
+            default_tools=self.default_tools,
         )
 
-    def team_graph(self, **options: Any) -> Any:
-        from agentstack.graphs import build_team_graph
+    def research_graph(self, *, checkpointer: bool = True, **options: Any) -> ResearchGraph:
+        """`graph("research")`: options go to `build_research_graph`."""
+        return self.graph("research", checkpointer=checkpointer, **options)
 
-        return build_team_graph(
-            self._need_model(), researcher=self.research_graph(checkpointer=False), checkpointer=self.saver, **options
-        )
+    def team_graph(self, **options: Any) -> TeamGraph:
+        """`graph("team")`: the research graph is its researcher; options go to `build_team_graph`."""
+        return self.graph("team", **options)
 
-    def approval_graph(self, tools: Sequence[Any] | None = None, **options: Any) -> Any:
-        """The approval agent over `tools`; default: the working directory's files, sandboxed Python, the docs.
+    def approval_graph(self, tools: Sequence[BaseTool] | None = None, **options: Any) -> ApprovalGraph:
+        """The approval agent over `tools` (default: `default_tools()`); options go to `build_approval_graph`,
+        whose `policy` defaults to tools/policy.yaml."""
+        return self.graph("approval", tools=tools, **options)
 
-        `options` go to `build_approval_graph`; its `policy` defaults to tools/policy.yaml there.
-        """
-        from agentstack.graphs import build_approval_graph
-
-        return build_approval_graph(
-            self._need_model(),
-            list(tools) if tools is not None else self.default_tools(),
-            checkpointer=self.saver,
-            **options,
-        )
-
-    def default_tools(self, workspace: Path | None = None) -> list[Any]:
-        """list/read/write_file in `workspace` (default: the working directory), run_python, search_docs."""
+    def default_tools(self, workspace: Path | None = None) -> list[BaseTool]:
+        """list/read/write_file in `workspace` (default: `settings.workspace`), run_python, search_docs."""
         from agentstack.graphs import python_tool, search_tool, workspace_tools
 
-        tools = [*workspace_tools(workspace or Path.cwd()), python_tool()]
+        tools = [*workspace_tools(workspace or self.settings.workspace), python_tool()]
         if self.retrieval is not None:
             tools.append(search_tool(self.retrieval.retriever))
         return tools

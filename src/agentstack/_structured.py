@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-from langchain_core.runnables import RunnableSequence
+from langchain_core.runnables import RunnableBinding, RunnableSequence
 from pydantic import BaseModel, ValidationError
 
 from agentstack.errors import BackendError, ModelOutputError
@@ -46,11 +46,14 @@ class StructuredCall(Generic[T]):
             getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__
         )
         structured = model.with_structured_output(schema, method="json_schema")
-        # Chat models build structured output as `bound model | parser`. Calling the two steps ourselves keeps
-        # the raw reply (its token usage) at a third of the cost of `include_raw=True`, whose map, assign
-        # and fallback runnables took 1.7 ms a call (bench/graph_overhead.py); other shapes take that path.
-        if isinstance(structured, RunnableSequence) and len(structured.steps) == 2:
-            self._model, self._parser = structured.steps
+        # Chat models build structured output as `bound model | parser...` (ChatOpenAI's parser is two steps: a
+        # refusal check, then the parse). Calling the model and the parser ourselves keeps the raw reply (its
+        # token usage) at a third of the cost of `include_raw=True`, whose map, assign and fallback runnables
+        # took 1.7 ms a call (bench/graph_overhead.py); other shapes take that path.
+        steps = structured.steps if isinstance(structured, RunnableSequence) else []
+        if steps and _is_chat_model(steps[0]):
+            self._model = steps[0]
+            self._parser = steps[1] if len(steps) == 2 else RunnableSequence(*steps[1:])
             self._retry_model = self._model.bind(**_retry_sampling(model))
             self._with_raw = None
         else:
@@ -140,6 +143,13 @@ def _unreachable_model(error: Exception, ref: str, model: str) -> Exception:
             "<home>/fleet/logs",
         )
     return error
+
+
+def _is_chat_model(step: Any) -> bool:
+    """A chat model, or one with request options bound (`response_format`...)."""
+    return isinstance(step, BaseChatModel) or (
+        isinstance(step, RunnableBinding) and isinstance(step.bound, BaseChatModel)
+    )
 
 
 def _retry_sampling(model: BaseChatModel) -> dict[str, Any]:

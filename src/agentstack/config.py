@@ -114,13 +114,19 @@ class Settings(BaseSettings):
         description="Cohere's API key (COHERE_API_KEY works too); used only with reranker=cohere.",
     )
 
+    workspace: Path = Field(
+        default=Path("."),
+        description="The directory the approval agent's file tools read and write (the same for `Stack` and "
+        "the deployable graphs); unset: the working directory.",
+    )
+
     graph_url: str | None = Field(
         default=None,
         description="Graph store for graph RAG: neo4j://user:pw@host:7687 or redis://:pw@host:port (FalkorDB); "
         "unset: a local FalkorDB under <home>/falkordb.",
     )
 
-    @field_validator("home", "postgres_bin_dir", "fleet", "llama_server", mode="after")
+    @field_validator("home", "postgres_bin_dir", "fleet", "llama_server", "workspace", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agentstack._stack import Stack
 from agentstack.checkpoint import (
     LocalPostgres,
     delete_thread,
@@ -25,7 +26,7 @@ from agentstack.checkpoint import (
 )
 from agentstack.cli._doctor import run_checks
 from agentstack.cli._rag import ingest_paths, parse_filters, search_index
-from agentstack.cli._run import parse_decision_flags, resume_thread, run_graph, show_thread
+from agentstack.cli._run import parse_decision_flags, progress_printer, resume_thread, run_graph, show_thread
 from agentstack.cli._serve import serve_fleet
 from agentstack.config import Settings
 from agentstack.errors import AgentStackError
@@ -210,10 +211,15 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
     return knobs
 
 
+def _stack() -> Stack:
+    """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console."""
+    return Stack.from_settings(Settings.load(), on_progress=progress_printer(console))
+
+
 @app.command()
 @reports_errors
 def run(
-    graph: Annotated[str, typer.Argument(help="research, team or approval.")],
+    graph: Annotated[str, typer.Argument(help="A registered graph: research, team or approval.")],
     task: Annotated[str, typer.Argument(help="The question (research) or task (team, approval).")],
     docs: Annotated[
         list[Path] | None, typer.Option(help="Documents to ingest first (default: agentstack's own docs).")
@@ -228,8 +234,9 @@ def run(
 
     Exit code 0 when it finished, 2 when it waits for a decision (see `agentstack resume`).
     """
+    stack = _stack()
     finished = asyncio.run(
-        run_graph(Settings.load(), graph, task, docs=docs, thread_id=thread, knobs=_knobs(set_ or []), console=console)
+        run_graph(stack, graph, task, docs=docs, thread_id=thread, knobs=_knobs(set_ or []), console=console)
     )
     if not finished:
         raise typer.Exit(2)
@@ -247,7 +254,7 @@ def resume(
 ) -> None:
     """Continue a thread that waits for a human decision (from any process: the thread lives in Postgres)."""
     decision = parse_decision_flags(approve, reject, edit)
-    finished = asyncio.run(resume_thread(Settings.load(), thread_id, decision, console=console))
+    finished = asyncio.run(resume_thread(_stack(), thread_id, decision, console=console))
     if not finished:
         raise typer.Exit(2)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,9 +25,10 @@ from agentstack._stack import Stack
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, UserError
 
-__all__ = ["GRAPHS", "default_corpus", "resume_thread", "run_graph", "show_thread"]
+if TYPE_CHECKING:
+    from agentstack.graphs import ResultView
 
-GRAPHS = ("research", "team", "approval")
+__all__ = ["default_corpus", "progress_printer", "resume_thread", "run_graph", "show_thread"]
 
 
 def default_corpus() -> Path:
@@ -34,35 +36,13 @@ def default_corpus() -> Path:
     return bundled("docs", "docs")
 
 
-def _context(graph: str, knobs: dict[str, Any]) -> Any:
-    from agentstack.graphs import ApprovalContext, ResearchContext, TeamContext
-
-    kind = {"research": ResearchContext, "team": TeamContext, "approval": ApprovalContext}[graph]
-    known = {f.name for f in fields(kind)}
-    unknown = set(knobs) - known
-    if unknown:
-        raise UserError(
-            f"the {graph} graph has no knob {', '.join(sorted(unknown))}",
-            fix=f"use some of: {', '.join(sorted(known))}",
-        )
-    return kind(**knobs)
-
-
-def _input(graph: str, task: str) -> dict[str, Any]:
-    if graph == "research":
-        return {"question": task}
-    if graph == "team":
-        return {"task": task}
-    return {"messages": [{"role": "user", "content": task}]}
-
-
-def _build(stack: Stack, graph: str) -> Any:
-    """`stack.research_graph()`, ... for a name the caller has checked against GRAPHS."""
-    return getattr(stack, f"{graph}_graph")()
+def progress_printer(console: Console) -> Callable[[str], None]:
+    """What a `Stack` reports while it starts (Postgres, the index, the fleet), dimmed on `console`."""
+    return lambda message: console.print(f"[dim]{escape(message)}[/]")
 
 
 async def run_graph(
-    settings: Settings,
+    stack: Stack,
     graph: str,
     task: str,
     *,
@@ -71,45 +51,47 @@ async def run_graph(
     knobs: dict[str, Any],
     console: Console,
 ) -> bool:
-    """Run `graph` on `task` with live progress; True when it finished, False when it waits for a human."""
+    """Run the registered graph `graph` on `task` with live progress, in `stack` (opened here, after the
+    arguments are checked); True when it finished, False when it waits for a human."""
     if not task.strip():
         raise UserError(f"the {graph} task is empty", fix=f'agentstack run {graph} "what to do"')
-    if graph not in GRAPHS:
-        raise UserError(f"there is no graph named {graph!r}", fix=f"use one of: {', '.join(GRAPHS)}")
-    context = _context(graph, knobs)
+    entry = stack.graphs.get(graph)
+    context = entry.context_from(knobs)
     thread_id = thread_id or f"{graph}-{uuid.uuid4().hex[:12]}"
-    async with Stack.from_settings(settings, on_progress=lambda m: console.print(f"[dim]{escape(m)}[/]")) as stack:
-        if graph in ("research", "team"):
+    async with stack:
+        if entry.searches_documents:
             paths = docs or [default_corpus()]
             report = await stack.retrieval.ingestor.aingest_paths(paths, progress=console.is_terminal)
             console.print(
                 f"[dim]docs: {len(report.added)} new, {len(report.replaced)} changed, "
                 f"{len(report.unchanged)} unchanged document(s) from {', '.join(map(str, paths))}[/]"
             )
-        compiled = _build(stack, graph)
+        compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(asdict(context))}
-        return await _stream(compiled, _input(graph, task), config, context, graph, console)
+        return await _stream(compiled, entry.input_from_task(task), config, context, entry.render, console)
 
 
-async def resume_thread(settings: Settings, thread_id: str, decision: Any, *, console: Console) -> bool:
-    """Continue an interrupted thread with a decision (approve / edit / reject), in this process."""
+async def resume_thread(stack: Stack, thread_id: str, decision: Any, *, console: Console) -> bool:
+    """Continue an interrupted thread with a decision (approve / edit / reject), in this process: the graph
+    and its knobs are the ones the thread's checkpoint metadata names."""
     from langgraph.types import Command
 
-    async with Stack.from_settings(settings, on_progress=lambda m: console.print(f"[dim]{escape(m)}[/]")) as stack:
+    async with stack:
         assert stack.saver is not None
         saved = await stack.saver.aget_tuple(Stack.thread(thread_id))
         if saved is None:
             raise UserError(f"there is no thread {thread_id!r}", fix="see `agentstack threads list`")
         graph = str(saved.metadata.get("agentstack_graph", ""))
-        if graph not in GRAPHS:
+        if graph not in stack.graphs:
             raise UserError(
                 f"thread {thread_id!r} was not run by an agentstack graph (its metadata names {graph or 'none'})",
                 fix="resume it with the graph that ran it: graph.ainvoke(Command(resume=...), config)",
             )
         knobs = json.loads(str(saved.metadata.get("agentstack_context") or "{}"))
-        context = _context(graph, knobs)
-        compiled = _build(stack, graph)
+        entry = stack.graphs.get(graph)
+        context = entry.context_from(knobs)
+        compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(knobs)}
         state = await compiled.aget_state(config, subgraphs=True)
@@ -121,7 +103,7 @@ async def resume_thread(settings: Settings, thread_id: str, decision: Any, *, co
                 fix=f"see `agentstack threads show {thread_id}`",
             )
         resume = _resume_value(decision, pending)
-        return await _stream(compiled, Command(resume=resume), config, context, graph, console)
+        return await _stream(compiled, Command(resume=resume), config, context, entry.render, console)
 
 
 def _pending_interrupts(state: Any) -> list[Any]:
@@ -150,8 +132,14 @@ def _resume_value(decision: dict[str, Any], pending: list[Any]) -> Any:
 
 
 async def _stream(
-    compiled: Any, graph_input: Any, config: dict[str, Any], context: Any, graph: str, console: Console
+    compiled: Any,
+    graph_input: Any,
+    config: dict[str, Any],
+    context: Any,
+    render: Callable[[Mapping[str, Any]], ResultView],
+    console: Console,
 ) -> bool:
+    """Run with live progress, then print the result (True) or what waits for a decision (False)."""
     from agentstack.graphs import stream_run
 
     tokens = 0
@@ -176,7 +164,7 @@ async def _stream(
             "--approve | --reject REASON | --edit JSON"
         )
         return False
-    _print_result(graph, state.values, console)
+    _print_result(render(state.values), console)
     console.print(f"thread: [bold]{thread_id}[/]")
     return True
 
@@ -189,24 +177,17 @@ def _progress_line(namespace: tuple[str, ...], data: Any) -> str:
     return where + escape(str(data))
 
 
-def _print_result(graph: str, values: dict[str, Any], console: Console) -> None:
-    if graph == "research":
-        console.print(f"\n[bold]answer[/] ({values.get('status')}, confidence {values.get('confidence', 0):.2f}):")
-        console.print(escape(values.get("answer", "")))
-        _print_citations(values.get("citations", []), console)
-        if values.get("failures"):
-            console.print(f"[yellow]{len(values['failures'])} search(es) failed[/]: {escape(str(values['failures']))}")
-    elif graph == "team":
-        console.print(f"\n[bold]result[/] ({values.get('status')}):")
-        console.print(escape(str(values.get("output", ""))))
-        _print_citations(values.get("citations", []), console)
-    else:
-        messages = values.get("messages", [])
-        console.print("\n[bold]answer[/]:")
-        console.print(escape(str(messages[-1].content if messages else "")))
+def _print_result(view: ResultView, console: Console) -> None:
+    detail = f" ({escape(view.detail)})" if view.detail else ""
+    console.print(f"\n[bold]{escape(view.title)}[/]{detail}:")
+    console.print(escape(view.text))
+    if view.citations is not None:
+        _print_citations(view.citations, console)
+    for warning in view.warnings:
+        console.print(f"[yellow]{escape(warning)}[/]")
 
 
-def _print_citations(citations: list[dict[str, Any]], console: Console) -> None:
+def _print_citations(citations: Sequence[Mapping[str, Any]], console: Console) -> None:
     if not citations:
         console.print("[yellow]no citations[/]")
         return

@@ -9,193 +9,309 @@ the other searches found. Evidence gets short ids (S1, S2...) a small model can 
 citations are checked against the evidence actually retrieved, and an invented id is removed, never shown.
 Below `review_threshold` the answer waits for a human (`interrupt`): approve, edit, or reject with a
 reason, which sends the research round again with the reason as its gap.
+
+Each step is a module-level function `(state, runtime, deps) -> update`: `deps` (`ResearchDeps`) holds what
+the step calls (structured model calls, prompts, searchers), `runtime.context` the run's knobs, and
+`runtime.stream_writer` where progress goes, so a step can be run and checked alone, without a graph.
+`compose_research_graph` binds them to `deps` and wires the edges.
 """
 
 from __future__ import annotations
 
-import hashlib
-import operator
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired, Protocol, TypedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Any, Literal, Protocol, TypeAlias
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
-from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command, Send
-from pydantic import BaseModel, Field
 
 from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError, ModelOutputError
 from agentstack.graphs._decisions import Decision, ask_decision
+from agentstack.graphs._knobs import read_knobs
 from agentstack.graphs._metadata import run_metadata
-from agentstack.prompts import PromptLibrary
+from agentstack.graphs._registry import GraphEntry, GraphParts, ResultView, Retriever
+from agentstack.graphs._research_state import (
+    Analysis,
+    Citation,
+    Evidence,
+    FinalAnswer,
+    Plan,
+    ResearchContext,
+    ResearchInput,
+    ResearchState,
+    SearchFailure,
+    SearchTask,
+)
+from agentstack.prompts import Prompt, PromptLibrary
 
 __all__ = [
-    "Analysis",
-    "Citation",
-    "Evidence",
-    "FinalAnswer",
-    "Plan",
-    "ResearchContext",
-    "ResearchInput",
-    "ResearchState",
-    "SearchFailure",
+    "RESEARCH_GRAPH",
+    "ResearchDeps",
+    "ResearchGraph",
+    "ResearchPrompts",
     "build_research_graph",
+    "compose_research_graph",
     "verify_citations",
 ]
 
-PROMPTS = ("plan", "analyze", "refine", "answer", "revise")
+ResearchGraph: TypeAlias = CompiledStateGraph[ResearchState, ResearchContext, ResearchInput, ResearchState]
 _CITE = re.compile(r"\[([Ss]\d+)\]")
 
 
-# -- state ------------------------------------------------------------------------------------------
-class Evidence(TypedDict):
-    """A passage (or graph paths, or a tool's output) one search found, under a short id the model can cite."""
-
-    id: str  # "S1"...: assigned when merged into the state, in a deterministic order
-    query: str
-    kind: Literal["chunk", "graph", "tool"]
-    source: str
-    chunk_id: str | None
-    text: str
-    score: float
-
-
-class SearchFailure(TypedDict):
-    """A search that raised: kept in the state so the answer can say what could not be searched."""
-
-    query: str
-    searcher: str
-    error: str
-
-
-class Citation(TypedDict):
-    """A citation of the final answer, resolved to the evidence (and chunk) it points at."""
-
-    id: str
-    source: str
-    chunk_id: str | None
-    kind: str
-    quote: str
-
-
-def merge_evidence(existing: list[Evidence], new: list[Evidence]) -> list[Evidence]:
-    """Append what is new (by chunk, or by text for graph/tool evidence), numbering it S<n>."""
-    merged = list(existing or [])
-    seen = {_evidence_key(e) for e in merged}
-    for item in new or []:
-        key = _evidence_key(item)
-        if key in seen:
-            continue
-        seen.add(key)
-        merged.append({**item, "id": f"S{len(merged) + 1}"})
-    return merged
-
-
-def _evidence_key(item: Evidence) -> str:
-    if item.get("chunk_id") and item["kind"] == "chunk":
-        return f"chunk:{item['chunk_id']}"
-    return f"{item['kind']}:{item['source']}:" + hashlib.sha1(item["text"].encode()).hexdigest()
-
-
-class ResearchInput(TypedDict):
-    """What a research run starts from."""
-
-    question: str
-
-
-class ResearchState(TypedDict):
-    """The research graph's state; list fields with reducers accumulate across parallel searches and rounds."""
-
-    question: str
-    queries: NotRequired[list[str]]  # this round's sub-queries
-    asked: NotRequired[Annotated[list[str], operator.add]]
-    evidence: NotRequired[Annotated[list[Evidence], merge_evidence]]
-    failures: NotRequired[Annotated[list[SearchFailure], operator.add]]
-    iteration: NotRequired[int]  # search rounds done
-    tokens_used: NotRequired[Annotated[int, operator.add]]
-    draft: NotRequired[str]
-    confidence: NotRequired[float]
-    gaps: NotRequired[list[str]]
-    feedback: NotRequired[str]  # a reviewer's reason for rejecting the last answer
-    answer: NotRequired[str]
-    citations: NotRequired[list[Citation]]
-    removed_citations: NotRequired[list[str]]  # ids the model cited that no search returned
-    status: NotRequired[Literal["answered", "budget_exhausted", "approved", "edited", "rejected"]]
-
-
-class _SearchTask(TypedDict):
-    query: str
-
-
-# -- model outputs -----------------------------------------------------------------------------------
-# Lengths are part of the JSON schema, so a grammar-constrained server stops a small model that rambles
-# instead of letting it fill the context window.
-Query = Annotated[str, Field(min_length=1, max_length=120)]
-Phrase = Annotated[str, Field(max_length=160)]
-
-
-class Plan(BaseModel):
-    """The planner's (and refiner's) structured output."""
-
-    queries: list[Query] = Field(description="short keyword search queries", min_length=1, max_length=5)
-
-
-class Analysis(BaseModel):
-    """The analyst's structured output: a draft, how sure it is, and what is missing."""
-
-    draft: str = Field(max_length=1500, description="an answer draft from the evidence, citing ids like [S1]")
-    confidence: float = Field(description="0 to 1: how fully the evidence answers the question")
-    gaps: list[Phrase] = Field(default_factory=list, max_length=3, description="what the evidence does not tell")
-    cited: list[Annotated[str, Field(max_length=8)]] = Field(
-        default_factory=list, max_length=20, description="evidence ids the draft relies on"
-    )
-
-
-class FinalAnswer(BaseModel):
-    """The writer's structured output; its citations are checked against the evidence before anyone sees them."""
-
-    answer: str = Field(max_length=2000, description="the answer, each claim followed by its evidence id like [S2]")
-    citations: list[Annotated[str, Field(max_length=8)]] = Field(
-        default_factory=list, max_length=20, description="the evidence ids cited"
-    )
-
-
-# -- knobs ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ResearchContext:
-    """Runtime knobs, passed per run as `context=ResearchContext(...)` (or a subclass, e.g. the team's)."""
-
-    k: int = 5  # chunks per search
-    max_queries: int = 3  # sub-queries per round
-    max_iterations: int = 3  # search rounds
-    confidence_threshold: float = 0.7  # answer once the analysis is at least this sure
-    review_threshold: float | None = None  # below this confidence a human reviews the answer; None: never
-    token_budget: int | None = None  # stop refining once the run used this many tokens
-    evidence_chars: int = 6000  # evidence text shown to the model per step
-    filters: dict[str, Any] = field(default_factory=dict)  # metadata filters for the retriever
-    graph_hops: int = 2
-
-
-def _knobs(runtime: Runtime[Any] | None) -> ResearchContext:
-    context = getattr(runtime, "context", None)
-    return context if isinstance(context, ResearchContext) else ResearchContext()
-
-
-# -- what searches ------------------------------------------------------------------------------------
-class Retriever(Protocol):
-    async def aretrieve(self, query: str, k: int = ..., filters: Any = ...) -> Any: ...
-
-
 class GraphSearcher(Protocol):
+    """A knowledge-graph retriever (`GraphRetriever`): paths from the query's entities."""
+
     async def aretrieve(self, query: str, hops: int = ...) -> Any: ...
 
 
-# -- the builder ------------------------------------------------------------------------------------
+# -- dependencies -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResearchPrompts:
+    """The research prompts, each one version (recorded in the run's metadata)."""
+
+    plan: Prompt
+    analyze: Prompt
+    refine: Prompt
+    answer: Prompt
+    revise: Prompt
+
+    @classmethod
+    def load(cls, library: PromptLibrary) -> ResearchPrompts:
+        return cls(**{f.name: library.get("research", f.name) for f in fields(cls)})
+
+    def all(self) -> list[Prompt]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass(frozen=True)
+class ResearchDeps:
+    """What the research steps call besides the state and the knobs: one object, built once per graph."""
+
+    prompts: ResearchPrompts
+    planner: StructuredCall[Plan]
+    analyst: StructuredCall[Analysis]
+    writer: StructuredCall[FinalAnswer]
+    retriever: Retriever | None = None
+    graph_retriever: GraphSearcher | None = None
+    tools: tuple[BaseTool, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.retriever is None and self.graph_retriever is None and not self.tools:
+            raise GraphInputError(
+                "the research graph needs something to search", fix="pass a retriever, a graph_retriever or tools"
+            )
+
+    @classmethod
+    def create(
+        cls,
+        model: BaseChatModel,
+        retriever: Retriever | None,
+        *,
+        graph_retriever: GraphSearcher | None = None,
+        tools: Sequence[BaseTool] = (),
+        prompts: PromptLibrary | None = None,
+    ) -> ResearchDeps:
+        return cls(
+            prompts=ResearchPrompts.load(prompts or PromptLibrary()),
+            planner=StructuredCall(model, Plan),
+            analyst=StructuredCall(model, Analysis),
+            writer=StructuredCall(model, FinalAnswer),
+            retriever=retriever,
+            graph_retriever=graph_retriever,
+            tools=tuple(tools),
+        )
+
+
+# -- steps --------------------------------------------------------------------------------------------
+async def plan(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
+    """Sub-queries for the question; the question itself is always searched too."""
+    knobs = read_knobs(runtime, ResearchContext)
+    question = _validated_question(state)
+    reply, tokens = await deps.planner(deps.prompts.plan, question=question, max_queries=knobs.max_queries)
+    # The question itself is always searched: a weak planner then costs recall, never all of it.
+    queries = _fresh([question, *reply.queries], [], knobs.max_queries)
+    runtime.stream_writer({"stage": "plan", "queries": queries})
+    return {"queries": queries, "iteration": 1, "tokens_used": tokens}
+
+
+async def search(task: SearchTask, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
+    """One query against every searcher; a searcher that raises is a recorded failure, not a failed run."""
+    knobs = read_knobs(runtime, ResearchContext)
+    query = task["query"]
+    found: list[Evidence] = []
+    failures: list[SearchFailure] = []
+    if deps.retriever is not None:
+        try:
+            result = await deps.retriever.aretrieve(query, k=knobs.k, filters=knobs.filters or None)
+            found += [_chunk_evidence(query, hit) for hit in result]
+        except Exception as exc:
+            failures.append(_failure(query, "retriever", exc))
+    if deps.graph_retriever is not None:
+        try:
+            paths = await deps.graph_retriever.aretrieve(query, hops=knobs.graph_hops)
+            context = paths.as_context()
+            if context:
+                found.append(_evidence(query, "graph", "knowledge graph", None, context, 0.0))
+        except Exception as exc:
+            failures.append(_failure(query, "knowledge graph", exc))
+    for tool in deps.tools:
+        try:
+            output = await tool.ainvoke(query)
+            if str(output).strip():
+                found.append(_evidence(query, "tool", tool.name, None, str(output), 0.0))
+        except Exception as exc:
+            failures.append(_failure(query, tool.name, exc))
+    runtime.stream_writer({"stage": "search", "query": query, "found": len(found), "failed": len(failures)})
+    return {"evidence": found, "failures": failures, "asked": [query]}
+
+
+async def analyze(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
+    """A draft from the evidence, how sure it is (0 when nothing was found), and what is missing."""
+    knobs = read_knobs(runtime, ResearchContext)
+    evidence = _shown(state.get("evidence", []), knobs.evidence_chars)
+    reply, tokens = await deps.analyst(deps.prompts.analyze, question=state["question"], evidence=evidence)
+    confidence = min(1.0, max(0.0, float(reply.confidence)))
+    if not state.get("evidence"):
+        confidence = 0.0  # nothing was found: whatever the model says, it is not grounded
+    runtime.stream_writer({"stage": "analyze", "confidence": confidence, "gaps": reply.gaps})
+    return {"draft": reply.draft, "confidence": confidence, "gaps": reply.gaps, "tokens_used": tokens}
+
+
+async def refine(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
+    """New queries for the gaps (the gaps themselves are searched too), never one already asked."""
+    knobs = read_knobs(runtime, ResearchContext)
+    gaps = state.get("gaps") or []
+    reply, tokens = await deps.planner(
+        deps.prompts.refine,
+        question=state["question"],
+        asked=state.get("asked", []),
+        gaps=gaps,
+        max_queries=knobs.max_queries,
+    )
+    queries = _fresh(reply.queries + gaps, state.get("asked", []), knobs.max_queries)
+    runtime.stream_writer({"stage": "refine", "queries": queries})
+    return {"queries": queries, "iteration": state.get("iteration", 0) + 1, "tokens_used": tokens}
+
+
+async def answer(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
+    """The answer with verified citations; an answer citing nothing is revised once."""
+    knobs = read_knobs(runtime, ResearchContext)
+    evidence = state.get("evidence", [])
+    shown = _shown(evidence, knobs.evidence_chars)
+    reply, tokens = await deps.writer(
+        deps.prompts.answer,
+        question=state["question"],
+        draft=state.get("draft", ""),
+        feedback=state.get("feedback", ""),
+        evidence=shown,
+    )
+    text, citations, removed = verify_citations(reply.answer, reply.citations, evidence)
+    if not citations and shown:  # nothing it says is backed by a passage: one revision
+        try:
+            revised, more = await deps.writer(
+                deps.prompts.revise,
+                question=state["question"],
+                answer=text,
+                evidence=shown,
+                ids=[e["id"] for e in shown],
+            )
+        except ModelOutputError as exc:
+            # The revision is an improvement, not the answer: when the model cannot finish it, the verified
+            # first answer stands (uncited, which `citations == []` says) and the run is not lost.
+            runtime.stream_writer({"stage": "revise", "error": exc.problem})
+            tokens += exc.tokens_used
+        else:
+            tokens += more
+            text, citations, removed_again = verify_citations(revised.answer, revised.citations, evidence)
+            removed += removed_again
+    confident = state.get("confidence", 0.0) >= knobs.confidence_threshold
+    runtime.stream_writer({"stage": "answer", "citations": [c["id"] for c in citations], "removed": removed})
+    return {
+        "answer": text,
+        "citations": citations,
+        "removed_citations": removed,
+        "status": "answered" if confident else "budget_exhausted",
+        "tokens_used": tokens,
+    }
+
+
+def review(state: ResearchState, runtime: Runtime[ResearchContext]) -> Command[Any]:
+    """A human approves, edits (the answer) or rejects (the reason becomes the next round's gap)."""
+    decision = ask_decision(
+        {
+            "type": "review",
+            "question": state["question"],
+            "answer": state.get("answer", ""),
+            "confidence": state.get("confidence", 0.0),
+            "citations": state.get("citations", []),
+            "resume_with": {"action": "approve | edit | reject", "value": "edit: the answer", "reason": "reject"},
+        },
+        what="the research answer",
+        check=_answer_edit,
+    )
+    if decision.action == "approve":
+        return Command(goto=END, update={"status": "approved"})
+    if decision.action == "edit":
+        text, citations, removed = verify_citations(decision.value, [], state.get("evidence", []))
+        update = {"answer": text, "citations": citations, "removed_citations": removed, "status": "edited"}
+        return Command(goto=END, update=update)
+    if state.get("iteration", 0) < read_knobs(runtime, ResearchContext).max_iterations:
+        return Command(goto="refine", update={"gaps": [decision.reason or ""], "feedback": decision.reason})
+    return Command(goto=END, update={"status": "rejected", "feedback": decision.reason})
+
+
+# -- routing ------------------------------------------------------------------------------------------
+def fan_out(state: ResearchState) -> list[Send] | str:
+    """One search task per query of this round; no queries left: answer with what there is."""
+    queries = state.get("queries") or []
+    return [Send("search", {"query": q}) for q in queries] if queries else "answer"
+
+
+def after_analyze(state: ResearchState, runtime: Runtime[ResearchContext]) -> Literal["answer", "refine"]:
+    knobs = read_knobs(runtime, ResearchContext)
+    if state.get("confidence", 0.0) >= knobs.confidence_threshold:
+        return "answer"
+    if state.get("iteration", 0) >= knobs.max_iterations:
+        return "answer"
+    if knobs.token_budget is not None and state.get("tokens_used", 0) >= knobs.token_budget:
+        return "answer"
+    return "refine"
+
+
+def after_answer(state: ResearchState, runtime: Runtime[ResearchContext]) -> str:
+    threshold = read_knobs(runtime, ResearchContext).review_threshold
+    return "review" if threshold is not None and state.get("confidence", 0.0) < threshold else END
+
+
+# -- the graph ----------------------------------------------------------------------------------------
+def compose_research_graph(
+    deps: ResearchDeps, *, checkpointer: Checkpointer = None, name: str = "research"
+) -> ResearchGraph:
+    """The steps bound to `deps`, wired; leave `checkpointer` unset for a subgraph (it saves through its parent)."""
+    builder = StateGraph(ResearchState, context_schema=ResearchContext, input_schema=ResearchInput)
+    builder.add_node("plan", partial(plan, deps=deps))
+    builder.add_node("search", partial(search, deps=deps), input_schema=SearchTask)
+    builder.add_node("analyze", partial(analyze, deps=deps))
+    builder.add_node("refine", partial(refine, deps=deps))
+    builder.add_node("answer", partial(answer, deps=deps))
+    builder.add_node("review", review, destinations=("refine", END))
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges("plan", fan_out, ["search", "answer"])
+    builder.add_edge("search", "analyze")
+    builder.add_conditional_edges("analyze", after_analyze, ["answer", "refine"])
+    builder.add_conditional_edges("refine", fan_out, ["search", "answer"])
+    builder.add_conditional_edges("answer", after_answer, ["review", END])
+    graph = builder.compile(checkpointer=checkpointer, name=name)
+    return graph.with_config(metadata=run_metadata("research", deps.prompts.all()))
+
+
 def build_research_graph(
     model: BaseChatModel,
     retriever: Retriever | None,
@@ -205,182 +321,45 @@ def build_research_graph(
     prompts: PromptLibrary | None = None,
     checkpointer: Checkpointer = None,
     name: str = "research",
-) -> Any:
+) -> ResearchGraph:
     """Compile the research graph; `retriever` is a `HybridRetriever` (or anything with `aretrieve`).
 
     `tools` are searched too, each called with the sub-query as its one input. Leave `checkpointer` unset
     when this graph is a subgraph: it then saves through its parent's.
     """
-    if retriever is None and graph_retriever is None and not tools:
-        raise GraphInputError(
-            "the research graph needs something to search", fix="pass a retriever, a graph_retriever or tools"
-        )
-    library = prompts or PromptLibrary()
-    prompt = {n: library.get("research", n) for n in PROMPTS}
-    plan_call = StructuredCall(model, Plan)
-    analyze_call = StructuredCall(model, Analysis)
-    answer_call = StructuredCall(model, FinalAnswer)
-
-    async def plan(state: ResearchState, runtime: Runtime[ResearchContext]) -> dict[str, Any]:
-        knobs = _knobs(runtime)
-        question = _validated_question(state)
-        reply, tokens = await plan_call(prompt["plan"], question=question, max_queries=knobs.max_queries)
-        # The question itself is always searched: a weak planner then costs recall, never all of it.
-        queries = _fresh([question, *reply.queries], [], knobs.max_queries)
-        get_stream_writer()({"stage": "plan", "queries": queries})
-        return {"queries": queries, "iteration": 1, "tokens_used": tokens}
-
-    async def search(task: _SearchTask, runtime: Runtime[ResearchContext]) -> dict[str, Any]:
-        knobs = _knobs(runtime)
-        query = task["query"]
-        found: list[Evidence] = []
-        failures: list[SearchFailure] = []
-        if retriever is not None:
-            try:
-                result = await retriever.aretrieve(query, k=knobs.k, filters=knobs.filters or None)
-                found += [_chunk_evidence(query, hit) for hit in result]
-            except Exception as exc:
-                failures.append(_failure(query, "retriever", exc))
-        if graph_retriever is not None:
-            try:
-                paths = await graph_retriever.aretrieve(query, hops=knobs.graph_hops)
-                context = paths.as_context()
-                if context:
-                    found.append(_evidence(query, "graph", "knowledge graph", None, context, 0.0))
-            except Exception as exc:
-                failures.append(_failure(query, "knowledge graph", exc))
-        for tool in tools:
-            try:
-                output = await tool.ainvoke(query)
-                if str(output).strip():
-                    found.append(_evidence(query, "tool", tool.name, None, str(output), 0.0))
-            except Exception as exc:
-                failures.append(_failure(query, tool.name, exc))
-        get_stream_writer()({"stage": "search", "query": query, "found": len(found), "failed": len(failures)})
-        return {"evidence": found, "failures": failures, "asked": [query]}
-
-    async def analyze(state: ResearchState, runtime: Runtime[ResearchContext]) -> dict[str, Any]:
-        knobs = _knobs(runtime)
-        evidence = _shown(state.get("evidence", []), knobs.evidence_chars)
-        reply, tokens = await analyze_call(prompt["analyze"], question=state["question"], evidence=evidence)
-        confidence = min(1.0, max(0.0, float(reply.confidence)))
-        if not state.get("evidence"):
-            confidence = 0.0  # nothing was found: whatever the model says, it is not grounded
-        get_stream_writer()({"stage": "analyze", "confidence": confidence, "gaps": reply.gaps})
-        return {"draft": reply.draft, "confidence": confidence, "gaps": reply.gaps, "tokens_used": tokens}
-
-    def after_analyze(state: ResearchState, runtime: Runtime[ResearchContext]) -> str:
-        knobs = _knobs(runtime)
-        if state.get("confidence", 0.0) >= knobs.confidence_threshold:
-            return "answer"
-        if state.get("iteration", 0) >= knobs.max_iterations:
-            return "answer"
-        if knobs.token_budget is not None and state.get("tokens_used", 0) >= knobs.token_budget:
-            return "answer"
-        return "refine"
-
-    async def refine(state: ResearchState, runtime: Runtime[ResearchContext]) -> dict[str, Any]:
-        knobs = _knobs(runtime)
-        gaps = state.get("gaps") or []
-        reply, tokens = await plan_call(
-            prompt["refine"],
-            question=state["question"],
-            asked=state.get("asked", []),
-            gaps=gaps,
-            max_queries=knobs.max_queries,
-        )
-        queries = _fresh(reply.queries + gaps, state.get("asked", []), knobs.max_queries)
-        get_stream_writer()({"stage": "refine", "queries": queries})
-        return {"queries": queries, "iteration": state.get("iteration", 0) + 1, "tokens_used": tokens}
-
-    def fan_out(state: ResearchState) -> list[Send] | str:
-        queries = state.get("queries") or []
-        return [Send("search", {"query": q}) for q in queries] if queries else "answer"
-
-    async def answer(state: ResearchState, runtime: Runtime[ResearchContext]) -> dict[str, Any]:
-        knobs = _knobs(runtime)
-        evidence = state.get("evidence", [])
-        shown = _shown(evidence, knobs.evidence_chars)
-        reply, tokens = await answer_call(
-            prompt["answer"],
-            question=state["question"],
-            draft=state.get("draft", ""),
-            feedback=state.get("feedback", ""),
-            evidence=shown,
-        )
-        text, citations, removed = verify_citations(reply.answer, reply.citations, evidence)
-        if not citations and shown:  # nothing it says is backed by a passage: one revision
-            try:
-                revised, more = await answer_call(
-                    prompt["revise"],
-                    question=state["question"],
-                    answer=text,
-                    evidence=shown,
-                    ids=[e["id"] for e in shown],
-                )
-            except ModelOutputError as exc:
-                # The revision is an improvement, not the answer: when the model cannot finish it, the verified
-                # first answer stands (uncited, which `citations == []` says) and the run is not lost.
-                get_stream_writer()({"stage": "revise", "error": exc.problem})
-                tokens += exc.tokens_used
-            else:
-                tokens += more
-                text, citations, removed_again = verify_citations(revised.answer, revised.citations, evidence)
-                removed += removed_again
-        confident = state.get("confidence", 0.0) >= knobs.confidence_threshold
-        get_stream_writer()({"stage": "answer", "citations": [c["id"] for c in citations], "removed": removed})
-        return {
-            "answer": text,
-            "citations": citations,
-            "removed_citations": removed,
-            "status": "answered" if confident else "budget_exhausted",
-            "tokens_used": tokens,
-        }
-
-    def after_answer(state: ResearchState, runtime: Runtime[ResearchContext]) -> str:
-        threshold = _knobs(runtime).review_threshold
-        return "review" if threshold is not None and state.get("confidence", 0.0) < threshold else END
-
-    def review(state: ResearchState, runtime: Runtime[ResearchContext]) -> Command[Any]:
-        decision = ask_decision(
-            {
-                "type": "review",
-                "question": state["question"],
-                "answer": state.get("answer", ""),
-                "confidence": state.get("confidence", 0.0),
-                "citations": state.get("citations", []),
-                "resume_with": {"action": "approve | edit | reject", "value": "edit: the answer", "reason": "reject"},
-            },
-            what="the research answer",
-            check=_answer_edit,
-        )
-        if decision.action == "approve":
-            return Command(goto=END, update={"status": "approved"})
-        if decision.action == "edit":
-            text, citations, removed = verify_citations(decision.value, [], state.get("evidence", []))
-            update = {"answer": text, "citations": citations, "removed_citations": removed, "status": "edited"}
-            return Command(goto=END, update=update)
-        if state.get("iteration", 0) < _knobs(runtime).max_iterations:
-            return Command(goto="refine", update={"gaps": [decision.reason or ""], "feedback": decision.reason})
-        return Command(goto=END, update={"status": "rejected", "feedback": decision.reason})
-
-    builder = StateGraph(ResearchState, context_schema=ResearchContext, input_schema=ResearchInput)
-    builder.add_node("plan", plan)
-    builder.add_node("search", search)
-    builder.add_node("analyze", analyze)
-    builder.add_node("refine", refine)
-    builder.add_node("answer", answer)
-    builder.add_node("review", review, destinations=("refine", END))
-    builder.add_edge(START, "plan")
-    builder.add_conditional_edges("plan", fan_out, ["search", "answer"])
-    builder.add_edge("search", "analyze")
-    builder.add_conditional_edges("analyze", after_analyze, ["answer", "refine"])
-    builder.add_conditional_edges("refine", fan_out, ["search", "answer"])
-    builder.add_conditional_edges("answer", after_answer, ["review", END])
-    graph = builder.compile(checkpointer=checkpointer, name=name)
-    return graph.with_config(metadata=run_metadata("research", [prompt[n] for n in PROMPTS]))
+    deps = ResearchDeps.create(model, retriever, graph_retriever=graph_retriever, tools=tools, prompts=prompts)
+    return compose_research_graph(deps, checkpointer=checkpointer, name=name)
 
 
+def _build_from_parts(parts: GraphParts, **options: Any) -> ResearchGraph:
+    return build_research_graph(parts.model, parts.retriever, checkpointer=parts.checkpointer, **options)
+
+
+def _render(values: Mapping[str, Any]) -> ResultView:
+    failures = values.get("failures") or []
+    return ResultView(
+        title="answer",
+        detail=f"{values.get('status')}, confidence {values.get('confidence', 0):.2f}",
+        text=str(values.get("answer", "")),
+        citations=values.get("citations", []),
+        warnings=[f"{len(failures)} search(es) failed: {failures}"] if failures else [],
+    )
+
+
+RESEARCH_GRAPH: GraphEntry[ResearchState, ResearchContext, ResearchInput] = GraphEntry(
+    name="research",
+    description="Answers a question from the indexed documents, with checked citations.",
+    build=_build_from_parts,
+    state=ResearchState,
+    context=ResearchContext,
+    input=ResearchInput,
+    input_from_task=lambda task: {"question": task},
+    render=_render,
+    searches_documents=True,
+)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
 def _answer_edit(decision: Decision) -> None:
     if decision.action == "edit" and not isinstance(decision.value, str):
         raise GraphInputError(
@@ -415,7 +394,6 @@ def verify_citations(
     return text, citations, removed
 
 
-# -- helpers ------------------------------------------------------------------------------------------
 def _validated_question(state: Any) -> str:
     question = state.get("question") if isinstance(state, dict) else None
     if not isinstance(question, str) or not question.strip():

@@ -7,31 +7,54 @@ nest under the team's thread). The coder writes a program and runs it in the san
 limit, no network, a temporary directory). The reviewer accepts the latest work or sends it back with
 feedback the coordinator sees. A step budget bounds the loop: when it is spent the synthesizer writes
 the result from what exists, and the status says the budget ran out.
+
+Like the research graph's, each step is a module-level function `(state, runtime, deps) -> update` with one
+`TeamDeps`; the sandbox is one of the deps (`run_code`), so the routing logic can be tested without it.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Annotated, Any, Literal, NotRequired, Protocol, TypeAlias
 
 from langchain_core.language_models import BaseChatModel
-from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError, ModelOutputError
+from agentstack.graphs._knobs import read_knobs
 from agentstack.graphs._metadata import run_metadata
-from agentstack.graphs._research import Citation, ResearchContext
+from agentstack.graphs._registry import GraphEntry, GraphParts, ResultView
+from agentstack.graphs._research import build_research_graph
+from agentstack.graphs._research_state import Citation, ResearchContext
+from agentstack.graphs._sandbox import SandboxResult, run_python
 from agentstack.graphs._tools import format_sandbox_result
-from agentstack.prompts import PromptLibrary
+from agentstack.prompts import Prompt, PromptLibrary
 
-__all__ = ["CodeDraft", "Review", "Route", "TeamContext", "TeamInput", "TeamState", "WorkItem", "build_team_graph"]
+__all__ = [
+    "TEAM_GRAPH",
+    "CodeDraft",
+    "Review",
+    "Route",
+    "TeamContext",
+    "TeamDeps",
+    "TeamGraph",
+    "TeamInput",
+    "TeamPrompts",
+    "TeamState",
+    "WorkItem",
+    "build_team_graph",
+    "compose_team_graph",
+]
 
-PROMPTS = ("coordinator", "coder", "reviewer", "synthesizer")
 Worker = Literal["researcher", "coder", "reviewer"]
 
 
@@ -94,115 +117,210 @@ class TeamContext(ResearchContext):
     code_memory_mb: int = 512
 
 
-def _knobs(runtime: Runtime[Any]) -> TeamContext:
-    return runtime.context if isinstance(runtime.context, TeamContext) else TeamContext()
+TeamGraph: TypeAlias = CompiledStateGraph[TeamState, TeamContext, TeamInput, TeamState]
+
+
+# -- dependencies -------------------------------------------------------------------------------------
+class Researcher(Protocol):
+    """The researcher: a research graph compiled without a checkpointer (so it saves through the team's)."""
+
+    async def ainvoke(self, input: Any, config: Any = ..., **kwargs: Any) -> Any: ...
+
+
+CodeRunner = Callable[..., Awaitable[SandboxResult]]  # (code, *, timeout_s, memory_mb), like `run_python`
+
+
+@dataclass(frozen=True)
+class TeamPrompts:
+    coordinator: Prompt
+    coder: Prompt
+    reviewer: Prompt
+    synthesizer: Prompt
+
+    @classmethod
+    def load(cls, library: PromptLibrary) -> TeamPrompts:
+        return cls(**{f.name: library.get("team", f.name) for f in fields(cls)})
+
+    def all(self) -> list[Prompt]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass(frozen=True)
+class TeamDeps:
+    """What the team's steps call: the model (one structured call per output), prompts, researcher, sandbox."""
+
+    prompts: TeamPrompts
+    router: StructuredCall[Route]
+    coder: StructuredCall[CodeDraft]
+    reviewer: StructuredCall[Review]
+    synthesizer: StructuredCall[FinalOutput]
+    researcher: Researcher | None = None
+    run_code: CodeRunner = run_python
+
+    @classmethod
+    def create(
+        cls,
+        model: BaseChatModel,
+        *,
+        researcher: Researcher | None,
+        prompts: PromptLibrary | None = None,
+        run_code: CodeRunner = run_python,
+    ) -> TeamDeps:
+        return cls(
+            prompts=TeamPrompts.load(prompts or PromptLibrary()),
+            router=StructuredCall(model, Route),
+            coder=StructuredCall(model, CodeDraft),
+            reviewer=StructuredCall(model, Review),
+            synthesizer=StructuredCall(model, FinalOutput),
+            researcher=researcher,
+            run_code=run_code,
+        )
+
+
+# -- steps --------------------------------------------------------------------------------------------
+async def coordinate(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> Command[Any]:
+    """Route to the next worker (structured output), or to the synthesizer once the step budget is spent."""
+    task = state.get("task")
+    if not isinstance(task, str) or not task.strip():
+        raise GraphInputError(
+            f"the team graph needs a non-empty string `task`, got {task!r}", fix='invoke it with {"task": "..."}'
+        )
+    steps = state.get("steps", 0)
+    if steps >= read_knobs(runtime, TeamContext).max_steps:
+        runtime.stream_writer({"stage": "coordinator", "next": "synthesize", "why": "step budget spent"})
+        return Command(goto="synthesizer", update={"status": "step_budget_exhausted"})
+    route, tokens = await deps.router(
+        deps.prompts.coordinator, task=task, work=state.get("work", []), feedback=state.get("feedback", "")
+    )
+    target = "synthesizer" if route.next == "synthesize" else route.next
+    runtime.stream_writer({"stage": "coordinator", "next": route.next, "instruction": route.instruction})
+    update = {"steps": steps + 1, "instruction": route.instruction or task, "tokens_used": tokens}
+    return Command(goto=target, update=update)
+
+
+async def research(state: TeamState, deps: TeamDeps) -> dict[str, Any]:
+    """The research graph on the instruction; its citations become the team's."""
+    question = state.get("instruction") or state["task"]
+    if deps.researcher is None:  # tell the coordinator rather than fail the run: it can route elsewhere
+        return {"work": [_work("researcher", question, "no researcher is configured for this team", ok=False)]}
+    result = await deps.researcher.ainvoke({"question": question})
+    answer = str(result.get("answer", ""))
+    item = _work("researcher", question, answer, ok=bool(result.get("citations")))
+    return {"work": [item], "citations": result.get("citations", []), "tokens_used": result.get("tokens_used", 0)}
+
+
+async def code(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
+    """A program for the instruction, run in the sandbox; a reply the model cannot finish is failed work."""
+    knobs = read_knobs(runtime, TeamContext)
+    instruction = state.get("instruction") or state["task"]
+    previous = next((w["content"] for w in reversed(state.get("work", [])) if w["role"] == "coder"), "")
+    try:
+        draft, tokens = await deps.coder(
+            deps.prompts.coder,
+            task=state["task"],
+            instruction=instruction,
+            feedback=state.get("feedback", ""),
+            previous=previous[-2000:],
+        )
+    except ModelOutputError as exc:
+        # Like a program that fails: the coordinator sees it and routes on (the coder again, or elsewhere)
+        # rather than the whole run being lost to one reply the model could not finish.
+        runtime.stream_writer({"stage": "coder", "error": exc.problem})
+        failed = _work("coder", instruction, f"the coder wrote no usable program: {exc.problem}", ok=False)
+        return {"work": [failed], "tokens_used": exc.tokens_used}
+    result = await deps.run_code(draft.code, timeout_s=knobs.code_timeout_s, memory_mb=knobs.code_memory_mb)
+    runtime.stream_writer({"stage": "coder", "exit_code": result.exit_code, "timed_out": result.timed_out})
+    content = f"```python\n{draft.code}\n```\n{format_sandbox_result(result)}"
+    return {"work": [_work("coder", instruction, content, ok=result.ok)], "tokens_used": tokens}
+
+
+async def review(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
+    """Accept the latest work, or send it back with feedback the coordinator reads."""
+    latest = next((w for w in reversed(state.get("work", [])) if w["role"] != "reviewer"), None)
+    verdict, tokens = await deps.reviewer(
+        deps.prompts.reviewer,
+        task=state["task"],
+        role=latest["role"] if latest else "nobody",
+        work=latest["content"] if latest else "(nothing yet)",
+    )
+    accepted = verdict.verdict == "accept" and latest is not None
+    feedback = "" if accepted else (verdict.feedback or "the work does not do the task yet")
+    runtime.stream_writer({"stage": "reviewer", "verdict": verdict.verdict, "feedback": feedback})
+    item = _work("reviewer", "review the latest work", "accepted" if accepted else f"revise: {feedback}", ok=accepted)
+    return {"work": [item], "accepted": accepted, "feedback": feedback, "tokens_used": tokens}
+
+
+async def synthesize(state: TeamState, deps: TeamDeps) -> dict[str, Any]:
+    """The result, written from the workers' contributions (the reviews left out)."""
+    work = [w for w in state.get("work", []) if w["role"] != "reviewer"]
+    final, tokens = await deps.synthesizer(deps.prompts.synthesizer, task=state["task"], work=work)
+    return {"output": final.output, "status": state.get("status") or "done", "tokens_used": tokens}
+
+
+# -- the graph ----------------------------------------------------------------------------------------
+def compose_team_graph(deps: TeamDeps, *, checkpointer: Checkpointer = None, name: str = "team") -> TeamGraph:
+    """The steps bound to `deps`, wired: every worker reports back to the coordinator."""
+    builder = StateGraph(TeamState, context_schema=TeamContext, input_schema=TeamInput)
+    workers = ("researcher", "coder", "reviewer")
+    builder.add_node("coordinator", partial(coordinate, deps=deps), destinations=(*workers, "synthesizer"))
+    builder.add_node("researcher", partial(research, deps=deps))
+    builder.add_node("coder", partial(code, deps=deps))
+    builder.add_node("reviewer", partial(review, deps=deps))
+    builder.add_node("synthesizer", partial(synthesize, deps=deps))
+    builder.add_edge(START, "coordinator")
+    for worker in workers:
+        builder.add_edge(worker, "coordinator")
+    builder.add_edge("synthesizer", END)
+    graph = builder.compile(checkpointer=checkpointer, name=name)
+    return graph.with_config(metadata=_metadata(deps))
 
 
 def build_team_graph(
     model: BaseChatModel,
     *,
-    researcher: Any | None,
+    researcher: Researcher | None,
     prompts: PromptLibrary | None = None,
     checkpointer: Checkpointer = None,
     name: str = "team",
-) -> Any:
+) -> TeamGraph:
     """Compile the team; `researcher` is a research graph compiled without a checkpointer (a subgraph), or None."""
-    library = prompts or PromptLibrary()
-    prompt = {n: library.get("team", n) for n in PROMPTS}
-    route_call = StructuredCall(model, Route)
-    code_call = StructuredCall(model, CodeDraft)
-    review_call = StructuredCall(model, Review)
-    final_call = StructuredCall(model, FinalOutput)
+    deps = TeamDeps.create(model, researcher=researcher, prompts=prompts)
+    return compose_team_graph(deps, checkpointer=checkpointer, name=name)
 
-    async def coordinator(state: TeamState, runtime: Runtime[TeamContext]) -> Command[Any]:
-        task = state.get("task")
-        if not isinstance(task, str) or not task.strip():
-            raise GraphInputError(
-                f"the team graph needs a non-empty string `task`, got {task!r}", fix='invoke it with {"task": "..."}'
-            )
-        steps = state.get("steps", 0)
-        if steps >= _knobs(runtime).max_steps:
-            get_stream_writer()({"stage": "coordinator", "next": "synthesize", "why": "step budget spent"})
-            return Command(goto="synthesizer", update={"status": "step_budget_exhausted"})
-        route, tokens = await route_call(
-            prompt["coordinator"], task=task, work=state.get("work", []), feedback=state.get("feedback", "")
-        )
-        target = "synthesizer" if route.next == "synthesize" else route.next
-        get_stream_writer()({"stage": "coordinator", "next": route.next, "instruction": route.instruction})
-        update = {"steps": steps + 1, "instruction": route.instruction or task, "tokens_used": tokens}
-        return Command(goto=target, update=update)
 
-    async def research(state: TeamState) -> dict[str, Any]:
-        question = state.get("instruction") or state["task"]
-        if researcher is None:  # tell the coordinator rather than fail the run: it can route elsewhere
-            return {"work": [_work("researcher", question, "no researcher is configured for this team", ok=False)]}
-        result = await researcher.ainvoke({"question": question})
-        answer = str(result.get("answer", ""))
-        item = _work("researcher", question, answer, ok=bool(result.get("citations")))
-        return {"work": [item], "citations": result.get("citations", []), "tokens_used": result.get("tokens_used", 0)}
-
-    async def code(state: TeamState, runtime: Runtime[TeamContext]) -> dict[str, Any]:
-        from agentstack.graphs._sandbox import run_python
-
-        knobs = _knobs(runtime)
-        instruction = state.get("instruction") or state["task"]
-        previous = next((w["content"] for w in reversed(state.get("work", [])) if w["role"] == "coder"), "")
-        try:
-            draft, tokens = await code_call(
-                prompt["coder"],
-                task=state["task"],
-                instruction=instruction,
-                feedback=state.get("feedback", ""),
-                previous=previous[-2000:],
-            )
-        except ModelOutputError as exc:
-            # Like a program that fails: the coordinator sees it and routes on (the coder again, or elsewhere)
-            # rather than the whole run being lost to one reply the model could not finish.
-            get_stream_writer()({"stage": "coder", "error": exc.problem})
-            failed = _work("coder", instruction, f"the coder wrote no usable program: {exc.problem}", ok=False)
-            return {"work": [failed], "tokens_used": exc.tokens_used}
-        result = await run_python(draft.code, timeout_s=knobs.code_timeout_s, memory_mb=knobs.code_memory_mb)
-        get_stream_writer()({"stage": "coder", "exit_code": result.exit_code, "timed_out": result.timed_out})
-        content = f"```python\n{draft.code}\n```\n{format_sandbox_result(result)}"
-        return {"work": [_work("coder", instruction, content, ok=result.ok)], "tokens_used": tokens}
-
-    async def review(state: TeamState) -> dict[str, Any]:
-        latest = next((w for w in reversed(state.get("work", [])) if w["role"] != "reviewer"), None)
-        verdict, tokens = await review_call(
-            prompt["reviewer"],
-            task=state["task"],
-            role=latest["role"] if latest else "nobody",
-            work=latest["content"] if latest else "(nothing yet)",
-        )
-        accepted = verdict.verdict == "accept" and latest is not None
-        feedback = "" if accepted else (verdict.feedback or "the work does not do the task yet")
-        get_stream_writer()({"stage": "reviewer", "verdict": verdict.verdict, "feedback": feedback})
-        item = _work(
-            "reviewer", "review the latest work", "accepted" if accepted else f"revise: {feedback}", ok=accepted
-        )
-        return {"work": [item], "accepted": accepted, "feedback": feedback, "tokens_used": tokens}
-
-    async def synthesize(state: TeamState) -> dict[str, Any]:
-        work = [w for w in state.get("work", []) if w["role"] != "reviewer"]
-        final, tokens = await final_call(prompt["synthesizer"], task=state["task"], work=work)
-        return {"output": final.output, "status": state.get("status") or "done", "tokens_used": tokens}
-
-    builder = StateGraph(TeamState, context_schema=TeamContext, input_schema=TeamInput)
-    builder.add_node("coordinator", coordinator, destinations=("researcher", "coder", "reviewer", "synthesizer"))
-    builder.add_node("researcher", research)
-    builder.add_node("coder", code)
-    builder.add_node("reviewer", review)
-    builder.add_node("synthesizer", synthesize)
-    builder.add_edge(START, "coordinator")
-    for worker in ("researcher", "coder", "reviewer"):
-        builder.add_edge(worker, "coordinator")
-    builder.add_edge("synthesizer", END)
-    graph = builder.compile(checkpointer=checkpointer, name=name)
-    metadata = run_metadata("team", [prompt[n] for n in PROMPTS])
-    nested = (getattr(researcher, "config", None) or {}).get("metadata", {}).get("agentstack_prompts")
+def _metadata(deps: TeamDeps) -> dict[str, str]:
+    metadata = run_metadata("team", deps.prompts.all())
+    nested = (getattr(deps.researcher, "config", None) or {}).get("metadata", {}).get("agentstack_prompts")
     if nested:  # the researcher's prompt versions shape the result too
         metadata["agentstack_prompts"] = " ".join(sorted({*metadata["agentstack_prompts"].split(), *nested.split()}))
-    return graph.with_config(metadata=metadata)
+    return metadata
+
+
+def _build_from_parts(parts: GraphParts, **options: Any) -> TeamGraph:
+    researcher = build_research_graph(parts.model, parts.retriever)  # no checkpointer: saves through the team's
+    return build_team_graph(parts.model, researcher=researcher, checkpointer=parts.checkpointer, **options)
+
+
+def _render(values: Mapping[str, Any]) -> ResultView:
+    return ResultView(
+        title="result",
+        detail=str(values.get("status")),
+        text=str(values.get("output", "")),
+        citations=values.get("citations", []),
+    )
+
+
+TEAM_GRAPH: GraphEntry[TeamState, TeamContext, TeamInput] = GraphEntry(
+    name="team",
+    description="A coordinator routes a task to a researcher, a sandboxed coder and a reviewer.",
+    build=_build_from_parts,
+    state=TeamState,
+    context=TeamContext,
+    input=TeamInput,
+    input_from_task=lambda task: {"task": task},
+    render=_render,
+    searches_documents=True,
+)
 
 
 def _work(role: Worker, instruction: str, content: str, *, ok: bool) -> WorkItem:

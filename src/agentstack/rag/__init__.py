@@ -12,28 +12,50 @@ Or build the parts yourself:
     result = await HybridRetriever(index, embedder).aretrieve("how do I resume a thread?", k=5)
 
 Only what users call is exported here; the rest (filter expressions, entity keys, the local FalkorDB
-server, the fusion formula, loaders) lives in private modules and may change.
+server, the fusion formula, loaders) lives in private modules and may change. The names load on first
+use (PEP 562): `agentstack.rag._types` (what a retrieval returns) is imported by light code, the test
+kit's in-memory retriever among it, which must not pay for llama-index and Milvus.
 """
 
-from agentstack.rag._adapters import LangChainRetriever, llama_index_retriever, retrieval_tool
-from agentstack.rag._chunking import Chunker, ParentChildChunker, SemanticChunker
-from agentstack.rag._embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
-from agentstack.rag._graph import (
-    Extraction,
-    GraphExtractor,
-    GraphIngestor,
-    GraphResult,
-    GraphRetriever,
-    GraphStore,
-    KnowledgeGraph,
-    open_graph_store,
-)
-from agentstack.rag._index import MilvusIndex
-from agentstack.rag._ingest import Ingestor, IngestReport
-from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
-from agentstack.rag._retriever import HybridRetriever
-from agentstack.rag._setup import Retrieval, open_knowledge_graph, open_retrieval
-from agentstack.rag._types import Chunk, Document, RetrievalResult, ScoredChunk
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Chunk": "agentstack.rag._types",
+    "Chunker": "agentstack.rag._chunking",
+    "CohereReranker": "agentstack.rag._rerank",
+    "Document": "agentstack.rag._types",
+    "Embedder": "agentstack.rag._embeddings",
+    "Extraction": "agentstack.rag._graph",
+    "GraphExtractor": "agentstack.rag._graph",
+    "GraphIngestor": "agentstack.rag._graph",
+    "GraphResult": "agentstack.rag._graph",
+    "GraphRetriever": "agentstack.rag._graph",
+    "GraphStore": "agentstack.rag._graph",
+    "HttpReranker": "agentstack.rag._rerank",
+    "HybridRetriever": "agentstack.rag._retriever",
+    "IngestReport": "agentstack.rag._ingest",
+    "Ingestor": "agentstack.rag._ingest",
+    "KnowledgeGraph": "agentstack.rag._graph",
+    "LangChainRetriever": "agentstack.rag._adapters",
+    "LocalEmbedder": "agentstack.rag._embeddings",
+    "MilvusIndex": "agentstack.rag._index",
+    "OpenAIEmbedder": "agentstack.rag._embeddings",
+    "ParentChildChunker": "agentstack.rag._chunking",
+    "Reranker": "agentstack.rag._rerank",
+    "Retrieval": "agentstack.rag._setup",
+    "RetrievalResult": "agentstack.rag._types",
+    "ScoredChunk": "agentstack.rag._types",
+    "SemanticChunker": "agentstack.rag._chunking",
+    "llama_index_retriever": "agentstack.rag._adapters",
+    "open_graph_store": "agentstack.rag._graph",
+    "open_knowledge_graph": "agentstack.rag._setup",
+    "open_retrieval": "agentstack.rag._setup",
+    "retrieval_tool": "agentstack.rag._adapters",
+}
 
 __all__ = [
     "Chunk",
@@ -68,3 +90,37 @@ __all__ = [
     "open_retrieval",
     "retrieval_tool",
 ]
+
+if TYPE_CHECKING:
+    from agentstack.rag._adapters import LangChainRetriever, llama_index_retriever, retrieval_tool
+    from agentstack.rag._chunking import Chunker, ParentChildChunker, SemanticChunker
+    from agentstack.rag._embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
+    from agentstack.rag._graph import (
+        Extraction,
+        GraphExtractor,
+        GraphIngestor,
+        GraphResult,
+        GraphRetriever,
+        GraphStore,
+        KnowledgeGraph,
+        open_graph_store,
+    )
+    from agentstack.rag._index import MilvusIndex
+    from agentstack.rag._ingest import Ingestor, IngestReport
+    from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
+    from agentstack.rag._retriever import HybridRetriever
+    from agentstack.rag._setup import Retrieval, open_knowledge_graph, open_retrieval
+    from agentstack.rag._types import Chunk, Document, RetrievalResult, ScoredChunk
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentstack.rag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*globals(), *__all__]

@@ -1,8 +1,9 @@
 """agentstack's pytest plugin (registered through the `pytest11` entry point) and test doubles.
 
-Fixtures:
+Fixtures (none reads the developer's environment or `agentstack.toml`):
 - `agentstack_postgres`: the URL of a fresh database on a real PostgreSQL server that is
   started once per test session (fsync off) and removed at its end.
+- `agentstack_postgres_server`: that session's server (`TestPostgres`).
 - `saver`: a `PoolSaver` on that database, tables created (async; needs pytest-asyncio).
 - `scripted_model`: a factory, `scripted_model(["reply", {...}, AIMessage(...)])` or
   `scripted_model(lambda messages, tools: ...)`, returning a `ScriptedChatModel`.
@@ -11,31 +12,121 @@ Fixtures:
 - `agentstack_embedder`: the default local embedder (all-MiniLM-L6-v2 from PyPI), loaded once per session.
 - `hybrid_index`: a `Retrieval` (index, embedder, retriever, ingestor) on a fresh Milvus Lite index in the
   test's temporary directory (async; needs `agentstack[local]`).
+
+Doubles, to import (`from agentstack.testing import ...`); they take production's paths, so graph logic is
+tested in milliseconds with what a real run would do:
+- `ScriptedChatModel`: a real LangChain chat model answering from a script; `with_structured_output`
+  binds `response_format` json_schema and parses the reply's JSON content, as `ChatOpenAI` does.
+- `schema_model(Plan={...}, Analysis=lambda prompt: {...})`: a `ScriptedChatModel` answering each
+  structured-output request by its schema's name (stateless, so `resumable` can re-run the graph).
+- `InMemoryRetriever([Document(...)])` or `InMemoryRetriever.from_texts({source: text})`: BM25 over the
+  texts, returning what `HybridRetriever.aretrieve` returns.
+- `check_resumable` (the `resumable` fixture), `TestPostgres`.
+
+The guard: with `agentstack_block_model_requests = true` in the pytest ini options, a test that calls a
+real chat model fails with `ModelRequestBlockedError` unless it is marked
+`@pytest.mark.allow_model_requests` (see `agentstack.testing._guard` for how and why).
+
+Importing this module imports pytest (and pytest-asyncio) only: the doubles and helpers load on first use
+(PEP 562), so installing agentstack does not slow down the start of every pytest run with LangGraph,
+psycopg and LangChain's tracers.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+import importlib
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from agentstack.testing._postgres import TestPostgres
-from agentstack.testing._resumable import ResumeReport, check_resumable
-from agentstack.testing._scripted_model import Reply, Responder, ScriptedChatModel, ScriptExhaustedError
+if TYPE_CHECKING:
+    from agentstack.testing._guard import ModelRequestBlockedError, ModelRequestGuard  # noqa: F401
+    from agentstack.testing._postgres import TestPostgres
+    from agentstack.testing._resumable import ResumeReport, check_resumable
+    from agentstack.testing._retriever import InMemoryRetriever
+    from agentstack.testing._scripted_model import (
+        Reply,
+        Responder,
+        ScriptedChatModel,
+        ScriptExhaustedError,
+        schema_model,
+    )
+
+# name -> the module that defines it. Deliberately no `__dir__` listing them: pytest and pluggy read every
+# name `dir()` shows when they register the plugin, which would import them all.
+_EXPORTS: dict[str, str] = {
+    "InMemoryRetriever": "agentstack.testing._retriever",
+    "ModelRequestBlockedError": "agentstack.testing._guard",
+    "ResumeReport": "agentstack.testing._resumable",
+    "ScriptExhaustedError": "agentstack.testing._scripted_model",
+    "ScriptedChatModel": "agentstack.testing._scripted_model",
+    "TestPostgres": "agentstack.testing._postgres",
+    "check_resumable": "agentstack.testing._resumable",
+    "schema_model": "agentstack.testing._scripted_model",
+}
 
 __all__ = [
+    "InMemoryRetriever",
+    "ModelRequestBlockedError",
     "ResumeReport",
     "ScriptExhaustedError",
     "ScriptedChatModel",
     "TestPostgres",
     "check_resumable",
+    "schema_model",
 ]
 
+_BLOCK_OPTION = "agentstack_block_model_requests"
+_ALLOW_MARKER = "allow_model_requests"
+_GUARD = pytest.StashKey["ModelRequestGuard"]()
 
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentstack.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+# -- the guard against real model calls -----------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        _BLOCK_OPTION,
+        type="bool",
+        default=False,
+        help="agentstack: fail a test that calls a real chat model unless it is marked allow_model_requests",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{_ALLOW_MARKER}: this test may call real chat models (with {_BLOCK_OPTION} on)"
+    )
+    if config.getini(_BLOCK_OPTION):
+        from agentstack.testing._guard import install_guard
+
+        config.stash[_GUARD] = install_guard()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """The guard blocks for the whole test, setup (fixtures included) and teardown too."""
+    guard = item.config.stash.get(_GUARD, None)
+    if guard is None:
+        return (yield)
+    with guard.around(item.nodeid, allowed=item.get_closest_marker(_ALLOW_MARKER) is not None):
+        return (yield)
+
+
+# -- fixtures -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def agentstack_postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPostgres]:
     """One real PostgreSQL server for the whole test session."""
+    from agentstack.testing._postgres import TestPostgres
+
     server = TestPostgres(tmp_path_factory.mktemp("agentstack-postgres"))
     server.start()
     try:
@@ -57,12 +148,16 @@ def agentstack_postgres(agentstack_postgres_server: TestPostgres) -> Iterator[st
 @pytest.fixture
 def scripted_model() -> Callable[[Sequence[Reply] | Responder], ScriptedChatModel]:
     """Factory of deterministic chat models: pass the replies, or a function choosing them."""
+    from agentstack.testing._scripted_model import ScriptedChatModel
+
     return ScriptedChatModel.from_script
 
 
 @pytest.fixture
 def resumable() -> Callable[..., Any]:
     """`await resumable(graph, input, config=None, normalize=...)`: see `check_resumable`."""
+    from agentstack.testing._resumable import check_resumable
+
     return check_resumable
 
 
@@ -97,11 +192,10 @@ else:
 
     @pytest_asyncio.fixture
     async def saver(agentstack_postgres: str) -> AsyncIterator[Any]:
-        """A `PoolSaver` on this test's database, with its tables created."""
+        """A `PoolSaver` on this test's database, with its tables created; nothing else is read."""
         from agentstack.checkpoint import open_saver
-        from agentstack.config import Settings
 
-        async with open_saver(agentstack_postgres, settings=Settings.load(), pool_size=5) as pool_saver:
+        async with open_saver(agentstack_postgres, pool_size=5) as pool_saver:
             yield pool_saver
 
     @pytest_asyncio.fixture
