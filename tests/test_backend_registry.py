@@ -121,6 +121,7 @@ def test_broken_and_conflicting_entry_points_are_named(site: Path) -> None:
         BackendRegistry.from_entry_points()
 
 
+@pytest.mark.allow_model_requests  # the canary asks the stub server through ChatOpenAI
 async def test_a_third_party_backend_is_launched_canaried_scraped_and_routed(
     stub_registry: BackendRegistry, tmp_path: Path
 ) -> None:
@@ -168,6 +169,7 @@ def stub_server(*flags: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         proc.wait()
 
 
+@pytest.mark.allow_model_requests  # the canary asks the stub server through ChatOpenAI
 async def test_the_canary_fails_cleanly_when_its_server_is_killed_under_it(
     stub_registry: BackendRegistry, tmp_path: Path
 ) -> None:
@@ -184,6 +186,7 @@ async def test_the_canary_fails_cleanly_when_its_server_is_killed_under_it(
                 await canary
 
 
+@pytest.mark.allow_model_requests  # the canary asks the stub server through ChatOpenAI
 async def test_odd_replies_fail_the_canary_as_backend_errors(stub_registry: BackendRegistry, tmp_path: Path) -> None:
     backend = StubBackend(BackendContext(tmp_path))
     chat, embed, rerank = (stub_spec(stub_registry, task=task).models[0] for task in ("chat", "embed", "rerank"))
@@ -197,6 +200,7 @@ async def test_odd_replies_fail_the_canary_as_backend_errors(stub_registry: Back
                 await run_canary(transport, url, rerank, backend)
 
 
+@pytest.mark.allow_model_requests  # the canary asks the stub server through ChatOpenAI
 async def test_an_external_server_that_ignores_the_schema_fails_its_canary(tmp_path: Path) -> None:
     """The stub honours only guided_json; as an `external` model it is asked in OpenAI's response_format."""
     with stub_server() as (proc, url):

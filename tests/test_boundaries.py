@@ -60,6 +60,7 @@ def chat_model(base_url: str) -> ChatOpenAI:
     return ChatOpenAI(base_url=base_url, model="tiny", api_key="none", max_retries=0, timeout=30)  # type: ignore[arg-type]
 
 
+@pytest.mark.allow_model_requests  # a real ChatOpenAI against a failing server
 async def test_a_model_server_killed_mid_request_is_a_backend_error() -> None:
     with chat_server("hang") as (proc, url):
         call = StructuredCall(chat_model(url), Answer)
@@ -72,12 +73,14 @@ async def test_a_model_server_killed_mid_request_is_a_backend_error() -> None:
     assert "agentstack serve" in (caught.value.fix or "")
 
 
+@pytest.mark.allow_model_requests  # a real ChatOpenAI against a failing server
 async def test_a_model_server_that_is_not_running_is_a_backend_error() -> None:
     call = StructuredCall(chat_model(f"http://127.0.0.1:{free_port()}/v1"), Answer)
     with pytest.raises(BackendError, match="could not be reached"):
         await call(PROMPT, question="why?")
 
 
+@pytest.mark.allow_model_requests  # a real ChatOpenAI against a failing server
 async def test_a_model_server_error_reply_is_a_backend_error_with_its_status() -> None:
     with chat_server("error") as (_proc, url):
         call = StructuredCall(chat_model(url), Answer)

@@ -61,6 +61,7 @@ def test_the_allow_list_keeps_runtime_variables_and_adds_the_callers(planted: No
     assert_clean(child_env())  # this process's own environment, with the secrets planted
 
 
+@pytest.mark.allow_model_requests  # the fleet's canary asks the real model
 async def test_a_replica_and_the_watchdog_get_no_secrets(planted: None, fleet_home: Path) -> None:
     spec = tiny_spec(replicas=1, env={"AGENTSTACK_TEST_SPEC_ENV": "from-the-spec"}, fleet={"canary": False})
     async with Fleet(spec, home=fleet_home, scrape_interval_s=None) as fleet:

@@ -16,7 +16,7 @@ import pytest
 from cli_helpers import serve_gateway
 from fleet_helpers import MODEL, alive, tiny_spec_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.allow_model_requests]  # the fleet's canary asks a real model
 
 
 def test_serve_runs_a_gateway_and_stops_cleanly(fleet_home: Path, tmp_path: Path) -> None:

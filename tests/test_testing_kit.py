@@ -293,8 +293,5 @@ def hostile_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTSTACK_CHECKPOINT_POOL_SIZE", "0")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open_saver(url) still loads Settings in this branch; the checkpoint layer's change fixes it"
-)
 async def test_the_saver_fixture_reads_no_environment(hostile_env: None, saver: Any) -> None:
     await saver.aget_tuple({"configurable": {"thread_id": "t"}})

@@ -142,6 +142,12 @@ def _unreachable_model(error: Exception, ref: str, model: str) -> Exception:
             fix="start the fleet (agentstack serve) or check AGENTSTACK_LLM_BASE_URL; a dead replica's log is under "
             "<home>/fleet/logs",
         )
+    if openai is not None and isinstance(error, openai.APIError):  # a reply the client could not read
+        return BackendError(
+            f"the model server answered the request for {ref} (model {model!r}) with something that is not an "
+            f"OpenAI chat completion: {type(error).__name__}: {error}",
+            fix="check that the URL is the server's OpenAI-compatible /v1 API",
+        )
     return error
 
 

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import httpx
-import openai
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -110,21 +109,17 @@ async def _ask_chat(
             f"({backend.dialect.name}; see the pins in agentstack.serving), or disable the canary only if no graph "
             "asks this model for structured output",
         ) from exc
+    except BackendError as exc:  # StructuredCall says how the server failed; the canary says which replica
+        raise BackendError(f"{where} failed the startup canary: {exc.problem}", fix=exc.fix or _LOG_FIX) from exc
     finally:
         await client.aclose()
 
 
 @contextlib.contextmanager
 def _as_backend_error(where: str) -> Iterator[None]:
-    """The OpenAI client's errors, and what odd replies make LangChain raise, as `BackendError`s."""
+    """What odd replies make LangChain raise, as `BackendError`s (StructuredCall maps the client's own errors)."""
     try:
         yield
-    except openai.APIStatusError as exc:
-        raise BackendError(
-            f"{where} answered the startup canary with HTTP {exc.status_code}: {exc.message[:300]}", fix=_LOG_FIX
-        ) from exc
-    except openai.APIError as exc:  # connection refused or reset, timeout, a body that is not JSON
-        raise BackendError(f"{where} failed the startup canary: {exc!r}", fix=_LOG_FIX) from exc
     except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a JSON reply of the wrong shape
         raise BackendError(
             f"{where} answered the startup canary with a reply that is not an OpenAI chat completion: {exc!r}",
