@@ -177,8 +177,10 @@ async def test_the_canary_fails_cleanly_when_its_server_is_killed_under_it(
     with stub_server("--slow-s", "30") as (proc, url):
         async with httpx.AsyncHTTPTransport() as transport:
             canary = asyncio.create_task(run_canary(transport, url, spec, StubBackend(BackendContext(tmp_path))))
-            await asyncio.sleep(1.0)  # the request is in flight: the stub sleeps before replying
-            assert not canary.done()
+            async with httpx.AsyncClient() as probe:  # wait until the stub is holding the canary's request
+                while "stub_requests_running 1" not in (await probe.get(f"{url}/metrics")).text:
+                    assert not canary.done()
+                    await asyncio.sleep(0.05)
             proc.kill()
             with pytest.raises(
                 BackendError, match=r"model 'stub-chat' at http://127\.0\.0\.1:\d+ failed the startup canary"

@@ -8,10 +8,12 @@ are, temporary files, locale and time zone) and the runtime variables of the GPU
 what the caller adds on purpose: a spec's `env`, the placement's `CUDA_VISIBLE_DEVICES`.
 
 Kept by name: PATH, HOME, USER, LOGNAME, TMPDIR, TZ, LANG, LANGUAGE, LD_LIBRARY_PATH (CUDA libraries
-often live there), XDG_CACHE_HOME (where hub caches default to). Kept by prefix: LC_* (locale), and
-CUDA_*, NVIDIA_*, NCCL_* (GPU runtime), HF_*, HUGGINGFACE_*, TRANSFORMERS_* (the model hub and its
-cache; HF_TOKEN is the one credential passed, because a server downloads gated weights with it),
-TORCH_*, OMP_*, MKL_* (threading and kernels), VLLM_*, SGLANG_* (the servers' own settings).
+often live there), XDG_CACHE_HOME (where hub caches default to), and what a server needs to download
+weights on a network with a proxy or its own CA: HTTP_PROXY, HTTPS_PROXY, NO_PROXY (either case),
+SSL_CERT_FILE, SSL_CERT_DIR, REQUESTS_CA_BUNDLE. Kept by prefix: LC_* (locale); CUDA_*, NVIDIA_*,
+NCCL_*, CUBLAS_* (GPU runtime); HF_*, HUGGINGFACE_*, HUGGING_FACE_*, TRANSFORMERS_*, TOKENIZERS_* (the
+model hub and its cache: HF_TOKEN is passed, since a server downloads gated weights with it); TORCH_*,
+PYTORCH_*, TRITON_*, OMP_*, MKL_* (kernels, allocator, threads); VLLM_*, SGLANG_* (the servers' own).
 
 The sandbox that runs agents' code (`agentstack.graphs`) builds a stricter environment still (no GPU
 or hub variables at all, its own HOME), so it does not use this allow-list.
@@ -24,18 +26,26 @@ from collections.abc import Mapping
 
 __all__ = ["KEPT_NAMES", "KEPT_PREFIXES", "child_env"]
 
+_PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 KEPT_NAMES: frozenset[str] = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "TZ", "LANG", "LANGUAGE", "LD_LIBRARY_PATH", "XDG_CACHE_HOME"}
+    | {*_PROXIES, *(name.lower() for name in _PROXIES)}
+    | {"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
 )
 KEPT_PREFIXES: tuple[str, ...] = (
     "LC_",
     "CUDA_",
     "NVIDIA_",
     "NCCL_",
+    "CUBLAS_",
     "HF_",
     "HUGGINGFACE_",
+    "HUGGING_FACE_",
     "TRANSFORMERS_",
+    "TOKENIZERS_",
     "TORCH_",
+    "PYTORCH_",
+    "TRITON_",
     "OMP_",
     "MKL_",
     "VLLM_",

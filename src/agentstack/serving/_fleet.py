@@ -319,7 +319,10 @@ class Fleet:
 
     async def _scrape_periodically(self, interval_s: float) -> None:
         while True:
-            await self.scrape_backends()
+            try:
+                await self.scrape_backends()
+            except Exception:  # a bug here must not end the scraping, nor reach anyone's request
+                _log.exception("scraping the replicas' metrics failed")
             await asyncio.sleep(interval_s)
 
     # -- clients ----------------------------------------------------------------------------------
