@@ -28,8 +28,8 @@ from agentstack.checkpoint import (
     list_threads,
     open_pool,
     prune_thread,
-    redact_url,
 )
+from agentstack.checkpoint._boundary import redact_url
 from agentstack.errors import CheckpointError
 
 pytestmark = pytest.mark.slow

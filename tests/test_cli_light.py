@@ -7,9 +7,11 @@ which is what a `pip install agentstack` without `[local]` looks like to our cod
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from cli_helpers import run_agentstack
+from cli_helpers import clean_env, run_agentstack
 
 LOCAL_EXTRA = (
     "pymilvus",
@@ -57,3 +59,30 @@ def test_a_command_that_needs_the_extra_names_it(tmp_path: Path) -> None:
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert "error:" in done.stderr and "fix: pip install 'agentstack[local]'" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+HEAVY = ("langgraph", "langchain_core", "langchain_openai", "openai", "psycopg", "uvicorn", "starlette", "torch")
+PROBE = """
+import sys
+from agentstack.cli._app import app
+try:
+    app({args!r})
+except SystemExit:
+    pass
+print("LOADED", sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_help_and_doctor_load_nothing_heavy(tmp_path: Path) -> None:
+    """What keeps `agentstack --help` and `agentstack doctor` under a second: neither imports LangGraph,
+    LangChain, psycopg, the HTTP servers or torch (a timing would be noise on a shared machine; this is not)."""
+    for args in (["--help"], ["doctor"]):
+        code = PROBE.format(args=args, heavy=HEAVY)
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=clean_env() | {"AGENTSTACK_HOME": str(tmp_path / "home")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "LOADED []" in done.stdout, (args, done.stdout[-500:], done.stderr[-2000:])

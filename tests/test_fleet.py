@@ -22,13 +22,13 @@ from agentstack.errors import BackendError, ConfigError
 from agentstack.serving import (
     BackendContext,
     Fleet,
-    LlamaCppBackend,
     Replica,
     ReplicaState,
     Router,
     StructuredDialect,
     gateway_server,
 )
+from agentstack.serving._backends import LlamaCppBackend
 from agentstack.serving._canary import run_canary
 from agentstack.serving._metrics import FleetMetrics
 from fleet_helpers import MODEL, tiny_spec

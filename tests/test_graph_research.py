@@ -16,8 +16,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from agentstack.errors import GraphInputError, RetrievalError
-from agentstack.graphs import ResearchContext, build_research_graph, verify_citations
-from agentstack.graphs._research import ResearchDeps, after_analyze, analyze, answer, plan, search
+from agentstack.graphs import ResearchContext, build_research_graph
+from agentstack.graphs._research import ResearchDeps, after_analyze, analyze, answer, plan, search, verify_citations
 from agentstack.testing import InMemoryRetriever, schema_model
 from graph_helpers import DOCS, LengthFinishReasonError, step_runtime, thread
 

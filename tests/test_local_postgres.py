@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from agentstack.checkpoint import LocalPostgres, find_postgres_binaries
+from agentstack.checkpoint import LocalPostgres
+from agentstack.checkpoint._local_postgres import find_postgres_binaries
 from agentstack.errors import MissingDependencyError, PostgresServerError
 
 

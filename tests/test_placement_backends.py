@@ -11,13 +11,11 @@ from agentstack.serving import (
     BackendContext,
     FleetSpec,
     GpuInfo,
-    LlamaCppBackend,
     Placement,
     Prepared,
-    SglangBackend,
-    VllmBackend,
-    place,
 )
+from agentstack.serving._backends import LlamaCppBackend, SglangBackend, VllmBackend
+from agentstack.serving._placement import place
 
 GIB = 1024**3
 SPECS = Path(__file__).parents[1] / "serving"

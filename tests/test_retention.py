@@ -10,7 +10,8 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
-from agentstack.checkpoint import PoolSaver, delete_thread, list_threads, parse_duration, prune_thread
+from agentstack.checkpoint import PoolSaver, delete_thread, list_threads, prune_thread
+from agentstack.checkpoint._retention import parse_duration
 from agentstack.errors import ConfigError
 
 

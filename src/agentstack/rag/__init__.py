@@ -19,8 +19,9 @@ kit's in-memory retriever among it, which must not pay for llama-index and Milvu
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agentstack._lazy import lazy_exports
 
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
@@ -91,6 +92,8 @@ __all__ = [
     "retrieval_tool",
 ]
 
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
+
 if TYPE_CHECKING:
     from agentstack.rag._adapters import LangChainRetriever, llama_index_retriever, retrieval_tool
     from agentstack.rag._chunking import Chunker, ParentChildChunker, SemanticChunker
@@ -111,16 +114,3 @@ if TYPE_CHECKING:
     from agentstack.rag._retriever import HybridRetriever
     from agentstack.rag._setup import Retrieval, open_knowledge_graph, open_retrieval
     from agentstack.rag._types import Chunk, Document, RetrievalResult, ScoredChunk
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agentstack.rag' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return [*globals(), *__all__]

@@ -34,11 +34,12 @@ psycopg and LangChain's tracers.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from agentstack._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agentstack.testing._guard import ModelRequestBlockedError, ModelRequestGuard  # noqa: F401
@@ -53,8 +54,7 @@ if TYPE_CHECKING:
         schema_model,
     )
 
-# name -> the module that defines it. Deliberately no `__dir__` listing them: pytest and pluggy read every
-# name `dir()` shows when they register the plugin, which would import them all.
+# name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "InMemoryRetriever": "agentstack.testing._retriever",
     "ModelRequestBlockedError": "agentstack.testing._guard",
@@ -77,18 +77,12 @@ __all__ = [
     "schema_model",
 ]
 
+# Not listed in `dir()`: pytest and pluggy read every name it shows when they register the plugin.
+__getattr__, _ = lazy_exports(__name__, _EXPORTS, __all__, listed=False)
+
 _BLOCK_OPTION = "agentstack_block_model_requests"
 _ALLOW_MARKER = "allow_model_requests"
 _GUARD = pytest.StashKey["ModelRequestGuard"]()
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agentstack.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
 
 
 # -- the guard against real model calls -----------------------------------------------------------------
