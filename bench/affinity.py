@@ -13,7 +13,7 @@ The thread count is odd on purpose: with an even count and two replicas, threads
 lockstep make round-robin hand every thread the same replica turn after turn, which is affinity
 by accident. Ends with one JSON line; above 1 means affinity wins.
 
-    python bench/affinity.py [--quick]
+    python bench/affinity.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ async def main(threads: int, turns: int, rounds: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 threads x 5 turns, 1 round per policy")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="5 threads x 5 turns, 1 round per policy")
+    size.add_argument("--smoke", action="store_true", help="2 threads x 2 turns: proves it runs, measures nothing")
     args = parser.parse_args()
-    shape = (5, 5, 1) if args.quick else (5, 8, 2)
+    shape = (2, 2, 1) if args.smoke else (5, 5, 1) if args.quick else (5, 8, 2)
     print(json.dumps(asyncio.run(main(*shape))))

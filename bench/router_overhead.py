@@ -5,7 +5,7 @@ The request is a 1-token chat completion with a cached prompt: the cheapest real
 router's share is as visible as it can be. Added latency = routed percentile - direct percentile.
 Ends with one JSON line; target: p99_added_ms < 1.
 
-    python bench/router_overhead.py [--quick]
+    python bench/router_overhead.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import httpx
 from _fleet import MODEL, cpu_fleet, percentile
 
 
-async def main(requests: int) -> dict[str, float]:
+async def main(requests: int, warmup: int = 20) -> dict[str, float]:
     body = json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0}
     ).encode()
@@ -36,7 +36,7 @@ async def main(requests: int) -> dict[str, float]:
             response.raise_for_status()
             timings[name].append((time.perf_counter() - started) * 1000)
 
-        for _ in range(20):  # warm connections and the prompt cache
+        for _ in range(warmup):  # warm connections and the prompt cache
             await once("direct", direct)
             await once("routed", routed)
         timings = {"direct": [], "routed": []}
@@ -57,6 +57,9 @@ async def main(requests: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200 requests per side instead of 1000")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="200 requests per side instead of 1000")
+    size.add_argument("--smoke", action="store_true", help="5 requests per side: proves it runs, measures nothing")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(200 if args.quick else 1000))))
+    requests, warmup = (5, 2) if args.smoke else (200, 20) if args.quick else (1000, 20)
+    print(json.dumps(asyncio.run(main(requests, warmup))))
