@@ -7,15 +7,22 @@ traceback) instead of raising: an agent can recover from a message, not from a c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import Field
 
 from agentstack.errors import UserError
 
 __all__ = ["python_tool", "search_tool", "workspace_tools"]
 
 _READ_LIMIT = 20_000
+
+# Every argument a model fills is bounded: a grammar-constrained server then stops a small model that starts
+# repeating itself inside one, instead of letting it run into the reply's token limit.
+WorkspacePath = Annotated[str, Field(max_length=300, description="a path relative to the workspace")]
+FileContent = Annotated[str, Field(max_length=8000, description="the whole new content of the file")]
+Program = Annotated[str, Field(max_length=6000, description="a complete Python 3 program that prints its result")]
 
 
 def workspace_tools(root: Path) -> list[BaseTool]:
@@ -29,7 +36,7 @@ def workspace_tools(root: Path) -> list[BaseTool]:
             raise UserError(f"{path!r} is outside the workspace {root}", fix="use a path relative to the workspace")
         return target
 
-    def list_files(path: str = ".") -> str:
+    def list_files(path: WorkspacePath = ".") -> str:
         """List the files under a directory of the workspace."""
         try:
             base = inside(path)
@@ -40,7 +47,7 @@ def workspace_tools(root: Path) -> list[BaseTool]:
         names = sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file())
         return "\n".join(names[:500]) or "(empty)"
 
-    def read_file(path: str) -> str:
+    def read_file(path: WorkspacePath) -> str:
         """Read a text file of the workspace."""
         try:
             target = inside(path)
@@ -51,7 +58,7 @@ def workspace_tools(root: Path) -> list[BaseTool]:
             return f"error: cannot read {path!r}: {exc}"
         return text if len(text) <= _READ_LIMIT else text[:_READ_LIMIT] + f"\n... ({len(text)} characters)"
 
-    def write_file(path: str, content: str) -> str:
+    def write_file(path: WorkspacePath, content: FileContent) -> str:
         """Write (create or replace) a text file in the workspace."""
         try:
             target = inside(path)
@@ -70,7 +77,7 @@ def python_tool(*, timeout_s: float = 10.0, memory_mb: int = 512) -> BaseTool:
     """run_python: executes code in the sandbox (no network, time and memory limits, a temporary directory)."""
     from agentstack.graphs._sandbox import run_python as run
 
-    async def run_python(code: str) -> str:
+    async def run_python(code: Program) -> str:
         """Run a Python program and return its exit code, stdout and stderr."""
         result = await run(code, timeout_s=timeout_s, memory_mb=memory_mb)
         return format_sandbox_result(result)

@@ -85,7 +85,8 @@ def llama_index_retriever(
 
 
 class _SearchArgs(BaseModel):
-    query: str = Field(description="What to look for, as a short natural-language question or phrase.")
+    # Bounded, as every field a model fills: a grammar-constrained server then stops a rambling small model.
+    query: str = Field(max_length=300, description="What to look for, as a short natural-language question or phrase.")
 
 
 def retrieval_tool(

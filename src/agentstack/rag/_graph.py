@@ -15,7 +15,7 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -217,7 +217,7 @@ class Extraction(BaseModel):
 class QueryEntities(BaseModel):
     """The entities a question is about."""
 
-    names: list[str] = Field(max_length=6)
+    names: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(max_length=6)
 
 
 EXTRACT_INSTRUCTION = (
