@@ -35,7 +35,6 @@ EXPECTED_KEYS = {
     "router_overhead": {"p50_added_ms", "p99_added_ms", "requests"},
     "affinity": {"ttft_rr_over_affinity", "throughput_affinity_over_rr", "prefill_rr_over_affinity"},
 }
-FLEET_BENCHMARKS = {"fleet_throughput", "router_overhead", "affinity"}  # they start llama-server replicas
 
 
 def test_every_benchmark_is_covered() -> None:
@@ -58,9 +57,8 @@ def tiny_beir(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in FLEET_BENCHMARKS else n for n in EXPECTED_KEYS]
-)
+@pytest.mark.slow  # each a subprocess of seconds; the fleet ones start llama-server replicas
+@pytest.mark.parametrize("name", list(EXPECTED_KEYS))
 def test_benchmark_smoke(name: str, tmp_path: Path) -> None:
     args = [sys.executable, str(BENCH / f"{name}.py"), "--smoke"]
     if name == "retrieval_scifact":

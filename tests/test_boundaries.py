@@ -104,6 +104,7 @@ def children_running(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 async def test_milvus_lite_killed_under_searches_is_a_retrieval_error(tmp_path: Path) -> None:
     path = tmp_path / "milvus.db"
     index = await MilvusIndex.open(path, dimension=4, embedder="test")
@@ -125,6 +126,7 @@ async def test_milvus_lite_killed_under_searches_is_a_retrieval_error(tmp_path: 
         await index.aclose()
 
 
+@pytest.mark.slow
 def test_the_cli_reports_an_unreachable_milvus_without_a_traceback(tmp_path: Path) -> None:
     done = run_agentstack(
         "search",
@@ -137,6 +139,7 @@ def test_the_cli_reports_an_unreachable_milvus_without_a_traceback(tmp_path: Pat
     assert "fix:" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 async def test_falkordb_stopped_under_queries_is_a_retrieval_error(tmp_path: Path) -> None:
     server = LocalFalkorDB(tmp_path)
     graph = KnowledgeGraph(open_graph_store(server.start(), graph="boundaries"))

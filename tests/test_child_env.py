@@ -61,6 +61,7 @@ def test_the_allow_list_keeps_runtime_variables_and_adds_the_callers(planted: No
     assert_clean(child_env())  # this process's own environment, with the secrets planted
 
 
+@pytest.mark.slow
 @pytest.mark.allow_model_requests  # the fleet's canary asks the real model
 async def test_a_replica_and_the_watchdog_get_no_secrets(planted: None, fleet_home: Path) -> None:
     spec = tiny_spec(replicas=1, env={"AGENTSTACK_TEST_SPEC_ENV": "from-the-spec"}, fleet={"canary": False})
@@ -76,6 +77,7 @@ async def test_a_replica_and_the_watchdog_get_no_secrets(planted: None, fleet_ho
     assert_clean(watchdog)
 
 
+@pytest.mark.slow
 def test_the_embedded_postgres_gets_no_secrets(planted: None, tmp_path: Path) -> None:
     server = LocalPostgres(tmp_path / "home", server_settings={"fsync": "off"})
     try:
@@ -106,6 +108,7 @@ def memory_holds(pid: int, needle: bytes) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_falkordb_gets_no_secrets(planted: None, tmp_path: Path) -> None:
     server = LocalFalkorDB(tmp_path)
     try:

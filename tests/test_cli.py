@@ -31,6 +31,7 @@ def test_doctor_passes_here_and_fails_without_postgres(settings: Settings, monke
     assert "MISSING" in broken.output and "apt-get install" in broken.output
 
 
+@pytest.mark.slow
 def test_db_lifecycle(settings: Settings) -> None:
     try:
         assert runner.invoke(app, ["db", "status"]).exit_code == 3
@@ -76,6 +77,7 @@ def test_errors_are_reported_without_a_traceback(settings: Settings, monkeypatch
     assert "secret" not in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).with_name("agentstack")
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)

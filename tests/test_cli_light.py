@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cli_helpers import clean_env, run_agentstack
+
+pytestmark = pytest.mark.slow  # the CLI as a subprocess
 
 LOCAL_EXTRA = (
     "pymilvus",

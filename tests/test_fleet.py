@@ -33,7 +33,7 @@ from agentstack.serving._canary import run_canary
 from agentstack.serving._metrics import FleetMetrics
 from fleet_helpers import MODEL, tiny_spec
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.allow_model_requests]
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.allow_model_requests]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -93,6 +93,7 @@ async def test_stack_fails_on_a_wrong_model_before_starting_anything(
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["ingest", "--graph"]])
 def test_serve_and_graph_ingest_choose_the_same_way(command: list[str], spec_file: Path, tmp_path: Path) -> None:
     env = {

@@ -23,7 +23,10 @@ from agentstack.rag._falkordb_server import LocalFalkorDB
 from agentstack.rag._graph import QueryEntities, entity_key
 
 NEO4J_URL = os.environ.get("AGENTSTACK_TEST_NEO4J_URL")
-STORES = ["falkordb", pytest.param("neo4j", marks=pytest.mark.skipif(not NEO4J_URL, reason="no Neo4j configured"))]
+STORES = [
+    pytest.param("falkordb", marks=pytest.mark.slow),
+    pytest.param("neo4j", marks=pytest.mark.skipif(not NEO4J_URL, reason="no Neo4j configured")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +135,7 @@ def test_unknown_graph_url_is_refused():
         open_graph_store("http://localhost:7474")
 
 
+@pytest.mark.slow
 def test_local_falkordb_is_reused_and_stopped(tmp_path: Path):
     server = LocalFalkorDB(tmp_path)
     url = server.start()

@@ -18,6 +18,8 @@ from agentstack.checkpoint import LocalPostgres
 from agentstack.checkpoint._local_postgres import find_postgres_binaries
 from agentstack.errors import MissingDependencyError, PostgresServerError
 
+pytestmark = pytest.mark.slow  # each test initialises and starts a real cluster
+
 
 @pytest.fixture
 def postgres(tmp_path: Path) -> Iterator[LocalPostgres]:

@@ -23,6 +23,8 @@ from agentstack.rag import (
 from agentstack.rag._loaders import load_document
 from rag_server import serve
 
+pytestmark = pytest.mark.slow  # real Milvus Lite: each test's index takes seconds to create
+
 DOCS = {
     "postgres.md": "# Checkpoints\n\nLangGraph checkpoints are saved to Postgres after every superstep. "
     "A crashed run resumes from its last checkpoint, so no completed step runs twice.\n\n"

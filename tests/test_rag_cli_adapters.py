@@ -29,6 +29,7 @@ def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subproces
     return run_agentstack(*args, env={"AGENTSTACK_HOME": str(home), **(env or {})}, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_ingest_then_search(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -77,6 +78,7 @@ def test_reranker_choice_follows_settings(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert reranker_from(Settings.load(home=tmp_path)) is None
 
 
+@pytest.mark.slow
 async def test_adapters_over_settings_built_retrieval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [*os.environ]:
         if name.startswith("AGENTSTACK_") or name == "COHERE_API_KEY":
@@ -138,6 +140,7 @@ def test_cli_graph_ingest_with_the_local_model_then_graph_search(tmp_path: Path,
         LocalFalkorDB(home).stop()
 
 
+@pytest.mark.slow
 def test_cli_graph_ingest_extracts_with_the_external_model_when_one_is_set(tmp_path: Path) -> None:
     """With AGENTSTACK_LLM_BASE_URL, `ingest --graph` uses that server (here: refused, no model name) and
     starts no fleet."""

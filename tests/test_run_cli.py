@@ -101,6 +101,7 @@ def test_run_team_on_the_local_model(cli, tmp_path: Path) -> None:
     assert "result (" in ran.stdout and "coordinator" in ran.stdout
 
 
+@pytest.mark.slow
 def test_run_refuses_bad_input_before_starting_anything(cli) -> None:
     unknown = cli("run", "nonsense", "task")
     assert unknown.returncode == 1 and "no graph named 'nonsense'" in unknown.stderr

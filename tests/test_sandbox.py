@@ -216,6 +216,7 @@ def test_ok_needs_exit_zero_and_no_timeout() -> None:
 # --- limits ---
 
 
+@pytest.mark.slow
 async def test_timeout_kills_the_program_and_its_children(isolation: str) -> None:
     code = (
         "import subprocess, time\n"
@@ -237,6 +238,7 @@ async def test_timeout_kills_the_program_and_its_children(isolation: str) -> Non
     assert await wait_dead([grandchild]) == []
 
 
+@pytest.mark.slow
 async def test_threads_burning_cpu_count_as_a_timeout() -> None:
     code = (
         "import threading, time\n"
@@ -325,6 +327,7 @@ async def test_output_at_the_limit_is_not_truncated() -> None:
     assert result.stdout == "y" * 999 + "\n"
 
 
+@pytest.mark.slow
 async def test_endless_output_does_not_block_the_deadline() -> None:
     result = await run_python("while True:\n    print('z' * 1000)", timeout_s=1.0, max_output_bytes=5000)
     assert result.timed_out
@@ -454,6 +457,7 @@ async def test_files_land_in_a_temporary_directory_that_is_removed() -> None:
     assert not exists(workdir)
 
 
+@pytest.mark.slow
 async def test_directory_is_removed_after_a_timeout() -> None:
     result = await run_python("import os, time\nprint(os.getcwd(), flush=True)\ntime.sleep(60)", timeout_s=1.0)
     assert result.timed_out
@@ -487,6 +491,7 @@ async def test_processes_that_leave_the_process_group_die_in_the_namespace_mode(
     assert await wait_dead([escaped]) == []
 
 
+@pytest.mark.slow
 async def test_an_escaped_process_holding_the_pipes_does_not_hang_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     # Without a PID namespace a process that calls setsid survives the run (documented): it must not hold the run
     # hostage through the stdout it inherited. This test cleans it up itself.

@@ -98,6 +98,7 @@ async def test_a_failed_batch_fails_its_callers_and_writes_nothing(saver: PoolSa
     assert count["n"] == sum(1 for o in outcomes if o is None)
 
 
+@pytest.mark.slow
 def test_setup_from_many_processes_at_once(agentstack_postgres: str) -> None:
     code = (
         "import asyncio, sys\n"
@@ -162,6 +163,7 @@ async def test_unreachable_postgres_names_the_fix() -> None:
     assert "AGENTSTACK_POSTGRES_URL" in str(info.value)
 
 
+@pytest.mark.slow
 async def test_open_saver_without_url_starts_the_embedded_server(settings: Any) -> None:
     from agentstack.checkpoint import LocalPostgres
 

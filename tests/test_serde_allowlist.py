@@ -181,6 +181,7 @@ async def test_with_allowlist_gives_a_clone_that_loads_the_graphs_own_types(save
     assert saver.with_allowlist({("datetime", "date")}) is saver  # nothing new: no copy
 
 
+@pytest.mark.slow
 def test_a_compiled_graph_allows_its_state_types_in_langgraphs_strict_mode(agentstack_postgres: str) -> None:
     # LangGraph reads LANGGRAPH_STRICT_MSGPACK when it is imported, hence a process of its own.
     code = """

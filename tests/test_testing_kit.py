@@ -142,6 +142,7 @@ def test_ai_message_replies_pass_through() -> None:
     assert ScriptedChatModel.from_script([message]).invoke("x").tool_calls[0]["id"] == "1"
 
 
+@pytest.mark.slow
 async def test_hybrid_index_fixture_is_a_real_empty_index(hybrid_index, tmp_path):
     assert await hybrid_index.index.count("leaf") == 0
     (tmp_path / "note.md").write_text("The hybrid index fixture gives each test its own Milvus Lite directory.")
