@@ -182,3 +182,23 @@ def test_each_kind_of_failure_gets_its_fix_and_cancellation_passes() -> None:
         assert "secret" not in str(info.value)
     with pytest.raises(asyncio.CancelledError), postgres_errors(url, doing="testing"):
         raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:s3cr%zzet@127.0.0.1:9/db", "postgresql://u:s3cr et@127.0.0.1:9/db"])
+async def test_a_malformed_url_never_shows_its_password(url: str) -> None:
+    """libpq quotes the part of a URL it cannot parse, which can be the password itself."""
+    with pytest.raises(CheckpointError) as bad:
+        async with open_pool(url, connect_timeout=2):
+            pass
+    assert "s3cr" not in str(bad.value) and "cannot be parsed" in str(bad.value)
+
+
+async def test_a_refused_password_is_not_repeated(agentstack_postgres: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    wrong = make_conninfo(agentstack_postgres, password="wr0ng-pa55")
+    assert conninfo_to_dict(wrong)["password"] == "wr0ng-pa55"
+    with pytest.raises(CheckpointError, match="failed while connecting") as bad:
+        async with open_pool(wrong, connect_timeout=2):
+            pass
+    assert "wr0ng-pa55" not in str(bad.value) and "password" in (bad.value.fix or "")

@@ -68,6 +68,12 @@ def test_external_needs_urls_and_takes_no_resources() -> None:
     assert "urls: 'localhost:8000' is not an http(s) URL" in _error(
         {"models": [{"name": "x", "backend": "external", "urls": ["localhost:8000"]}]}
     )
+    # The router keeps each request's own path: a prefix would be lost on every routed request.
+    assert "urls: 'https://h/proxy/v1' has a path prefix" in _error(
+        {"models": [{"name": "x", "backend": "external", "urls": ["https://h/proxy/v1"]}]}
+    )
+    for fine in ("http://h", "http://h/", "http://h:8000/v1", "http://h/v1/"):
+        FleetSpec.from_data({"models": [{"name": "x", "backend": "external", "urls": [fine]}]})
     launched_only = {"name": "x", "backend": "external", "urls": ["http://h/v1"], "env": {"A": "1"}, "replicas": 2}
     message = _error({"models": [launched_only]})
     assert "env: agentstack does not launch external servers; remove env" in message

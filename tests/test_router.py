@@ -8,7 +8,7 @@ rule through `handle_request` and `handle_async_request` alike, so the two faces
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -39,6 +39,8 @@ class FakeReplicas:
         behaviour = self.behaviour[request.url.host]
         if behaviour == "down":
             raise httpx.ConnectError("connection refused", request=request)
+        if behaviour == "cut":  # a 5xx whose body breaks off while it is read
+            return httpx.Response(502, stream=_BrokenBody())
         body = json.loads(request.content)
         self.seen.append((request.url.host, body))
         if isinstance(behaviour, int):
@@ -56,6 +58,15 @@ class FakeReplicas:
                 fakes.closed = True
 
         return Transport(self.handle)
+
+
+class _BrokenBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        raise httpx.ReadError("connection reset while reading the body")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise httpx.ReadError("connection reset while reading the body")
+        yield b""  # an async generator
 
 
 Send = Callable[..., httpx.Response]
@@ -210,3 +221,12 @@ def test_a_router_without_a_sync_transport_says_so() -> None:
     router = Router({MODEL: [fakes.replica(MODEL, 0)]}, transport=fakes.transport())
     with pytest.raises(ConfigError, match="no sync_transport"), httpx.Client(transport=router) as client:
         client.post("http://fleet/v1/chat/completions", json=CHAT)
+
+
+def test_a_5xx_whose_body_breaks_off_frees_its_replica_and_fails_over(send: Send) -> None:
+    fakes = FakeReplicas()
+    cut, live = fakes.replica(MODEL, 0, "cut"), fakes.replica(MODEL, 1)
+    router = router_of(fakes, {MODEL: [cut, live]}, balance="round_robin", affinity=False)
+    for _ in range(3):
+        assert send(router, CHAT).json()["host"] == "chat-1.test"
+    assert cut.outstanding == live.outstanding == 0 and cut.failures >= 1

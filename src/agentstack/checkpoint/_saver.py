@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import random
 from collections.abc import AsyncIterator, Collection, Coroutine, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -66,6 +67,10 @@ __all__ = ["DEFAULT_POOL_SIZE", "PoolSaver", "open_pool", "open_saver", "redact_
 #: Connections in `open_saver`'s pool when no size is given: how many threads save at once.
 #: The same default as `Settings.checkpoint_pool_size`.
 DEFAULT_POOL_SIZE = 20
+_CONNECT_FIX = (
+    "check the URL (host, port, user, password, database) and that the server runs; with no "
+    "AGENTSTACK_POSTGRES_URL, agentstack starts its embedded server instead"
+)
 
 CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
 
@@ -353,14 +358,9 @@ async def open_pool(
     gone and the pool reconnecting) before it fails with a `CheckpointError`.
     """
     where = redact_url(url)
-    try:
-        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=int(connect_timeout))
-    except psycopg.Error as exc:
-        raise CheckpointError(
-            f"cannot connect to Postgres at {where}: {str(exc).strip()}",
-            fix="check AGENTSTACK_POSTGRES_URL (host, port, password, database), or unset it to use the "
-            "embedded server",
-        ) from exc
+    # libpq counts whole seconds, and 0 means "wait forever": never round a short timeout down to that.
+    with postgres_errors(url, doing="connecting", fix=_CONNECT_FIX):
+        probe = await psycopg.AsyncConnection.connect(url, connect_timeout=max(1, math.ceil(connect_timeout)))
     await probe.close()
     pool: Pool = AsyncConnectionPool(
         url,

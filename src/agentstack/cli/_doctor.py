@@ -34,7 +34,7 @@ def _postgres(settings: Settings) -> Check:
     if settings.postgres_url:
         import psycopg  # only to reach a configured server: doctor itself must start fast
 
-        from agentstack.checkpoint._boundary import redact_url
+        from agentstack.checkpoint._boundary import describe, redact_url
 
         where = redact_url(settings.postgres_url)
         try:
@@ -45,7 +45,7 @@ def _postgres(settings: Settings) -> Check:
             return Check(
                 "PostgreSQL",
                 False,
-                f"{where}: {str(exc).strip()}",
+                f"{where}: {describe(exc, settings.postgres_url)}",
                 "check AGENTSTACK_POSTGRES_URL, or unset it to use the embedded server",
                 essential=True,
             )

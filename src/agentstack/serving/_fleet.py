@@ -14,9 +14,8 @@ client it hands out borrow, and closes those clients and pools when it stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,22 @@ ROUTED_BASE_URL = "http://fleet.agentstack.invalid/v1"  # the router replaces th
 _PROBE_TIMEOUT = httpx.Timeout(5.0)
 _SCRAPE_TIMEOUT = httpx.Timeout(2.0)  # a slow /metrics costs one missed sample, never a request's time
 _log = logging.getLogger(__name__)
+
+
+async def _all_or_none(steps: Iterable[Awaitable[None]]) -> None:
+    """Run `steps` together; when one fails, cancel the others and wait for them before raising.
+
+    `asyncio.gather` would leave the others running while the fleet stops: a replica still spawning
+    then escapes the stop (and the closed watchdog), an orphan.
+    """
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def default_fleet_spec() -> Path:
@@ -175,7 +190,7 @@ class Fleet:
                 dialects={s.name: s.backend_class.dialect for s in self.spec.models},
                 metrics=self.metrics,
             )
-            await asyncio.gather(*(self._bring_up(m) for m in self._members))
+            await _all_or_none(self._bring_up(m) for m in self._members)
         except BaseException:
             await self.stop()
             raise
@@ -260,6 +275,11 @@ class Fleet:
                     break
                 except BackendError:
                     await process.stop(grace_s=0)
+                except Exception:  # a bug or the host failing (a full disk): give the replica up, say why
+                    _log.exception("restarting %s failed; it is given up", replica.label)
+                    await process.stop(grace_s=0)
+                    replica.state = ReplicaState.FAILED
+                    return
 
     async def stop(self) -> None:
         """Drain requests (up to `drain_timeout_s`), stop every server (SIGTERM, then SIGKILL), close the clients."""
@@ -281,10 +301,11 @@ class Fleet:
         )
         for member in self._members:
             member.replica.state = ReplicaState.STOPPED
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):  # stopping goes on: the pools and the watchdog must still close
+                _log.error("a fleet task had failed: %r", outcome)
         self._scraper = None
+        self._router = None
         if self._watchdog is not None:
             self._watchdog.close()
             self._watchdog = None

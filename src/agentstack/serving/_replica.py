@@ -22,16 +22,17 @@ class ReplicaState(StrEnum):
 
 @dataclass(eq=False)
 class Replica:
-    """Mutable, single-event-loop state of one server; the fleet moves `state`, the router the rest."""
+    """Mutable state of one server; the fleet moves `state`, the router the rest (under its bookkeeping lock)."""
 
     model: str
     index: int
-    base_url: str  # scheme://host:port, no path
+    base_url: str  # scheme://host:port, no path (an external URL with a path prefix is refused by its backend)
     state: ReplicaState = ReplicaState.STARTING
     outstanding: int = 0
     restarts: int = 0
     pid: int | None = None
-    # Circuit breaker: after `failures` in a row, skip the replica until `open_until` (then one trial request).
+    # Circuit breaker: after `failures` in a row, skip the replica until `open_until`; then it takes requests
+    # again, and the first that fails opens the breaker once more (a success closes it).
     failures: int = 0
     open_until: float = 0.0
     breaker_threshold: int = 3

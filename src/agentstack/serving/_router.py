@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -84,6 +85,10 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self._turn = itertools.count()
         self._urls = {id(r): httpx.URL(r.base_url) for pool in pools.values() for r in pool}
         self._outgoing_urls: dict[tuple[int, bytes], httpx.URL] = {}
+        # The counts, breakers and affinity map change under this lock: LangGraph's sync `invoke` runs parallel
+        # nodes in threads, whose `ChatOpenAI.invoke` calls reach the sync face at once. CPython's GIL happens to
+        # make each update atomic today; a free-threaded build would not. Uncontended, it costs ~0.1 us a request.
+        self.bookkeeping = threading.Lock()
 
     # -- choosing ---------------------------------------------------------------------------------
 
@@ -137,8 +142,16 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
                 exchange.abandoned()
                 raise
             if response.status_code >= 500:
-                await response.aread()
-                await response.aclose()
+                try:
+                    await response.aread()
+                except _RETRYABLE as exc:  # the failure's own body broke off: a failure all the same
+                    exchange.failed(exc)
+                    continue
+                except BaseException:
+                    exchange.abandoned()
+                    raise
+                finally:
+                    await response.aclose()
                 exchange.failed(response)
                 continue
             return exchange.succeeded(response)
@@ -164,8 +177,16 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
                 exchange.abandoned()
                 raise
             if response.status_code >= 500:
-                response.read()
-                response.close()
+                try:
+                    response.read()
+                except _RETRYABLE as exc:
+                    exchange.failed(exc)
+                    continue
+                except BaseException:
+                    exchange.abandoned()
+                    raise
+                finally:
+                    response.close()
                 exchange.failed(response)
                 continue
             return exchange.succeeded(response)
@@ -256,7 +277,8 @@ class _Exchange:
         self._payload = payload
         self.model = model
         self.thread = thread
-        self._plan = iter(router.plan(model, thread))
+        with router.bookkeeping:
+            self._plan = iter(router.plan(model, thread))
         self.replica: Replica | None = None  # the one tried last
         self.started = 0.0
         self.last: httpx.Response | Exception | None = None
@@ -271,15 +293,17 @@ class _Exchange:
         if self.replica is not None and router._metrics is not None:  # a retry after a failed attempt
             router._metrics.failovers.labels(self.model).inc()
         outgoing = router._outgoing(self._request, replica, self._body, self._payload, rename)
-        replica.outstanding += 1
+        with router.bookkeeping:
+            replica.outstanding += 1
         self.replica, self.started = replica, time.perf_counter()
         return outgoing
 
     def failed(self, outcome: httpx.Response | Exception) -> None:
         """The replica could not serve it (connection error, 5xx): count it against the replica; try the next."""
         replica = self._replica()
-        replica.outstanding -= 1
-        replica.record_failure()
+        with self._router.bookkeeping:
+            replica.outstanding -= 1
+            replica.record_failure()
         self._router._observe(
             replica,
             self.started,
@@ -289,20 +313,23 @@ class _Exchange:
 
     def abandoned(self) -> None:
         """The caller gave up (timeout, cancellation): free the replica, blame nobody."""
-        self._replica().outstanding -= 1
+        with self._router.bookkeeping:
+            self._replica().outstanding -= 1
 
     def succeeded(self, response: httpx.Response) -> httpx.Response:
         """The response to hand back; its replica stays busy until the body is closed."""
         replica = self._replica()
-        replica.record_success()
         router = self._router
-        if self.thread is not None:
-            router._remember(self.thread, replica)
+        with router.bookkeeping:
+            replica.record_success()
+            if self.thread is not None:
+                router._remember(self.thread, replica)
         if router._metrics is not None:
             router._observe(replica, self.started, "ok")
 
         def done() -> None:
-            replica.outstanding -= 1
+            with router.bookkeeping:
+                replica.outstanding -= 1
 
         return httpx.Response(
             response.status_code,

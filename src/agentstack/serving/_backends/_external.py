@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from agentstack.serving._backends._base import Backend
 
@@ -28,9 +29,12 @@ class ExternalBackend(Backend):
         refused = super().refusals(spec)
         if not spec.urls:
             refused.append("urls: an external model needs the base URL(s) of running servers")
-        refused += [
-            f"urls: {url!r} is not an http(s) URL" for url in spec.urls if not url.startswith(("http://", "https://"))
-        ]
+        for url in spec.urls:
+            if not url.startswith(("http://", "https://")):
+                refused.append(f"urls: {url!r} is not an http(s) URL")
+            elif urlsplit(url).path.rstrip("/") not in ("", "/v1"):
+                # The router sends each request to the replica's scheme, host and port with the request's own path.
+                refused.append(f"urls: {url!r} has a path prefix; give the server's root or its /v1 URL")
         return refused
 
     @classmethod
