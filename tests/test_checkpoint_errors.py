@@ -146,22 +146,30 @@ def _parent_of(stat: Path) -> int | None:
         return None
 
 
-async def test_cancellation_is_not_turned_into_an_error(saver: PoolSaver) -> None:
+async def test_cancellation_is_not_turned_into_an_error(server: LocalPostgres) -> None:
     config = {"configurable": {"thread_id": "c", "checkpoint_ns": "", "checkpoint_id": "c1"}}
-    async with saver.conn.connection(), saver.conn.connection():  # every connection busy: callers wait
-        waiting = [
-            asyncio.create_task(saver.aget_tuple(config)),
-            asyncio.create_task(saver.aput_writes(config, [("log", ["x"])], task_id="task")),
-            asyncio.create_task(list_threads(saver.conn)),
-        ]
-        await asyncio.sleep(0.2)
-        assert not any(task.done() for task in waiting)
-        for task in waiting:
-            task.cancel()
-        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
-    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
-    await saver.drain()
-    assert await saver.aget_tuple(config) is None  # and the saver still works
+    # A long acquire timeout: the waiting callers must still be waiting when they are cancelled, however slow
+    # the machine is; they are cancelled once the pool counts all three as waiting, not after a guessed sleep.
+    async with open_pool(server.url, max_size=2, min_size=2, acquire_timeout=60) as pool:
+        saver = PoolSaver(pool)
+        await saver.setup()
+        async with pool.connection(), pool.connection():  # every connection busy: callers wait
+            waiting = [
+                asyncio.create_task(saver.aget_tuple(config)),
+                asyncio.create_task(saver.aput_writes(config, [("log", ["x"])], task_id="task")),
+                asyncio.create_task(list_threads(pool)),
+            ]
+            deadline = asyncio.get_running_loop().time() + 30
+            while pool.get_stats().get("requests_waiting", 0) < len(waiting):
+                assert asyncio.get_running_loop().time() < deadline, pool.get_stats()
+                await asyncio.sleep(0.01)
+            assert not any(task.done() for task in waiting)
+            for task in waiting:
+                task.cancel()
+            outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+        await saver.drain()
+        assert await saver.aget_tuple(config) is None  # and the saver still works
 
 
 def test_each_kind_of_failure_gets_its_fix_and_cancellation_passes() -> None:

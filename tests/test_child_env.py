@@ -49,16 +49,19 @@ def assert_clean(env: dict[str, str]) -> None:
 
 def test_the_allow_list_keeps_runtime_variables_and_adds_the_callers(planted: None) -> None:
     parent = {**SECRETS, "PATH": "/bin", "LC_ALL": "C.UTF-8", "CUDA_HOME": "/cuda", "HF_TOKEN": "hf", "X": "1"}
-    env = child_env({"CUDA_VISIBLE_DEVICES": "0", "MY_FLAG": "on"}, parent=parent)
+    env = child_env({"CUDA_VISIBLE_DEVICES": "0", "MY_FLAG": "on"}, model_server=True, parent=parent)
     assert env == {
         "PATH": "/bin",
         "LC_ALL": "C.UTF-8",
         "CUDA_HOME": "/cuda",
-        "HF_TOKEN": "hf",  # the hub credential a server downloads gated weights with
+        "HF_TOKEN": "hf",  # the hub credential a model server downloads gated weights with
         "CUDA_VISIBLE_DEVICES": "0",
         "MY_FLAG": "on",
     }
+    # Postgres, FalkorDB and the watchdog need no GPU, no hub and no hub token.
+    assert child_env({"LC_ALL": "C"}, parent=parent) == {"PATH": "/bin", "LC_ALL": "C"}
     assert_clean(child_env())  # this process's own environment, with the secrets planted
+    assert_clean(child_env(model_server=True))
 
 
 @pytest.mark.slow
@@ -75,6 +78,7 @@ async def test_a_replica_and_the_watchdog_get_no_secrets(planted: None, fleet_ho
     assert server["CUDA_VISIBLE_DEVICES"] == ""  # the placement's: a CPU replica sees no GPU
     assert server["HF_HOME"] == "/tmp/hf-home-kept"
     assert_clean(watchdog)
+    assert "HF_HOME" not in watchdog  # only model servers get the hub's variables
 
 
 @pytest.mark.slow

@@ -231,13 +231,18 @@ async def test_backend_metrics_are_scraped_from_each_replica(fleet: Fleet) -> No
     assert set(before) == set(fleet.replicas)
     llm = fleet.chat_model(MODEL, max_tokens=200, temperature=0)
     task = asyncio.create_task(llm.ainvoke("Write a long story about a cat:"))
-    while not any(r.outstanding for r in fleet.replicas):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    busy = next(r for r in fleet.replicas if r.outstanding)
-    during = await fleet.scrape_backends()
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:  # until the server itself reports the request running (it may still be reading the prompt)
+        assert not task.done(), f"the request ended before a scrape saw it running: {task.result()!r:.200}"
+        assert asyncio.get_running_loop().time() < deadline, "no replica reported the request as running"
+        during = await fleet.scrape_backends()
+        running = [r for r in fleet.replicas if during[r].requests_running >= 1]
+        if running:
+            break
+    busy = running[0]
     await task
     after = await fleet.scrape_backends()
-    assert during[busy].requests_running >= 1 and during[busy].requests_waiting == 0
+    assert busy.outstanding == 0 and during[busy].requests_waiting == 0
     assert after[busy].prompt_tokens > before[busy].prompt_tokens
     assert after[busy].generated_tokens > before[busy].generated_tokens
     text = fleet.metrics.render().decode()

@@ -16,7 +16,7 @@ import yaml
 from agentstack import Stack
 from agentstack.config import Settings
 from agentstack.errors import ConfigError
-from agentstack.serving import Fleet, FleetSpec
+from agentstack.serving import Fleet, FleetSpec, default_fleet_spec
 
 TWO_CHATS = {
     "models": [
@@ -72,7 +72,9 @@ def test_from_settings_honours_llm_model_and_fails_before_starting(
 
 def test_an_explicit_spec_path_wins_over_the_setting(settings: Settings, spec_file: Path) -> None:
     assert [m.name for m in Fleet.from_settings(settings).spec.models] == ["gemma-270m"]  # cpu-tiny by default
-    assert Fleet.from_settings(settings, spec_file).spec.models[1].name == "small"
+    configured = settings.model_copy(update={"fleet": default_fleet_spec()})
+    assert [m.name for m in Fleet.from_settings(configured).spec.models] == ["gemma-270m"]
+    assert [m.name for m in Fleet.from_settings(configured, spec_file).spec.models][1] == "small"
 
 
 def test_slots_come_from_each_backend() -> None:

@@ -102,7 +102,7 @@ class ServerProcess:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=child_env(self.command.env),
+                    env=child_env(self.command.env, model_server=True),
                     start_new_session=True,
                 )
             except OSError as exc:
