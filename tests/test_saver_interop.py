@@ -147,3 +147,21 @@ async def test_sends_of_checkpoints_before_format_4_are_read_as_the_stock_saver_
     async with stock_saver(agentstack_postgres) as stock:
         assert await stock.aget_tuple(child_config) == ours
         assert await every_checkpoint(stock, "old") == await every_checkpoint(saver, "old")
+
+
+async def test_a_listing_across_threads_reads_each_old_checkpoints_sends(saver: PoolSaver) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.serde.types import TASKS
+
+    for thread in ("first", "second"):
+        base = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        parent = {**empty_checkpoint(), "v": 3, "channel_versions": {"a": "00000000000000000000000000000001.1"}}
+        parent_config = await saver.aput(base, parent, {"step": 0}, {})
+        await saver.aput_writes(parent_config, [(TASKS, Send("node", {"thread": thread}))], "t1")
+        child = {**empty_checkpoint(), "v": 3, "channel_versions": {"a": "00000000000000000000000000000002.5"}}
+        await saver.aput(parent_config, child, {"step": 1}, {})
+    children = [t async for t in saver.alist(None, filter={"step": 1})]
+    assert {t.config["configurable"]["thread_id"]: t.checkpoint["channel_values"][TASKS] for t in children} == {
+        "first": [Send("node", {"thread": "first"})],
+        "second": [Send("node", {"thread": "second"})],
+    }

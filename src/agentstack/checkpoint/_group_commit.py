@@ -33,6 +33,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from agentstack.checkpoint._boundary import postgres_errors
+from agentstack.errors import CheckpointError
 
 __all__ = ["GroupCommitter"]
 
@@ -181,12 +182,19 @@ class GroupCommitter:
         except BaseException as exc:
             for waiter in batch.waiters:
                 if not waiter.done():
-                    waiter.set_exception(
-                        exc if isinstance(exc, Exception) else RuntimeError(f"checkpoint write abandoned: {exc!r}")
-                    )
+                    waiter.set_exception(exc if isinstance(exc, Exception) else _abandoned(exc, len(batch.waiters)))
             if not isinstance(exc, Exception):
                 raise
         else:
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+def _abandoned(cause: BaseException, operations: int) -> CheckpointError:
+    """For the callers of a batch whose commit was cancelled (the event loop shutting down with writes queued)."""
+    return CheckpointError(
+        f"{operations} checkpoint operation(s) were not saved: their commit was interrupted ({cause!r})",
+        fix="let a graph run finish or drain the saver (`await saver.drain()`) before its event loop stops; "
+        "the run resumes from its last saved checkpoint",
+    )

@@ -187,14 +187,18 @@ class PoolSaver(BaseCheckpointSaver[str]):
             yield decode_row(self.serde, row)
 
     async def _add_pending_sends(self, cur: psycopg.AsyncCursor[DictRow], rows: list[DictRow]) -> None:
-        """Move the `Send`s of pre-format-4 checkpoints from their parents' writes into their values."""
-        by_parent: dict[str, list[DictRow]] = {}
+        """Move the `Send`s of pre-format-4 checkpoints from their parents' writes into their values.
+
+        Per thread: a listing across threads (no thread in the config, or a metadata filter) holds several.
+        """
+        by_thread: dict[str, dict[str, list[DictRow]]] = {}
         for row in rows:
-            by_parent.setdefault(row["parent_checkpoint_id"], []).append(row)
-        await cur.execute(PENDING_SENDS_SQL, (rows[0]["thread_id"], list(by_parent)))
-        for sends in await cur.fetchall():
-            for row in by_parent[sends["checkpoint_id"]]:
-                migrate_pending_sends(self.serde, row, sends["sends"], self.get_next_version(None))
+            by_thread.setdefault(row["thread_id"], {}).setdefault(row["parent_checkpoint_id"], []).append(row)
+        for thread_id, by_parent in by_thread.items():
+            await cur.execute(PENDING_SENDS_SQL, (thread_id, list(by_parent)))
+            for sends in await cur.fetchall():
+                for row in by_parent[sends["checkpoint_id"]]:
+                    migrate_pending_sends(self.serde, row, sends["sends"], self.get_next_version(None))
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]

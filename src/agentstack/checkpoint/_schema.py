@@ -133,6 +133,8 @@ LAYOUT: Mapping[str, Table] = {
 
 # Any constant works; it only has to be the same in every process that runs setup().
 _SETUP_LOCK_KEY = 0x61676E7473746B  # "agntstk"
+# Migrations take seconds; a lock held longer belongs to a process that is stuck or gone through a pooler.
+_SETUP_LOCK_TIMEOUT_S = 120.0
 
 _COLUMNS_SQL = """
 SELECT table_name, column_name, data_type, is_nullable = 'YES' AS nullable, column_default
@@ -218,7 +220,15 @@ async def apply_migrations(conn: psycopg.AsyncConnection[Any]) -> None:
     # Poll with short transactions rather than block in pg_advisory_lock(): a blocked
     # call is an open transaction, and the migrations' CREATE INDEX CONCURRENTLY in
     # the lock holder waits for every open transaction to end: a deadlock.
-    while not await _try_lock(conn):  # noqa: ASYNC110 - the holder is another process
+    deadline = asyncio.get_running_loop().time() + _SETUP_LOCK_TIMEOUT_S
+    while not await _try_lock(conn):
+        if asyncio.get_running_loop().time() > deadline:
+            raise CheckpointError(
+                f"another process has held the checkpoint tables' setup lock (advisory lock {_SETUP_LOCK_KEY}) "
+                f"for over {_SETUP_LOCK_TIMEOUT_S:.0f} s",
+                fix="wait for that process's setup to finish, or find it in pg_locks (locktype 'advisory'); "
+                "through PgBouncer in transaction mode, run setup() on a direct connection",
+            )
         await asyncio.sleep(0.05)
     try:
         await conn.execute(MIGRATIONS[0])
