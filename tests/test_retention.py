@@ -117,3 +117,23 @@ def test_parse_duration() -> None:
     for bad in ("", "7", "3x", "d7", "1d 2"):
         with pytest.raises(ConfigError, match="as a duration"):
             parse_duration(bad)
+
+
+async def test_an_old_format_checkpoint_kept_keeps_the_parent_its_sends_live_in(saver: PoolSaver) -> None:
+    """Before format 4 a checkpoint's pending Sends were its parent's writes: pruning that parent lost them."""
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.serde.types import TASKS
+    from langgraph.types import Send
+
+    config = {"configurable": {"thread_id": "old", "checkpoint_ns": ""}}
+    for step in range(3):  # three old checkpoints, each with a Send in its writes
+        checkpoint = {**empty_checkpoint(), "v": 3, "channel_versions": {"a": f"{step + 1:032}.1"}}
+        config = await saver.aput(config, checkpoint, {"step": step}, {})
+        await saver.aput_writes(config, [(TASKS, Send("node", {"step": step}))], "t1")
+    head = await saver.aget_tuple({"configurable": {"thread_id": "old", "checkpoint_ns": ""}})
+    assert head is not None and head.checkpoint["channel_values"][TASKS] == [Send("node", {"step": 1})]
+
+    result = await prune_thread(saver.conn, "old", keep_last=1)
+    assert (result.checkpoints_deleted, result.checkpoints_kept) == (1, 2)  # the head and the parent it reads
+    after = await saver.aget_tuple({"configurable": {"thread_id": "old", "checkpoint_ns": ""}})
+    assert after is not None and after.checkpoint == head.checkpoint and after.parent_config == head.parent_config

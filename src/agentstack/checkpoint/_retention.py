@@ -118,7 +118,15 @@ def _choose_deletions(
         too_old = cutoff is not None and saved is not None and saved < cutoff
         if too_many or too_old:
             doomed.setdefault(ns, []).append(row["checkpoint_id"])
-    return doomed
+    # A checkpoint from before format 4 reads its pending Sends from its parent's writes (the stock saver's
+    # migration on read): a kept one keeps its parent, or resuming it would lose them.
+    # (Only the checkpoints the rules keep: a parent kept for its writes does not keep its own parent.)
+    readers = [r for r in rows if r["checkpoint_id"] not in doomed.get(r["checkpoint_ns"], ()) and (r["v"] or 0) < 4]
+    for row in readers:
+        ns, parent = row["checkpoint_ns"], row["parent_checkpoint_id"]
+        if parent and parent in doomed.get(ns, ()):
+            doomed[ns].remove(parent)
+    return {ns: ids for ns, ids in doomed.items() if ids}
 
 
 async def prune_thread(
@@ -153,8 +161,9 @@ async def _prune(
                 fix="keep its history, or delete the whole thread",
             )
         cur = await conn.execute(
-            """SELECT checkpoint_ns, checkpoint_id, checkpoint ->> 'ts' AS ts FROM checkpoints
-               WHERE thread_id = %s ORDER BY checkpoint_ns, checkpoint_id DESC""",
+            """SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint ->> 'ts' AS ts,
+                      (checkpoint ->> 'v')::int AS v
+               FROM checkpoints WHERE thread_id = %s ORDER BY checkpoint_ns, checkpoint_id DESC""",
             (thread_id,),
         )
         rows = await cur.fetchall()
