@@ -25,7 +25,8 @@ def factory(name: str, *, tool_packs: Sequence[str] = ()) -> Callable[[Any], Any
     closes the stack on shutdown. `tool_packs` (modules of tools/) are the agent's tools.
 
     The server calls it with the run's config, which the graphs do not need: their knobs come per run
-    through `context`. The server attaches its own persistence to what it serves.
+    through `context`. The graph checkpoints to the stack's Postgres (`AGENTSTACK_POSTGRES_URL`, or the
+    embedded server), so a thread started here can be resumed from the CLI and the other way round.
     """
 
     @asynccontextmanager

@@ -51,8 +51,7 @@ def build_echo(parts: GraphParts, **options: Any) -> CompiledStateGraph[EchoStat
     builder = StateGraph(EchoState, context_schema=EchoContext, input_schema=EchoInput)
     builder.add_node("echo", echo)
     builder.add_edge(START, "echo")
-    graph = builder.compile(checkpointer=parts.checkpointer, name="echo")
-    return graph.with_config(metadata={"agentstack_graph": "echo"})
+    return builder.compile(checkpointer=parts.checkpointer, name="echo")  # Stack.graph records the entry's name
 
 
 ECHO = GraphEntry(
@@ -172,17 +171,25 @@ def test_stack_and_the_workspace_pack_use_one_workspace_setting(settings: Any, t
     configured = settings.model_copy(update={"workspace": workspace})
     stack = Stack(configured, model=schema_model())
     pack = _load_tool_pack("workspace")
-    for tools in (stack.default_tools(), pack.tools(stack)):
+    for name, tools in (("stack.txt", stack.default_tools()), ("pack.txt", pack.tools(stack))):
         write = next(t for t in tools if t.name == "write_file")
-        assert "wrote" in write.invoke({"path": "note.txt", "content": write.name})
-    assert (workspace / "note.txt").read_text() == "write_file"
+        assert "wrote" in write.invoke({"path": name, "content": name})
+    assert sorted(p.name for p in workspace.iterdir()) == ["pack.txt", "stack.txt"]
     assert [t.name for t in stack.default_tools()] == ["list_files", "read_file", "write_file", "run_python"]
 
 
-def test_the_workspace_defaults_to_the_working_directory(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert settings.workspace == Path.cwd()
+def test_the_workspace_is_under_home_and_the_cli_works_where_it_was_started(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A served graph's working directory holds the server's own files: its agent must not read them unasked."""
+    from agentstack.cli._app import _stack
+
+    assert settings.workspace == settings.home / "workspace"
+    monkeypatch.chdir(tmp_path)
+    assert _stack().settings.workspace == tmp_path  # `agentstack run approval "Tidy up notes.txt"`
     monkeypatch.setenv("AGENTSTACK_WORKSPACE", "~/agent-files")
-    assert type(settings).load().workspace == Path("~/agent-files").expanduser().resolve()
+    expected = Path("~/agent-files").expanduser().resolve()
+    assert type(settings).load().workspace == expected and _stack().settings.workspace == expected
 
 
 def _load_tool_pack(name: str) -> Any:

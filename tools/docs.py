@@ -9,4 +9,4 @@ from agentstack.graphs import search_tool
 
 
 def tools(stack: Stack) -> list[BaseTool]:
-    return [search_tool(stack.retrieval.retriever, k=5)] if stack.retrieval is not None else []
+    return [search_tool(stack.retrieval.retriever)] if stack.retrieval is not None else []

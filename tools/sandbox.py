@@ -9,4 +9,4 @@ from agentstack.graphs import python_tool
 
 
 def tools(stack: Stack) -> list[BaseTool]:
-    return [python_tool(timeout_s=10.0, memory_mb=512)]
+    return [python_tool()]  # the library's limits, the same as Stack.default_tools()

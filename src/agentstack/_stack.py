@@ -78,9 +78,7 @@ class Stack:
         try:
             starting = self._start_models(exits)
             self._progress("checkpoints: opening Postgres")
-            self.saver = await exits.enter_async_context(
-                open_saver(settings=self.settings, pool_size=self.settings.checkpoint_pool_size)
-            )
+            self.saver = await exits.enter_async_context(open_saver(settings=self.settings))  # its pool size too
             if self._want_retrieval:
                 from agentstack.rag import open_retrieval
 
@@ -131,8 +129,14 @@ class Stack:
         return self._graphs
 
     def graph(self, name: str, *, checkpointer: bool = True, **options: Any) -> CompiledStateGraph[Any, Any, Any, Any]:
-        """The registered graph `name` built from this stack's parts; `options` go to its builder."""
-        return self.graphs.get(name).build(self.parts(checkpointer=checkpointer), **options)
+        """The registered graph `name` built from this stack's parts; `options` go to its builder.
+
+        Its checkpoints record the entry's name (`agentstack_graph`), which is how `agentstack resume` finds
+        the entry again, whatever the builder itself records.
+        """
+        entry = self.graphs.get(name)
+        built = entry.build(self.parts(checkpointer=checkpointer), **options)
+        return built.with_config(metadata={"agentstack_graph": entry.name})
 
     def parts(self, *, checkpointer: bool = True) -> GraphParts:
         """The running parts a graph is built from: the model, the retriever, the saver, the default tools."""

@@ -114,10 +114,11 @@ class Settings(BaseSettings):
         description="Cohere's API key (COHERE_API_KEY works too); used only with reranker=cohere.",
     )
 
-    workspace: Path = Field(
-        default=Path("."),
+    workspace: Path | None = Field(
+        default=None,
         description="The directory the approval agent's file tools read and write (the same for `Stack` and "
-        "the deployable graphs); unset: the working directory.",
+        "the deployable graphs); unset: <home>/workspace. `agentstack run` works in the current directory "
+        "unless this is set.",
     )
 
     graph_url: str | None = Field(
@@ -154,6 +155,14 @@ class Settings(BaseSettings):
                 "unset it to use the embedded server"
             )
         return value or None
+
+    @model_validator(mode="after")
+    def _default_workspace(self) -> Self:
+        # Not the working directory: a served graph's working directory holds the server's own files. Set
+        # without marking the field as given, so `model_fields_set` still says whether the user chose one.
+        if self.workspace is None:
+            object.__setattr__(self, "workspace", self.home / "workspace")
+        return self
 
     @model_validator(mode="after")
     def _check_reranker(self) -> Self:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -58,8 +59,8 @@ def reports_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, typer.BadParameter, SystemExit):
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise  # typer's own: usage errors and exits print themselves
         except Exception as exc:  # a bug of ours: the user gets two lines and a file, not a traceback
             report = _write_crash_report()
             err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}")
@@ -244,12 +245,19 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _stack() -> Stack:
-    """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console."""
+    """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console.
+
+    At a terminal the approval agent works on the files where it was started (`agentstack run approval "Tidy
+    up notes.txt"`), unless AGENTSTACK_WORKSPACE says otherwise; a served graph's default is <home>/workspace.
+    """
     from agentstack._stack import Stack
     from agentstack.cli._run import progress_printer
     from agentstack.config import Settings
 
-    return Stack.from_settings(Settings.load(), on_progress=progress_printer(console))
+    settings = Settings.load()
+    if "workspace" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"workspace": Path.cwd()})
+    return Stack.from_settings(settings, on_progress=progress_printer(console))
 
 
 @app.command()

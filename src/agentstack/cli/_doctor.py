@@ -78,7 +78,11 @@ def _backends(settings: Settings, backends: BackendRegistry | None = None) -> Ch
             continue
         if not backend.launched:
             continue
-        where = backend(context).detect()
+        try:
+            where = backend(context).detect()
+        except Exception as exc:  # a third party's check that breaks must not break doctor
+            missing.append(f"{name}: its check failed ({type(exc).__name__}: {exc})")
+            continue
         if where is None:
             missing.append(f"{name}: {backend.install_hint}")
         else:

@@ -103,6 +103,10 @@ async def _ask_chat(
         with _as_backend_error(where):
             await StructuredCall(model, CanaryReply).ask(question, ref="the startup canary")
     except ModelOutputError as exc:
+        if "token limit" in exc.problem:  # it kept the shape but never finished: not a dialect problem
+            raise BackendError(
+                f"{where} did not finish the canary's small structured reply: {exc.problem}", fix=_LOG_FIX
+            ) from exc
         raise BackendError(
             f"{where} ignored the JSON schema of a structured-output request: {exc.problem}",
             fix=f"serve it with a backend version that honours its structured-output dialect "

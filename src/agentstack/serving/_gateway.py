@@ -44,8 +44,8 @@ def gateway_app(fleet: Fleet) -> Starlette:
         upstream_request = client.build_request(request.method, request.url.path, content=body, headers=headers)
         try:
             upstream = await client.send(upstream_request, stream=True)
-        except httpx.HTTPError as exc:
-            message = f"every replica failed: {type(exc).__name__}: {exc}"
+        except httpx.HTTPError as exc:  # the router tried every replica it could (a timeout is not retried)
+            message = f"the fleet could not answer: {type(exc).__name__}: {exc}"
             return JSONResponse(
                 {"error": {"message": message, "type": "agentstack_router", "code": "bad_gateway"}}, 502
             )
