@@ -264,6 +264,22 @@ _GUARDED = textwrap.dedent(
         with pytest.raises(ModelRequestBlockedError):
             await graph.ainvoke({"messages": [{"role": "user", "content": "hi"}]})
 
+    async def test_even_where_the_code_under_test_catches_errors(tmp_path):
+        # The research graph records a failing searcher and goes on; a searcher that asks a real model (graph
+        # RAG's entity linking) must still stop the test.
+        from agentstack.graphs import build_research_graph
+        from agentstack.rag import GraphExtractor
+        from agentstack.testing import schema_model
+
+        class Linking:
+            async def aretrieve(self, query, hops=2):
+                return await GraphExtractor(served()).aquery_entities(query)
+
+        model = schema_model(Plan={"queries": ["q"]})
+        graph = build_research_graph(model, None, graph_retriever=Linking())
+        with pytest.raises(ModelRequestBlockedError):
+            await graph.ainvoke({"question": "who?"})
+
     def test_a_scripted_model_is_fine():
         assert ScriptedChatModel.from_script(["ok"]).invoke("hi").content == "ok"
 
@@ -279,7 +295,7 @@ def test_the_guard_refuses_real_model_calls_unless_a_test_asks(pytester: pytest.
     ini = "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
     pytester.makeini(ini + "agentstack_block_model_requests = true\n")
     pytester.makepyfile(test_guarded=_GUARDED)
-    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=5)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=6)
     # with the option off (the default for users of the plugin), nothing is refused
     pytester.makeini(ini)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "refused")

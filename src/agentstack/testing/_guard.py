@@ -10,8 +10,14 @@ ainvoke, stream, batch, structured output, a graph's node, a tool) configures a 
 reports `on_chat_model_start` before any request leaves, so the hook sees them all. Its context variable
 has the guard as its default, so the hook holds in threads that did not copy the test's context. Blocking
 sockets or httpx instead would also block the real Postgres, Milvus and HTTP servers the tests use on
-purpose. What the guard does not see: HTTP a test sends itself (the fleet's canary, a raw httpx request),
-and other processes (a CLI run in a subprocess has its own settings).
+purpose. What the guard does not see: HTTP a test sends itself (a raw httpx request, an embeddings or
+rerank client), and other processes (a CLI run in a subprocess has its own settings). The fleet's canary
+asks through `ChatOpenAI`, so a test that starts a fleet is marked `allow_model_requests`.
+
+Code under test catches ordinary errors on purpose (a research search turns a failing searcher into a
+recorded failure, a tool's error becomes a message for the agent), which would hide the guard's. So its
+error is a `BaseException`, like `KeyboardInterrupt`: a control-flow signal to the test, which no
+`except Exception` swallows; `pytest.raises(ModelRequestBlockedError)` still catches it.
 """
 
 from __future__ import annotations
@@ -23,8 +29,6 @@ from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tracers.context import register_configure_hook
-
-from agentstack.errors import UserError
 
 __all__ = ["DOUBLES", "ModelRequestBlockedError", "ModelRequestGuard", "install_guard"]
 
@@ -42,8 +46,12 @@ DOUBLES = frozenset(
 )
 
 
-class ModelRequestBlockedError(UserError):
-    """A test called a real chat model while the suite blocks model requests."""
+class ModelRequestBlockedError(BaseException):
+    """A test called a real chat model while the suite blocks model requests (a BaseException: see above)."""
+
+    def __init__(self, problem: str, *, fix: str) -> None:
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem}\n  fix: {fix}")
 
 
 class ModelRequestGuard(BaseCallbackHandler):
@@ -80,8 +88,18 @@ class ModelRequestGuard(BaseCallbackHandler):
             self.blocking, self.test = False, ""
 
 
+_GUARD = ModelRequestGuard()
+_installed = False
+
+
 def install_guard() -> ModelRequestGuard:
-    """A guard added to every LangChain callback manager from now on (in every thread), not yet blocking."""
-    guard = ModelRequestGuard()
-    register_configure_hook(ContextVar("agentstack_model_request_guard", default=guard), inheritable=True)
-    return guard
+    """The guard, added to every LangChain callback manager (in every thread), not yet blocking.
+
+    One per process, registered once: LangChain's configure hooks are global and cannot be removed, so a
+    pytest session run inside another (pytester) shares it rather than stacking a second.
+    """
+    global _installed
+    if not _installed:
+        register_configure_hook(ContextVar("agentstack_model_request_guard", default=_GUARD), inheritable=True)
+        _installed = True
+    return _GUARD
