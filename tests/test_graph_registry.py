@@ -132,6 +132,12 @@ def test_knobs_are_checked_against_the_context() -> None:
         research.context_from({"max_iteration": 2})
     assert "max_iterations" in (wrong.value.fix or "")
     assert BUILTIN_GRAPHS.get("team").context_from({"max_steps": 2}).max_steps == 2
+    # values of the wrong type are refused by name, not passed on to fail deep in a step
+    assert research.context_from({"k": "3"}).k == 3  # what `--set k=3` gives when parsed as text
+    with pytest.raises(UserError, match="k: Input should be a valid integer"):
+        research.context_from({"k": "abc"})
+    with pytest.raises(UserError, match="filters: Input should be a valid dictionary"):
+        research.context_from({"filters": "x"})
 
 
 def test_a_registry_refuses_two_graphs_of_one_name_and_never_changes() -> None:
@@ -159,6 +165,7 @@ def test_stack_builds_each_graph_from_its_parts_without_opening(settings: Any, t
     stack = Stack(settings, model=schema_model())  # not opened: no saver, no retrieval
     with pytest.raises(GraphInputError, match="needs something to search"):
         stack.research_graph()
+    assert "coordinator" in stack.team_graph().get_graph().nodes  # a team without a researcher, told so
     stack.retrieval = SimpleNamespace(retriever=InMemoryRetriever.from_texts(DOCS))  # what open_retrieval gives
     assert {"plan", "search", "analyze", "refine", "answer", "review"} <= set(stack.graph("research").get_graph().nodes)
     assert {"coordinator", "researcher", "coder"} <= set(stack.team_graph().get_graph().nodes)

@@ -14,6 +14,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from langgraph.runtime import Runtime
+from pydantic import TypeAdapter, ValidationError
 
 from agentstack.errors import UserError
 
@@ -37,4 +38,13 @@ def context_from_knobs(kind: type[C], values: Mapping[str, Any], *, graph: str) 
             f"the {graph} graph has no knob {', '.join(sorted(unknown))}",
             fix=f"use some of: {', '.join(sorted(known))}",
         )
-    return kind(**values)
+    try:
+        # Checked against the dataclass's field types: `--set k=abc` or `--set filters=x` would otherwise fail
+        # deep inside a step, or be passed on silently.
+        return TypeAdapter(kind).validate_python(dict(values))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise UserError(
+            f"the {graph} graph's knobs do not fit: {problems}",
+            fix='give each knob a value of its type, e.g. --set k=8 --set filters=\'{"file_type": "md"}\'',
+        ) from exc

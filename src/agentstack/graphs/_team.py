@@ -297,7 +297,12 @@ def _metadata(deps: TeamDeps) -> dict[str, str]:
 
 
 def _build_from_parts(parts: GraphParts, **options: Any) -> TeamGraph:
-    researcher = build_research_graph(parts.model, parts.retriever)  # no checkpointer: saves through the team's
+    # No retriever (a stack opened with retrieval=False): a team without a researcher, which the coordinator
+    # is told about, rather than a research graph that cannot search. The researcher saves through the team.
+    prompts = options.get("prompts")
+    researcher = (
+        build_research_graph(parts.model, parts.retriever, prompts=prompts) if parts.retriever is not None else None
+    )
     return build_team_graph(parts.model, researcher=researcher, checkpointer=parts.checkpointer, **options)
 
 
