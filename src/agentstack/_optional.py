@@ -19,6 +19,9 @@ def require(module: str, *, extra: str, feature: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        missing = exc.name or ""
+        if missing and not (module == missing or module.startswith(f"{missing}.") or missing.startswith(f"{module}.")):
+            raise  # installed, but one of its own imports failed: that error is the one to read
         raise MissingDependencyError(
             f"{feature} needs the Python package that provides {module!r}, which is not installed",
             fix=f"pip install 'agentstack[{extra}]'",

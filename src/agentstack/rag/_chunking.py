@@ -12,6 +12,7 @@ same ids and a changed document gets new ones (the index swaps them without a wi
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -151,22 +152,35 @@ def _chunk(document: Document, id_: str, node: BaseNode, kind: Any, position: in
 
 def _function_embedding(embed: Callable[[list[str]], list[list[float]]]) -> Any:
     """llama-index's embedding interface over a plain function (the semantic splitter calls it sync)."""
+    return _function_embedding_class()(model_name="agentstack", embed_batch_size=64, embed=embed)
+
+
+@functools.cache
+def _function_embedding_class() -> type:
+    """The class, made once: llama-index is imported on first use, and a pydantic class costs to build."""
     from llama_index.core.base.embeddings.base import BaseEmbedding
+    from pydantic import PrivateAttr
 
     class FunctionEmbedding(BaseEmbedding):
+        _embed: Callable[[list[str]], list[list[float]]] = PrivateAttr()
+
+        def __init__(self, *, embed: Callable[[list[str]], list[list[float]]], **options: Any) -> None:
+            super().__init__(**options)
+            self._embed = embed
+
         def _get_text_embedding(self, text: str) -> list[float]:
-            return embed([text])[0]
+            return self._embed([text])[0]
 
         def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-            return embed(texts)
+            return self._embed(texts)
 
         def _get_query_embedding(self, query: str) -> list[float]:
-            return embed([query])[0]
+            return self._embed([query])[0]
 
         async def _aget_query_embedding(self, query: str) -> list[float]:
-            return embed([query])[0]
+            return self._embed([query])[0]
 
         async def _aget_text_embeddings(self, texts: Sequence[str]) -> list[list[float]]:  # type: ignore[override]
-            return embed(list(texts))
+            return self._embed(list(texts))
 
-    return FunctionEmbedding(model_name="agentstack", embed_batch_size=64)
+    return FunctionEmbedding

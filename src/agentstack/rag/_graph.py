@@ -21,8 +21,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, Field
 
+from agentstack._optional import require
 from agentstack._structured import StructuredCall
-from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
+from agentstack.errors import ConfigError, RetrievalError
 from agentstack.rag._types import Chunk
 
 __all__ = [
@@ -95,14 +96,10 @@ class FalkorDBStore:
     """A graph in FalkorDB (`redis://` URL); the local default, see `LocalFalkorDB`."""
 
     def __init__(self, url: str, graph: str = "agentstack") -> None:
-        try:
-            from falkordb.asyncio import FalkorDB
-            from redis.exceptions import RedisError
-        except ImportError as exc:
-            raise MissingDependencyError("FalkorDB needs its client", fix="pip install 'agentstack[local]'") from exc
+        falkordb = require("falkordb.asyncio", extra="local", feature="the FalkorDB graph store")
         self._where = f"FalkorDB at {_host_of(url)}"
-        self._errors = RedisError
-        self._db = FalkorDB.from_url(url)
+        self._errors = require("redis.exceptions", extra="local", feature="the FalkorDB graph store").RedisError
+        self._db = falkordb.FalkorDB.from_url(url)
         self._graph = self._db.select_graph(graph)
 
     async def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
@@ -131,14 +128,10 @@ class Neo4jStore:
     """A graph in Neo4j through the official async driver (`neo4j://` or `bolt://` URL)."""
 
     def __init__(self, url: str, *, user: str = "neo4j", password: str = "", database: str | None = None) -> None:
-        try:
-            from neo4j import AsyncGraphDatabase
-            from neo4j.exceptions import DriverError, Neo4jError
-        except ImportError as exc:
-            raise MissingDependencyError("Neo4j needs its driver", fix="pip install 'agentstack[neo4j]'") from exc
+        neo4j = require("neo4j", extra="neo4j", feature="the Neo4j graph store")
         self._where = f"Neo4j at {_host_of(url)}"
-        self._errors = (Neo4jError, DriverError)
-        self._driver = AsyncGraphDatabase.driver(url, auth=(user, password) if password else None)
+        self._errors = (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError)
+        self._driver = neo4j.AsyncGraphDatabase.driver(url, auth=(user, password) if password else None)
         self._database = database
 
     async def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agentstack.errors import ConfigError, MissingDependencyError, RetrievalError
+from agentstack._optional import require
+from agentstack.errors import ConfigError, RetrievalError
 from agentstack.rag._bm25_text import bm25_text
 from agentstack.rag._types import Chunk
 
@@ -99,19 +100,14 @@ class MilvusIndex:
         cls, uri: str | Path, *, dimension: int, embedder: str, collection: str = "agentstack", token: str = ""
     ) -> MilvusIndex:
         """Connect, create the collection if missing, and check an existing one matches the embedder."""
-        try:
-            from pymilvus import AsyncMilvusClient
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "the hybrid index needs pymilvus", fix="pip install 'agentstack[local]'"
-            ) from exc
+        pymilvus = require("pymilvus", extra="local", feature="the hybrid index")
         uri = str(uri)
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             _import_milvus_lite()
         index = cls(None, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
         with index._failures("connecting"):
-            index._client = client = AsyncMilvusClient(uri=uri, token=token)
+            index._client = client = pymilvus.AsyncMilvusClient(uri=uri, token=token)
         try:
             with index._failures(f"opening the collection {collection!r}"):
                 exists = await client.has_collection(collection)
@@ -315,12 +311,7 @@ def _import_milvus_lite() -> None:
     """Import Milvus Lite before pymilvus does, without its pkg_resources deprecation warning on every run."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        try:
-            import milvus_lite  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "a local index path needs Milvus Lite", fix="pip install 'agentstack[local]', or give a server URI"
-            ) from exc
+        require("milvus_lite", extra="local", feature="a local index path (Milvus Lite; or give a server URI)")
 
 
 def _row(chunk: Chunk, fingerprint: str, vector: Sequence[float], searchable: str) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import Protocol
 
 import httpx
 
-from agentstack.errors import MissingDependencyError, RetrievalError
+from agentstack._optional import require
+from agentstack.errors import RetrievalError
 
 __all__ = ["CohereReranker", "HttpReranker", "Reranker"]
 
@@ -36,10 +37,7 @@ class CohereReranker:
         base_url: str | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        try:
-            import cohere
-        except ImportError as exc:
-            raise MissingDependencyError("Cohere reranking needs the cohere client", fix="pip install cohere") from exc
+        cohere = require("cohere", extra="local", feature="Cohere reranking")
         options = {"base_url": base_url} if base_url else {}
         self._http = http_client or httpx.AsyncClient(timeout=60)
         self._client = cohere.AsyncClientV2(api_key=api_key, httpx_client=self._http, **options)
