@@ -17,8 +17,8 @@ from agentstack._net import free_port
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without the developer's agentstack settings: no AGENTSTACK_*, no COHERE_API_KEY
-    (which `Settings` reads too, and which would send reranking to Cohere's API)."""
+    """This environment without the developer's agentstack settings: no AGENTSTACK_*, and no COHERE_API_KEY,
+    which `Settings` reads too (a test's settings are its own)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTACK_") and k != "COHERE_API_KEY"}
 
 
@@ -41,7 +41,7 @@ def run_agentstack(
 def serve_gateway(spec: Path, *, home: Path, timeout: float = 120) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`agentstack serve SPEC` on a free port until healthy: (the process, its port); killed if still running."""
     port = free_port()
-    env = {**os.environ, "AGENTSTACK_HOME": str(home), "COLUMNS": "160"}
+    env = clean_env() | {"AGENTSTACK_HOME": str(home), "COLUMNS": "160"}
     agentstack = Path(sys.executable).with_name("agentstack")
     proc = subprocess.Popen(
         [str(agentstack), "serve", str(spec), "--port", str(port)],

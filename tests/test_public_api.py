@@ -64,6 +64,7 @@ EXPECTED = {
         "build_research_graph",
         "build_team_graph",
         "python_tool",
+        "read_knobs",
         "run_python",
         "search_tool",
         "sse_app",

@@ -146,7 +146,9 @@ async def test_chat_openai_takes_the_same_path_as_the_scripted_model() -> None:
     call = StructuredCall(model, Verdict)
     assert call._with_raw is None and StructuredCall(ScriptedChatModel(), Verdict)._with_raw is None
     verdict, tokens = await call(PROMPT, question="is it?")
-    assert verdict == Verdict(ok=False, why="no") and tokens > 42  # the first, refused reply counts too
+    # The refused reply counts too, but by estimate: ChatOpenAI validates a json_schema reply inside the call and
+    # raises pydantic's error without the completion, so its reported usage (60) is not there to read.
+    assert verdict == Verdict(ok=False, why="no") and 42 < tokens < 42 + 60
     assert [r["response_format"]["json_schema"]["name"] for r in requests] == ["Verdict", "Verdict"]
     assert [r["temperature"] for r in requests] == [0.0, 0.7]
     await client.aclose()

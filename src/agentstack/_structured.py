@@ -68,8 +68,8 @@ class StructuredCall(Generic[T]):
 
         A reply that does not parse, or that the token limit cut short, is asked for once more: a schema can say
         more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and the second attempt
-        samples (a greedy model is asked at a higher temperature), so a small model that rambled into the limit
-        once rarely does it twice.
+        samples (a greedy model is asked at a higher temperature, on the `model | parser` path every chat model
+        we know builds), so a small model that rambled into the limit once rarely does it twice.
         """
         error: Exception | None = None
         spent = 0

@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "build_research_graph": "agentstack.graphs._research",
     "build_team_graph": "agentstack.graphs._team",
     "python_tool": "agentstack.graphs._tools",
+    "read_knobs": "agentstack.graphs._knobs",
     "run_python": "agentstack.graphs._sandbox",
     "search_tool": "agentstack.graphs._tools",
     "sse_app": "agentstack.graphs._streaming",
@@ -81,6 +82,7 @@ __all__ = [
     "build_research_graph",
     "build_team_graph",
     "python_tool",
+    "read_knobs",
     "run_python",
     "search_tool",
     "sse_app",
@@ -91,6 +93,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 if TYPE_CHECKING:
+    from agentstack.graphs._knobs import read_knobs
     from agentstack.graphs._approval import ApprovalContext, ApprovalState, ToolDecision, build_approval_graph
     from agentstack.graphs._builtin import BUILTIN_GRAPHS
     from agentstack.graphs._decisions import Decision
