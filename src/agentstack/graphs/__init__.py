@@ -93,10 +93,10 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 if TYPE_CHECKING:
-    from agentstack.graphs._knobs import read_knobs
     from agentstack.graphs._approval import ApprovalContext, ApprovalState, ToolDecision, build_approval_graph
     from agentstack.graphs._builtin import BUILTIN_GRAPHS
     from agentstack.graphs._decisions import Decision
+    from agentstack.graphs._knobs import read_knobs
     from agentstack.graphs._policy import ApprovalPolicy
     from agentstack.graphs._registry import GraphEntry, GraphParts, GraphRegistry, ResultView
     from agentstack.graphs._research import build_research_graph
