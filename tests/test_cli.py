@@ -101,3 +101,19 @@ async def _make_threads(url: str, names: list[str], steps: int) -> None:
         graph = builder.compile(checkpointer=saver)
         for name in names:
             await graph.ainvoke({"n": 0, "log": []}, {"configurable": {"thread_id": name}})
+
+
+def test_doctor_says_where_retrieved_passages_go(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentstack.cli._doctor import run_checks
+
+    def reranking() -> str:
+        (check,) = [c for c in run_checks(Settings.load()) if c.name == "Reranking"]
+        return check.detail
+
+    monkeypatch.setenv("COHERE_API_KEY", "co-key")  # for some other tool
+    assert reranking() == "none: the fused order stands; a COHERE_API_KEY is set but not used"
+    monkeypatch.setenv("AGENTSTACK_RERANKER", "cohere")
+    assert "Cohere's API (rerank-v3.5): retrieved passages leave this machine" == reranking()
+    monkeypatch.setenv("AGENTSTACK_RERANKER", "http")
+    monkeypatch.setenv("AGENTSTACK_RERANK_URL", "http://127.0.0.1:9/v1")
+    assert reranking() == "self-hosted http://127.0.0.1:9/v1 (rerank-v3.5)"

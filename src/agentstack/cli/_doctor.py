@@ -121,6 +121,25 @@ def _milvus_lite() -> Check:
     return Check("Milvus Lite", False, "not installed (needed for local retrieval)", "pip install 'agentstack[local]'")
 
 
+def _reranker(settings: Settings) -> Check:
+    """Who reranks, said plainly: with Cohere the retrieved passages leave the machine."""
+    match settings.chosen_reranker:
+        case "cohere":
+            return Check(
+                "Reranking", True, f"Cohere's API ({settings.rerank_model}): retrieved passages leave this machine"
+            )
+        case "http":
+            return Check("Reranking", True, f"self-hosted {settings.rerank_url} ({settings.rerank_model})")
+        case _:
+            unused = "; a COHERE_API_KEY is set but not used" if settings.cohere_api_key is not None else ""
+            return Check(
+                "Reranking",
+                True,
+                f"none: the fused order stands{unused}",
+                "AGENTSTACK_RERANKER=http with AGENTSTACK_RERANK_URL (self-hosted), or =cohere (Cohere's API)",
+            )
+
+
 def run_checks(settings: Settings) -> list[Check]:
     return [
         _python(),
@@ -129,5 +148,6 @@ def run_checks(settings: Settings) -> list[Check]:
         _backends(settings),
         _milvus_lite(),
         _embedder(settings),
+        _reranker(settings),
         _graph_store(settings),
     ]
