@@ -113,10 +113,11 @@ _EXT_MARKER = re.compile(rb"[\xc7-\xc9\xd4-\xd8]")
 
 
 def type_key(item: type | tuple[str, str]) -> TypeKey:
-    """`(module, qualified name)` of a class, the form the serializer writes into a checkpoint."""
+    """`(module, name)` of a class, the form LangGraph's serializer writes into a checkpoint (`__name__`, not
+    `__qualname__`: a class nested in another is written, and so must be allowed, under its own name)."""
     if isinstance(item, tuple):
         return (item[0], item[1])
-    return (item.__module__, item.__qualname__)
+    return (item.__module__, item.__name__)
 
 
 def _refusal(module: str, name: str) -> UnsafeCheckpointError:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from agentstack._child_env import child_env
 from agentstack.checkpoint._local_postgres import find_postgres_binaries
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, MissingDependencyError
@@ -53,7 +54,9 @@ def _postgres(settings: Settings) -> Check:
         bin_dir = find_postgres_binaries(settings.postgres_bin_dir)
     except MissingDependencyError as exc:
         return Check("PostgreSQL", False, exc.problem, exc.fix, essential=True)
-    version = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, env=child_env()
+    ).stdout.strip()
     return Check("PostgreSQL", True, f"embedded server from {bin_dir} ({version})", essential=True)
 
 
