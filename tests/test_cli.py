@@ -113,7 +113,7 @@ def test_doctor_says_where_retrieved_passages_go(settings: Settings, monkeypatch
     monkeypatch.setenv("COHERE_API_KEY", "co-key")  # for some other tool
     assert reranking() == "none: the fused order stands; a COHERE_API_KEY is set but not used"
     monkeypatch.setenv("AGENTSTACK_RERANKER", "cohere")
-    assert "Cohere's API (rerank-v3.5): retrieved passages leave this machine" == reranking()
+    assert reranking() == "Cohere's API (rerank-v3.5): retrieved passages leave this machine"
     monkeypatch.setenv("AGENTSTACK_RERANKER", "http")
     monkeypatch.setenv("AGENTSTACK_RERANK_URL", "http://127.0.0.1:9/v1")
     assert reranking() == "self-hosted http://127.0.0.1:9/v1 (rerank-v3.5)"
