@@ -11,10 +11,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.exceptions import TyperException
 
 from agentstack.errors import AgentStackError
 
@@ -59,8 +59,8 @@ def reports_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
-            raise  # typer's own: usage errors and exits print themselves
+        except (typer.Exit, typer.Abort, TyperException, SystemExit):
+            raise  # typer's own: usage errors (BadParameter...) and exits print themselves
         except Exception as exc:  # a bug of ours: the user gets two lines and a file, not a traceback
             report = _write_crash_report()
             err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}")
