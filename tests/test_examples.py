@@ -1,8 +1,8 @@
 """Every example runs, as its docstring tells users to run it, on the real local stack.
 
-The examples share one model gateway (`agentstack serve`, one CPU replica) through
+The examples share the session's model gateway (`agentstack serve`, one CPU replica) through
 `AGENTSTACK_LLM_BASE_URL`, the setting users point at their own servers, so the fleet starts once
-for the module rather than once per example; Postgres, Milvus Lite and the embedder are real.
+rather than once per example; Postgres, Milvus Lite and the embedder are real.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agentstack.checkpoint import LocalPostgres
-from cli_helpers import clean_env, serve_gateway
-from fleet_helpers import MODEL, tiny_spec_file
+from cli_helpers import clean_env
+from fleet_helpers import MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -25,20 +24,13 @@ EXAMPLES = ROOT / "examples"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def gateway(fleet_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    spec = tiny_spec_file(tmp_path_factory.mktemp("gateway") / "fleet.yaml", replicas=1)
-    with serve_gateway(spec, home=fleet_home) as (_proc, port):
-        yield f"http://127.0.0.1:{port}/v1"
-
-
 @pytest.fixture
-def example_env(tmp_path: Path, gateway: str, agentstack_postgres: str) -> dict[str, str]:
+def example_env(tmp_path: Path, model_gateway: str, agentstack_postgres: str) -> dict[str, str]:
     """The environment an example runs in: its own home, this test's Postgres, the shared gateway."""
     return clean_env() | {
         "AGENTSTACK_HOME": str(tmp_path / "home"),
         "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
-        "AGENTSTACK_LLM_BASE_URL": gateway,
+        "AGENTSTACK_LLM_BASE_URL": model_gateway,
         "AGENTSTACK_LLM_MODEL": MODEL,
     }
 

@@ -4,33 +4,45 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cli_helpers import run_agentstack
-from fleet_helpers import tiny_spec_file
+from fleet_helpers import MODEL, tiny_spec_file
 from graph_helpers import DOCS
 
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
-@pytest.fixture
-def cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str):
-    """Run the agentstack CLI with a one-replica CPU fleet, this test's Postgres and its own home."""
-    spec = tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)
+
+def _cli(tmp_path: Path, fleet_home: Path, postgres: str, **env: str) -> Run:
+    """Run the agentstack CLI with this test's Postgres and its own home, and `env` on top."""
     home = tmp_path / "home"
     home.mkdir()
     if (fleet_home / "models").is_dir():  # reuse the session's assembled GGUF
         (home / "models").symlink_to(fleet_home / "models")
-    env = {
-        "AGENTSTACK_HOME": str(home),
-        "AGENTSTACK_FLEET": str(spec),
-        "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
-    }
+    base = {"AGENTSTACK_HOME": str(home), "AGENTSTACK_POSTGRES_URL": postgres}
 
     def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
-        return run_agentstack(*args, env=env, cwd=cwd)
+        return run_agentstack(*args, env=base | env, cwd=cwd)
 
     return run
+
+
+@pytest.fixture
+def cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str) -> Run:
+    """The CLI starting its own one-replica CPU fleet, as `agentstack run` does with nothing configured."""
+    spec = tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)
+    return _cli(tmp_path, fleet_home, agentstack_postgres, AGENTSTACK_FLEET=str(spec))
+
+
+@pytest.fixture
+def served_cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str, model_gateway: str) -> Run:
+    """The CLI on the session's model gateway (AGENTSTACK_LLM_BASE_URL): the same graphs, no fleet start per run."""
+    return _cli(
+        tmp_path, fleet_home, agentstack_postgres, AGENTSTACK_LLM_BASE_URL=model_gateway, AGENTSTACK_LLM_MODEL=MODEL
+    )
 
 
 def _thread(stdout: str) -> str:
@@ -40,7 +52,8 @@ def _thread(stdout: str) -> str:
 
 
 @pytest.mark.slow
-def test_run_research_then_review_and_approve_from_another_process(cli, tmp_path: Path) -> None:
+def test_run_research_then_review_and_approve_from_another_process(served_cli: Run, tmp_path: Path) -> None:
+    cli = served_cli
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in DOCS.items():
@@ -70,7 +83,8 @@ def test_run_research_then_review_and_approve_from_another_process(cli, tmp_path
 
 
 @pytest.mark.slow
-def test_run_approval_on_the_local_model(cli, tmp_path: Path) -> None:
+def test_run_approval_on_the_local_model(served_cli: Run, tmp_path: Path) -> None:
+    cli = served_cli
     work = tmp_path / "work"
     work.mkdir()
     (work / "notes.txt").write_text("the meeting moved to Tuesday")

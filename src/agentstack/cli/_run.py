@@ -77,17 +77,10 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any, *, console:
     and its knobs are the ones the thread's checkpoint metadata names."""
     from langgraph.types import Command
 
+    # What can be refused from the checkpoint alone is refused before the models and the index start.
+    saved = await _saved_thread(stack, thread_id)
     async with stack:
-        assert stack.saver is not None
-        saved = await stack.saver.aget_tuple(Stack.thread(thread_id))
-        if saved is None:
-            raise UserError(f"there is no thread {thread_id!r}", fix="see `agentstack threads list`")
         graph = str(saved.metadata.get("agentstack_graph", ""))
-        if graph not in stack.graphs:
-            raise UserError(
-                f"thread {thread_id!r} was not run by an agentstack graph (its metadata names {graph or 'none'})",
-                fix="resume it with the graph that ran it: graph.ainvoke(Command(resume=...), config)",
-            )
         knobs = json.loads(str(saved.metadata.get("agentstack_context") or "{}"))
         entry = stack.graphs.get(graph)
         context = entry.context_from(knobs)
@@ -104,6 +97,29 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any, *, console:
             )
         resume = _resume_value(decision, pending)
         return await _stream(compiled, Command(resume=resume), config, context, entry.render, console)
+
+
+async def _saved_thread(stack: Stack, thread_id: str) -> Any:
+    """The thread's newest checkpoint, checked to be an agentstack graph's that waits for a decision."""
+    from agentstack.checkpoint import open_saver
+
+    async with open_saver(settings=stack.settings, pool_size=1) as saver:
+        saved = await saver.aget_tuple(Stack.thread(thread_id))
+    if saved is None:
+        raise UserError(f"there is no thread {thread_id!r}", fix="see `agentstack threads list`")
+    graph = str(saved.metadata.get("agentstack_graph", ""))
+    if graph not in stack.graphs:
+        raise UserError(
+            f"thread {thread_id!r} was not run by an agentstack graph (its metadata names {graph or 'none'})",
+            fix="resume it with the graph that ran it: graph.ainvoke(Command(resume=...), config)",
+        )
+    # A task that stopped for a human leaves an interrupt write in the newest root checkpoint (one in a
+    # subgraph too: its parent task records it as well); without one, nothing waits.
+    if not any(channel == "__interrupt__" for _task, channel, _value in saved.pending_writes or []):
+        raise UserError(
+            f"thread {thread_id!r} is not waiting for a decision", fix=f"see `agentstack threads show {thread_id}`"
+        )
+    return saved
 
 
 def _pending_interrupts(state: Any) -> list[Any]:
