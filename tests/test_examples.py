@@ -17,6 +17,7 @@ import pytest
 from agentstack.checkpoint import LocalPostgres
 from cli_helpers import clean_env
 from fleet_helpers import MODEL
+from graph_helpers import DOCS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -58,8 +59,14 @@ def test_resume_after_kill(tmp_path: Path) -> None:
         LocalPostgres(tmp_path / "home").destroy()
 
 
-def test_research_example(example_env: dict[str, str]) -> None:
-    out = run_example("research.py", "What restarts a crashed replica?", "--iterations", "1", env=example_env)
+def test_research_example(example_env: dict[str, str], tmp_path: Path) -> None:
+    docs = tmp_path / "docs"  # a small folder: the example is the same, the CPU model's prompts are shorter
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    out = run_example(
+        "research.py", "What restarts a crashed replica?", "--iterations", "1", "--docs", str(docs), env=example_env
+    )
     assert "[docs] " in out and "new" in out
     assert "'stage': 'plan'" in out and "done analyze" in out
     assert "answer (" in out and "sources:" in out and "thread: research-" in out

@@ -58,24 +58,18 @@ def test_run_research_then_review_and_approve_from_another_process(served_cli: R
     docs.mkdir()
     for name, text in DOCS.items():
         (docs / name).write_text(text)
-    done = cli(
-        "run", "research", "How does a thread survive a crash?", "--docs", str(docs), "--set", "max_iterations=1"
-    )
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert "docs: 3 new" in done.stdout and "answer (" in done.stdout and "plan" in done.stdout
-    thread = _thread(done.stdout)
-    shown = cli("threads", "show", thread)
-    assert shown.returncode == 0 and "graph: research" in shown.stdout and "question" in shown.stdout
-
     # a review threshold above any confidence: the answer waits for a human, in Postgres
     waiting = cli(
         "run", "research", "What restarts a crashed replica?", "--docs", str(docs),
         "--set", "max_iterations=1", "--set", "review_threshold=1.01",
     )  # fmt: skip
     assert waiting.returncode == 2, waiting.stderr + waiting.stdout
+    assert "docs: 3 new" in waiting.stdout and "plan" in waiting.stdout
     assert "waiting for a decision" in waiting.stdout and '"type": "review"' in waiting.stdout
     thread = _thread(waiting.stdout)
-    resumed = cli("resume", thread, "--approve")
+    shown = cli("threads", "show", thread)
+    assert shown.returncode == 0 and "graph: research" in shown.stdout and "question" in shown.stdout
+    resumed = cli("resume", thread, "--approve")  # another process
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert "answer (approved" in resumed.stdout
     again = cli("resume", thread, "--approve")

@@ -20,6 +20,7 @@ from agentstack.rag import (
     open_knowledge_graph,
     open_retrieval,
 )
+from agentstack.rag._loaders import expand_paths, load_document
 from agentstack.serving import Fleet
 
 __all__ = ["ingest_paths", "parse_filters", "search_index"]
@@ -39,6 +40,9 @@ def parse_filters(pairs: list[str]) -> dict[str, str | list[str]]:
 
 
 async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool, graph: bool, console: Console) -> None:
+    # Every file is read first: a missing, empty or unreadable one is reported before the embedder, the index
+    # and (with --graph) the model fleet take their seconds to start.
+    documents = [load_document(path) for path in expand_paths(paths)]
     async with AsyncExitStack() as stack:
         retrieval = await stack.enter_async_context(open_retrieval(settings))
         ingestor = retrieval.ingestor
@@ -46,7 +50,7 @@ async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool,
             ingestor.chunker = SemanticChunker(retrieval.embedder)
         if graph:
             ingestor.graph = await _graph_ingestor(settings, stack, console)
-        report = await ingestor.aingest_paths(paths, progress=console.is_terminal)
+        report = await ingestor.aingest(documents, progress=console.is_terminal)
         leaves = await retrieval.index.count("leaf")
         entities = await ingestor.graph.graph.count_entities() if ingestor.graph is not None else None
     console.print(
