@@ -1,12 +1,13 @@
 """A small OpenAI-compatible server with its own structured-output dialect, run as a process by `StubBackend`.
 
-    python tests/stub_openai_server.py --port 8000 --model stub-chat [--slow-s 30] [--odd]
+    python tests/stub_openai_server.py --port 8000 --model stub-chat [--slow-s 30] [--odd] [--ramble]
 
 Chat completions follow a JSON schema only when it comes in the `guided_json` field (the pre-0.12 vLLM
 dialect); asked through OpenAI's `response_format`, it replies in prose, as a server that ignores the schema
 would. `/metrics` reports its own names (stub_*), `--slow-s` delays every reply (to kill it mid-request),
 `--odd` answers in shapes no OpenAI server uses (a chat completion without choices, an embedding without a
-vector, a rerank reply that is not JSON). Only Starlette and uvicorn: it starts in well under a second.
+vector, a rerank reply that is not JSON), `--ramble` runs every chat reply into the request's `max_tokens` (one
+word a token): prose when the schema was ignored, an unfinished JSON object when it was followed. Only Starlette and uvicorn: it starts in well under a second.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def instance(schema: dict[str, Any]) -> Any:
     return "stub"
 
 
-def app(model: str, slow_s: float, odd: bool) -> Starlette:
+def app(model: str, slow_s: float, odd: bool, ramble: bool) -> Starlette:
     counts = {"running": 0, "prompt": 0, "generated": 0}
 
     async def chat(request: Request) -> Response:
@@ -55,11 +56,16 @@ def app(model: str, slow_s: float, odd: bool) -> Starlette:
             )
         schema = body.get("guided_json")
         content = json.dumps(instance(schema)) if isinstance(schema, dict) else "I am a stub and I ignore schemas."
+        finish = "stop"
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if ramble and limit:
+            opening = ["{"] if isinstance(schema, dict) else []
+            content, finish = " ".join(opening + ["well,"] * (int(limit) - len(opening))), "length"
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         generated = len(content.split())
         counts["prompt"] += prompt
         counts["generated"] += generated
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
         usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
         reply = {"id": "stub", "object": "chat.completion", "created": 0, "model": model, "choices": [choice]}
         return JSONResponse({**reply, "usage": usage})
@@ -115,5 +121,6 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True)
     parser.add_argument("--slow-s", type=float, default=0.0)
     parser.add_argument("--odd", action="store_true")
+    parser.add_argument("--ramble", action="store_true")
     args = parser.parse_args()
-    uvicorn.run(app(args.model, args.slow_s, args.odd), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app(args.model, args.slow_s, args.odd, args.ramble), host=args.host, port=args.port, log_level="warning")

@@ -36,6 +36,7 @@ from agentstack.serving import (
     default_registry,
     gateway_app,
 )
+from agentstack.serving._backends._external import ExternalBackend
 from agentstack.serving._canary import run_canary
 from agentstack.serving._registry import BUILTIN_BACKENDS
 from fleet_helpers import alive
@@ -200,6 +201,22 @@ async def test_odd_replies_fail_the_canary_as_backend_errors(stub_registry: Back
                 await run_canary(transport, url, embed, backend)
             with pytest.raises(BackendError, match="a body that is not JSON: 'rerank: internal hiccup'"):
                 await run_canary(transport, url, rerank, backend)
+
+
+@pytest.mark.allow_model_requests  # the canary asks the stub server through ChatOpenAI
+async def test_a_reply_cut_at_the_token_limit_is_told_apart_by_its_shape(
+    stub_registry: BackendRegistry, tmp_path: Path
+) -> None:
+    """Prose into the limit means the schema was ignored; a JSON object cut short means the model never finished."""
+    context = BackendContext(tmp_path)
+    stub = stub_spec(stub_registry).models[0]
+    external = FleetSpec.from_data({"models": [{"name": "stub-chat", "backend": "external", "urls": ["http://x/v1"]}]})
+    with stub_server("--ramble") as (_, url):
+        async with httpx.AsyncHTTPTransport() as transport:
+            with pytest.raises(BackendError, match="ignored the JSON schema of a structured-output request"):
+                await run_canary(transport, url, external.models[0], ExternalBackend(context))
+            with pytest.raises(BackendError, match="did not finish the canary's small structured reply"):
+                await run_canary(transport, url, stub, StubBackend(context))
 
 
 @pytest.mark.allow_model_requests  # the canary asks the stub server through ChatOpenAI

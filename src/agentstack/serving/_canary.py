@@ -103,7 +103,7 @@ async def _ask_chat(
         with _as_backend_error(where):
             await StructuredCall(model, CanaryReply).ask(question, ref="the startup canary")
     except ModelOutputError as exc:
-        if "token limit" in exc.problem:  # it kept the shape but never finished: not a dialect problem
+        if _began_in_shape(exc):  # it kept the shape but never finished: not a dialect problem
             raise BackendError(
                 f"{where} did not finish the canary's small structured reply: {exc.problem}", fix=_LOG_FIX
             ) from exc
@@ -117,6 +117,20 @@ async def _ask_chat(
         raise BackendError(f"{where} failed the startup canary: {exc.problem}", fix=exc.fix or _LOG_FIX) from exc
     finally:
         await client.aclose()
+
+
+def _began_in_shape(error: ModelOutputError) -> bool:
+    """Whether a reply the token limit cut short had begun as a JSON object, as a schema-bound reply must.
+
+    A server that ignores the schema can ramble in prose into the limit too; that is the dialect's fault, not
+    the limit's. openai's `LengthFinishReasonError` (the cause) carries the cut completion.
+    """
+    completion = getattr(error.__cause__, "completion", None)
+    choices = getattr(completion, "choices", None)
+    if not choices:
+        return False
+    content = getattr(getattr(choices[0], "message", None), "content", None) or ""
+    return content.lstrip().startswith("{")
 
 
 @contextlib.contextmanager
