@@ -2,7 +2,8 @@
 
 A grammar-constrained server (llama.cpp, vLLM, SGLang) then stops a small model that starts repeating
 itself inside a field, instead of letting it run into the reply's token limit: strings carry a maxLength
-(or are one of a fixed set), lists a maxItems, integers a range (llama.cpp bounds their digits by it).
+(or are one of a fixed set), lists a maxItems, integers a range (llama.cpp bounds their digits by it), and
+numbers are one of a fixed set (a range does not bound a number's decimals).
 A new schema without its bounds fails here, naming the field.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agentstack.graphs import Analysis, FinalAnswer, Plan, python_tool, search_tool, workspace_tools
 from agentstack.graphs._approval import turn_schema
@@ -40,6 +41,8 @@ def unbounded(schema: dict[str, Any]) -> list[str]:
             found.append(f"{path}: a string without maxLength")
         elif kind == "integer" and ("minimum" not in node or "maximum" not in node):
             found.append(f"{path}: an integer without minimum and maximum")
+        elif kind == "number":
+            found.append(f"{path}: a number that is not one of a fixed set (a grammar cannot bound its decimals)")
         elif kind == "array":
             if "maxItems" not in node:
                 found.append(f"{path}: a list without maxItems")
@@ -75,11 +78,13 @@ def test_the_check_finds_an_unbounded_field() -> None:
     class Loose(BaseModel):
         name: str
         count: int
+        score: float = Field(ge=0, le=1)
         tags: list[str]
 
     assert unbounded(Loose.model_json_schema()) == [
         "Loose.name: a string without maxLength",
         "Loose.count: an integer without minimum and maximum",
+        "Loose.score: a number that is not one of a fixed set (a grammar cannot bound its decimals)",
         "Loose.tags: a list without maxItems",
         "Loose.tags[]: a string without maxLength",
     ]

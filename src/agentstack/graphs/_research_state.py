@@ -128,7 +128,12 @@ class Analysis(BaseModel):
     """The analyst's structured output: a draft, how sure it is, and what is missing."""
 
     draft: str = Field(max_length=1500, description="an answer draft from the evidence, citing ids like [S1]")
-    confidence: float = Field(description="0 to 1: how fully the evidence answers the question")
+    # One of eleven values, not any number: a grammar bounds a number's range but not its digits, and Gemma 270M
+    # once wrote 1,600 tokens of a confidence's decimals. The node still clamps (not every server enforces enums).
+    confidence: float = Field(
+        description="0 to 1: how fully the evidence answers the question",
+        json_schema_extra={"enum": [round(tenth / 10, 1) for tenth in range(11)]},
+    )
     gaps: list[Phrase] = Field(default_factory=list, max_length=3, description="what the evidence does not tell")
     cited: list[Annotated[str, Field(max_length=8)]] = Field(
         default_factory=list, max_length=20, description="evidence ids the draft relies on"
