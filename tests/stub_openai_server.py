@@ -7,7 +7,8 @@ dialect); asked through OpenAI's `response_format`, it replies in prose, as a se
 would. `/metrics` reports its own names (stub_*), `--slow-s` delays every reply (to kill it mid-request),
 `--odd` answers in shapes no OpenAI server uses (a chat completion without choices, an embedding without a
 vector, a rerank reply that is not JSON), `--ramble` runs every chat reply into the request's `max_tokens` (one
-word a token): prose when the schema was ignored, an unfinished JSON object when it was followed. Only Starlette and uvicorn: it starts in well under a second.
+word a token): prose when the schema was ignored, an unfinished JSON object when it was followed. Only Starlette
+and uvicorn: it starts in well under a second.
 """
 
 from __future__ import annotations
@@ -123,4 +124,5 @@ if __name__ == "__main__":
     parser.add_argument("--odd", action="store_true")
     parser.add_argument("--ramble", action="store_true")
     args = parser.parse_args()
-    uvicorn.run(app(args.model, args.slow_s, args.odd, args.ramble), host=args.host, port=args.port, log_level="warning")
+    server = app(args.model, args.slow_s, args.odd, args.ramble)
+    uvicorn.run(server, host=args.host, port=args.port, log_level="warning")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,12 +78,14 @@ class Stack:
         try:
             starting = self._start_models(exits)
             self._progress("checkpoints: opening Postgres")
-            self.saver = await exits.enter_async_context(open_saver(settings=self.settings))  # its pool size too
+            opening: list[AbstractAsyncContextManager[Any]] = [open_saver(settings=self.settings)]  # its pool size too
             if self._want_retrieval:
                 from agentstack.rag import open_retrieval
 
                 self._progress("retrieval: loading the embedder and opening the index")
-                self.retrieval = await exits.enter_async_context(open_retrieval(self.settings))
+                opening.append(open_retrieval(self.settings))
+            self.saver, *rest = await _enter_together(exits, opening)
+            self.retrieval = rest[0] if rest else None
             if starting is not None:
                 self._progress("models: waiting for the fleet to be healthy")
                 await starting
@@ -193,6 +195,24 @@ def external_chat_model(settings: Settings, **options: Any) -> Any:
         )
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
     return ChatOpenAI(base_url=settings.llm_base_url, model=settings.llm_model, api_key=key, **options)
+
+
+async def _enter_together(exits: AsyncExitStack, managers: list[AbstractAsyncContextManager[Any]]) -> list[Any]:
+    """Enter `managers` at once, each closed by `exits`: Postgres starts while the embedder loads.
+
+    Every one is awaited to the end before a failure propagates, so whatever opened is closed with `exits`.
+    """
+    stacks = [AsyncExitStack() for _ in managers]
+    for stack in stacks:
+        exits.push_async_callback(stack.aclose)
+    results = await asyncio.gather(
+        *(stack.enter_async_context(manager) for stack, manager in zip(stacks, managers, strict=True)),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -59,8 +59,8 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
                 )
                 stack.push_async_callback(remote.aclose)
                 embedder = remote
-            else:
-                embedder = LocalEmbedder(settings.embedding_model)
+            else:  # seconds of imports and weights: off the event loop, so a fleet or Postgres starts meanwhile
+                embedder = await asyncio.to_thread(LocalEmbedder, settings.embedding_model)
         uri = settings.milvus_uri or str(settings.home / "milvus.db")
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
         index = await MilvusIndex.open(
