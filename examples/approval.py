@@ -43,8 +43,9 @@ class FindOrder(BaseModel):
 
 class Refund(BaseModel):
     order_id: OrderId
-    # checked by the tool too: grammars skip exclusiveMinimum, and a range does not bound a float's digits
-    amount: float = Field(ge=0, le=10_000, description="how much to refund")
+    # Whole units, not a float: a grammar bounds a number's range but not its decimals (Gemma 270M once wrote
+    # 1,500 tokens of one amount); the tool checks it against the price too.
+    amount: int = Field(ge=1, le=10_000, description="how much to refund, in whole units of the order's currency")
     reason: Annotated[str, Field(max_length=100)] = Field(description="one line for the customer")
 
 
@@ -57,7 +58,7 @@ def order_tools(db: Path) -> list[BaseTool]:
             row = conn.execute("SELECT item, price, status FROM orders WHERE id = ?", (order_id,)).fetchone()
         return f"order {order_id}: {row[0]}, {row[1]:.2f}, {row[2]}" if row else f"there is no order {order_id}"
 
-    def refund(order_id: int, amount: float, reason: str) -> str:
+    def refund(order_id: int, amount: int, reason: str) -> str:
         """Refund (part of) an order's price to the customer."""
         with sqlite3.connect(db) as conn:
             row = conn.execute("SELECT price, status FROM orders WHERE id = ?", (order_id,)).fetchone()

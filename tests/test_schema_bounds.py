@@ -9,6 +9,8 @@ A new schema without its bounds fails here, naming the field.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ def approval_turn(tmp_path: Path) -> type[BaseModel]:
     return turn_schema(tools)
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCHEMAS = [Plan, Analysis, FinalAnswer, Route, CodeDraft, Review, FinalOutput, Extraction, QueryEntities, CanaryReply]
 
 
@@ -72,6 +75,15 @@ def test_every_field_of_a_structured_reply_is_bounded(schema: type[BaseModel]) -
 
 def test_the_approval_turn_over_the_default_tools_is_bounded(tmp_path: Path) -> None:
     assert unbounded(approval_turn(tmp_path).model_json_schema()) == []
+
+
+def test_the_approval_examples_order_tools_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("approval_example", EXAMPLES / "approval.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # its models' annotations resolve in their module
+    spec.loader.exec_module(example)
+    assert unbounded(turn_schema(example.order_tools(tmp_path / "orders.db")).model_json_schema()) == []
 
 
 def test_the_check_finds_an_unbounded_field() -> None:
