@@ -31,27 +31,42 @@ def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subproces
 
 @pytest.mark.slow
 def test_cli_ingest_then_search(tmp_path: Path) -> None:
+    """Through an embeddings server (AGENTSTACK_EMBEDDING_BASE_URL), as teams with a GPU embedder run it.
+
+    Each CLI process then starts in seconds (no torch); the CLI on the local embedder is tested by `run --docs`
+    (test_run_cli.py) and `ingest --graph` below.
+    """
+    from agentstack.rag import LocalEmbedder
+
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "resume.md").write_text("# Resuming\n\nA thread resumes from its last Postgres checkpoint after a crash.")
     (docs / "fleet.txt").write_text("The fleet restarts a crashed llama.cpp replica with exponential backoff.")
     home = tmp_path / "home"
-    first = _cli(home, "ingest", str(docs))
-    assert first.returncode == 0, first.stderr
-    assert "2 new, 0 changed, 0 unchanged" in first.stdout and (home / "milvus.db").exists()
-    again = _cli(home, "ingest", str(docs))
-    assert "0 new, 0 changed, 2 unchanged" in again.stdout and "0 chunks embedded" in again.stdout
-    found = _cli(home, "search", "replica restart backoff", "-k", "1")
-    assert found.returncode == 0, found.stderr
-    assert "fleet.txt" in found.stdout and "resume.md" not in found.stdout
-    assert "no reranker configured" in found.stdout and "bm25 #1" in found.stdout and "dense #1" in found.stdout
-    filtered = _cli(home, "search", "crash", "--filter", "file_type=md")
-    assert "resume.md" in filtered.stdout and "fleet.txt" not in filtered.stdout
-    (tmp_path / "empty.md").write_text("")
-    bad = _cli(home, "ingest", str(tmp_path / "empty.md"))
-    assert bad.returncode == 1 and "empty.md is empty" in bad.stderr and "fix:" in bad.stderr
-    bad_filter = _cli(home, "search", "crash", "--filter", "nokey")
-    assert bad_filter.returncode == 1 and "not key=value" in bad_filter.stderr
+    port = free_port()
+    with serve(LocalEmbedder(), port) as seen:
+        served = {"AGENTSTACK_EMBEDDING_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return _cli(home, *args, env=served)
+
+        first = cli("ingest", str(docs))
+        assert first.returncode == 0, first.stderr
+        assert "2 new, 0 changed, 0 unchanged" in first.stdout and (home / "milvus.db").exists()
+        again = cli("ingest", str(docs))
+        assert "0 new, 0 changed, 2 unchanged" in again.stdout and "0 chunks embedded" in again.stdout
+        found = cli("search", "replica restart backoff", "-k", "1")
+        assert found.returncode == 0, found.stderr
+        assert "fleet.txt" in found.stdout and "resume.md" not in found.stdout
+        assert "no reranker configured" in found.stdout and "bm25 #1" in found.stdout and "dense #1" in found.stdout
+        filtered = cli("search", "crash", "--filter", "file_type=md")
+        assert "resume.md" in filtered.stdout and "fleet.txt" not in filtered.stdout
+        (tmp_path / "empty.md").write_text("")
+        bad = cli("ingest", str(tmp_path / "empty.md"))
+        assert bad.returncode == 1 and "empty.md is empty" in bad.stderr and "fix:" in bad.stderr
+        bad_filter = cli("search", "crash", "--filter", "nokey")
+        assert bad_filter.returncode == 1 and "not key=value" in bad_filter.stderr
+    assert seen and all(request["path"] == "/v1/embeddings" for request in seen)
 
 
 def test_reranker_choice_follows_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
