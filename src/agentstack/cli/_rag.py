@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,6 +24,9 @@ from agentstack.rag import (
 from agentstack.rag._loaders import expand_paths, load_document
 from agentstack.serving import Fleet
 
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
 __all__ = ["ingest_paths", "parse_filters", "search_index"]
 
 _EXTERNAL_CONCURRENCY = 8  # extraction requests in flight to an external server, whose batching we can't see
@@ -40,16 +44,19 @@ def parse_filters(pairs: list[str]) -> dict[str, str | list[str]]:
 
 
 async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool, graph: bool, console: Console) -> None:
-    # Every file is read first: a missing, empty or unreadable one is reported before the embedder, the index
-    # and (with --graph) the model fleet take their seconds to start.
+    # Every file is read, and (with --graph) the extraction model chosen, first: a missing, empty or unreadable
+    # file or a wrong model name is reported before the embedder and the index take their seconds to start.
     documents = [load_document(path) for path in expand_paths(paths)]
     async with AsyncExitStack() as stack:
+        extraction = await _extraction_model(settings, stack, console) if graph else None
         retrieval = await stack.enter_async_context(open_retrieval(settings))
         ingestor = retrieval.ingestor
         if semantic:
             ingestor.chunker = SemanticChunker(retrieval.embedder)
-        if graph:
-            ingestor.graph = await _graph_ingestor(settings, stack, console)
+        if extraction is not None:
+            model, concurrency = extraction
+            knowledge_graph = await stack.enter_async_context(open_knowledge_graph(settings))
+            ingestor.graph = GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=concurrency)
         report = await ingestor.aingest(documents, progress=console.is_terminal)
         leaves = await retrieval.index.count("leaf")
         entities = await ingestor.graph.graph.count_entities() if ingestor.graph is not None else None
@@ -61,21 +68,18 @@ async def ingest_paths(settings: Settings, paths: list[Path], *, semantic: bool,
     )
 
 
-async def _graph_ingestor(settings: Settings, stack: AsyncExitStack, console: Console) -> GraphIngestor:
-    """The knowledge graph from settings, extracting with AGENTSTACK_LLM_BASE_URL's model or the fleet's chat model."""
+async def _extraction_model(settings: Settings, stack: AsyncExitStack, console: Console) -> tuple[BaseChatModel, int]:
+    """The graph extractor's chat model and how many requests it takes at once: AGENTSTACK_LLM_BASE_URL's model,
+    or the fleet's chat model (the fleet started here, stopped with `stack`)."""
     if settings.llm_base_url:
         from agentstack._stack import external_chat_model
 
-        model = external_chat_model(settings, temperature=0, max_tokens=400)
-        knowledge_graph = await stack.enter_async_context(open_knowledge_graph(settings))
-        return GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=_EXTERNAL_CONCURRENCY)
+        return external_chat_model(settings, temperature=0, max_tokens=400), _EXTERNAL_CONCURRENCY
     fleet = Fleet.from_settings(settings)
     name = fleet.chat_model_name()  # AGENTSTACK_LLM_MODEL, or the spec's first chat model
     with console.status(f"starting the model fleet ({name}) for graph extraction"):
         await stack.enter_async_context(fleet)
-    knowledge_graph = await stack.enter_async_context(open_knowledge_graph(settings))
-    model = fleet.chat_model(name, temperature=0, max_tokens=400)
-    return GraphIngestor(knowledge_graph, GraphExtractor(model), concurrency=fleet.slots(name))
+    return fleet.chat_model(name, temperature=0, max_tokens=400), fleet.slots(name)
 
 
 async def search_index(
