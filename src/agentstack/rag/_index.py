@@ -100,27 +100,47 @@ class MilvusIndex:
         cls, uri: str | Path, *, dimension: int, embedder: str, collection: str = "agentstack", token: str = ""
     ) -> MilvusIndex:
         """Connect, create the collection if missing, and check an existing one matches the embedder."""
+        index = await cls._connect(uri, collection=collection, token=token)
+        try:
+            await index._prepare(dimension=dimension, embedder=embedder)
+        except BaseException:
+            await index.aclose()
+            raise
+        return index
+
+    @classmethod
+    async def _connect(cls, uri: str | Path, *, collection: str, token: str) -> MilvusIndex:
+        """Start Milvus Lite or reach the server; `_prepare` then opens the collection (`open` does both).
+
+        Apart so that `open_retrieval` reaches Milvus while the embedder loads: a wrong URI fails at once.
+        """
         pymilvus = require("pymilvus", extra="local", feature="the hybrid index")
         uri = str(uri)
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             _import_milvus_lite()
-        index = cls(None, collection, dimension=dimension, embedder=embedder, uri=uri, token=token)
+        index = cls(None, collection, dimension=0, embedder="", uri=uri, token=token)
         with index._failures("connecting"):
             index._client = client = pymilvus.AsyncMilvusClient(uri=uri, token=token)
         try:
             with index._failures(f"opening the collection {collection!r}"):
-                exists = await client.has_collection(collection)
-                if not exists or not await client.has_collection(index.parents):
-                    await index._create()
-                for name in (collection, index.parents):
-                    await client.load_collection(name)
-                if exists:
-                    await index._check_existing()
+                await client.has_collection(collection)
         except BaseException:
             await client.close()
             raise
         return index
+
+    async def _prepare(self, *, dimension: int, embedder: str) -> None:
+        self.dimension, self.embedder = dimension, embedder
+        client, collection = self._client, self.collection
+        with self._failures(f"opening the collection {collection!r}"):
+            exists = await client.has_collection(collection)
+            if not exists or not await client.has_collection(self.parents):
+                await self._create()
+            for name in (collection, self.parents):
+                await client.load_collection(name)
+            if exists:
+                await self._check_existing()
 
     async def _create(self) -> None:
         if not await self._client.has_collection(self.collection):

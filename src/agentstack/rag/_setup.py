@@ -51,6 +51,11 @@ def reranker_from(settings: Settings) -> Reranker | None:
 async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[Retrieval]:
     """Open (creating if needed) the index in `settings.milvus_uri` or `<home>/milvus.db`."""
     async with AsyncExitStack() as stack:
+        uri = settings.milvus_uri or str(settings.home / "milvus.db")
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        # Milvus first: a wrong URI fails in a second, not after the embedder's load
+        index = await MilvusIndex._connect(uri, collection=settings.collection, token=token)
+        stack.push_async_callback(index.aclose)
         if embedder is None:
             if settings.embedding_base_url:
                 key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
@@ -61,12 +66,7 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
                 embedder = remote
             else:  # seconds of imports and weights: off the event loop, so a fleet or Postgres starts meanwhile
                 embedder = await asyncio.to_thread(LocalEmbedder, settings.embedding_model)
-        uri = settings.milvus_uri or str(settings.home / "milvus.db")
-        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-        index = await MilvusIndex.open(
-            uri, dimension=embedder.dimension, embedder=embedder.name, collection=settings.collection, token=token
-        )
-        stack.push_async_callback(index.aclose)
+        await index._prepare(dimension=embedder.dimension, embedder=embedder.name)
         reranker = reranker_from(settings)
         if reranker is not None:
             stack.push_async_callback(reranker.aclose)
