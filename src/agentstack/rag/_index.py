@@ -112,7 +112,7 @@ class MilvusIndex:
     async def _connect(cls, uri: str | Path, *, collection: str, token: str) -> MilvusIndex:
         """Start Milvus Lite or reach the server; `_prepare` then opens the collection (`open` does both).
 
-        Apart so that `open_retrieval` reaches Milvus while the embedder loads: a wrong URI fails at once.
+        Apart so that `open_retrieval` reaches Milvus before the embedder loads: a wrong URI fails at once.
         """
         pymilvus = require("pymilvus", extra="local", feature="the hybrid index")
         uri = str(uri)
