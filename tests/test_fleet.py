@@ -204,11 +204,14 @@ async def test_gateway_speaks_openai_and_prometheus(fleet: Fleet) -> None:
             assert completion.status_code == 200 and completion.json()["choices"][0]["text"] is not None
             missing = await client.post("/v1/chat/completions", json={"model": "nope", "messages": []})
             assert missing.status_code == 404
-            metrics = (await client.get("/metrics")).text
+            scraped = f'agentstack_backend_prompt_tokens_total{{model="{MODEL}",replica="0"}}'
+            deadline = asyncio.get_running_loop().time() + 30  # the fleet scrapes every 5 s; a busy replica skips one
+            while scraped not in (metrics := (await client.get("/metrics")).text):
+                assert asyncio.get_running_loop().time() < deadline, f"no scraped backend series in {metrics}"
+                await asyncio.sleep(0.5)
         assert f'agentstack_replica_outstanding_requests{{model="{MODEL}",replica="0"}} 0.0' in metrics
         assert f'agentstack_replica_restarts{{model="{MODEL}",replica="1"}} 0.0' in metrics
         assert f'agentstack_request_seconds_count{{model="{MODEL}",replica=' in metrics
-        assert f'agentstack_backend_prompt_tokens_total{{model="{MODEL}",replica="0"}}' in metrics  # scraped
     finally:
         server.should_exit = True
         await serving

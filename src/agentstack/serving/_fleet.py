@@ -320,11 +320,18 @@ class Fleet:
     async def scrape_backends(self) -> dict[Replica, BackendStats]:
         """Read each ready replica's own `/metrics` now (2 s at most each); what the fleet's metrics then show.
 
-        A replica whose backend declares no metric names (external) or that does not answer is left out.
+        A replica whose backend declares no metric names (external), or that is not ready, is left out; a ready
+        one that does not answer in time (busy) keeps its last figures, so its series do not blink out of
+        Prometheus between two scrapes.
         """
         members = [m for m in self._members if m.backend.metrics is not None and m.replica.state is ReplicaState.READY]
         scraped = await asyncio.gather(*(self._scrape(m) for m in members))
-        self._backend_stats = {m.replica: stats for m, stats in zip(members, scraped, strict=True) if stats is not None}
+        last = self._backend_stats
+        self._backend_stats = {
+            m.replica: stats if stats is not None else last[m.replica]
+            for m, stats in zip(members, scraped, strict=True)
+            if stats is not None or m.replica in last
+        }
         return dict(self._backend_stats)
 
     async def _scrape(self, member: _Member) -> BackendStats | None:
