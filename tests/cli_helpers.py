@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,12 @@ def run_agentstack(
         text=True,
         timeout=timeout,
     )
+
+
+def assert_quiet(stderr: str) -> None:
+    """Nothing a user should not see: no traceback, no library warning (`UserWarning: ...`)."""
+    assert "Traceback" not in stderr, stderr
+    assert not re.search(r"\b[A-Z]\w*Warning\b", stderr), stderr
 
 
 @contextmanager

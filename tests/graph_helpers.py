@@ -25,11 +25,12 @@ DOCS = {
 
 
 class LengthFinishReasonError(Exception):
-    """Named like openai's, which a reply cut at max_tokens raises; it carries the cut completion's usage."""
+    """Named like openai's, which a reply cut at max_tokens raises; it carries the cut completion (text, usage)."""
 
-    def __init__(self, total_tokens: int = 0) -> None:
+    def __init__(self, total_tokens: int = 0, content: str = "") -> None:
         super().__init__("length")
-        self.completion = SimpleNamespace(usage=SimpleNamespace(total_tokens=total_tokens))
+        choice = SimpleNamespace(message=SimpleNamespace(content=content))
+        self.completion = SimpleNamespace(usage=SimpleNamespace(total_tokens=total_tokens), choices=[choice])
 
 
 def thread() -> dict[str, Any]:

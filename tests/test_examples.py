@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentstack.checkpoint import LocalPostgres
-from cli_helpers import clean_env
+from cli_helpers import assert_quiet, clean_env
 from fleet_helpers import MODEL
 from graph_helpers import DOCS
 
@@ -46,7 +46,7 @@ def run_example(name: str, *args: str, env: dict[str, str], timeout: float = 420
         timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
+    assert_quiet(result.stderr)
     return result.stdout
 
 
@@ -99,8 +99,8 @@ def test_notebook(example_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
         notebook, timeout=420, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
     )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
-    outputs = "\n".join(
-        o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
-    )
+    printed = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    outputs = "\n".join(o.get("text", "") for o in printed)
     assert "edited |" in outputs and "removed: ['S99']" in outputs
     assert "step " in outputs and "'end'" in outputs
+    assert_quiet("\n".join(o.get("text", "") for o in printed if o.get("name") == "stderr"))

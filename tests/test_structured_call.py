@@ -81,6 +81,15 @@ async def test_a_reply_cut_at_the_token_limit_is_asked_for_once_more_and_both_co
     assert verdict == Verdict(ok=True, why="ok") and tokens == 3140
 
 
+async def test_the_retry_warning_shows_how_the_cut_reply_ended(caplog: pytest.LogCaptureFixture) -> None:
+    runaway = '{"ok": true, "why": "' + "0" * 3000
+    model = ScriptedChatModel(replies=[LengthFinishReasonError(3100, runaway), verdict_reply("ok", 40)])
+    await StructuredCall(model, Verdict)(PROMPT, question="q")
+    (record,) = [r for r in caplog.records if "asking again" in r.getMessage()]
+    assert "demo/ask@v1 did not parse as Verdict" in record.getMessage()
+    assert f"it ended '{'0' * 120}'" in record.getMessage()  # the tail says what ran away
+
+
 async def test_two_replies_cut_at_the_token_limit_say_so() -> None:
     model = ScriptedChatModel(replies=[LengthFinishReasonError(3100), LengthFinishReasonError(3100)])
     with pytest.raises(ModelOutputError, match=r"hit its token limit before the Verdict was complete \(2 attempts\)"):

@@ -36,6 +36,18 @@ _PARSE_ATTEMPTS = 2
 _RETRY_TEMPERATURE = 0.7
 _log = logging.getLogger(__name__)
 
+# langchain-openai (1.7) streams a structured reply through openai's `beta.chat.completions.stream` and dumps each
+# event with `model_dump()`, whose snapshot types `parsed` as None while it holds our pydantic model: pydantic
+# warns on every streamed structured call (`agentstack run`, a notebook, `stream_run`), about a copy nobody reads
+# (the reply is parsed from its text). Only that warning is silenced; the non-streaming path passes
+# `warnings=False` upstream already.
+warnings.filterwarnings(
+    "ignore",
+    message=r"(?s)Pydantic serializer warnings:.*Expected `none`.*field_name='parsed'",
+    category=UserWarning,
+    module="pydantic.main",
+)
+
 
 class StructuredCall(Generic[T]):
     """`await call(prompt, **variables)` -> (parsed reply, tokens used) for one output schema."""
@@ -89,7 +101,13 @@ class StructuredCall(Generic[T]):
             if isinstance(parsed, self.schema):
                 return parsed, spent
             if attempt + 1 < _PARSE_ATTEMPTS:
-                _log.warning("the reply to %s did not parse as %s, asking again: %s", ref, self.schema.__name__, error)
+                _log.warning(
+                    "the reply to %s did not parse as %s, asking again: %s (it ended %r)",
+                    ref,
+                    self.schema.__name__,
+                    error,
+                    _reply_text(raw, error)[-120:],
+                )
         if error is not None and _cut_at_token_limit(error):
             raise ModelOutputError(
                 f"the model's reply to {ref} hit its token limit before the {self.schema.__name__} was complete "
@@ -168,6 +186,19 @@ def _retry_sampling(model: BaseChatModel) -> dict[str, Any]:
 
 def _cut_at_token_limit(error: Exception) -> bool:
     return type(error).__name__ == "LengthFinishReasonError"  # openai's; not imported: the model may be any
+
+
+def _reply_text(raw: Any, error: Exception | None) -> str:
+    content = getattr(raw, "content", None)
+    return content if isinstance(content, str) else cut_reply_text(error)
+
+
+def cut_reply_text(error: BaseException | None) -> str:
+    """What the model wrote before the token limit cut it: openai's `LengthFinishReasonError` carries it."""
+    choices = getattr(getattr(error, "completion", None), "choices", None)
+    if not choices:
+        return ""
+    return str(getattr(getattr(choices[0], "message", None), "content", None) or "")
 
 
 def _tokens(messages: Sequence[BaseMessage], raw: Any, error: Exception | None) -> int:

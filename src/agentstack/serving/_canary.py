@@ -19,7 +19,7 @@ import httpx
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentstack._structured import StructuredCall
+from agentstack._structured import StructuredCall, cut_reply_text
 from agentstack.errors import BackendError, ModelOutputError
 from agentstack.serving._backends._base import Backend
 from agentstack.serving._clients import BorrowedTransport
@@ -125,12 +125,7 @@ def _began_in_shape(error: ModelOutputError) -> bool:
     A server that ignores the schema can ramble in prose into the limit too; that is the dialect's fault, not
     the limit's. openai's `LengthFinishReasonError` (the cause) carries the cut completion.
     """
-    completion = getattr(error.__cause__, "completion", None)
-    choices = getattr(completion, "choices", None)
-    if not choices:
-        return False
-    content = getattr(getattr(choices[0], "message", None), "content", None) or ""
-    return content.lstrip().startswith("{")
+    return cut_reply_text(error.__cause__).lstrip().startswith("{")
 
 
 @contextlib.contextmanager
