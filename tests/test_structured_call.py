@@ -169,3 +169,34 @@ async def test_the_scripted_model_binds_the_json_schema_as_response_format() -> 
     assert bound.kwargs["response_format"]["type"] == "json_schema"
     assert bound.kwargs["response_format"]["json_schema"]["name"] == "Verdict"
     assert bound.kwargs["response_format"]["json_schema"]["schema"]["required"] == ["ok", "why"]
+
+
+@pytest.mark.slow
+@pytest.mark.allow_model_requests
+async def test_a_streamed_call_counts_the_servers_tokens_like_a_direct_one(model_gateway: str, settings: Any) -> None:
+    """Under `stream_run` (LangGraph's "messages" mode) the model streams; its usage must still be the server's."""
+    from langgraph.graph import END, START, StateGraph
+    from typing_extensions import TypedDict
+
+    from agentstack._stack import external_chat_model
+    from fleet_helpers import MODEL
+
+    model = external_chat_model(
+        settings.model_copy(update={"llm_base_url": model_gateway, "llm_model": MODEL}), temperature=0, max_tokens=300
+    )
+    call = StructuredCall(model, Verdict)
+    _, direct = await call(PROMPT, question="Is water wet?")
+
+    class State(TypedDict):
+        tokens: int
+
+    async def ask(state: State) -> State:
+        return {"tokens": (await call(PROMPT, question="Is water wet?"))[1]}
+
+    graph = StateGraph(State).add_node("ask", ask).add_edge(START, "ask").add_edge("ask", END).compile()
+    chunks, final = 0, None
+    async for mode, payload in graph.astream({"tokens": 0}, stream_mode=["messages", "values"]):
+        chunks += mode == "messages"
+        final = payload if mode == "values" else final
+    assert chunks > 1  # it did stream
+    assert final is not None and final["tokens"] == direct  # the server's count, not a characters/4 estimate

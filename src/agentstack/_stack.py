@@ -185,7 +185,11 @@ class Stack:
 
 
 def external_chat_model(settings: Settings, **options: Any) -> Any:
-    """A LangChain chat model bound to `AGENTSTACK_LLM_BASE_URL` (any OpenAI-compatible server)."""
+    """A LangChain chat model bound to `AGENTSTACK_LLM_BASE_URL` (any OpenAI-compatible server).
+
+    Streamed replies report the server's token usage (`stream_options.include_usage`, which llama.cpp, vLLM and
+    SGLang honour), as `Fleet.chat_model` does: without it a streamed run's tokens are only estimated.
+    """
     from langchain_openai import ChatOpenAI
 
     if not settings.llm_base_url or not settings.llm_model:
@@ -194,6 +198,7 @@ def external_chat_model(settings: Settings, **options: Any) -> Any:
             fix="set AGENTSTACK_LLM_MODEL to the model that server serves (and the URL, if it is unset)",
         )
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
+    options = {"stream_usage": True} | options
     return ChatOpenAI(base_url=settings.llm_base_url, model=settings.llm_model, api_key=key, **options)
 
 

@@ -22,6 +22,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableBinding, RunnableSequence
 from pydantic import BaseModel, ValidationError
 
+from agentstack._upstream_noise import PARSED_SNAPSHOT_WARNING
 from agentstack.errors import BackendError, ModelOutputError
 
 if TYPE_CHECKING:
@@ -36,14 +37,11 @@ _PARSE_ATTEMPTS = 2
 _RETRY_TEMPERATURE = 0.7
 _log = logging.getLogger(__name__)
 
-# langchain-openai (1.7) streams a structured reply through openai's `beta.chat.completions.stream` and dumps each
-# event with `model_dump()`, whose snapshot types `parsed` as None while it holds our pydantic model: pydantic
-# warns on every streamed structured call (`agentstack run`, a notebook, `stream_run`), about a copy nobody reads
-# (the reply is parsed from its text). Only that warning is silenced; the non-streaming path passes
-# `warnings=False` upstream already.
+# langchain-openai's spurious serializer warning on every streamed structured call (see `_upstream_noise`), and
+# only it, is silenced: a process-wide filter, added once.
 warnings.filterwarnings(
     "ignore",
-    message=r"(?s)Pydantic serializer warnings:.*Expected `none`.*field_name='parsed'",
+    message=PARSED_SNAPSHOT_WARNING,
     category=UserWarning,
     module="pydantic.main",
 )

@@ -372,7 +372,9 @@ class Fleet:
     def chat_model(self, name: str | None = None, **kwargs: Any) -> Any:
         """A `langchain_openai.ChatOpenAI` for model `name` (default: `chat_model_name()`), routed by this fleet.
 
-        Tools and structured output work; its HTTP clients are closed with the fleet.
+        Tools and structured output work; its HTTP clients are closed with the fleet. A streamed reply (a graph
+        run with `stream_run`) reports the server's token usage too (`stream_usage`; langchain-openai turns it
+        on only for api.openai.com), so a run's `tokens_used` is the same streamed or not.
         """
         from langchain_openai import ChatOpenAI
 
@@ -388,7 +390,7 @@ class Fleet:
             api_key="agentstack-fleet",  # type: ignore[arg-type]
             http_async_client=clients.async_client(self.router, timeout=timeout),
             http_client=clients.sync_client(self.router, timeout=timeout),
-            **kwargs,
+            **({"stream_usage": True} | kwargs),
         )
 
     def _started_clients(self) -> FleetClients:

@@ -96,6 +96,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from agentstack._upstream_noise import PARSED_SNAPSHOT_WARNING
+
+    # pytest drops the filters a module adds while tests are collected, so the plugin installs it for each test
+    config.addinivalue_line("filterwarnings", f"ignore:{PARSED_SNAPSHOT_WARNING}:UserWarning:pydantic.main")
     config.addinivalue_line(
         "markers", f"{_ALLOW_MARKER}: this test may call real chat models (with {_BLOCK_OPTION} on)"
     )
