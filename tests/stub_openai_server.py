@@ -4,7 +4,8 @@
 
 Chat completions follow a JSON schema only when it comes in the `guided_json` field (the pre-0.12 vLLM
 dialect); asked through OpenAI's `response_format`, it replies in prose, as a server that ignores the schema
-would. `/metrics` reports its own names (stub_*), `--slow-s` delays every reply (to kill it mid-request),
+would. Asked to stream, it streams (server-sent events, a chunk a word, the usage when `stream_options` asks).
+`/metrics` reports its own names (stub_*), `--slow-s` delays every reply (to kill it mid-request),
 `--odd` answers in shapes no OpenAI server uses (a chat completion without choices, an embedding without a
 vector, a rerank reply that is not JSON), `--ramble` runs every chat reply into the request's `max_tokens` (one
 word a token): prose when the schema was ignored, an unfinished JSON object when it was followed. Only Starlette
@@ -21,7 +22,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -52,24 +53,34 @@ def app(model: str, slow_s: float, odd: bool, ramble: bool) -> Starlette:
         finally:
             counts["running"] -= 1
         if odd:
-            return JSONResponse(
-                {"id": "stub", "object": "chat.completion", "created": 0, "model": model, "choices": []}
-            )
+            reply = {"id": "stub", "object": "chat.completion", "created": 0, "model": model, "choices": []}
+            return _sse([reply | {"object": "chat.completion.chunk"}]) if body.get("stream") else JSONResponse(reply)
         schema = body.get("guided_json")
         content = json.dumps(instance(schema)) if isinstance(schema, dict) else "I am a stub and I ignore schemas."
         finish = "stop"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if ramble and limit:
-            opening = ["{"] if isinstance(schema, dict) else []
-            content, finish = " ".join(opening + ["well,"] * (int(limit) - len(opening))), "length"
+            opening = ['{"stub":', '"well'] if isinstance(schema, dict) else []  # a string that never ends
+            words = [f"and{i}," for i in range(int(limit) - len(opening))]  # never one pattern over and over
+            content, finish = " ".join(opening + words), "length"
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         generated = len(content.split())
         counts["prompt"] += prompt
         counts["generated"] += generated
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
         usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
-        reply = {"id": "stub", "object": "chat.completion", "created": 0, "model": model, "choices": [choice]}
-        return JSONResponse({**reply, "usage": usage})
+        head = {"id": "stub", "created": 0, "model": model}
+        if body.get("stream"):  # a chunk a word, the finish reason, then the usage if asked for
+            chunk = {**head, "object": "chat.completion.chunk"}
+            words = content.split(" ")
+            deltas = [{"content": w + ("" if i == len(words) - 1 else " ")} for i, w in enumerate(words)]
+            deltas[0]["role"] = "assistant"
+            events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+            events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append({**chunk, "choices": [], "usage": usage})
+            return _sse(events)
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
 
     async def embeddings(request: Request) -> Response:
         await request.json()
@@ -113,6 +124,11 @@ def app(model: str, slow_s: float, odd: bool, ramble: bool) -> Starlette:
             Route("/metrics", metrics),
         ]
     )
+
+
+def _sse(events: list[dict[str, Any]]) -> Response:
+    body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+    return StreamingResponse(iter([body]), media_type="text/event-stream")
 
 
 if __name__ == "__main__":

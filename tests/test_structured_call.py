@@ -108,9 +108,9 @@ class GreedyModel(ScriptedChatModel):
     temperature: float | None = 0.0
     options: list[dict[str, Any]] = Field(default_factory=list)
 
-    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+    def _message(self, messages: Any, **kwargs: Any) -> Any:  # every path (invoke, stream) asks through here
         self.options.append({k: v for k, v in kwargs.items() if k == "temperature"})
-        return super()._generate(messages, stop, run_manager, **kwargs)
+        return super()._message(messages, **kwargs)
 
 
 async def test_a_greedy_model_is_asked_again_at_a_sampling_temperature() -> None:
@@ -121,16 +121,23 @@ async def test_a_greedy_model_is_asked_again_at_a_sampling_temperature() -> None
     assert "temperature" not in model.options[0] and model.options[1]["temperature"] == 0.7
 
 
-def completion(content: str, total_tokens: int) -> dict[str, Any]:
-    """An OpenAI chat completion, as llama.cpp, vLLM and SGLang answer."""
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "gemma",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": total_tokens - 10, "completion_tokens": 10, "total_tokens": total_tokens},
-    }
+def completion(content: str, total_tokens: int, finish: str = "stop") -> httpx.Response:
+    """An OpenAI chat completion streamed as llama.cpp, vLLM and SGLang stream it: server-sent events, a chunk per
+    word, then the finish reason, then the usage (as `stream_options.include_usage` asks)."""
+    usage = {"prompt_tokens": total_tokens - 10, "completion_tokens": 10, "total_tokens": total_tokens}
+    head = {"id": "chatcmpl-1", "created": 0, "model": "gemma"}
+    chunk = {**head, "object": "chat.completion.chunk"}
+    words = [{"index": 0, "delta": {"content": word}, "finish_reason": None} for word in content.split(" ")]
+    for word in words[:-1]:
+        word["delta"]["content"] += " "
+    words[0]["delta"]["role"] = "assistant"
+    events = [
+        *({**chunk, "choices": [choice]} for choice in words),
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
+        {**chunk, "choices": [], "usage": usage},
+    ]
+    body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+    return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
 
 @pytest.mark.allow_model_requests  # a real ChatOpenAI, on a transport that answers in-process
@@ -140,13 +147,12 @@ async def test_chat_openai_takes_the_same_path_as_the_scripted_model() -> None:
     from langchain_openai import ChatOpenAI
 
     requests: list[dict[str, Any]] = []
-    replies = iter(
-        [completion('{"ok": true, "why": "' + "x" * 80 + '"}', 60), completion('{"ok": false, "why": "no"}', 42)]
-    )
+    replies = iter([('{"ok": true, "why": "' + "x" * 80 + '"}', 60), ('{"ok": false, "why": "no"}', 42)])
 
     def server(request: httpx.Request) -> httpx.Response:
         requests.append(json.loads(request.content))
-        return httpx.Response(200, json=next(replies))
+        content, tokens = next(replies)
+        return completion(content, tokens)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))
     model = ChatOpenAI(
@@ -160,6 +166,7 @@ async def test_chat_openai_takes_the_same_path_as_the_scripted_model() -> None:
     assert verdict == Verdict(ok=False, why="no") and 42 < tokens < 42 + 60
     assert [r["response_format"]["json_schema"]["name"] for r in requests] == ["Verdict", "Verdict"]
     assert [r["temperature"] for r in requests] == [0.0, 0.7]
+    assert all(r["stream"] for r in requests)  # watched as it grows (a reply that loops is stopped)
     await client.aclose()
 
 
@@ -200,3 +207,82 @@ async def test_a_streamed_call_counts_the_servers_tokens_like_a_direct_one(model
         final = payload if mode == "values" else final
     assert chunks > 1  # it did stream
     assert final is not None and final["tokens"] == direct  # the server's count, not a characters/4 estimate
+
+
+LOOPING = '{"ok": true, "why": "' + "0" * 300
+
+
+async def test_a_reply_that_loops_is_stopped_and_asked_for_again(caplog: pytest.LogCaptureFixture) -> None:
+    model = GreedyModel(replies=[AIMessage(content=LOOPING), verdict_reply("ok", 40)])
+    verdict, tokens = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict.why == "ok" and model.options[1]["temperature"] == 0.7  # the second attempt samples
+    assert tokens > 40  # the stopped attempt counts (estimated: no usage came back)
+    (record,) = [r for r in caplog.records if "asking again" in r.getMessage()]
+    assert "the reply kept repeating '0'" in record.getMessage()
+
+
+async def test_two_replies_that_loop_are_a_clear_error() -> None:
+    model = ScriptedChatModel(replies=[AIMessage(content=LOOPING), AIMessage(content='{"why": "' + "ab\n" * 100)])
+    with pytest.raises(ModelOutputError, match=r"did not parse as Verdict in 2 attempts: the reply kept repeating"):
+        await StructuredCall(model, Verdict)(PROMPT, question="q")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def total(xs):\n    s = 0\n    for x in xs:\n        s += x * x\n    return s\n\n\nprint(total([1, 2]))\n" * 2,
+        json.dumps({"calls": [{"tool": "read_file", "args": {"path": "notes.txt"}}] * 4, "answer": ""}),
+        "Threads resume from the last checkpoint in Postgres [S1]; the fleet restarts a crashed replica [S2]. " * 3,
+        "x" * 199,
+    ],
+)
+def test_what_a_useful_reply_looks_like_is_not_a_loop(text: str) -> None:
+    from agentstack._structured import _repeating_period
+
+    assert _repeating_period(text) == 0
+
+
+@pytest.mark.allow_model_requests  # a real ChatOpenAI, on a transport that answers in-process
+async def test_a_streamed_reply_cut_at_the_limit_counts_the_limit() -> None:
+    """openai raises on the finish reason, before the usage chunk arrives: the limit is what the server generated."""
+    from langchain_openai import ChatOpenAI
+
+    replies = iter([('{"ok": true, "why": "and so', 0, "length"), ('{"ok": true, "why": "yes"}', 42, "stop")])
+
+    def server(request: httpx.Request) -> httpx.Response:
+        return completion(*next(replies))
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    model = ChatOpenAI(base_url="http://m/v1", api_key="none", model="gemma", max_tokens=500, http_async_client=client)
+    verdict, tokens = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict.why == "yes" and 500 + 42 < tokens < 500 + 42 + 20  # (and the prompt's estimate)
+    await client.aclose()
+
+
+@pytest.mark.allow_model_requests  # a real ChatOpenAI, on a transport that answers in-process
+async def test_a_looping_stream_is_closed_so_the_server_stops_generating() -> None:
+    from langchain_openai import ChatOpenAI
+
+    sent = {"events": 0, "closed": False}
+
+    async def endless() -> Any:
+        head = {"id": "c", "created": 0, "model": "gemma", "object": "chat.completion.chunk"}
+        first = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": '{"why": "'}}]}
+        yield f"data: {json.dumps(first)}\n\n".encode()
+        try:
+            while True:  # a server stuck on one token, until the client hangs up
+                sent["events"] += 1
+                event = {**head, "choices": [{"index": 0, "delta": {"content": "0"}, "finish_reason": None}]}
+                yield f"data: {json.dumps(event)}\n\n".encode()
+        finally:
+            sent["closed"] = True
+
+    def server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless(), headers={"content-type": "text/event-stream"})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    model = ChatOpenAI(base_url="http://model/v1", api_key="none", model="gemma", http_async_client=client)
+    with pytest.raises(ModelOutputError, match="kept repeating '0'"):
+        await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert sent["events"] < 2 * 250, sent  # both attempts hung up about 200 characters in
+    await client.aclose()

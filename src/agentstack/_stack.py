@@ -34,10 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Stack"]
 
-# Per reply. Every graph step asks for a schema whose text fields are bounded (2,000 characters at most), so a
-# reply ends by itself; this only has to let it finish even from a model stuck repeating a one-character token
-# (Gemma 270M once wrote an agent answer of 2,000 zeros: 2,049 tokens). A long prompt is bounded by the
-# context instead: llama.cpp stops at the slot's context size (4,096 in serving/cpu-tiny.yaml).
+# Per reply. Every graph step asks for a schema whose text fields are bounded, so a reply ends by itself, and
+# StructuredCall stops one that falls into repeating itself (Gemma 270M once wrote an agent answer of 2,000
+# zeros: 2,049 tokens, 70 s) a few hundred characters in; this is the backstop for a reply that rambles without
+# repeating. A long prompt is bounded by the context: llama.cpp stops at the slot's context size (4,096 in
+# serving/cpu-tiny.yaml).
 _MAX_TOKENS = 3072
 
 

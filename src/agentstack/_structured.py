@@ -10,6 +10,7 @@ so the models, data and orchestration layers can all use it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import add_ai_message_chunks
 from langchain_core.runnables import RunnableBinding, RunnableSequence
 from pydantic import BaseModel, ValidationError
 
@@ -35,6 +37,11 @@ T = TypeVar("T", bound=BaseModel)
 _PARSE_ATTEMPTS = 2
 # A greedy (temperature 0) model asked again answers the same thing again; the second attempt samples instead.
 _RETRY_TEMPERATURE = 0.7
+# A reply whose last 200 characters are one pattern of up to 40 repeated (5 times or more) has fallen into a loop
+# a tiny model does not leave: "0000...", "\\n\\n...", one line of code over and over. No useful field looks like
+# that, and the grammar (a maxLength of thousands) would let it run for minutes.
+_REPEAT_WINDOW = 200
+_REPEAT_MAX_PERIOD = 40
 _log = logging.getLogger(__name__)
 
 # langchain-openai's spurious serializer warning on every streamed structured call (see `_upstream_noise`), and
@@ -52,6 +59,8 @@ class StructuredCall(Generic[T]):
 
     def __init__(self, model: BaseChatModel, schema: type[T]) -> None:
         self.schema = schema
+        max_tokens = getattr(model, "max_tokens", None)
+        self._max_tokens = max_tokens if isinstance(max_tokens, int) else None
         self._model_name = str(
             getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__
         )
@@ -79,14 +88,18 @@ class StructuredCall(Generic[T]):
         A reply that does not parse, or that the token limit cut short, is asked for once more: a schema can say
         more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and the second attempt
         samples (a greedy model is asked at a higher temperature, on the `model | parser` path every chat model
-        we know builds), so a small model that rambled into the limit once rarely does it twice.
+        we know builds), so a small model that rambled into the limit once rarely does it twice. On that path
+        the reply is streamed and watched: one that falls into repeating itself is stopped there (closing the
+        stream frees the server's slot) and asked for again, seconds in rather than thousands of tokens later.
         """
         error: Exception | None = None
         spent = 0
         for attempt in range(_PARSE_ATTEMPTS):
             try:
                 raw, parsed, error = await self._reply(messages, retry=attempt > 0)
-            except (OutputParserException, ValidationError) as exc:  # some clients parse inside the model call
+            except (OutputParserException, ValueError, RepeatingReply) as exc:
+                # ValueError: pydantic's ValidationError (some clients parse inside the call), or openai's stream,
+                # which parses the growing JSON as it comes and fails on prose from a server that ignored the schema
                 raw, parsed, error = None, None, exc
             except Exception as exc:
                 if not _cut_at_token_limit(exc):
@@ -95,7 +108,7 @@ class StructuredCall(Generic[T]):
                         raise
                     raise mapped from exc
                 raw, parsed, error = None, None, exc
-            spent += _tokens(messages, raw, error)
+            spent += _tokens(messages, raw, error, self._max_tokens)
             if isinstance(parsed, self.schema):
                 return parsed, spent
             if attempt + 1 < _PARSE_ATTEMPTS:
@@ -128,11 +141,48 @@ class StructuredCall(Generic[T]):
                 warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
                 out = await self._with_raw.ainvoke(list(messages))
             return out.get("raw"), out.get("parsed"), out.get("parsing_error")
-        raw = await (self._retry_model if retry else self._model).ainvoke(list(messages))
+        raw = await _watched(self._retry_model if retry else self._model, messages)
         try:
             return raw, await self._parser.ainvoke(raw), None
         except (OutputParserException, ValidationError) as exc:
             return raw, None, exc
+
+
+class RepeatingReply(Exception):
+    """The reply fell into repeating one short pattern and was stopped there."""
+
+    def __init__(self, text: str, period: int, chunks: int) -> None:
+        super().__init__(f"the reply kept repeating {text[-period:]!r}; stopped after {len(text)} characters")
+        self.text = text
+        self.chunks = chunks  # a streamed chunk is about a token: what the server generated before it stopped
+
+
+async def _watched(model: Any, messages: Sequence[BaseMessage]) -> Any:
+    """The model's reply, streamed and checked as it grows; `RepeatingReply` as soon as it loops.
+
+    A model that does not stream yields its whole reply at once (LangChain falls back to `ainvoke`), which is
+    returned unchanged. `aclosing` closes the HTTP stream on the way out, so the server stops generating.
+    """
+    parts: list[Any] = []
+    text = ""
+    async with contextlib.aclosing(model.astream(list(messages))) as stream:
+        async for chunk in stream:
+            parts.append(chunk)
+            if isinstance(chunk.content, str) and chunk.content:
+                text += chunk.content
+                if len(text) >= _REPEAT_WINDOW and (period := _repeating_period(text)):
+                    raise RepeatingReply(text, period, len(parts))
+    if len(parts) == 1 or not all(isinstance(p, AIMessageChunk) for p in parts):
+        return parts[-1] if parts else None
+    return add_ai_message_chunks(parts[0], *parts[1:])  # one merge, not one per chunk
+
+
+def _repeating_period(text: str) -> int:
+    """The period (1 to 40 characters) of `text`'s last 200 characters when they repeat one pattern, else 0."""
+    if len(text) < _REPEAT_WINDOW:
+        return 0
+    tail = text[-_REPEAT_WINDOW:]
+    return next((p for p in range(1, _REPEAT_MAX_PERIOD + 1) if tail[p:] == tail[:-p]), 0)
 
 
 def _unreachable_model(error: Exception, ref: str, model: str) -> Exception:
@@ -188,26 +238,33 @@ def _cut_at_token_limit(error: Exception) -> bool:
 
 def _reply_text(raw: Any, error: Exception | None) -> str:
     content = getattr(raw, "content", None)
-    return content if isinstance(content, str) else cut_reply_text(error)
+    return content if isinstance(content, str) else unfinished_reply_text(error)
 
 
-def cut_reply_text(error: BaseException | None) -> str:
-    """What the model wrote before the token limit cut it: openai's `LengthFinishReasonError` carries it."""
+def unfinished_reply_text(error: BaseException | None) -> str:
+    """What the model wrote before the token limit cut it (openai's `LengthFinishReasonError` carries it) or
+    before it was stopped repeating itself (`RepeatingReply`)."""
+    if isinstance(error, RepeatingReply):
+        return error.text
     choices = getattr(getattr(error, "completion", None), "choices", None)
     if not choices:
         return ""
     return str(getattr(getattr(choices[0], "message", None), "content", None) or "")
 
 
-def _tokens(messages: Sequence[BaseMessage], raw: Any, error: Exception | None) -> int:
+def _tokens(messages: Sequence[BaseMessage], raw: Any, error: Exception | None, limit: int | None) -> int:
     usage = getattr(raw, "usage_metadata", None)
     if usage and usage.get("total_tokens"):
         return int(usage["total_tokens"])
-    # A reply the token limit cut short: openai's error carries the completion and its usage.
+    # A reply the token limit cut short: openai's error carries the completion, and its usage when not streamed.
     cut_usage = getattr(getattr(error, "completion", None), "usage", None)
     if getattr(cut_usage, "total_tokens", None):
         return int(cut_usage.total_tokens)
     # no usage reported (e.g. a scripted model, or a reply lost to an error): about four characters per token
-    sent = sum(len(str(m.content)) for m in messages)
-    received = len(str(getattr(raw, "content", ""))) + len(str(getattr(raw, "tool_calls", "") or ""))
-    return max(1, (sent + received) // 4)
+    sent = sum(len(str(m.content)) for m in messages) // 4
+    if isinstance(error, RepeatingReply):
+        return max(1, sent + error.chunks)
+    if error is not None and _cut_at_token_limit(error) and limit:
+        return sent + limit  # streamed: the usage would have come after the cut; the limit is what was generated
+    received = len(_reply_text(raw, error)) + len(str(getattr(raw, "tool_calls", "") or ""))
+    return max(1, sent + received // 4)

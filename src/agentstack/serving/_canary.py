@@ -19,7 +19,7 @@ import httpx
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentstack._structured import StructuredCall, cut_reply_text
+from agentstack._structured import StructuredCall, unfinished_reply_text
 from agentstack.errors import BackendError, ModelOutputError
 from agentstack.serving._backends._base import Backend
 from agentstack.serving._clients import BorrowedTransport
@@ -120,12 +120,12 @@ async def _ask_chat(
 
 
 def _began_in_shape(error: ModelOutputError) -> bool:
-    """Whether a reply the token limit cut short had begun as a JSON object, as a schema-bound reply must.
+    """Whether a reply that never finished (cut at the token limit, or stopped repeating itself) had begun as a
+    JSON object, as a schema-bound reply must.
 
-    A server that ignores the schema can ramble in prose into the limit too; that is the dialect's fault, not
-    the limit's. openai's `LengthFinishReasonError` (the cause) carries the cut completion.
+    A server that ignores the schema can ramble in prose too; that is the dialect's fault, not the model's.
     """
-    return cut_reply_text(error.__cause__).lstrip().startswith("{")
+    return unfinished_reply_text(error.__cause__).lstrip().startswith("{")
 
 
 @contextlib.contextmanager
