@@ -209,7 +209,7 @@ async def test_a_streamed_call_counts_the_servers_tokens_like_a_direct_one(model
     assert final is not None and final["tokens"] == direct  # the server's count, not a characters/4 estimate
 
 
-LOOPING = '{"ok": true, "why": "' + "0" * 300
+LOOPING = '{"ok": true, "why": "' + "la " * 100
 
 
 async def test_a_reply_that_loops_is_stopped_and_asked_for_again(caplog: pytest.LogCaptureFixture) -> None:
@@ -218,7 +218,15 @@ async def test_a_reply_that_loops_is_stopped_and_asked_for_again(caplog: pytest.
     assert verdict.why == "ok" and model.options[1]["temperature"] == 0.7  # the second attempt samples
     assert tokens > 40  # the stopped attempt counts (estimated: no usage came back)
     (record,) = [r for r in caplog.records if "asking again" in r.getMessage()]
-    assert "the reply kept repeating '0'" in record.getMessage()
+    assert "the reply kept repeating 'la '" in record.getMessage()
+
+
+async def test_a_run_of_random_digits_is_a_loop_too() -> None:
+    """A repeat penalty (DRY) turns "0000..." into random digits: no pattern repeats, but nothing useful either."""
+    digits = "".join(str(i * 7919 % 10) for i in range(150))  # prime steps: no period under 40
+    model = ScriptedChatModel(replies=[AIMessage(content='{"why": "' + digits), verdict_reply("ok", 40)])
+    verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict.why == "ok"
 
 
 async def test_two_replies_that_loop_are_a_clear_error() -> None:
@@ -234,12 +242,13 @@ async def test_two_replies_that_loop_are_a_clear_error() -> None:
         json.dumps({"calls": [{"tool": "read_file", "args": {"path": "notes.txt"}}] * 4, "answer": ""}),
         "Threads resume from the last checkpoint in Postgres [S1]; the fleet restarts a crashed replica [S2]. " * 3,
         "x" * 199,
+        "print(2 ** 100)  # 1267650600228229401496703205376, thirty-one digits",
     ],
 )
 def test_what_a_useful_reply_looks_like_is_not_a_loop(text: str) -> None:
-    from agentstack._structured import _repeating_period
+    from agentstack._structured import _loop
 
-    assert _repeating_period(text) == 0
+    assert _loop(text) == ""
 
 
 @pytest.mark.allow_model_requests  # a real ChatOpenAI, on a transport that answers in-process
@@ -282,7 +291,7 @@ async def test_a_looping_stream_is_closed_so_the_server_stops_generating() -> No
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))
     model = ChatOpenAI(base_url="http://model/v1", api_key="none", model="gemma", http_async_client=client)
-    with pytest.raises(ModelOutputError, match="kept repeating '0'"):
+    with pytest.raises(ModelOutputError, match="wrote a run of 100 digits"):
         await StructuredCall(model, Verdict)(PROMPT, question="q")
-    assert sent["events"] < 2 * 250, sent  # both attempts hung up about 200 characters in
+    assert sent["events"] < 2 * 150, sent  # both attempts hung up about 100 digits in
     await client.aclose()

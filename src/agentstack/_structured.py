@@ -38,10 +38,13 @@ _PARSE_ATTEMPTS = 2
 # A greedy (temperature 0) model asked again answers the same thing again; the second attempt samples instead.
 _RETRY_TEMPERATURE = 0.7
 # A reply whose last 200 characters are one pattern of up to 40 repeated (5 times or more) has fallen into a loop
-# a tiny model does not leave: "0000...", "\\n\\n...", one line of code over and over. No useful field looks like
-# that, and the grammar (a maxLength of thousands) would let it run for minutes.
+# a tiny model does not leave: "0000...", "\\n\\n...", one line of code over and over. So has one whose last 100
+# characters are all digits: sampling penalties (DRY) turn a loop on one digit into random digits (Gemma 270M
+# wrote 2,000 of them as a team's result). No useful field looks like either, and the grammar (a maxLength of
+# thousands) would let them run for minutes.
 _REPEAT_WINDOW = 200
 _REPEAT_MAX_PERIOD = 40
+_DIGIT_RUN = 100
 _log = logging.getLogger(__name__)
 
 # langchain-openai's spurious serializer warning on every streamed structured call (see `_upstream_noise`), and
@@ -149,10 +152,10 @@ class StructuredCall(Generic[T]):
 
 
 class RepeatingReply(Exception):
-    """The reply fell into repeating one short pattern and was stopped there."""
+    """The reply fell into a loop (one short pattern over and over, or a run of digits) and was stopped there."""
 
-    def __init__(self, text: str, period: int, chunks: int) -> None:
-        super().__init__(f"the reply kept repeating {text[-period:]!r}; stopped after {len(text)} characters")
+    def __init__(self, text: str, loop: str, chunks: int) -> None:
+        super().__init__(f"the reply {loop}; stopped after {len(text)} characters")
         self.text = text
         self.chunks = chunks  # a streamed chunk is about a token: what the server generated before it stopped
 
@@ -170,19 +173,22 @@ async def _watched(model: Any, messages: Sequence[BaseMessage]) -> Any:
             parts.append(chunk)
             if isinstance(chunk.content, str) and chunk.content:
                 text += chunk.content
-                if len(text) >= _REPEAT_WINDOW and (period := _repeating_period(text)):
-                    raise RepeatingReply(text, period, len(parts))
+                if len(text) >= _DIGIT_RUN and (loop := _loop(text)):
+                    raise RepeatingReply(text, loop, len(parts))
     if len(parts) == 1 or not all(isinstance(p, AIMessageChunk) for p in parts):
         return parts[-1] if parts else None
     return add_ai_message_chunks(parts[0], *parts[1:])  # one merge, not one per chunk
 
 
-def _repeating_period(text: str) -> int:
-    """The period (1 to 40 characters) of `text`'s last 200 characters when they repeat one pattern, else 0."""
+def _loop(text: str) -> str:
+    """How `text`'s tail shows a loop, or "" when it does not."""
+    if text[-_DIGIT_RUN:].isdecimal() and len(text) >= _DIGIT_RUN:
+        return f"wrote a run of {_DIGIT_RUN} digits"
     if len(text) < _REPEAT_WINDOW:
-        return 0
+        return ""
     tail = text[-_REPEAT_WINDOW:]
-    return next((p for p in range(1, _REPEAT_MAX_PERIOD + 1) if tail[p:] == tail[:-p]), 0)
+    period = next((p for p in range(1, _REPEAT_MAX_PERIOD + 1) if tail[p:] == tail[:-p]), 0)
+    return f"kept repeating {tail[-period:]!r}" if period else ""
 
 
 def _unreachable_model(error: Exception, ref: str, model: str) -> Exception:
