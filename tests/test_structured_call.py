@@ -121,11 +121,14 @@ async def test_a_greedy_model_is_asked_again_at_a_sampling_temperature() -> None
     assert "temperature" not in model.options[0] and model.options[1]["temperature"] == 0.7
 
 
-def completion(content: str, total_tokens: int, finish: str = "stop") -> httpx.Response:
-    """An OpenAI chat completion streamed as llama.cpp, vLLM and SGLang stream it: server-sent events, a chunk per
-    word, then the finish reason, then the usage (as `stream_options.include_usage` asks)."""
+def completion(content: str, total_tokens: int, finish: str = "stop", *, stream: bool = True) -> httpx.Response:
+    """An OpenAI chat completion as llama.cpp, vLLM and SGLang answer it: whole, or streamed as server-sent events
+    (a chunk per word, then the finish reason, then the usage, as `stream_options.include_usage` asks)."""
     usage = {"prompt_tokens": total_tokens - 10, "completion_tokens": 10, "total_tokens": total_tokens}
     head = {"id": "chatcmpl-1", "created": 0, "model": "gemma"}
+    if not stream:
+        choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
+        return httpx.Response(200, json={**head, "object": "chat.completion", "choices": [choice], "usage": usage})
     chunk = {**head, "object": "chat.completion.chunk"}
     words = [{"index": 0, "delta": {"content": word}, "finish_reason": None} for word in content.split(" ")]
     for word in words[:-1]:
@@ -152,7 +155,7 @@ async def test_chat_openai_takes_the_same_path_as_the_scripted_model() -> None:
     def server(request: httpx.Request) -> httpx.Response:
         requests.append(json.loads(request.content))
         content, tokens = next(replies)
-        return completion(content, tokens)
+        return completion(content, tokens, stream=requests[-1].get("stream", False))
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))
     model = ChatOpenAI(
@@ -166,7 +169,7 @@ async def test_chat_openai_takes_the_same_path_as_the_scripted_model() -> None:
     assert verdict == Verdict(ok=False, why="no") and 42 < tokens < 42 + 60
     assert [r["response_format"]["json_schema"]["name"] for r in requests] == ["Verdict", "Verdict"]
     assert [r["temperature"] for r in requests] == [0.0, 0.7]
-    assert all(r["stream"] for r in requests)  # watched as it grows (a reply that loops is stopped)
+    assert [r.get("stream", False) for r in requests] == [True, False]  # the first is watched as it grows
     await client.aclose()
 
 
@@ -229,10 +232,12 @@ async def test_a_run_of_random_digits_is_a_loop_too() -> None:
     assert verdict.why == "ok"
 
 
-async def test_two_replies_that_loop_are_a_clear_error() -> None:
-    model = ScriptedChatModel(replies=[AIMessage(content=LOOPING), AIMessage(content='{"why": "' + "ab\n" * 100)])
-    with pytest.raises(ModelOutputError, match=r"did not parse as Verdict in 2 attempts: the reply kept repeating"):
-        await StructuredCall(model, Verdict)(PROMPT, question="q")
+async def test_the_second_attempt_is_not_stopped() -> None:
+    """Stopping it too would turn a slow nonsense reply into a failed run; its schema's bounds end it instead."""
+    second = '{"ok": true, "why": "' + "ab " * 16 + '"}'
+    model = ScriptedChatModel(replies=[AIMessage(content=LOOPING), AIMessage(content=second)])
+    verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict.why == "ab " * 16
 
 
 @pytest.mark.parametrize(
@@ -259,7 +264,7 @@ async def test_a_streamed_reply_cut_at_the_limit_counts_the_limit() -> None:
     replies = iter([('{"ok": true, "why": "and so', 0, "length"), ('{"ok": true, "why": "yes"}', 42, "stop")])
 
     def server(request: httpx.Request) -> httpx.Response:
-        return completion(*next(replies))
+        return completion(*next(replies), stream=json.loads(request.content).get("stream", False))
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))
     model = ChatOpenAI(base_url="http://m/v1", api_key="none", model="gemma", max_tokens=500, http_async_client=client)
@@ -272,26 +277,24 @@ async def test_a_streamed_reply_cut_at_the_limit_counts_the_limit() -> None:
 async def test_a_looping_stream_is_closed_so_the_server_stops_generating() -> None:
     from langchain_openai import ChatOpenAI
 
-    sent = {"events": 0, "closed": False}
+    sent = {"events": 0}
 
     async def endless() -> Any:
         head = {"id": "c", "created": 0, "model": "gemma", "object": "chat.completion.chunk"}
         first = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": '{"why": "'}}]}
         yield f"data: {json.dumps(first)}\n\n".encode()
-        try:
-            while True:  # a server stuck on one token, until the client hangs up
-                sent["events"] += 1
-                event = {**head, "choices": [{"index": 0, "delta": {"content": "0"}, "finish_reason": None}]}
-                yield f"data: {json.dumps(event)}\n\n".encode()
-        finally:
-            sent["closed"] = True
+        while True:  # a server stuck on one token, until the client hangs up
+            sent["events"] += 1
+            event = {**head, "choices": [{"index": 0, "delta": {"content": "0"}, "finish_reason": None}]}
+            yield f"data: {json.dumps(event)}\n\n".encode()
 
     def server(request: httpx.Request) -> httpx.Response:
+        if sent["events"]:  # asked again: a reply that ends
+            return completion('{"ok": true, "why": "done"}', 42, stream=False)
         return httpx.Response(200, content=endless(), headers={"content-type": "text/event-stream"})
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))
     model = ChatOpenAI(base_url="http://model/v1", api_key="none", model="gemma", http_async_client=client)
-    with pytest.raises(ModelOutputError, match="wrote a run of 100 digits"):
-        await StructuredCall(model, Verdict)(PROMPT, question="q")
-    assert sent["events"] < 2 * 150, sent  # both attempts hung up about 100 digits in
+    verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
+    assert verdict.why == "done" and sent["events"] < 150, sent  # it hung up about 100 digits in
     await client.aclose()

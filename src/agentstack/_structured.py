@@ -92,8 +92,10 @@ class StructuredCall(Generic[T]):
         more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and the second attempt
         samples (a greedy model is asked at a higher temperature, on the `model | parser` path every chat model
         we know builds), so a small model that rambled into the limit once rarely does it twice. On that path
-        the reply is streamed and watched: one that falls into repeating itself is stopped there (closing the
-        stream frees the server's slot) and asked for again, seconds in rather than thousands of tokens later.
+        the first reply is streamed and watched: one that falls into a loop is stopped there (closing the stream
+        frees the server's slot) and asked for again, seconds in rather than thousands of tokens later. The
+        second runs to its end, as before the watch: a model that loops twice still gets the reply its schema's
+        bounds allow (nonsense, but a finished run), not an error.
         """
         error: Exception | None = None
         spent = 0
@@ -144,7 +146,10 @@ class StructuredCall(Generic[T]):
                 warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
                 out = await self._with_raw.ainvoke(list(messages))
             return out.get("raw"), out.get("parsed"), out.get("parsing_error")
-        raw = await _watched(self._retry_model if retry else self._model, messages)
+        if retry:  # not stopped: a model that loops again still ends where the schema's bounds end it
+            raw = await self._retry_model.ainvoke(list(messages))
+        else:
+            raw = await _watched(self._model, messages)
         try:
             return raw, await self._parser.ainvoke(raw), None
         except (OutputParserException, ValidationError) as exc:
