@@ -187,7 +187,7 @@ async def _watched(model: Any, messages: Sequence[BaseMessage]) -> Any:
 
 def _loop(text: str) -> str:
     """How `text`'s tail shows a loop, or "" when it does not."""
-    if text[-_DIGIT_RUN:].isdecimal() and len(text) >= _DIGIT_RUN:
+    if len(text) >= _DIGIT_RUN and text[-_DIGIT_RUN:].isdecimal():
         return f"wrote a run of {_DIGIT_RUN} digits"
     if len(text) < _REPEAT_WINDOW:
         return ""
