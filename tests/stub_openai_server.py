@@ -69,16 +69,9 @@ def app(model: str, slow_s: float, odd: bool, ramble: bool) -> Starlette:
         counts["generated"] += generated
         usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
         head = {"id": "stub", "created": 0, "model": model}
-        if body.get("stream"):  # a chunk a word, the finish reason, then the usage if asked for
-            chunk = {**head, "object": "chat.completion.chunk"}
-            words = content.split(" ")
-            deltas = [{"content": w + ("" if i == len(words) - 1 else " ")} for i, w in enumerate(words)]
-            deltas[0]["role"] = "assistant"
-            events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-            events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-            if (body.get("stream_options") or {}).get("include_usage"):
-                events.append({**chunk, "choices": [], "usage": usage})
-            return _sse(events)
+        if body.get("stream"):
+            asked = (body.get("stream_options") or {}).get("include_usage")
+            return _sse(chat_chunks(head, content, finish, usage if asked else None))
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
         return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
 
@@ -126,9 +119,26 @@ def app(model: str, slow_s: float, odd: bool, ramble: bool) -> Starlette:
     )
 
 
+def chat_chunks(
+    head: dict[str, Any], content: str, finish: str, usage: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """A chat completion as streamed events: a chunk a word, the finish reason, then the usage when given."""
+    chunk = {**head, "object": "chat.completion.chunk"}
+    words = content.split(" ")
+    deltas: list[dict[str, str]] = [{"content": w + ("" if i == len(words) - 1 else " ")} for i, w in enumerate(words)]
+    deltas[0]["role"] = "assistant"
+    events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    return events + ([{**chunk, "choices": [], "usage": usage}] if usage is not None else [])
+
+
+def sse(events: list[dict[str, Any]]) -> str:
+    """Server-sent events as OpenAI-compatible servers send them, `[DONE]` last."""
+    return "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+
+
 def _sse(events: list[dict[str, Any]]) -> Response:
-    body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
-    return StreamingResponse(iter([body]), media_type="text/event-stream")
+    return StreamingResponse(iter([sse(events)]), media_type="text/event-stream")
 
 
 if __name__ == "__main__":

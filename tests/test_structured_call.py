@@ -16,6 +16,7 @@ from agentstack.errors import ModelOutputError
 from agentstack.prompts import Prompt
 from agentstack.testing import ScriptedChatModel
 from graph_helpers import LengthFinishReasonError
+from stub_openai_server import chat_chunks, sse
 
 PROMPT = Prompt(graph="demo", name="ask", version=1, system="Answer briefly.", user="Q: {{ question }}")
 
@@ -129,17 +130,7 @@ def completion(content: str, total_tokens: int, finish: str = "stop", *, stream:
     if not stream:
         choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
         return httpx.Response(200, json={**head, "object": "chat.completion", "choices": [choice], "usage": usage})
-    chunk = {**head, "object": "chat.completion.chunk"}
-    words = [{"index": 0, "delta": {"content": word}, "finish_reason": None} for word in content.split(" ")]
-    for word in words[:-1]:
-        word["delta"]["content"] += " "
-    words[0]["delta"]["role"] = "assistant"
-    events = [
-        *({**chunk, "choices": [choice]} for choice in words),
-        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
-        {**chunk, "choices": [], "usage": usage},
-    ]
-    body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+    body = sse(chat_chunks(head, content, finish, usage))
     return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
 

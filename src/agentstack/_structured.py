@@ -192,7 +192,10 @@ def _loop(text: str) -> str:
     if len(text) < _REPEAT_WINDOW:
         return ""
     tail = text[-_REPEAT_WINDOW:]
-    period = next((p for p in range(1, _REPEAT_MAX_PERIOD + 1) if tail[p:] == tail[:-p]), 0)
+    # per streamed token, so the last character rules out most periods before any slice is made
+    period = next(
+        (p for p in range(1, _REPEAT_MAX_PERIOD + 1) if tail[-1 - p] == tail[-1] and tail[p:] == tail[:-p]), 0
+    )
     return f"kept repeating {tail[-period:]!r}" if period else ""
 
 
@@ -272,10 +275,10 @@ def _tokens(messages: Sequence[BaseMessage], raw: Any, error: Exception | None, 
     if getattr(cut_usage, "total_tokens", None):
         return int(cut_usage.total_tokens)
     # no usage reported (e.g. a scripted model, or a reply lost to an error): about four characters per token
-    sent = sum(len(str(m.content)) for m in messages) // 4
+    prompt = sum(len(str(m.content)) for m in messages) // 4
     if isinstance(error, RepeatingReply):
-        return max(1, sent + error.chunks)
+        return max(1, prompt + error.chunks)
     if error is not None and _cut_at_token_limit(error) and limit:
-        return sent + limit  # streamed: the usage would have come after the cut; the limit is what was generated
+        return prompt + limit  # streamed: the usage would have come after the cut; the limit is what was generated
     received = len(_reply_text(raw, error)) + len(str(getattr(raw, "tool_calls", "") or ""))
-    return max(1, sent + received // 4)
+    return max(1, prompt + received // 4)
