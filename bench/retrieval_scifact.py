@@ -70,7 +70,8 @@ def documents(result) -> list[str]:  # type: ignore[no-untyped-def]
 async def main(data: Path, size: str, index_dir: Path | None) -> dict[str, float]:
     docs, queries, qrels = load(data, size)
     embedder = LocalEmbedder()
-    home = index_dir or Path(tempfile.mkdtemp(prefix="agentstack-scifact-"))
+    throwaway = None if index_dir else tempfile.TemporaryDirectory(prefix="agentstack-scifact-")
+    home = index_dir or Path(throwaway.name)  # type: ignore[union-attr]
     index = await MilvusIndex.open(home / "milvus.db", dimension=embedder.dimension, embedder=embedder.name)
     try:
         report = await Ingestor(index, embedder).aingest(docs, progress=size != "smoke")
@@ -102,6 +103,8 @@ async def main(data: Path, size: str, index_dir: Path | None) -> dict[str, float
         print(f"hybrid k=10 query latency: p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(latencies)} queries")
     finally:
         await index.aclose()
+        if throwaway:
+            throwaway.cleanup()
     return {
         "ndcg10_bm25": round(scores["bm25"]["ndcg10"], 4),
         "ndcg10_dense": round(scores["dense"]["ndcg10"], 4),

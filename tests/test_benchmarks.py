@@ -8,6 +8,7 @@ failed on an import for weeks before this test existed).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,13 @@ def test_benchmark_smoke(name: str, tmp_path: Path) -> None:
     args = [sys.executable, str(BENCH / f"{name}.py"), "--smoke"]
     if name == "retrieval_scifact":
         args += ["--data", str(tiny_beir(tmp_path / "scifact"))]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert done.returncode == 0, f"{name} --smoke failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     last = done.stdout.strip().splitlines()[-1]
     result = json.loads(last)
     assert EXPECTED_KEYS[name] <= set(result), f"{name} ended with {last}"
+    # A bench's throwaway homes go with it (the fleet ones hold a 240 MB copy of the weights each).
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("agentstack-")]
