@@ -46,6 +46,8 @@ class Stack:
     """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM) and `model`.
 
     `graphs` is the registry `graph(name)` builds from (default: `agentstack.graphs.BUILTIN_GRAPHS`).
+    `warm=False` loads the local embedder on first use instead of while the stack opens: seconds saved by a
+    process that may never embed (resuming a thread), paid later by one that does.
     """
 
     def __init__(
@@ -54,12 +56,14 @@ class Stack:
         *,
         model: Any = None,
         retrieval: bool = True,
+        warm: bool = True,
         on_progress: Callable[[str], None] | None = None,
         graphs: GraphRegistry | None = None,
     ) -> None:
         self.settings = settings
         self._graphs = graphs
         self._want_retrieval = retrieval
+        self._warm = warm
         self._progress = on_progress or (lambda _message: None)
         self._exits: AsyncExitStack | None = None
         self.saver: PoolSaver | None = None
@@ -83,8 +87,9 @@ class Stack:
             if self._want_retrieval:
                 from agentstack.rag import open_retrieval
 
-                self._progress("retrieval: loading the embedder and opening the index")
-                opening.append(open_retrieval(self.settings))
+                loading = "loading the embedder and " if self._warm else ""
+                self._progress(f"retrieval: {loading}opening the index")
+                opening.append(open_retrieval(self.settings, warm=self._warm))
             self.saver, *rest = await _enter_together(exits, opening)
             self.retrieval = rest[0] if rest else None
             if starting is not None:

@@ -244,11 +244,13 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
     return knobs
 
 
-def _stack() -> Stack:
+def _stack(*, warm: bool = True) -> Stack:
     """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console.
 
-    At a terminal the approval agent works on the files where it was started (`agentstack run approval "Tidy
-    up notes.txt"`), unless AGENTSTACK_WORKSPACE says otherwise; a served graph's default is <home>/workspace.
+    `resume` opens it cold (`warm=False`): a decision usually ends a run without a search, and then the
+    embedder's seconds of loading are never spent. At a terminal the approval agent works on the files where
+    it was started (`agentstack run approval "Tidy up notes.txt"`), unless AGENTSTACK_WORKSPACE says
+    otherwise; a served graph's default is <home>/workspace.
     """
     from agentstack._stack import Stack
     from agentstack.cli._run import progress_printer
@@ -257,7 +259,7 @@ def _stack() -> Stack:
     settings = Settings.load()
     if "workspace" not in settings.model_fields_set:
         settings = settings.model_copy(update={"workspace": Path.cwd()})
-    return Stack.from_settings(settings, on_progress=progress_printer(console))
+    return Stack.from_settings(settings, warm=warm, on_progress=progress_printer(console))
 
 
 @app.command()
@@ -302,7 +304,7 @@ def resume(
     from agentstack.cli._run import parse_decision_flags, resume_thread
 
     decision = parse_decision_flags(approve, reject, edit)
-    finished = asyncio.run(resume_thread(_stack(), thread_id, decision, console=console))
+    finished = asyncio.run(resume_thread(_stack(warm=False), thread_id, decision, console=console))
     if not finished:
         raise typer.Exit(2)
 

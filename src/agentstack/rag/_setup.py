@@ -48,8 +48,13 @@ def reranker_from(settings: Settings) -> Reranker | None:
 
 
 @asynccontextmanager
-async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[Retrieval]:
-    """Open (creating if needed) the index in `settings.milvus_uri` or `<home>/milvus.db`."""
+async def open_retrieval(
+    settings: Settings, *, embedder: Embedder | None = None, warm: bool = True
+) -> AsyncIterator[Retrieval]:
+    """Open (creating if needed) the index in `settings.milvus_uri` or `<home>/milvus.db`.
+
+    `warm=False` leaves the local embedder's model to load on first use: for a process that may never embed.
+    """
     async with AsyncExitStack() as stack:
         uri = settings.milvus_uri or str(settings.home / "milvus.db")
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
@@ -65,7 +70,10 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
                 stack.push_async_callback(remote.aclose)
                 embedder = remote
             else:  # seconds of imports and weights: off the event loop, so a fleet or Postgres starts meanwhile
-                embedder = await asyncio.to_thread(LocalEmbedder, settings.embedding_model)
+                local = await asyncio.to_thread(LocalEmbedder, settings.embedding_model)
+                if warm:
+                    await local.aload()
+                embedder = local
         await index._prepare(dimension=embedder.dimension, embedder=embedder.name)
         reranker = reranker_from(settings)
         if reranker is not None:

@@ -1,0 +1,53 @@
+"""The local embedder states its shape from the model's files and loads torch and the weights on first use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentstack.rag._embeddings import _declared_shape
+
+LAZY = """
+import sys
+from agentstack.rag import LocalEmbedder
+from agentstack.rag._embeddings import _shape
+
+embedder = LocalEmbedder()
+declared = (embedder.dimension, embedder.max_tokens)
+assert "torch" not in sys.modules and "sentence_transformers" not in sys.modules, "loaded at construction"
+assert len(embedder.tokenize("checkpoints survive a crash")) > 3
+assert _shape(embedder._model) == declared, (_shape(embedder._model), declared)
+print("shape", declared)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter that imports torch
+def test_the_default_model_loads_on_first_use_with_the_shape_its_files_state() -> None:
+    done = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "shape (384, 254)" in done.stdout
+    assert "Loading weights" not in done.stderr  # transformers' progress bar: noise on every CLI run
+
+
+def _model_dir(root: Path, *modules: str) -> Path:
+    (root / "1_Pooling").mkdir(parents=True)
+    listed = [{"idx": i, "name": str(i), "path": "1_Pooling" if m.endswith(".Pooling") else "", "type": m} for i, m in
+              enumerate(f"sentence_transformers.models.{m}" for m in modules)]  # fmt: skip
+    (root / "modules.json").write_text(json.dumps(listed))
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 768}))
+    (root / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512}))
+    return root
+
+
+def test_only_a_plain_model_is_trusted_without_loading_it(tmp_path: Path) -> None:
+    assert _declared_shape(_model_dir(tmp_path / "plain", "Transformer", "Pooling", "Normalize")) == (768, 510)
+    # a Dense layer changes the dimension the pooling states: such a model is loaded to be asked
+    assert _declared_shape(_model_dir(tmp_path / "dense", "Transformer", "Pooling", "Dense")) is None
+    broken = _model_dir(tmp_path / "broken", "Transformer", "Pooling")
+    (broken / "sentence_bert_config.json").unlink()
+    assert _declared_shape(broken) is None
+    assert _declared_shape("sentence-transformers/all-mpnet-base-v2") is None  # a hub name
