@@ -223,12 +223,28 @@ async def test_a_run_of_random_digits_is_a_loop_too() -> None:
     assert verdict.why == "ok"
 
 
-async def test_the_second_attempt_is_not_stopped() -> None:
-    """Stopping it too would turn a slow nonsense reply into a failed run; its schema's bounds end it instead."""
-    second = '{"ok": true, "why": "' + "ab " * 16 + '"}'
-    model = ScriptedChatModel(replies=[AIMessage(content=LOOPING), AIMessage(content=second)])
-    verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
-    assert verdict.why == "ab " * 16
+class Note(BaseModel):
+    text: str = Field(max_length=400)
+
+
+async def test_a_stopped_loop_earns_one_more_watched_attempt_and_the_last_runs_to_its_end() -> None:
+    """Stopping the last attempt too would turn a slow nonsense reply into a failed run; its bounds end it."""
+    looping = '{"text": "' + "la " * 100
+    last = '{"text": "' + "la " * 100 + '"}'  # stopped too, were it watched
+    model = GreedyModel(replies=[AIMessage(content=looping), AIMessage(content=looping), AIMessage(content=last)])
+    note, _ = await StructuredCall(model, Note)(PROMPT, question="q")
+    assert note.text == "la " * 100
+    assert [o.get("temperature") for o in model.options] == [None, 0.7, 0.7]
+
+
+async def test_a_reply_that_does_not_parse_earns_no_extra_attempt() -> None:
+    """Only a stopped loop is cheap enough to earn one: a refused parse costs a whole reply."""
+    model = GreedyModel(
+        replies=[AIMessage(content='{"text": 1}'), AIMessage(content='{"text": 2}'), verdict_reply("ok", 40)]
+    )
+    with pytest.raises(ModelOutputError, match="did not parse as Note in 2 attempts"):
+        await StructuredCall(model, Note)(PROMPT, question="q")
+    assert len(model.options) == 2
 
 
 @pytest.mark.parametrize(
@@ -281,7 +297,9 @@ async def test_a_looping_stream_is_closed_so_the_server_stops_generating() -> No
 
     def server(request: httpx.Request) -> httpx.Response:
         if sent["events"]:  # asked again: a reply that ends
-            return completion('{"ok": true, "why": "done"}', 42, stream=False)
+            return completion(
+                '{"ok": true, "why": "done"}', 42, stream=json.loads(request.content).get("stream", False)
+            )
         return httpx.Response(200, content=endless(), headers={"content-type": "text/event-stream"})
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))

@@ -92,16 +92,18 @@ class StructuredCall(Generic[T]):
         more than a server's grammar enforces (llama.cpp ignores `exclusiveMinimum`), and the second attempt
         samples (a greedy model is asked at a higher temperature, on the `model | parser` path every chat model
         we know builds), so a small model that rambled into the limit once rarely does it twice. On that path
-        the first reply is streamed and watched: one that falls into a loop is stopped there (closing the stream
-        frees the server's slot) and asked for again, seconds in rather than thousands of tokens later. The
-        second runs to its end, as before the watch: a model that loops twice still gets the reply its schema's
-        bounds allow (nonsense, but a finished run), not an error.
+        every attempt but the last is streamed and watched: one that falls into a loop is stopped there (closing
+        the stream frees the server's slot), seconds in rather than thousands of tokens later, and being that
+        cheap it earns one extra attempt. The last runs to its end: a model that loops every time still gets the
+        reply its schema's bounds allow (nonsense, but a finished run), not an error.
         """
         error: Exception | None = None
         spent = 0
-        for attempt in range(_PARSE_ATTEMPTS):
+        attempts = _PARSE_ATTEMPTS
+        attempt = 0
+        while attempt < attempts:
             try:
-                raw, parsed, error = await self._reply(messages, retry=attempt > 0)
+                raw, parsed, error = await self._reply(messages, retry=attempt > 0, watch=attempt + 1 < attempts)
             except (OutputParserException, ValueError, RepeatingReply) as exc:
                 # ValueError: pydantic's ValidationError (some clients parse inside the call), or openai's stream,
                 # which parses the growing JSON as it comes and fails on prose from a server that ignored the schema
@@ -116,7 +118,10 @@ class StructuredCall(Generic[T]):
             spent += _tokens(messages, raw, error, self._max_tokens)
             if isinstance(parsed, self.schema):
                 return parsed, spent
-            if attempt + 1 < _PARSE_ATTEMPTS:
+            if isinstance(error, RepeatingReply) and attempts == _PARSE_ATTEMPTS:
+                attempts += 1  # stopped a few hundred characters in: one more watched try before the last
+            attempt += 1
+            if attempt < attempts:
                 _log.warning(
                     "the reply to %s did not parse as %s, asking again: %s (it ended %r)",
                     ref,
@@ -127,29 +132,28 @@ class StructuredCall(Generic[T]):
         if error is not None and _cut_at_token_limit(error):
             raise ModelOutputError(
                 f"the model's reply to {ref} hit its token limit before the {self.schema.__name__} was complete "
-                f"({_PARSE_ATTEMPTS} attempts)",
+                f"({attempts} attempts)",
                 fix="raise the model's max_tokens, or use a larger model that answers more concisely",
                 tokens_used=spent,
             ) from error
         raise ModelOutputError(
             f"the model's reply to {ref} did not parse as {self.schema.__name__} "
-            f"in {_PARSE_ATTEMPTS} attempts: {error or 'no structured reply'}",
+            f"in {attempts} attempts: {error or 'no structured reply'}",
             fix="serve the model where response_format json_schema is enforced (llama.cpp, vLLM, SGLang), "
             "or use a larger model",
             tokens_used=spent,
         ) from error
 
-    async def _reply(self, messages: Sequence[BaseMessage], *, retry: bool) -> tuple[Any, Any, Any]:
+    async def _reply(self, messages: Sequence[BaseMessage], *, retry: bool, watch: bool) -> tuple[Any, Any, Any]:
         """(raw message, parsed reply or None, parsing error or None)."""
         if self._with_raw is not None:
             with warnings.catch_warnings():  # langchain serialises the raw+parsed pair with a loose schema
                 warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
                 out = await self._with_raw.ainvoke(list(messages))
             return out.get("raw"), out.get("parsed"), out.get("parsing_error")
-        if retry:  # not stopped: a model that loops again still ends where the schema's bounds end it
-            raw = await self._retry_model.ainvoke(list(messages))
-        else:
-            raw = await _watched(self._model, messages)
+        model = self._retry_model if retry else self._model
+        # the last attempt is not stopped: a model that loops again still ends where the schema's bounds end it
+        raw = await _watched(model, messages) if watch else await model.ainvoke(list(messages))
         try:
             return raw, await self._parser.ainvoke(raw), None
         except (OutputParserException, ValidationError) as exc:
