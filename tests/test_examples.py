@@ -73,7 +73,8 @@ def test_research_example(example_env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_team_example(example_env: dict[str, str]) -> None:
-    out = run_example("team.py", "Use Python to compute 6 times 7", "--max-steps", "2", env=example_env)
+    # one worker step: coordinator, worker, synthesizer (each worker round is a research run or a program)
+    out = run_example("team.py", "Use Python to compute 6 times 7", "--max-steps", "1", env=example_env)
     assert "'stage': 'coordinator'" in out
     assert "result (" in out and "thread: team-" in out
 

@@ -105,7 +105,7 @@ def test_run_team_on_the_local_model(cli, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "numbers.md").write_text("Six times seven is forty-two.")
-    ran = cli("run", "team", "Compute 6 times 7 with Python", "--docs", str(docs), "--set", "max_steps=2")
+    ran = cli("run", "team", "Compute 6 times 7 with Python", "--docs", str(docs), "--set", "max_steps=1")
     assert ran.returncode == 0, ran.stderr + ran.stdout
     assert "result (" in ran.stdout and "coordinator" in ran.stdout
     assert_quiet(ran.stderr)
