@@ -42,6 +42,16 @@ def instance(schema: dict[str, Any]) -> Any:
     return "stub"
 
 
+def _letters(number: int) -> str:
+    """`number` in base 26, written a-z: "ba", "bb", ... ("b" leads, so no two numbers share a spelling)."""
+    number += 26
+    spelled = ""
+    while number:
+        number, digit = divmod(number, 26)
+        spelled = chr(ord("a") + digit) + spelled
+    return spelled
+
+
 def app(model: str, slow_s: float, odd: bool, ramble: bool) -> Starlette:
     counts = {"running": 0, "prompt": 0, "generated": 0}
 
@@ -61,7 +71,8 @@ def app(model: str, slow_s: float, odd: bool, ramble: bool) -> Starlette:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if ramble and limit:
             opening = ['{"stub":', '"well'] if isinstance(schema, dict) else []  # a string that never ends
-            words = [f"and{i}," for i in range(int(limit) - len(opening))]  # never one pattern over and over
+            # never one pattern over and over, even read with any number as one symbol: a counter in letters
+            words = [f"and{_letters(i)}," for i in range(int(limit) - len(opening))]
             content, finish = " ".join(opening + words), "length"
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         generated = len(content.split())

@@ -227,6 +227,22 @@ class Note(BaseModel):
     text: str = Field(max_length=400)
 
 
+@pytest.mark.parametrize(
+    ("text", "shape"),
+    [
+        ("".join(f"print(6 * {i})\n" for i in range(40)), "'print(0 * 0)\\n'"),
+        ("well " + " ".join(f"and{i}," for i in range(80)), "' and0,'"),
+        ("".join(f"(x) in {i}) {{x}} in {i + 1}) " for i in range(30)), "'(x) in 0) {x} in 0) '"),
+        ('{"answer": "[' + ", ".join(str(i * i) for i in range(90)), "', 0'"),
+    ],
+)
+def test_a_loop_with_a_counter_is_a_loop(text: str, shape: str) -> None:
+    """Gemma's near-repeats: an exact period is broken by a number that changes on every line."""
+    from agentstack._structured import _loop
+
+    assert _loop(text) == f"kept repeating {shape} with other numbers"
+
+
 async def test_a_stopped_loop_earns_one_more_watched_attempt_and_the_last_runs_to_its_end() -> None:
     """Stopping the last attempt too would turn a slow nonsense reply into a failed run; its bounds end it."""
     looping = '{"text": "' + "la " * 100
@@ -255,6 +271,11 @@ async def test_a_reply_that_does_not_parse_earns_no_extra_attempt() -> None:
         "Threads resume from the last checkpoint in Postgres [S1]; the fleet restarts a crashed replica [S2]. " * 3,
         "x" * 199,
         "print(2 ** 100)  # 1267650600228229401496703205376, thirty-one digits",
+        # numbers in prose and code, read as one symbol each, still do not repeat
+        "Postgres 15.4 keeps 3 checkpoints per thread [S1]; retention runs every 600 s and deletes those older "
+        "than 7 days [S2]; the fleet restarts a replica after 1, 2, 4 then 8 s [S3]; version 0.3.36 builds it.",
+        "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n\n"
+        "print([fib(i) for i in range(10)])  # 0 1 1 2 3 5 8 13 21 34\nprint(6 * 7)\nprint(2 ** 10)\n",
     ],
 )
 def test_what_a_useful_reply_looks_like_is_not_a_loop(text: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -38,13 +39,15 @@ _PARSE_ATTEMPTS = 2
 # A greedy (temperature 0) model asked again answers the same thing again; the second attempt samples instead.
 _RETRY_TEMPERATURE = 0.7
 # A reply whose last 200 characters are one pattern of up to 40 repeated (5 times or more) has fallen into a loop
-# a tiny model does not leave: "0000...", "\\n\\n...", one line of code over and over. So has one whose last 100
+# a tiny model does not leave: "0000...", "\\n\\n...", one line of code over and over, or the same line with
+# another number each time (a second look reads every run of digits as one symbol). So has one whose last 100
 # characters are all digits: sampling penalties (DRY) turn a loop on one digit into random digits (Gemma 270M
 # wrote 2,000 of them as a team's result). No useful field looks like either, and the grammar (a maxLength of
 # thousands) would let them run for minutes.
 _REPEAT_WINDOW = 200
 _REPEAT_MAX_PERIOD = 40
 _DIGIT_RUN = 100
+_DIGITS = re.compile(r"\d+")
 _log = logging.getLogger(__name__)
 
 # langchain-openai's spurious serializer warning on every streamed structured call (see `_upstream_noise`), and
@@ -196,11 +199,24 @@ def _loop(text: str) -> str:
     if len(text) < _REPEAT_WINDOW:
         return ""
     tail = text[-_REPEAT_WINDOW:]
+    if period := _period(tail):
+        return f"kept repeating {tail[-period:]!r}"
+    # A counter defeats the exact check ("print(6 * 7)\nprint(6 * 8)\n...", "and9, and10, and11", a list of
+    # numbers): read every run of digits as one symbol, and look again. (The exact check alone let a team's coder
+    # reply run 1,651 tokens, 41 s, in one suite run.)
+    if not any(c.isdecimal() for c in tail):
+        return ""
+    shape = _DIGITS.sub("0", tail)
+    if period := _period(shape):
+        return f"kept repeating {shape[-period:]!r} with other numbers"
+    return ""
+
+
+def _period(tail: str) -> int:
+    """The shortest period (up to `_REPEAT_MAX_PERIOD`) that `tail` repeats with, at least 5 times; or 0."""
     # per streamed token, so the last character rules out most periods before any slice is made
-    period = next(
-        (p for p in range(1, _REPEAT_MAX_PERIOD + 1) if tail[-1 - p] == tail[-1] and tail[p:] == tail[:-p]), 0
-    )
-    return f"kept repeating {tail[-period:]!r}" if period else ""
+    longest = min(_REPEAT_MAX_PERIOD, len(tail) // 5)
+    return next((p for p in range(1, longest + 1) if tail[-1 - p] == tail[-1] and tail[p:] == tail[:-p]), 0)
 
 
 def _unreachable_model(error: Exception, ref: str, model: str) -> Exception:
