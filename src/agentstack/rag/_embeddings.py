@@ -66,8 +66,8 @@ class LocalEmbedder:
     """
 
     def __init__(self, model: str | Path = DEFAULT_EMBEDDING_MODEL, *, device: str | None = None) -> None:
-        if importlib.util.find_spec("sentence_transformers") is None:
-            require("sentence_transformers", extra="local", feature="the local embedder")
+        if importlib.util.find_spec("sentence_transformers") is None:  # found, not imported: that costs seconds
+            require("sentence_transformers", extra="local", feature="the local embedder")  # raises, naming the extra
         self._name = str(model)
         self._path = _model_path(model)
         self._device = device
