@@ -166,7 +166,9 @@ def test_stack_builds_each_graph_from_its_parts_without_opening(settings: Any, t
     with pytest.raises(GraphInputError, match="needs something to search"):
         stack.research_graph()
     assert "coordinator" in stack.team_graph().get_graph().nodes  # a team without a researcher, told so
-    stack.retrieval = SimpleNamespace(retriever=InMemoryRetriever.from_texts(DOCS))  # what open_retrieval gives
+    stack.retrieval = SimpleNamespace(
+        retriever=InMemoryRetriever.from_texts(DOCS), embedder=None
+    )  # what open_retrieval gives
     assert {"plan", "search", "analyze", "refine", "answer", "review"} <= set(stack.graph("research").get_graph().nodes)
     assert {"coordinator", "researcher", "coder"} <= set(stack.team_graph().get_graph().nodes)
     approval = stack.approval_graph(tools=stack.default_tools(tmp_path))

@@ -27,12 +27,12 @@ SANDBOX = {
 }
 
 
-def coordinator(*route: str) -> Any:
+def coordinator(*route: str, instruction: str = "step") -> Any:
     """Route by how much work the prompt shows: the n-th decision is route[n]."""
 
     def decide(prompt: str) -> dict[str, str]:
         done = prompt.count("\n- ")
-        return {"next": route[min(done, len(route) - 1)], "instruction": f"step {done}"}
+        return {"next": route[min(done, len(route) - 1)], "instruction": f"{instruction} {done}"}
 
     return decide
 
@@ -108,7 +108,7 @@ async def test_a_program_the_model_cannot_finish_is_failed_work_not_a_lost_run()
 
 async def test_the_researcher_is_the_research_graph_as_a_subgraph() -> None:
     model = schema_model(
-        Route=coordinator("researcher", "synthesize"),
+        Route=coordinator("researcher", "synthesize", instruction="how do threads resume from a postgres checkpoint?"),
         Plan={"queries": ["postgres checkpoint"]},
         Analysis={"draft": "d", "confidence": 0.9, "gaps": [], "cited": ["S1"]},
         FinalAnswer={"answer": "From Postgres [S1].", "citations": ["S1"]},

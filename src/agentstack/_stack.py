@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from agentstack.checkpoint import PoolSaver, open_saver
 from agentstack.config import Settings
@@ -155,7 +155,20 @@ class Stack:
             retriever=self.retrieval.retriever if self.retrieval is not None else None,
             checkpointer=self.saver if checkpointer else None,
             default_tools=self.default_tools,
+            embedder=self.retrieval.embedder if self.retrieval is not None else None,
+            answer_style=self.answer_style,
         )
+
+    @property
+    def answer_style(self) -> Literal["written", "extractive"]:
+        """How the graphs answer with this stack's model: `settings.answer_style`, else the fleet model's own
+        (`ModelSpec.answer_style`: extractive for the CPU Gemma), else written."""
+        if self.settings.answer_style is not None:
+            return self.settings.answer_style
+        if self.fleet is not None and self.model is not None:
+            name = self.fleet.chat_model_name()
+            return next(m.answer_style for m in self.fleet.spec.models if m.name == name)
+        return "written"
 
     def research_graph(self, *, checkpointer: bool = True, **options: Any) -> ResearchGraph:
         """`graph("research")`: options go to `build_research_graph`."""

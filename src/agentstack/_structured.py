@@ -31,7 +31,7 @@ from agentstack.errors import BackendError, ModelOutputError
 if TYPE_CHECKING:
     from agentstack.prompts import Prompt
 
-__all__ = ["StructuredCall"]
+__all__ = ["StructuredCall", "chat_model_name"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -67,9 +67,7 @@ class StructuredCall(Generic[T]):
         self.schema = schema
         max_tokens = getattr(model, "max_tokens", None)
         self._max_tokens = max_tokens if isinstance(max_tokens, int) else None
-        self._model_name = str(
-            getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__
-        )
+        self.model_name = chat_model_name(model)
         structured = model.with_structured_output(schema, method="json_schema")
         # Chat models build structured output as `bound model | parser...` (ChatOpenAI's parser is two steps: a
         # refusal check, then the parse). Calling the model and the parser ourselves keeps the raw reply (its
@@ -113,7 +111,7 @@ class StructuredCall(Generic[T]):
                 raw, parsed, error = None, None, exc
             except Exception as exc:
                 if not _cut_at_token_limit(exc):
-                    mapped = _unreachable_model(exc, ref, self._model_name)
+                    mapped = _unreachable_model(exc, ref, self.model_name)
                     if mapped is exc:
                         raise
                     raise mapped from exc
@@ -161,6 +159,11 @@ class StructuredCall(Generic[T]):
             return raw, await self._parser.ainvoke(raw), None
         except (OutputParserException, ValidationError) as exc:
             return raw, None, exc
+
+
+def chat_model_name(model: Any) -> str:
+    """The name a chat model serves under (errors and cached judgements name it), or its class's."""
+    return str(getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__)
 
 
 class RepeatingReply(Exception):

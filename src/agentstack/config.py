@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         "unset: the fleet's first chat model (required with llm_base_url).",
     )
     llm_api_key: SecretStr | None = Field(default=None, description="API key for llm_base_url.")
+    answer_style: Literal["written", "extractive"] | None = Field(
+        default=None,
+        description="How the graphs answer: written by the model, or extractive (evidence sentences it picks); "
+        "unset: the fleet model's `answer_style` (extractive for the CPU default), written for llm_base_url.",
+    )
     llama_server: Path | None = Field(
         default=None,
         description="llama.cpp's llama-server binary; unset: next to Python, then PATH, then <home>/bin.",

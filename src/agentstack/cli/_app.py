@@ -35,8 +35,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The embedded PostgreSQL server (used when AGENTSTACK_POSTGRES_URL is unset).")
 threads_app = typer.Typer(help="Checkpointed threads: list, prune history, delete.")
+eval_app = typer.Typer(help="Evaluation: run a dataset through a graph, score it, compare experiments, gate CI.")
 app.add_typer(db_app, name="db")
 app.add_typer(threads_app, name="threads")
+app.add_typer(eval_app, name="eval")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -307,6 +309,111 @@ def resume(
     finished = asyncio.run(resume_thread(_stack(warm=False), thread_id, decision, console=console))
     if not finished:
         raise typer.Exit(2)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+@eval_app.command("run")
+@reports_errors
+def eval_run(
+    dataset: Annotated[Path, typer.Argument(help="A .jsonl or .csv dataset (see docs/eval.md).")],
+    graph: Annotated[str, typer.Option(help="The registered graph to evaluate.")] = "research",
+    name: Annotated[str | None, typer.Option(help="The experiment's name (default: graph-dataset-time).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Items run at once.")] = 8,
+    judge: Annotated[
+        str, typer.Option(help="none: no judge; embedder: support by embeddings; model: the stack's model judges.")
+    ] = "embedder",
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="A metric to score, e.g. recall@5 (default: the judge's set).")
+    ] = None,
+    baseline: Annotated[str | None, typer.Option(help="A stored experiment to compare with (--max-drop).")] = None,
+    min_: Annotated[
+        list[str] | None, typer.Option("--min", help="Fail below this mean, e.g. --min context_recall=0.7.")
+    ] = None,
+    max_drop: Annotated[
+        list[str] | None,
+        typer.Option("--max-drop", help="Fail on a drop beyond noise against --baseline, e.g. faithfulness=0.05."),
+    ] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML report here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a Markdown report here.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A runtime knob of the graph, e.g. --set k=8.")
+    ] = None,
+    docs: Annotated[
+        list[Path] | None, typer.Option(help="Documents to ingest first (default: agentstack's own docs).")
+    ] = None,
+    price_per_1k_tokens: Annotated[float, typer.Option(min=0, help="Cost of 1,000 tokens (0: self-hosted).")] = 0.0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Run only the first N items.")] = None,
+) -> None:
+    """Run DATASET through a graph, score every item, store the experiment; exit 1 when a gate fails."""
+    from agentstack.cli._eval import run_eval
+
+    passed = asyncio.run(
+        run_eval(
+            _stack(),
+            dataset,
+            graph=graph,
+            name=name,
+            concurrency=concurrency,
+            judge_kind=judge,
+            metric_names=metric or [],
+            baseline=baseline,
+            minimum=min_ or [],
+            max_drop=max_drop or [],
+            junit=junit,
+            report=report,
+            knobs=_knobs(set_ or []),
+            docs=docs,
+            price_per_1k_tokens=price_per_1k_tokens,
+            limit=limit,
+            console=console,
+        )
+    )
+    if not passed:
+        raise typer.Exit(1)
+
+
+@eval_app.command("list")
+@reports_errors
+def eval_list() -> None:
+    """Stored experiments, newest first."""
+    from agentstack.cli._eval import list_experiments
+    from agentstack.config import Settings
+
+    asyncio.run(list_experiments(Settings.load(), console))
+
+
+@eval_app.command("show")
+@reports_errors
+def eval_show(name: Annotated[str, typer.Argument(help="A stored experiment.")]) -> None:
+    """An experiment's configuration, metrics, operations and lowest-scoring items."""
+    from agentstack.cli._eval import show_experiment
+    from agentstack.config import Settings
+
+    asyncio.run(show_experiment(Settings.load(), name, console))
+
+
+@eval_app.command("compare")
+@reports_errors
+def eval_compare(
+    baseline: Annotated[str, typer.Argument(help="The experiment to compare against.")],
+    candidate: Annotated[str, typer.Argument(help="The experiment compared.")],
+) -> None:
+    """Per metric: both means, the change with its bootstrap interval, and the items that regressed most."""
+    from agentstack.cli._eval import compare_experiments
+    from agentstack.config import Settings
+
+    asyncio.run(compare_experiments(Settings.load(), baseline, candidate, console))
+
+
+@eval_app.command("delete")
+@reports_errors
+def eval_delete(name: Annotated[str, typer.Argument(help="The experiment to delete.")]) -> None:
+    """Delete a stored experiment and its items (cached judgements stay)."""
+    from agentstack.cli._eval import delete_experiment
+    from agentstack.config import Settings
+
+    deleted = asyncio.run(delete_experiment(Settings.load(), name))
+    console.print(f"deleted {name}" if deleted else f"there is no experiment named {name}")
 
 
 # -- model fleet -------------------------------------------------------------------------------

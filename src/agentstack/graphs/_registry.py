@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
@@ -51,6 +51,8 @@ class GraphParts:
     retriever: Retriever | None = None
     checkpointer: Checkpointer = None
     default_tools: Callable[[], Sequence[BaseTool]] = _no_tools
+    embedder: Any = None  # the retrieval's: grounds research answers (see `build_research_graph`)
+    answer_style: Literal["written", "extractive"] = "written"  # the model's: see `ModelSpec.answer_style`
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class ResultView:
     detail: str = ""  # "answered, confidence 0.90"
     citations: Sequence[Mapping[str, Any]] | None = None  # None: this graph does not cite
     warnings: Sequence[str] = ()
+    # What evaluation reads: the passages the run retrieved, best first ({"id", "text", "source", "chunk_id"}),
+    # and the ids the model cited that no search returned (removed from `text`).
+    contexts: Sequence[Mapping[str, Any]] = ()
+    removed_citations: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

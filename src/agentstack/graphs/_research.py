@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -30,10 +30,12 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command, Send
+from pydantic import BaseModel, Field, create_model
 
 from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError, ModelOutputError
 from agentstack.graphs._decisions import Decision, ask_decision
+from agentstack.graphs._grounding import Candidate, candidate_sentences, ground, on_topic, with_citations
 from agentstack.graphs._knobs import read_knobs
 from agentstack.graphs._metadata import run_metadata
 from agentstack.graphs._registry import GraphEntry, GraphParts, ResultView, Retriever
@@ -49,6 +51,7 @@ from agentstack.graphs._research_state import (
     SearchFailure,
     SearchTask,
 )
+from agentstack.graphs._support import Embedder, EmbeddingSupport, SupportScorer
 from agentstack.prompts import Prompt, PromptLibrary
 
 __all__ = [
@@ -62,7 +65,12 @@ __all__ = [
 ]
 
 ResearchGraph: TypeAlias = CompiledStateGraph[ResearchState, ResearchContext, ResearchInput, ResearchState]
+AnswerStyle: TypeAlias = Literal["written", "extractive"]
 _CITE = re.compile(r"\[([Ss]\d+)\]")
+# Extractive confidence from the chosen sentences' mean cosine with the question (all-MiniLM-L6-v2): 0.15 and
+# below is unrelated (0), 0.6 and above answers it (1); the default threshold 0.7 is then a mean of about 0.47.
+_UNRELATED, _ANSWERS = 0.15, 0.6
+_NO_ANSWER = "The documents found do not answer this question."
 
 
 class GraphSearcher(Protocol):
@@ -81,6 +89,7 @@ class ResearchPrompts:
     refine: Prompt
     answer: Prompt
     revise: Prompt
+    select: Prompt
 
     @classmethod
     def load(cls, library: PromptLibrary) -> ResearchPrompts:
@@ -92,21 +101,54 @@ class ResearchPrompts:
 
 @dataclass(frozen=True)
 class ResearchDeps:
-    """What the research steps call besides the state and the knobs: one object, built once per graph."""
+    """What the research steps call besides the state and the knobs: one object, built once per graph.
+
+    `embedder` ranks evidence sentences for an extractive answer and tells an on-topic sub-query from noise;
+    `support` checks a written answer's sentences (default: the embedder's `EmbeddingSupport`). Without an
+    embedder the graph writes its answers and checks only that their citations exist.
+    """
 
     prompts: ResearchPrompts
     planner: StructuredCall[Plan]
     analyst: StructuredCall[Analysis]
     writer: StructuredCall[FinalAnswer]
+    model: BaseChatModel
     retriever: Retriever | None = None
     graph_retriever: GraphSearcher | None = None
     tools: tuple[BaseTool, ...] = ()
+    embedder: Embedder | None = None
+    support: SupportScorer | None = None
+    answer_style: AnswerStyle = "written"
+    _selectors: dict[int, StructuredCall[Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.retriever is None and self.graph_retriever is None and not self.tools:
             raise GraphInputError(
                 "the research graph needs something to search", fix="pass a retriever, a graph_retriever or tools"
             )
+        if self.answer_style == "extractive" and self.embedder is None:
+            raise GraphInputError(
+                "an extractive research graph ranks evidence sentences with an embedder, and none was given",
+                fix="pass embedder= (the retrieval's), or answer_style='written'",
+            )
+
+    def style(self, knobs: ResearchContext) -> AnswerStyle:
+        """The run's answer style: the knob, or what the graph was built with ("auto")."""
+        if knobs.answer_style == "auto":
+            return self.answer_style
+        if knobs.answer_style == "extractive" and self.embedder is None:
+            raise GraphInputError(
+                "answer_style=extractive needs an embedder, and this graph was built without one",
+                fix="build the graph with embedder=, or run it with answer_style=written",
+            )
+        return knobs.answer_style
+
+    def selector(self, candidates: int) -> StructuredCall[Any]:
+        """A call whose schema lets the model name only ids C1..C<candidates> (an enum under the grammar)."""
+        call = self._selectors.get(candidates)
+        if call is None:
+            call = self._selectors[candidates] = StructuredCall(self.model, _selection_schema(candidates))
+        return call
 
     @classmethod
     def create(
@@ -117,16 +159,31 @@ class ResearchDeps:
         graph_retriever: GraphSearcher | None = None,
         tools: Sequence[BaseTool] = (),
         prompts: PromptLibrary | None = None,
+        embedder: Embedder | None = None,
+        support: SupportScorer | None = None,
+        answer_style: AnswerStyle = "written",
     ) -> ResearchDeps:
+        if support is None and embedder is not None:
+            support = EmbeddingSupport(embedder)
         return cls(
             prompts=ResearchPrompts.load(prompts or PromptLibrary()),
             planner=StructuredCall(model, Plan),
             analyst=StructuredCall(model, Analysis),
             writer=StructuredCall(model, FinalAnswer),
+            model=model,
             retriever=retriever,
             graph_retriever=graph_retriever,
             tools=tuple(tools),
+            embedder=embedder,
+            support=support,
+            answer_style=answer_style,
         )
+
+
+def _selection_schema(candidates: int) -> type[BaseModel]:
+    ids = tuple(f"C{n}" for n in range(1, candidates + 1))
+    chosen = (list[Literal[ids]], Field(min_length=1, max_length=3, description="the ids of the sentences that answer"))  # type: ignore[valid-type]
+    return create_model("Selection", __doc__="The evidence sentences that answer the question.", chosen=chosen)
 
 
 # -- steps --------------------------------------------------------------------------------------------
@@ -136,9 +193,10 @@ async def plan(state: ResearchState, runtime: Runtime[ResearchContext], deps: Re
     question = _validated_question(state)
     reply, tokens = await deps.planner(deps.prompts.plan, question=question, max_queries=knobs.max_queries)
     # The question itself is always searched: a weak planner then costs recall, never all of it.
-    queries = _fresh([question, *reply.queries], [], knobs.max_queries)
-    runtime.stream_writer({"stage": "plan", "queries": queries})
-    return {"queries": queries, "iteration": 1, "tokens_used": tokens}
+    proposed, dropped = await on_topic(reply.queries, question, deps.embedder)
+    queries = _fresh([question, *proposed], [], knobs.max_queries)
+    runtime.stream_writer({"stage": "plan", "queries": queries, "dropped": dropped})
+    return {"queries": queries, "iteration": 1, "tokens_used": tokens, "dropped_queries": dropped}
 
 
 async def search(task: SearchTask, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
@@ -173,8 +231,14 @@ async def search(task: SearchTask, runtime: Runtime[ResearchContext], deps: Rese
 
 
 async def analyze(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
-    """A draft from the evidence, how sure it is (0 when nothing was found), and what is missing."""
+    """A draft from the evidence, how sure it is (0 when nothing was found), and what is missing.
+
+    Extractive: the draft is the evidence sentences the model picks (`select`), the confidence how close they
+    are to the question. Written: the model drafts and rates itself (checked again once the answer is written).
+    """
     knobs = read_knobs(runtime, ResearchContext)
+    if deps.style(knobs) == "extractive":
+        return await select(state, runtime, deps)
     evidence = _shown(state.get("evidence", []), knobs.evidence_chars)
     reply, tokens = await deps.analyst(deps.prompts.analyze, question=state["question"], evidence=evidence)
     confidence = min(1.0, max(0.0, float(reply.confidence)))
@@ -182,6 +246,38 @@ async def analyze(state: ResearchState, runtime: Runtime[ResearchContext], deps:
         confidence = 0.0  # nothing was found: whatever the model says, it is not grounded
     runtime.stream_writer({"stage": "analyze", "confidence": confidence, "gaps": reply.gaps})
     return {"draft": reply.draft, "confidence": confidence, "gaps": reply.gaps, "tokens_used": tokens}
+
+
+async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
+    """The model picks, among the embedder's best evidence sentences, those that answer: the draft is them.
+
+    The ids it may name are an enum of the candidates' (the grammar allows nothing else); a pick that ranks far
+    below the best candidate is dropped, and when nothing it picks stands, the best candidate is the answer.
+    """
+    knobs = read_knobs(runtime, ResearchContext)
+    assert deps.embedder is not None  # `ResearchDeps.style` refuses extractive without one
+    question = state["question"]
+    candidates = await candidate_sentences(question, state.get("evidence", []), deps.embedder, knobs.candidates)
+    if not candidates:
+        runtime.stream_writer({"stage": "select", "confidence": 0.0, "chosen": []})
+        return {"draft": "", "confidence": 0.0, "gaps": [question]}
+    reply, tokens = await deps.selector(len(candidates))(
+        deps.prompts.select, question=question, candidates=candidates, max_sentences=knobs.max_sentences
+    )
+    chosen = _chosen(candidates, reply.chosen, knobs.max_sentences)
+    mean = sum(c.score for c in chosen) / len(chosen)
+    confidence = round(min(1.0, max(0.0, (mean - _UNRELATED) / (_ANSWERS - _UNRELATED))), 2)
+    draft = " ".join(with_citations(c.text, [c.evidence_id]) for c in chosen)
+    runtime.stream_writer({"stage": "select", "confidence": confidence, "chosen": [c.id for c in chosen]})
+    return {"draft": draft, "confidence": confidence, "gaps": [], "tokens_used": tokens}
+
+
+def _chosen(candidates: Sequence[Candidate], picked: Sequence[str], limit: int) -> list[Candidate]:
+    """The picked candidates in rank order, without those under half the best one's score; else the best."""
+    best = candidates[0].score
+    ids = set(picked)
+    kept = [c for c in candidates if c.id in ids and c.score >= best / 2][:limit]
+    return kept or [candidates[0]]
 
 
 async def refine(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
@@ -195,15 +291,29 @@ async def refine(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
         gaps=gaps,
         max_queries=knobs.max_queries,
     )
-    queries = _fresh(reply.queries + gaps, state.get("asked", []), knobs.max_queries)
-    runtime.stream_writer({"stage": "refine", "queries": queries})
-    return {"queries": queries, "iteration": state.get("iteration", 0) + 1, "tokens_used": tokens}
+    proposed, dropped = await on_topic(reply.queries + gaps, state["question"], deps.embedder)
+    queries = _fresh(proposed, state.get("asked", []), knobs.max_queries)
+    runtime.stream_writer({"stage": "refine", "queries": queries, "dropped": dropped})
+    update = {"queries": queries, "iteration": state.get("iteration", 0) + 1, "tokens_used": tokens}
+    return update | {"dropped_queries": dropped}
 
 
 async def answer(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
-    """The answer with verified citations; an answer citing nothing is revised once."""
+    """The answer with verified citations. Extractive: the selected sentences. Written: an answer citing
+    nothing is revised once, then every sentence its cited passages do not support is removed."""
     knobs = read_knobs(runtime, ResearchContext)
     evidence = state.get("evidence", [])
+    confident = state.get("confidence", 0.0) >= knobs.confidence_threshold
+    if deps.style(knobs) == "extractive":
+        text, citations, removed = verify_citations(state.get("draft") or _NO_ANSWER, [], evidence)
+        runtime.stream_writer({"stage": "answer", "citations": [c["id"] for c in citations], "removed": removed})
+        return {
+            "answer": text,
+            "citations": citations,
+            "removed_citations": removed,
+            "unsupported": [],
+            "status": "answered" if confident else "budget_exhausted",
+        }
     shown = _shown(evidence, knobs.evidence_chars)
     reply, tokens = await deps.writer(
         deps.prompts.answer,
@@ -231,9 +341,15 @@ async def answer(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
             tokens += more
             text, citations, removed_again = verify_citations(revised.answer, revised.citations, evidence)
             removed += removed_again
-    confident = state.get("confidence", 0.0) >= knobs.confidence_threshold
+    update: dict[str, Any] = {}
+    if deps.support is not None and evidence:
+        grounded = await ground(text, evidence, deps.support)
+        text, citations, _ = verify_citations(grounded.text or _NO_ANSWER, [], evidence)
+        confidence = min(state.get("confidence", 0.0), grounded.supported_share)  # measured, not only said
+        confident = confidence >= knobs.confidence_threshold
+        update = {"unsupported": grounded.removed, "confidence": confidence}
     runtime.stream_writer({"stage": "answer", "citations": [c["id"] for c in citations], "removed": removed})
-    return {
+    return update | {
         "answer": text,
         "citations": citations,
         "removed_citations": removed,
@@ -321,17 +437,33 @@ def build_research_graph(
     prompts: PromptLibrary | None = None,
     checkpointer: Checkpointer = None,
     name: str = "research",
+    embedder: Embedder | None = None,
+    support: SupportScorer | None = None,
+    answer_style: AnswerStyle = "written",
 ) -> ResearchGraph:
     """Compile the research graph; `retriever` is a `HybridRetriever` (or anything with `aretrieve`).
 
     `tools` are searched too, each called with the sub-query as its one input. Leave `checkpointer` unset
-    when this graph is a subgraph: it then saves through its parent's.
+    when this graph is a subgraph: it then saves through its parent's. `embedder` (the retrieval's) grounds the
+    answers: it ranks evidence sentences for `answer_style="extractive"` (small models: the answer is made of
+    the evidence sentences the model picks) and checks a written answer's sentences (`support` replaces that
+    check, e.g. `JudgeSupport(judge_model)`).
     """
-    deps = ResearchDeps.create(model, retriever, graph_retriever=graph_retriever, tools=tools, prompts=prompts)
+    deps = ResearchDeps.create(
+        model,
+        retriever,
+        graph_retriever=graph_retriever,
+        tools=tools,
+        prompts=prompts,
+        embedder=embedder,
+        support=support,
+        answer_style=answer_style,
+    )
     return compose_research_graph(deps, checkpointer=checkpointer, name=name)
 
 
 def _build_from_parts(parts: GraphParts, **options: Any) -> ResearchGraph:
+    options = {"embedder": parts.embedder, "answer_style": parts.answer_style} | options
     return build_research_graph(parts.model, parts.retriever, checkpointer=parts.checkpointer, **options)
 
 
@@ -343,6 +475,8 @@ def _render(values: Mapping[str, Any]) -> ResultView:
         text=str(values.get("answer", "")),
         citations=values.get("citations", []),
         warnings=[f"{len(failures)} search(es) failed: {failures}"] if failures else [],
+        contexts=values.get("evidence", []),
+        removed_citations=values.get("removed_citations", []),
     )
 
 

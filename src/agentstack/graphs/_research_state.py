@@ -102,6 +102,8 @@ class ResearchState(TypedDict):
     answer: NotRequired[str]
     citations: NotRequired[list[Citation]]
     removed_citations: NotRequired[list[str]]  # ids the model cited that no search returned
+    dropped_queries: NotRequired[Annotated[list[str], operator.add]]  # off-topic sub-queries, never searched
+    unsupported: NotRequired[list[str]]  # sentences of the written answer no cited passage supports (removed)
     status: NotRequired[Literal["answered", "budget_exhausted", "approved", "edited", "rejected"]]
 
 
@@ -163,3 +165,9 @@ class ResearchContext:
     evidence_chars: int = 6000  # evidence text shown to the model per step
     filters: dict[str, Any] = field(default_factory=dict)  # metadata filters for the retriever
     graph_hops: int = 2
+    # "extractive": the answer is made of evidence sentences the model picks among the embedder's best
+    # `candidates` (at most `max_sentences`), for a small model whose own prose is weak; "written": the model
+    # writes it, and each sentence must pass the support check; "auto": what the graph was built with.
+    answer_style: Literal["auto", "written", "extractive"] = "auto"
+    candidates: int = 8
+    max_sentences: int = 3

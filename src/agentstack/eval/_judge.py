@@ -1,0 +1,75 @@
+"""`Judge`: the model (and embedder) that grades answers, any OpenAI-compatible one or the CPU Gemma.
+
+Every judge call asks for a bounded pydantic schema through `StructuredCall`, the graphs' own path: on llama.cpp,
+vLLM or SGLang the grammar makes even a 270M model's reply parse, and a reply that still does not is asked
+again with other sampling. What then still fails raises `ModelOutputError`, which the metric records as that
+item's error (never a NaN, never a dropped item). Sentence support goes through the graphs' `SupportScorer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from pydantic import BaseModel
+
+from agentstack._structured import StructuredCall, chat_model_name
+from agentstack.graphs._support import Embedder, EmbeddingSupport, JudgeSupport, SupportScorer
+from agentstack.prompts import PromptLibrary
+
+__all__ = ["Judge"]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Judge:
+    """Grades samples: `model` answers the judged metrics' questions, `embedder` compares texts.
+
+    With no model, sentence support is the embedder's (`EmbeddingSupport`) and the metrics that must ask a model
+    (answer relevancy, context precision, rubrics) are refused before an experiment starts.
+    """
+
+    def __init__(
+        self,
+        model: BaseChatModel | None = None,
+        *,
+        embedder: Embedder | None = None,
+        prompts: PromptLibrary | None = None,
+        support: SupportScorer | None = None,
+    ) -> None:
+        if model is None and embedder is None and support is None:
+            raise ValueError("a judge needs a model, an embedder or a support scorer")
+        self.model = model
+        self.embedder = embedder
+        self.prompts = prompts or PromptLibrary()
+        self._calls: dict[type[BaseModel], StructuredCall[Any]] = {}
+        self.tokens_used = 0
+        if support is None:
+            support = (
+                JudgeSupport(model, prompts=self.prompts) if model is not None else EmbeddingSupport(embedder)  # type: ignore[arg-type]
+            )
+        self.support = support
+
+    @property
+    def name(self) -> str:
+        """What cached judgements are keyed by: the model, the embedder and the support scorer."""
+        model = chat_model_name(self.model) if self.model is not None else "-"
+        embedder = getattr(self.embedder, "name", "-") if self.embedder is not None else "-"
+        return f"model={model};embedder={embedder};support={self.support.name}"
+
+    async def ask(self, prompt: str, schema: type[T], **variables: Any) -> T:
+        """The reply to `prompts/eval/<prompt>` as `schema`; `ModelOutputError` when it never parses."""
+        if self.model is None:
+            raise ValueError(f"the {prompt} judgement needs a judge model")
+        call = self._calls.get(schema)
+        if call is None:
+            call = self._calls[schema] = StructuredCall(self.model, schema)
+        reply, tokens = await call(self.prompts.get("eval", prompt), **variables)
+        self.tokens_used += tokens
+        return reply
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.embedder is None:
+            raise ValueError("this judgement needs an embedder")
+        return await self.embedder.aembed_documents(list(texts))

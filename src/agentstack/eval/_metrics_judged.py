@@ -1,0 +1,150 @@
+"""The RAG metrics that need a judge, as RAGAS defines them (docs/eval.md has the formulas).
+
+- faithfulness = supported answer claims / answer claims. A claim is a sentence of the answer (RAGAS asks the
+  LLM to restate the answer as statements; splitting deterministically removes one run-to-run variance and one
+  way for a small judge to fail); it is checked against the passages it cites, or all retrieved ones when it
+  cites none, by the judge's `SupportScorer` (the one the research graph grounds its answers with).
+- answer relevancy = mean cosine(question, q_i) over N questions the judge writes from the answer alone; 0 when
+  the judge finds the answer noncommittal ("I don't know", "it depends").
+- context precision = sum over the top K of precision@k * v_k / (useful passages in the top K), v_k = 1 when the
+  judge finds passage k useful for reaching the reference answer (the answer, without a reference).
+- context recall = reference sentences the retrieved passages support / reference sentences.
+
+A judgement that fails (the judge's reply never parses) is `Score.failed` with the reason: counted, not NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, Field
+
+from agentstack.errors import ModelOutputError
+from agentstack.eval._judge import Judge
+from agentstack.eval._metric import Metric
+from agentstack.eval._types import Context, Sample, Score
+from agentstack.graphs._support import cited_sentences, cosine, sentences
+
+__all__ = ["AnswerRelevancy", "ContextPrecision", "ContextRecall", "Faithfulness", "JudgedMetric"]
+
+
+class JudgedMetric(Metric):
+    """A metric that asks `judge`; `needs_model`: it asks the judge's model, not only its embedder."""
+
+    judged: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = True
+    needs_embedder: ClassVar[bool] = False
+
+    async def score(self, sample: Sample, judge: Judge | None = None) -> Score:
+        if judge is None:
+            return Score.failed(f"{self.name} needs a judge")
+        try:
+            return await self.judge(sample, judge)
+        except ModelOutputError as exc:
+            return Score.failed(f"the judge's reply never parsed: {exc.problem}")
+
+    async def judge(self, sample: Sample, judge: Judge) -> Score:
+        raise NotImplementedError
+
+
+def _passages(contexts: Sequence[Context]) -> list[str]:
+    """The passages' texts, whole: a support scorer that asks a model shows it the part that matters."""
+    return [context.text for context in contexts]
+
+
+class Faithfulness(JudgedMetric):
+    """Supported answer sentences / answer sentences (each checked against what it cites, else everything)."""
+
+    name = "faithfulness"
+    needs_model = False  # the embedder's support scorer will do; a judge model's is better
+
+    async def judge(self, sample: Sample, judge: Judge) -> Score:
+        claims = cited_sentences(sample.outcome.answer)
+        if not claims:
+            return Score.not_applicable("the answer makes no claim")
+        by_id = {c.id: c for c in sample.outcome.contexts}
+        unsupported: list[str] = []
+        for claim, cited in claims:
+            own = [by_id[i] for i in cited if i in by_id]
+            passages = _passages(own or sample.outcome.contexts)
+            if not passages or not (await judge.support.support(claim, passages)).supported:
+                unsupported.append(claim)
+        value = 1 - len(unsupported) / len(claims)
+        reason = f"{len(claims) - len(unsupported)} of {len(claims)} sentence(s) supported"
+        return Score(value, reason=reason, details={"unsupported": unsupported})
+
+
+class ContextRecall(JudgedMetric):
+    """Reference sentences the retrieved passages support / reference sentences."""
+
+    name = "context_recall"
+    needs_model = False
+
+    async def judge(self, sample: Sample, judge: Judge) -> Score:
+        if sample.example.reference is None:
+            return Score.not_applicable("the example has no reference answer")
+        claims = sentences(sample.example.reference) or [sample.example.reference]
+        passages = _passages(sample.outcome.contexts)
+        missing = [c for c in claims if not passages or not (await judge.support.support(c, passages)).supported]
+        value = 1 - len(missing) / len(claims)
+        reason = f"{len(claims) - len(missing)} of {len(claims)} reference sentence(s) found"
+        return Score(value, reason=reason, details={"not_found": missing})
+
+
+class AnswerQuestions(BaseModel):
+    """Questions the answer would answer, and whether it commits to anything."""
+
+    questions: list[Annotated[str, Field(min_length=3, max_length=200)]] = Field(min_length=3, max_length=3)
+    noncommittal: bool = Field(description="true when the answer evades, says it does not know, or hedges")
+
+
+class AnswerRelevancy(JudgedMetric):
+    """Mean cosine between the question and 3 questions the judge writes from the answer; 0 if noncommittal."""
+
+    name = "answer_relevancy"
+    needs_embedder = True
+
+    async def judge(self, sample: Sample, judge: Judge) -> Score:
+        if not sample.outcome.answer.strip():
+            return Score(0.0, reason="the answer is empty")
+        reply = await judge.ask("answer_questions", AnswerQuestions, answer=sample.outcome.answer)
+        if reply.noncommittal:
+            return Score(0.0, reason="the judge found the answer noncommittal")
+        question, *generated = await judge.embed([sample.example.text, *reply.questions])
+        value = max(0.0, min(1.0, sum(cosine(question, g) for g in generated) / len(generated)))
+        return Score(value, reason=f"the answer answers: {' | '.join(reply.questions)}")
+
+
+class Usefulness(BaseModel):
+    """Whether one passage helps to reach the answer."""
+
+    reason: str = Field(max_length=300)
+    verdict: Literal["useful", "not_useful"]
+
+
+class ContextPrecision(JudgedMetric):
+    """Rank-weighted precision of the passages the judge finds useful for the reference answer, top `k`."""
+
+    name = "context_precision"
+
+    def __init__(self, k: int = 5) -> None:
+        self.k = k
+
+    async def judge(self, sample: Sample, judge: Judge) -> Score:
+        contexts = sample.outcome.contexts[: self.k]
+        if not contexts:
+            return Score(0.0, reason="nothing was retrieved")
+        target = sample.example.reference or sample.outcome.answer
+        verdicts = []
+        for context in contexts:
+            reply = await judge.ask(
+                "context_useful", Usefulness, question=sample.example.text, answer=target, passage=context.text[:1200]
+            )
+            verdicts.append(reply.verdict == "useful")
+        useful = sum(verdicts)
+        if not useful:
+            return Score(0.0, reason=f"none of the top {len(contexts)} passages is useful")
+        weighted = sum(sum(verdicts[: k + 1]) / (k + 1) for k, v in enumerate(verdicts) if v)
+        marks = "".join("+" if v else "-" for v in verdicts)
+        return Score(weighted / useful, reason=f"useful by rank: {marks}")

@@ -1,0 +1,170 @@
+"""Run a dataset through a graph, score every item, store the experiment.
+
+`GraphTarget` runs a compiled graph in this process (one thread per item, on the graph's checkpointer) and
+reads its final values through the registry entry's `ResultView`: the answer, the passages it retrieved (ranked)
+and the ids it cited. `run_experiment` runs items `concurrency` at a time, scores each with every metric (a
+judged score is taken from the cache when the item, its answer and the judge are unchanged), and stores the
+experiment in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from agentstack.errors import AgentStackError, BackendError, ConfigError
+from agentstack.eval._dataset import Dataset, Example
+from agentstack.eval._judge import Judge
+from agentstack.eval._metric import Metric
+from agentstack.eval._metrics_judged import JudgedMetric
+from agentstack.eval._results import ExperimentResult, ItemResult
+from agentstack.eval._store import ExperimentStore, judgement_key
+from agentstack.eval._types import Context, Outcome, Sample, Score
+
+__all__ = ["GraphTarget", "Target", "check_metrics", "run_experiment"]
+
+
+class Target(Protocol):
+    """What an experiment evaluates: an example in, an `Outcome` out (a failed run is `Outcome(error=...)`)."""
+
+    async def __call__(self, example: Example) -> Outcome: ...
+
+
+class GraphTarget:
+    """A compiled graph of the registry (`entry`), run in this process with `context` as its knobs.
+
+    `price_per_1k_tokens` turns the run's tokens into its cost (0 for a self-hosted model).
+    """
+
+    def __init__(
+        self,
+        graph: Any,
+        entry: Any,
+        *,
+        context: Any = None,
+        thread_prefix: str = "eval",
+        price_per_1k_tokens: float = 0,
+    ) -> None:
+        self.graph = graph
+        self.entry = entry
+        self.context = context
+        self.thread_prefix = thread_prefix
+        self.price_per_1k_tokens = price_per_1k_tokens
+
+    async def __call__(self, example: Example) -> Outcome:
+        graph_input = example.input if example.input is not None else self.entry.input_from_task(example.question)
+        config = {"configurable": {"thread_id": f"{self.thread_prefix}-{example.id}-{uuid.uuid4().hex[:8]}"}}
+        started = time.perf_counter()
+        try:
+            values = await self.graph.ainvoke(graph_input, config, context=self.context)
+        except AgentStackError as exc:
+            return Outcome(latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc.problem}")
+        latency = time.perf_counter() - started
+        view = self.entry.render(values)
+        tokens = int(values.get("tokens_used", 0) or 0)
+        return Outcome(
+            answer=view.text,
+            contexts=tuple(_context(c) for c in view.contexts),
+            cited=tuple(str(c["id"]) for c in view.citations or ()),
+            removed_citations=tuple(view.removed_citations),
+            latency_s=latency,
+            tokens=tokens,
+            cost=tokens / 1000 * self.price_per_1k_tokens,
+            extra={"detail": view.detail, "thread_id": config["configurable"]["thread_id"]},
+        )
+
+
+def _context(found: Mapping[str, Any]) -> Context:
+    return Context(
+        id=str(found["id"]),
+        text=str(found.get("text", "")),
+        source=str(found.get("source", "")),
+        chunk_id=found.get("chunk_id"),
+    )
+
+
+def check_metrics(metrics: Sequence[Metric], judge: Judge | None) -> None:
+    """Refuse, before anything runs, metrics that share a name or need what the judge lacks."""
+    names = [m.name for m in metrics]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two metrics are named {twice[0]!r}", fix="give each metric its own name")
+    for metric in metrics:
+        if not metric.judged:
+            continue
+        if judge is None:
+            raise ConfigError(f"{metric.name} needs a judge", fix="pass judge=Judge(model, embedder=...), or drop it")
+        if isinstance(metric, JudgedMetric) and metric.needs_model and judge.model is None:
+            raise ConfigError(
+                f"{metric.name} asks a judge model, and this judge has only an embedder",
+                fix="give the judge a model (agentstack eval run --judge model), or drop the metric",
+            )
+        if isinstance(metric, JudgedMetric) and metric.needs_embedder and judge.embedder is None:
+            raise ConfigError(f"{metric.name} compares embeddings: the judge needs an embedder", fix="pass embedder=")
+
+
+async def run_experiment(
+    target: Target,
+    dataset: Dataset,
+    metrics: Sequence[Metric],
+    *,
+    name: str,
+    graph: str,
+    config: Mapping[str, Any] | None = None,
+    judge: Judge | None = None,
+    store: ExperimentStore | None = None,
+    concurrency: int = 8,
+    on_item: Callable[[ItemResult], None] | None = None,
+) -> ExperimentResult:
+    """Run and score every example; stored in `store` (when given) once all are done."""
+    check_metrics(metrics, judge)
+    if concurrency < 1:
+        raise ConfigError(f"concurrency is at least 1, got {concurrency}", fix="--concurrency 1 runs items in turn")
+    if store is not None and await store.exists(name):
+        raise ConfigError(
+            f"an experiment named {name!r} is already stored",
+            fix=f"choose another name, or agentstack eval delete {name}",
+        )
+    judge_name = judge.name if judge is not None else "-"
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(example: Example) -> ItemResult:
+        async with gate:
+            outcome = await target(example)
+            sample = Sample(example, outcome)
+            scores = {m.name: await _score(m, sample, judge, judge_name, store) for m in metrics}
+        item = ItemResult(example, outcome, scores)
+        if on_item is not None:
+            on_item(item)
+        return item
+
+    items = await asyncio.gather(*(one(example) for example in dataset))
+    recorded = {"judge": judge_name, **(config or {})}
+    result = ExperimentResult(
+        name, dataset.name, dataset.hash, graph, recorded, items, metrics=tuple(m.name for m in metrics)
+    )
+    if store is not None:
+        await store.save(result)
+    return result
+
+
+async def _score(
+    metric: Metric, sample: Sample, judge: Judge | None, judge_name: str, store: ExperimentStore | None
+) -> Score:
+    if sample.outcome.error is not None:
+        return Score(0.0, reason=f"the run failed: {sample.outcome.error}")
+    key = judgement_key(metric, judge_name, sample) if metric.judged and store is not None else None
+    if key is not None and store is not None and (cached := await store.cached(key)) is not None:
+        return cached
+    try:
+        score = await metric.score(sample, judge)
+    except BackendError:
+        raise  # the judge's server is down: every later judgement would fail the same way
+    except Exception as exc:  # a metric's bug costs its item's score, recorded, not the experiment
+        score = Score.failed(f"{metric.name} raised {type(exc).__name__}: {exc}")
+    if key is not None and store is not None and score.error is None:
+        await store.remember(key, metric.key, score)
+    return score

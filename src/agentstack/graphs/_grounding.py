@@ -1,0 +1,138 @@
+"""What keeps a research answer tied to its evidence, whatever the model's size.
+
+- `on_topic`: a sub-query is searched only if it shares a content word with the question, or (with an
+  embedder) means nearly the same; a tiny planner's letter soup ("a t t e c h n c") is dropped and reported.
+- `candidate_sentences`: the evidence split into sentences and ranked by the embedder against the question:
+  what a small model chooses among (an enum of ids under the grammar), so its answer is made of evidence.
+- `ground`: every sentence of a written answer checked against the passages it cites by a `SupportScorer`;
+  what nothing supports is removed, and the share that stood is measured support for the confidence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentstack.graphs._research_state import Evidence
+from agentstack.graphs._support import Embedder, SupportScorer, cited_sentences, cosine, sentences
+from agentstack.rag._bm25_text import STOP_WORDS
+
+__all__ = [
+    "Candidate",
+    "Grounded",
+    "candidate_sentences",
+    "content_terms",
+    "ground",
+    "on_topic",
+    "with_citations",
+]
+
+_WORD = re.compile(r"[a-z][a-z0-9_]+")
+_PREFIX = 4  # "crash" ~ "crashed" ~ "crashes", "recover" ~ "recovery": a shared prefix this long is one term
+# A sub-query that shares no word with the question still asks the same thing at this cosine (all-MiniLM-L6-v2:
+# paraphrases 0.7-0.9, the same topic 0.4-0.6, letter soup under 0.2).
+_SAME_MEANING = 0.55
+# Evidence sentences worth offering: a claim in prose, not a table row, a code line or a heading fragment.
+_MIN_WORDS, _MAX_CHARS = 5, 400
+_SYMBOLS = 0.12  # a share of characters that are neither letters, digits, spaces nor . , ; : ' " ` - above this is code
+
+
+def with_citations(sentence: str, ids: Sequence[str]) -> str:
+    """`sentence` with "[S1]" markers before its final full stop (or at its end)."""
+    sentence = sentence.rstrip()
+    marks = "".join(f" [{i}]" for i in ids)
+    if sentence[-1:] in ".!?":
+        return f"{sentence[:-1]}{marks}{sentence[-1]}"
+    return f"{sentence}{marks}."
+
+
+def content_terms(text: str) -> set[str]:
+    """Lower-case words of three letters or more that are not stop words."""
+    return {w for w in _WORD.findall(text.lower()) if len(w) >= 3 and w not in STOP_WORDS}
+
+
+def _shares_term(a: set[str], b: set[str]) -> bool:
+    return any(x[:_PREFIX] == y[:_PREFIX] and (x.startswith(y) or y.startswith(x)) for x in a for y in b)
+
+
+async def on_topic(queries: Sequence[str], question: str, embedder: Embedder | None) -> tuple[list[str], list[str]]:
+    """(the queries worth searching, the ones dropped): a query shares a content word with the question, or
+    an embedder finds it means nearly the same."""
+    asked = content_terms(question)
+    kept: list[str] = []
+    doubtful: list[str] = []
+    for query in queries:
+        (kept if _shares_term(content_terms(query), asked) else doubtful).append(query)
+    if doubtful and embedder is not None:
+        vectors = await embedder.aembed_documents([question, *doubtful])
+        close = {q for q, v in zip(doubtful, vectors[1:], strict=True) if cosine(vectors[0], v) >= _SAME_MEANING}
+        kept += [q for q in doubtful if q in close]
+        doubtful = [q for q in doubtful if q not in close]
+    return [q for q in queries if q in kept], doubtful
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An evidence sentence offered to the model: its id (C1...), the evidence it is from, and its rank score."""
+
+    id: str
+    text: str
+    evidence_id: str
+    score: float
+
+
+def _prose(sentence: str) -> bool:
+    """A whole sentence of prose: enough words, a full stop at its end (a chunk boundary cuts the last one of a
+    passage), not starting with a lower-case stop word, and not code."""
+    if len(sentence.split()) < _MIN_WORDS or len(sentence) > _MAX_CHARS or sentence[-1] not in ".!?":
+        return False
+    if sentence.split()[0] in STOP_WORDS:  # "and a spec says...": the rest of a sentence cut before it
+        return False
+    symbols = sum(1 for c in sentence if not (c.isalnum() or c.isspace() or c in ".,;:'\"`-"))
+    return symbols <= _SYMBOLS * len(sentence)
+
+
+async def candidate_sentences(
+    question: str, evidence: Sequence[Evidence], embedder: Embedder, limit: int
+) -> list[Candidate]:
+    """The `limit` evidence sentences closest to the question (cosine), best first, each once."""
+    pool: dict[str, str] = {}  # sentence -> the first evidence id holding it
+    for item in evidence:
+        for sentence in sentences(item["text"]):
+            if _prose(sentence):
+                pool.setdefault(sentence, item["id"])
+    if not pool:
+        return []
+    texts = list(pool)
+    vectors = await embedder.aembed_documents([question, *texts])
+    scored = sorted(
+        ((cosine(vectors[0], v), text) for text, v in zip(texts, vectors[1:], strict=True)),
+        key=lambda pair: -pair[0],
+    )[:limit]
+    return [Candidate(f"C{n}", text, pool[text], score) for n, (score, text) in enumerate(scored, 1)]
+
+
+@dataclass(frozen=True)
+class Grounded:
+    """A written answer after the check: the sentences that stood, those removed, the share supported."""
+
+    text: str
+    removed: list[str]
+    supported_share: float
+
+
+async def ground(answer: str, evidence: Sequence[Evidence], support: SupportScorer) -> Grounded:
+    """Keep the sentences that the passages they cite (or, citing none, all the evidence) support."""
+    by_id = {e["id"]: e for e in evidence}
+    kept: list[str] = []
+    removed: list[str] = []
+    claims = cited_sentences(answer)
+    for sentence, cited in claims:
+        passages = [by_id[i]["text"] for i in cited if i in by_id] or [e["text"] for e in evidence]
+        if passages and (await support.support(sentence, passages)).supported:
+            kept.append(with_citations(sentence, [i for i in cited if i in by_id]))
+        else:
+            removed.append(sentence)
+    share = len(kept) / len(claims) if claims else 0.0
+    return Grounded(" ".join(kept), removed, share)

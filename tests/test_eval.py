@@ -1,0 +1,241 @@
+"""agentstack.eval: datasets, metrics, judged metrics on a scripted judge, experiments in a real Postgres."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from agentstack.checkpoint import open_pool
+from agentstack.errors import ConfigError, UserError
+from agentstack.eval import (
+    CitationValidity,
+    CitesGold,
+    Context,
+    Dataset,
+    ExactMatch,
+    Example,
+    Outcome,
+    Recall,
+    Sample,
+    TokenF1,
+)
+from agentstack.eval._judge import Judge
+from agentstack.eval._metrics_judged import AnswerRelevancy, ContextPrecision, ContextRecall, Faithfulness
+from agentstack.eval._results import bootstrap_interval, compare
+from agentstack.eval._runner import run_experiment
+from agentstack.eval._store import ExperimentStore
+from agentstack.testing import HashingEmbedder, schema_model
+
+PASSAGES = {
+    "S1": "PoolSaver commits the writes of many threads in one transaction.",
+    "S2": "The router sends a thread to the replica that served it before.",
+}
+
+
+# -- datasets ---------------------------------------------------------------------------------------
+def test_jsonl_csv_and_lists_load_the_same_examples(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "question": "What batches writes?", "reference": "PoolSaver", "reference_contexts": ["x y"]},
+        {"id": "b", "input": {"task": "sum 2 and 2"}, "tags": ["math"]},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    (tmp_path / "d.csv").write_text(
+        "id,question,input,reference,reference_contexts,tags\na,What batches writes?,,PoolSaver,x y,\n"
+        'b,,"{""task"": ""sum 2 and 2""}",,,"[""math""]"\n'
+    )
+    from_list = Dataset.from_list(rows, name="d")
+    assert Dataset.load(tmp_path / "d.jsonl").examples == from_list.examples
+    assert Dataset.load(tmp_path / "d.csv").examples == from_list.examples
+    assert from_list.hash == Dataset.load(tmp_path / "d.jsonl").hash
+    assert from_list.examples[1].text == '{"task": "sum 2 and 2"}'
+    assert [e.id for e in from_list.select(tags=["math"])] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"id": "1", "question": "ok"}\n{"id": "2", "question": "broken"\n', "d.jsonl, line 2: not JSON"),
+        ('{"id": "1", "question": "ok"}\n\n{"id": "2"}\n', "d.jsonl, line 3: the example: Value error, give a"),
+        ('{"id": "1", "question": "ok", "answer": "x"}\n', "d.jsonl, line 1: answer: Extra inputs are not permitted"),
+        ('{"id": "1", "question": "a"}\n{"id": "1", "question": "b"}\n', "has the id '1' more than once"),
+        ("[1, 2]\n", "line 1: an example is an object"),
+    ],
+)
+def test_a_bad_dataset_line_is_named(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        Dataset.load(path)
+    assert problem in caught.value.problem
+
+
+def test_the_shipped_docs_dataset_loads_and_its_gold_texts_are_in_the_docs() -> None:
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    dataset = Dataset.load(docs / "eval" / "agentstack-docs.jsonl")
+    assert len(dataset) >= 20
+    corpus = " ".join(re.sub(r"\s+", " ", p.read_text()).lower() for p in docs.glob("*.md"))
+    for example in dataset:
+        assert example.reference and example.reference_contexts, example.id
+        for gold in example.reference_contexts:
+            assert re.sub(r"\s+", " ", gold).lower() in corpus, (example.id, gold)
+
+
+# -- deterministic metrics ----------------------------------------------------------------------------
+def sample(
+    answer: str, cited: tuple[str, ...] = (), removed: tuple[str, ...] = (), reference: str | None = None
+) -> Sample:
+    example = Example(
+        id="1", question="How are writes batched?", reference=reference, reference_contexts=("many threads in one",)
+    )
+    contexts = tuple(Context(id=i, text=t, source="docs.md", chunk_id=f"c-{i}") for i, t in PASSAGES.items())
+    return Sample(example, Outcome(answer=answer, contexts=contexts, cited=cited, removed_citations=removed))
+
+
+async def test_squad_exact_match_and_token_f1() -> None:
+    assert (await ExactMatch().score(sample("The PoolSaver!", reference="poolsaver"))).value == 1.0
+    f1 = await TokenF1().score(sample("PoolSaver batches writes", reference="PoolSaver commits writes together"))
+    assert f1.value == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
+    assert (await TokenF1().score(sample("x"))).status == "n/a"
+
+
+async def test_citation_metrics() -> None:
+    assert (await CitationValidity().score(sample("a [S1]", cited=("S1",), removed=("S9",)))).value == 0.5
+    assert (await CitationValidity().score(sample("a"))).status == "n/a"
+    assert (await CitesGold().score(sample("a", cited=("S1",)))).value == 1.0
+    assert (await CitesGold().score(sample("a", cited=("S2",)))).value == 0.0
+
+
+# -- judged metrics on a scripted judge ------------------------------------------------------------------
+def fact_checker(prompt: str) -> dict[str, str]:
+    """Supported when the sentence's words all appear in the passages shown."""
+    sentence = prompt.split("Sentence:", 1)[1].split("Passages:", 1)[0]
+    passages = prompt.split("Passages:", 1)[1].lower()
+    words = re.findall(r"\w+", sentence.lower())
+    ok = all(w in passages for w in words)
+    verdict = "supported" if ok else "not_supported"
+    return {"reason": "all its words are there" if ok else "it says more", "verdict": verdict}
+
+
+def question_writer(prompt: str) -> dict[str, object]:
+    answer = prompt.split("Answer:", 1)[1].strip()
+    return {"questions": [f"What does {answer}?"] * 3, "noncommittal": "not know" in answer}
+
+
+def judge(**replies: object) -> Judge:
+    model = schema_model(**{"SupportVerdict": fact_checker, "AnswerQuestions": question_writer, **replies})
+    return Judge(model, embedder=HashingEmbedder())
+
+
+async def test_faithfulness_counts_supported_sentences_and_tells_broken_answers_apart() -> None:
+    good = sample("PoolSaver commits the writes of many threads in one transaction [S1].", cited=("S1",))
+    broken = sample("PoolSaver commits writes [S1]. The moon is made of cheese and sings [S2].", cited=("S1", "S2"))
+    scores = [await Faithfulness().score(s, judge()) for s in (good, broken)]
+    assert [s.value for s in scores] == [1.0, 0.5]
+    assert scores[1].details["unsupported"] == ["The moon is made of cheese and sings."]
+    # the embedder's support scorer, without a judge model, tells them apart too
+    by_embedding = [await Faithfulness().score(s, Judge(embedder=HashingEmbedder())) for s in (good, broken)]
+    assert by_embedding[0].value == 1.0 and by_embedding[1].value is not None and by_embedding[1].value < 1.0
+
+
+async def test_answer_relevancy_is_zero_for_a_noncommittal_answer() -> None:
+    relevant = await AnswerRelevancy().score(sample("writes are batched"), judge())
+    evasive = await AnswerRelevancy().score(sample("I do not know"), judge())
+    assert relevant.value is not None and relevant.value > 0.3
+    assert evasive.value == 0.0 and "noncommittal" in evasive.reason
+
+
+async def test_context_precision_and_recall() -> None:
+    def useful(prompt: str) -> dict[str, str]:
+        return {"reason": "r", "verdict": "useful" if "PoolSaver" in prompt.split("Passage:")[1] else "not_useful"}
+
+    s = sample("a", reference="PoolSaver commits the writes of many threads in one transaction.")
+    precision = await ContextPrecision().score(s, judge(Usefulness=useful))
+    assert precision.value == 1.0 and precision.reason == "useful by rank: +-"
+    recall = await ContextRecall().score(s, judge())
+    assert recall.value == 1.0
+
+
+async def test_a_judge_that_never_parses_is_an_error_not_nan() -> None:
+    broken = judge(SupportVerdict="not json at all")
+    score = await Faithfulness().score(sample("PoolSaver commits writes [S1].", cited=("S1",)), broken)
+    assert score.value is None and score.status == "error" and "never parsed" in (score.error or "")
+
+
+# -- experiments -----------------------------------------------------------------------------------------
+class Answers:
+    """A target answering from a table, counting its calls."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    async def __call__(self, example: Example) -> Outcome:
+        self.calls += 1
+        if example.id not in self.answers:
+            return Outcome(error="GraphInputError: no answer")
+        contexts = tuple(Context(id=i, text=t, chunk_id=i) for i, t in PASSAGES.items())
+        return Outcome(answer=self.answers[example.id], contexts=contexts, cited=("S1",), tokens=10, latency_s=0.1)
+
+
+DATASET = Dataset.from_list(
+    [
+        {"id": str(n), "question": f"q{n}", "reference": "PoolSaver", "reference_contexts": ["many threads"]}
+        for n in range(6)
+    ],
+    name="tiny",
+)
+
+
+async def test_experiments_are_stored_compared_and_reuse_cached_judgements(agentstack_postgres: str) -> None:
+    async with open_pool(agentstack_postgres, max_size=4) as pool:
+        store = ExperimentStore(pool)
+        await store.setup()
+        metrics = [Recall(5), TokenF1(), Faithfulness()]
+        good = {str(n): "PoolSaver commits the writes of many threads in one transaction [S1]." for n in range(6)}
+        first_judge = judge()
+        await run_experiment(Answers(good), DATASET, metrics, name="base", graph="test", judge=first_judge, store=store)
+        assert first_judge.support.tokens_used > 0
+        again_judge = judge()
+        again = Answers(good)
+        await run_experiment(again, DATASET, metrics, name="again", graph="test", judge=again_judge, store=store)
+        assert again_judge.support.tokens_used == 0  # every judgement came from the cache
+
+        worse = dict(good, **{"4": "The moon sings [S1].", "5": "The sun dances [S1]."})
+        del worse["3"]  # a run that fails scores 0
+        candidate = await run_experiment(
+            Answers(worse), DATASET, metrics, name="cand", graph="test", judge=judge(), store=store
+        )
+        loaded = await store.load("cand")
+        assert loaded.items == candidate.items and loaded.metrics == ("recall@5", "token_f1", "faithfulness")
+        assert loaded.operations()["run_errors"] == 1
+        summary = loaded.summary("faithfulness")
+        assert summary.mean == pytest.approx(0.5) and summary.scored == 6
+        change = compare(await store.load("base"), loaded, "faithfulness")
+        assert change.delta == pytest.approx(-0.5) and change.significant
+        assert [i for i, _ in change.regressed] == ["3", "4", "5"]
+        assert [n[0] for n in await store.names()][:3] == ["cand", "again", "base"]
+        with pytest.raises(ConfigError, match="already stored"):
+            await run_experiment(Answers(good), DATASET, metrics, name="base", graph="test", judge=judge(), store=store)
+        assert await store.delete("base") and not await store.exists("base")
+        with pytest.raises(UserError, match="no experiment named 'base'"):
+            await store.load("base")
+
+
+async def test_metrics_are_checked_before_anything_runs() -> None:
+    target = Answers({})
+    with pytest.raises(ConfigError, match="answer_relevancy asks a judge model"):
+        await run_experiment(
+            target, DATASET, [AnswerRelevancy()], name="x", graph="t", judge=Judge(embedder=HashingEmbedder())
+        )
+    with pytest.raises(ConfigError, match="two metrics are named 'recall@5'"):
+        await run_experiment(target, DATASET, [Recall(5), Recall(5)], name="x", graph="t")
+    assert target.calls == 0
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
+    values = [0.0, 1.0] * 20
+    low, high = bootstrap_interval(values)
+    assert low < 0.5 < high and (low, high) == bootstrap_interval(values)
