@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, Field
 
 from agentstack.checkpoint import open_pool
 from agentstack.errors import ConfigError, UserError
@@ -25,6 +26,7 @@ from agentstack.eval import (
 from agentstack.eval._judge import Judge
 from agentstack.eval._metrics_judged import AnswerRelevancy, ContextPrecision, ContextRecall, Faithfulness
 from agentstack.eval._results import bootstrap_interval, compare
+from agentstack.eval._rubric import Rubric, prefer
 from agentstack.eval._runner import run_experiment
 from agentstack.eval._store import ExperimentStore
 from agentstack.testing import HashingEmbedder, schema_model
@@ -239,3 +241,47 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
     values = [0.0, 1.0] * 20
     low, high = bootstrap_interval(values)
     assert low < 0.5 < high and (low, high) == bootstrap_interval(values)
+
+
+# -- rubric and pairwise ---------------------------------------------------------------------------------------
+class Helpful(BaseModel):
+    """Is the answer useful to someone who asked?"""
+
+    correct: int = Field(ge=1, le=5, description="1: wrong, 5: right in every claim")
+    complete: int = Field(ge=1, le=5, description="1: misses the point, 5: answers all of it")
+
+
+async def test_a_rubric_scores_its_criteria_and_reports_the_spread_of_repeats() -> None:
+    grades = iter([(5, 4), (3, 4)])
+
+    def grader(prompt: str) -> dict[str, object]:
+        assert "- correct: 1: wrong, 5: right in every claim" in prompt and "Reference answer: PoolSaver" in prompt
+        correct, complete = next(grades)
+        return {"correct": correct, "complete": complete, "reasons": "r", "issues": ["vague"]}
+
+    score = await Rubric(Helpful, repeats=2).score(sample("x", reference="PoolSaver"), judge(HelpfulJudgement=grader))
+    assert score.value == pytest.approx(((1 + 0.75) / 2 + (0.5 + 0.75) / 2) / 2)
+    assert score.details["correct"] == [5, 3] and score.details["spread"] == pytest.approx(0.125)
+    assert score.details["issues"] == ["vague"]
+
+
+def test_a_rubric_criterion_must_be_a_one_to_five_integer() -> None:
+    class Loose(BaseModel):
+        correct: int = Field(ge=0, le=10)
+
+    with pytest.raises(ConfigError, match="criterion 'correct' is not an int from 1 to 5"):
+        Rubric(Loose)
+
+
+async def test_pairwise_keeps_a_winner_only_when_both_orders_agree() -> None:
+    def consistent(prompt: str) -> dict[str, str]:
+        first = prompt.split("First answer:")[1].split("Second answer:")[0]
+        return {"reason": "r", "better": "first" if "good" in first else "second"}
+
+    def positional(prompt: str) -> dict[str, str]:
+        return {"reason": "r", "better": "first"}
+
+    agreed = await prefer(judge(_Choice=consistent), "q", "a good answer", "a poor one")
+    assert agreed.winner == "a" and agreed.consistent
+    biased = await prefer(judge(_Choice=positional), "q", "a good answer", "a poor one")
+    assert biased.winner == "tie" and not biased.consistent

@@ -57,8 +57,6 @@ async def test_the_docs_dataset_on_the_scripted_model_meets_its_gates(eval_datas
         graph="research",
         judge=Judge(embedder=embedder),
     )
-    # measured 2026-11-30: recall@5 0.717, cites_gold 0.50, context_recall 0.367, token_f1 0.283
-    assert_quality(
-        result,
-        {"faithfulness": 1.0, "citation_validity": 1.0, "recall@5": 0.7, "cites_gold": 0.5, "context_recall": 0.35},
-    )
+    # measured 2026-11-30: recall@5 0.717, cites_gold 0.533, context_recall 0.367, token_f1 0.319
+    gates = {"faithfulness": 1.0, "citation_validity": 1.0, "recall@5": 0.7, "cites_gold": 0.53, "context_recall": 0.36}
+    assert_quality(result, gates)

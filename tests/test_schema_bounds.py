@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
+from agentstack.eval._metrics_judged import AnswerQuestions, Usefulness
 from agentstack.graphs import Analysis, FinalAnswer, Plan, python_tool, search_tool, workspace_tools
 from agentstack.graphs._approval import turn_schema
+from agentstack.graphs._research import _selection_schema
+from agentstack.graphs._support import SupportVerdict
 from agentstack.graphs._team import CodeDraft, FinalOutput, Review, Route
 from agentstack.rag._graph import Extraction, QueryEntities
 from agentstack.serving._canary import CanaryReply
@@ -65,7 +68,22 @@ def approval_turn(tmp_path: Path) -> type[BaseModel]:
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SCHEMAS = [Plan, Analysis, FinalAnswer, Route, CodeDraft, Review, FinalOutput, Extraction, QueryEntities, CanaryReply]
+SCHEMAS = [
+    Plan,
+    Analysis,
+    FinalAnswer,
+    _selection_schema(8),
+    SupportVerdict,
+    AnswerQuestions,
+    Usefulness,
+    Route,
+    CodeDraft,
+    Review,
+    FinalOutput,
+    Extraction,
+    QueryEntities,
+    CanaryReply,
+]
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: s.__name__)

@@ -82,11 +82,11 @@ class StructuredCall(Generic[T]):
         else:
             self._with_raw = model.with_structured_output(schema, method="json_schema", include_raw=True)
 
-    async def __call__(self, prompt: Prompt, **variables: Any) -> tuple[T, int]:
+    async def __call__(self, prompt: Prompt, *, resample: bool = False, **variables: Any) -> tuple[T, int]:
         messages = prompt.messages(**variables)
-        return await self.ask(messages, ref=prompt.ref)
+        return await self.ask(messages, ref=prompt.ref, resample=resample)
 
-    async def ask(self, messages: Sequence[BaseMessage], *, ref: str) -> tuple[T, int]:
+    async def ask(self, messages: Sequence[BaseMessage], *, ref: str, resample: bool = False) -> tuple[T, int]:
         """One reply parsed as the schema, and the tokens spent on it (every attempt's).
 
         A reply that does not parse, or that the token limit cut short, is asked for once more: a schema can say
@@ -96,7 +96,8 @@ class StructuredCall(Generic[T]):
         every attempt but the last is streamed and watched: one that falls into a loop is stopped there (closing
         the stream frees the server's slot), seconds in rather than thousands of tokens later, and being that
         cheap it earns one extra attempt. The last runs to its end: a model that loops every time still gets the
-        reply its schema's bounds allow (nonsense, but a finished run), not an error.
+        reply its schema's bounds allow (nonsense, but a finished run), not an error. `resample`: every
+        attempt samples (a judge asked again, for the spread of its verdicts).
         """
         error: Exception | None = None
         spent = 0
@@ -104,7 +105,9 @@ class StructuredCall(Generic[T]):
         attempt = 0
         while attempt < attempts:
             try:
-                raw, parsed, error = await self._reply(messages, retry=attempt > 0, watch=attempt + 1 < attempts)
+                raw, parsed, error = await self._reply(
+                    messages, retry=resample or attempt > 0, watch=attempt + 1 < attempts
+                )
             except (OutputParserException, ValueError, RepeatingReply) as exc:
                 # ValueError: pydantic's ValidationError (some clients parse inside the call), or openai's stream,
                 # which parses the growing JSON as it comes and fails on prose from a server that ignored the schema

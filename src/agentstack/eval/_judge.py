@@ -58,14 +58,15 @@ class Judge:
         embedder = getattr(self.embedder, "name", "-") if self.embedder is not None else "-"
         return f"model={model};embedder={embedder};support={self.support.name}"
 
-    async def ask(self, prompt: str, schema: type[T], **variables: Any) -> T:
-        """The reply to `prompts/eval/<prompt>` as `schema`; `ModelOutputError` when it never parses."""
+    async def ask(self, prompt: str, schema: type[T], *, resample: bool = False, **variables: Any) -> T:
+        """The reply to `prompts/eval/<prompt>` as `schema`; `ModelOutputError` when it never parses.
+        `resample`: sample rather than decode greedily (a repeated judgement, for its spread)."""
         if self.model is None:
             raise ValueError(f"the {prompt} judgement needs a judge model")
         call = self._calls.get(schema)
         if call is None:
             call = self._calls[schema] = StructuredCall(self.model, schema)
-        reply, tokens = await call(self.prompts.get("eval", prompt), **variables)
+        reply, tokens = await call(self.prompts.get("eval", prompt), resample=resample, **variables)
         self.tokens_used += tokens
         return reply
 

@@ -249,10 +249,11 @@ async def analyze(state: ResearchState, runtime: Runtime[ResearchContext], deps:
 
 
 async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
-    """The model picks, among the embedder's best evidence sentences, those that answer: the draft is them.
+    """The model picks, among the embedder's best evidence sentences, those that answer: the draft is them,
+    with the best-ranked one (see `_chosen`).
 
     The ids it may name are an enum of the candidates' (the grammar allows nothing else); a pick that ranks far
-    below the best candidate is dropped, and when nothing it picks stands, the best candidate is the answer.
+    below the best candidate is dropped.
     """
     knobs = read_knobs(runtime, ResearchContext)
     assert deps.embedder is not None  # `ResearchDeps.style` refuses extractive without one
@@ -273,11 +274,12 @@ async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
 
 
 def _chosen(candidates: Sequence[Candidate], picked: Sequence[str], limit: int) -> list[Candidate]:
-    """The picked candidates in rank order, without those under half the best one's score; else the best."""
-    best = candidates[0].score
-    ids = set(picked)
-    kept = [c for c in candidates if c.id in ids and c.score >= best / 2][:limit]
-    return kept or [candidates[0]]
+    """The best-ranked candidate and the model's picks, in rank order, without a pick whose cosine is under half
+    the best one's. The first always stands: on the docs dataset (docs/eval/) that took the CPU Gemma's answers
+    from citing a gold passage in 19 of 30 questions to 21 (it often passed over a gold first candidate)."""
+    best = max(c.score for c in candidates)
+    ids = {*picked, candidates[0].id}
+    return [c for c in candidates if c.id in ids and c.score >= best / 2][:limit]
 
 
 async def refine(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def _blocks(text: str) -> list[str]:
     """Paragraphs and list items, each joined into one line; headings, tables and code left out."""
     blocks: list[list[str]] = []
     current: list[str] = []
-    fenced = False
+    fenced = _starts_in_code(text)
 
     def close() -> None:
         nonlocal current
@@ -91,6 +91,13 @@ def _blocks(text: str) -> list[str]:
         current.append(line)
     close()
     return [" ".join(lines) for lines in blocks]
+
+
+def _starts_in_code(text: str) -> bool:
+    """Whether `text` (a chunk, cut anywhere) begins inside a code fence: its first fence is a bare one that
+    is not followed by another bare one (which would close it), i.e. the first fence closes a block."""
+    fences = [line.strip() for line in text.splitlines() if line.strip().startswith("```")]
+    return bool(fences) and fences[0] == "```" and (len(fences) == 1 or fences[1] != "```")
 
 
 def sentences(text: str) -> list[str]:
