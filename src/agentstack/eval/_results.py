@@ -134,6 +134,7 @@ class Comparison:
 
 
 def compare(baseline: ExperimentResult, candidate: ExperimentResult, metric: str) -> Comparison:
+    """`metric` in `candidate` against `baseline`, on the items both scored, with a paired bootstrap interval."""
     before, after = baseline.values(metric), candidate.values(metric)
     shared = sorted(set(before) & set(after))
     if not shared:

@@ -26,6 +26,9 @@ from agentstack.eval._types import Context, Outcome, Sample, Score
 
 __all__ = ["GraphTarget", "Target", "check_metrics", "run_experiment"]
 
+# Fields of a graph's final state worth keeping with its result (the research graph's searches, its verdict).
+_KEPT = ("asked", "dropped_queries", "status", "confidence", "unsupported")
+
 
 class Target(Protocol):
     """What an experiment evaluates: an example in, an `Outcome` out (a failed run is `Outcome(error=...)`)."""
@@ -73,7 +76,11 @@ class GraphTarget:
             latency_s=latency,
             tokens=tokens,
             cost=tokens / 1000 * self.price_per_1k_tokens,
-            extra={"detail": view.detail, "thread_id": config["configurable"]["thread_id"]},
+            extra={
+                "detail": view.detail,
+                "thread_id": config["configurable"]["thread_id"],
+                **{key: values[key] for key in _KEPT if key in values},
+            },
         )
 
 

@@ -1,0 +1,78 @@
+"""`agentstack eval` end to end: the docs dataset on the CPU Gemma, judged by it, stored, shown, compared, gated."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from cli_helpers import assert_quiet, run_agentstack
+from fleet_helpers import tiny_spec_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = ROOT / "docs" / "eval" / "agentstack-docs.jsonl"
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str) -> Run:
+    home = tmp_path / "home"
+    home.mkdir()
+    if (fleet_home / "models").is_dir():
+        (home / "models").symlink_to(fleet_home / "models")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "checkpoints.md").write_text((ROOT / "docs" / "checkpoints.md").read_text())
+    env = {
+        "AGENTSTACK_HOME": str(home),
+        "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
+        "AGENTSTACK_FLEET": str(tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_agentstack(*args, env=env, cwd=tmp_path)
+
+    return run
+
+
+@pytest.mark.slow  # the CPU fleet, the embedder, 2 research runs and their judgements twice: about two minutes
+def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Path) -> None:
+    common = [str(DATASET), "--docs", str(tmp_path / "docs"), "--limit", "2", "--concurrency", "2"]
+    first = cli("eval", "run", *common, "--judge", "model", "--name", "smoke", "--junit", "smoke.xml")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert_quiet(first.stderr)
+    for metric in ("recall@5", "cites_gold", "faithfulness", "answer_relevancy", "context_precision"):
+        assert metric in first.stdout
+    suite = ET.parse(tmp_path / "smoke.xml").getroot()
+    assert suite.get("failures") == "0" and suite.find("testcase[@name='metric faithfulness']") is not None
+
+    # an impossible floor fails the run, says which gate, and still stores it
+    second = cli(
+        "eval", "run", *common, "--judge", "embedder", "--name", "gated",
+        "--baseline", "smoke", "--max-drop", "faithfulness=0.5", "--min", "faithfulness=1.01", "--report", "r.md",
+    )  # fmt: skip
+    assert second.returncode == 1 and "not metric=value with a value from 0 to 1" in second.stderr
+    assert "models:" not in second.stdout  # refused before anything started
+    third = cli(
+        "eval", "run", *common, "--judge", "embedder", "--name", "gated",
+        "--baseline", "smoke", "--max-drop", "faithfulness=0.5", "--min", "cites_gold=1.0", "--report", "r.md",
+    )  # fmt: skip
+    report = (tmp_path / "r.md").read_text()
+    if "FAIL: cites_gold" in third.stdout:
+        assert third.returncode == 1 and "- FAIL: cites_gold" in report
+    else:
+        assert third.returncode == 0 and "- PASS: cites_gold" in report
+    assert "faithfulness changed" in third.stdout
+
+    listed = cli("eval", "list")
+    assert "smoke" in listed.stdout and "gated" in listed.stdout
+    shown = cli("eval", "show", "smoke")
+    assert shown.returncode == 0 and "answer_relevancy" in shown.stdout and "extractive" in shown.stdout
+    compared = cli("eval", "compare", "smoke", "gated")
+    assert compared.returncode == 0 and "faithfulness" in compared.stdout
+    missing = cli("eval", "show", "nope")
+    assert missing.returncode == 1 and "there is no experiment named 'nope'" in missing.stderr
+    assert_quiet(missing.stderr)
