@@ -15,9 +15,18 @@ from langchain_core.tools import StructuredTool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from agentstack.errors import GraphInputError, RetrievalError
+from agentstack.errors import GraphInputError, RetrievalError, UserError
 from agentstack.graphs import ResearchContext, build_research_graph
-from agentstack.graphs._research import ResearchDeps, after_analyze, analyze, answer, plan, search, verify_citations
+from agentstack.graphs._research import (
+    RESEARCH_GRAPH,
+    ResearchDeps,
+    after_analyze,
+    analyze,
+    answer,
+    plan,
+    search,
+    verify_citations,
+)
 from agentstack.testing import HashingEmbedder, InMemoryRetriever, schema_model
 from graph_helpers import DOCS, LengthFinishReasonError, step_runtime, thread
 
@@ -354,7 +363,7 @@ async def test_an_extractive_pick_far_below_the_best_is_replaced_by_the_best() -
 
 async def test_the_selection_schema_allows_only_the_candidates_ids() -> None:
     deps = ResearchDeps.create(schema_model(), InMemoryRetriever.from_texts(DOCS), embedder=HashingEmbedder())
-    schema = deps.selector(3).schema.model_json_schema()
+    schema = deps.selector(3, 3).schema.model_json_schema()
     assert schema["properties"]["chosen"]["items"]["enum"] == ["C1", "C2", "C3"]
     assert schema["properties"]["chosen"]["maxItems"] == 3
 
@@ -379,3 +388,8 @@ async def test_a_written_answer_loses_the_sentences_its_passages_do_not_support(
     assert out["unsupported"] == ["Quantum tunnelling makes every replica immortal."]
     assert out["answer"] == "A thread resumes from its last Postgres checkpoint after a crash [S1]."
     assert out["confidence"] == 0.5 and out["status"] == "budget_exhausted"  # measured: half of it stood
+
+
+def test_a_count_knob_below_one_is_refused_with_its_name() -> None:
+    with pytest.raises(UserError, match="candidates is at least 1, got 0"):
+        RESEARCH_GRAPH.context_from({"candidates": 0})

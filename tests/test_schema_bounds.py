@@ -72,7 +72,7 @@ SCHEMAS = [
     Plan,
     Analysis,
     FinalAnswer,
-    _selection_schema(8),
+    _selection_schema(8, 3),
     SupportVerdict,
     AnswerQuestions,
     Usefulness,

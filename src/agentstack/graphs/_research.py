@@ -119,7 +119,7 @@ class ResearchDeps:
     embedder: Embedder | None = None
     support: SupportScorer | None = None
     answer_style: AnswerStyle = "written"
-    _selectors: dict[int, StructuredCall[Any]] = field(default_factory=dict, compare=False, repr=False)
+    _selectors: dict[tuple[int, int], StructuredCall[Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.retriever is None and self.graph_retriever is None and not self.tools:
@@ -143,11 +143,13 @@ class ResearchDeps:
             )
         return knobs.answer_style
 
-    def selector(self, candidates: int) -> StructuredCall[Any]:
-        """A call whose schema lets the model name only ids C1..C<candidates> (an enum under the grammar)."""
-        call = self._selectors.get(candidates)
+    def selector(self, candidates: int, picks: int) -> StructuredCall[Any]:
+        """A call whose schema lets the model name only ids C1..C<candidates> (an enum under the grammar), at
+        most `picks` of them."""
+        call = self._selectors.get((candidates, picks))
         if call is None:
-            call = self._selectors[candidates] = StructuredCall(self.model, _selection_schema(candidates))
+            schema = _selection_schema(candidates, picks)
+            call = self._selectors[(candidates, picks)] = StructuredCall(self.model, schema)
         return call
 
     @classmethod
@@ -180,9 +182,10 @@ class ResearchDeps:
         )
 
 
-def _selection_schema(candidates: int) -> type[BaseModel]:
+def _selection_schema(candidates: int, picks: int) -> type[BaseModel]:
     ids = tuple(f"C{n}" for n in range(1, candidates + 1))
-    chosen = (list[Literal[ids]], Field(min_length=1, max_length=3, description="the ids of the sentences that answer"))  # type: ignore[valid-type]
+    described = Field(min_length=1, max_length=picks, description="the ids of the sentences that answer")
+    chosen = (list[Literal[ids]], described)  # type: ignore[valid-type]
     return create_model("Selection", __doc__="The evidence sentences that answer the question.", chosen=chosen)
 
 
@@ -262,7 +265,7 @@ async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
     if not candidates:
         runtime.stream_writer({"stage": "select", "confidence": 0.0, "chosen": []})
         return {"draft": "", "confidence": 0.0, "gaps": [question]}
-    reply, tokens = await deps.selector(len(candidates))(
+    reply, tokens = await deps.selector(len(candidates), knobs.max_sentences)(
         deps.prompts.select, question=question, candidates=candidates, max_sentences=knobs.max_sentences
     )
     chosen = _chosen(candidates, reply.chosen, knobs.max_sentences)

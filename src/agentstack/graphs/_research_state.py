@@ -171,3 +171,8 @@ class ResearchContext:
     answer_style: Literal["auto", "written", "extractive"] = "auto"
     candidates: int = 8
     max_sentences: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("k", "max_queries", "max_iterations", "evidence_chars", "candidates", "max_sentences"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is at least 1, got {getattr(self, name)}")
