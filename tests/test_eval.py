@@ -285,3 +285,24 @@ async def test_pairwise_keeps_a_winner_only_when_both_orders_agree() -> None:
     assert agreed.winner == "a" and agreed.consistent
     biased = await prefer(judge(_Choice=positional), "q", "a good answer", "a poor one")
     assert biased.winner == "tie" and not biased.consistent
+
+
+async def test_a_model_server_that_is_down_stops_the_experiment_and_stores_nothing(agentstack_postgres: str) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from agentstack.errors import BackendError
+    from agentstack.eval import GraphTarget
+    from agentstack.graphs import build_research_graph
+    from agentstack.graphs._research import RESEARCH_GRAPH
+    from agentstack.testing import InMemoryRetriever
+
+    model = schema_model(Plan=BackendError("the model server for research/plan could not be reached"))
+    graph = build_research_graph(model, InMemoryRetriever.from_texts(PASSAGES), checkpointer=InMemorySaver())
+    async with open_pool(agentstack_postgres, max_size=2) as pool:
+        store = ExperimentStore(pool)
+        await store.setup()
+        with pytest.raises(BackendError, match="could not be reached"):
+            await run_experiment(
+                GraphTarget(graph, RESEARCH_GRAPH), DATASET, [Recall(5)], name="x", graph="research", store=store
+            )
+        assert not await store.exists("x")

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from agentstack.errors import AgentStackError, BackendError, ConfigError
+from agentstack.errors import AgentStackError, BackendError, ConfigError, ModelOutputError
 from agentstack.eval._dataset import Dataset, Example
 from agentstack.eval._judge import Judge
 from agentstack.eval._metric import Metric
@@ -39,7 +39,9 @@ class Target(Protocol):
 class GraphTarget:
     """A compiled graph of the registry (`entry`), run in this process with `context` as its knobs.
 
-    `price_per_1k_tokens` turns the run's tokens into its cost (0 for a self-hosted model).
+    `price_per_1k_tokens` turns the run's tokens into its cost (0 for a self-hosted model). A run that fails
+    (bad input, a model reply that never parsed) is that item's `Outcome(error=...)`; a model server that cannot
+    be reached stops the experiment, which then stores nothing: every later item would fail the same way.
     """
 
     def __init__(
@@ -63,6 +65,10 @@ class GraphTarget:
         started = time.perf_counter()
         try:
             values = await self.graph.ainvoke(graph_input, config, context=self.context)
+        except BackendError as exc:
+            if not isinstance(exc, ModelOutputError):
+                raise  # the model server is down: every item after this one would fail the same way
+            return Outcome(latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc.problem}")
         except AgentStackError as exc:
             return Outcome(latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc.problem}")
         latency = time.perf_counter() - started
@@ -168,6 +174,8 @@ async def _score(
         return cached
     try:
         score = await metric.score(sample, judge)
+    except ModelOutputError as exc:  # a judge reply that never parsed, in a metric that did not catch it
+        score = Score.failed(f"the judge's reply never parsed: {exc.problem}")
     except BackendError:
         raise  # the judge's server is down: every later judgement would fail the same way
     except Exception as exc:  # a metric's bug costs its item's score, recorded, not the experiment
