@@ -123,12 +123,13 @@ def fact_checker(prompt: str) -> dict[str, str]:
 
 def question_writer(prompt: str) -> dict[str, object]:
     answer = prompt.split("Answer:", 1)[1].strip()
-    return {"questions": [f"What does {answer}?"] * 3, "noncommittal": "not know" in answer}
+    return {"questions": [f"What does {answer}?"] * 3}
 
 
-def judge(**replies: object) -> Judge:
+def judge(*, embedder: bool = True, **replies: object) -> Judge:
+    """A scripted judge; with the embedder its support checks cascade (the embedder settles the clear cases)."""
     model = schema_model(**{"SupportVerdict": fact_checker, "AnswerQuestions": question_writer, **replies})
-    return Judge(model, embedder=HashingEmbedder())
+    return Judge(model, embedder=HashingEmbedder() if embedder else None)
 
 
 async def test_faithfulness_counts_supported_sentences_and_tells_broken_answers_apart() -> None:
@@ -146,7 +147,7 @@ async def test_answer_relevancy_is_zero_for_a_noncommittal_answer() -> None:
     relevant = await AnswerRelevancy().score(sample("writes are batched"), judge())
     evasive = await AnswerRelevancy().score(sample("I do not know"), judge())
     assert relevant.value is not None and relevant.value > 0.3
-    assert evasive.value == 0.0 and "noncommittal" in evasive.reason
+    assert evasive.value == 0.0 and evasive.reason == "the answer is noncommittal ('I do not know')"
 
 
 async def test_context_precision_and_recall() -> None:
@@ -197,13 +198,13 @@ async def test_experiments_are_stored_compared_and_reuse_cached_judgements(agent
         await store.setup()
         metrics = [Recall(5), TokenF1(), Faithfulness()]
         good = {str(n): "PoolSaver commits the writes of many threads in one transaction [S1]." for n in range(6)}
-        first_judge = judge()
+        first_judge = judge(embedder=False)  # every support check asks the model
         await run_experiment(Answers(good), DATASET, metrics, name="base", graph="test", judge=first_judge, store=store)
-        assert first_judge.support.tokens_used > 0
-        again_judge = judge()
+        assert first_judge.tokens_used > 0
+        again_judge = judge(embedder=False)
         again = Answers(good)
         await run_experiment(again, DATASET, metrics, name="again", graph="test", judge=again_judge, store=store)
-        assert again_judge.support.tokens_used == 0  # every judgement came from the cache
+        assert again_judge.tokens_used == 0  # every judgement came from the cache
 
         worse = dict(good, **{"4": "The moon sings [S1].", "5": "The sun dances [S1]."})
         del worse["3"]  # a run that fails scores 0
@@ -306,3 +307,43 @@ async def test_a_model_server_that_is_down_stops_the_experiment_and_stores_nothi
                 GraphTarget(graph, RESEARCH_GRAPH), DATASET, [Recall(5)], name="x", graph="research", store=store
             )
         assert not await store.exists("x")
+
+
+async def test_the_cascade_asks_the_judge_only_where_the_embedder_is_unsure() -> None:
+    from agentstack.graphs._support import CascadeSupport, EmbeddingSupport, JudgeSupport
+
+    asked: list[str] = []
+
+    def verdict(prompt: str) -> dict[str, str]:
+        asked.append(prompt)
+        return {"reason": "r", "verdict": "not_supported"}
+
+    cascade = CascadeSupport(EmbeddingSupport(HashingEmbedder()), JudgeSupport(schema_model(SupportVerdict=verdict)))
+    passage = [PASSAGES["S1"]]
+    copied = await cascade.support("PoolSaver commits the writes of many threads in one transaction.", passage)
+    unrelated = await cascade.support("Bananas ripen faster in paper bags at night.", passage)
+    assert copied.supported and not unrelated.supported and asked == []
+    unsure = await cascade.support("PoolSaver commits many writes of threads quickly.", passage)
+    assert not unsure.supported and len(asked) == 1 and cascade.tokens_used > 0
+
+
+async def test_stored_answers_are_judged_again_without_running_the_graph(agentstack_postgres: str) -> None:
+    from agentstack.eval._runner import ReplayTarget
+
+    async with open_pool(agentstack_postgres, max_size=2) as pool:
+        store = ExperimentStore(pool)
+        await store.setup()
+        answers = Answers(
+            {str(n): "PoolSaver commits the writes of many threads in one transaction [S1]." for n in range(5)}
+        )
+        await run_experiment(answers, DATASET, [Recall(5)], name="ran", graph="test", store=store)
+        replay = ReplayTarget(await store.load("ran"))
+        again = await run_experiment(
+            replay, DATASET, [TokenF1(), Faithfulness()], name="rejudged", graph="test", judge=judge(), store=store
+        )
+    assert answers.calls == 6  # only the first experiment ran the target
+    by_id = {i.example.id: i for i in again.items}
+    assert by_id["0"].outcome.answer.startswith("PoolSaver") and by_id["0"].scores["faithfulness"].value == 1.0
+    assert by_id["5"].outcome.error == "GraphInputError: no answer"  # a failed run stays failed
+    missing = await replay(Example(id="new", question="q"))
+    assert missing.error == "experiment 'ran' has no answer for it"

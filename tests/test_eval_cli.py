@@ -38,7 +38,7 @@ def cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str) -> Run:
     return run
 
 
-@pytest.mark.slow  # the CPU fleet, the embedder, 2 research runs and their judgements twice: about two minutes
+@pytest.mark.slow  # the CPU fleet, the embedder, 2 research runs, judged by the model, then by the embedder
 def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Path) -> None:
     common = [str(DATASET), "--docs", str(tmp_path / "docs"), "--limit", "2", "--concurrency", "2"]
     first = cli("eval", "run", *common, "--judge", "model", "--name", "smoke", "--junit", "smoke.xml")
@@ -49,16 +49,15 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
     suite = ET.parse(tmp_path / "smoke.xml").getroot()
     assert suite.get("failures") == "0" and suite.find("testcase[@name='metric faithfulness']") is not None
 
-    # an impossible floor fails the run, says which gate, and still stores it
-    second = cli(
-        "eval", "run", *common, "--judge", "embedder", "--name", "gated",
-        "--baseline", "smoke", "--max-drop", "faithfulness=0.5", "--min", "faithfulness=1.01", "--report", "r.md",
-    )  # fmt: skip
+    # a gate that cannot be met is refused before anything starts
+    again = [str(DATASET), "--limit", "2", "--answers-from", "smoke", "--judge", "embedder", "--name", "gated"]
+    second = cli("eval", "run", *again, "--min", "faithfulness=1.01")
     assert second.returncode == 1 and "not metric=value with a value from 0 to 1" in second.stderr
-    assert "models:" not in second.stdout  # refused before anything started
+    assert "models:" not in second.stdout
+    # the same answers judged again by the embedder, gated against the model-judged run
     third = cli(
-        "eval", "run", *common, "--judge", "embedder", "--name", "gated",
-        "--baseline", "smoke", "--max-drop", "faithfulness=0.5", "--min", "cites_gold=1.0", "--report", "r.md",
+        "eval", "run", *again, "--baseline", "smoke", "--max-drop", "faithfulness=0.5", "--min", "cites_gold=1.0",
+        "--report", "r.md",
     )  # fmt: skip
     report = (tmp_path / "r.md").read_text()
     if "FAIL: cites_gold" in third.stdout:

@@ -343,6 +343,10 @@ def eval_run(
     ] = None,
     price_per_1k_tokens: Annotated[float, typer.Option(min=0, help="Cost of 1,000 tokens (0: self-hosted).")] = 0.0,
     limit: Annotated[int | None, typer.Option(min=1, help="Run only the first N items.")] = None,
+    answers_from: Annotated[
+        str | None,
+        typer.Option(help="Judge the answers this stored experiment recorded instead of running the graph again."),
+    ] = None,
 ) -> None:
     """Run DATASET through a graph, score every item, store the experiment; exit 1 when a gate fails."""
     from agentstack.cli._eval import run_eval
@@ -365,6 +369,7 @@ def eval_run(
             docs=docs,
             price_per_1k_tokens=price_per_1k_tokens,
             limit=limit,
+            answers_from=answers_from,
             console=console,
         )
     )

@@ -41,6 +41,7 @@ async def run_eval(
     docs: list[Path] | None,
     price_per_1k_tokens: float,
     limit: int | None,
+    answers_from: str | None,
     console: Console,
 ) -> bool:
     """Run the experiment, print its summary, write the reports; True when every gate passed."""
@@ -51,7 +52,7 @@ async def run_eval(
     from agentstack.eval._catalog import default_metrics, metric_from_name
     from agentstack.eval._gates import check_gates, junit_xml, markdown_report, parse_gates
     from agentstack.eval._judge import Judge
-    from agentstack.eval._runner import GraphTarget, check_metrics, run_experiment
+    from agentstack.eval._runner import GraphTarget, ReplayTarget, check_metrics, run_experiment
     from agentstack.eval._store import ExperimentStore
 
     # Everything that can be refused is refused before the models start.
@@ -65,11 +66,18 @@ async def run_eval(
     gates = parse_gates(minimum, max_drop, [m.name for m in metrics])
     if max_drop and baseline is None:
         raise ConfigError("--max-drop compares with a baseline, and none was given", fix="add --baseline NAME")
+    if answers_from and (knobs or docs or price_per_1k_tokens):
+        raise ConfigError(
+            "--answers-from judges answers already given: --set, --docs and --price-per-1k-tokens would change "
+            "nothing",
+            fix="drop them, or run the graph again without --answers-from",
+        )
     name = name or f"{graph}-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     async with stack:
         store = ExperimentStore(stack.saver.conn)
         await store.setup()
         before = await store.load(baseline) if baseline else None
+        replayed = await store.load(answers_from) if answers_from else None
         if await store.exists(name):
             raise ConfigError(f"an experiment named {name!r} is already stored", fix="pass another --name")
         embedder = stack.retrieval.embedder if stack.retrieval is not None else None
@@ -81,26 +89,29 @@ async def run_eval(
         elif judge_kind == "model":
             judge = Judge(stack.model, embedder=embedder)
         check_metrics(metrics, judge)
-        if entry.searches_documents:
+        if entry.searches_documents and replayed is None:
             paths = docs or [default_corpus()]
             ingested = await stack.retrieval.ingestor.aingest_paths(paths, progress=console.is_terminal)
             console.print(
                 f"[dim]docs: {len(ingested.added) + len(ingested.replaced)} (re)indexed, "
                 f"{len(ingested.unchanged)} unchanged[/]"
             )
-        compiled = stack.graph(graph)
-        target = GraphTarget(
-            compiled, entry, context=context, thread_prefix=f"eval-{name}", price_per_1k_tokens=price_per_1k_tokens
-        )
-        config = {
-            "dataset_path": str(dataset_path),
-            "prompts": str((compiled.config or {}).get("metadata", {}).get("agentstack_prompts", "")),
-            "model": _model_name(stack),
-            "answer_style": stack.answer_style,
-            "knobs": json.loads(json.dumps(asdict(context), default=str)),
-            "concurrency": concurrency,
-            "price_per_1k_tokens": price_per_1k_tokens,
-        }
+        config: dict[str, Any] = {"dataset_path": str(dataset_path), "concurrency": concurrency}
+        if replayed is not None:
+            target: Any = ReplayTarget(replayed)
+            config |= {"answers_from": replayed.name, "answered_with": dict(replayed.config)}
+        else:
+            compiled = stack.graph(graph)
+            target = GraphTarget(
+                compiled, entry, context=context, thread_prefix=f"eval-{name}", price_per_1k_tokens=price_per_1k_tokens
+            )
+            config |= {
+                "prompts": str((compiled.config or {}).get("metadata", {}).get("agentstack_prompts", "")),
+                "model": _model_name(stack),
+                "answer_style": stack.answer_style,
+                "knobs": json.loads(json.dumps(asdict(context), default=str)),
+                "price_per_1k_tokens": price_per_1k_tokens,
+            }
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"{name}: {graph}", total=len(dataset))

@@ -15,7 +15,7 @@ from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
 from agentstack._structured import StructuredCall, chat_model_name
-from agentstack.graphs._support import Embedder, EmbeddingSupport, JudgeSupport, SupportScorer
+from agentstack.graphs._support import CascadeSupport, Embedder, EmbeddingSupport, JudgeSupport, SupportScorer
 from agentstack.prompts import PromptLibrary
 
 __all__ = ["Judge"]
@@ -26,8 +26,10 @@ T = TypeVar("T", bound=BaseModel)
 class Judge:
     """Grades samples: `model` answers the judged metrics' questions, `embedder` compares texts.
 
-    With no model, sentence support is the embedder's (`EmbeddingSupport`) and the metrics that must ask a model
-    (answer relevancy, context precision, rubrics) are refused before an experiment starts.
+    Sentence support (faithfulness, context recall, context precision) is the embedder's alone without a model,
+    the model's alone without an embedder, and with both a `CascadeSupport`: the embedder settles what is
+    copied or unrelated, the model the rest. Without a model the metrics that must ask one (answer relevancy,
+    rubrics) are refused before an experiment starts.
     """
 
     def __init__(
@@ -44,12 +46,8 @@ class Judge:
         self.embedder = embedder
         self.prompts = prompts or PromptLibrary()
         self._calls: dict[type[BaseModel], StructuredCall[Any]] = {}
-        self.tokens_used = 0
-        if support is None:
-            support = (
-                JudgeSupport(model, prompts=self.prompts) if model is not None else EmbeddingSupport(embedder)  # type: ignore[arg-type]
-            )
-        self.support = support
+        self._asked = 0
+        self.support = support or _default_support(model, embedder, self.prompts)
 
     @property
     def name(self) -> str:
@@ -67,10 +65,23 @@ class Judge:
         if call is None:
             call = self._calls[schema] = StructuredCall(self.model, schema)
         reply, tokens = await call(self.prompts.get("eval", prompt), resample=resample, **variables)
-        self.tokens_used += tokens
+        self._asked += tokens
         return reply
+
+    @property
+    def tokens_used(self) -> int:
+        """What this judge's model calls cost, its support checks included."""
+        return self._asked + int(getattr(self.support, "tokens_used", 0))
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if self.embedder is None:
             raise ValueError("this judgement needs an embedder")
         return await self.embedder.aembed_documents(list(texts))
+
+
+def _default_support(model: BaseChatModel | None, embedder: Embedder | None, prompts: PromptLibrary) -> SupportScorer:
+    if model is None:
+        assert embedder is not None
+        return EmbeddingSupport(embedder)
+    judged = JudgeSupport(model, prompts=prompts)
+    return judged if embedder is None else CascadeSupport(EmbeddingSupport(embedder), judged)

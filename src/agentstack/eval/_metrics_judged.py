@@ -4,10 +4,13 @@
   LLM to restate the answer as statements; splitting deterministically removes one run-to-run variance and one
   way for a small judge to fail); it is checked against the passages it cites, or all retrieved ones when it
   cites none, by the judge's `SupportScorer` (the one the research graph grounds its answers with).
-- answer relevancy = mean cosine(question, q_i) over N questions the judge writes from the answer alone; 0 when
-  the judge finds the answer noncommittal ("I don't know", "it depends").
-- context precision = sum over the top K of precision@k * v_k / (useful passages in the top K), v_k = 1 when the
-  judge finds passage k useful for reaching the reference answer (the answer, without a reference).
+- answer relevancy = mean cosine(question, q_i) over 3 questions the judge writes from the answer alone; 0 when
+  the answer is noncommittal ("I don't know", "the documents do not say"). RAGAS has the judge flag that too;
+  here its phrases do, since a small judge's yes/no is noise (the CPU Gemma called most of 30 committed
+  answers noncommittal).
+- context precision = sum over the top K of precision@k * v_k / (useful passages in the top K), v_k = 1 when
+  passage k supports a sentence of the reference answer (the judge's support scorer, as for context recall);
+  without a reference, when the judge model finds it useful for reaching the answer.
 - context recall = reference sentences the retrieved passages support / reference sentences.
 
 A judgement that fails (the judge's reply never parses) is `Score.failed` with the reason: counted, not NaN.
@@ -15,6 +18,7 @@ A judgement that fails (the judge's reply never parses) is `Score.failed` with t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal
 
@@ -93,24 +97,31 @@ class ContextRecall(JudgedMetric):
 
 
 class AnswerQuestions(BaseModel):
-    """Questions the answer would answer, and whether it commits to anything."""
+    """Questions the answer would answer."""
 
     questions: list[Annotated[str, Field(min_length=3, max_length=200)]] = Field(min_length=3, max_length=3)
-    noncommittal: bool = Field(description="true when the answer evades, says it does not know, or hedges")
+
+
+_EVASIVE = re.compile(
+    r"\b(?:i (?:do not|don't) know|(?:cannot|can't|could not|couldn't) (?:answer|say|tell|find)|not sure|"
+    r"no information|(?:does|do|did) not (?:say|answer|mention|tell)|it depends|unclear)\b",
+    re.IGNORECASE,
+)
 
 
 class AnswerRelevancy(JudgedMetric):
     """Mean cosine between the question and 3 questions the judge writes from the answer; 0 if noncommittal."""
 
     name = "answer_relevancy"
+    version: ClassVar[int] = 2  # v2: noncommittal by its phrases, not the judge's flag
     needs_embedder = True
 
     async def judge(self, sample: Sample, judge: Judge) -> Score:
         if not sample.outcome.answer.strip():
             return Score(0.0, reason="the answer is empty")
+        if evasive := _EVASIVE.search(sample.outcome.answer):
+            return Score(0.0, reason=f"the answer is noncommittal ({evasive.group(0)!r})")
         reply = await judge.ask("answer_questions", AnswerQuestions, answer=sample.outcome.answer)
-        if reply.noncommittal:
-            return Score(0.0, reason="the judge found the answer noncommittal")
         question, *generated = await judge.embed([sample.example.text, *reply.questions])
         value = max(0.0, min(1.0, sum(cosine(question, g) for g in generated) / len(generated)))
         return Score(value, reason=f"the answer answers: {' | '.join(reply.questions)}")
@@ -124,9 +135,11 @@ class Usefulness(BaseModel):
 
 
 class ContextPrecision(JudgedMetric):
-    """Rank-weighted precision of the passages the judge finds useful for the reference answer, top `k`."""
+    """Rank-weighted precision of the passages useful for the reference answer, top `k`."""
 
     name = "context_precision"
+    version: ClassVar[int] = 2  # v2: useful = supports a reference sentence
+    needs_model = False  # with a reference, the support scorer decides
 
     def __init__(self, k: int = 5) -> None:
         self.k = k
@@ -135,11 +148,21 @@ class ContextPrecision(JudgedMetric):
         contexts = sample.outcome.contexts[: self.k]
         if not contexts:
             return Score(0.0, reason="nothing was retrieved")
-        target = sample.example.reference or sample.outcome.answer
+        reference = sample.example.reference
+        if reference is None and judge.model is None:
+            return Score.not_applicable("no reference answer, and no judge model to ask about the answer")
+        claims = (sentences(reference) or [reference]) if reference is not None else []
         verdicts = []
         for context in contexts:
+            if claims:
+                verdicts.append(await _supports_any(judge, claims, context.text))
+                continue
             reply = await judge.ask(
-                "context_useful", Usefulness, question=sample.example.text, answer=target, passage=context.text[:1200]
+                "context_useful",
+                Usefulness,
+                question=sample.example.text,
+                answer=sample.outcome.answer,
+                passage=context.text[:1200],
             )
             verdicts.append(reply.verdict == "useful")
         useful = sum(verdicts)
@@ -148,3 +171,10 @@ class ContextPrecision(JudgedMetric):
         weighted = sum(sum(verdicts[: k + 1]) / (k + 1) for k, v in enumerate(verdicts) if v)
         marks = "".join("+" if v else "-" for v in verdicts)
         return Score(weighted / useful, reason=f"useful by rank: {marks}")
+
+
+async def _supports_any(judge: Judge, claims: Sequence[str], passage: str) -> bool:
+    for claim in claims:
+        if (await judge.support.support(claim, [passage])).supported:
+            return True
+    return False

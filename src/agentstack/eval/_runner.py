@@ -24,7 +24,7 @@ from agentstack.eval._results import ExperimentResult, ItemResult
 from agentstack.eval._store import ExperimentStore, judgement_key
 from agentstack.eval._types import Context, Outcome, Sample, Score
 
-__all__ = ["GraphTarget", "Target", "check_metrics", "run_experiment"]
+__all__ = ["GraphTarget", "ReplayTarget", "Target", "check_metrics", "run_experiment"]
 
 # Fields of a graph's final state worth keeping with its result (the research graph's searches, its verdict).
 _KEPT = ("asked", "dropped_queries", "status", "confidence", "unsupported")
@@ -88,6 +88,19 @@ class GraphTarget:
                 **{key: values[key] for key in _KEPT if key in values},
             },
         )
+
+
+class ReplayTarget:
+    """The answers a stored experiment recorded, by example id: judge them again (another judge, a new metric)
+    without running the graph again. An example it has no answer for is a failed run."""
+
+    def __init__(self, stored: ExperimentResult) -> None:
+        self.name = stored.name
+        self._outcomes = {item.example.id: item.outcome for item in stored.items}
+
+    async def __call__(self, example: Example) -> Outcome:
+        found = self._outcomes.get(example.id)
+        return found if found is not None else Outcome(error=f"experiment {self.name!r} has no answer for it")
 
 
 def _context(found: Mapping[str, Any]) -> Context:

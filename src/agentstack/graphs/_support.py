@@ -26,6 +26,7 @@ from agentstack._structured import StructuredCall
 from agentstack.prompts import PromptLibrary
 
 __all__ = [
+    "CascadeSupport",
     "EmbeddingSupport",
     "JudgeSupport",
     "Support",
@@ -203,3 +204,38 @@ class JudgeSupport:
         self.tokens_used += tokens
         supported = reply.verdict == "supported"
         return Support(float(supported), supported, reply.reason)
+
+
+class CascadeSupport:
+    """The embedder first, a judge only where it is unsure: a sentence whose best cosine with the passages is
+    at least `accept` (copied or nearly so) is supported, one at most `reject` (about something else) is not,
+    and the judge decides the rest.
+
+    Checking a copied sentence with a model only adds that model's errors: on the docs dataset the CPU Gemma
+    judged 68% of the (verbatim) sentences of extractive answers unsupported. A large judge gains little from the
+    cascade but calls; a small one gains its accuracy on the easy cases.
+    """
+
+    def __init__(
+        self, embedding: EmbeddingSupport, judge: SupportScorer, *, accept: float = 0.9, reject: float = 0.3
+    ) -> None:
+        self.embedding = embedding
+        self.judge = judge
+        self.accept = accept
+        self.reject = reject
+
+    @property
+    def name(self) -> str:
+        return f"cascade({self.embedding.name},{self.judge.name},{self.accept},{self.reject})"
+
+    @property
+    def tokens_used(self) -> int:
+        return int(getattr(self.judge, "tokens_used", 0))
+
+    async def support(self, sentence: str, passages: Sequence[str]) -> Support:
+        first = await self.embedding.support(sentence, passages)
+        if first.score >= self.accept:
+            return Support(first.score, True, f"nearly copied: {first.reason}")
+        if first.score <= self.reject:
+            return Support(first.score, False, f"about something else: {first.reason}")
+        return await self.judge.support(sentence, passages)
