@@ -59,13 +59,16 @@ def _shares_term(a: set[str], b: set[str]) -> bool:
 
 
 async def on_topic(queries: Sequence[str], question: str, embedder: Embedder | None) -> tuple[list[str], list[str]]:
-    """(the queries worth searching, the ones dropped): a query shares a content word with the question, or
-    an embedder finds it means nearly the same."""
+    """(the queries worth searching, the ones dropped): more than half of a query's content words are the
+    question's, or an embedder finds it means nearly the same. Half, not one: a tiny planner's
+    "postgres://postgres:1044/qeries" or "SELECT * FROM sys_utils.postgres_connection" shares a word too."""
     asked = content_terms(question)
     kept: list[str] = []
     doubtful: list[str] = []
     for query in queries:
-        (kept if _shares_term(content_terms(query), asked) else doubtful).append(query)
+        terms = content_terms(query)
+        shared = sum(1 for term in terms if _shares_term({term}, asked))
+        (kept if shared * 2 > len(terms) else doubtful).append(query)
     if doubtful and embedder is not None:
         vectors = await embedder.aembed_documents([question, *doubtful])
         close = {q for q, v in zip(doubtful, vectors[1:], strict=True) if cosine(vectors[0], v) >= _SAME_MEANING}
