@@ -68,8 +68,7 @@ async def run_eval(
         raise ConfigError("--max-drop compares with a baseline, and none was given", fix="add --baseline NAME")
     if answers_from and (knobs or docs or price_per_1k_tokens):
         raise ConfigError(
-            "--answers-from judges answers already given: --set, --docs and --price-per-1k-tokens would change "
-            "nothing",
+            "--answers-from judges answers already given: --set, --docs and --price-per-1k-tokens would change nothing",
             fix="drop them, or run the graph again without --answers-from",
         )
     name = name or f"{graph}-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"

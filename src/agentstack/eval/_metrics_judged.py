@@ -96,10 +96,15 @@ class ContextRecall(JudgedMetric):
         return Score(value, reason=reason, details={"not_found": missing})
 
 
+_QUESTION = r"^(What|How|Why|When|Which|Who|Where|Does|Do|Is|Are|Can|Should) [A-Za-z0-9 ,'`_.-]{8,140}\?$"
+
+
 class AnswerQuestions(BaseModel):
     """Questions the answer would answer."""
 
-    questions: list[Annotated[str, Field(min_length=3, max_length=200)]] = Field(min_length=3, max_length=3)
+    # The grammar holds each to the shape of a question (an interrogative first, a question mark last): the CPU
+    # Gemma, asked for free strings, wrote digits, "yes" and JSON fragments.
+    questions: list[Annotated[str, Field(max_length=160, pattern=_QUESTION)]] = Field(min_length=3, max_length=3)
 
 
 _EVASIVE = re.compile(

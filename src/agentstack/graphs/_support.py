@@ -39,7 +39,9 @@ __all__ = [
 ]
 
 _CITATION = re.compile(r"\s*\[([Ss]\d+)\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[`*_]?[A-Z0-9])")
+# A sentence ends at . ! ? before a capital, a digit or a backtick (`docs/` and `bench/` start sentences in
+# code-heavy prose), and always after a citation's full stop ("[S1]. agentstack's..." ends one).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[*_]?[A-Z0-9`])|(?<=\][.!?])\s+")
 _BULLET = re.compile(r"^\s*(?:[-*+>]|\d+[.)])\s+")
 _MIN_SENTENCE = 12  # characters: shorter pieces ("Yes.", "1.") carry no claim
 _FOCUS_CHARS = 2500
