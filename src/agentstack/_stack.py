@@ -47,7 +47,9 @@ class Stack:
 
     `graphs` is the registry `graph(name)` builds from (default: `agentstack.graphs.BUILTIN_GRAPHS`).
     `warm=False` loads the local embedder on first use instead of while the stack opens: seconds saved by a
-    process that may never embed (resuming a thread), paid later by one that does.
+    process that may never embed (resuming a thread), paid later by one that does. `models=False` starts no
+    model (judging stored answers with the embedder needs Postgres and the index only); its graphs then
+    cannot be built.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Stack:
         *,
         model: Any = None,
         retrieval: bool = True,
+        models: bool = True,
         warm: bool = True,
         on_progress: Callable[[str], None] | None = None,
         graphs: GraphRegistry | None = None,
@@ -63,6 +66,7 @@ class Stack:
         self.settings = settings
         self._graphs = graphs
         self._want_retrieval = retrieval
+        self._want_models = models
         self._warm = warm
         self._progress = on_progress or (lambda _message: None)
         self._exits: AsyncExitStack | None = None
@@ -109,7 +113,7 @@ class Stack:
 
     def _start_models(self, exits: AsyncExitStack) -> asyncio.Task[None] | None:
         """Bind the chat model now (external LLM), or start the fleet in the background and return its task."""
-        if self.model is not None:
+        if self.model is not None or not self._want_models:
             return None
         settings = self.settings
         if settings.llm_base_url:
@@ -193,6 +197,8 @@ class Stack:
         return tools
 
     def _need_model(self) -> Any:
+        if self.model is None and not self._want_models:
+            raise ConfigError("this stack was opened without models (models=False)", fix="open it with models=True")
         if self.model is None:
             raise ConfigError("the stack is not open", fix="use it inside `async with Stack.from_settings() as stack`")
         return self.model

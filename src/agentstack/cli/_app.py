@@ -246,7 +246,7 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
     return knobs
 
 
-def _stack(*, warm: bool = True) -> Stack:
+def _stack(*, warm: bool = True, models: bool = True) -> Stack:
     """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console.
 
     `resume` opens it cold (`warm=False`): a decision usually ends a run without a search, and then the
@@ -261,7 +261,7 @@ def _stack(*, warm: bool = True) -> Stack:
     settings = Settings.load()
     if "workspace" not in settings.model_fields_set:
         settings = settings.model_copy(update={"workspace": Path.cwd()})
-    return Stack.from_settings(settings, warm=warm, on_progress=progress_printer(console))
+    return Stack.from_settings(settings, warm=warm, models=models, on_progress=progress_printer(console))
 
 
 @app.command()
@@ -353,7 +353,8 @@ def eval_run(
 
     passed = asyncio.run(
         run_eval(
-            _stack(),
+            # judging stored answers with the embedder (or none) needs no model: the fleet is not started
+            _stack(models=not (answers_from and judge != "model")),
             dataset,
             graph=graph,
             name=name,
