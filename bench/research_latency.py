@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agentstack import Stack
+from agentstack.checkpoint import LocalPostgres
 from agentstack.config import Settings
 from agentstack.eval import Dataset
 from agentstack.graphs import ResearchContext
@@ -50,22 +51,30 @@ async def main(questions: int, iterations: int, corpus: Path) -> dict[str, Any]:
     dataset = Dataset.load(ROOT / "docs" / "eval" / "agentstack-docs.jsonl").select(limit=questions)
     with tempfile.TemporaryDirectory(prefix="agentstack-bench-") as home:
         settings = Settings(home=Path(home))
-        opened = time.perf_counter()
-        async with Stack.from_settings(settings) as stack:
-            open_s = time.perf_counter() - opened
-            ingested = time.perf_counter()
-            await stack.retrieval.ingestor.aingest_paths([corpus])
-            ingest_s = time.perf_counter() - ingested
-            graph = stack.research_graph()
-            totals: dict[str, list[float]] = {style: [] for style in STYLES}
-            steps: dict[str, dict[str, list[float]]] = {style: defaultdict(list) for style in STYLES}
-            for n, example in enumerate(dataset):
-                order = STYLES if n % 2 == 0 else STYLES[::-1]
-                for style in order:
-                    seconds, by_step = await timed_run(graph, example.text, style, iterations)
-                    totals[style].append(seconds)
-                    for step, spent in by_step.items():
-                        steps[style][step].append(spent)
+        try:
+            return await _measure(settings, dataset, iterations, corpus)
+        finally:
+            # The embedded Postgres outlives its process by design; this throwaway one goes with its home.
+            await asyncio.to_thread(LocalPostgres.from_settings(settings).destroy)
+
+
+async def _measure(settings: Settings, dataset: Dataset, iterations: int, corpus: Path) -> dict[str, Any]:
+    opened = time.perf_counter()
+    async with Stack.from_settings(settings) as stack:
+        open_s = time.perf_counter() - opened
+        ingested = time.perf_counter()
+        await stack.retrieval.ingestor.aingest_paths([corpus])
+        ingest_s = time.perf_counter() - ingested
+        graph = stack.research_graph()
+        totals: dict[str, list[float]] = {style: [] for style in STYLES}
+        steps: dict[str, dict[str, list[float]]] = {style: defaultdict(list) for style in STYLES}
+        for n, example in enumerate(dataset):
+            order = STYLES if n % 2 == 0 else STYLES[::-1]
+            for style in order:
+                seconds, by_step = await timed_run(graph, example.text, style, iterations)
+                totals[style].append(seconds)
+                for step, spent in by_step.items():
+                    steps[style][step].append(spent)
     print(f"{'step':10} " + " ".join(f"{s:>12}" for s in STYLES) + "   (mean seconds per run)")
     for step in sorted({s for style in STYLES for s in steps[style]}):
         means = [sum(steps[style][step]) / len(totals[style]) for style in STYLES]
