@@ -15,6 +15,7 @@ from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
 from agentstack._structured import StructuredCall, chat_model_name
+from agentstack.errors import ConfigError
 from agentstack.graphs._support import CascadeSupport, Embedder, EmbeddingSupport, JudgeSupport, SupportScorer
 from agentstack.prompts import PromptLibrary
 
@@ -41,7 +42,9 @@ class Judge:
         support: SupportScorer | None = None,
     ) -> None:
         if model is None and embedder is None and support is None:
-            raise ValueError("a judge needs a model, an embedder or a support scorer")
+            raise ConfigError(
+                "a judge needs a model, an embedder or a support scorer", fix="Judge(model, embedder=embedder)"
+            )
         self.model = model
         self.embedder = embedder
         self.prompts = prompts or PromptLibrary()
@@ -60,7 +63,7 @@ class Judge:
         """The reply to `prompts/eval/<prompt>` as `schema`; `ModelOutputError` when it never parses.
         `resample`: sample rather than decode greedily (a repeated judgement, for its spread)."""
         if self.model is None:
-            raise ValueError(f"the {prompt} judgement needs a judge model")
+            raise ConfigError(f"the {prompt} judgement needs a judge model", fix="Judge(model, embedder=embedder)")
         call = self._calls.get(schema)
         if call is None:
             call = self._calls[schema] = StructuredCall(self.model, schema)
@@ -75,7 +78,7 @@ class Judge:
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if self.embedder is None:
-            raise ValueError("this judgement needs an embedder")
+            raise ConfigError("this judgement compares embeddings and the judge has no embedder", fix="pass embedder=")
         return await self.embedder.aembed_documents(list(texts))
 
 

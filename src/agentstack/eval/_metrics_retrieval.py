@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
 
+from agentstack.errors import ConfigError
 from agentstack.eval._metric import Metric
 from agentstack.eval._types import Sample, Score
 
@@ -117,7 +118,7 @@ class _RankMetric(Metric):
 
     def __init__(self, k: int | None = None) -> None:
         if k is not None and k < 1:
-            raise ValueError(f"k is at least 1, got {k}")
+            raise ConfigError(f"{self.label}@k needs k of at least 1, got {k}", fix=f"{type(self).__name__}(5)")
         self.k = k
         self.name = self.label if k is None else f"{self.label}@{k}"
 
