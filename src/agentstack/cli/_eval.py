@@ -52,7 +52,7 @@ async def run_eval(
     from agentstack.eval._catalog import default_metrics, metric_from_name
     from agentstack.eval._gates import check_gates, junit_xml, markdown_report, parse_gates
     from agentstack.eval._judge import Judge
-    from agentstack.eval._runner import GraphTarget, ReplayTarget, check_metrics, run_experiment
+    from agentstack.eval._runner import GraphTarget, ReplayTarget, check_metric_needs, check_metrics, run_experiment
     from agentstack.eval._store import ExperimentStore
 
     # Everything that can be refused is refused before the models start.
@@ -63,6 +63,7 @@ async def run_eval(
     if judge_kind not in ("none", "embedder", "model"):
         raise ConfigError(f"--judge {judge_kind!r} is not none, embedder or model", fix="--judge embedder")
     metrics = [metric_from_name(n) for n in metric_names] if metric_names else default_metrics(judge_kind)  # type: ignore[arg-type]
+    check_metric_needs(metrics, judge=judge_kind != "none", model=judge_kind == "model", embedder=True)
     gates = parse_gates(minimum, max_drop, [m.name for m in metrics])
     if max_drop and baseline is None:
         raise ConfigError("--max-drop compares with a baseline, and none was given", fix="add --baseline NAME")

@@ -24,7 +24,7 @@ from agentstack.eval._results import ExperimentResult, ItemResult
 from agentstack.eval._store import ExperimentStore, judgement_key
 from agentstack.eval._types import Context, Outcome, Sample, Score
 
-__all__ = ["GraphTarget", "ReplayTarget", "Target", "check_metrics", "run_experiment"]
+__all__ = ["GraphTarget", "ReplayTarget", "Target", "check_metric_needs", "check_metrics", "run_experiment"]
 
 # Fields of a graph's final state worth keeping with its result (the research graph's searches, its verdict).
 _KEPT = ("asked", "dropped_queries", "status", "confidence", "unsupported")
@@ -114,6 +114,14 @@ def _context(found: Mapping[str, Any]) -> Context:
 
 def check_metrics(metrics: Sequence[Metric], judge: Judge | None) -> None:
     """Refuse, before anything runs, metrics that share a name or need what the judge lacks."""
+    if judge is None:
+        check_metric_needs(metrics, judge=False, model=False, embedder=False)
+    else:
+        check_metric_needs(metrics, judge=True, model=judge.model is not None, embedder=judge.embedder is not None)
+
+
+def check_metric_needs(metrics: Sequence[Metric], *, judge: bool, model: bool, embedder: bool) -> None:
+    """`check_metrics` for a judge not built yet (the CLI checks before it starts the models)."""
     names = [m.name for m in metrics]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -121,14 +129,16 @@ def check_metrics(metrics: Sequence[Metric], judge: Judge | None) -> None:
     for metric in metrics:
         if not metric.judged:
             continue
-        if judge is None:
-            raise ConfigError(f"{metric.name} needs a judge", fix="pass judge=Judge(model, embedder=...), or drop it")
-        if isinstance(metric, JudgedMetric) and metric.needs_model and judge.model is None:
+        if not judge:
+            raise ConfigError(
+                f"{metric.name} needs a judge", fix="pass judge=Judge(model, embedder=...) (--judge embedder|model)"
+            )
+        if isinstance(metric, JudgedMetric) and metric.needs_model and not model:
             raise ConfigError(
                 f"{metric.name} asks a judge model, and this judge has only an embedder",
                 fix="give the judge a model (agentstack eval run --judge model), or drop the metric",
             )
-        if isinstance(metric, JudgedMetric) and metric.needs_embedder and judge.embedder is None:
+        if isinstance(metric, JudgedMetric) and metric.needs_embedder and not embedder:
             raise ConfigError(f"{metric.name} compares embeddings: the judge needs an embedder", fix="pass embedder=")
 
 
