@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,13 +167,20 @@ def print_summary(result: ExperimentResult, console: Console) -> None:
     )
 
 
-async def list_experiments(settings: Settings, console: Console) -> None:
+@asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[Any]:
+    """The experiment store on the settings' Postgres, its tables created."""
     from agentstack.checkpoint import open_saver
     from agentstack.eval._store import ExperimentStore
 
     async with open_saver(settings=settings, pool_size=2) as saver:
         store = ExperimentStore(saver.conn)
         await store.setup()
+        yield store
+
+
+async def list_experiments(settings: Settings, console: Console) -> None:
+    async with _store(settings) as store:
         rows = await store.names()
     table = Table(title=f"{len(rows)} experiment(s)")
     for column in ("name", "created", "dataset", "graph", "items"):
@@ -182,12 +191,7 @@ async def list_experiments(settings: Settings, console: Console) -> None:
 
 
 async def _load(settings: Settings, *names: str) -> list[ExperimentResult]:
-    from agentstack.checkpoint import open_saver
-    from agentstack.eval._store import ExperimentStore
-
-    async with open_saver(settings=settings, pool_size=2) as saver:
-        store = ExperimentStore(saver.conn)
-        await store.setup()
+    async with _store(settings) as store:
         return [await store.load(name) for name in names]
 
 
@@ -244,10 +248,5 @@ async def compare_experiments(settings: Settings, baseline: str, candidate: str,
 
 
 async def delete_experiment(settings: Settings, name: str) -> bool:
-    from agentstack.checkpoint import open_saver
-    from agentstack.eval._store import ExperimentStore
-
-    async with open_saver(settings=settings, pool_size=2) as saver:
-        store = ExperimentStore(saver.conn)
-        await store.setup()
+    async with _store(settings) as store:
         return await store.delete(name)

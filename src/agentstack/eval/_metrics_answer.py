@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import string
+from abc import abstractmethod
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -50,8 +51,9 @@ class _ReferenceMetric(Metric):
             return Score.not_applicable("the example has no reference answer")
         return Score(self.compare(sample.outcome.answer, sample.example.reference))
 
+    @abstractmethod
     def compare(self, answer: str, reference: str) -> float:
-        raise NotImplementedError
+        """The score of `answer` against `reference`."""
 
 
 class ExactMatch(_ReferenceMetric):

@@ -19,6 +19,7 @@ A judgement that fails (the judge's reply never parses) is `Score.failed` with t
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal
 
@@ -48,8 +49,9 @@ class JudgedMetric(Metric):
         except ModelOutputError as exc:
             return Score.failed(f"the judge's reply never parsed: {exc.problem}")
 
+    @abstractmethod
     async def judge(self, sample: Sample, judge: Judge) -> Score:
-        raise NotImplementedError
+        """The score, asking `judge`; `ModelOutputError` from it becomes the item's recorded error."""
 
 
 def _passages(contexts: Sequence[Context]) -> list[str]:

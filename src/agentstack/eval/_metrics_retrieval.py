@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
@@ -130,8 +131,9 @@ class _RankMetric(Metric):
         found = sum(1 for doc in _ranked(ranking)[: self.k] if doc in relevant)
         return Score(value, reason=f"{found} of {len(relevant)} gold passage(s) in the top {self.k or len(ranking)}")
 
+    @abstractmethod
     def measure(self, ranking: Sequence[str], relevant: Mapping[str, float]) -> float:
-        raise NotImplementedError
+        """The metric of one ranking against graded relevance."""
 
 
 class Recall(_RankMetric):
