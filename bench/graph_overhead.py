@@ -68,11 +68,16 @@ def scripted_model() -> ScriptedChatModel:
 
     def plan(prompt: str) -> dict[str, Any]:
         n = next(rounds)
-        return {"queries": [f"fleet restart replicas {n}", f"checkpoints survive crashes {n}"]}
+        return {"queries": [f"agentstack checkpoints crashes {n}", f"checkpoints survive crashes {n}"]}
 
     return schema_model(
         Plan=plan,
-        Analysis={"draft": "Checkpoints survive crashes [S1].", "confidence": 0.5, "gaps": ["more"], "cited": ["S1"]},
+        Analysis={
+            "draft": "Checkpoints survive crashes [S1].",
+            "confidence": 0.5,
+            "gaps": ["agentstack crash checkpoints"],
+            "cited": ["S1"],
+        },
         FinalAnswer={"answer": "Checkpoints survive crashes [S1], the fleet restarts replicas [S2].", "citations": []},
     )
 

@@ -33,7 +33,9 @@ from graph_helpers import DOCS, thread, tool_agent
 
 pytestmark = pytest.mark.slow
 
-PLAN = {"queries": ["postgres checkpoint resume", "llama.cpp replica restart"]}
+QUESTION = "How does a thread survive a crash?"
+# on topic: the graph searches only sub-queries that share most of their words with the question
+PLAN = {"queries": ["thread crash checkpoint", "how threads survive crashes"]}
 CONFIDENT = {"draft": "It resumes from Postgres [S1].", "confidence": 0.9, "gaps": [], "cited": ["S1"]}
 UNSURE = {"draft": "Unclear.", "confidence": 0.2, "gaps": ["retrieval fusion"], "cited": []}
 ANSWER = {
@@ -65,10 +67,10 @@ async def test_research_on_the_hybrid_index_with_postgres_checkpoints(retrieval:
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer=ANSWER)
     graph = build_research_graph(model, retrieval.retriever, checkpointer=saver)
     config = thread()
-    out = await graph.ainvoke({"question": "How does a thread survive a crash?"}, config)
+    out = await graph.ainvoke({"question": QUESTION}, config)
 
     assert out["status"] == "answered" and out["iteration"] == 1
-    assert sorted(out["asked"]) == sorted(["How does a thread survive a crash?", *PLAN["queries"]])
+    assert sorted(out["asked"]) == sorted([QUESTION, *PLAN["queries"]])
     assert {e["id"] for e in out["evidence"]} == {f"S{i}" for i in range(1, len(out["evidence"]) + 1)}
     assert "[S99]" not in out["answer"] and out["removed_citations"] == ["S99"]
     assert [c["id"] for c in out["citations"]] == ["S1"]
@@ -87,7 +89,7 @@ async def test_a_closed_index_is_a_recorded_failure_and_the_answer_has_zero_conf
     await retrieval.index.aclose()  # the index is gone: every retrieval raises
     model = schema_model(Plan=PLAN, Analysis=CONFIDENT, FinalAnswer={"answer": "No idea [S1].", "citations": []})
     graph = build_research_graph(model, retrieval.retriever, checkpointer=InMemorySaver())
-    out = await graph.ainvoke({"question": "q?"}, thread(), context=ResearchContext(max_iterations=1))
+    out = await graph.ainvoke({"question": QUESTION}, thread(), context=ResearchContext(max_iterations=1))
     assert len(out["failures"]) == 3 and out["failures"][0]["searcher"] == "retriever"
     assert out["confidence"] == 0.0 and out["citations"] == [] and out["removed_citations"] == ["S1"]
 
