@@ -122,7 +122,7 @@ def fact_checker(prompt: str) -> dict[str, str]:
 
 
 def question_writer(prompt: str) -> dict[str, object]:
-    answer = prompt.split("Answer:", 1)[1].strip()
+    answer = re.sub(r"\s*\[S\d+\]", "", prompt.split("Answer:", 1)[1]).strip().rstrip(".")
     return {"questions": [f"What does {answer}?"] * 3}
 
 
@@ -141,6 +141,16 @@ async def test_faithfulness_counts_supported_sentences_and_tells_broken_answers_
     # the embedder's support scorer, without a judge model, tells them apart too
     by_embedding = [await Faithfulness().score(s, Judge(embedder=HashingEmbedder())) for s in (good, broken)]
     assert by_embedding[0].value == 1.0 and by_embedding[1].value is not None and by_embedding[1].value < 1.0
+
+
+async def test_an_answer_to_another_question_scores_lower_on_faithfulness_and_relevancy() -> None:
+    """bench/eval_agreement.py's broken items, on the scripted judge: the answer to another question, put under
+    this one (its sentences follow from other passages and answer something else)."""
+    good = sample("PoolSaver commits the writes of many threads in one transaction [S1].")
+    broken = sample("Milvus Lite keeps its vectors in one local file that a single process may open [S1].")
+    for metric in (Faithfulness(), AnswerRelevancy()):
+        scores = [(await metric.score(s, judge())).value for s in (good, broken)]
+        assert scores[0] is not None and scores[1] is not None and scores[0] > scores[1], (metric.name, scores)
 
 
 async def test_answer_relevancy_is_zero_for_a_noncommittal_answer() -> None:

@@ -1,0 +1,300 @@
+"""agentstack's four judged RAG metrics against RAGAS 0.4's, on the same items and the same local judge model.
+
+One stack (embedded Postgres, Milvus Lite with agentstack's docs, the CPU Gemma fleet) in a throwaway home. The
+research graph answers the docs dataset's first N questions; each answer is one good item, and the answer to
+another question, put under this one, is one deliberately broken item (its sentences neither answer the question
+nor follow from its passages). Both tools see the same question, answer (citation marks stripped for RAGAS), top
+five passages and reference answer, and judge with the same model: agentstack through its `Judge` (grammar-held
+structured output, embedder cascade), RAGAS through its documented path for an OpenAI-compatible server
+(`llm_factory` on the fleet's gateway, `OpenAIEmbeddings` on a local `/v1/embeddings` serving the same embedder).
+Each tool scores every item `repeats` times, as a CI would rerun it (agentstack's judgement cache is not used).
+
+RAGAS runs in its own venv (not a dependency of ours): `--ragas-python PATH`, else one made on first use under
+~/.cache/agentstack-bench (pip, a few minutes). Prints the table, then one JSON line: `spearman_<metric>` between
+the two tools' per-item means, `nan_ragas` / `nan_agentstack` (scores that came out NaN or as an error),
+`std_agentstack_over_ragas` (mean run-to-run standard deviation, ours over theirs: <= 1 is at least as stable),
+and `<metric>_good_minus_broken_<tool>` (a metric that cannot tell broken answers from good ones is a defect).
+
+    python bench/eval_agreement.py [--quick | --smoke] [--ragas-python PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import venv
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agentstack import Stack
+from agentstack._net import free_port
+from agentstack.checkpoint import LocalPostgres
+from agentstack.config import Settings
+from agentstack.eval import (
+    AnswerRelevancy,
+    ContextPrecision,
+    ContextRecall,
+    Dataset,
+    Faithfulness,
+    Judge,
+)
+from agentstack.eval._runner import GraphTarget
+from agentstack.eval._types import Outcome, Sample
+from agentstack.serving import gateway_server
+
+ROOT = Path(__file__).resolve().parents[1]
+# the versions pip resolved on 2026-11-30: left to backtrack through langchain-openai alone, it takes minutes
+RAGAS = ("ragas==0.4.3", "instructor==1.3.2", "openai==1.109.1", "langchain-openai==1.1.9", "langchain==1.5.2")
+RAGAS_VENV = Path.home() / ".cache" / "agentstack-bench" / "ragas-0.4.3"
+METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
+PASSAGES = 5
+_MARK = re.compile(r"\s*\[S\d+\]")
+
+
+# -- RAGAS's side: its own venv, fed through a JSON file ----------------------------------------------------
+def ragas_python(given: str | None) -> str:
+    """The Python of a venv with RAGAS 0.4 in it: `given`, or one made (once) under ~/.cache."""
+    if given:
+        return given
+    python = RAGAS_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import ragas.metrics.collections"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return str(python)
+    print(f"making a venv for {RAGAS[0]} in {RAGAS_VENV} (once; pip takes minutes)", file=sys.stderr)
+    venv.create(RAGAS_VENV, with_pip=True, clear=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *RAGAS], check=True)
+    return str(python)
+
+
+async def ragas_scores(python: str, spec: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+    try:
+        worker = await asyncio.create_subprocess_exec(
+            python, str(Path(__file__).with_name("_ragas_scores.py")), handle.name, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await worker.communicate()
+    finally:
+        await asyncio.to_thread(Path(handle.name).unlink)
+    if worker.returncode != 0:
+        raise SystemExit(f"the RAGAS worker failed (exit {worker.returncode}); its stderr is above")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def embeddings_app(embedder: Any) -> Starlette:
+    """`POST /v1/embeddings` on `embedder`, as the OpenAI client calls it (it asks for base64 floats)."""
+
+    async def embed(request: Request) -> JSONResponse:
+        body = await request.json()
+        texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
+        vectors = await embedder.aembed_documents(texts)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if as_base64 else v,
+            }
+            for i, v in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": 0, "total_tokens": 0}
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model", ""), "usage": usage})
+
+    return Starlette(routes=[Route("/v1/embeddings", embed, methods=["POST"])])
+
+
+@contextlib.asynccontextmanager
+async def serving(*servers: uvicorn.Server) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    try:
+        while not all(server.started for server in servers):  # noqa: ASYNC110 (uvicorn sets a flag, no event)
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- agentstack's side --------------------------------------------------------------------------------------
+async def our_scores(samples: Sequence[Sample], judge: Judge, repeats: int, concurrency: int) -> list[list[Any]]:
+    metrics = [Faithfulness(), AnswerRelevancy(), ContextPrecision(k=PASSAGES), ContextRecall()]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(sample: Sample) -> dict[str, float | None]:
+        async with gate:
+            return {m.name: (await m.score(sample, judge)).value for m in metrics}
+
+    return [await asyncio.gather(*(one(s) for s in samples)) for _ in range(repeats)]
+
+
+# -- statistics -----------------------------------------------------------------------------------------------
+def ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1  # ties share their mean rank
+        i = j + 1
+    return out
+
+
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None  # undefined: one side is constant
+    return round(statistics.correlation(xs, ys), 3)
+
+
+def summary(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]], good: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    spread: dict[str, list[float]] = {"agentstack": [], "ragas": []}
+    for metric in METRICS:
+        means = {}
+        for tool, runs in (("agentstack", ours), ("ragas", theirs)):
+            per_item = [[run[i][metric] for run in runs] for i in range(len(runs[0]))]
+            means[tool] = [statistics.fmean(v) if None not in v else None for v in per_item]
+            full = [v for v in per_item if None not in v]
+            spread[tool].append(statistics.fmean(statistics.pstdev(v) for v in full) if full else math.nan)
+            scored = [m for m in means[tool][:good] if m is not None], [m for m in means[tool][good:] if m is not None]
+            if all(scored):
+                gap = statistics.fmean(scored[0]) - statistics.fmean(scored[1])
+                result[f"{metric}_good_minus_broken_{tool}"] = round(gap, 3)
+        both = [(a, b) for a, b in zip(means["agentstack"], means["ragas"], strict=True) if None not in (a, b)]
+        result[f"spearman_{metric}"] = correlation(ranks([a for a, _ in both]), ranks([b for _, b in both]))
+        result[f"pearson_{metric}"] = correlation([a for a, _ in both], [b for _, b in both])
+    result["nan_ragas"] = sum(v is None for run in theirs for item in run for v in item.values())
+    result["nan_agentstack"] = sum(v is None for run in ours for item in run for v in item.values())
+    ours_std, ragas_std = (statistics.fmean(x for x in spread[t] if not math.isnan(x)) for t in ("agentstack", "ragas"))
+    result["std_agentstack"], result["std_ragas"] = round(ours_std, 4), round(ragas_std, 4)
+    result["std_agentstack_over_ragas"] = round(ours_std / ragas_std, 3) if ragas_std else None
+    return result
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+async def main(questions: int, repeats: int, python: str, concurrency: int) -> dict[str, Any]:
+    dataset = Dataset.load(ROOT / "docs" / "eval" / "agentstack-docs.jsonl").select(limit=questions)
+    with tempfile.TemporaryDirectory(prefix="agentstack-bench-") as home:
+        settings = Settings(home=Path(home))
+        try:
+            return await _measure(settings, dataset, repeats, python, concurrency)
+        finally:
+            # The embedded Postgres outlives its process by design; this throwaway one goes with its home.
+            await asyncio.to_thread(LocalPostgres.from_settings(settings).destroy)
+
+
+async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: str, concurrency: int) -> Any:
+    async with Stack.from_settings(settings) as stack:
+        assert stack.retrieval is not None and stack.fleet is not None
+        await stack.retrieval.ingestor.aingest_paths([ROOT / "docs"])
+        entry = stack.graphs.get("research")
+        target = GraphTarget(stack.graph("research"), entry, context=entry.context_from({}))
+        gate = asyncio.Semaphore(concurrency)
+
+        async def answer(example: Any) -> Outcome:
+            async with gate:
+                return await target(example)
+
+        examples = list(dataset)
+        outcomes = await asyncio.gather(*(answer(e) for e in examples))
+        failed = [e.id for e, o in zip(examples, outcomes, strict=True) if o.error]
+        if failed:
+            raise SystemExit(f"the research graph failed on {failed}: {[o.error for o in outcomes if o.error]}")
+        half = len(examples) // 2 or 1
+        samples = [Sample(e, _top(o)) for e, o in zip(examples, outcomes, strict=True)]
+        samples += [
+            Sample(e, _top(o, answer=outcomes[(n + half) % len(outcomes)].answer))
+            for n, (e, o) in enumerate(zip(examples, outcomes, strict=True))
+        ]
+        embedder = stack.retrieval.embedder
+        ours = await our_scores(samples, Judge(stack.model, embedder=embedder), repeats, concurrency)
+        gateway, embeddings = free_port(), free_port()
+        servers = (
+            gateway_server(stack.fleet, "127.0.0.1", gateway),
+            uvicorn.Server(uvicorn.Config(embeddings_app(embedder), port=embeddings, log_level="warning")),
+        )
+        spec = {
+            "llm_url": f"http://127.0.0.1:{gateway}/v1",
+            "llm_model": stack.fleet.chat_model_name(),
+            "embeddings_url": f"http://127.0.0.1:{embeddings}/v1",
+            "embeddings_model": getattr(embedder, "name", "embedder"),
+            "repeats": repeats,
+            "concurrency": concurrency,
+            "items": [
+                {
+                    "id": s.example.id,
+                    "question": s.example.text,
+                    "answer": _MARK.sub("", s.outcome.answer).strip(),
+                    "contexts": [c.text for c in s.outcome.contexts],
+                    "reference": s.example.reference or "",
+                }
+                for s in samples
+            ],
+        }
+        async with serving(*servers):
+            theirs = await ragas_scores(python, spec)
+    for metric, messages in theirs["errors"].items():
+        print(f"RAGAS {metric} failures, e.g.: {messages[0]}", file=sys.stderr)
+    result = summary(ours, theirs["scores"], len(examples))
+    _table(ours, theirs["scores"], len(examples))
+    return {**result, "items": len(samples), "repeats": repeats}
+
+
+def _top(outcome: Outcome, *, answer: str | None = None) -> Outcome:
+    """The outcome as both tools see it: its first five passages, and `answer` in place of its own."""
+    contexts = outcome.contexts[:PASSAGES]
+    kept = {c.id for c in contexts}
+    return Outcome(
+        answer=outcome.answer if answer is None else answer,
+        contexts=contexts,
+        cited=tuple(i for i in outcome.cited if i in kept),
+    )
+
+
+def _table(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]], good: int) -> None:
+    print(f"{'metric':18} {'tool':10} {'good':>6} {'broken':>7} {'NaN':>5}   (means over every repeat)")
+    for metric in METRICS:
+        for tool, runs in (("agentstack", ours), ("ragas", theirs)):
+            good_values = [item[metric] for run in runs for item in run[:good]]
+            broken_values = [item[metric] for run in runs for item in run[good:]]
+            means = [_mean_text(values) for values in (good_values, broken_values)]
+            nan = (good_values + broken_values).count(None)
+            print(f"{metric:18} {tool:10} {means[0]:>6} {means[1]:>7} {nan:5d}")
+
+
+def _mean_text(values: list[float | None]) -> str:
+    scored = [v for v in values if v is not None]
+    return f"{statistics.fmean(scored):6.3f}" if scored else "     -"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="8 questions (16 items), 2 repeats")
+    size.add_argument("--smoke", action="store_true", help="2 questions (4 items), 1 repeat")
+    parser.add_argument("--ragas-python", help="a Python with ragas 0.4 installed (else a venv is made)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    questions, repeats = (2, 1) if args.smoke else (8, 2) if args.quick else (25, 3)
+    python = ragas_python(args.ragas_python)
+    print(json.dumps(asyncio.run(main(questions, repeats, python, args.concurrency))))
