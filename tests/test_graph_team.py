@@ -128,6 +128,54 @@ async def test_the_researcher_is_the_research_graph_as_a_subgraph() -> None:
     assert {"team/coordinator@v1", "research/plan@v1"} <= set(saved.metadata["agentstack_prompts"].split())
 
 
+class Researcher:
+    """A research graph's answers by question: each run cites its own S1 (as every research run does)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def ainvoke(self, state: dict[str, str], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.asked.append(state["question"])
+        cited = {"id": "S1", "source": "docs.md", "chunk_id": state["question"], "kind": "chunk", "quote": "q"}
+        return {"answer": f"{self.answers[state['question']]} [S1].", "citations": [cited], "tokens_used": 1}
+
+
+def researched_team(researcher: Researcher, route: Any, **knobs: Any) -> tuple[Any, TeamContext]:
+    model = schema_model(Route=route, FinalOutput={"output": "Written [S1], and invented [S7]."})
+    deps = TeamDeps.create(model, researcher=researcher, answer_style="extractive")
+    return compose_team_graph(deps, checkpointer=InMemorySaver()), TeamContext(**knobs)
+
+
+async def test_research_runs_are_numbered_apart_and_an_extractive_result_is_their_answers() -> None:
+    asked = ["how do threads resume after a crash?", "how do threads resume from postgres?"]
+    researcher = Researcher({asked[0]: "From the last checkpoint", asked[1]: "Postgres holds it"})
+
+    def route(prompt: str) -> dict[str, str]:
+        done = prompt.count("\n- ")
+        return {"next": "researcher", "instruction": asked[done]} if done < 2 else {"next": "synthesize"}
+
+    graph, context = researched_team(researcher, route)
+    out = await graph.ainvoke({"task": "how do threads resume?"}, thread(), context=context)
+    assert [c["id"] for c in out["citations"]] == ["S1", "S2"]
+    assert [c["chunk_id"] for c in out["citations"]] == asked  # S2 is the second run's own S1
+    assert out["work"][1]["content"] == "Postgres holds it [S2]."
+    # research alone, extractive: the answers themselves, not the synthesizer's rewrite
+    assert out["output"] == "From the last checkpoint [S1]. Postgres holds it [S2]."
+    # written: the synthesizer writes, and a mark of no cited passage goes
+    graph, context = researched_team(Researcher(researcher.answers), route, answer_style="written")
+    written = await graph.ainvoke({"task": "how do threads resume?"}, thread(), context=context)
+    assert written["output"] == "Written [S1], and invented."
+
+
+async def test_an_instruction_off_the_tasks_topic_researches_the_task() -> None:
+    task = "how do threads resume after a crash?"
+    researcher = Researcher({task: "From the last checkpoint"})
+    graph, context = researched_team(researcher, coordinator("researcher", "synthesize", instruction="G a b l e"))
+    out = await graph.ainvoke({"task": task}, thread(), context=context)
+    assert researcher.asked == [task] and out["output"] == "From the last checkpoint [S1]."
+
+
 async def test_without_a_researcher_the_coordinator_is_told_so() -> None:
     model = schema_model(Route=coordinator("researcher", "synthesize"), FinalOutput={"output": "no research"})
     out = await team(model).ainvoke({"task": "look it up"}, thread())

@@ -8,6 +8,12 @@ limit, no network, a temporary directory). The reviewer accepts the latest work 
 feedback the coordinator sees. A step budget bounds the loop: when it is spent the synthesizer writes
 the result from what exists, and the status says the budget ran out.
 
+What the researcher answers stays grounded on the way out. It researches the coordinator's instruction only
+when that is on the task's topic (a tiny coordinator's instructions are often not), else the task itself; each
+research run's citations are renumbered after the ones before it, so [S3] means one passage in the whole run;
+and with extractive answers (the small-model mode) a result made of research alone is those answers, not a
+small model's rewrite of them. A written result keeps only the citation marks that exist.
+
 Like the research graph's, each step is a module-level function `(state, runtime, deps) -> update` with one
 `TeamDeps`; the sandbox is one of the deps (`run_code`), so the routing logic can be tested without it.
 """
@@ -15,6 +21,7 @@ Like the research graph's, each step is a module-level function `(state, runtime
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import partial
@@ -30,12 +37,14 @@ from typing_extensions import TypedDict
 
 from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError, ModelOutputError
+from agentstack.graphs._grounding import on_topic
 from agentstack.graphs._knobs import read_knobs
 from agentstack.graphs._metadata import run_metadata
 from agentstack.graphs._registry import GraphEntry, GraphParts, ResultView
-from agentstack.graphs._research import build_research_graph
+from agentstack.graphs._research import AnswerStyle, build_research_graph
 from agentstack.graphs._research_state import Citation, ResearchContext
 from agentstack.graphs._sandbox import SandboxResult, run_python
+from agentstack.graphs._support import Embedder
 from agentstack.graphs._tools import format_sandbox_result
 from agentstack.prompts import Prompt, PromptLibrary
 
@@ -56,6 +65,7 @@ __all__ = [
 ]
 
 Worker = Literal["researcher", "coder", "reviewer"]
+_CITE = re.compile(r"\[(S\d+)\]")
 
 
 class WorkItem(TypedDict):
@@ -147,7 +157,11 @@ class TeamPrompts:
 
 @dataclass(frozen=True)
 class TeamDeps:
-    """What the team's steps call: the model (one structured call per output), prompts, researcher, sandbox."""
+    """What the team's steps call: the model (one structured call per output), prompts, researcher, sandbox.
+
+    `embedder` tells an on-topic instruction for the researcher from noise (without one, shared words do);
+    `answer_style` is the researcher's ("extractive": a research-only result is the research answers).
+    """
 
     prompts: TeamPrompts
     router: StructuredCall[Route]
@@ -156,6 +170,11 @@ class TeamDeps:
     synthesizer: StructuredCall[FinalOutput]
     researcher: Researcher | None = None
     run_code: CodeRunner = run_python
+    embedder: Embedder | None = None
+    answer_style: AnswerStyle = "written"
+
+    def style(self, knobs: ResearchContext) -> AnswerStyle:
+        return self.answer_style if knobs.answer_style == "auto" else knobs.answer_style
 
     @classmethod
     def create(
@@ -165,6 +184,8 @@ class TeamDeps:
         researcher: Researcher | None,
         prompts: PromptLibrary | None = None,
         run_code: CodeRunner = run_python,
+        embedder: Embedder | None = None,
+        answer_style: AnswerStyle = "written",
     ) -> TeamDeps:
         return cls(
             prompts=TeamPrompts.load(prompts or PromptLibrary()),
@@ -174,6 +195,8 @@ class TeamDeps:
             synthesizer=StructuredCall(model, FinalOutput),
             researcher=researcher,
             run_code=run_code,
+            embedder=embedder,
+            answer_style=answer_style,
         )
 
 
@@ -198,15 +221,29 @@ async def coordinate(state: TeamState, runtime: Runtime[TeamContext], deps: Team
     return Command(goto=target, update=update)
 
 
-async def research(state: TeamState, deps: TeamDeps) -> dict[str, Any]:
-    """The research graph on the instruction; its citations become the team's."""
-    question = state.get("instruction") or state["task"]
+async def research(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
+    """The research graph on the instruction (the task when the instruction is off its topic); its citations
+    become the team's, numbered after those of earlier research."""
+    task, instruction = state["task"], state.get("instruction") or state["task"]
+    kept, _ = await on_topic([instruction], task, deps.embedder)
+    question = instruction if kept else task
+    if question != instruction:
+        runtime.stream_writer({"stage": "researcher", "question": question, "off_topic_instruction": instruction})
     if deps.researcher is None:  # tell the coordinator rather than fail the run: it can route elsewhere
         return {"work": [_work("researcher", question, "no researcher is configured for this team", ok=False)]}
     result = await deps.researcher.ainvoke({"question": question})
-    answer = str(result.get("answer", ""))
-    item = _work("researcher", question, answer, ok=bool(result.get("citations")))
-    return {"work": [item], "citations": result.get("citations", []), "tokens_used": result.get("tokens_used", 0)}
+    answer, citations = _renumbered(
+        str(result.get("answer", "")), result.get("citations", []), after=len(state.get("citations", []))
+    )
+    item = _work("researcher", question, answer, ok=bool(citations))
+    return {"work": [item], "citations": citations, "tokens_used": result.get("tokens_used", 0)}
+
+
+def _renumbered(answer: str, citations: list[Citation], *, after: int) -> tuple[str, list[Citation]]:
+    """The answer and its citations with ids S<after+1>...: every research run numbers its own from S1."""
+    ids = {c["id"]: f"S{after + n}" for n, c in enumerate(citations, 1)}
+    text = _CITE.sub(lambda m: f"[{ids.get(m.group(1), m.group(1))}]", answer)
+    return text, [{**c, "id": ids[c["id"]]} for c in citations]
 
 
 async def code(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
@@ -250,11 +287,24 @@ async def review(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps
     return {"work": [item], "accepted": accepted, "feedback": feedback, "tokens_used": tokens}
 
 
-async def synthesize(state: TeamState, deps: TeamDeps) -> dict[str, Any]:
-    """The result, written from the workers' contributions (the reviews left out)."""
+async def synthesize(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
+    """The result, written from the workers' contributions (the reviews left out). With extractive answers a
+    result of research alone is the research answers themselves: a small model's rewrite only loses their
+    grounding. A written result keeps only the citation marks of passages the research cited."""
+    status = state.get("status") or "done"
     work = [w for w in state.get("work", []) if w["role"] != "reviewer"]
+    researched = [w["content"] for w in work if w["role"] == "researcher" and w["ok"]]
+    if (
+        deps.style(read_knobs(runtime, TeamContext)) == "extractive"
+        and researched
+        and all(w["role"] == "researcher" for w in work)
+    ):
+        runtime.stream_writer({"stage": "synthesizer", "composed_from": len(researched)})
+        return {"output": " ".join(dict.fromkeys(researched)), "status": status}
     final, tokens = await deps.synthesizer(deps.prompts.synthesizer, task=state["task"], work=work)
-    return {"output": final.output, "status": state.get("status") or "done", "tokens_used": tokens}
+    cited = {c["id"] for c in state.get("citations", [])}
+    output = _CITE.sub(lambda m: m.group(0) if m.group(1) in cited else "", final.output)
+    return {"output": re.sub(r"[ \t]+([.,;:])", r"\1", output).strip(), "status": status, "tokens_used": tokens}
 
 
 # -- the graph ----------------------------------------------------------------------------------------
@@ -282,9 +332,12 @@ def build_team_graph(
     prompts: PromptLibrary | None = None,
     checkpointer: Checkpointer = None,
     name: str = "team",
+    embedder: Embedder | None = None,
+    answer_style: AnswerStyle = "written",
 ) -> TeamGraph:
-    """Compile the team; `researcher` is a research graph compiled without a checkpointer (a subgraph), or None."""
-    deps = TeamDeps.create(model, researcher=researcher, prompts=prompts)
+    """Compile the team; `researcher` is a research graph compiled without a checkpointer (a subgraph), or None.
+    `embedder` and `answer_style` are the researcher's (see `TeamDeps`)."""
+    deps = TeamDeps.create(model, researcher=researcher, prompts=prompts, embedder=embedder, answer_style=answer_style)
     return compose_team_graph(deps, checkpointer=checkpointer, name=name)
 
 
@@ -307,6 +360,7 @@ def _build_from_parts(parts: GraphParts, **options: Any) -> TeamGraph:
         if parts.retriever is not None
         else None
     )
+    options = {"embedder": parts.embedder, "answer_style": parts.answer_style} | options
     return build_team_graph(parts.model, researcher=researcher, checkpointer=parts.checkpointer, **options)
 
 
