@@ -1,11 +1,12 @@
 """RAGAS 0.4's four RAG metrics over a JSON file of items: run by bench/eval_agreement.py in RAGAS's own venv.
 
 Not importable from agentstack (RAGAS is no dependency of ours): it reads `{"llm_url", "llm_model",
-"embeddings_url", "embeddings_model", "repeats", "concurrency", "items": [{"id", "question", "answer",
+"embeddings_url", "embeddings_model", "mode", "repeats", "concurrency", "items": [{"id", "question", "answer",
 "contexts", "reference"}]}` from the file named by argv[1] and prints `{"scores": [[{metric: value or null}]]}`
 (repeat, then item), null where RAGAS gave NaN or raised, and `{"errors": {metric: [first messages]}}`.
 RAGAS is used as its documentation shows for an OpenAI-compatible server: `llm_factory` on an `AsyncOpenAI`
-client (instructor, JSON mode) and `OpenAIEmbeddings` on the same kind of client, with its default settings.
+client (instructor, JSON mode) and `OpenAIEmbeddings` on the same kind of client, with its default settings;
+mode "json_schema" swaps in instructor's JSON_SCHEMA mode, which sends the schema as `response_format`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import math
 import sys
 from typing import Any
 
+import instructor
 from openai import AsyncOpenAI
 from ragas.embeddings import OpenAIEmbeddings
 from ragas.llms import llm_factory
+from ragas.llms.base import InstructorLLM, InstructorModelArgs
 from ragas.metrics.collections import AnswerRelevancy, ContextPrecision, ContextRecall, Faithfulness
 
 
@@ -50,7 +53,13 @@ async def score_item(metrics: dict[str, Any], item: dict[str, Any], errors: dict
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
     llm_client = AsyncOpenAI(base_url=spec["llm_url"], api_key="unused")
-    llm = llm_factory(spec["llm_model"], client=llm_client)
+    if spec["mode"] == "json":  # what llm_factory builds: instructor in JSON mode
+        llm = llm_factory(spec["llm_model"], client=llm_client)
+    else:  # the same, with the schema sent to the server as response_format (a grammar on llama.cpp)
+        patched = instructor.from_openai(llm_client, mode=instructor.Mode.JSON_SCHEMA)
+        llm = InstructorLLM(
+            client=patched, model=spec["llm_model"], provider="openai", model_args=InstructorModelArgs()
+        )
     embeddings = OpenAIEmbeddings(
         client=AsyncOpenAI(base_url=spec["embeddings_url"], api_key="unused"), model=spec["embeddings_model"]
     )

@@ -10,10 +10,14 @@ structured output, embedder cascade), RAGAS through its documented path for an O
 Each tool scores every item `repeats` times, as a CI would rerun it (agentstack's judgement cache is not used).
 
 RAGAS runs in its own venv (not a dependency of ours): `--ragas-python PATH`, else one made on first use under
-~/.cache/agentstack-bench (pip, a few minutes). Prints the table, then one JSON line: `spearman_<metric>` between
-the two tools' per-item means, `nan_ragas` / `nan_agentstack` (scores that came out NaN or as an error),
-`std_agentstack_over_ragas` (mean run-to-run standard deviation, ours over theirs: <= 1 is at least as stable),
-and `<metric>_good_minus_broken_<tool>` (a metric that cannot tell broken answers from good ones is a defect).
+~/.cache/agentstack-bench (pip, a few minutes), twice: as `llm_factory` builds it (instructor's JSON mode) and
+with the schema sent to the server (JSON_SCHEMA mode: llama.cpp holds the model to it, as agentstack's calls
+are). Prints a table per mode, then one JSON line: `nan_ragas` (NaN or raised, JSON mode), `nan_ragas_json_schema`,
+`nan_agentstack` (judgements that failed), out of `scores_per_tool`; against RAGAS in JSON_SCHEMA mode:
+`spearman_<metric>` / `pearson_<metric>` of the per-item means (null when one side is constant or too few items
+were scored by both), `std_agentstack_over_ragas` (mean run-to-run standard deviation over the items both scored
+every time, ours over theirs: <= 1 is at least as stable); `<metric>_good_minus_broken_<tool>` (a metric that
+cannot tell the broken answers from the good ones is a defect); each tool's seconds.
 
     python bench/eval_agreement.py [--quick | --smoke] [--ragas-python PATH]
 """
@@ -25,13 +29,13 @@ import asyncio
 import base64
 import contextlib
 import json
-import math
 import re
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import venv
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -60,11 +64,23 @@ from agentstack.eval._types import Outcome, Sample
 from agentstack.serving import gateway_server
 
 ROOT = Path(__file__).resolve().parents[1]
-# the versions pip resolved on 2026-11-30: left to backtrack through langchain-openai alone, it takes minutes
-RAGAS = ("ragas==0.4.3", "instructor==1.3.2", "openai==1.109.1", "langchain-openai==1.1.9", "langchain==1.5.2")
+# RAGAS 0.4.3 imports langchain_community.chat_models.vertexai, which langchain-community 0.4 removed; left
+# unpinned, pip also backtracks through langchain-openai for minutes. These import and resolve (2026-11-30).
+RAGAS = (
+    "ragas==0.4.3",
+    "instructor==1.3.2",
+    "openai==1.109.1",
+    "langchain==0.3.30",
+    "langchain-core==0.3.86",
+    "langchain-community==0.3.31",
+    "langchain-openai==0.3.35",
+)
 RAGAS_VENV = Path.home() / ".cache" / "agentstack-bench" / "ragas-0.4.3"
 METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 PASSAGES = 5
+# How RAGAS asks for JSON: "json" is what its `llm_factory` does (instructor's JSON mode: the schema in the
+# prompt, any JSON allowed), "json_schema" hands the schema to the server (llama.cpp then holds the model to it)
+MODES = ("json", "json_schema")
 _MARK = re.compile(r"\s*\[S\d+\]")
 
 
@@ -166,29 +182,50 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return round(statistics.correlation(xs, ys), 3)
 
 
+def _per_item(runs: list[list[dict[str, Any]]], metric: str) -> list[list[float | None]]:
+    return [[run[i][metric] for run in runs] for i in range(len(runs[0]))]
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if None in values or not values else statistics.fmean(v for v in values if v is not None)
+
+
 def summary(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]], good: int) -> dict[str, Any]:
+    """Agreement of the per-item means, each tool's good-minus-broken gap, and the run-to-run spread of both
+    over the items both scored in every repeat."""
     result: dict[str, Any] = {}
     spread: dict[str, list[float]] = {"agentstack": [], "ragas": []}
     for metric in METRICS:
-        means = {}
-        for tool, runs in (("agentstack", ours), ("ragas", theirs)):
-            per_item = [[run[i][metric] for run in runs] for i in range(len(runs[0]))]
-            means[tool] = [statistics.fmean(v) if None not in v else None for v in per_item]
-            full = [v for v in per_item if None not in v]
-            spread[tool].append(statistics.fmean(statistics.pstdev(v) for v in full) if full else math.nan)
-            scored = [m for m in means[tool][:good] if m is not None], [m for m in means[tool][good:] if m is not None]
-            if all(scored):
-                gap = statistics.fmean(scored[0]) - statistics.fmean(scored[1])
+        items = {"agentstack": _per_item(ours, metric), "ragas": _per_item(theirs, metric)}
+        means = {tool: [_mean(v) for v in values] for tool, values in items.items()}
+        for tool, found in means.items():
+            good_means = [m for m in found[:good] if m is not None]
+            broken_means = [m for m in found[good:] if m is not None]
+            if good_means and broken_means:
+                gap = statistics.fmean(good_means) - statistics.fmean(broken_means)
                 result[f"{metric}_good_minus_broken_{tool}"] = round(gap, 3)
-        both = [(a, b) for a, b in zip(means["agentstack"], means["ragas"], strict=True) if None not in (a, b)]
+        both = [
+            (a, b) for a, b in zip(means["agentstack"], means["ragas"], strict=True) if a is not None and b is not None
+        ]
         result[f"spearman_{metric}"] = correlation(ranks([a for a, _ in both]), ranks([b for _, b in both]))
         result[f"pearson_{metric}"] = correlation([a for a, _ in both], [b for _, b in both])
-    result["nan_ragas"] = sum(v is None for run in theirs for item in run for v in item.values())
-    result["nan_agentstack"] = sum(v is None for run in ours for item in run for v in item.values())
-    ours_std, ragas_std = (statistics.fmean(x for x in spread[t] if not math.isnan(x)) for t in ("agentstack", "ragas"))
-    result["std_agentstack"], result["std_ragas"] = round(ours_std, 4), round(ragas_std, 4)
-    result["std_agentstack_over_ragas"] = round(ours_std / ragas_std, 3) if ragas_std else None
+        for n, ours_item in enumerate(items["agentstack"]):
+            theirs_item = items["ragas"][n]
+            if None not in ours_item and None not in theirs_item:
+                spread["agentstack"].append(statistics.pstdev(ours_item))  # type: ignore[arg-type]
+                spread["ragas"].append(statistics.pstdev(theirs_item))  # type: ignore[arg-type]
+    stds = {tool: round(statistics.fmean(values), 4) if values else None for tool, values in spread.items()}
+    result["std_agentstack"], result["std_ragas"] = stds["agentstack"], stds["ragas"]
+    if stds["agentstack"] is not None and stds["ragas"]:
+        result["std_agentstack_over_ragas"] = round(stds["agentstack"] / stds["ragas"], 3)
+    else:  # nothing both scored twice, or RAGAS never varied: no ratio to give
+        result["std_agentstack_over_ragas"] = None
+    result["nan_agentstack"] = nan_count(ours)
     return result
+
+
+def nan_count(runs: list[list[dict[str, Any]]]) -> int:
+    return sum(v is None for run in runs for item in run for v in item.values())
 
 
 # -- the run --------------------------------------------------------------------------------------------------
@@ -227,7 +264,9 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
             for n, (e, o) in enumerate(zip(examples, outcomes, strict=True))
         ]
         embedder = stack.retrieval.embedder
+        started = time.perf_counter()
         ours = await our_scores(samples, Judge(stack.model, embedder=embedder), repeats, concurrency)
+        seconds = {"agentstack": time.perf_counter() - started}
         gateway, embeddings = free_port(), free_port()
         servers = (
             gateway_server(stack.fleet, "127.0.0.1", gateway),
@@ -251,13 +290,29 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
                 for s in samples
             ],
         }
+        theirs: dict[str, list[list[dict[str, Any]]]] = {}
         async with serving(*servers):
-            theirs = await ragas_scores(python, spec)
-    for metric, messages in theirs["errors"].items():
-        print(f"RAGAS {metric} failures, e.g.: {messages[0]}", file=sys.stderr)
-    result = summary(ours, theirs["scores"], len(examples))
-    _table(ours, theirs["scores"], len(examples))
-    return {**result, "items": len(samples), "repeats": repeats}
+            for mode in MODES:
+                started = time.perf_counter()
+                found = await ragas_scores(python, spec | {"mode": mode})
+                seconds[f"ragas_{mode}"] = time.perf_counter() - started
+                theirs[mode] = found["scores"]
+                for metric, messages in found["errors"].items():
+                    print(f"RAGAS ({mode} mode) {metric} failures, e.g.: {messages[0]}", file=sys.stderr)
+    good = len(examples)
+    for mode in MODES:
+        print(f"-- RAGAS in instructor's {mode} mode")
+        _table(ours, theirs[mode], good)
+    result = summary(ours, theirs["json_schema"], good)
+    return {
+        **result,
+        "nan_ragas": nan_count(theirs["json"]),
+        "nan_ragas_json_schema": nan_count(theirs["json_schema"]),
+        "scores_per_tool": len(samples) * len(METRICS) * repeats,
+        "items": len(samples),
+        "repeats": repeats,
+        **{f"{tool}_s": round(spent, 1) for tool, spent in seconds.items()},
+    }
 
 
 def _top(outcome: Outcome, *, answer: str | None = None) -> Outcome:
