@@ -142,38 +142,53 @@ class Researcher:
 
 
 def researched_team(researcher: Researcher, route: Any, **knobs: Any) -> tuple[Any, TeamContext]:
-    model = schema_model(Route=route, FinalOutput={"output": "Written [S1], and invented [S7]."})
-    deps = TeamDeps.create(model, researcher=researcher, answer_style="extractive")
+    model = schema_model(Route=route, FinalOutput={"output": "Written [S1], and invented [S7]."}, CodeDraft=CODE)
+    deps = TeamDeps.create(model, researcher=researcher, run_code=FakeSandbox(SANDBOX), answer_style="extractive")
     return compose_team_graph(deps, checkpointer=InMemorySaver()), TeamContext(**knobs)
 
 
+TASK = "how do threads resume after a crash?"
+FOLLOW_UP = "how do threads resume from postgres?"
+ANSWERS = {TASK: "From the last checkpoint", FOLLOW_UP: "Postgres holds it"}
+
+
+def research_twice(prompt: str) -> dict[str, str]:
+    done = prompt.count("\n- ")
+    return {"next": "researcher", "instruction": [TASK, FOLLOW_UP][done]} if done < 2 else {"next": "synthesize"}
+
+
 async def test_research_runs_are_numbered_apart_and_an_extractive_result_is_their_answers() -> None:
-    asked = ["how do threads resume after a crash?", "how do threads resume from postgres?"]
-    researcher = Researcher({asked[0]: "From the last checkpoint", asked[1]: "Postgres holds it"})
-
-    def route(prompt: str) -> dict[str, str]:
-        done = prompt.count("\n- ")
-        return {"next": "researcher", "instruction": asked[done]} if done < 2 else {"next": "synthesize"}
-
-    graph, context = researched_team(researcher, route)
-    out = await graph.ainvoke({"task": "how do threads resume?"}, thread(), context=context)
+    researcher = Researcher(ANSWERS)
+    graph, context = researched_team(researcher, research_twice)
+    out = await graph.ainvoke({"task": TASK}, thread(), context=context)
+    assert researcher.asked == [TASK, FOLLOW_UP]  # extractive: the task is researched first, without asking
     assert [c["id"] for c in out["citations"]] == ["S1", "S2"]
-    assert [c["chunk_id"] for c in out["citations"]] == asked  # S2 is the second run's own S1
+    assert [c["chunk_id"] for c in out["citations"]] == [TASK, FOLLOW_UP]  # S2 is the second run's own S1
     assert out["work"][1]["content"] == "Postgres holds it [S2]."
-    # research alone, extractive: the answers themselves, not the synthesizer's rewrite
-    assert out["output"] == "From the last checkpoint [S1]. Postgres holds it [S2]."
-    # written: the synthesizer writes, and a mark of no cited passage goes
-    graph, context = researched_team(Researcher(researcher.answers), route, answer_style="written")
-    written = await graph.ainvoke({"task": "how do threads resume?"}, thread(), context=context)
-    assert written["output"] == "Written [S1], and invented."
+    # extractive: the answers themselves, not the synthesizer's rewrite
+    assert out["output"] == "From the last checkpoint [S1].\n\nPostgres holds it [S2]."
+    # written: the coordinator decides from the start, the synthesizer writes, and a mark of no passage goes
+    researcher = Researcher(ANSWERS)
+    graph, context = researched_team(researcher, research_twice, answer_style="written")
+    written = await graph.ainvoke({"task": TASK}, thread(), context=context)
+    assert researcher.asked == [TASK, FOLLOW_UP] and written["output"] == "Written [S1], and invented."
+
+
+async def test_an_extractive_result_with_a_program_is_the_research_then_the_program() -> None:
+    graph, context = researched_team(Researcher(ANSWERS), coordinator("coder", "coder", "synthesize"))
+    out = await graph.ainvoke({"task": TASK}, thread(), context=context)
+    assert [w["role"] for w in out["work"]] == ["researcher", "coder"]
+    research, program = out["output"].split("\n\n", 1)
+    assert research == "From the last checkpoint [S1]." and program == out["work"][1]["content"]
+    assert "print(sum(range(10)))" in program and "45" in program
 
 
 async def test_an_instruction_off_the_tasks_topic_researches_the_task() -> None:
-    task = "how do threads resume after a crash?"
-    researcher = Researcher({task: "From the last checkpoint"})
-    graph, context = researched_team(researcher, coordinator("researcher", "synthesize", instruction="G a b l e"))
-    out = await graph.ainvoke({"task": task}, thread(), context=context)
-    assert researcher.asked == [task] and out["output"] == "From the last checkpoint [S1]."
+    researcher = Researcher(ANSWERS)
+    route = coordinator("researcher", "synthesize", instruction="G a b l e")
+    graph, context = researched_team(researcher, route, answer_style="written")
+    out = await graph.ainvoke({"task": TASK}, thread(), context=context)
+    assert researcher.asked == [TASK] and out["work"][0]["content"] == "From the last checkpoint [S1]."
 
 
 async def test_without_a_researcher_the_coordinator_is_told_so() -> None:

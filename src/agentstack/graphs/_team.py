@@ -11,8 +11,9 @@ the result from what exists, and the status says the budget ran out.
 What the researcher answers stays grounded on the way out. It researches the coordinator's instruction only
 when that is on the task's topic (a tiny coordinator's instructions are often not), else the task itself; each
 research run's citations are renumbered after the ones before it, so [S3] means one passage in the whole run;
-and with extractive answers (the small-model mode) a result made of research alone is those answers, not a
-small model's rewrite of them. A written result keeps only the citation marks that exist.
+and with extractive answers (the small-model mode) the team researches first and its result is composed of the
+work itself (research answers, then the latest program and its output), not a small model's rewrite of it. A
+written result keeps only the citation marks that exist.
 
 Like the research graph's, each step is a module-level function `(state, runtime, deps) -> update` with one
 `TeamDeps`; the sandbox is one of the deps (`run_code`), so the routing logic can be tested without it.
@@ -209,9 +210,15 @@ async def coordinate(state: TeamState, runtime: Runtime[TeamContext], deps: Team
             f"the team graph needs a non-empty string `task`, got {task!r}", fix='invoke it with {"task": "..."}'
         )
     steps = state.get("steps", 0)
-    if steps >= read_knobs(runtime, TeamContext).max_steps:
+    knobs = read_knobs(runtime, TeamContext)
+    if steps >= knobs.max_steps:
         runtime.stream_writer({"stage": "coordinator", "next": "synthesize", "why": "step budget spent"})
         return Command(goto="synthesizer", update={"status": "step_budget_exhausted"})
+    if deps.style(knobs) == "extractive" and deps.researcher is not None and not state.get("work"):
+        # A small coordinator with nothing to go on routed docs questions to the coder ("python" was the
+        # result); the facts come first, and it routes from them.
+        runtime.stream_writer({"stage": "coordinator", "next": "researcher", "why": "extractive teams research first"})
+        return Command(goto="researcher", update={"steps": steps + 1, "instruction": task})
     route, tokens = await deps.router(
         deps.prompts.coordinator, task=task, work=state.get("work", []), feedback=state.get("feedback", "")
     )
@@ -288,19 +295,20 @@ async def review(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps
 
 
 async def synthesize(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
-    """The result, written from the workers' contributions (the reviews left out). With extractive answers a
-    result of research alone is the research answers themselves: a small model's rewrite only loses their
-    grounding. A written result keeps only the citation marks of passages the research cited."""
+    """The result from the workers' contributions (the reviews left out). With extractive answers (a small
+    model) it is composed of the work itself: the research answers, then the latest program and its output; a
+    270M model's rewrite of them lost their grounding ("python", "output_0000.txt" as a team's result). Written,
+    the synthesizer writes it, keeping only the citation marks of passages the research cited."""
     status = state.get("status") or "done"
     work = [w for w in state.get("work", []) if w["role"] != "reviewer"]
-    researched = [w["content"] for w in work if w["role"] == "researcher" and w["ok"]]
-    if (
-        deps.style(read_knobs(runtime, TeamContext)) == "extractive"
-        and researched
-        and all(w["role"] == "researcher" for w in work)
-    ):
-        runtime.stream_writer({"stage": "synthesizer", "composed_from": len(researched)})
-        return {"output": " ".join(dict.fromkeys(researched)), "status": status}
+    if deps.style(read_knobs(runtime, TeamContext)) == "extractive" and work:
+        researched = [w["content"] for w in work if w["role"] == "researcher" and w["ok"]]
+        programs = [w for w in work if w["role"] == "coder"]
+        program = next((w for w in reversed(programs) if w["ok"]), programs[-1] if programs else None)
+        parts = [*dict.fromkeys(researched), *([program["content"]] if program else [])]
+        if parts:
+            runtime.stream_writer({"stage": "synthesizer", "composed_from": len(parts)})
+            return {"output": "\n\n".join(parts), "status": status}
     final, tokens = await deps.synthesizer(deps.prompts.synthesizer, task=state["task"], work=work)
     cited = {c["id"] for c in state.get("citations", [])}
     output = _CITE.sub(lambda m: m.group(0) if m.group(1) in cited else "", final.output)
