@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 import tempfile
 import traceback
@@ -506,4 +507,8 @@ def serve(
 
 
 def main() -> None:
+    # gRPC's C core logs to stderr on its own: Milvus Lite answers the client's keepalive pings with GOAWAY
+    # ("too_many_pings") during a long run, the channel reconnects, and the user would read two ERROR lines
+    # about nothing. The index's real failures reach them as RetrievalError.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     app()
