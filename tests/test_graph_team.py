@@ -137,8 +137,14 @@ class Researcher:
 
     async def ainvoke(self, state: dict[str, str], *args: Any, **kwargs: Any) -> dict[str, Any]:
         self.asked.append(state["question"])
-        cited = {"id": "S1", "source": "docs.md", "chunk_id": state["question"], "kind": "chunk", "quote": "q"}
-        return {"answer": f"{self.answers[state['question']]} [S1].", "citations": [cited], "tokens_used": 1}
+        question = state["question"]
+        cited = {"id": "S1", "source": "docs.md", "chunk_id": question, "kind": "chunk", "quote": "q"}
+        found = [
+            {"id": f"S{n}", "query": question, "kind": "chunk", "source": "docs.md", "chunk_id": f"{question}#{n}",
+             "text": f"passage {n} for {question}", "score": 1.0}
+            for n in (1, 2)
+        ]  # fmt: skip
+        return {"answer": f"{self.answers[question]} [S1].", "citations": [cited], "evidence": found, "tokens_used": 1}
 
 
 def researched_team(researcher: Researcher, route: Any, **knobs: Any) -> tuple[Any, TeamContext]:
@@ -165,6 +171,11 @@ async def test_research_runs_are_numbered_apart_and_an_extractive_result_is_thei
     assert [c["id"] for c in out["citations"]] == ["S1", "S2"]
     assert [c["chunk_id"] for c in out["citations"]] == [TASK, FOLLOW_UP]  # S2 is the second run's own S1
     assert out["work"][1]["content"] == "Postgres holds it [S2]."
+    # the passages cited, whole, under the team's ids (what evaluation checks the result against)
+    assert [(e["id"], e["text"]) for e in out["cited_evidence"]] == [
+        ("S1", f"passage 1 for {TASK}"),
+        ("S2", f"passage 1 for {FOLLOW_UP}"),
+    ]
     # extractive: the answers themselves, not the synthesizer's rewrite
     assert out["output"] == "From the last checkpoint [S1].\n\nPostgres holds it [S2]."
     # written: the coordinator decides from the start, the synthesizer writes, and a mark of no passage goes

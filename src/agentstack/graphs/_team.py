@@ -43,7 +43,7 @@ from agentstack.graphs._knobs import read_knobs
 from agentstack.graphs._metadata import run_metadata
 from agentstack.graphs._registry import GraphEntry, GraphParts, ResultView
 from agentstack.graphs._research import AnswerStyle, build_research_graph
-from agentstack.graphs._research_state import Citation, ResearchContext
+from agentstack.graphs._research_state import Citation, Evidence, ResearchContext
 from agentstack.graphs._sandbox import SandboxResult, run_python
 from agentstack.graphs._support import Embedder
 from agentstack.graphs._tools import format_sandbox_result
@@ -95,6 +95,7 @@ class TeamState(TypedDict):
     feedback: NotRequired[str]  # the reviewer's latest request for changes ("" once accepted)
     accepted: NotRequired[bool]
     citations: NotRequired[Annotated[list[Citation], operator.add]]
+    cited_evidence: NotRequired[Annotated[list[Evidence], operator.add]]  # the cited passages, whole, same ids
     tokens_used: NotRequired[Annotated[int, operator.add]]
     output: NotRequired[str]
     status: NotRequired[Literal["done", "step_budget_exhausted"]]
@@ -239,18 +240,17 @@ async def research(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDe
     if deps.researcher is None:  # tell the coordinator rather than fail the run: it can route elsewhere
         return {"work": [_work("researcher", question, "no researcher is configured for this team", ok=False)]}
     result = await deps.researcher.ainvoke({"question": question})
-    answer, citations = _renumbered(
-        str(result.get("answer", "")), result.get("citations", []), after=len(state.get("citations", []))
-    )
-    item = _work("researcher", question, answer, ok=bool(citations))
-    return {"work": [item], "citations": citations, "tokens_used": result.get("tokens_used", 0)}
-
-
-def _renumbered(answer: str, citations: list[Citation], *, after: int) -> tuple[str, list[Citation]]:
-    """The answer and its citations with ids S<after+1>...: every research run numbers its own from S1."""
-    ids = {c["id"]: f"S{after + n}" for n, c in enumerate(citations, 1)}
-    text = _CITE.sub(lambda m: f"[{ids.get(m.group(1), m.group(1))}]", answer)
-    return text, [{**c, "id": ids[c["id"]]} for c in citations]
+    citations: list[Citation] = result.get("citations", [])
+    # every research run numbers its evidence from S1: the team's continue after the citations it has
+    ids = {c["id"]: f"S{len(state.get('citations', [])) + n}" for n, c in enumerate(citations, 1)}
+    answer = _CITE.sub(lambda m: f"[{ids.get(m.group(1), m.group(1))}]", str(result.get("answer", "")))
+    cited = [{**e, "id": ids[e["id"]]} for e in result.get("evidence", []) if e["id"] in ids]
+    return {
+        "work": [_work("researcher", question, answer, ok=bool(citations))],
+        "citations": [{**c, "id": ids[c["id"]]} for c in citations],
+        "cited_evidence": cited,
+        "tokens_used": result.get("tokens_used", 0),
+    }
 
 
 async def code(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
@@ -378,11 +378,8 @@ def _render(values: Mapping[str, Any]) -> ResultView:
         detail=str(values.get("status")),
         text=str(values.get("output", "")),
         citations=values.get("citations", []),
-        # the team keeps only the passages its researcher cited: evaluation ranks those
-        contexts=[
-            {"id": c["id"], "text": c["quote"], "source": c["source"], "chunk_id": c["chunk_id"]}
-            for c in values.get("citations", [])
-        ],
+        # the team keeps only the passages its researcher cited (whole): evaluation ranks and checks those
+        contexts=values.get("cited_evidence", []),
     )
 
 
