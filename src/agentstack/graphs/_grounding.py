@@ -37,6 +37,67 @@ _SAME_MEANING = 0.55
 # Evidence sentences worth offering: a claim in prose, not a table row, a code line or a heading fragment.
 _MIN_WORDS, _MAX_CHARS = 5, 400
 _RRF_K = 10  # few candidates (tens, not the retriever's hundreds): a small k keeps the top ranks apart
+# Words that say nothing of a topic beyond Lucene's stop set (which BM25 uses): how a question is asked, and
+# common function words. "how" in "How does agentstack recover a thread?" made the one evidence sentence with
+# "that is how many threads" the best-ranked candidate, over the one that answers.
+_NOT_TOPICAL = frozenset(
+    (
+        "how",
+        "what",
+        "why",
+        "which",
+        "when",
+        "where",
+        "who",
+        "whom",
+        "whose",
+        "does",
+        "did",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "from",
+        "with",
+        "about",
+        "after",
+        "before",
+        "than",
+        "then",
+        "this",
+        "these",
+        "those",
+        "here",
+        "its",
+        "our",
+        "your",
+        "they",
+        "them",
+        "has",
+        "have",
+        "had",
+        "was",
+        "were",
+        "been",
+        "being",
+        "also",
+        "only",
+        "just",
+        "very",
+        "more",
+        "most",
+        "some",
+        "any",
+        "each",
+        "every",
+        "all",
+    )
+)
 _SYMBOLS = 0.12  # a share of characters that are neither letters, digits, spaces nor . , ; : ' " ` - above this is code
 
 
@@ -50,8 +111,8 @@ def with_citations(sentence: str, ids: Sequence[str]) -> str:
 
 
 def content_terms(text: str) -> set[str]:
-    """Lower-case words of three letters or more that are not stop words."""
-    return {w for w in _WORD.findall(text.lower()) if len(w) >= 3 and w not in STOP_WORDS}
+    """Lower-case words of three letters or more that say something of a topic (not stop or question words)."""
+    return {w for w in _WORD.findall(text.lower()) if len(w) >= 3 and w not in STOP_WORDS and w not in _NOT_TOPICAL}
 
 
 def _shares_term(a: set[str], b: set[str]) -> bool:
