@@ -162,7 +162,8 @@ class TeamDeps:
     """What the team's steps call: the model (one structured call per output), prompts, researcher, sandbox.
 
     `embedder` tells an on-topic instruction for the researcher from noise (without one, shared words do);
-    `answer_style` is the researcher's ("extractive": a research-only result is the research answers).
+    `answer_style` is the researcher's; "extractive" (a small model) also has the team research first and
+    compose its result from the work rather than have the model rewrite it.
     """
 
     prompts: TeamPrompts
