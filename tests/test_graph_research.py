@@ -400,3 +400,11 @@ async def test_a_written_answer_loses_the_sentences_its_passages_do_not_support(
 def test_a_count_knob_below_one_is_refused_with_its_name() -> None:
     with pytest.raises(UserError, match="candidates is at least 1, got 0"):
         RESEARCH_GRAPH.context_from({"candidates": 0})
+
+
+def test_question_and_function_words_are_not_topic_terms() -> None:
+    from agentstack.graphs._grounding import content_terms
+
+    assert content_terms("How does agentstack recover a thread from a crash?") == {
+        "agentstack", "recover", "thread", "crash",
+    }  # fmt: skip

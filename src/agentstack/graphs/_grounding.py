@@ -40,64 +40,14 @@ _RRF_K = 10  # few candidates (tens, not the retriever's hundreds): a small k ke
 # Words that say nothing of a topic beyond Lucene's stop set (which BM25 uses): how a question is asked, and
 # common function words. "how" in "How does agentstack recover a thread?" made the one evidence sentence with
 # "that is how many threads" the best-ranked candidate, over the one that answers.
-_NOT_TOPICAL = frozenset(
-    (
-        "how",
-        "what",
-        "why",
-        "which",
-        "when",
-        "where",
-        "who",
-        "whom",
-        "whose",
-        "does",
-        "did",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "from",
-        "with",
-        "about",
-        "after",
-        "before",
-        "than",
-        "then",
-        "this",
-        "these",
-        "those",
-        "here",
-        "its",
-        "our",
-        "your",
-        "they",
-        "them",
-        "has",
-        "have",
-        "had",
-        "was",
-        "were",
-        "been",
-        "being",
-        "also",
-        "only",
-        "just",
-        "very",
-        "more",
-        "most",
-        "some",
-        "any",
-        "each",
-        "every",
-        "all",
-    )
-)
+# fmt: off
+_NOT_TOPICAL = frozenset((
+    "how", "what", "why", "which", "when", "where", "who", "whom", "whose", "does", "did", "can", "could", "should",
+    "would", "will", "shall", "may", "might", "must", "from", "with", "about", "after", "before", "than", "then",
+    "this", "these", "those", "here", "its", "our", "your", "they", "them", "has", "have", "had", "was", "were",
+    "been", "being", "also", "only", "just", "very", "more", "most", "some", "any", "each", "every", "all"
+))
+# fmt: on
 _SYMBOLS = 0.12  # a share of characters that are neither letters, digits, spaces nor . , ; : ' " ` - above this is code
 
 
