@@ -57,11 +57,14 @@ from agentstack.eval import (
     ContextPrecision,
     ContextRecall,
     Dataset,
+    Example,
     Faithfulness,
+    GraphTarget,
     Judge,
+    Outcome,
+    Sample,
+    run_experiment,
 )
-from agentstack.eval._runner import GraphTarget
-from agentstack.eval._types import Outcome, Sample
 from agentstack.serving import gateway_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,14 +155,22 @@ async def serving(*servers: uvicorn.Server) -> AsyncIterator[None]:
 
 # -- agentstack's side --------------------------------------------------------------------------------------
 async def our_scores(samples: Sequence[Sample], judge: Judge, repeats: int, concurrency: int) -> list[list[Any]]:
+    """Per repeat, `run_experiment` over the samples' fixed outcomes, with no store: nothing comes from the
+    judgement cache, and a judgement that fails is recorded as the suite's runs record it."""
     metrics = [Faithfulness(), AnswerRelevancy(), ContextPrecision(k=PASSAGES), ContextRecall()]
-    gate = asyncio.Semaphore(concurrency)
+    dataset = Dataset("agreement", tuple(s.example for s in samples))
+    outcomes = {s.example.id: s.outcome for s in samples}
 
-    async def one(sample: Sample) -> dict[str, float | None]:
-        async with gate:
-            return {m.name: (await m.score(sample, judge)).value for m in metrics}
+    async def given(example: Example) -> Outcome:
+        return outcomes[example.id]
 
-    return [await asyncio.gather(*(one(s) for s in samples)) for _ in range(repeats)]
+    runs = []
+    for n in range(repeats):
+        result = await run_experiment(
+            given, dataset, metrics, name=f"agreement-{n}", graph="research", judge=judge, concurrency=concurrency
+        )
+        runs.append([{name: score.value for name, score in item.scores.items()} for item in result.items])
+    return runs
 
 
 # -- statistics -----------------------------------------------------------------------------------------------
@@ -247,21 +258,19 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
         await stack.retrieval.ingestor.aingest_paths([ROOT / "docs"])
         entry = stack.graphs.get("research")
         target = GraphTarget(stack.graph("research"), entry, context=entry.context_from({}))
-        gate = asyncio.Semaphore(concurrency)
-
-        async def answer(example: Any) -> Outcome:
-            async with gate:
-                return await target(example)
-
-        examples = list(dataset)
-        outcomes = await asyncio.gather(*(answer(e) for e in examples))
-        failed = [e.id for e, o in zip(examples, outcomes, strict=True) if o.error]
+        answered = await run_experiment(target, dataset, [], name="answers", graph="research", concurrency=concurrency)
+        examples = [item.example for item in answered.items]
+        outcomes = [item.outcome for item in answered.items]
+        failed = {e.id: o.error for e, o in zip(examples, outcomes, strict=True) if o.error}
         if failed:
-            raise SystemExit(f"the research graph failed on {failed}: {[o.error for o in outcomes if o.error]}")
+            raise SystemExit(f"the research graph failed: {failed}")
         half = len(examples) // 2 or 1
         samples = [Sample(e, _top(o)) for e, o in zip(examples, outcomes, strict=True)]
-        samples += [
-            Sample(e, _top(o, answer=outcomes[(n + half) % len(outcomes)].answer))
+        samples += [  # the same question and passages under another question's answer
+            Sample(
+                e.model_copy(update={"id": f"{e.id}/broken"}),
+                _top(o, answer=outcomes[(n + half) % len(outcomes)].answer),
+            )
             for n, (e, o) in enumerate(zip(examples, outcomes, strict=True))
         ]
         embedder = stack.retrieval.embedder

@@ -75,6 +75,43 @@ def test_eval_agreement_statistics() -> None:
     assert bench.nan_count(theirs) == 4 and result["nan_agentstack"] == 0
 
 
+async def test_eval_agreement_scores_each_repeat_without_the_cache() -> None:
+    """Our side of the bench: every repeat judges again, a good item and its broken copy score apart."""
+    from agentstack.eval import Context, Example, Judge, Outcome, Sample
+    from agentstack.testing import HashingEmbedder, schema_model
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import eval_agreement as bench
+    finally:
+        sys.path.remove(str(BENCH))
+    passage = "PoolSaver commits the writes of many threads in one transaction."
+    example = Example(id="1", question="How does PoolSaver commit writes?", reference=passage)
+    contexts = (Context(id="S1", text=passage),)
+    good = Sample(example, Outcome(answer=f"{passage[:-1]} [S1].", contexts=contexts, cited=("S1",)))
+    broken = Sample(
+        example.model_copy(update={"id": "1/broken"}),
+        Outcome(answer="Milvus Lite keeps its vectors in one local file [S1].", contexts=contexts, cited=("S1",)),
+    )
+    asked: list[str] = []
+
+    def questions(prompt: str) -> dict[str, list[str]]:
+        asked.append(prompt)
+        return {
+            "questions": ["How does PoolSaver commit writes?"] * 3
+            if "PoolSaver" in prompt
+            else ["What is Milvus Lite?"] * 3
+        }
+
+    judge = Judge(schema_model(AnswerQuestions=questions), embedder=HashingEmbedder())
+    runs = await bench.our_scores([good, broken], judge, repeats=2, concurrency=2)
+    assert len(runs) == 2 and len(asked) == 4  # judged again in the second repeat
+    for run in runs:
+        assert set(run[0]) == set(bench.METRICS)
+        assert run[0]["faithfulness"] > run[1]["faithfulness"]
+        assert run[0]["answer_relevancy"] > run[1]["answer_relevancy"]
+
+
 def tiny_beir(root: Path) -> Path:
     """A BEIR-format collection small enough for a smoke run: 3 judged queries over 24 documents."""
     topics = ["checkpoint", "retrieval", "fleet", "sandbox", "prompt", "router"]
