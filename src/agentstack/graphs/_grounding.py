@@ -43,9 +43,9 @@ _RRF_K = 10  # few candidates (tens, not the retriever's hundreds): a small k ke
 # fmt: off
 _NOT_TOPICAL = frozenset((
     "how", "what", "why", "which", "when", "where", "who", "whom", "whose", "does", "did", "can", "could", "should",
-    "would", "will", "shall", "may", "might", "must", "from", "with", "about", "after", "before", "than", "then",
-    "this", "these", "those", "here", "its", "our", "your", "they", "them", "has", "have", "had", "was", "were",
-    "been", "being", "also", "only", "just", "very", "more", "most", "some", "any", "each", "every", "all"
+    "would", "shall", "may", "might", "must", "from", "about", "after", "before", "than", "those", "here", "its",
+    "our", "your", "them", "has", "have", "had", "were", "been", "being", "also", "only", "just", "very", "more",
+    "most", "some", "any", "each", "every", "all"
 ))
 # fmt: on
 _SYMBOLS = 0.12  # a share of characters that are neither letters, digits, spaces nor . , ; : ' " ` - above this is code
