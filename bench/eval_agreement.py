@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from _home import throwaway_settings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -50,7 +51,6 @@ from starlette.routing import Route
 
 from agentstack import Stack
 from agentstack._net import free_port
-from agentstack.checkpoint import LocalPostgres
 from agentstack.config import Settings
 from agentstack.eval import (
     AnswerRelevancy,
@@ -243,13 +243,8 @@ def nan_count(runs: list[list[dict[str, Any]]]) -> int:
 # -- the run --------------------------------------------------------------------------------------------------
 async def main(questions: int, repeats: int, python: str, concurrency: int) -> dict[str, Any]:
     dataset = Dataset.load(ROOT / "docs" / "eval" / "agentstack-docs.jsonl").select(limit=questions)
-    with tempfile.TemporaryDirectory(prefix="agentstack-bench-") as home:
-        settings = Settings(home=Path(home))
-        try:
-            return await _measure(settings, dataset, repeats, python, concurrency)
-        finally:
-            # The embedded Postgres outlives its process by design; this throwaway one goes with its home.
-            await asyncio.to_thread(LocalPostgres.from_settings(settings).destroy)
+    async with throwaway_settings() as settings:
+        return await _measure(settings, dataset, repeats, python, concurrency)
 
 
 async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: str, concurrency: int) -> Any:

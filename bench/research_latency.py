@@ -16,15 +16,15 @@ import argparse
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from _home import throwaway_settings
+
 from agentstack import Stack
-from agentstack.checkpoint import LocalPostgres
 from agentstack.config import Settings
 from agentstack.eval import Dataset
 from agentstack.graphs import ResearchContext
@@ -49,13 +49,8 @@ async def timed_run(graph: Any, question: str, style: str, iterations: int) -> t
 
 async def main(questions: int, iterations: int, corpus: Path) -> dict[str, Any]:
     dataset = Dataset.load(ROOT / "docs" / "eval" / "agentstack-docs.jsonl").select(limit=questions)
-    with tempfile.TemporaryDirectory(prefix="agentstack-bench-") as home:
-        settings = Settings(home=Path(home))
-        try:
-            return await _measure(settings, dataset, iterations, corpus)
-        finally:
-            # The embedded Postgres outlives its process by design; this throwaway one goes with its home.
-            await asyncio.to_thread(LocalPostgres.from_settings(settings).destroy)
+    async with throwaway_settings() as settings:
+        return await _measure(settings, dataset, iterations, corpus)
 
 
 async def _measure(settings: Settings, dataset: Dataset, iterations: int, corpus: Path) -> dict[str, Any]:
