@@ -257,6 +257,15 @@ def test_verify_citations_keeps_real_ids_and_strips_invented_ones() -> None:
     assert [c["id"] for c in citations] == ["S1"] and re.search(r"alpha", citations[0]["quote"])
 
 
+def test_a_citations_quote_starts_at_the_sentence_the_answer_took() -> None:
+    passage = "Setup comes first.\nThe embedded   Postgres recovers from a kill -9. It replays its log."
+    evidence = [{"id": "S1", "query": "q", "kind": "chunk", "source": "a.md", "chunk_id": "c1", "text": passage}]
+    _, (cited,), _ = verify_citations("The embedded Postgres recovers from a kill -9 [S1].", [], evidence)  # type: ignore[arg-type]
+    assert cited["quote"] == "The embedded Postgres recovers from a kill -9. It replays its log."
+    _, (written,), _ = verify_citations("It comes back [S1].", [], evidence)  # type: ignore[arg-type]
+    assert written["quote"] == passage  # not the passage's own sentence: its start
+
+
 # -- one step at a time: no graph, a scripted model, the deps object ----------------------------------------
 async def test_plan_alone_always_searches_the_question_first(retriever: InMemoryRetriever) -> None:
     model = schema_model(Plan={"queries": ["  What is BM25?  ", "what is bm25?", "fusion", "dense"]})

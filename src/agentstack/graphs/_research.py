@@ -51,7 +51,7 @@ from agentstack.graphs._research_state import (
     SearchFailure,
     SearchTask,
 )
-from agentstack.graphs._support import Embedder, EmbeddingSupport, SupportScorer
+from agentstack.graphs._support import Embedder, EmbeddingSupport, SupportScorer, cited_sentences
 from agentstack.prompts import Prompt, PromptLibrary
 
 __all__ = [
@@ -526,11 +526,24 @@ def verify_citations(
             "source": by_id[i]["source"],
             "chunk_id": by_id[i]["chunk_id"],
             "kind": by_id[i]["kind"],
-            "quote": by_id[i]["text"][:240],
+            "quote": _quote(by_id[i]["text"], text, i),
         }
         for i in kept
     ]
     return text, citations, removed
+
+
+def _quote(passage: str, answer: str, evidence_id: str) -> str:
+    """240 characters of the passage: from the first answer sentence citing it when that sentence is the
+    passage's own (an extractive answer's always is), so a reader sees what the answer took; else its start.
+    The start alone showed "When agentstack runs as root..." beside "The embedded Postgres recovers from a
+    kill -9" [S1], a sentence further into the same passage."""
+    flat = " ".join(passage.split())
+    for claim, cited in cited_sentences(answer):
+        start = flat.find(" ".join(claim.split())[:-1]) if evidence_id in cited else -1
+        if start >= 0:
+            return flat[start : start + 240]
+    return passage[:240]
 
 
 def _validated_question(state: Any) -> str:
