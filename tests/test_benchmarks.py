@@ -35,6 +35,7 @@ EXPECTED_KEYS = {
     "fleet_throughput": {"fleet_over_direct", "direct_tok_s", "fleet_tok_s"},
     "router_overhead": {"p50_added_ms", "p99_added_ms", "requests"},
     "affinity": {"ttft_rr_over_affinity", "throughput_affinity_over_rr", "prefill_rr_over_affinity"},
+    "embedder_load": {"st_over_plain", "plain_load_s", "st_load_s", "max_abs_diff", "rounds"},
     "research_latency": {"written_over_extractive", "extractive_p50_s", "written_p50_s", "stack_open_s", "ingest_s"},
 }
 

@@ -59,11 +59,17 @@ def test_resume_after_kill(tmp_path: Path) -> None:
         LocalPostgres(tmp_path / "home").destroy()
 
 
-def test_research_example(example_env: dict[str, str], tmp_path: Path) -> None:
-    docs = tmp_path / "docs"  # a small folder: the example is the same, the CPU model's prompts are shorter
+def small_docs(tmp_path: Path) -> Path:
+    """A small folder: the examples run the same, with seconds of CPU embedding instead of all of docs/."""
+    docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in DOCS.items():
         (docs / name).write_text(text)
+    return docs
+
+
+def test_research_example(example_env: dict[str, str], tmp_path: Path) -> None:
+    docs = small_docs(tmp_path)
     out = run_example(
         "research.py", "What restarts a crashed replica?", "--iterations", "1", "--docs", str(docs), env=example_env
     )
@@ -72,9 +78,12 @@ def test_research_example(example_env: dict[str, str], tmp_path: Path) -> None:
     assert "answer (" in out and "sources:" in out and "thread: research-" in out
 
 
-def test_team_example(example_env: dict[str, str]) -> None:
+def test_team_example(example_env: dict[str, str], tmp_path: Path) -> None:
     # one worker step: coordinator, worker, synthesizer (each worker round is a research run or a program)
-    out = run_example("team.py", "Use Python to compute 6 times 7", "--max-steps", "1", env=example_env)
+    docs = small_docs(tmp_path)
+    out = run_example(
+        "team.py", "Use Python to compute 6 times 7", "--max-steps", "1", "--docs", str(docs), env=example_env
+    )
     assert "'stage': 'coordinator'" in out
     assert "result (" in out and "thread: team-" in out
 

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from agentstack.rag._bert import PlainBert
 from agentstack.rag._embeddings import _declared_shape
 
 LAZY = """
 import sys
 from agentstack.rag import LocalEmbedder
-from agentstack.rag._embeddings import _shape
 
 embedder = LocalEmbedder()
 declared = (embedder.dimension, embedder.max_tokens)
 assert "torch" not in sys.modules and "sentence_transformers" not in sys.modules, "loaded at construction"
 assert len(embedder.tokenize("checkpoints survive a crash")) > 3
-assert _shape(embedder._model) == declared, (_shape(embedder._model), declared)
+assert "sentence_transformers" not in sys.modules, "the default model runs on PlainBert"
+assert embedder._model.shape() == declared, (embedder._model.shape(), declared)
 print("shape", declared)
 """
 
@@ -51,3 +53,43 @@ def test_only_a_plain_model_is_trusted_without_loading_it(tmp_path: Path) -> Non
     (broken / "sentence_bert_config.json").unlink()
     assert _declared_shape(broken) is None
     assert _declared_shape("sentence-transformers/all-mpnet-base-v2") is None  # a hub name
+
+
+@pytest.mark.slow  # imports torch and sentence-transformers
+def test_plain_bert_computes_what_sentence_transformers_computes() -> None:
+    """Same token ids, same unit vectors (to float rounding) for the default model: short, empty, padded,
+    non-ASCII, and past the 256-token window (both truncate)."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from agentstack.rag._embeddings import DEFAULT_EMBEDDING_MODEL, _model_path
+
+    root = Path(_model_path(DEFAULT_EMBEDDING_MODEL))
+    texts = ["checkpoints survive a crash", "", "  padded  ", "Ünïcödé — naïve café 東京 " * 3, "word " * 400]
+    ours, reference = PlainBert(root), SentenceTransformer(str(root))
+    assert PlainBert.fits(root) and ours.shape() == (384, 254)
+    expected = reference.encode(texts, normalize_embeddings=True)
+    assert np.abs(np.array(ours.encode(texts, batch_size=2)) - expected).max() < 1e-5
+    for text in texts:
+        assert ours.tokenize(text) == reference.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def test_plain_bert_takes_only_what_it_computes(tmp_path: Path) -> None:
+    from agentstack.rag._embeddings import DEFAULT_EMBEDDING_MODEL, _model_path
+
+    def copy(name: str, **config: object) -> Path:
+        root = tmp_path / name
+        source = Path(_model_path(DEFAULT_EMBEDDING_MODEL))
+        shutil.copytree(source, root, ignore=shutil.ignore_patterns("*.safetensors"))
+        (root / "model.safetensors").touch()
+        merged = json.loads((root / "config.json").read_text()) | config
+        (root / "config.json").write_text(json.dumps(merged))
+        return root
+
+    assert PlainBert.fits(copy("minilm"))
+    assert not PlainBert.fits(copy("roberta", model_type="roberta"))
+    assert not PlainBert.fits(copy("tanh-gelu", hidden_act="gelu_new"))
+    cls = copy("cls")
+    (cls / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert not PlainBert.fits(cls)
+    assert not PlainBert.fits(tmp_path / "missing")

@@ -60,7 +60,9 @@ class LocalEmbedder:
 
     A local model whose shape its files state (a transformer, pooling, normalisation: the default) loads on
     first use: torch and the weights cost seconds, and a process that opens the stack only to resume or show a
-    thread never embeds anything. Any other model loads here, so a wrong name fails at start.
+    thread never embeds anything. Any other model loads here, so a wrong name fails at start. A plain BERT
+    model (the default) is computed by `PlainBert` in plain torch, which loads in a third of the time
+    sentence-transformers takes to import; everything else runs on sentence-transformers.
     Encoding runs in a worker thread (it is CPU/GPU bound), one batch at a time: torch already
     uses every core, and two batches at once would only fight over them.
     """
@@ -71,12 +73,12 @@ class LocalEmbedder:
         self._name = str(model)
         self._path = _model_path(model)
         self._device = device
-        self._loaded: Any = None
+        self._loaded: _Encoder | None = None
         self._loading = threading.Lock()
         self._lock = threading.Lock()
         shape = _declared_shape(self._path)
         if shape is None:
-            self._dimension, self._max_tokens = _shape(self._model)
+            self._dimension, self._max_tokens = self._model.shape()
         else:
             self._dimension, self._max_tokens = shape
 
@@ -85,34 +87,20 @@ class LocalEmbedder:
         await asyncio.to_thread(lambda: self._model)
 
     @property
-    def _model(self) -> Any:
+    def _model(self) -> _Encoder:
         if self._loaded is None:
             with self._loading:
                 if self._loaded is None:
                     self._loaded = self._load()
         return self._loaded
 
-    def _load(self) -> Any:
-        SentenceTransformer = require(
-            "sentence_transformers", extra="local", feature="the local embedder"
-        ).SentenceTransformer
-        from transformers.utils import logging as transformers_logging  # sentence-transformers' own dependency
+    def _load(self) -> _Encoder:
+        from agentstack.rag._bert import PlainBert
 
-        # transformers draws a "Loading weights" bar on stderr for a 90 MB model: noise on every CLI run
-        shown = transformers_logging.is_progress_bar_enabled()
-        transformers_logging.disable_progress_bar()
-        try:
-            model = SentenceTransformer(str(self._path), device=self._device)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot load the embedding model {self._name!r}: {exc}",
-                fix=f"use {DEFAULT_EMBEDDING_MODEL!r} (bundled, offline), a local model directory, "
-                "or a sentence-transformers name with access to the Hugging Face hub",
-            ) from exc
-        finally:
-            if shown:
-                transformers_logging.enable_progress_bar()
-        return model
+        root = Path(self._path)
+        if root.is_dir() and PlainBert.fits(root):
+            return PlainBert(root, device=self._device)
+        return _SentenceTransformer.load(self._name, self._path, device=self._device)
 
     @property
     def name(self) -> str:
@@ -127,16 +115,12 @@ class LocalEmbedder:
         return self._max_tokens
 
     def tokenize(self, text: str) -> list[int]:
-        ids: list[int] = self._model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        return ids
+        return self._model.tokenize(text)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Synchronous embedding, for callers already on a worker thread (the semantic chunker)."""
         with self._lock:
-            vectors = self._model.encode(
-                list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
-        return [v.tolist() for v in vectors]
+            return self._model.encode(list(texts))
 
     async def aembed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed, texts)
@@ -145,6 +129,61 @@ class LocalEmbedder:
         await self.aload()  # the length check tokenizes: not on the event loop, if that loads the model
         check_query_length(self, text)
         return (await asyncio.to_thread(self.embed, [text]))[0]
+
+
+class _Encoder(Protocol):
+    """A loaded local model: `PlainBert`, or `_SentenceTransformer` for any other."""
+
+    def shape(self) -> tuple[int, int]:
+        """(dimension, max tokens without [CLS]/[SEP])."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+    def encode(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class _SentenceTransformer:
+    """Any sentence-transformers model (a Dense layer, CLS pooling, another architecture, a hub name)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    @classmethod
+    def load(cls, name: str, path: str | Path, *, device: str | None) -> _SentenceTransformer:
+        SentenceTransformer = require(
+            "sentence_transformers", extra="local", feature="the local embedder"
+        ).SentenceTransformer
+        from transformers.utils import logging as transformers_logging  # sentence-transformers' own dependency
+
+        # transformers draws a "Loading weights" bar on stderr for a 90 MB model: noise on every CLI run
+        shown = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+        try:
+            return cls(SentenceTransformer(str(path), device=device))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot load the embedding model {name!r}: {exc}",
+                fix=f"use {DEFAULT_EMBEDDING_MODEL!r} (bundled, offline), a local model directory, "
+                "or a sentence-transformers name with access to the Hugging Face hub",
+            ) from exc
+        finally:
+            if shown:
+                transformers_logging.enable_progress_bar()
+
+    def shape(self) -> tuple[int, int]:
+        model = self._model
+        dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+        return int(dimension or model.get_sentence_embedding_dimension()), int(model.max_seq_length) - 2
+
+    def tokenize(self, text: str) -> list[int]:
+        ids: list[int] = self._model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids
+
+    def encode(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors = self._model.encode(
+            list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return [v.tolist() for v in vectors]
 
 
 _PLAIN_MODULES = frozenset(f"sentence_transformers.models.{name}" for name in ("Transformer", "Pooling", "Normalize"))
@@ -167,12 +206,6 @@ def _declared_shape(path: str | Path) -> tuple[int, int] | None:
         return int(dimension), int(window) - 2  # [CLS] and [SEP]
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return None
-
-
-def _shape(model: Any) -> tuple[int, int]:
-    """(dimension, max tokens) of a loaded SentenceTransformer."""
-    dimension = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
-    return int(dimension or model.get_sentence_embedding_dimension()), int(model.max_seq_length) - 2
 
 
 def _model_path(model: str | Path) -> str | Path:
