@@ -45,7 +45,9 @@ def test_cli_ingest_then_search(tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = free_port()
     with serve(LocalEmbedder(), port) as seen:
-        served = {"AGENTSTACK_EMBEDDING_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+        scratch = tmp_path / "tmp"  # where Milvus Lite puts its socket
+        scratch.mkdir()
+        served = {"AGENTSTACK_EMBEDDING_BASE_URL": f"http://127.0.0.1:{port}/v1", "TMPDIR": str(scratch)}
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
             return _cli(home, *args, env=served)
@@ -57,6 +59,9 @@ def test_cli_ingest_then_search(tmp_path: Path) -> None:
         assert "0 new, 0 changed, 2 unchanged" in again.stdout and "0 chunks embedded" in again.stdout
         found = cli("search", "replica restart backoff", "-k", "1")
         assert found.returncode == 0, found.stderr
+        # the CLI ends without the interpreter's teardown (cli._app._exit_now): Milvus Lite's server is still
+        # stopped as its finaliser would, its socket and lock file removed
+        assert not list(scratch.glob("*.sock")) and not (home / ".milvus.db.lock").exists()
         assert "fleet.txt" in found.stdout and "resume.md" not in found.stdout
         assert "no reranker configured" in found.stdout and "bm25 #1" in found.stdout and "dense #1" in found.stdout
         filtered = cli("search", "crash", "--filter", "file_type=md")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import functools
 import os
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -511,4 +514,40 @@ def main() -> None:
     # ("too_many_pings") during a long run, the channel reconnects, and the user would read two ERROR lines
     # about nothing. The index's real failures reach them as RetrievalError.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    app()
+    try:
+        app()
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    _exit_now(code)
+
+
+def _exit_now(code: object) -> NoReturn:
+    """Finish the process without the interpreter's teardown, which takes ~3 s after every command that has
+    loaded torch, gRPC and Milvus Lite (measured after `run research`: 0.01 s of atexit callbacks, 3.5 s of
+    module and object finalisation), 10% of a warm run.
+
+    Nothing is lost by skipping it: every command has closed what it opened (the stack stops the fleet and
+    closes its pools) before it returns. What teardown would still do is done here, in its order: wait for
+    non-daemon threads, run the atexit callbacks (logging's flush among them), stop Milvus Lite's server (its
+    module stops it in a finaliser, which `os._exit` skips), flush the output.
+    """
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): Python prints it and exits 1
+        print(code, file=sys.stderr)
+        status = 1
+    main_thread = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    milvus_lite = sys.modules.get("milvus_lite.server_manager")
+    if milvus_lite is not None:
+        milvus_lite.server_manager_instance.release_all()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`agentstack ... | head`)
+            stream.flush()
+    os._exit(status)
