@@ -92,4 +92,7 @@ def test_plain_bert_takes_only_what_it_computes(tmp_path: Path) -> None:
     cls = copy("cls")
     (cls / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     assert not PlainBert.fits(cls)
+    lowercased = copy("lowercased")
+    (lowercased / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": True}))
+    assert not PlainBert.fits(lowercased)
     assert not PlainBert.fits(tmp_path / "missing")

@@ -55,6 +55,7 @@ class PlainBert:
             modules = [module["type"].rsplit(".", 1)[-1] for module in listed]
             pooling = next(module["path"] for module in listed if module["type"].endswith(".Pooling"))
             pool = json.loads((root / pooling / "config.json").read_text())
+            wrapper = json.loads((root / "sentence_bert_config.json").read_text())
         except (OSError, ValueError, KeyError, TypeError, StopIteration):
             return False
         modes = {key for key, on in pool.items() if key.startswith("pooling_mode") and on}
@@ -64,6 +65,7 @@ class PlainBert:
             and config.get("hidden_act") in _ACTIVATIONS
             and config.get("position_embedding_type", "absolute") == "absolute"
             and modes == {"pooling_mode_mean_tokens"}
+            and not wrapper.get("do_lower_case", False)  # sentence-transformers would lowercase the text first
             and (root / "model.safetensors").is_file()
             and (root / "tokenizer.json").is_file()
         )
