@@ -96,3 +96,28 @@ def test_plain_bert_takes_only_what_it_computes(tmp_path: Path) -> None:
     (lowercased / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": True}))
     assert not PlainBert.fits(lowercased)
     assert not PlainBert.fits(tmp_path / "missing")
+
+
+@pytest.mark.slow  # imports torch
+async def test_a_damaged_model_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from agentstack.errors import ConfigError
+    from agentstack.rag import LocalEmbedder
+    from agentstack.rag._embeddings import DEFAULT_EMBEDDING_MODEL, _model_path
+
+    source = Path(_model_path(DEFAULT_EMBEDDING_MODEL))
+    empty = tmp_path / "empty"
+    shutil.copytree(source, empty, ignore=shutil.ignore_patterns("*.safetensors"))
+    (empty / "model.safetensors").touch()
+    with pytest.raises(ConfigError, match=r"cannot load the embedding model .* SafetensorError") as info:
+        await LocalEmbedder(empty).aembed_query("a question")
+    assert "re-install" in (info.value.fix or "")
+
+    partial = tmp_path / "partial"
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("*.safetensors"))
+    weights = load_file(str(source / "model.safetensors"))
+    del weights["encoder.layer.5.output.dense.weight"]
+    save_file(weights, str(partial / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"lacks 1 tensor\(s\) .* encoder.layer.5.output.dense.weight"):
+        await LocalEmbedder(partial).aembed_query("a question")

@@ -18,6 +18,28 @@ from typing import Any
 
 _ACTIVATIONS = frozenset({"gelu"})  # the exact (erf) GELU: BERT's and MiniLM's
 _QKV = ("query", "key", "value")
+_EMBEDDINGS = tuple(
+    f"embeddings.{name}"
+    for name in (
+        "word_embeddings.weight",
+        "position_embeddings.weight",
+        "token_type_embeddings.weight",
+        "LayerNorm.weight",
+        "LayerNorm.bias",
+    )
+)
+_LAYER = tuple(
+    f"{module}.{kind}"
+    for module in (
+        *(f"attention.self.{p}" for p in _QKV),
+        "attention.output.dense",
+        "attention.output.LayerNorm",
+        "intermediate.dense",
+        "output.dense",
+        "output.LayerNorm",
+    )
+    for kind in ("weight", "bias")
+)
 
 
 class PlainBert:
@@ -38,6 +60,11 @@ class PlainBert:
         weights = load_file(str(root / "model.safetensors"), device=str(self._device))
         prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
         self._w = {name.removeprefix(prefix): tensor.float() for name, tensor in weights.items()}
+        missing = sorted(
+            {*_EMBEDDINGS, *(f"encoder.layer.{n}.{p}" for n in range(self._layers) for p in _LAYER)} - set(self._w)
+        )
+        if missing:  # found now, not at the first search
+            raise KeyError(f"model.safetensors lacks {len(missing)} tensor(s) of a BERT encoder, e.g. {missing[0]}")
         # counting tokens sees the whole text; encoding truncates to the window and pads a batch
         self._counter = Tokenizer.from_file(str(root / "tokenizer.json"))
         self._counter.no_truncation()

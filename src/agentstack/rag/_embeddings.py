@@ -98,9 +98,15 @@ class LocalEmbedder:
         from agentstack.rag._bert import PlainBert
 
         root = Path(self._path)
-        if root.is_dir() and PlainBert.fits(root):
+        if not (root.is_dir() and PlainBert.fits(root)):
+            return _SentenceTransformer.load(self._name, self._path, device=self._device)
+        try:
             return PlainBert(root, device=self._device)
-        return _SentenceTransformer.load(self._name, self._path, device=self._device)
+        except Exception as exc:  # a damaged file: safetensors' SafetensorError, tokenizers' own, a missing key
+            raise ConfigError(
+                f"cannot load the embedding model {self._name!r} from {root}: {type(exc).__name__}: {exc}",
+                fix="re-install or re-download the model's files (model.safetensors, tokenizer.json, config.json)",
+            ) from exc
 
     @property
     def name(self) -> str:
