@@ -64,7 +64,7 @@ class PlainBert:
             {*_EMBEDDINGS, *(f"encoder.layer.{n}.{p}" for n in range(self._layers) for p in _LAYER)} - set(self._w)
         )
         if missing:  # found now, not at the first search
-            raise KeyError(f"model.safetensors lacks {len(missing)} tensor(s) of a BERT encoder, e.g. {missing[0]}")
+            raise ValueError(f"model.safetensors lacks {len(missing)} tensor(s) of a BERT encoder, e.g. {missing[0]}")
         # counting tokens sees the whole text; encoding truncates to the window and pads a batch
         self._counter = Tokenizer.from_file(str(root / "tokenizer.json"))
         self._counter.no_truncation()
