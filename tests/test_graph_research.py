@@ -17,6 +17,7 @@ from langgraph.types import Command
 
 from agentstack.errors import GraphInputError, RetrievalError, UserError
 from agentstack.graphs import ResearchContext, build_research_graph
+from agentstack.graphs._grounding import verify_citations
 from agentstack.graphs._research import (
     RESEARCH_GRAPH,
     ResearchDeps,
@@ -25,7 +26,6 @@ from agentstack.graphs._research import (
     answer,
     plan,
     search,
-    verify_citations,
 )
 from agentstack.testing import HashingEmbedder, InMemoryRetriever, schema_model
 from graph_helpers import DOCS, LengthFinishReasonError, step_runtime, thread

@@ -6,6 +6,8 @@
   what a small model chooses among (an enum of ids under the grammar), so its answer is made of evidence.
 - `ground`: every sentence of a written answer checked against the passages it cites by a `SupportScorer`;
   what nothing supports is removed, and the share that stood is measured support for the confidence.
+- `verify_citations`: citation marks of passages no search returned are removed and reported, and each kept
+  citation quotes the passage where the answer took from it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agentstack.graphs._research_state import Evidence
+from agentstack.graphs._research_state import Citation, Evidence
 from agentstack.graphs._support import Embedder, SupportScorer, cited_sentences, cosine, sentences
 from agentstack.rag._bm25_text import STOP_WORDS
 
@@ -26,10 +28,12 @@ __all__ = [
     "content_terms",
     "ground",
     "on_topic",
+    "verify_citations",
     "with_citations",
 ]
 
 _WORD = re.compile(r"[a-z][a-z0-9_]+")
+_CITE = re.compile(r"\[([Ss]\d+)\]")
 _PREFIX = 4  # "crash" ~ "crashed" ~ "crashes", "recover" ~ "recovery": a shared prefix this long is one term
 # A sub-query that shares no word with the question still asks the same thing at this cosine (all-MiniLM-L6-v2:
 # paraphrases 0.7-0.9, the same topic 0.4-0.6, letter soup under 0.2).
@@ -172,3 +176,42 @@ async def ground(answer: str, evidence: Sequence[Evidence], support: SupportScor
             removed.append(sentence)
     share = len(kept) / len(claims) if claims else 0.0
     return Grounded(" ".join(kept), removed, share)
+
+
+def verify_citations(
+    text: str, listed: Sequence[str], evidence: Sequence[Evidence]
+) -> tuple[str, list[Citation], list[str]]:
+    """(text without invented markers, the citations that exist, the ids that were removed)."""
+    by_id = {e["id"]: e for e in evidence}
+    text = _CITE.sub(lambda m: f"[{m.group(1).upper()}]", text)  # small models write [s1] for [S1]
+    listed = [i.strip().upper() for i in listed]
+    marked = _CITE.findall(text)
+    removed = list(dict.fromkeys(i for i in [*marked, *listed] if i not in by_id))
+    for bad in removed:
+        text = text.replace(f"[{bad}]", "")
+    text = re.sub(r"[ \t]+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", text)).strip()
+    kept = [i for i in dict.fromkeys([*marked, *listed]) if i in by_id]
+    citations: list[Citation] = [
+        {
+            "id": i,
+            "source": by_id[i]["source"],
+            "chunk_id": by_id[i]["chunk_id"],
+            "kind": by_id[i]["kind"],
+            "quote": _quote(by_id[i]["text"], text, i),
+        }
+        for i in kept
+    ]
+    return text, citations, removed
+
+
+def _quote(passage: str, answer: str, evidence_id: str) -> str:
+    """240 characters of the passage: from the first answer sentence citing it when that sentence is the
+    passage's own (an extractive answer's always is), so a reader sees what the answer took; else its start.
+    The start alone showed "When agentstack runs as root..." beside "The embedded Postgres recovers from a
+    kill -9" [S1], a sentence further into the same passage."""
+    flat = " ".join(passage.split())
+    for claim, cited in cited_sentences(answer):
+        start = flat.find(" ".join(claim.split())[:-1]) if evidence_id in cited else -1
+        if start >= 0:
+            return flat[start : start + 240]
+    return passage[:240]

@@ -18,7 +18,6 @@ the step calls (structured model calls, prompts, searchers), `runtime.context` t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -35,13 +34,19 @@ from pydantic import BaseModel, Field, create_model
 from agentstack._structured import StructuredCall
 from agentstack.errors import GraphInputError, ModelOutputError
 from agentstack.graphs._decisions import Decision, ask_decision
-from agentstack.graphs._grounding import Candidate, candidate_sentences, ground, on_topic, with_citations
+from agentstack.graphs._grounding import (
+    Candidate,
+    candidate_sentences,
+    ground,
+    on_topic,
+    verify_citations,
+    with_citations,
+)
 from agentstack.graphs._knobs import read_knobs
 from agentstack.graphs._metadata import run_metadata
 from agentstack.graphs._registry import GraphEntry, GraphParts, ResultView, Retriever
 from agentstack.graphs._research_state import (
     Analysis,
-    Citation,
     Evidence,
     FinalAnswer,
     Plan,
@@ -51,7 +56,7 @@ from agentstack.graphs._research_state import (
     SearchFailure,
     SearchTask,
 )
-from agentstack.graphs._support import Embedder, EmbeddingSupport, SupportScorer, cited_sentences
+from agentstack.graphs._support import Embedder, EmbeddingSupport, SupportScorer
 from agentstack.prompts import Prompt, PromptLibrary
 
 __all__ = [
@@ -61,12 +66,10 @@ __all__ = [
     "ResearchPrompts",
     "build_research_graph",
     "compose_research_graph",
-    "verify_citations",
 ]
 
 ResearchGraph: TypeAlias = CompiledStateGraph[ResearchState, ResearchContext, ResearchInput, ResearchState]
 AnswerStyle: TypeAlias = Literal["written", "extractive"]
-_CITE = re.compile(r"\[([Ss]\d+)\]")
 # Extractive confidence from the chosen sentences' mean cosine with the question (all-MiniLM-L6-v2): 0.15 and
 # below is unrelated (0), 0.6 and above answers it (1); the default threshold 0.7 is then a mean of about 0.47.
 _UNRELATED, _ANSWERS = 0.15, 0.6
@@ -505,45 +508,6 @@ def _answer_edit(decision: Decision) -> None:
             f"an edit of the research answer needs the new answer as text, got {decision.value!r}",
             fix='resume with {"action": "edit", "value": "the corrected answer [S1]"}',
         )
-
-
-def verify_citations(
-    text: str, listed: Sequence[str], evidence: Sequence[Evidence]
-) -> tuple[str, list[Citation], list[str]]:
-    """(text without invented markers, the citations that exist, the ids that were removed)."""
-    by_id = {e["id"]: e for e in evidence}
-    text = _CITE.sub(lambda m: f"[{m.group(1).upper()}]", text)  # small models write [s1] for [S1]
-    listed = [i.strip().upper() for i in listed]
-    marked = _CITE.findall(text)
-    removed = list(dict.fromkeys(i for i in [*marked, *listed] if i not in by_id))
-    for bad in removed:
-        text = text.replace(f"[{bad}]", "")
-    text = re.sub(r"[ \t]+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", text)).strip()
-    kept = [i for i in dict.fromkeys([*marked, *listed]) if i in by_id]
-    citations: list[Citation] = [
-        {
-            "id": i,
-            "source": by_id[i]["source"],
-            "chunk_id": by_id[i]["chunk_id"],
-            "kind": by_id[i]["kind"],
-            "quote": _quote(by_id[i]["text"], text, i),
-        }
-        for i in kept
-    ]
-    return text, citations, removed
-
-
-def _quote(passage: str, answer: str, evidence_id: str) -> str:
-    """240 characters of the passage: from the first answer sentence citing it when that sentence is the
-    passage's own (an extractive answer's always is), so a reader sees what the answer took; else its start.
-    The start alone showed "When agentstack runs as root..." beside "The embedded Postgres recovers from a
-    kill -9" [S1], a sentence further into the same passage."""
-    flat = " ".join(passage.split())
-    for claim, cited in cited_sentences(answer):
-        start = flat.find(" ".join(claim.split())[:-1]) if evidence_id in cited else -1
-        if start >= 0:
-            return flat[start : start + 240]
-    return passage[:240]
 
 
 def _validated_question(state: Any) -> str:
