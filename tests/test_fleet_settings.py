@@ -95,6 +95,14 @@ async def test_stack_fails_on_a_wrong_model_before_starting_anything(
             pass
 
 
+def test_an_external_server_answers_in_the_style_of_the_spec_model_it_names(settings: Settings) -> None:
+    """`agentstack serve` elsewhere serves the spec's names: its CPU Gemma still answers extractively."""
+    external = settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "gemma-270m"})
+    assert Stack(external).answer_style == "extractive"
+    assert Stack(external.model_copy(update={"llm_model": "my-vllm-model"})).answer_style == "written"
+    assert Stack(external.model_copy(update={"answer_style": "written"})).answer_style == "written"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["ingest", "--graph"]])
 def test_serve_and_graph_ingest_choose_the_same_way(command: list[str], spec_file: Path, tmp_path: Path) -> None:

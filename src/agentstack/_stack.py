@@ -166,12 +166,23 @@ class Stack:
     @property
     def answer_style(self) -> Literal["written", "extractive"]:
         """How the graphs answer with this stack's model: `settings.answer_style`, else the fleet model's own
-        (`ModelSpec.answer_style`: extractive for the CPU Gemma), else written."""
-        if self.settings.answer_style is not None:
-            return self.settings.answer_style
+        (`ModelSpec.answer_style`: extractive for the CPU Gemma), else written.
+
+        With AGENTSTACK_LLM_BASE_URL the model is still the fleet spec's when the spec has one by the name of
+        AGENTSTACK_LLM_MODEL: that server is most likely `agentstack serve` of this spec, and the CPU Gemma writes
+        nonsense whichever process started it. Any other name (your own vLLM, a hosted API) answers written.
+        """
+        settings = self.settings
+        if settings.answer_style is not None:
+            return settings.answer_style
         if self.fleet is not None and self.model is not None:
             name = self.fleet.chat_model_name()
             return next(m.answer_style for m in self.fleet.spec.models if m.name == name)
+        if settings.llm_base_url and settings.llm_model:
+            from agentstack.serving import FleetSpec, default_fleet_spec
+
+            spec = FleetSpec.from_yaml(settings.fleet or default_fleet_spec())
+            return next((m.answer_style for m in spec.models if m.name == settings.llm_model), "written")
         return "written"
 
     def research_graph(self, *, checkpointer: bool = True, **options: Any) -> ResearchGraph:

@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     answer_style: Literal["written", "extractive"] | None = Field(
         default=None,
         description="How the graphs answer: written by the model, or extractive (evidence sentences it picks); "
-        "unset: the fleet model's `answer_style` (extractive for the CPU default), written for llm_base_url.",
+        "unset: the fleet model's `answer_style` (extractive for the CPU default); with llm_base_url, that of "
+        "the fleet spec's model named llm_model, else written.",
     )
     llama_server: Path | None = Field(
         default=None,
