@@ -10,7 +10,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from cli_helpers import assert_quiet, run_agentstack
-from fleet_helpers import tiny_spec_file
+from fleet_helpers import MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "docs" / "eval" / "agentstack-docs.jsonl"
@@ -18,27 +18,29 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def cli(tmp_path: Path, fleet_home: Path, agentstack_postgres: str) -> Run:
+def cli(tmp_path: Path, model_gateway: str, agentstack_postgres: str) -> Run:
+    """The CLI on this test's home and Postgres, its models from the session's gateway (`agentstack serve`)."""
     home = tmp_path / "home"
     home.mkdir()
-    if (fleet_home / "models").is_dir():
-        (home / "models").symlink_to(fleet_home / "models")
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "checkpoints.md").write_text((ROOT / "docs" / "checkpoints.md").read_text())
     env = {
         "AGENTSTACK_HOME": str(home),
         "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
-        "AGENTSTACK_FLEET": str(tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)),
+        "AGENTSTACK_LLM_BASE_URL": model_gateway,
+        "AGENTSTACK_LLM_MODEL": MODEL,
     }
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return run_agentstack(*args, env=env, cwd=tmp_path)
+    def run(*args: str, models: bool = True) -> subprocess.CompletedProcess[str]:
+        """`models=False`: no model server configured, so a command that needs one starts the CPU fleet."""
+        chosen = env if models else {k: v for k, v in env.items() if not k.startswith("AGENTSTACK_LLM_")}
+        return run_agentstack(*args, env=chosen, cwd=tmp_path)
 
     return run
 
 
-@pytest.mark.slow  # the CPU fleet, the embedder, a research run judged by the model, then by the embedder
+@pytest.mark.slow  # the CPU Gemma, the embedder, a research run judged by the model, then by the embedder
 def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Path) -> None:
     common = [str(DATASET), "--docs", str(tmp_path / "docs"), "--limit", "1"]
     first = cli("eval", "run", *common, "--judge", "model", "--name", "smoke", "--junit", "smoke.xml")
@@ -51,13 +53,13 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
 
     # a gate that cannot be met is refused before anything starts
     again = [str(DATASET), "--limit", "1", "--answers-from", "smoke", "--judge", "embedder", "--name", "gated"]
-    second = cli("eval", "run", *again, "--min", "faithfulness=1.01")
+    second = cli("eval", "run", *again, "--min", "faithfulness=1.01", models=False)
     assert second.returncode == 1 and "not metric=value with a value from 0 to 1" in second.stderr
     assert "models:" not in second.stdout
     # the same answers judged again by the embedder, gated against the model-judged run
     third = cli(
         "eval", "run", *again, "--baseline", "smoke", "--max-drop", "faithfulness=0.5", "--min", "cites_gold=1.0",
-        "--report", "r.md",
+        "--report", "r.md", models=False,
     )  # fmt: skip
     report = (tmp_path / "r.md").read_text()
     assert "models:" not in third.stdout  # stored answers judged by the embedder: no fleet started

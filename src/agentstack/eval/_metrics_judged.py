@@ -25,6 +25,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
+from agentstack._aio import all_or_none
 from agentstack.errors import ModelOutputError
 from agentstack.eval._judge import Judge
 from agentstack.eval._metric import Metric
@@ -70,12 +71,9 @@ class Faithfulness(JudgedMetric):
         if not claims:
             return Score.not_applicable("the answer makes no claim")
         by_id = {c.id: c for c in sample.outcome.contexts}
-        unsupported: list[str] = []
-        for claim, cited in claims:
-            own = [by_id[i] for i in cited if i in by_id]
-            passages = _passages(own or sample.outcome.contexts)
-            if not passages or not (await judge.support.support(claim, passages)).supported:
-                unsupported.append(claim)
+        against = [_passages([by_id[i] for i in cited if i in by_id] or sample.outcome.contexts) for _, cited in claims]
+        verdicts = await all_or_none(_supported(judge, claim, p) for (claim, _), p in zip(claims, against, strict=True))
+        unsupported = [claim for (claim, _), ok in zip(claims, verdicts, strict=True) if not ok]
         value = 1 - len(unsupported) / len(claims)
         reason = f"{len(claims) - len(unsupported)} of {len(claims)} sentence(s) supported"
         return Score(value, reason=reason, details={"unsupported": unsupported})
@@ -92,7 +90,8 @@ class ContextRecall(JudgedMetric):
             return Score.not_applicable("the example has no reference answer")
         claims = sentences(sample.example.reference) or [sample.example.reference]
         passages = _passages(sample.outcome.contexts)
-        missing = [c for c in claims if not passages or not (await judge.support.support(c, passages)).supported]
+        verdicts = await all_or_none(_supported(judge, claim, passages) for claim in claims)
+        missing = [claim for claim, ok in zip(claims, verdicts, strict=True) if not ok]
         value = 1 - len(missing) / len(claims)
         reason = f"{len(claims) - len(missing)} of {len(claims)} reference sentence(s) found"
         return Score(value, reason=reason, details={"not_found": missing})
@@ -159,19 +158,17 @@ class ContextPrecision(JudgedMetric):
         if reference is None and judge.model is None:
             return Score.not_applicable("no reference answer, and no judge model to ask about the answer")
         claims = (sentences(reference) or [reference]) if reference is not None else []
-        verdicts = []
-        for context in contexts:
+
+        async def useful_for(passage: str) -> bool:
             if claims:
-                verdicts.append(await _supports_any(judge, claims, context.text))
-                continue
+                return await _supports_any(judge, claims, passage)
             reply = await judge.ask(
-                "context_useful",
-                Usefulness,
-                question=sample.example.text,
-                answer=sample.outcome.answer,
-                passage=context.text[:1200],
-            )
-            verdicts.append(reply.verdict == "useful")
+                "context_useful", Usefulness, question=sample.example.text, answer=sample.outcome.answer,
+                passage=passage[:1200],
+            )  # fmt: skip
+            return reply.verdict == "useful"
+
+        verdicts = await all_or_none(useful_for(context.text) for context in contexts)
         useful = sum(verdicts)
         if not useful:
             return Score(0.0, reason=f"none of the top {len(contexts)} passages is useful")
@@ -180,7 +177,12 @@ class ContextPrecision(JudgedMetric):
         return Score(weighted / useful, reason=f"useful by rank: {marks}")
 
 
+async def _supported(judge: Judge, claim: str, passages: list[str]) -> bool:
+    return bool(passages) and (await judge.support.support(claim, passages)).supported
+
+
 async def _supports_any(judge: Judge, claims: Sequence[str], passage: str) -> bool:
+    """In turn, not together: the first supported claim settles it, and the passages are judged together."""
     for claim in claims:
         if (await judge.support.support(claim, [passage])).supported:
             return True

@@ -2,9 +2,10 @@
 
 `GraphTarget` runs a compiled graph in this process (one thread per item, on the graph's checkpointer) and
 reads its final values through the registry entry's `ResultView`: the answer, the passages it retrieved (ranked)
-and the ids it cited. `run_experiment` runs items `concurrency` at a time, scores each with every metric (a
-judged score is taken from the cache when the item, its answer and the judge are unchanged), and stores the
-experiment in one transaction.
+and the ids it cited. `run_experiment` runs items `concurrency` at a time, scores each with every metric at once (a
+judged score is taken from the cache when the item, its answer and the judge are unchanged; a metric asks its
+judge calls together too, so a small gate's items do not wait on one model slot), and stores the experiment in
+one transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from agentstack._aio import all_or_none
 from agentstack.errors import AgentStackError, BackendError, ConfigError, ModelOutputError
 from agentstack.eval._dataset import Dataset, Example
 from agentstack.eval._judge import Judge
@@ -171,7 +173,8 @@ async def run_experiment(
         async with gate:
             outcome = await target(example)
             sample = Sample(example, outcome)
-            scores = {m.name: await _score(m, sample, judge, judge_name, store) for m in metrics}
+            scored = await all_or_none(_score(m, sample, judge, judge_name, store) for m in metrics)
+            scores = dict(zip((m.name for m in metrics), scored, strict=True))
         item = ItemResult(example, outcome, scores)
         if on_item is not None:
             on_item(item)

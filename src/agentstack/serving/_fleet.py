@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from agentstack._aio import all_or_none
 from agentstack._bundled import bundled
 from agentstack._net import free_port
 from agentstack.config import Settings
@@ -44,22 +45,6 @@ ROUTED_BASE_URL = "http://fleet.agentstack.invalid/v1"  # the router replaces th
 _PROBE_TIMEOUT = httpx.Timeout(5.0)
 _SCRAPE_TIMEOUT = httpx.Timeout(2.0)  # a slow /metrics costs one missed sample, never a request's time
 _log = logging.getLogger(__name__)
-
-
-async def _all_or_none(steps: Iterable[Awaitable[None]]) -> None:
-    """Run `steps` together; when one fails, cancel the others and wait for them before raising.
-
-    `asyncio.gather` would leave the others running while the fleet stops: a replica still spawning
-    then escapes the stop (and the closed watchdog), an orphan.
-    """
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 def default_fleet_spec() -> Path:
@@ -190,7 +175,7 @@ class Fleet:
                 dialects={s.name: s.backend_class.dialect for s in self.spec.models},
                 metrics=self.metrics,
             )
-            await _all_or_none(self._bring_up(m) for m in self._members)
+            await all_or_none(self._bring_up(m) for m in self._members)
         except BaseException:
             await self.stop()
             raise
