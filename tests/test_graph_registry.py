@@ -93,8 +93,12 @@ async def test_the_cli_runs_a_registered_graph_with_its_knobs_and_rendering(stac
     assert "echo chars: 11" in printed and "echo (said back):\nHELLO THERE" in printed and "thread: echo-1" in printed
     # the thread names its graph, so `resume` finds the entry again (and says it is not waiting)
     again = Stack(stack_settings, model=schema_model(), retrieval=False, graphs=BUILTIN_GRAPHS.add(ECHO))
-    with pytest.raises(UserError, match="not waiting for a decision"):
+    with pytest.raises(UserError, match="'echo-1' has finished: nothing waits"):
         await resume_thread(again, "echo-1", {"action": "approve"}, console=console)
+    # a finished thread takes a new turn of its own graph, and only of it
+    assert await run_graph(again, "echo", "more", docs=None, thread_id="echo-1", knobs={}, console=console)
+    with pytest.raises(UserError, match="'echo-1' belongs to the echo graph, not research"):
+        await run_graph(again, "research", "why?", docs=None, thread_id="echo-1", knobs={}, console=console)
 
 
 async def test_the_cli_refuses_a_graph_or_knob_it_does_not_know_before_opening_anything(settings: Any) -> None:

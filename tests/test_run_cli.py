@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import assert_quiet, run_agentstack
+from cli_helpers import assert_quiet, clean_env, run_agentstack
 from fleet_helpers import MODEL, tiny_spec_file
 from graph_helpers import DOCS
 
@@ -101,6 +103,57 @@ def test_run_approval_on_the_local_model(served_cli: Run, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+def test_a_run_killed_mid_way_is_finished_by_resume_without_a_decision(
+    served_cli: Run, tmp_path: Path, agentstack_postgres: str, model_gateway: str
+) -> None:
+    """SIGKILL while it searches: `threads show` says where it stopped, a new turn and a decision are
+    refused, `resume` with no decision finishes it from its last checkpoint without planning again."""
+    cli = served_cli
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    env = clean_env() | {
+        "AGENTSTACK_HOME": str(tmp_path / "home"),
+        "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
+        "AGENTSTACK_LLM_BASE_URL": model_gateway,
+        "AGENTSTACK_LLM_MODEL": MODEL,
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",
+    }
+    question = ["run", "research", "What restarts a crashed replica?", "--docs", str(docs), "--thread", "t-killed"]
+    agentstack = str(Path(sys.executable).with_name("agentstack"))
+    with subprocess.Popen([agentstack, *question], env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path) as run:
+        assert run.stdout is not None
+        seen = []
+        for line in run.stdout:
+            seen.append(line)
+            if line.startswith("search "):  # planned (and saved); searching, selecting are under way
+                run.kill()
+                break
+        run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL, "".join(seen)
+
+    shown = cli("threads", "show", "t-killed")
+    assert shown.returncode == 0 and "run: stopped mid-way before" in shown.stdout, shown.stdout
+    assert "agentstack resume t-killed" in shown.stdout
+    again = cli(*question)
+    assert again.returncode == 1 and "has an unfinished run" in again.stderr
+    assert "finish it first: agentstack resume t-killed" in again.stderr
+    decided = cli("resume", "t-killed", "--approve")
+    assert decided.returncode == 1 and "is not waiting for a decision" in decided.stderr
+    assert_quiet(again.stderr + decided.stderr)
+
+    resumed = cli("resume", "t-killed")
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "continuing: stopped mid-way" in resumed.stdout and "answer (" in resumed.stdout
+    assert not re.search(r"^plan ", resumed.stdout, re.MULTILINE)  # the finished step did not run again
+    assert_quiet(resumed.stderr)
+    done = cli("resume", "t-killed")
+    assert done.returncode == 1 and "has finished" in done.stderr
+
+
+@pytest.mark.slow
 def test_run_team_on_the_local_model(cli, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -119,5 +172,7 @@ def test_run_refuses_bad_input_before_starting_anything(cli) -> None:
     assert empty.returncode == 1 and "task is empty" in empty.stderr
     knob = cli("run", "research", "q", "--set", "max_iteration=2")
     assert knob.returncode == 1 and "no knob max_iteration" in knob.stderr
-    flags = cli("resume", "some-thread")
-    assert flags.returncode == 1 and "exactly one of --approve" in flags.stderr
+    flags = cli("resume", "some-thread", "--approve", "--reject", "no")
+    assert flags.returncode == 1 and "--approve and --reject were both given" in flags.stderr
+    missing = cli("resume", "some-thread")
+    assert missing.returncode == 1 and "there is no thread 'some-thread'" in missing.stderr

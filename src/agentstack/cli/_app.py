@@ -299,14 +299,15 @@ def run(
 @app.command()
 @reports_errors
 def resume(
-    thread_id: Annotated[str, typer.Argument(help="The interrupted thread.")],
+    thread_id: Annotated[str, typer.Argument(help="The thread to continue.")],
     approve: Annotated[bool, typer.Option("--approve", help="Approve what waits.")] = False,
     reject: Annotated[str | None, typer.Option("--reject", help="Reject it, with a reason the agent reads.")] = None,
     edit: Annotated[
         str | None, typer.Option("--edit", help="JSON: the tool call's new arguments, or the corrected answer.")
     ] = None,
 ) -> None:
-    """Continue a thread that waits for a human decision (from any process: the thread lives in Postgres)."""
+    """Continue a thread, from any process (it lives in Postgres): decide what waits for a human with one of
+    --approve / --reject / --edit, or, with none, finish a run that died mid-way from its last checkpoint."""
     from agentstack.cli._run import parse_decision_flags, resume_thread
 
     decision = parse_decision_flags(approve, reject, edit)

@@ -3,6 +3,8 @@
 A run streams its progress live and ends with the answer and the thread id. A run that stops for a human
 (a low-confidence research answer, a tool call on the approval policy) prints what waits and the
 `agentstack resume` line that continues it, from this process or any other: the thread lives in Postgres.
+A run that died mid-way (killed, or a node raised) is finished by `agentstack resume THREAD` with no
+decision, from its last checkpoint; until then `run --thread` refuses to start a new turn on top of it.
 The graph's name and runtime knobs are recorded in each checkpoint's metadata, so `resume` rebuilds the
 same graph with the same knobs without being told.
 """
@@ -22,6 +24,7 @@ from rich.table import Table
 
 from agentstack._bundled import bundled
 from agentstack._stack import Stack
+from agentstack.checkpoint._thread_status import ThreadStatus, thread_status
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, UserError
 
@@ -57,6 +60,8 @@ async def run_graph(
         raise UserError(f"the {graph} task is empty", fix=f'agentstack run {graph} "what to do"')
     entry = stack.graphs.get(graph)
     context = entry.context_from(knobs)
+    if thread_id is not None:
+        await _check_new_turn(stack, thread_id, graph)
     thread_id = thread_id or f"{graph}-{uuid.uuid4().hex[:12]}"
     async with stack:
         if entry.searches_documents:
@@ -72,13 +77,15 @@ async def run_graph(
         return await _stream(compiled, entry.input_from_task(task), config, context, entry.render, console)
 
 
-async def resume_thread(stack: Stack, thread_id: str, decision: Any, *, console: Console) -> bool:
-    """Continue an interrupted thread with a decision (approve / edit / reject), in this process: the graph
-    and its knobs are the ones the thread's checkpoint metadata names."""
+async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, console: Console) -> bool:
+    """Continue a thread in this process: with a decision (approve / edit / reject) what waits for one,
+    without one a run that died mid-way, from its last checkpoint. The graph and its knobs are the ones the
+    thread's checkpoint metadata names."""
     from langgraph.types import Command
 
     # What can be refused from the checkpoint alone is refused before the models and the index start.
-    saved = await _saved_thread(stack, thread_id)
+    saved, status = await _saved_thread(stack, thread_id)
+    _check_resumable(thread_id, status, decided=decision is not None)
     async with stack:
         graph = str(saved.metadata.get("agentstack_graph", ""))
         knobs = json.loads(str(saved.metadata.get("agentstack_context") or "{}"))
@@ -87,20 +94,22 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any, *, console:
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(knobs)}
+        if decision is None:
+            console.print(f"[dim]continuing: {escape(status.describe())}[/]")
+            return await _stream(compiled, None, config, context, entry.render, console)
         state = await compiled.aget_state(config, subgraphs=True)
         pending = _pending_interrupts(state)
-        if not pending:
+        if not pending:  # the checkpoint said otherwise a moment ago: another process resumed it
             raise UserError(
-                f"thread {thread_id!r} is not waiting for a decision"
-                + (f" (next: {', '.join(state.next)})" if state.next else " (it has finished)"),
+                f"thread {thread_id!r} is not waiting for a decision any more",
                 fix=f"see `agentstack threads show {thread_id}`",
             )
         resume = _resume_value(decision, pending)
         return await _stream(compiled, Command(resume=resume), config, context, entry.render, console)
 
 
-async def _saved_thread(stack: Stack, thread_id: str) -> Any:
-    """The thread's newest checkpoint, checked to be an agentstack graph's that waits for a decision."""
+async def _saved_thread(stack: Stack, thread_id: str) -> tuple[Any, ThreadStatus]:
+    """The thread's newest checkpoint and the status of its run, checked to be an agentstack graph's."""
     from agentstack.checkpoint import open_saver
 
     async with open_saver(settings=stack.settings, pool_size=1) as saver:
@@ -113,13 +122,51 @@ async def _saved_thread(stack: Stack, thread_id: str) -> Any:
             f"thread {thread_id!r} was not run by an agentstack graph (its metadata names {graph or 'none'})",
             fix="resume it with the graph that ran it: graph.ainvoke(Command(resume=...), config)",
         )
-    # A task that stopped for a human leaves an interrupt write in the newest root checkpoint (one in a
-    # subgraph too: its parent task records it as well); without one, nothing waits.
-    if not any(channel == "__interrupt__" for _task, channel, _value in saved.pending_writes or []):
+    return saved, thread_status(saved)
+
+
+def _check_resumable(thread_id: str, status: ThreadStatus, *, decided: bool) -> None:
+    """A decision goes to a run that waits for one; no decision continues a run that died mid-way."""
+    if status.state == "finished":
         raise UserError(
-            f"thread {thread_id!r} is not waiting for a decision", fix=f"see `agentstack threads show {thread_id}`"
+            f"thread {thread_id!r} has finished: nothing waits and nothing is left to run",
+            fix=f"ask again in it: agentstack run GRAPH TASK --thread {thread_id}",
         )
-    return saved
+    if decided and status.state != "waiting":
+        raise UserError(
+            f"thread {thread_id!r} is not waiting for a decision: its run {status.describe()}",
+            fix=f"continue it without one: agentstack resume {thread_id}",
+        )
+    if not decided and status.state == "waiting":
+        raise UserError(
+            f"thread {thread_id!r} is {status.describe()}: say what to do with it",
+            fix=f"exactly one of: agentstack resume {thread_id} --approve | --reject REASON | --edit JSON",
+        )
+
+
+async def _check_new_turn(stack: Stack, thread_id: str, graph: str) -> None:
+    """A new input to an existing thread: refused while its last run is unfinished, or from another graph."""
+    from agentstack.checkpoint import open_saver
+
+    async with open_saver(settings=stack.settings, pool_size=1) as saver:
+        saved = await saver.aget_tuple(Stack.thread(thread_id))
+    if saved is None:
+        return
+    ran = str(saved.metadata.get("agentstack_graph", ""))
+    if ran != graph:
+        raise UserError(
+            f"thread {thread_id!r} belongs to the {ran or 'unknown'} graph, not {graph}",
+            fix=f"use another --thread, or run {ran or 'that graph'} in it",
+        )
+    status = thread_status(saved)
+    if status.unfinished:
+        how = f"agentstack resume {thread_id}" + (
+            " --approve | --reject REASON | --edit JSON" if status.state == "waiting" else ""
+        )
+        raise UserError(
+            f"thread {thread_id!r} has an unfinished run ({status.describe()}): a new turn would start on top of it",
+            fix=f"finish it first: {how}",
+        )
 
 
 def _pending_interrupts(state: Any) -> list[Any]:
@@ -246,6 +293,10 @@ async def show_thread(settings: Settings, thread_id: str, *, console: Console) -
     console.print(table)
     latest = root[0] if root else history[0]
     console.print(f"graph: {latest.metadata.get('agentstack_graph', '?')}")
+    status = thread_status(latest)
+    console.print(f"run: [bold]{escape(status.describe())}[/]")
+    if status.state in ("failed", "stopped"):
+        console.print(f"continue it from its last checkpoint: agentstack resume {thread_id}")
     for key, value in latest.checkpoint["channel_values"].items():
         if key.startswith(("branch:", "__")):
             continue
@@ -257,14 +308,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 300 else text[:300] + f"... ({len(text)} characters)"
 
 
-def parse_decision_flags(approve: bool, reject: str | None, edit: str | None) -> dict[str, Any]:
-    """Exactly one of --approve / --reject REASON / --edit JSON, as a resume decision."""
+def parse_decision_flags(approve: bool, reject: str | None, edit: str | None) -> dict[str, Any] | None:
+    """At most one of --approve / --reject REASON / --edit JSON, as a resume decision (None: no decision)."""
     chosen = [name for name, on in (("--approve", approve), ("--reject", reject is not None), ("--edit", edit)) if on]
-    if len(chosen) != 1:
+    if len(chosen) > 1:
         raise UserError(
-            "say what to do with the waiting decision: exactly one of --approve, --reject REASON, --edit JSON",
-            fix="for example: agentstack resume THREAD --approve",
+            f"{' and '.join(chosen)} were both given: one decision is taken at a time",
+            fix="exactly one of --approve, --reject REASON, --edit JSON",
         )
+    if not chosen:
+        return None
     if approve:
         return {"action": "approve"}
     if reject is not None:
