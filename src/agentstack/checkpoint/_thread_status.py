@@ -6,8 +6,8 @@ wrong way either re-asks a finished question or starts a new turn on top of an u
 own answer, `graph.aget_state(config).next`, needs the compiled graph, and so the model and the index;
 the checkpoint already holds what it reads. A `StateGraph` node runs when its `branch:to:NODE` channel holds
 a value at a version the node has not seen (`versions_seen`), and a `Send` waits in the `__pregel_tasks`
-channel; a
-task that stopped for a human left an `__interrupt__` write, one that raised an `__error__` write.
+channel; a task that stopped for a human left an `__interrupt__` write (a subgraph's task too: its parent's
+task records the interrupt as well), one that raised an `__error__` write.
 tests/test_thread_status.py holds this reading equal to `aget_state` and names the langgraph version when
 the layout moves.
 """

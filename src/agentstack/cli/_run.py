@@ -108,12 +108,17 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, c
         return await _stream(compiled, Command(resume=resume), config, context, entry.render, console)
 
 
-async def _saved_thread(stack: Stack, thread_id: str) -> tuple[Any, ThreadStatus]:
-    """The thread's newest checkpoint and the status of its run, checked to be an agentstack graph's."""
+async def _newest_checkpoint(stack: Stack, thread_id: str) -> Any:
+    """The thread's newest root checkpoint (a `CheckpointTuple`), or None: read before the stack opens."""
     from agentstack.checkpoint import open_saver
 
     async with open_saver(settings=stack.settings, pool_size=1) as saver:
-        saved = await saver.aget_tuple(Stack.thread(thread_id))
+        return await saver.aget_tuple(Stack.thread(thread_id))
+
+
+async def _saved_thread(stack: Stack, thread_id: str) -> tuple[Any, ThreadStatus]:
+    """The thread's newest checkpoint and the status of its run, checked to be an agentstack graph's."""
+    saved = await _newest_checkpoint(stack, thread_id)
     if saved is None:
         raise UserError(f"there is no thread {thread_id!r}", fix="see `agentstack threads list`")
     graph = str(saved.metadata.get("agentstack_graph", ""))
@@ -146,10 +151,7 @@ def _check_resumable(thread_id: str, status: ThreadStatus, *, decided: bool) -> 
 
 async def _check_new_turn(stack: Stack, thread_id: str, graph: str) -> None:
     """A new input to an existing thread: refused while its last run is unfinished, or from another graph."""
-    from agentstack.checkpoint import open_saver
-
-    async with open_saver(settings=stack.settings, pool_size=1) as saver:
-        saved = await saver.aget_tuple(Stack.thread(thread_id))
+    saved = await _newest_checkpoint(stack, thread_id)
     if saved is None:
         return
     ran = str(saved.metadata.get("agentstack_graph", ""))
