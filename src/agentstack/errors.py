@@ -20,6 +20,9 @@ __all__ = [
     "RetrievalError",
     "GraphInputError",
     "ModelOutputError",
+    "NotFoundError",
+    "ConflictError",
+    "LeaseLostError",
 ]
 
 
@@ -75,3 +78,15 @@ class ModelOutputError(BackendError):
         super().__init__(problem, fix=fix)
         self.tokens_used = tokens_used
         """What the failed attempts cost, so a graph that carries on can still charge its token budget."""
+
+
+class NotFoundError(UserError):
+    """A thread, run or assistant that was asked for does not exist (the agent server answers 404)."""
+
+
+class ConflictError(UserError):
+    """The request conflicts with what is stored: an id taken, a thread busy (the agent server answers 409)."""
+
+
+class LeaseLostError(AgentStackError):
+    """A worker acted on a run it no longer holds: its lease lapsed and another worker took it over."""

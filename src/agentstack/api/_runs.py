@@ -1,0 +1,488 @@
+"""The agent server's runs queue on Postgres: threads, runs, leases, cancels and stream events.
+
+A run is a row. Any number of worker processes share one queue with no other coordinator: a worker claims
+the oldest claimable run under a row lock taken with `SKIP LOCKED` (so two workers never wait on each other
+or take the same run) and holds it with a lease it renews; a worker that dies stops renewing, its lease
+lapses and another worker claims the run again (`attempt` counts the tries), which then continues from the
+thread's last checkpoint. Every write of a worker is fenced by its claim (`worker` and `attempt`): one whose
+lease lapsed and was taken over can neither finish the run nor append to its stream.
+
+Runs of one thread run one at a time, oldest first: only a thread's oldest unfinished run is claimable, and
+its thread row is locked with it. `multitask_strategy` is applied when a run is put, in the transaction that
+locks the thread: `reject` refuses a second run (`ConflictError`), `enqueue` queues it, `interrupt` and
+`rollback` ask the unfinished ones to stop (a pending one is settled at once; a running one sees `cancel` at
+its next lease renewal). Stream events are appended with a per-run sequence, so a client that reconnects with
+`Last-Event-ID` reads the rest from any worker, with no gap and no duplicate.
+
+Statuses are the LangGraph API's: a run is pending, running, then success, error, timeout or interrupted (a
+rolled back run is deleted); a thread is idle, busy, interrupted or error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
+
+from agentstack.errors import ConfigError, ConflictError, LeaseLostError, NotFoundError
+
+__all__ = ["Run", "RunQueue", "StreamEvent", "Thread"]
+
+RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
+ThreadStatusValue = Literal["idle", "busy", "interrupted", "error"]
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
+CancelAction = Literal["interrupt", "rollback"]
+
+FINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupted"})
+_STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
+_SETUP_LOCK = 0x61676E7472756E73  # "agntruns": serialises setup() across processes
+
+# Append-only: index = version. Never edit or renumber; add a statement to change the layout.
+MIGRATIONS: tuple[str, ...] = (
+    """CREATE TABLE agentstack_threads (
+    thread_id UUID PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    metadata JSONB NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL DEFAULT 'idle' CHECK (status IN ('idle', 'busy', 'interrupted', 'error')),
+    error JSONB
+)""",
+    """CREATE TABLE agentstack_runs (
+    run_id UUID PRIMARY KEY,
+    thread_id UUID NOT NULL REFERENCES agentstack_threads (thread_id) ON DELETE CASCADE,
+    assistant_id TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'success', 'error', 'timeout', 'interrupted')),
+    metadata JSONB NOT NULL DEFAULT '{}',
+    kwargs JSONB NOT NULL DEFAULT '{}',
+    multitask_strategy TEXT NOT NULL CHECK (multitask_strategy IN ('reject', 'enqueue', 'interrupt', 'rollback')),
+    attempt INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    lease_until TIMESTAMPTZ,
+    cancel TEXT CHECK (cancel IN ('interrupt', 'rollback')),
+    error JSONB
+)""",
+    """CREATE INDEX agentstack_runs_unfinished ON agentstack_runs (thread_id, created_at)
+    WHERE status IN ('pending', 'running')""",
+    """CREATE TABLE agentstack_run_events (
+    run_id UUID NOT NULL REFERENCES agentstack_runs (run_id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    data JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, seq)
+)""",
+)
+
+_RUN_COLUMNS = (
+    "run_id, thread_id, assistant_id, created_at, updated_at, status, metadata, kwargs, multitask_strategy, "
+    "attempt, worker, lease_until, cancel, error"
+)
+
+
+@dataclass(frozen=True)
+class Thread:
+    thread_id: str
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+    status: ThreadStatusValue
+    error: Any = None
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    created_at: datetime
+    updated_at: datetime
+    status: RunStatus
+    metadata: dict[str, Any]
+    kwargs: dict[str, Any]
+    multitask_strategy: MultitaskStrategy
+    attempt: int = 0
+    worker: str | None = None
+    lease_until: datetime | None = None
+    cancel: CancelAction | None = None
+    error: Any = None
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of a run's stream; `seq` is what a client sends back as `Last-Event-ID`."""
+
+    seq: int
+    event: str
+    data: Any
+
+
+class RunQueue:
+    """Threads, runs and their stream events on a psycopg async pool in autocommit mode (`open_pool(url)`).
+
+    Postgres errors are not mapped here: the server and the workers that call this map them where they
+    know what was being done (a request, a claim) and what to tell the caller.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def setup(self) -> None:
+        """Create or migrate the tables; safe when several processes start at once."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS agentstack_api_migrations (v INTEGER PRIMARY KEY)")
+            row = await (await conn.execute("SELECT max(v) AS v FROM agentstack_api_migrations")).fetchone()
+            current = -1 if row is None or row["v"] is None else int(row["v"])
+            if current >= len(MIGRATIONS):
+                raise ConfigError(
+                    f"the agent server's tables are at migration {current}, newer than this agentstack knows "
+                    f"({len(MIGRATIONS) - 1})",
+                    fix="upgrade agentstack to the version that migrated this database",
+                )
+            for version in range(current + 1, len(MIGRATIONS)):
+                await conn.execute(MIGRATIONS[version])
+                await conn.execute("INSERT INTO agentstack_api_migrations (v) VALUES (%s)", (version,))
+
+    # -- threads ------------------------------------------------------------------------------------
+
+    async def create_thread(
+        self,
+        thread_id: str | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        if_exists: Literal["raise", "do_nothing"] = "raise",
+    ) -> Thread:
+        thread_id = _uuid(thread_id or str(uuid.uuid4()), "thread")
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO agentstack_threads (thread_id, metadata) VALUES (%s, %s) "
+                    "ON CONFLICT (thread_id) DO NOTHING RETURNING *",
+                    (thread_id, Jsonb(dict(metadata or {}))),
+                )
+            ).fetchone()
+            if row is None:
+                if if_exists == "raise":
+                    raise ConflictError(
+                        f"thread {thread_id} already exists", fix="use another thread id, or if_exists='do_nothing'"
+                    )
+                row = await (
+                    await conn.execute("SELECT * FROM agentstack_threads WHERE thread_id = %s", (thread_id,))
+                ).fetchone()
+        return _thread(row)
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT * FROM agentstack_threads WHERE thread_id = %s", (_uuid(thread_id, "thread"),)
+                )
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"there is no thread {thread_id}", fix="create it first, or use if_not_exists='create'")
+        return _thread(row)
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    async def put_run(
+        self,
+        thread_id: str,
+        assistant_id: str,
+        *,
+        kwargs: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        multitask_strategy: MultitaskStrategy = "enqueue",
+        if_not_exists: Literal["reject", "create"] = "reject",
+    ) -> Run:
+        """Queue a run on `thread_id`, applying `multitask_strategy` to the thread's unfinished runs."""
+        if multitask_strategy not in _STRATEGIES:
+            raise ConfigError(
+                f"multitask_strategy {multitask_strategy!r} is not one of {', '.join(_STRATEGIES)}",
+                fix="multitask_strategy='enqueue' queues the run behind the thread's others",
+            )
+        thread_id = _uuid(thread_id, "thread")
+        run_id = str(_uuid7())
+        async with self.pool.connection() as conn, conn.transaction():
+            if if_not_exists == "create":
+                await conn.execute(
+                    "INSERT INTO agentstack_threads (thread_id, metadata) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (thread_id, Jsonb({"assistant_id": assistant_id})),
+                )
+            locked = await (
+                await conn.execute("SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (thread_id,))
+            ).fetchone()
+            if locked is None:
+                raise NotFoundError(
+                    f"there is no thread {thread_id}", fix="create it first, or pass if_not_exists='create'"
+                )
+            unfinished = await (
+                await conn.execute(
+                    "SELECT run_id, status FROM agentstack_runs WHERE thread_id = %s "
+                    "AND status IN ('pending', 'running') ORDER BY created_at",
+                    (thread_id,),
+                )
+            ).fetchall()
+            if unfinished and multitask_strategy == "reject":
+                raise ConflictError(
+                    f"thread {thread_id} is already running a task",
+                    fix="wait for it to finish, or choose another multitask_strategy (enqueue, interrupt, rollback)",
+                )
+            if unfinished and multitask_strategy in ("interrupt", "rollback"):
+                await _cancel_rows(conn, [r["run_id"] for r in unfinished], multitask_strategy)
+            row = await (
+                await conn.execute(
+                    f"INSERT INTO agentstack_runs (run_id, thread_id, assistant_id, metadata, kwargs, "
+                    f"multitask_strategy) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_RUN_COLUMNS}",
+                    (
+                        run_id,
+                        thread_id,
+                        assistant_id,
+                        Jsonb({"assistant_id": assistant_id, **(metadata or {})}),
+                        Jsonb(dict(kwargs or {})),
+                        multitask_strategy,
+                    ),
+                )
+            ).fetchone()
+            await conn.execute(
+                "UPDATE agentstack_threads SET status = 'busy', updated_at = now() WHERE thread_id = %s", (thread_id,)
+            )
+            await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (thread_id,))
+        return _run(row)
+
+    async def get_run(self, thread_id: str, run_id: str) -> Run:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    f"SELECT {_RUN_COLUMNS} FROM agentstack_runs WHERE thread_id = %s AND run_id = %s",
+                    (_uuid(thread_id, "thread"), _uuid(run_id, "run")),
+                )
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"there is no run {run_id} on thread {thread_id}", fix="list the thread's runs")
+        return _run(row)
+
+    async def claim(self, worker: str, *, lease_s: float) -> Run | None:
+        """The oldest claimable run, now `running` under `worker`'s lease, or None.
+
+        Claimable: pending, or running under a lease that lapsed (its worker died), and the oldest unfinished
+        run of its thread. The run and its thread are locked `SKIP LOCKED`, and the update checks the run's
+        status again: a run another worker claimed since this statement's snapshot is not taken twice.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    f"""WITH candidate AS (
+    SELECT r.run_id FROM agentstack_runs r JOIN agentstack_threads t ON t.thread_id = r.thread_id
+    WHERE (r.status = 'pending' OR (r.status = 'running' AND r.lease_until < clock_timestamp()))
+      AND NOT EXISTS (
+        SELECT 1 FROM agentstack_runs o WHERE o.thread_id = r.thread_id
+          AND o.status IN ('pending', 'running') AND (o.created_at, o.run_id) < (r.created_at, r.run_id))
+    ORDER BY r.created_at, r.run_id
+    LIMIT 1
+    FOR UPDATE OF r, t SKIP LOCKED
+)
+UPDATE agentstack_runs AS u
+SET status = 'running', worker = %(worker)s, attempt = u.attempt + 1,
+    lease_until = clock_timestamp() + make_interval(secs => %(lease)s), updated_at = clock_timestamp()
+FROM candidate
+WHERE u.run_id = candidate.run_id
+  AND (u.status = 'pending' OR (u.status = 'running' AND u.lease_until < clock_timestamp()))
+RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
+                    {"worker": worker, "lease": lease_s},
+                )
+            ).fetchone()
+        return _run(row) if row is not None else None
+
+    async def renew(self, run: Run, *, lease_s: float) -> CancelAction | None:
+        """Extend `run`'s lease; the cancel asked for it since (stop at the next superstep), or None.
+
+        Raises `LeaseLostError` when the run is no longer this claim's: its lease lapsed and another worker
+        took it, or it was settled (cancelled while pending, deleted by a rollback).
+        """
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "UPDATE agentstack_runs SET lease_until = clock_timestamp() + make_interval(secs => %s) "
+                    "WHERE run_id = %s AND worker = %s AND attempt = %s AND status = 'running' RETURNING cancel",
+                    (lease_s, run.run_id, run.worker, run.attempt),
+                )
+            ).fetchone()
+        if row is None:
+            raise _lost(run)
+        return row["cancel"]
+
+    async def finish(self, run: Run, status: RunStatus, *, thread_status: ThreadStatusValue, error: Any = None) -> None:
+        """Settle a claimed run; the thread takes `thread_status` unless another run of it is unfinished.
+
+        A run cancelled with rollback is deleted instead, its thread's checkpoints with it being the
+        caller's to delete (they are the checkpointer's tables).
+        """
+        if status not in FINAL:
+            raise ConfigError(f"{status!r} is not a final run status", fix=f"one of {', '.join(sorted(FINAL))}")
+        async with self.pool.connection() as conn, conn.transaction():
+            owned = await (
+                await conn.execute(
+                    "SELECT cancel FROM agentstack_runs WHERE run_id = %s AND worker = %s AND attempt = %s "
+                    "AND status = 'running' FOR UPDATE",
+                    (run.run_id, run.worker, run.attempt),
+                )
+            ).fetchone()
+            if owned is None:
+                raise _lost(run)
+            if owned["cancel"] == "rollback":
+                await conn.execute("DELETE FROM agentstack_runs WHERE run_id = %s", (run.run_id,))
+            else:
+                await conn.execute(
+                    "UPDATE agentstack_runs SET status = %s, error = %s, worker = NULL, lease_until = NULL, "
+                    "updated_at = clock_timestamp() WHERE run_id = %s",
+                    (status, Jsonb(error) if error is not None else None, run.run_id),
+                )
+            await _settle_thread(conn, run.thread_id, thread_status, error)
+            await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (run.thread_id,))
+
+    async def release(self, run: Run) -> None:
+        """Give a claimed run back (a worker draining on shutdown): pending again, for the next worker."""
+        async with self.pool.connection() as conn:
+            done = await conn.execute(
+                "UPDATE agentstack_runs SET status = 'pending', worker = NULL, lease_until = NULL, "
+                "updated_at = clock_timestamp() WHERE run_id = %s AND worker = %s AND attempt = %s "
+                "AND status = 'running'",
+                (run.run_id, run.worker, run.attempt),
+            )
+            if done.rowcount:
+                await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (run.thread_id,))
+
+    async def cancel(self, thread_id: str, run_id: str, action: CancelAction = "interrupt") -> None:
+        """Stop a run: a pending one at once, a running one at its worker's next lease renewal."""
+        if action not in ("interrupt", "rollback"):
+            raise ConfigError(f"cancel action {action!r} is not interrupt or rollback", fix="action='interrupt'")
+        async with self.pool.connection() as conn, conn.transaction():
+            found = await (
+                await conn.execute(
+                    "SELECT status FROM agentstack_runs WHERE thread_id = %s AND run_id = %s FOR UPDATE",
+                    (_uuid(thread_id, "thread"), _uuid(run_id, "run")),
+                )
+            ).fetchone()
+            if found is None:
+                raise NotFoundError(f"there is no run {run_id} on thread {thread_id}", fix="list the thread's runs")
+            if found["status"] in FINAL:
+                return
+            await _cancel_rows(conn, [run_id], action)
+
+    # -- stream events ------------------------------------------------------------------------------
+
+    async def append_event(self, run: Run, event: str, data: Any) -> int:
+        """Append one event to `run`'s stream, fenced by the claim; its sequence number."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    """INSERT INTO agentstack_run_events (run_id, seq, event, data)
+SELECT %(run)s, coalesce((SELECT max(seq) FROM agentstack_run_events WHERE run_id = %(run)s), 0) + 1,
+       %(event)s, %(data)s
+WHERE EXISTS (SELECT 1 FROM agentstack_runs WHERE run_id = %(run)s AND worker = %(worker)s AND attempt = %(attempt)s
+              AND status = 'running')
+RETURNING seq""",
+                    {
+                        "run": run.run_id,
+                        "event": event,
+                        "data": Jsonb(data),
+                        "worker": run.worker,
+                        "attempt": run.attempt,
+                    },
+                )
+            ).fetchone()
+            if row is None:
+                raise _lost(run)
+            await conn.execute("SELECT pg_notify('agentstack_events', %s)", (run.run_id,))
+        return int(row["seq"])
+
+    async def events_after(self, run_id: str, seq: int = 0, *, limit: int = 1000) -> list[StreamEvent]:
+        """The run's events after `seq` (a client's `Last-Event-ID`; 0: from the start), in order."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT seq, event, data FROM agentstack_run_events WHERE run_id = %s AND seq > %s "
+                    "ORDER BY seq LIMIT %s",
+                    (_uuid(run_id, "run"), seq, limit),
+                )
+            ).fetchall()
+        return [StreamEvent(int(r["seq"]), r["event"], r["data"]) for r in rows]
+
+
+async def _cancel_rows(conn: Any, run_ids: list[Any], action: CancelAction) -> None:
+    """Pending runs settle now (interrupted; deleted by a rollback); running ones are told through `cancel`."""
+    ids = [str(r) for r in run_ids]
+    if action == "rollback":
+        await conn.execute("DELETE FROM agentstack_runs WHERE run_id = ANY(%s::uuid[]) AND status = 'pending'", (ids,))
+    else:
+        await conn.execute(
+            "UPDATE agentstack_runs SET status = 'interrupted', updated_at = clock_timestamp() "
+            "WHERE run_id = ANY(%s::uuid[]) AND status = 'pending'",
+            (ids,),
+        )
+    await conn.execute(
+        "UPDATE agentstack_runs SET cancel = %s, updated_at = clock_timestamp() "
+        "WHERE run_id = ANY(%s::uuid[]) AND status = 'running'",
+        (action, ids),
+    )
+    await conn.execute(
+        "SELECT pg_notify('agentstack_cancels', string_agg(id, ',')) FROM unnest(%s::text[]) AS id", (ids,)
+    )
+
+
+async def _settle_thread(conn: Any, thread_id: Any, status: ThreadStatusValue, error: Any) -> None:
+    await conn.execute(
+        """UPDATE agentstack_threads SET updated_at = now(), error = %(error)s,
+    status = CASE WHEN EXISTS (SELECT 1 FROM agentstack_runs WHERE thread_id = %(thread)s
+                               AND status IN ('pending', 'running')) THEN 'busy' ELSE %(status)s END
+WHERE thread_id = %(thread)s""",
+        {"thread": thread_id, "status": status, "error": Jsonb(error) if error is not None else None},
+    )
+
+
+def _lost(run: Run) -> LeaseLostError:
+    return LeaseLostError(
+        f"run {run.run_id} (attempt {run.attempt}) is no longer held by worker {run.worker}: its lease lapsed and "
+        "another worker took it, or it was cancelled",
+        fix="stop working on it; the run's current holder carries it on",
+    )
+
+
+def _uuid(value: str, kind: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ConfigError(f"{kind} id {value!r} is not a UUID", fix=f"use a UUID, e.g. {uuid.uuid4()}") from None
+
+
+def _uuid7() -> uuid.UUID:
+    """A time-ordered UUID (version 7), as the LangGraph API gives runs: ids sort by creation."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+def _thread(row: Mapping[str, Any]) -> Thread:
+    return Thread(
+        thread_id=str(row["thread_id"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        metadata=dict(row["metadata"]),
+        status=row["status"],
+        error=row["error"],
+    )
+
+
+def _run(row: Mapping[str, Any]) -> Run:
+    return Run(**{k: (str(v) if k in ("run_id", "thread_id") else v) for k, v in row.items()})
