@@ -1,0 +1,167 @@
+"""A worker of the agent server: claims runs from the queue and runs them on their graphs.
+
+A claimed run streams its graph with the modes its client asked for, each chunk appended to the run's
+events (`metadata` first, as the LangGraph API sends it), while a background task renews the lease. A cancel
+seen at a renewal stops the graph: what it saved is kept (a rollback deletes the run's row; deleting the
+checkpoints it wrote is still to come with the server). When the graph returns, the run is a `success` and
+its thread `interrupted` if nodes are still due (an `interrupt()` waits for a resume) or `idle`; a graph that
+raises is an `error`, with an `error` event.
+
+A worker that dies leaves its run `running` under a lease that lapses; the worker that claims it next
+continues the thread from its last checkpoint rather than feeding the input again, when that checkpoint was
+written by this run (every checkpoint records its `run_id` in its metadata): a finished superstep never
+runs twice, and a run that had finished its graph before the worker died ends at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from langgraph.pregel import Pregel
+from langgraph.types import Command
+
+from agentstack.api._runs import Run, RunQueue
+from agentstack.errors import LeaseLostError
+from agentstack.graphs._streaming import jsonable
+
+__all__ = ["RunWorker"]
+
+_log = logging.getLogger(__name__)
+
+# The LangGraph API's stream mode names, as LangGraph's `astream` calls them.
+_MODES = {
+    "values": "values",
+    "updates": "updates",
+    "messages-tuple": "messages",
+    "messages": "messages",
+    "custom": "custom",
+    "debug": "debug",
+    "tasks": "tasks",
+    "checkpoints": "checkpoints",
+}
+
+
+class RunWorker:
+    """Runs the queue's runs on `graphs` (assistant id -> compiled graph with a checkpointer), one at a time.
+
+    `lease_s` is how long a claim lasts unrenewed: the longest a dead worker's run waits before another takes
+    it. The lease is renewed every third of it, and a renewal is where a cancel is seen.
+    """
+
+    def __init__(
+        self,
+        queue: RunQueue,
+        graphs: Mapping[str, Pregel[Any, Any, Any, Any]],
+        *,
+        name: str | None = None,
+        lease_s: float = 30.0,
+    ) -> None:
+        self.queue = queue
+        self.graphs = dict(graphs)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_s = lease_s
+
+    async def run_once(self) -> Run | None:
+        """Claim the oldest claimable run and run it to its end; None when nothing was claimable."""
+        run = await self.queue.claim(self.name, lease_s=self.lease_s)
+        if run is not None:
+            await self.execute(run)
+        return run
+
+    async def execute(self, run: Run) -> None:
+        """Run a claimed run; it ends settled (success, error, interrupted) unless its lease was lost."""
+        graph = self.graphs.get(run.assistant_id)
+        if graph is None:
+            problem = f"no graph is served as assistant {run.assistant_id!r} (served: {', '.join(self.graphs)})"
+            await self._fail(run, "ValueError", problem)
+            return
+        streaming = asyncio.create_task(self._stream(run, graph), name=f"run {run.run_id}")
+        renewing = asyncio.create_task(self._renew(run, streaming), name=f"lease of run {run.run_id}")
+        try:
+            await streaming
+        except asyncio.CancelledError:
+            if not renewing.done():
+                raise  # this worker is stopping: the run stays claimed until its lease lapses
+            if renewing.exception() is None:  # a cancel was asked for: interrupt or rollback
+                await self._settle(run, graph, "interrupted")
+            return  # or the lease was lost (or Postgres failed): the run's next holder carries it on
+        except Exception as exc:  # the graph raised: the run's error, not the worker's
+            _log.info("run %s failed: %r", run.run_id, exc)
+            await self._fail(run, type(exc).__name__, str(exc))
+            return
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLostError):
+                await renewing
+        await self._settle(run, graph, "success")
+
+    async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> None:
+        kwargs = run.kwargs
+        config = _config(run)
+        graph_input = await self._input(run, graph, config)
+        requested = kwargs.get("stream_mode") or ["values"]
+        modes = [_MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in _MODES]
+        subgraphs = bool(kwargs.get("subgraphs") or kwargs.get("stream_subgraphs"))
+        await self.queue.append_event(run, "metadata", {"run_id": run.run_id, "attempt": run.attempt})
+        async for namespace, mode, chunk in graph.astream(
+            graph_input,
+            config,
+            context=kwargs.get("context"),
+            stream_mode=modes or ["values"],
+            subgraphs=True,
+            interrupt_before=kwargs.get("interrupt_before"),
+            interrupt_after=kwargs.get("interrupt_after"),
+        ):
+            if namespace and not subgraphs:
+                continue
+            event = mode if not namespace else f"{mode}|{'|'.join(namespace)}"
+            await self.queue.append_event(run, event, jsonable(chunk))
+
+    async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any], config: dict[str, Any]) -> Any:
+        """The run's input, or None to continue the thread when an earlier attempt of this run saved steps."""
+        if run.attempt > 1 and graph.checkpointer is not None:
+            saved = await graph.checkpointer.aget_tuple(config)  # type: ignore[union-attr]
+            if saved is not None and saved.metadata.get("run_id") == run.run_id:
+                return None
+        command = run.kwargs.get("command")
+        if command:
+            return Command(**{k: v for k, v in command.items() if k in ("resume", "update", "goto")})
+        return run.kwargs.get("input")
+
+    async def _renew(self, run: Run, streaming: asyncio.Task[None]) -> str:
+        """Renew the lease until a cancel is asked for (returned) or the lease is lost (raised)."""
+        try:
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                cancel = await self.queue.renew(run, lease_s=self.lease_s)
+                if cancel is not None:
+                    streaming.cancel()
+                    return cancel
+        except LeaseLostError:
+            _log.warning("worker %s lost its lease on run %s; stopping it", self.name, run.run_id)
+            streaming.cancel()
+            raise
+
+    async def _settle(self, run: Run, graph: Pregel[Any, Any, Any, Any], status: Any) -> None:
+        state = await graph.aget_state(_config(run))
+        await self.queue.finish(run, status, thread_status="interrupted" if state.next else "idle")
+
+    async def _fail(self, run: Run, error: str, message: str) -> None:
+        with contextlib.suppress(LeaseLostError):
+            await self.queue.append_event(run, "error", {"error": error, "message": message})
+            await self.queue.finish(run, "error", thread_status="error", error={"error": error, "message": message})
+
+
+def _config(run: Run) -> dict[str, Any]:
+    """The run's config: its thread, the client's configurable, and `run_id` in every checkpoint's metadata."""
+    config = dict(run.kwargs.get("config") or {})
+    configurable = {**(config.get("configurable") or {}), "thread_id": run.thread_id, "run_id": run.run_id}
+    metadata = {**(config.get("metadata") or {}), **run.metadata, "run_id": run.run_id}
+    return {**config, "configurable": configurable, "metadata": metadata}
