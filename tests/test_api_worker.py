@@ -14,6 +14,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
 from agentstack.api._runs import RunQueue
+from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._worker import RunWorker
 from agentstack.checkpoint import PoolSaver
 
@@ -27,6 +28,10 @@ async def queue(saver: PoolSaver) -> AsyncIterator[RunQueue]:
     runs = RunQueue(saver.conn)
     await runs.setup()
     yield runs
+
+
+def served(graph: Any) -> ServedGraphs:
+    return ServedGraphs([ServedGraph("steps", graph)])
 
 
 def two_steps(saver: PoolSaver, *, second: Any = None, calls: list[str] | None = None) -> Any:
@@ -51,7 +56,7 @@ def two_steps(saver: PoolSaver, *, second: Any = None, calls: list[str] | None =
 
 
 async def test_a_run_streams_its_values_and_ends_a_success_on_an_idle_thread(queue: RunQueue, saver: PoolSaver) -> None:
-    worker = RunWorker(queue, {"steps": two_steps(saver)}, name="w1")
+    worker = RunWorker(queue, served(two_steps(saver)), name="w1")
     thread = (await queue.create_thread()).thread_id
     put = await queue.put_run(thread, "steps", kwargs={"input": {"steps": []}, "stream_mode": ["values", "updates"]})
     assert (await worker.run_once()) is not None
@@ -70,7 +75,7 @@ async def test_an_interrupt_leaves_the_thread_interrupted_and_a_resume_run_finis
     def ask(state: State) -> dict[str, list[str]]:
         return {"steps": [f"human said {interrupt('go on?')}"]}
 
-    worker = RunWorker(queue, {"steps": two_steps(saver, second=ask)}, name="w1")
+    worker = RunWorker(queue, served(two_steps(saver, second=ask)), name="w1")
     thread = (await queue.create_thread()).thread_id
     first = await queue.put_run(thread, "steps", kwargs={"input": {"steps": []}})
     await worker.run_once()
@@ -89,7 +94,7 @@ async def test_a_graph_that_raises_is_an_error_run_with_an_error_event(queue: Ru
     def broken(state: State) -> dict[str, list[str]]:
         raise RuntimeError("the tool is down")
 
-    worker = RunWorker(queue, {"steps": two_steps(saver, second=broken)}, name="w1")
+    worker = RunWorker(queue, served(two_steps(saver, second=broken)), name="w1")
     thread = (await queue.create_thread()).thread_id
     put = await queue.put_run(thread, "steps", kwargs={"input": {"steps": []}})
     await worker.run_once()
@@ -110,7 +115,7 @@ async def test_a_cancel_stops_a_running_run_at_its_next_renewal(queue: RunQueue,
         await asyncio.sleep(60)
         return {"steps": ["never"]}
 
-    worker = RunWorker(queue, {"steps": two_steps(saver, second=slow)}, name="w1", lease_s=0.3)
+    worker = RunWorker(queue, served(two_steps(saver, second=slow)), name="w1", lease_s=0.3)
     thread = (await queue.create_thread()).thread_id
     put = await queue.put_run(thread, "steps", kwargs={"input": {"steps": []}})
     running = asyncio.create_task(worker.run_once())
@@ -137,14 +142,14 @@ async def test_a_dead_workers_run_is_continued_from_its_last_checkpoint_by_anoth
     graph = two_steps(saver, second=second, calls=calls)
     thread = (await queue.create_thread()).thread_id
     put = await queue.put_run(thread, "steps", kwargs={"input": {"steps": []}})
-    dying = RunWorker(queue, {"steps": graph}, name="dying", lease_s=0.5)
+    dying = RunWorker(queue, served(graph), name="dying", lease_s=0.5)
     task = asyncio.create_task(dying.run_once())
     await asyncio.wait_for(hang.wait(), 10)
     task.cancel()  # what a SIGKILL leaves: the run still claimed, its lease no longer renewed
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await queue.get_run(thread, put.run_id)).status == "running"
-    survivor = RunWorker(queue, {"steps": graph}, name="survivor", lease_s=5)
+    survivor = RunWorker(queue, served(graph), name="survivor", lease_s=5)
     assert await survivor.run_once() is None  # the lease has not lapsed yet
     await asyncio.sleep(0.6)
     taken = await survivor.run_once()

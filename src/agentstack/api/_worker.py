@@ -21,14 +21,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
 from agentstack.api._runs import Run, RunQueue
-from agentstack.errors import LeaseLostError
+from agentstack.api._served import ServedGraphs
+from agentstack.errors import AgentStackError, LeaseLostError
 from agentstack.graphs._streaming import jsonable
 
 __all__ = ["RunWorker"]
@@ -49,7 +49,7 @@ _MODES = {
 
 
 class RunWorker:
-    """Runs the queue's runs on `graphs` (assistant id -> compiled graph with a checkpointer), one at a time.
+    """Runs the queue's runs on the served `graphs`, one at a time.
 
     `lease_s` is how long a claim lasts unrenewed: the longest a dead worker's run waits before another takes
     it. The lease is renewed every third of it, and a renewal is where a cancel is seen.
@@ -58,13 +58,13 @@ class RunWorker:
     def __init__(
         self,
         queue: RunQueue,
-        graphs: Mapping[str, Pregel[Any, Any, Any, Any]],
+        graphs: ServedGraphs,
         *,
         name: str | None = None,
         lease_s: float = 30.0,
     ) -> None:
         self.queue = queue
-        self.graphs = dict(graphs)
+        self.graphs = graphs
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_s = lease_s
 
@@ -77,12 +77,14 @@ class RunWorker:
 
     async def execute(self, run: Run) -> None:
         """Run a claimed run; it ends settled (success, error, interrupted) unless its lease was lost."""
-        graph = self.graphs.get(run.assistant_id)
-        if graph is None:
-            problem = f"no graph is served as assistant {run.assistant_id!r} (served: {', '.join(self.graphs)})"
-            await self._fail(run, "ValueError", problem)
+        try:
+            served = self.graphs.get(run.assistant_id)
+            context = served.context_from(run.kwargs.get("context"))
+        except AgentStackError as exc:  # checked when the run was put; a server restarted with other graphs
+            await self._fail(run, type(exc).__name__, exc.problem)
             return
-        streaming = asyncio.create_task(self._stream(run, graph), name=f"run {run.run_id}")
+        graph = served.graph
+        streaming = asyncio.create_task(self._stream(run, graph, context), name=f"run {run.run_id}")
         renewing = asyncio.create_task(self._renew(run, streaming), name=f"lease of run {run.run_id}")
         try:
             await streaming
@@ -102,7 +104,7 @@ class RunWorker:
                 await renewing
         await self._settle(run, graph, "success")
 
-    async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> None:
+    async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any) -> None:
         kwargs = run.kwargs
         config = _config(run)
         graph_input = await self._input(run, graph, config)
@@ -113,7 +115,7 @@ class RunWorker:
         async for namespace, mode, chunk in graph.astream(
             graph_input,
             config,
-            context=kwargs.get("context"),
+            context=context,
             stream_mode=modes or ["values"],
             subgraphs=True,
             interrupt_before=kwargs.get("interrupt_before"),
