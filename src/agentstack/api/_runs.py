@@ -202,8 +202,11 @@ class RunQueue:
         metadata: Mapping[str, Any] | None = None,
         multitask_strategy: MultitaskStrategy = "enqueue",
         if_not_exists: Literal["reject", "create"] = "reject",
+        thread_metadata: Mapping[str, Any] | None = None,
     ) -> Run:
-        """Queue a run on `thread_id`, applying `multitask_strategy` to the thread's unfinished runs."""
+        """Queue a run on `thread_id`, applying `multitask_strategy` to the thread's unfinished runs.
+
+        `thread_metadata` is merged into the thread's (the server records which graph the thread runs)."""
         if multitask_strategy not in _STRATEGIES:
             raise ConfigError(
                 f"multitask_strategy {multitask_strategy!r} is not one of {', '.join(_STRATEGIES)}",
@@ -253,7 +256,9 @@ class RunQueue:
                 )
             ).fetchone()
             await conn.execute(
-                "UPDATE agentstack_threads SET status = 'busy', updated_at = now() WHERE thread_id = %s", (thread_id,)
+                "UPDATE agentstack_threads SET status = 'busy', updated_at = now(), metadata = metadata || %s "
+                "WHERE thread_id = %s",
+                (Jsonb(dict(thread_metadata or {})), thread_id),
             )
             await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (thread_id,))
         return _run(row)
@@ -269,6 +274,21 @@ class RunQueue:
         if row is None:
             raise NotFoundError(f"there is no run {run_id} on thread {thread_id}", fix="list the thread's runs")
         return _run(row)
+
+    async def list_runs(
+        self, thread_id: str, *, limit: int = 10, offset: int = 0, status: str | None = None
+    ) -> list[Run]:
+        """The thread's runs, newest first."""
+        await self.get_thread(thread_id)  # a missing thread is an error, not an empty list
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT {_RUN_COLUMNS} FROM agentstack_runs WHERE thread_id = %s "
+                    "AND (%s::text IS NULL OR status = %s) ORDER BY created_at DESC, run_id DESC LIMIT %s OFFSET %s",
+                    (_uuid(thread_id, "thread"), status, status, limit, offset),
+                )
+            ).fetchall()
+        return [_run(r) for r in rows]
 
     async def claim(self, worker: str, *, lease_s: float) -> Run | None:
         """The oldest claimable run, now `running` under `worker`'s lease, or None.

@@ -75,6 +75,30 @@ class RunWorker:
             await self.execute(run)
         return run
 
+    async def serve(self, *, idle_s: float = 0.2) -> None:
+        """Run claimable runs until cancelled, looking again every `idle_s` when there are none.
+
+        Cancelled (the server stops), it drains: the run in hand goes back to pending, what it saved is kept,
+        and the next worker to claim it continues from there. A failure to reach Postgres is logged and
+        retried: the server outlives a database restart.
+        """
+        while True:
+            run = None
+            try:
+                run = await self.queue.claim(self.name, lease_s=self.lease_s)
+                if run is None:
+                    await asyncio.sleep(idle_s)
+                    continue
+                await self.execute(run)
+            except asyncio.CancelledError:
+                if run is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.queue.release(run))
+                raise
+            except Exception as exc:  # Postgres away: the runs wait in it, so wait for it
+                _log.warning("worker %s: %s; retrying in %.0f s", self.name, exc, 5 * idle_s)
+                await asyncio.sleep(5 * idle_s)
+
     async def execute(self, run: Run) -> None:
         """Run a claimed run; it ends settled (success, error, interrupted) unless its lease was lost."""
         try:
@@ -120,6 +144,7 @@ class RunWorker:
             subgraphs=True,
             interrupt_before=kwargs.get("interrupt_before"),
             interrupt_after=kwargs.get("interrupt_after"),
+            durability=kwargs.get("durability"),
         ):
             if namespace and not subgraphs:
                 continue

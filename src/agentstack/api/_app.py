@@ -1,0 +1,454 @@
+"""The LangGraph HTTP API over the runs queue: what `langgraph_sdk`'s client calls, served by agentstack.
+
+Routes, bodies, status codes and the SSE framing follow the reference server as notes/langgraph-http-api.md
+records it (langgraph-api 0.5.23, langgraph_sdk 0.4.14). A run is queued in Postgres and run by the app's
+workers (or any other process's, on the same database); streaming, waiting and joining read the run's stored
+events, so a client can reconnect with `Last-Event-ID` to any server process and get the rest, no gap and no
+duplicate. Every SSE event carries its sequence number as `id:` (the reference sends ids only for
+`stream_resumable` runs; sending them always costs nothing and makes every stream resumable).
+
+Served so far: `/ok`, `/info`; assistants search, count and get; threads create, get and state; runs
+create (background), stream, wait, list, get, join, join_stream and cancel on a thread. Not yet: the
+stateless `/runs/*` routes, thread search/patch/delete/copy/history and update_state, assistants
+create/patch/delete/versions, `/graph` and `/schemas`, crons and the store; a request body key this server
+does not implement is refused with 422 naming it, never ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread
+from agentstack.api._served import ServedGraph, ServedGraphs
+from agentstack.api._worker import RunWorker
+from agentstack.errors import ConfigError, ConflictError, NotFoundError, UserError
+from agentstack.graphs._streaming import jsonable
+
+__all__ = ["create_app"]
+
+_HEARTBEAT_S = 5.0
+# Run-create body keys, and the values this server implements for those it does not honour yet.
+_RUN_KEYS = {
+    "assistant_id", "input", "command", "config", "context", "metadata", "stream_mode", "stream_subgraphs",
+    "stream_resumable", "interrupt_before", "interrupt_after", "multitask_strategy", "if_not_exists",
+    "on_disconnect", "durability", "checkpoint_during", "feedback_keys", "webhook", "checkpoint", "checkpoint_id",
+    "after_seconds", "on_completion", "langsmith_tracer", "strict_resume",
+}  # fmt: skip
+_ONLY = {"on_disconnect": (None, "continue"), "feedback_keys": (None,), "webhook": (None,), "checkpoint": (None,),
+         "checkpoint_id": (None,), "after_seconds": (None, 0), "langsmith_tracer": (None,)}  # fmt: skip
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(
+    queue: RunQueue, graphs: ServedGraphs, *, workers: int = 1, lease_s: float = 30.0, poll_s: float = 0.05
+) -> Starlette:
+    """The agent server as an ASGI app: serve it with uvicorn. `workers` run queued runs in this process
+    (0: another process's workers do); `poll_s` is how often a stream or a wait looks for new events."""
+    api = _Api(queue, graphs, poll_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await queue.setup()
+        tasks = [
+            asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s).serve(), name=f"worker {i}")
+            for i in range(workers)
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    routes = [
+        Route("/ok", api.ok, methods=["GET"]),
+        Route("/info", api.info, methods=["GET"]),
+        Route("/assistants/search", api.search_assistants, methods=["POST"]),
+        Route("/assistants/count", api.count_assistants, methods=["POST"]),
+        Route("/assistants/{assistant_id}", api.get_assistant, methods=["GET"]),
+        Route("/threads", api.create_thread, methods=["POST"]),
+        Route("/threads/{thread_id}", api.get_thread, methods=["GET"]),
+        Route("/threads/{thread_id}/state", api.get_state, methods=["GET"]),
+        Route("/threads/{thread_id}/runs", api.create_run, methods=["POST"]),
+        Route("/threads/{thread_id}/runs", api.list_runs, methods=["GET"]),
+        Route("/threads/{thread_id}/runs/stream", api.stream_run, methods=["POST"]),
+        Route("/threads/{thread_id}/runs/wait", api.wait_run, methods=["POST"]),
+        Route("/threads/{thread_id}/runs/{run_id}", api.get_run, methods=["GET"]),
+        Route("/threads/{thread_id}/runs/{run_id}/join", api.join_run, methods=["GET"]),
+        Route("/threads/{thread_id}/runs/{run_id}/stream", api.join_stream, methods=["GET"]),
+        Route("/threads/{thread_id}/runs/{run_id}/cancel", api.cancel_run, methods=["POST"]),
+    ]
+    return Starlette(routes=[Route(r.path, _mapped(r.endpoint), methods=r.methods) for r in routes], lifespan=lifespan)
+
+
+def _mapped(handler: Any) -> Handler:
+    """agentstack errors as the reference server's JSON errors: 404, 409, 422 (a bad id or field), 400."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except NotFoundError as exc:
+            return _json({"detail": str(exc)}, 404)
+        except ConflictError as exc:
+            return _json({"detail": str(exc)}, 409)
+        except ConfigError as exc:
+            return _json({"detail": str(exc)}, 422)
+        except UserError as exc:
+            return _json({"detail": str(exc)}, 400)
+
+    return endpoint
+
+
+class _Api:
+    def __init__(self, queue: RunQueue, graphs: ServedGraphs, poll_s: float) -> None:
+        self.queue = queue
+        self.graphs = graphs
+        self.poll_s = poll_s
+        self.started = datetime.now(UTC)
+
+    # -- meta ---------------------------------------------------------------------------------------
+
+    async def ok(self, request: Request) -> Response:
+        return _json({"ok": True})
+
+    async def info(self, request: Request) -> Response:
+        return _json(
+            {
+                "version": f"agentstack {version('agentstack')}",
+                "langgraph_py_version": version("langgraph"),
+                "flags": {"assistants": True, "crons": False, "langsmith": False},
+            }
+        )
+
+    # -- assistants ---------------------------------------------------------------------------------
+
+    async def search_assistants(self, request: Request) -> Response:
+        body = await _body(request)
+        limit, offset = int(body.get("limit") or 10), int(body.get("offset") or 0)
+        found = [a for a in self._assistants() if _matches(a, body)]
+        return _json(found[offset : offset + limit], headers={"X-Pagination-Total": str(len(found))})
+
+    async def count_assistants(self, request: Request) -> Response:
+        body = await _body(request)
+        return _json(sum(1 for a in self._assistants() if _matches(a, body)))
+
+    async def get_assistant(self, request: Request) -> Response:
+        served = self.graphs.get(request.path_params["assistant_id"])
+        return _json(self._assistant(served))
+
+    def _assistants(self) -> list[dict[str, Any]]:
+        return [self._assistant(g) for g in self.graphs]
+
+    def _assistant(self, served: ServedGraph) -> dict[str, Any]:
+        return {
+            "assistant_id": served.assistant_id,
+            "graph_id": served.graph_id,
+            "name": served.graph_id,
+            "description": None,
+            "config": {},
+            "context": {},
+            "metadata": {"created_by": "system"},
+            "version": 1,
+            "created_at": self.started,
+            "updated_at": self.started,
+        }
+
+    # -- threads ------------------------------------------------------------------------------------
+
+    async def create_thread(self, request: Request) -> Response:
+        body = await _body(request)
+        if body.get("supersteps") or body.get("ttl"):
+            raise ConfigError("threads with supersteps or a ttl are not served yet", fix="create the thread bare")
+        thread = await self.queue.create_thread(
+            body.get("thread_id"), metadata=body.get("metadata"), if_exists=body.get("if_exists") or "raise"
+        )
+        return _json(await self._thread_json(thread))
+
+    async def get_thread(self, request: Request) -> Response:
+        return _json(await self._thread_json(await self.queue.get_thread(request.path_params["thread_id"])))
+
+    async def get_state(self, request: Request) -> Response:
+        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        served = self._thread_graph(thread)
+        if served is None:
+            return _json(_EMPTY_STATE)
+        subgraphs = request.query_params.get("subgraphs", "false").lower() in ("true", "1")
+        state = await served.graph.aget_state(_thread_config(thread.thread_id), subgraphs=subgraphs)
+        return _json(_state_json(state))
+
+    def _thread_graph(self, thread: Thread) -> ServedGraph | None:
+        graph_id = thread.metadata.get("graph_id")
+        return next((g for g in self.graphs if g.graph_id == graph_id), None)
+
+    async def _thread_json(self, thread: Thread) -> dict[str, Any]:
+        values: Any = None
+        interrupts: dict[str, Any] = {}
+        served = self._thread_graph(thread)
+        if served is not None:
+            state = await served.graph.aget_state(_thread_config(thread.thread_id))
+            values = jsonable(state.values) if state.created_at is not None else None
+            interrupts = {t.id: _interrupts(t.interrupts) for t in state.tasks if t.interrupts}
+        return {
+            "thread_id": thread.thread_id,
+            "created_at": thread.created_at,
+            "updated_at": thread.updated_at,
+            "metadata": thread.metadata,
+            "status": thread.status,
+            "config": {},
+            "values": values,
+            "interrupts": interrupts,
+            "error": thread.error,
+        }
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    async def _put(self, request: Request) -> Run:
+        thread_id = request.path_params["thread_id"]
+        body = await _body(request)
+        unknown = sorted(set(body) - _RUN_KEYS)
+        unsupported = sorted(k for k, allowed in _ONLY.items() if body.get(k) not in allowed)
+        if unknown or unsupported:
+            raise ConfigError(
+                f"run field(s) {', '.join(unknown + unsupported)} are not served by this server yet",
+                fix="leave them out (see agentstack.api for what is served)",
+            )
+        if not body.get("assistant_id"):
+            raise ConfigError("a run needs an assistant_id", fix="a served graph's id or its assistant id")
+        try:
+            served = self.graphs.get(str(body["assistant_id"]))
+        except NotFoundError as exc:
+            raise ConfigError(exc.problem, fix=exc.fix) from None
+        config = body.get("config") or {}
+        if config.get("configurable") and body.get("context"):
+            raise UserError("give either config.configurable or context, not both", fix="put the values in context")
+        context = body.get("context") or config.get("configurable") or None
+        served.context_from(context)  # a misspelt knob is refused now, not ignored by the graph later
+        kwargs = {
+            "input": body.get("input"),
+            "command": body.get("command"),
+            "config": {k: v for k, v in config.items() if k != "configurable"},
+            "context": context,
+            "stream_mode": body.get("stream_mode") or ["values"],
+            "subgraphs": bool(body.get("stream_subgraphs")),
+            "interrupt_before": body.get("interrupt_before"),
+            "interrupt_after": body.get("interrupt_after"),
+            # as the reference: no checkpoint during the run when checkpoint_during is false
+            "durability": body.get("durability") or ("exit" if body.get("checkpoint_during") is False else None),
+        }
+        return await self.queue.put_run(
+            thread_id,
+            served.assistant_id,
+            kwargs=kwargs,
+            metadata=body.get("metadata"),
+            multitask_strategy=body.get("multitask_strategy") or "enqueue",
+            if_not_exists=body.get("if_not_exists") or "reject",
+            thread_metadata={"graph_id": served.graph_id, "assistant_id": served.assistant_id},
+        )
+
+    async def create_run(self, request: Request) -> Response:
+        run = await self._put(request)
+        return _json(_run_json(run), headers=_locations(run))
+
+    async def stream_run(self, request: Request) -> Response:
+        run = await self._put(request)
+        return self._sse(run, after=0, modes=None)
+
+    async def wait_run(self, request: Request) -> Response:
+        run = await self._put(request)
+        return self._result(run)
+
+    async def list_runs(self, request: Request) -> Response:
+        query = request.query_params
+        runs = await self.queue.list_runs(
+            request.path_params["thread_id"],
+            limit=int(query.get("limit") or 10),
+            offset=int(query.get("offset") or 0),
+            status=query.get("status") or None,
+        )
+        return _json([_run_json(r) for r in runs])
+
+    async def get_run(self, request: Request) -> Response:
+        return _json(_run_json(await self._run(request)))
+
+    async def join_run(self, request: Request) -> Response:
+        return self._result(await self._run(request))
+
+    async def join_stream(self, request: Request) -> Response:
+        run = await self._run(request)
+        last = request.headers.get("last-event-id") or "0"
+        if not last.isdigit():
+            raise ConfigError(f"Last-Event-ID {last!r} is not an event id of this server", fix="send the last id: seen")
+        modes = [m for m in request.query_params.getlist("stream_mode") if m] or None
+        return self._sse(run, after=int(last), modes=modes)
+
+    async def cancel_run(self, request: Request) -> Response:
+        run = await self._run(request)
+        if run.status in FINAL:
+            raise NotFoundError(f"run {run.run_id} has ended ({run.status}): nothing to cancel", fix="see its status")
+        action = request.query_params.get("action") or "interrupt"
+        await self.queue.cancel(run.thread_id, run.run_id, "rollback" if action == "rollback" else "interrupt")
+        if request.query_params.get("wait", "0").lower() in ("1", "true", "yes"):
+            return self._result(run)
+        return Response(status_code=202)
+
+    async def _run(self, request: Request) -> Run:
+        return await self.queue.get_run(request.path_params["thread_id"], request.path_params["run_id"])
+
+    # -- reading a run's events -----------------------------------------------------------------------
+
+    async def _events(self, run: Run, after: int) -> AsyncIterator[StreamEvent | None]:
+        """The run's events after `after` until it has ended; None whenever a heartbeat is due."""
+        last, beat = after, time.monotonic()
+        while True:
+            events = await self.queue.events_after(run.run_id, last)
+            for event in events:
+                last = event.seq
+                yield event
+            if events:
+                continue
+            if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
+                for event in await self.queue.events_after(run.run_id, last):  # written before it ended
+                    yield event
+                return
+            if time.monotonic() - beat > _HEARTBEAT_S:
+                beat = time.monotonic()
+                yield None
+            await asyncio.sleep(self.poll_s)
+
+    def _sse(self, run: Run, *, after: int, modes: list[str] | None) -> StreamingResponse:
+        async def frames() -> AsyncIterator[bytes]:
+            async for event in self._events(run, after):
+                if event is None:
+                    yield b": heartbeat\r\n\r\n"
+                elif modes is None or event.event in ("metadata", "error") or event.event.split("|")[0] in modes:
+                    data = orjson.dumps(event.data, default=str)
+                    yield b"event: %s\r\ndata: %s\r\nid: %d\r\n\r\n" % (event.event.encode(), data, event.seq)
+
+        headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/stream"}
+        headers |= {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(frames(), media_type="text/event-stream; charset=utf-8", headers=headers)
+
+    def _result(self, run: Run) -> StreamingResponse:
+        """The run's final values once it has ended, after newline keep-alives, as the reference's wait/join."""
+
+        async def body() -> AsyncIterator[bytes]:
+            values: Any = None
+            error: Any = None
+            async for event in self._events(run, 0):
+                if event is None:
+                    yield b"\n"
+                elif event.event == "values":
+                    values = event.data
+                elif event.event == "error":
+                    error = event.data
+                elif event.event == "updates" and isinstance(event.data, dict) and "__interrupt__" in event.data:
+                    values = {**(values or {}), "__interrupt__": event.data["__interrupt__"]}
+            if error is not None:
+                yield orjson.dumps({"__error__": error})
+            else:
+                yield orjson.dumps(values if values is not None else {}, default=str)
+
+        headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
+        return StreamingResponse(body(), media_type="application/json", headers=headers)
+
+
+_EMPTY_STATE = {
+    "values": {}, "next": [], "tasks": [], "checkpoint": None, "parent_checkpoint": None, "metadata": None,
+    "created_at": None, "interrupts": [],
+}  # fmt: skip
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ConfigError("the request body is not JSON", fix="send a JSON object") from None
+    if not isinstance(body, dict):
+        raise ConfigError("the request body is not a JSON object", fix="send a JSON object")
+    return body
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data, default=str), status_code=status, media_type="application/json", headers=headers)
+
+
+def _matches(assistant: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    if body.get("graph_id") and assistant["graph_id"] != body["graph_id"]:
+        return False
+    if body.get("name") and str(body["name"]).lower() not in assistant["name"].lower():
+        return False
+    wanted = body.get("metadata") or {}
+    return all(assistant["metadata"].get(k) == v for k, v in wanted.items())
+
+
+def _thread_config(thread_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread_id}}
+
+
+def _locations(run: Run) -> dict[str, str]:
+    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}"}
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "thread_id": run.thread_id,
+        "assistant_id": run.assistant_id,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "status": run.status,
+        "metadata": run.metadata,
+        "kwargs": run.kwargs,
+        "multitask_strategy": run.multitask_strategy,
+    }
+
+
+def _interrupts(interrupts: Any) -> list[dict[str, Any]]:
+    return [{"id": i.id, "value": jsonable(i.value)} for i in interrupts]
+
+
+def _state_json(state: Any) -> dict[str, Any]:
+    def checkpoint(config: Any) -> dict[str, Any] | None:
+        if not config:
+            return None
+        configurable = config.get("configurable", {})
+        keys = ("thread_id", "checkpoint_ns", "checkpoint_id")
+        return {k: configurable.get(k) for k in keys} if configurable.get("checkpoint_id") else None
+
+    return {
+        "values": jsonable(state.values),
+        "next": list(state.next),
+        "tasks": [
+            {
+                "id": t.id,
+                "name": t.name,
+                "error": t.error and str(t.error),
+                "interrupts": _interrupts(t.interrupts),
+                "checkpoint": None,
+                "state": _state_json(t.state) if t.state is not None and hasattr(t.state, "values") else None,
+                "result": jsonable(t.result),
+            }
+            for t in state.tasks
+        ],
+        "metadata": jsonable(state.metadata),
+        "created_at": state.created_at,
+        "checkpoint": checkpoint(state.config),
+        "parent_checkpoint": checkpoint(state.parent_config),
+        "interrupts": _interrupts(state.interrupts),
+    }

@@ -1,0 +1,136 @@
+"""The agent server as LangGraph's own client sees it: `langgraph_sdk` against a real uvicorn server, on a real
+Postgres (runs queue and checkpoints), with graphs that ask a human and graphs that take their time."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, TypedDict
+
+import pytest
+import uvicorn
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from langgraph_sdk import get_client
+from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+
+from agentstack._net import free_port
+from agentstack.api._app import create_app
+from agentstack.api._runs import RunQueue
+from agentstack.api._served import GRAPH_NAMESPACE, ServedGraph, ServedGraphs
+from agentstack.checkpoint import PoolSaver
+
+
+class State(TypedDict):
+    steps: Annotated[list[str], operator.add]
+
+
+def asking(saver: PoolSaver) -> Any:
+    """first -> ask (waits for a human) -> end."""
+
+    def first(state: State) -> dict[str, list[str]]:
+        return {"steps": ["first"]}
+
+    def ask(state: State) -> dict[str, list[str]]:
+        return {"steps": [f"human said {interrupt('go on?')}"]}
+
+    graph = StateGraph(State)
+    graph.add_node("first", first)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "first")
+    graph.add_edge("first", "ask")
+    graph.add_edge("ask", END)
+    return graph.compile(checkpointer=saver)
+
+
+def slow(saver: PoolSaver) -> Any:
+    async def wait(state: State) -> dict[str, list[str]]:
+        await asyncio.sleep(30)
+        return {"steps": ["slept"]}
+
+    graph = StateGraph(State)
+    graph.add_node("wait", wait)
+    graph.add_edge(START, "wait")
+    graph.add_edge("wait", END)
+    return graph.compile(checkpointer=saver)
+
+
+@pytest.fixture
+async def url(saver: PoolSaver) -> AsyncIterator[str]:
+    graphs = ServedGraphs([ServedGraph("asking", asking(saver)), ServedGraph("slow", slow(saver))])
+    app = create_app(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "the server did not start"
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await asyncio.wait_for(serving, 30)
+
+
+async def test_assistants_are_the_served_graphs_under_langgraphs_ids(url: str) -> None:
+    client = get_client(url=url)
+    found = await client.assistants.search(graph_id="asking")
+    assert [a["assistant_id"] for a in found] == [str(uuid.uuid5(GRAPH_NAMESPACE, "asking"))]
+    assert (await client.assistants.get(found[0]["assistant_id"]))["graph_id"] == "asking"
+    assert await client.assistants.count() == 2
+    with pytest.raises(NotFoundError):
+        await client.assistants.get("nope")
+
+
+async def test_a_human_in_the_loop_over_http(url: str) -> None:
+    client = get_client(url=url)
+    thread = await client.threads.create()
+    waiting = await client.runs.wait(thread["thread_id"], "asking", input={"steps": []})
+    assert waiting["steps"] == ["first"] and waiting["__interrupt__"][0]["value"] == "go on?"
+    shown = await client.threads.get(thread["thread_id"])
+    assert shown["status"] == "interrupted" and shown["values"] == {"steps": ["first"]}
+    assert [i["value"] for found in shown["interrupts"].values() for i in found] == ["go on?"]
+    state = await client.threads.get_state(thread["thread_id"])
+    assert state["next"] == ["ask"] and state["checkpoint"]["thread_id"] == thread["thread_id"]
+    done = await client.runs.wait(thread["thread_id"], "asking", command={"resume": "yes"})
+    assert done == {"steps": ["first", "human said yes"]}
+    assert (await client.threads.get(thread["thread_id"]))["status"] == "idle"
+    runs = await client.runs.list(thread["thread_id"])
+    assert [r["status"] for r in runs] == ["success", "success"]
+
+
+async def test_a_stream_sends_metadata_first_and_rejoins_after_the_last_event_id(url: str) -> None:
+    client = get_client(url=url)
+    thread = await client.threads.create()
+    parts = [p async for p in client.runs.stream(thread["thread_id"], "asking", input={"steps": []})]
+    assert parts[0].event == "metadata" and parts[0].id == "1"
+    assert [p.event for p in parts[1:]] == ["values"] * (len(parts) - 1)
+    assert parts[-1].data["__interrupt__"][0]["value"] == "go on?"
+    run_id = parts[0].data["run_id"]
+    rejoined = [p async for p in client.runs.join_stream(thread["thread_id"], run_id, last_event_id="2")]
+    assert [p.id for p in rejoined] == [p.id for p in parts[2:]]  # the rest: no gap, no duplicate
+    assert [p.data for p in rejoined] == [p.data for p in parts[2:]]
+
+
+async def test_reject_refuses_a_second_run_and_cancel_stops_the_first(url: str) -> None:
+    client = get_client(url=url)
+    thread = await client.threads.create()
+    first = await client.runs.create(thread["thread_id"], "slow", input={"steps": []})
+    with pytest.raises(ConflictError, match="already running a task"):
+        await client.runs.create(thread["thread_id"], "slow", input={"steps": []}, multitask_strategy="reject")
+    while (await client.runs.get(thread["thread_id"], first["run_id"]))["status"] == "pending":  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # a client sees the run start only by asking
+    await client.runs.cancel(thread["thread_id"], first["run_id"])
+    await client.runs.join(thread["thread_id"], first["run_id"])
+    assert (await client.runs.get(thread["thread_id"], first["run_id"]))["status"] == "interrupted"
+
+
+async def test_what_this_server_does_not_serve_is_refused_by_name(url: str) -> None:
+    client = get_client(url=url)
+    thread = await client.threads.create()
+    with pytest.raises(UnprocessableEntityError, match="webhook"):
+        await client.runs.create(thread["thread_id"], "asking", input={"steps": []}, webhook="http://example.invalid")
+    with pytest.raises(UnprocessableEntityError, match="no graph is served as assistant 'nope'"):
+        await client.runs.create(thread["thread_id"], "nope", input={})
+    with pytest.raises(NotFoundError, match="there is no thread"):
+        await client.runs.create(str(uuid.uuid4()), "asking", input={"steps": []})
