@@ -316,6 +316,21 @@ def resume(
         raise typer.Exit(2)
 
 
+@app.command()
+@reports_errors
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback only, until callers authenticate).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 2024,
+    workers: Annotated[int, typer.Option(help="Workers in this process that run queued runs.")] = 1,
+) -> None:
+    """Serve every registered graph over the LangGraph HTTP API (langgraph_sdk's get_client works unchanged)."""
+    from agentstack.cli._api import serve_api
+
+    asyncio.run(serve_api(_stack(), host, port, workers=workers, console=console))
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 @eval_app.command("run")
 @reports_errors

@@ -20,7 +20,7 @@ from rich.table import Table
 from agentstack.errors import ConfigError
 from agentstack.serving import Fleet, Replica, gateway_server
 
-__all__ = ["serve_fleet"]
+__all__ = ["check_port_free", "serve_fleet"]
 
 
 def status_table(fleet: Fleet, title: str, replicas: Sequence[Replica] | None = None) -> Table:
@@ -44,7 +44,7 @@ def status_table(fleet: Fleet, title: str, replicas: Sequence[Replica] | None = 
 
 
 async def serve_fleet(fleet: Fleet, host: str, port: int, console: Console) -> None:
-    _check_port_free(host, port)
+    check_port_free(host, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,13 +95,14 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     return False
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, *, what: str = "the gateway") -> None:
+    """Fail before anything starts when `host:port` is taken, naming `what` would have listened there."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
             raise ConfigError(
-                f"the gateway cannot listen on {host}:{port}: {exc.strerror}",
+                f"{what} cannot listen on {host}:{port}: {exc.strerror}",
                 fix="pass another --port, or stop what uses it",
             ) from exc

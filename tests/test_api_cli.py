@@ -1,0 +1,84 @@
+"""`agentstack api`: the registered graphs on the real stack, called with `langgraph_sdk`, stopped by a signal."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from langgraph_sdk import get_sync_client
+
+from agentstack._net import free_port
+from cli_helpers import assert_quiet, clean_env, run_agentstack
+from fleet_helpers import MODEL
+from graph_helpers import DOCS
+
+
+def test_a_bind_beyond_this_machine_and_a_busy_port_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    env = {"AGENTSTACK_HOME": str(tmp_path / "home"), "AGENTSTACK_POSTGRES_URL": "postgresql://nobody@127.0.0.1:9/x"}
+    wide = run_agentstack("api", "--host", "0.0.0.0", env=env)
+    assert wide.returncode == 1 and "cannot authenticate callers yet" in wide.stderr and "fix:" in wide.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = run_agentstack("api", "--port", str(port), env=env)
+    assert taken.returncode == 1 and f"the agent server cannot listen on 127.0.0.1:{port}" in taken.stderr
+    assert_quiet(wide.stderr + taken.stderr)
+
+
+@pytest.mark.slow
+def test_the_research_graph_over_http_then_a_clean_stop(
+    tmp_path: Path, agentstack_postgres: str, model_gateway: str
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    env = {
+        "AGENTSTACK_HOME": str(tmp_path / "home"),
+        "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
+        "AGENTSTACK_LLM_BASE_URL": model_gateway,
+        "AGENTSTACK_LLM_MODEL": MODEL,
+    }
+    ingested = run_agentstack("ingest", str(docs), env=env)
+    assert ingested.returncode == 0, ingested.stderr
+    port = free_port()
+    agentstack = str(Path(sys.executable).with_name("agentstack"))
+    with subprocess.Popen(
+        [agentstack, "api", "--port", str(port), "--workers", "2"],
+        env=clean_env() | env | {"COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()
+            try:
+                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the agent server did not answer /ok in 120 s"
+            time.sleep(0.2)
+        client = get_sync_client(url=url)
+        assert sorted(a["graph_id"] for a in client.assistants.search()) == ["approval", "research", "team"]
+        thread = client.threads.create()
+        question = {"question": "What restarts a crashed replica?"}
+        values = client.runs.wait(thread["thread_id"], "research", input=question, context={"max_iterations": 1})
+        assert values["status"] == "answered" and values["citations"], values
+        with pytest.raises(Exception, match="no knob max_iteration"):  # refused when the run is created
+            client.runs.create(thread["thread_id"], "research", input=question, context={"max_iteration": 1})
+        assert client.threads.get(thread["thread_id"])["status"] == "idle"
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, out + err
+    assert "agent server: research, team, approval at" in out and "agent server: stopped" in out
+    assert_quiet(err)
