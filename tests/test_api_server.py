@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict
 
+import httpx
 import pytest
 import uvicorn
 from langgraph.graph import END, START, StateGraph
@@ -20,7 +21,7 @@ from agentstack._net import free_port
 from agentstack.api._app import create_app
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import GRAPH_NAMESPACE, ServedGraph, ServedGraphs
-from agentstack.checkpoint import PoolSaver
+from agentstack.checkpoint import PoolSaver, open_pool
 
 
 class State(TypedDict):
@@ -134,3 +135,17 @@ async def test_what_this_server_does_not_serve_is_refused_by_name(url: str) -> N
         await client.runs.create(thread["thread_id"], "nope", input={})
     with pytest.raises(NotFoundError, match="there is no thread"):
         await client.runs.create(str(uuid.uuid4()), "asking", input={"steps": []})
+
+
+async def test_a_database_that_goes_away_is_a_503_naming_it_not_a_traceback(agentstack_postgres_server: Any) -> None:
+    url = agentstack_postgres_server.create_database()
+    async with open_pool(url, max_size=4, acquire_timeout=3) as pool:
+        app = create_app(RunQueue(pool), ServedGraphs([]), workers=0)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+        ):
+            thread = (await client.post("/threads", json={})).json()
+            agentstack_postgres_server.drop_database(url)  # the server ends every connection to it
+            gone = await client.get(f"/threads/{thread['thread_id']}")
+    assert gone.status_code == 503 and "the agent server's database failed" in gone.json()["detail"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from importlib.metadata import version
 from typing import Any
 
 import orjson
+import psycopg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -37,6 +39,8 @@ from agentstack.errors import ConfigError, ConflictError, NotFoundError, UserErr
 from agentstack.graphs._streaming import jsonable
 
 __all__ = ["create_app"]
+
+_log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 5.0
 # Run-create body keys, and the values this server implements for those it does not honour yet.
@@ -108,6 +112,9 @@ def _mapped(handler: Any) -> Handler:
             return _json({"detail": str(exc)}, 422)
         except UserError as exc:
             return _json({"detail": str(exc)}, 400)
+        except psycopg.Error as exc:  # the queue's Postgres: the client may retry (the SDK does, on 5xx)
+            _log.warning("%s %s: Postgres failed: %s", request.method, request.url.path, exc)
+            return _json({"detail": f"the agent server's database failed: {type(exc).__name__}: {exc}"}, 503)
 
     return endpoint
 

@@ -23,6 +23,7 @@ import socket
 import uuid
 from typing import Any
 
+import psycopg
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
@@ -118,6 +119,8 @@ class RunWorker:
             if renewing.exception() is None:  # a cancel was asked for: interrupt or rollback
                 await self._settle(run, graph, "interrupted")
             return  # or the lease was lost (or Postgres failed): the run's next holder carries it on
+        except psycopg.Error:
+            raise  # the queue's database failed, not the graph: the run is retried once its lease lapses
         except Exception as exc:  # the graph raised: the run's error, not the worker's
             _log.info("run %s failed: %r", run.run_id, exc)
             await self._fail(run, type(exc).__name__, str(exc))
