@@ -7,7 +7,7 @@ import asyncio
 import operator
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -16,6 +16,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+from typing_extensions import TypedDict  # pydantic reads its schema on Python 3.11
 
 from agentstack._net import free_port
 from agentstack.api._app import create_app
@@ -149,3 +150,33 @@ async def test_a_database_that_goes_away_is_a_503_naming_it_not_a_traceback(agen
             agentstack_postgres_server.drop_database(url)  # the server ends every connection to it
             gone = await client.get(f"/threads/{thread['thread_id']}")
     assert gone.status_code == 503 and "the agent server's database failed" in gone.json()["detail"]
+
+
+async def test_threads_are_searched_patched_updated_walked_back_and_deleted(url: str) -> None:
+    client = get_client(url=url)
+    mine = await client.threads.create(metadata={"user": "ana", "team": "a"})
+    await client.threads.create(metadata={"user": "bo"})
+    found = await client.threads.search(metadata={"user": "ana"})
+    assert [t["thread_id"] for t in found] == [mine["thread_id"]]
+    assert await client.threads.count(metadata={"user": "bo"}) == 1
+    patched = await client.threads.update(mine["thread_id"], metadata={"team": "b"})
+    assert patched["metadata"] == {"user": "ana", "team": "b"}  # a shallow merge
+    await client.runs.wait(mine["thread_id"], "asking", input={"steps": []})
+    history = await client.threads.get_history(mine["thread_id"], limit=10)
+    assert [h["next"] for h in history][:3] == [["ask"], ["first"], ["__start__"]]  # newest first
+    assert history[0]["interrupts"][0]["value"] == "go on?"
+    await client.threads.update_state(mine["thread_id"], {"steps": ["edited"]}, as_node="ask")
+    state = await client.threads.get_state(mine["thread_id"])
+    assert state["values"]["steps"] == ["first", "edited"] and state["next"] == []
+    await client.threads.delete(mine["thread_id"])
+    with pytest.raises(NotFoundError):
+        await client.threads.get(mine["thread_id"])
+
+
+async def test_an_assistant_shows_its_graph_and_schemas(url: str) -> None:
+    client = get_client(url=url)
+    drawn = await client.assistants.get_graph("asking")
+    assert {n["id"] for n in drawn["nodes"]} == {"__start__", "first", "ask", "__end__"}
+    assert {"source": "first", "target": "ask"} in drawn["edges"]
+    schemas = await client.assistants.get_schemas(str(uuid.uuid5(GRAPH_NAMESPACE, "asking")))
+    assert schemas["graph_id"] == "asking" and "steps" in schemas["input_schema"]["properties"]

@@ -7,11 +7,11 @@ events, so a client can reconnect with `Last-Event-ID` to any server process and
 duplicate. Every SSE event carries its sequence number as `id:` (the reference sends ids only for
 `stream_resumable` runs; sending them always costs nothing and makes every stream resumable).
 
-Served so far: `/ok`, `/info`; assistants search, count and get; threads create, get and state; runs
-create (background), stream, wait, list, get, join, join_stream and cancel on a thread. Not yet: the
-stateless `/runs/*` routes, thread search/patch/delete/copy/history and update_state, assistants
-create/patch/delete/versions, `/graph` and `/schemas`, crons and the store; a request body key this server
-does not implement is refused with 422 naming it, never ignored.
+Served so far: `/ok`, `/info`; assistants search, count, get, `/graph` and `/schemas`; threads create,
+search, count, get, patch, delete, state, update_state and history; runs create (background), stream, wait,
+list, get, join, join_stream and cancel on a thread. Not yet: the stateless `/runs/*` routes, thread copy,
+assistants create/patch/delete/versions, crons and the store; a request body key this server does not
+implement is refused with 422 naming it, never ignored.
 """
 
 from __future__ import annotations
@@ -83,9 +83,17 @@ def create_app(
         Route("/assistants/search", api.search_assistants, methods=["POST"]),
         Route("/assistants/count", api.count_assistants, methods=["POST"]),
         Route("/assistants/{assistant_id}", api.get_assistant, methods=["GET"]),
+        Route("/assistants/{assistant_id}/graph", api.get_assistant_graph, methods=["GET"]),
+        Route("/assistants/{assistant_id}/schemas", api.get_assistant_schemas, methods=["GET"]),
         Route("/threads", api.create_thread, methods=["POST"]),
+        Route("/threads/search", api.search_threads, methods=["POST"]),
+        Route("/threads/count", api.count_threads, methods=["POST"]),
         Route("/threads/{thread_id}", api.get_thread, methods=["GET"]),
+        Route("/threads/{thread_id}", api.patch_thread, methods=["PATCH"]),
+        Route("/threads/{thread_id}", api.delete_thread, methods=["DELETE"]),
         Route("/threads/{thread_id}/state", api.get_state, methods=["GET"]),
+        Route("/threads/{thread_id}/state", api.update_state, methods=["POST"]),
+        Route("/threads/{thread_id}/history", api.get_history, methods=["POST"]),
         Route("/threads/{thread_id}/runs", api.create_run, methods=["POST"]),
         Route("/threads/{thread_id}/runs", api.list_runs, methods=["GET"]),
         Route("/threads/{thread_id}/runs/stream", api.stream_run, methods=["POST"]),
@@ -156,6 +164,36 @@ class _Api:
         served = self.graphs.get(request.path_params["assistant_id"])
         return _json(self._assistant(served))
 
+    async def get_assistant_graph(self, request: Request) -> Response:
+        served = self.graphs.get(request.path_params["assistant_id"])
+        arg = request.query_params.get("xray", "false").lower()
+        if arg not in ("true", "false") and not (arg.isdigit() and int(arg) > 0):
+            raise ConfigError(f"xray {arg!r} is not true, false or a positive depth", fix="xray=true, or xray=2")
+        xray: bool | int = arg == "true" if arg in ("true", "false") else int(arg)
+        drawn = (await served.graph.aget_graph(xray=xray)).to_json()
+        for node in drawn["nodes"]:
+            if isinstance(node.get("data"), dict):
+                node["data"].pop("id", None)  # the reference drops the runnable's import path
+        return _json(drawn)
+
+    async def get_assistant_schemas(self, request: Request) -> Response:
+        served = self.graphs.get(request.path_params["assistant_id"])
+        graph = served.graph
+        getters = {
+            "input_schema": graph.get_input_jsonschema,
+            "output_schema": graph.get_output_jsonschema,
+            "state_schema": graph.get_output_jsonschema,  # a StateGraph's output is its whole state
+            "context_schema": graph.get_context_jsonschema,
+        }
+        schemas: dict[str, Any] = {"graph_id": served.graph_id, "config_schema": None}
+        for name, get in getters.items():
+            try:
+                schemas[name] = get()
+            except Exception as exc:  # a type pydantic cannot describe: null, as the reference sends for none
+                _log.warning("%s of graph %s: %s", name, served.graph_id, exc)
+                schemas[name] = None
+        return _json(schemas)
+
     def _assistants(self) -> list[dict[str, Any]]:
         return [self._assistant(g) for g in self.graphs]
 
@@ -195,6 +233,81 @@ class _Api:
         subgraphs = request.query_params.get("subgraphs", "false").lower() in ("true", "1")
         state = await served.graph.aget_state(_thread_config(thread.thread_id), subgraphs=subgraphs)
         return _json(_state_json(state))
+
+    async def search_threads(self, request: Request) -> Response:
+        body = await _body(request)
+        found = await self._search(body, count=False)
+        return _json([await self._thread_json(t) for t in found])
+
+    async def count_threads(self, request: Request) -> Response:
+        return _json(await self._search(await _body(request), count=True))
+
+    async def _search(self, body: Mapping[str, Any], *, count: bool) -> Any:
+        if body.get("values") or body.get("select") or body.get("extract"):
+            raise ConfigError("thread search by values, select or extract is not served yet", fix="filter by metadata")
+        return await self.queue.search_threads(
+            metadata=body.get("metadata"),
+            status=body.get("status"),
+            ids=body.get("ids"),
+            limit=int(body.get("limit") or 10),
+            offset=int(body.get("offset") or 0),
+            sort_by=body.get("sort_by") or "updated_at",
+            sort_order=body.get("sort_order") or "desc",
+            count=count,
+        )
+
+    async def patch_thread(self, request: Request) -> Response:
+        body = await _body(request)
+        if body.get("ttl"):
+            raise ConfigError("a thread ttl is not served yet", fix="leave ttl out")
+        thread = await self.queue.patch_thread(request.path_params["thread_id"], body.get("metadata") or {})
+        return _json(await self._thread_json(thread))
+
+    async def delete_thread(self, request: Request) -> Response:
+        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        await self.queue.delete_thread(thread.thread_id)
+        served = self._thread_graph(thread)
+        if served is not None and served.graph.checkpointer is not None:
+            await served.graph.checkpointer.adelete_thread(thread.thread_id)  # type: ignore[union-attr]
+        return Response(status_code=204)
+
+    async def update_state(self, request: Request) -> Response:
+        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        body = await _body(request)
+        served = self._thread_graph(thread)
+        if served is None:
+            raise UserError(
+                f"thread {thread.thread_id} has no graph yet: its state has no shape to update",
+                fix="run a graph on it first",
+            )
+        await self.queue.check_idle(thread.thread_id, "updated")
+        config = _thread_config(thread.thread_id)
+        if body.get("checkpoint_id"):
+            config["configurable"]["checkpoint_id"] = body["checkpoint_id"]
+        updated = await served.graph.aupdate_state(config, body.get("values"), as_node=body.get("as_node"))
+        saved = {k: updated["configurable"].get(k) for k in ("thread_id", "checkpoint_ns", "checkpoint_id")}
+        return _json({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
+
+    async def get_history(self, request: Request) -> Response:
+        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        body = await _body(request)
+        served = self._thread_graph(thread)
+        if served is None:
+            return _json([])
+        config = _thread_config(thread.thread_id)
+        config["configurable"] |= {k: v for k, v in (body.get("checkpoint") or {}).items() if v is not None}
+        before = body.get("before")
+        if isinstance(before, str):
+            before = {"configurable": {"checkpoint_id": before}}
+        elif isinstance(before, dict) and "configurable" not in before:
+            before = {"configurable": before}
+        states = [
+            _state_json(s)
+            async for s in served.graph.aget_state_history(
+                config, limit=int(body.get("limit") or 1), before=before, filter=body.get("metadata")
+            )
+        ]
+        return _json(states)
 
     def _thread_graph(self, thread: Thread) -> ServedGraph | None:
         graph_id = thread.metadata.get("graph_id")

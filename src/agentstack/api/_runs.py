@@ -41,6 +41,7 @@ CancelAction = Literal["interrupt", "rollback"]
 
 FINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupted"})
 _STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
+_THREAD_SORTS = ("thread_id", "status", "created_at", "updated_at")
 _SETUP_LOCK = 0x61676E7472756E73  # "agntruns": serialises setup() across processes
 
 # Append-only: index = version. Never edit or renumber; add a statement to change the layout.
@@ -190,6 +191,86 @@ class RunQueue:
         if row is None:
             raise NotFoundError(f"there is no thread {thread_id}", fix="create it first, or use if_not_exists='create'")
         return _thread(row)
+
+    async def search_threads(
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        ids: list[str] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        sort_by: str = "updated_at",
+        sort_order: str = "desc",
+        count: bool = False,
+    ) -> list[Thread] | int:
+        """Threads whose metadata contains `metadata` (JSON containment), with `status`, among `ids`."""
+        if sort_by not in _THREAD_SORTS:
+            raise ConfigError(f"threads cannot be sorted by {sort_by!r}", fix=f"one of {', '.join(_THREAD_SORTS)}")
+        direction = "ASC" if str(sort_order).lower() == "asc" else "DESC"
+        where = "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::uuid[] IS NULL OR thread_id = ANY(%s))"
+        uuids = [_uuid(i, "thread") for i in ids] if ids is not None else None
+        args: tuple[Any, ...] = (Jsonb(dict(metadata or {})), status, status, uuids, uuids)
+        async with self.pool.connection() as conn:
+            if count:
+                row = await (
+                    await conn.execute(f"SELECT count(*) AS n FROM agentstack_threads WHERE {where}", args)
+                ).fetchone()
+                return int(row["n"]) if row is not None else 0
+            rows = await (
+                await conn.execute(
+                    f"SELECT * FROM agentstack_threads WHERE {where} "
+                    f"ORDER BY {sort_by} {direction}, thread_id {direction} LIMIT %s OFFSET %s",
+                    (*args, limit, offset),
+                )
+            ).fetchall()
+        return [_thread(r) for r in rows]
+
+    async def patch_thread(self, thread_id: str, metadata: Mapping[str, Any]) -> Thread:
+        """Merge `metadata` into the thread's (a shallow merge, as the LangGraph API's PATCH)."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "UPDATE agentstack_threads SET metadata = metadata || %s, updated_at = now() "
+                    "WHERE thread_id = %s RETURNING *",
+                    (Jsonb(dict(metadata)), _uuid(thread_id, "thread")),
+                )
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"there is no thread {thread_id}", fix="create it first")
+        return _thread(row)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread, its runs and their events; refused while a run of it is unfinished."""
+        async with self.pool.connection() as conn, conn.transaction():
+            locked = await (
+                await conn.execute(
+                    "SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (_uuid(thread_id, "thread"),)
+                )
+            ).fetchone()
+            if locked is None:
+                raise NotFoundError(f"there is no thread {thread_id}", fix="list the threads with /threads/search")
+            await self._refuse_if_busy(conn, thread_id, "deleted")
+            await conn.execute("DELETE FROM agentstack_threads WHERE thread_id = %s", (thread_id,))
+
+    async def check_idle(self, thread_id: str, doing: str) -> None:
+        """Refuse (409) to change a thread's state while one of its runs is unfinished."""
+        async with self.pool.connection() as conn:
+            await self._refuse_if_busy(conn, thread_id, doing)
+
+    @staticmethod
+    async def _refuse_if_busy(conn: Any, thread_id: str, doing: str) -> None:
+        busy = await (
+            await conn.execute(
+                "SELECT 1 FROM agentstack_runs WHERE thread_id = %s AND status IN ('pending', 'running') LIMIT 1",
+                (_uuid(thread_id, "thread"),),
+            )
+        ).fetchone()
+        if busy is not None:
+            raise ConflictError(
+                f"thread {thread_id} is busy with a run: it cannot be {doing} now",
+                fix="wait for its runs to finish, or cancel them",
+            )
 
     # -- runs ---------------------------------------------------------------------------------------
 
