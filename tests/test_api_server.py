@@ -180,3 +180,18 @@ async def test_an_assistant_shows_its_graph_and_schemas(url: str) -> None:
     assert {"source": "first", "target": "ask"} in drawn["edges"]
     schemas = await client.assistants.get_schemas(str(uuid.uuid5(GRAPH_NAMESPACE, "asking")))
     assert schemas["graph_id"] == "asking" and "steps" in schemas["input_schema"]["properties"]
+
+
+async def test_a_stateless_run_answers_and_leaves_no_thread_behind(url: str) -> None:
+    client = get_client(url=url)
+    waited = await client.runs.wait(None, "asking", input={"steps": []})
+    assert waited["steps"] == ["first"] and waited["__interrupt__"][0]["value"] == "go on?"
+    parts = [p async for p in client.runs.stream(None, "asking", input={"steps": []})]
+    assert parts[0].event == "metadata" and parts[-1].data["__interrupt__"][0]["value"] == "go on?"
+    for _ in range(100):  # deleted in the background once each response has ended
+        if await client.threads.count() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await client.threads.count() == 0  # both temporary threads were deleted once their runs ended
+    with pytest.raises(Exception, match="resuming needs a thread"):
+        await client.runs.wait(None, "asking", command={"resume": "yes"})

@@ -9,7 +9,8 @@ duplicate. Every SSE event carries its sequence number as `id:` (the reference s
 
 Served so far: `/ok`, `/info`; assistants search, count, get, `/graph` and `/schemas`; threads create,
 search, count, get, patch, delete, state, update_state and history; runs create (background), stream, wait,
-list, get, join, join_stream and cancel on a thread. Not yet: the stateless `/runs/*` routes, thread copy,
+list, get, join, join_stream and cancel on a thread; stateless `/runs/stream` and `/runs/wait` (on a thread
+deleted once the run ends, unless `on_completion` is "keep"). Not yet: stateless background runs, thread copy,
 assistants create/patch/delete/versions, crons and the store; a request body key this server does not
 implement is refused with 422 naming it, never ignored.
 """
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -102,6 +104,8 @@ def create_app(
         Route("/threads/{thread_id}/runs/{run_id}/join", api.join_run, methods=["GET"]),
         Route("/threads/{thread_id}/runs/{run_id}/stream", api.join_stream, methods=["GET"]),
         Route("/threads/{thread_id}/runs/{run_id}/cancel", api.cancel_run, methods=["POST"]),
+        Route("/runs/stream", api.stateless_stream, methods=["POST"]),
+        Route("/runs/wait", api.stateless_wait, methods=["POST"]),
     ]
     return Starlette(routes=[Route(r.path, _mapped(r.endpoint), methods=r.methods) for r in routes], lifespan=lifespan)
 
@@ -133,6 +137,7 @@ class _Api:
         self.graphs = graphs
         self.poll_s = poll_s
         self.started = datetime.now(UTC)
+        self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
 
     # -- meta ---------------------------------------------------------------------------------------
 
@@ -335,9 +340,11 @@ class _Api:
 
     # -- runs ---------------------------------------------------------------------------------------
 
-    async def _put(self, request: Request) -> Run:
-        thread_id = request.path_params["thread_id"]
+    async def _put(self, request: Request, *, stateless: bool = False) -> Run:
         body = await _body(request)
+        if stateless and (body.get("command") or {}).get("resume") is not None:
+            raise UserError("resuming needs a thread, and a stateless run has none", fix="run on a thread to resume")
+        thread_id = str(uuid.uuid4()) if stateless else request.path_params["thread_id"]
         unknown = sorted(set(body) - _RUN_KEYS)
         unsupported = sorted(k for k, allowed in _ONLY.items() if body.get(k) not in allowed)
         if unknown or unsupported:
@@ -374,7 +381,7 @@ class _Api:
             kwargs=kwargs,
             metadata=body.get("metadata"),
             multitask_strategy=body.get("multitask_strategy") or "enqueue",
-            if_not_exists=body.get("if_not_exists") or "reject",
+            if_not_exists="create" if stateless else body.get("if_not_exists") or "reject",
             thread_metadata={"graph_id": served.graph_id, "assistant_id": served.assistant_id},
         )
 
@@ -389,6 +396,38 @@ class _Api:
     async def wait_run(self, request: Request) -> Response:
         run = await self._put(request)
         return self._result(run)
+
+    async def stateless_stream(self, request: Request) -> Response:
+        run = await self._put(request, stateless=True)
+        return self._sse(run, after=0, modes=None, then=await self._forget_after(request, run))
+
+    async def stateless_wait(self, request: Request) -> Response:
+        run = await self._put(request, stateless=True)
+        return self._result(run, then=await self._forget_after(request, run))
+
+    async def _forget_after(self, request: Request, run: Run) -> Callable[[], None] | None:
+        """What deletes a stateless run's thread once the run has ended (unless on_completion is "keep"),
+        started when its response ends: a client that leaves early does not cut the run short."""
+        if (await _body(request)).get("on_completion") == "keep":
+            return None
+
+        async def forget() -> None:
+            try:  # the run's end is known from Postgres only: another process may be running it
+                while (await self.queue.get_run(run.thread_id, run.run_id)).status not in FINAL:  # noqa: ASYNC110
+                    await asyncio.sleep(self.poll_s * 10)
+                await self.queue.delete_thread(run.thread_id)
+                served = self.graphs.get(run.assistant_id)
+                if served.graph.checkpointer is not None:
+                    await served.graph.checkpointer.adelete_thread(run.thread_id)  # type: ignore[union-attr]
+            except Exception as exc:  # logged, not raised: nobody awaits this task
+                _log.warning("the stateless run %s's thread %s was not deleted: %s", run.run_id, run.thread_id, exc)
+
+        def start() -> None:
+            task = asyncio.create_task(forget(), name=f"forget thread {run.thread_id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        return start
 
     async def list_runs(self, request: Request) -> Response:
         query = request.query_params
@@ -448,40 +487,56 @@ class _Api:
                 yield None
             await asyncio.sleep(self.poll_s)
 
-    def _sse(self, run: Run, *, after: int, modes: list[str] | None) -> StreamingResponse:
+    def _sse(
+        self, run: Run, *, after: int, modes: list[str] | None, then: Callable[[], None] | None = None
+    ) -> StreamingResponse:
         async def frames() -> AsyncIterator[bytes]:
-            async for event in self._events(run, after):
-                if event is None:
-                    yield b": heartbeat\r\n\r\n"
-                elif modes is None or event.event in ("metadata", "error") or event.event.split("|")[0] in modes:
-                    data = orjson.dumps(event.data, default=str)
-                    yield b"event: %s\r\ndata: %s\r\nid: %d\r\n\r\n" % (event.event.encode(), data, event.seq)
+            try:
+                async for event in self._events(run, after):
+                    if event is None:
+                        yield b": heartbeat\r\n\r\n"
+                    elif modes is None or event.event in ("metadata", "error") or event.event.split("|")[0] in modes:
+                        data = orjson.dumps(event.data, default=str)
+                        yield b"event: %s\r\ndata: %s\r\nid: %d\r\n\r\n" % (event.event.encode(), data, event.seq)
+            finally:
+                if then is not None:
+                    then()
 
-        headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/stream"}
+        if then is not None:  # stateless: nothing to rejoin once the thread is forgotten
+            headers = {"Content-Location": f"/runs/{run.run_id}"}
+        else:
+            headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/stream"}
         headers |= {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(frames(), media_type="text/event-stream; charset=utf-8", headers=headers)
 
-    def _result(self, run: Run) -> StreamingResponse:
+    def _result(self, run: Run, *, then: Callable[[], None] | None = None) -> StreamingResponse:
         """The run's final values once it has ended, after newline keep-alives, as the reference's wait/join."""
 
         async def body() -> AsyncIterator[bytes]:
             values: Any = None
             error: Any = None
-            async for event in self._events(run, 0):
-                if event is None:
-                    yield b"\n"
-                elif event.event == "values":
-                    values = event.data
-                elif event.event == "error":
-                    error = event.data
-                elif event.event == "updates" and isinstance(event.data, dict) and "__interrupt__" in event.data:
-                    values = {**(values or {}), "__interrupt__": event.data["__interrupt__"]}
+            try:
+                async for event in self._events(run, 0):
+                    if event is None:
+                        yield b"\n"
+                    elif event.event == "values":
+                        values = event.data
+                    elif event.event == "error":
+                        error = event.data
+                    elif event.event == "updates" and isinstance(event.data, dict) and "__interrupt__" in event.data:
+                        values = {**(values or {}), "__interrupt__": event.data["__interrupt__"]}
+            finally:
+                if then is not None:
+                    then()
             if error is not None:
                 yield orjson.dumps({"__error__": error})
             else:
                 yield orjson.dumps(values if values is not None else {}, default=str)
 
-        headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
+        if then is not None:
+            headers = {"Content-Location": f"/runs/{run.run_id}"}
+        else:
+            headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
         return StreamingResponse(body(), media_type="application/json", headers=headers)
 
 
