@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import uvicorn
+from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
@@ -23,6 +24,7 @@ from agentstack.api._app import create_app
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import GRAPH_NAMESPACE, ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver, open_pool
+from agentstack.testing import ScriptedChatModel
 
 
 class State(TypedDict):
@@ -59,9 +61,26 @@ def slow(saver: PoolSaver) -> Any:
     return graph.compile(checkpointer=saver)
 
 
+def chatty(saver: PoolSaver) -> Any:
+    """One node that asks a chat model: its reply streams as messages-tuple events."""
+    model = ScriptedChatModel.from_script([AIMessage(content="hello there", id="reply-1")])
+
+    async def talk(state: State) -> dict[str, list[str]]:
+        reply = await model.ainvoke([HumanMessage(content="hi")])
+        return {"steps": [str(reply.content)]}
+
+    graph = StateGraph(State)
+    graph.add_node("talk", talk)
+    graph.add_edge(START, "talk")
+    graph.add_edge("talk", END)
+    return graph.compile(checkpointer=saver)
+
+
 @pytest.fixture
 async def url(saver: PoolSaver) -> AsyncIterator[str]:
-    graphs = ServedGraphs([ServedGraph("asking", asking(saver)), ServedGraph("slow", slow(saver))])
+    graphs = ServedGraphs(
+        [ServedGraph("asking", asking(saver)), ServedGraph("slow", slow(saver)), ServedGraph("chatty", chatty(saver))]
+    )
     app = create_app(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
@@ -79,7 +98,7 @@ async def test_assistants_are_the_served_graphs_under_langgraphs_ids(url: str) -
     found = await client.assistants.search(graph_id="asking")
     assert [a["assistant_id"] for a in found] == [str(uuid.uuid5(GRAPH_NAMESPACE, "asking"))]
     assert (await client.assistants.get(found[0]["assistant_id"]))["graph_id"] == "asking"
-    assert await client.assistants.count() == 2
+    assert await client.assistants.count() == 3
     with pytest.raises(NotFoundError):
         await client.assistants.get("nope")
 
@@ -195,3 +214,20 @@ async def test_a_stateless_run_answers_and_leaves_no_thread_behind(url: str) -> 
     assert await client.threads.count() == 0  # both temporary threads were deleted once their runs ended
     with pytest.raises(Exception, match="resuming needs a thread"):
         await client.runs.wait(None, "asking", command={"resume": "yes"})
+
+
+async def test_a_models_reply_streams_as_messages_tuple_events_whole(url: str) -> None:
+    client = get_client(url=url)
+    thread = await client.threads.create()
+    parts = [
+        p
+        async for p in client.runs.stream(
+            thread["thread_id"], "chatty", input={"steps": []}, stream_mode="messages-tuple"
+        )
+    ]
+    messages = [p.data for p in parts if p.event == "messages"]
+    assert messages and all(len(m) == 2 for m in messages)  # [message chunk, metadata]
+    text = "".join(m[0]["content"] for m in messages)
+    assert text == "hello there" and messages[0][0]["id"] == "reply-1" and messages[0][1]["langgraph_node"] == "talk"
+    with pytest.raises(UnprocessableEntityError, match="stream_mode messages is not served"):
+        await client.runs.create(thread["thread_id"], "chatty", input={"steps": []}, stream_mode="messages")

@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread
 from agentstack.api._served import ServedGraph, ServedGraphs
-from agentstack.api._worker import RunWorker
+from agentstack.api._worker import MODES, RunWorker
 from agentstack.errors import ConfigError, ConflictError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
 
@@ -363,12 +363,19 @@ class _Api:
             raise UserError("give either config.configurable or context, not both", fix="put the values in context")
         context = body.get("context") or config.get("configurable") or None
         served.context_from(context)  # a misspelt knob is refused now, not ignored by the graph later
+        modes = body.get("stream_mode") or ["values"]
+        modes = [modes] if isinstance(modes, str) else modes
+        if unserved := [m for m in modes if m not in MODES]:
+            raise ConfigError(
+                f"stream_mode {', '.join(map(str, unserved))} is not served by this server",
+                fix=f"use some of {', '.join(MODES)} (messages-tuple streams the model's tokens)",
+            )
         kwargs = {
             "input": body.get("input"),
             "command": body.get("command"),
             "config": {k: v for k, v in config.items() if k != "configurable"},
             "context": context,
-            "stream_mode": body.get("stream_mode") or ["values"],
+            "stream_mode": modes,
             "subgraphs": bool(body.get("stream_subgraphs")),
             "interrupt_before": body.get("interrupt_before"),
             "interrupt_after": body.get("interrupt_after"),
@@ -450,7 +457,7 @@ class _Api:
         last = request.headers.get("last-event-id") or "0"
         if not last.isdigit():
             raise ConfigError(f"Last-Event-ID {last!r} is not an event id of this server", fix="send the last id: seen")
-        modes = [m for m in request.query_params.getlist("stream_mode") if m] or None
+        modes = [MODES.get(m, m) for m in request.query_params.getlist("stream_mode") if m] or None
         return self._sse(run, after=int(last), modes=modes)
 
     async def cancel_run(self, request: Request) -> Response:

@@ -21,9 +21,11 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from langchain_core.messages import BaseMessage
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
@@ -32,16 +34,16 @@ from agentstack.api._served import ServedGraphs
 from agentstack.errors import AgentStackError, LeaseLostError
 from agentstack.graphs._streaming import jsonable
 
-__all__ = ["RunWorker"]
+__all__ = ["MODES", "RunWorker", "wire"]
 
 _log = logging.getLogger(__name__)
 
-# The LangGraph API's stream mode names, as LangGraph's `astream` calls them.
-_MODES = {
+# The LangGraph API's stream mode names served, as LangGraph's `astream` calls them (the API's own
+# "messages", accumulated partial/complete messages, is not served: the server refuses it).
+MODES = {
     "values": "values",
     "updates": "updates",
     "messages-tuple": "messages",
-    "messages": "messages",
     "custom": "custom",
     "debug": "debug",
     "tasks": "tasks",
@@ -136,7 +138,7 @@ class RunWorker:
         config = _config(run)
         graph_input = await self._input(run, graph, config)
         requested = kwargs.get("stream_mode") or ["values"]
-        modes = [_MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in _MODES]
+        modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
         subgraphs = bool(kwargs.get("subgraphs") or kwargs.get("stream_subgraphs"))
         await self.queue.append_event(run, "metadata", {"run_id": run.run_id, "attempt": run.attempt})
         async for namespace, mode, chunk in graph.astream(
@@ -152,7 +154,7 @@ class RunWorker:
             if namespace and not subgraphs:
                 continue
             event = mode if not namespace else f"{mode}|{'|'.join(namespace)}"
-            await self.queue.append_event(run, event, jsonable(chunk))
+            await self.queue.append_event(run, event, wire(chunk))
 
     async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any], config: dict[str, Any]) -> Any:
         """The run's input, or None to continue the thread when an earlier attempt of this run saved steps."""
@@ -187,6 +189,18 @@ class RunWorker:
         with contextlib.suppress(LeaseLostError):
             await self.queue.append_event(run, "error", {"error": error, "message": message})
             await self.queue.finish(run, "error", thread_status="error", error={"error": error, "message": message})
+
+
+def wire(value: Any) -> Any:
+    """A stream chunk as the LangGraph API sends it: messages whole (`model_dump()`: id, type, content, tool
+    calls, usage), the rest as plain JSON data."""
+    if isinstance(value, BaseMessage):
+        return jsonable(value.model_dump())
+    if isinstance(value, Mapping):
+        return {str(k): wire(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [wire(v) for v in value]
+    return jsonable(value)
 
 
 def _config(run: Run) -> dict[str, Any]:
