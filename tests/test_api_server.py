@@ -76,10 +76,32 @@ def chatty(saver: PoolSaver) -> Any:
     return graph.compile(checkpointer=saver)
 
 
+def nested(saver: PoolSaver) -> Any:
+    """outer -> inner (a subgraph of two steps) -> end."""
+    inner = StateGraph(State)
+    inner.add_node("one", lambda state: {"steps": ["one"]})
+    inner.add_node("two", lambda state: {"steps": ["two"]})
+    inner.add_edge(START, "one")
+    inner.add_edge("one", "two")
+    inner.add_edge("two", END)
+    graph = StateGraph(State)
+    graph.add_node("outer", lambda state: {"steps": ["outer"]})
+    graph.add_node("inner", inner.compile())
+    graph.add_edge(START, "outer")
+    graph.add_edge("outer", "inner")
+    graph.add_edge("inner", END)
+    return graph.compile(checkpointer=saver)
+
+
 @pytest.fixture
 async def url(saver: PoolSaver) -> AsyncIterator[str]:
     graphs = ServedGraphs(
-        [ServedGraph("asking", asking(saver)), ServedGraph("slow", slow(saver)), ServedGraph("chatty", chatty(saver))]
+        [
+            ServedGraph("asking", asking(saver)),
+            ServedGraph("slow", slow(saver)),
+            ServedGraph("chatty", chatty(saver)),
+            ServedGraph("nested", nested(saver)),
+        ]
     )
     app = create_app(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)
     port = free_port()
@@ -98,7 +120,7 @@ async def test_assistants_are_the_served_graphs_under_langgraphs_ids(url: str) -
     found = await client.assistants.search(graph_id="asking")
     assert [a["assistant_id"] for a in found] == [str(uuid.uuid5(GRAPH_NAMESPACE, "asking"))]
     assert (await client.assistants.get(found[0]["assistant_id"]))["graph_id"] == "asking"
-    assert await client.assistants.count() == 3
+    assert await client.assistants.count() == 4
     with pytest.raises(NotFoundError):
         await client.assistants.get("nope")
 
@@ -231,3 +253,21 @@ async def test_a_models_reply_streams_as_messages_tuple_events_whole(url: str) -
     assert text == "hello there" and messages[0][0]["id"] == "reply-1" and messages[0][1]["langgraph_node"] == "talk"
     with pytest.raises(UnprocessableEntityError, match="stream_mode messages is not served"):
         await client.runs.create(thread["thread_id"], "chatty", input={"steps": []}, stream_mode="messages")
+
+
+async def test_subgraph_events_stream_under_their_namespace_and_rejoin_with_the_rest(url: str) -> None:
+    """Upstream's rejoin drops subgraph events (langgraph#7778); here they are stored like the others."""
+    client = get_client(url=url)
+    thread = await client.threads.create()
+    parts = [
+        p
+        async for p in client.runs.stream(
+            thread["thread_id"], "nested", input={"steps": []}, stream_mode="updates", stream_subgraphs=True
+        )
+    ]
+    names = [p.event for p in parts]
+    inner = [n for n in names if n.startswith("updates|inner:")]
+    assert len(inner) == 2 and names.index(inner[0]) > names.index("updates")  # one, two, under the parent node
+    run_id = parts[0].data["run_id"]
+    rejoined = [p async for p in client.runs.join_stream(thread["thread_id"], run_id, last_event_id="2")]
+    assert [p.event for p in rejoined] == names[2:]
