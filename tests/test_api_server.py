@@ -50,8 +50,10 @@ def asking(saver: PoolSaver) -> Any:
 
 
 def slow(saver: PoolSaver) -> Any:
+    """One step that takes 30 s from an empty state, 0.3 s otherwise."""
+
     async def wait(state: State) -> dict[str, list[str]]:
-        await asyncio.sleep(30)
+        await asyncio.sleep(0.3 if state["steps"] else 30)
         return {"steps": ["slept"]}
 
     graph = StateGraph(State)
@@ -161,8 +163,7 @@ async def test_reject_refuses_a_second_run_and_cancel_stops_the_first(url: str) 
     first = await client.runs.create(thread["thread_id"], "slow", input={"steps": []})
     with pytest.raises(ConflictError, match="already running a task"):
         await client.runs.create(thread["thread_id"], "slow", input={"steps": []}, multitask_strategy="reject")
-    while (await client.runs.get(thread["thread_id"], first["run_id"]))["status"] == "pending":  # noqa: ASYNC110
-        await asyncio.sleep(0.05)  # a client sees the run start only by asking
+    await running(client, thread["thread_id"], first["run_id"])
     await client.runs.cancel(thread["thread_id"], first["run_id"])
     await client.runs.join(thread["thread_id"], first["run_id"])
     assert (await client.runs.get(thread["thread_id"], first["run_id"]))["status"] == "interrupted"
@@ -271,3 +272,33 @@ async def test_subgraph_events_stream_under_their_namespace_and_rejoin_with_the_
     run_id = parts[0].data["run_id"]
     rejoined = [p async for p in client.runs.join_stream(thread["thread_id"], run_id, last_event_id="2")]
     assert [p.event for p in rejoined] == names[2:]
+
+
+async def running(client: Any, thread_id: str, run_id: str) -> None:
+    while (await client.runs.get(thread_id, run_id))["status"] == "pending":  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # a client sees the run start only by asking
+
+
+async def test_each_multitask_strategy_with_two_clients_on_one_thread(url: str) -> None:
+    alice, bob = get_client(url=url), get_client(url=url)
+    thread = (await alice.threads.create())["thread_id"]
+    # enqueue: bob's run waits for alice's and sees what it wrote
+    first = await alice.runs.create(thread, "slow", input={"steps": ["a"]})
+    second = await bob.runs.create(thread, "slow", input={"steps": ["b"]}, multitask_strategy="enqueue")
+    assert await bob.runs.join(thread, second["run_id"]) == {"steps": ["a", "slept", "b", "slept"]}
+    assert (await alice.runs.get(thread, first["run_id"]))["status"] == "success"
+    # interrupt: alice's long run (on a fresh thread: the state is empty) stops where it is, bob's runs
+    thread = (await alice.threads.create())["thread_id"]
+    long = await alice.runs.create(thread, "slow", input={"steps": []})
+    await running(alice, thread, long["run_id"])
+    cutting = await bob.runs.create(thread, "slow", input={"steps": ["c"]}, multitask_strategy="interrupt")
+    assert await bob.runs.join(thread, cutting["run_id"]) == {"steps": ["c", "slept"]}
+    assert (await alice.runs.get(thread, long["run_id"]))["status"] == "interrupted"
+    # rollback: alice's long run is cancelled and deleted
+    thread = (await alice.threads.create())["thread_id"]
+    doomed = await alice.runs.create(thread, "slow", input={"steps": []})
+    await running(alice, thread, doomed["run_id"])
+    redo = await bob.runs.create(thread, "slow", input={"steps": ["d"]}, multitask_strategy="rollback")
+    assert await bob.runs.join(thread, redo["run_id"]) == {"steps": ["d", "slept"]}
+    with pytest.raises(NotFoundError):
+        await alice.runs.get(thread, doomed["run_id"])
