@@ -76,7 +76,7 @@ def test_run_research_then_review_and_approve_from_another_process(served_cli: R
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert "answer (approved" in resumed.stdout
     again = cli("resume", thread, "--approve")
-    assert again.returncode == 1 and "not waiting for a decision" in again.stderr
+    assert again.returncode == 1 and f"thread '{thread}' has finished: nothing waits" in again.stderr
 
 
 @pytest.mark.slow
