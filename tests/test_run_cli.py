@@ -54,29 +54,66 @@ def _thread(stdout: str) -> str:
 
 
 @pytest.mark.slow
-def test_run_research_then_review_and_approve_from_another_process(served_cli: Run, tmp_path: Path) -> None:
+def test_a_research_thread_killed_resumed_reviewed_and_approved_from_other_processes(
+    served_cli: Run, tmp_path: Path, agentstack_postgres: str, model_gateway: str
+) -> None:
+    """One thread through every state the CLI shows: SIGKILL while it searches (`threads show` says where it
+    stopped; a new turn and a decision are refused), `resume` with no decision (no plan step again), a review
+    that waits for a person (threshold above any confidence), `--approve` from another process, finished."""
     cli = served_cli
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in DOCS.items():
         (docs / name).write_text(text)
-    # a review threshold above any confidence: the answer waits for a human, in Postgres
-    waiting = cli(
-        "run", "research", "What restarts a crashed replica?", "--docs", str(docs),
-        "--set", "max_iterations=1", "--set", "review_threshold=1.01",
-    )  # fmt: skip
+    env = clean_env() | {
+        "AGENTSTACK_HOME": str(tmp_path / "home"),
+        "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
+        "AGENTSTACK_LLM_BASE_URL": model_gateway,
+        "AGENTSTACK_LLM_MODEL": MODEL,
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",
+    }
+    question = ["run", "research", "What restarts a crashed replica?", "--docs", str(docs), "--thread", "t1"]
+    knobs = ["--set", "max_iterations=1", "--set", "review_threshold=1.01"]
+    agentstack = str(Path(sys.executable).with_name("agentstack"))
+    with subprocess.Popen(
+        [agentstack, *question, *knobs], env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    ) as run:
+        assert run.stdout is not None
+        seen = []
+        for line in run.stdout:
+            seen.append(line)
+            if line.startswith("search "):  # planned (and saved); searching, selecting are under way
+                run.kill()
+                break
+        run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL, "".join(seen)
+    assert any("docs: 3 new" in line for line in seen) and any(line.startswith("plan ") for line in seen)
+
+    shown = cli("threads", "show", "t1")
+    assert shown.returncode == 0 and "run: stopped mid-way before" in shown.stdout, shown.stdout
+    assert "graph: research" in shown.stdout and "question" in shown.stdout
+    assert "agentstack resume t1" in shown.stdout
+    again = cli(*question)
+    assert again.returncode == 1 and "has an unfinished run" in again.stderr
+    assert "finish it first: agentstack resume t1" in again.stderr
+    decided = cli("resume", "t1", "--approve")
+    assert decided.returncode == 1 and "is not waiting for a decision" in decided.stderr
+    assert_quiet(again.stderr + decided.stderr)
+
+    waiting = cli("resume", "t1")
     assert waiting.returncode == 2, waiting.stderr + waiting.stdout
-    assert "docs: 3 new" in waiting.stdout and "plan" in waiting.stdout
+    assert "continuing: stopped mid-way" in waiting.stdout
+    assert not re.search(r"^plan ", waiting.stdout, re.MULTILINE)  # the finished step did not run again
     assert "waiting for a decision" in waiting.stdout and '"type": "review"' in waiting.stdout
     assert_quiet(waiting.stderr)  # the streamed structured calls, too
-    thread = _thread(waiting.stdout)
-    shown = cli("threads", "show", thread)
-    assert shown.returncode == 0 and "graph: research" in shown.stdout and "question" in shown.stdout
-    resumed = cli("resume", thread, "--approve")  # another process
-    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
-    assert "answer (approved" in resumed.stdout
-    again = cli("resume", thread, "--approve")
-    assert again.returncode == 1 and f"thread '{thread}' has finished: nothing waits" in again.stderr
+    undecided = cli("resume", "t1")
+    assert undecided.returncode == 1 and "say what to do with it" in undecided.stderr
+    approved = cli("resume", "t1", "--approve")  # another process
+    assert approved.returncode == 0, approved.stderr + approved.stdout
+    assert "answer (approved" in approved.stdout
+    done = cli("resume", "t1", "--approve")
+    assert done.returncode == 1 and "thread 't1' has finished: nothing waits" in done.stderr
 
 
 @pytest.mark.slow
@@ -100,57 +137,6 @@ def test_run_approval_on_the_local_model(served_cli: Run, tmp_path: Path) -> Non
     assert_quiet(ran.stderr)
     # whichever way it went, nothing a person did not approve changed the workspace
     assert (work / "notes.txt").read_text() == "the meeting moved to Tuesday"
-
-
-@pytest.mark.slow
-def test_a_run_killed_mid_way_is_finished_by_resume_without_a_decision(
-    served_cli: Run, tmp_path: Path, agentstack_postgres: str, model_gateway: str
-) -> None:
-    """SIGKILL while it searches: `threads show` says where it stopped, a new turn and a decision are
-    refused, `resume` with no decision finishes it from its last checkpoint without planning again."""
-    cli = served_cli
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for name, text in DOCS.items():
-        (docs / name).write_text(text)
-    env = clean_env() | {
-        "AGENTSTACK_HOME": str(tmp_path / "home"),
-        "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
-        "AGENTSTACK_LLM_BASE_URL": model_gateway,
-        "AGENTSTACK_LLM_MODEL": MODEL,
-        "PYTHONUNBUFFERED": "1",
-        "COLUMNS": "200",
-    }
-    question = ["run", "research", "What restarts a crashed replica?", "--docs", str(docs), "--thread", "t-killed"]
-    agentstack = str(Path(sys.executable).with_name("agentstack"))
-    with subprocess.Popen([agentstack, *question], env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path) as run:
-        assert run.stdout is not None
-        seen = []
-        for line in run.stdout:
-            seen.append(line)
-            if line.startswith("search "):  # planned (and saved); searching, selecting are under way
-                run.kill()
-                break
-        run.wait(timeout=60)
-    assert run.returncode == -signal.SIGKILL, "".join(seen)
-
-    shown = cli("threads", "show", "t-killed")
-    assert shown.returncode == 0 and "run: stopped mid-way before" in shown.stdout, shown.stdout
-    assert "agentstack resume t-killed" in shown.stdout
-    again = cli(*question)
-    assert again.returncode == 1 and "has an unfinished run" in again.stderr
-    assert "finish it first: agentstack resume t-killed" in again.stderr
-    decided = cli("resume", "t-killed", "--approve")
-    assert decided.returncode == 1 and "is not waiting for a decision" in decided.stderr
-    assert_quiet(again.stderr + decided.stderr)
-
-    resumed = cli("resume", "t-killed")
-    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
-    assert "continuing: stopped mid-way" in resumed.stdout and "answer (" in resumed.stdout
-    assert not re.search(r"^plan ", resumed.stdout, re.MULTILINE)  # the finished step did not run again
-    assert_quiet(resumed.stderr)
-    done = cli("resume", "t-killed")
-    assert done.returncode == 1 and "has finished" in done.stderr
 
 
 @pytest.mark.slow
