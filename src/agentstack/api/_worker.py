@@ -117,7 +117,7 @@ class RunWorker:
             await streaming
         except asyncio.CancelledError:
             if not renewing.done():
-                raise  # this worker is stopping: the run stays claimed until its lease lapses
+                raise  # this worker is stopping: `serve` gives the run back to the queue
             if renewing.exception() is None:  # a cancel was asked for: interrupt or rollback
                 await self._settle(run, graph, "interrupted")
             return  # or the lease was lost (or Postgres failed): the run's next holder carries it on
