@@ -160,3 +160,24 @@ async def test_a_dead_workers_run_is_continued_from_its_last_checkpoint_by_anoth
     assert final == {"steps": ["first", "second"]}
     attempts = [e.data["attempt"] for e in await queue.events_after(put.run_id) if e.event == "metadata"]
     assert attempts == [1, 2]  # one stream: the second attempt's events follow the first's
+
+
+async def test_a_stopping_worker_gives_its_run_back_to_the_queue(queue: RunQueue, saver: PoolSaver) -> None:
+    started = asyncio.Event()
+
+    async def slow(state: State) -> dict[str, list[str]]:
+        started.set()
+        await asyncio.sleep(60)
+        return {"steps": ["never"]}
+
+    worker = RunWorker(queue, served(two_steps(saver, second=slow)), name="draining", lease_s=30)
+    thread = (await queue.create_thread()).thread_id
+    put = await queue.put_run(thread, "steps", kwargs={"input": {"steps": []}})
+    serving = asyncio.create_task(worker.serve(idle_s=0.05))
+    await asyncio.wait_for(started.wait(), 10)
+    serving.cancel()  # what the server's shutdown does
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert (await queue.get_run(thread, put.run_id)).status == "pending"  # not held for 30 s by a lease
+    again = await queue.claim("next", lease_s=30)
+    assert again is not None and again.run_id == put.run_id and again.attempt == 2
