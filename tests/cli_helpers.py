@@ -44,6 +44,20 @@ def assert_quiet(stderr: str) -> None:
     assert not re.search(r"\b[A-Z]\w*Warning\b", stderr), stderr
 
 
+def wait_until_answering(proc: subprocess.Popen[str], url: str, *, timeout: float) -> None:
+    """Until `url` answers 200; fails with the process's output if it exits first, or after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 @contextmanager
 def serve_gateway(spec: Path, *, home: Path, timeout: float = 120) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`agentstack serve SPEC` on a free port until healthy: (the process, its port); killed if still running."""
@@ -58,16 +72,7 @@ def serve_gateway(spec: Path, *, home: Path, timeout: float = 120) -> Iterator[t
         text=True,
     )
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway never became healthy"
-            time.sleep(0.2)
+        wait_until_answering(proc, f"http://127.0.0.1:{port}/health", timeout=timeout)
         yield proc, port
     finally:
         if proc.poll() is None:

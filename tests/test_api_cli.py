@@ -6,15 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from langgraph_sdk import get_sync_client
 
 from agentstack._net import free_port
-from cli_helpers import assert_quiet, clean_env, run_agentstack
+from cli_helpers import assert_quiet, clean_env, run_agentstack, wait_until_answering
 from fleet_helpers import MODEL
 from graph_helpers import DOCS
 
@@ -58,16 +56,7 @@ def test_the_research_graph_over_http_then_a_clean_stop(
         text=True,
     ) as server:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.communicate()
-            try:
-                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the agent server did not answer /ok in 120 s"
-            time.sleep(0.2)
+        wait_until_answering(server, f"{url}/ok", timeout=120)
         client = get_sync_client(url=url)
         assert sorted(a["graph_id"] for a in client.assistants.search()) == ["approval", "research", "team"]
         thread = client.threads.create()

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 from langgraph_sdk import get_sync_client
 
 from agentstack._net import free_port
+from cli_helpers import wait_until_answering
 
 SERVER = r"""
 import asyncio, operator, os, sys
@@ -75,16 +75,8 @@ def start(script: Path, url: str, marks: Path, pause: float) -> tuple[subprocess
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            if httpx.get(f"{base}/ok", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.1)
+    wait_until_answering(proc, f"{base}/ok", timeout=60)
+    return proc, base
 
 
 def test_a_run_outlives_the_server_killed_under_it(tmp_path: Path, agentstack_postgres: str) -> None:
