@@ -36,6 +36,17 @@ from starlette.routing import Route
 
 from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread
 from agentstack.api._served import ServedGraph, ServedGraphs
+from agentstack.api._wire import (
+    EMPTY_STATE,
+    assistant_matches,
+    interrupts_json,
+    json_response,
+    read_body,
+    run_json,
+    run_locations,
+    state_json,
+    thread_config,
+)
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.errors import ConfigError, ConflictError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
@@ -52,8 +63,9 @@ _RUN_KEYS = {
     "on_disconnect", "durability", "checkpoint_during", "feedback_keys", "webhook", "checkpoint", "checkpoint_id",
     "after_seconds", "on_completion", "langsmith_tracer", "strict_resume",
 }  # fmt: skip
-_ONLY = {"on_disconnect": (None, "continue"), "feedback_keys": (None,), "webhook": (None,), "checkpoint": (None,),
-         "checkpoint_id": (None,), "after_seconds": (None, 0), "langsmith_tracer": (None,)}  # fmt: skip
+_ONLY = {"on_disconnect": (None, "continue"), "strict_resume": (None, False), "feedback_keys": (None,),
+         "webhook": (None,), "checkpoint": (None,), "checkpoint_id": (None,), "after_seconds": (None, 0),
+         "langsmith_tracer": (None,)}  # fmt: skip
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -117,16 +129,16 @@ def _mapped(handler: Any) -> Handler:
         try:
             return await handler(request)
         except NotFoundError as exc:
-            return _json({"detail": str(exc)}, 404)
+            return json_response({"detail": str(exc)}, 404)
         except ConflictError as exc:
-            return _json({"detail": str(exc)}, 409)
+            return json_response({"detail": str(exc)}, 409)
         except ConfigError as exc:
-            return _json({"detail": str(exc)}, 422)
+            return json_response({"detail": str(exc)}, 422)
         except UserError as exc:
-            return _json({"detail": str(exc)}, 400)
+            return json_response({"detail": str(exc)}, 400)
         except psycopg.Error as exc:  # the queue's Postgres: the client may retry (the SDK does, on 5xx)
             _log.warning("%s %s: Postgres failed: %s", request.method, request.url.path, exc)
-            return _json({"detail": f"the agent server's database failed: {type(exc).__name__}: {exc}"}, 503)
+            return json_response({"detail": f"the agent server's database failed: {type(exc).__name__}: {exc}"}, 503)
 
     return endpoint
 
@@ -142,10 +154,10 @@ class _Api:
     # -- meta ---------------------------------------------------------------------------------------
 
     async def ok(self, request: Request) -> Response:
-        return _json({"ok": True})
+        return json_response({"ok": True})
 
     async def info(self, request: Request) -> Response:
-        return _json(
+        return json_response(
             {
                 "version": f"agentstack {version('agentstack')}",
                 "langgraph_py_version": version("langgraph"),
@@ -156,18 +168,18 @@ class _Api:
     # -- assistants ---------------------------------------------------------------------------------
 
     async def search_assistants(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_body(request)
         limit, offset = int(body.get("limit") or 10), int(body.get("offset") or 0)
-        found = [a for a in self._assistants() if _matches(a, body)]
-        return _json(found[offset : offset + limit], headers={"X-Pagination-Total": str(len(found))})
+        found = [a for a in self._assistants() if assistant_matches(a, body)]
+        return json_response(found[offset : offset + limit], headers={"X-Pagination-Total": str(len(found))})
 
     async def count_assistants(self, request: Request) -> Response:
-        body = await _body(request)
-        return _json(sum(1 for a in self._assistants() if _matches(a, body)))
+        body = await read_body(request)
+        return json_response(sum(1 for a in self._assistants() if assistant_matches(a, body)))
 
     async def get_assistant(self, request: Request) -> Response:
         served = self.graphs.get(request.path_params["assistant_id"])
-        return _json(self._assistant(served))
+        return json_response(self._assistant(served))
 
     async def get_assistant_graph(self, request: Request) -> Response:
         served = self.graphs.get(request.path_params["assistant_id"])
@@ -179,7 +191,7 @@ class _Api:
         for node in drawn["nodes"]:
             if isinstance(node.get("data"), dict):
                 node["data"].pop("id", None)  # the reference drops the runnable's import path
-        return _json(drawn)
+        return json_response(drawn)
 
     async def get_assistant_schemas(self, request: Request) -> Response:
         served = self.graphs.get(request.path_params["assistant_id"])
@@ -197,7 +209,7 @@ class _Api:
             except Exception as exc:  # a type pydantic cannot describe: null, as the reference sends for none
                 _log.warning("%s of graph %s: %s", name, served.graph_id, exc)
                 schemas[name] = None
-        return _json(schemas)
+        return json_response(schemas)
 
     def _assistants(self) -> list[dict[str, Any]]:
         return [self._assistant(g) for g in self.graphs]
@@ -219,54 +231,46 @@ class _Api:
     # -- threads ------------------------------------------------------------------------------------
 
     async def create_thread(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_body(request)
         if body.get("supersteps") or body.get("ttl"):
             raise ConfigError("threads with supersteps or a ttl are not served yet", fix="create the thread bare")
         thread = await self.queue.create_thread(
             body.get("thread_id"), metadata=body.get("metadata"), if_exists=body.get("if_exists") or "raise"
         )
-        return _json(await self._thread_json(thread))
+        return json_response(await self._thread_json(thread))
 
     async def get_thread(self, request: Request) -> Response:
-        return _json(await self._thread_json(await self.queue.get_thread(request.path_params["thread_id"])))
+        return json_response(await self._thread_json(await self.queue.get_thread(request.path_params["thread_id"])))
 
     async def get_state(self, request: Request) -> Response:
         thread = await self.queue.get_thread(request.path_params["thread_id"])
         served = self._thread_graph(thread)
         if served is None:
-            return _json(_EMPTY_STATE)
+            return json_response(EMPTY_STATE)
         subgraphs = request.query_params.get("subgraphs", "false").lower() in ("true", "1")
-        state = await served.graph.aget_state(_thread_config(thread.thread_id), subgraphs=subgraphs)
-        return _json(_state_json(state))
+        state = await served.graph.aget_state(thread_config(thread.thread_id), subgraphs=subgraphs)
+        return json_response(state_json(state))
 
     async def search_threads(self, request: Request) -> Response:
-        body = await _body(request)
-        found = await self._search(body, count=False)
-        return _json([await self._thread_json(t) for t in found])
-
-    async def count_threads(self, request: Request) -> Response:
-        return _json(await self._search(await _body(request), count=True))
-
-    async def _search(self, body: Mapping[str, Any], *, count: bool) -> Any:
-        if body.get("values") or body.get("select") or body.get("extract"):
-            raise ConfigError("thread search by values, select or extract is not served yet", fix="filter by metadata")
-        return await self.queue.search_threads(
-            metadata=body.get("metadata"),
-            status=body.get("status"),
-            ids=body.get("ids"),
+        body = await read_body(request)
+        found = await self.queue.search_threads(
+            **_thread_filters(body),
             limit=int(body.get("limit") or 10),
             offset=int(body.get("offset") or 0),
             sort_by=body.get("sort_by") or "updated_at",
             sort_order=body.get("sort_order") or "desc",
-            count=count,
         )
+        return json_response([await self._thread_json(t) for t in found])
+
+    async def count_threads(self, request: Request) -> Response:
+        return json_response(await self.queue.count_threads(**_thread_filters(await read_body(request))))
 
     async def patch_thread(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_body(request)
         if body.get("ttl"):
             raise ConfigError("a thread ttl is not served yet", fix="leave ttl out")
         thread = await self.queue.patch_thread(request.path_params["thread_id"], body.get("metadata") or {})
-        return _json(await self._thread_json(thread))
+        return json_response(await self._thread_json(thread))
 
     async def delete_thread(self, request: Request) -> Response:
         thread = await self.queue.get_thread(request.path_params["thread_id"])
@@ -278,7 +282,7 @@ class _Api:
 
     async def update_state(self, request: Request) -> Response:
         thread = await self.queue.get_thread(request.path_params["thread_id"])
-        body = await _body(request)
+        body = await read_body(request)
         served = self._thread_graph(thread)
         if served is None:
             raise UserError(
@@ -286,20 +290,20 @@ class _Api:
                 fix="run a graph on it first",
             )
         await self.queue.check_idle(thread.thread_id, "updated")
-        config = _thread_config(thread.thread_id)
+        config = thread_config(thread.thread_id)
         if body.get("checkpoint_id"):
             config["configurable"]["checkpoint_id"] = body["checkpoint_id"]
         updated = await served.graph.aupdate_state(config, body.get("values"), as_node=body.get("as_node"))
         saved = {k: updated["configurable"].get(k) for k in ("thread_id", "checkpoint_ns", "checkpoint_id")}
-        return _json({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
+        return json_response({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
 
     async def get_history(self, request: Request) -> Response:
         thread = await self.queue.get_thread(request.path_params["thread_id"])
-        body = await _body(request)
+        body = await read_body(request)
         served = self._thread_graph(thread)
         if served is None:
-            return _json([])
-        config = _thread_config(thread.thread_id)
+            return json_response([])
+        config = thread_config(thread.thread_id)
         config["configurable"] |= {k: v for k, v in (body.get("checkpoint") or {}).items() if v is not None}
         before = body.get("before")
         if isinstance(before, str):
@@ -307,12 +311,12 @@ class _Api:
         elif isinstance(before, dict) and "configurable" not in before:
             before = {"configurable": before}
         states = [
-            _state_json(s)
+            state_json(s)
             async for s in served.graph.aget_state_history(
                 config, limit=int(body.get("limit") or 1), before=before, filter=body.get("metadata")
             )
         ]
-        return _json(states)
+        return json_response(states)
 
     def _thread_graph(self, thread: Thread) -> ServedGraph | None:
         graph_id = thread.metadata.get("graph_id")
@@ -323,9 +327,9 @@ class _Api:
         interrupts: dict[str, Any] = {}
         served = self._thread_graph(thread)
         if served is not None:
-            state = await served.graph.aget_state(_thread_config(thread.thread_id))
+            state = await served.graph.aget_state(thread_config(thread.thread_id))
             values = jsonable(state.values) if state.created_at is not None else None
-            interrupts = {t.id: _interrupts(t.interrupts) for t in state.tasks if t.interrupts}
+            interrupts = {t.id: interrupts_json(t.interrupts) for t in state.tasks if t.interrupts}
         return {
             "thread_id": thread.thread_id,
             "created_at": thread.created_at,
@@ -341,7 +345,7 @@ class _Api:
     # -- runs ---------------------------------------------------------------------------------------
 
     async def _put(self, request: Request, *, stateless: bool = False) -> Run:
-        body = await _body(request)
+        body = await read_body(request)
         if stateless and (body.get("command") or {}).get("resume") is not None:
             raise UserError("resuming needs a thread, and a stateless run has none", fix="run on a thread to resume")
         thread_id = str(uuid.uuid4()) if stateless else request.path_params["thread_id"]
@@ -394,7 +398,7 @@ class _Api:
 
     async def create_run(self, request: Request) -> Response:
         run = await self._put(request)
-        return _json(_run_json(run), headers=_locations(run))
+        return json_response(run_json(run), headers=run_locations(run))
 
     async def stream_run(self, request: Request) -> Response:
         run = await self._put(request)
@@ -415,7 +419,7 @@ class _Api:
     async def _forget_after(self, request: Request, run: Run) -> Callable[[], None] | None:
         """What deletes a stateless run's thread once the run has ended (unless on_completion is "keep"),
         started when its response ends: a client that leaves early does not cut the run short."""
-        if (await _body(request)).get("on_completion") == "keep":
+        if (await read_body(request)).get("on_completion") == "keep":
             return None
 
         async def forget() -> None:
@@ -444,10 +448,10 @@ class _Api:
             offset=int(query.get("offset") or 0),
             status=query.get("status") or None,
         )
-        return _json([_run_json(r) for r in runs])
+        return json_response([run_json(r) for r in runs])
 
     async def get_run(self, request: Request) -> Response:
-        return _json(_run_json(await self._run(request)))
+        return json_response(run_json(await self._run(request)))
 
     async def join_run(self, request: Request) -> Response:
         return self._result(await self._run(request))
@@ -512,7 +516,7 @@ class _Api:
         if then is not None:  # stateless: nothing to rejoin once the thread is forgotten
             headers = {"Content-Location": f"/runs/{run.run_id}"}
         else:
-            headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/stream"}
+            headers = run_locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/stream"}
         headers |= {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(frames(), media_type="text/event-stream; charset=utf-8", headers=headers)
 
@@ -543,94 +547,12 @@ class _Api:
         if then is not None:
             headers = {"Content-Location": f"/runs/{run.run_id}"}
         else:
-            headers = _locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
+            headers = run_locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
         return StreamingResponse(body(), media_type="application/json", headers=headers)
 
 
-_EMPTY_STATE = {
-    "values": {}, "next": [], "tasks": [], "checkpoint": None, "parent_checkpoint": None, "metadata": None,
-    "created_at": None, "interrupts": [],
-}  # fmt: skip
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ConfigError("the request body is not JSON", fix="send a JSON object") from None
-    if not isinstance(body, dict):
-        raise ConfigError("the request body is not a JSON object", fix="send a JSON object")
-    return body
-
-
-def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data, default=str), status_code=status, media_type="application/json", headers=headers)
-
-
-def _matches(assistant: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
-    if body.get("graph_id") and assistant["graph_id"] != body["graph_id"]:
-        return False
-    if body.get("name") and str(body["name"]).lower() not in assistant["name"].lower():
-        return False
-    wanted = body.get("metadata") or {}
-    return all(assistant["metadata"].get(k) == v for k, v in wanted.items())
-
-
-def _thread_config(thread_id: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread_id}}
-
-
-def _locations(run: Run) -> dict[str, str]:
-    return {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}"}
-
-
-def _run_json(run: Run) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "thread_id": run.thread_id,
-        "assistant_id": run.assistant_id,
-        "created_at": run.created_at,
-        "updated_at": run.updated_at,
-        "status": run.status,
-        "metadata": run.metadata,
-        "kwargs": run.kwargs,
-        "multitask_strategy": run.multitask_strategy,
-    }
-
-
-def _interrupts(interrupts: Any) -> list[dict[str, Any]]:
-    return [{"id": i.id, "value": jsonable(i.value)} for i in interrupts]
-
-
-def _state_json(state: Any) -> dict[str, Any]:
-    def checkpoint(config: Any) -> dict[str, Any] | None:
-        if not config:
-            return None
-        configurable = config.get("configurable", {})
-        keys = ("thread_id", "checkpoint_ns", "checkpoint_id")
-        return {k: configurable.get(k) for k in keys} if configurable.get("checkpoint_id") else None
-
-    return {
-        "values": jsonable(state.values),
-        "next": list(state.next),
-        "tasks": [
-            {
-                "id": t.id,
-                "name": t.name,
-                "error": t.error and str(t.error),
-                "interrupts": _interrupts(t.interrupts),
-                "checkpoint": None,
-                "state": _state_json(t.state) if t.state is not None and hasattr(t.state, "values") else None,
-                "result": jsonable(t.result),
-            }
-            for t in state.tasks
-        ],
-        "metadata": jsonable(state.metadata),
-        "created_at": state.created_at,
-        "checkpoint": checkpoint(state.config),
-        "parent_checkpoint": checkpoint(state.parent_config),
-        "interrupts": _interrupts(state.interrupts),
-    }
+def _thread_filters(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A thread search's filters; those not served are refused by name."""
+    if body.get("values") or body.get("select") or body.get("extract"):
+        raise ConfigError("thread search by values, select or extract is not served yet", fix="filter by metadata")
+    return {"metadata": body.get("metadata"), "status": body.get("status"), "ids": body.get("ids")}

@@ -202,21 +202,13 @@ class RunQueue:
         offset: int = 0,
         sort_by: str = "updated_at",
         sort_order: str = "desc",
-        count: bool = False,
-    ) -> list[Thread] | int:
+    ) -> list[Thread]:
         """Threads whose metadata contains `metadata` (JSON containment), with `status`, among `ids`."""
         if sort_by not in _THREAD_SORTS:
             raise ConfigError(f"threads cannot be sorted by {sort_by!r}", fix=f"one of {', '.join(_THREAD_SORTS)}")
         direction = "ASC" if str(sort_order).lower() == "asc" else "DESC"
-        where = "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::uuid[] IS NULL OR thread_id = ANY(%s))"
-        uuids = [_uuid(i, "thread") for i in ids] if ids is not None else None
-        args: tuple[Any, ...] = (Jsonb(dict(metadata or {})), status, status, uuids, uuids)
+        where, args = _thread_filter(metadata, status, ids)
         async with self.pool.connection() as conn:
-            if count:
-                row = await (
-                    await conn.execute(f"SELECT count(*) AS n FROM agentstack_threads WHERE {where}", args)
-                ).fetchone()
-                return int(row["n"]) if row is not None else 0
             rows = await (
                 await conn.execute(
                     f"SELECT * FROM agentstack_threads WHERE {where} "
@@ -225,6 +217,17 @@ class RunQueue:
                 )
             ).fetchall()
         return [_thread(r) for r in rows]
+
+    async def count_threads(
+        self, *, metadata: Mapping[str, Any] | None = None, status: str | None = None, ids: list[str] | None = None
+    ) -> int:
+        """How many threads `search_threads` would find with no limit."""
+        where, args = _thread_filter(metadata, status, ids)
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(f"SELECT count(*) AS n FROM agentstack_threads WHERE {where}", args)
+            ).fetchone()
+        return int(row["n"]) if row is not None else 0
 
     async def patch_thread(self, thread_id: str, metadata: Mapping[str, Any]) -> Thread:
         """Merge `metadata` into the thread's (a shallow merge, as the LangGraph API's PATCH)."""
@@ -517,6 +520,15 @@ RETURNING seq""",
                 )
             ).fetchall()
         return [StreamEvent(int(r["seq"]), r["event"], r["data"]) for r in rows]
+
+
+def _thread_filter(
+    metadata: Mapping[str, Any] | None, status: str | None, ids: list[str] | None
+) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its arguments) that thread search and count share."""
+    uuids = [_uuid(i, "thread") for i in ids] if ids is not None else None
+    where = "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::uuid[] IS NULL OR thread_id = ANY(%s))"
+    return where, (Jsonb(dict(metadata or {})), status, status, uuids, uuids)
 
 
 async def _cancel_rows(conn: Any, run_ids: list[Any], action: CancelAction) -> None:

@@ -21,20 +21,18 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from langchain_core.messages import BaseMessage
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
 from agentstack.api._runs import Run, RunQueue
 from agentstack.api._served import ServedGraphs
+from agentstack.api._wire import wire
 from agentstack.errors import AgentStackError, LeaseLostError
-from agentstack.graphs._streaming import jsonable
 
-__all__ = ["MODES", "RunWorker", "wire"]
+__all__ = ["MODES", "RunWorker"]
 
 _log = logging.getLogger(__name__)
 
@@ -139,7 +137,7 @@ class RunWorker:
         graph_input = await self._input(run, graph, config)
         requested = kwargs.get("stream_mode") or ["values"]
         modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
-        subgraphs = bool(kwargs.get("subgraphs") or kwargs.get("stream_subgraphs"))
+        subgraphs = bool(kwargs.get("subgraphs"))
         await self.queue.append_event(run, "metadata", {"run_id": run.run_id, "attempt": run.attempt})
         async for namespace, mode, chunk in graph.astream(
             graph_input,
@@ -189,18 +187,6 @@ class RunWorker:
         with contextlib.suppress(LeaseLostError):
             await self.queue.append_event(run, "error", {"error": error, "message": message})
             await self.queue.finish(run, "error", thread_status="error", error={"error": error, "message": message})
-
-
-def wire(value: Any) -> Any:
-    """A stream chunk as the LangGraph API sends it: messages whole (`model_dump()`: id, type, content, tool
-    calls, usage), the rest as plain JSON data."""
-    if isinstance(value, BaseMessage):
-        return jsonable(value.model_dump())
-    if isinstance(value, Mapping):
-        return {str(k): wire(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [wire(v) for v in value]
-    return jsonable(value)
 
 
 def _config(run: Run) -> dict[str, Any]:
