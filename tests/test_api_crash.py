@@ -21,7 +21,7 @@ from typing import Annotated, TypedDict
 import uvicorn
 from langgraph.graph import END, START, StateGraph
 
-from agentstack.api._app import create_app
+from agentstack.api._app import app_on
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.checkpoint import open_saver
@@ -58,7 +58,7 @@ async def main() -> None:
         graph.add_edge("first", "second")
         graph.add_edge("second", END)
         served = ServedGraphs([ServedGraph("steps", graph.compile(checkpointer=saver))])
-        app = create_app(RunQueue(saver.conn), served, workers=1, lease_s=1.0)
+        app = app_on(RunQueue(saver.conn), served, workers=1, lease_s=1.0)
         await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
 
 

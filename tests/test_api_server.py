@@ -17,10 +17,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+from prometheus_client.parser import text_string_to_metric_families
 from typing_extensions import TypedDict  # pydantic reads its schema on Python 3.11
 
 from agentstack._net import free_port
-from agentstack.api._app import create_app
+from agentstack.api._app import app_on
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import GRAPH_NAMESPACE, ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver, open_pool
@@ -105,7 +106,7 @@ async def url(saver: PoolSaver) -> AsyncIterator[str]:
             ServedGraph("nested", nested(saver)),
         ]
     )
-    app = create_app(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)
+    app = app_on(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve())
@@ -183,7 +184,7 @@ async def test_what_this_server_does_not_serve_is_refused_by_name(url: str) -> N
 async def test_a_database_that_goes_away_is_a_503_naming_it_not_a_traceback(agentstack_postgres_server: Any) -> None:
     url = agentstack_postgres_server.create_database()
     async with open_pool(url, max_size=4, acquire_timeout=3) as pool:
-        app = create_app(RunQueue(pool), ServedGraphs([]), workers=0)
+        app = app_on(RunQueue(pool), ServedGraphs([]), workers=0)
         async with (
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
@@ -302,3 +303,21 @@ async def test_each_multitask_strategy_with_two_clients_on_one_thread(url: str) 
     assert await bob.runs.join(thread, redo["run_id"]) == {"steps": ["d", "slept"]}
     with pytest.raises(NotFoundError):
         await alice.runs.get(thread, doomed["run_id"])
+
+
+async def test_metrics_report_the_queue_from_postgres(url: str) -> None:
+    client = get_client(url=url)
+    thread = await client.threads.create()
+    await client.runs.wait(thread["thread_id"], "asking", input={"steps": []})
+    async with httpx.AsyncClient(base_url=url) as http:
+        scraped = await http.get("/metrics")
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scraped.text)
+        for s in family.samples
+    }
+    assert samples[("agentstack_api_runs", (("status", "success"),))] >= 1
+    assert samples[("agentstack_api_threads", (("status", "interrupted"),))] >= 1
+    assert samples[("agentstack_api_workers", (("state", "alive"),))] == 2
+    assert ("agentstack_api_queue_depth", ()) in samples and ("agentstack_api_lapsed_leases", ()) in samples

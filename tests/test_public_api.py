@@ -34,6 +34,7 @@ EXPECTED = {
         "open_saver",
         "prune_thread",
     },
+    "agentstack.api": {"create_app"},
     "agentstack.graphs": {
         "BUILTIN_GRAPHS",
         "Analysis",

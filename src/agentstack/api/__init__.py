@@ -1,10 +1,12 @@
-"""The application layer's agent server (issue 13, under way): every registered graph over the LangGraph HTTP
-API, run by workers that share one Postgres.
+"""The application layer's agent server: graphs over the LangGraph HTTP API, run by workers that share one
+Postgres (the runs queue, the stream events and the checkpoints), so `langgraph_sdk` works unchanged.
 
-Built so far: the runs queue (`_runs.RunQueue`): threads, runs, leases, cancels and stream events on Postgres.
-Nothing is exported until the server that uses it is.
+`agentstack api` serves it; `create_app(settings, graphs)` is the same ASGI app for those who serve or mount
+it themselves. See docs/api.md.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from agentstack.api._app import create_app
+
+__all__ = ["create_app"]

@@ -23,9 +23,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
@@ -34,6 +36,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graphs
+from agentstack.api._metrics import CONTENT_TYPE, metrics_text
 from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import (
@@ -48,10 +52,14 @@ from agentstack.api._wire import (
     thread_config,
 )
 from agentstack.api._worker import MODES, RunWorker
+from agentstack.config import Settings
 from agentstack.errors import ConfigError, ConflictError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
 
-__all__ = ["create_app"]
+if TYPE_CHECKING:
+    from agentstack._stack import Stack
+
+__all__ = ["app_on", "create_app", "registered_graphs"]
 
 _log = logging.getLogger(__name__)
 
@@ -71,29 +79,80 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(
+    settings: Settings | None = None, graphs: Mapping[str, Any] | Path | None = None, *, workers: int = 1
+) -> Starlette:
+    """The agent server as an ASGI app, for those who serve or mount it themselves (`agentstack api` is this
+    behind uvicorn). Its lifespan opens what it needs on `settings` (default: `Settings.load()`) and closes it.
+
+    `graphs`: None serves the registered graphs (research, team, approval) on the full stack: Postgres, the
+    index and the models. A path to a `langgraph.json`, or a mapping of graph id -> compiled graph, StateGraph
+    or graph factory (see `agentstack.api._langgraph_json`), serves your own graphs on Postgres alone, each
+    checkpointing there. `workers` run queued runs in this process (0: another process's workers do).
+    """
+    from agentstack._stack import Stack
+
+    settings = settings if settings is not None else Settings.load()
+    own = load_langgraph_json(graphs) if isinstance(graphs, Path) else graphs
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[tuple[RunQueue, ServedGraphs]]:
+        async with AsyncExitStack() as exits:
+            stack = await exits.enter_async_context(Stack(settings, retrieval=own is None, models=own is None))
+            assert stack.saver is not None
+            served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
+            yield RunQueue(stack.saver.conn), ServedGraphs(served)
+
+    return _app(opened, workers=workers, lease_s=30.0, poll_s=0.05)
+
+
+def registered_graphs(stack: Stack) -> list[ServedGraph]:
+    """Every graph of the stack's registry, built from its parts, served under its registered name."""
+    return [ServedGraph(entry.name, stack.graph(entry.name), context=entry.context) for entry in stack.graphs.entries]
+
+
+def app_on(
     queue: RunQueue, graphs: ServedGraphs, *, workers: int = 1, lease_s: float = 30.0, poll_s: float = 0.05
 ) -> Starlette:
-    """The agent server as an ASGI app: serve it with uvicorn. `workers` run queued runs in this process
-    (0: another process's workers do); `poll_s` is how often a stream or a wait looks for new events."""
-    api = _Api(queue, graphs, poll_s)
+    """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
+    stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
+    stream or a wait looks for new events."""
+
+    @contextlib.asynccontextmanager
+    async def given() -> AsyncIterator[tuple[RunQueue, ServedGraphs]]:
+        yield queue, graphs
+
+    return _app(given, workers=workers, lease_s=lease_s, poll_s=poll_s)
+
+
+def _app(
+    parts: Callable[[], contextlib.AbstractAsyncContextManager[tuple[RunQueue, ServedGraphs]]],
+    *,
+    workers: int,
+    lease_s: float,
+    poll_s: float,
+) -> Starlette:
+    api = _Api(poll_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        await queue.setup()
-        tasks = [
-            asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s).serve(), name=f"worker {i}")
-            for i in range(workers)
-        ]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        async with parts() as (queue, graphs):
+            api.queue, api.graphs = queue, graphs
+            await queue.setup()
+            tasks = api.workers = [
+                asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s).serve(), name=f"worker {i}")
+                for i in range(workers)
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     routes = [
         Route("/ok", api.ok, methods=["GET"]),
         Route("/info", api.info, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/assistants/search", api.search_assistants, methods=["POST"]),
         Route("/assistants/count", api.count_assistants, methods=["POST"]),
         Route("/assistants/{assistant_id}", api.get_assistant, methods=["GET"]),
@@ -144,10 +203,12 @@ def _mapped(handler: Any) -> Handler:
 
 
 class _Api:
-    def __init__(self, queue: RunQueue, graphs: ServedGraphs, poll_s: float) -> None:
-        self.queue = queue
-        self.graphs = graphs
+    queue: RunQueue  # set by the lifespan, before the first request
+    graphs: ServedGraphs
+
+    def __init__(self, poll_s: float) -> None:
         self.poll_s = poll_s
+        self.workers: list[asyncio.Task[None]] = []
         self.started = datetime.now(UTC)
         self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
 
@@ -164,6 +225,11 @@ class _Api:
                 "flags": {"assistants": True, "crons": False, "langsmith": False},
             }
         )
+
+    async def metrics(self, request: Request) -> Response:
+        alive = sum(1 for t in self.workers if not t.done())
+        text = metrics_text(await self.queue.stats(), workers_alive=alive, workers=len(self.workers))
+        return Response(text, media_type=CONTENT_TYPE)
 
     # -- assistants ---------------------------------------------------------------------------------
 

@@ -26,13 +26,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from psycopg.types.json import Jsonb
 
 from agentstack.errors import ConfigError, ConflictError, LeaseLostError, NotFoundError
 
-__all__ = ["Run", "RunQueue", "StreamEvent", "Thread"]
+__all__ = ["QueueStats", "Run", "RunQueue", "StreamEvent", "Thread"]
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatusValue = Literal["idle", "busy", "interrupted", "error"]
@@ -124,6 +124,17 @@ class StreamEvent:
     seq: int
     event: str
     data: Any
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Runs and threads by status (every status present, zero or not), running runs whose lease lapsed (their
+    worker died and none has taken them yet), and how long the oldest pending run has waited."""
+
+    runs: dict[str, int]
+    threads: dict[str, int]
+    lapsed_leases: int
+    oldest_pending_s: float
 
 
 class RunQueue:
@@ -373,6 +384,29 @@ class RunQueue:
                 )
             ).fetchall()
         return [_run(r) for r in rows]
+
+    async def stats(self) -> QueueStats:
+        """What `/metrics` reports, read in one statement: runs and threads by status, leases, queue age."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    """SELECT
+    (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
+        (SELECT status, count(*) AS n FROM agentstack_runs GROUP BY status) r) AS runs,
+    (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
+        (SELECT status, count(*) AS n FROM agentstack_threads GROUP BY status) t) AS threads,
+    (SELECT count(*) FROM agentstack_runs WHERE status = 'running' AND lease_until < clock_timestamp()) AS lapsed,
+    (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)
+        FROM agentstack_runs WHERE status = 'pending') AS oldest_pending_s"""
+                )
+            ).fetchone()
+        assert row is not None
+        return QueueStats(
+            runs={s: int(row["runs"].get(s, 0)) for s in get_args(RunStatus)},
+            threads={s: int(row["threads"].get(s, 0)) for s in get_args(ThreadStatusValue)},
+            lapsed_leases=int(row["lapsed"]),
+            oldest_pending_s=float(row["oldest_pending_s"]),
+        )
 
     async def claim(self, worker: str, *, lease_s: float) -> Run | None:
         """The oldest claimable run, now `running` under `worker`'s lease, or None.

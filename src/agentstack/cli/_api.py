@@ -2,9 +2,12 @@
 
 The stack opens as `agentstack run` opens it (Postgres, the index, the fleet or AGENTSTACK_LLM_BASE_URL); each
 graph of the registry is served under its name and its system assistant id, run by `--workers` workers in
-this process that claim runs from Postgres. Signals are ours, not uvicorn's (as in `agentstack serve`): Ctrl-C
-or SIGTERM stops accepting requests, gives the runs in progress back to the queue (the next start, or another
-server on the same database, continues them from their last checkpoint), then closes the stack.
+this process that claim runs from Postgres. With `--config langgraph.json`, the graphs it names are served
+instead, on Postgres alone (they bring their own models).
+
+Signals are ours, not uvicorn's (as in `agentstack serve`): Ctrl-C or SIGTERM stops accepting requests, gives
+the runs in progress back to the queue (the next start, or another server on the same database, continues
+them from their last checkpoint), then closes the stack.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 
 from rich.console import Console
 
@@ -24,12 +28,14 @@ __all__ = ["serve_api"]
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-async def serve_api(stack: Stack, host: str, port: int, *, workers: int, console: Console) -> None:
+async def serve_api(stack: Stack, host: str, port: int, *, workers: int, config: Path | None, console: Console) -> None:
+    """`config`: a langgraph.json naming your graphs (served on `stack`'s Postgres); None: the registry's."""
     import uvicorn
 
-    from agentstack.api._app import create_app
+    from agentstack.api._app import app_on, registered_graphs
+    from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graphs
     from agentstack.api._runs import RunQueue
-    from agentstack.api._served import ServedGraph, ServedGraphs
+    from agentstack.api._served import ServedGraphs
 
     if host not in _LOOPBACK:
         raise ConfigError(
@@ -39,15 +45,16 @@ async def serve_api(stack: Stack, host: str, port: int, *, workers: int, console
     if workers < 1:
         raise ConfigError(f"--workers is {workers}: nothing would run the queued runs", fix="--workers 1")
     check_port_free(host, port, what="the agent server")
+    own = load_langgraph_json(config) if config is not None else None  # a bad config fails before Postgres starts
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with stack:
-        graphs = ServedGraphs(
-            ServedGraph(entry.name, stack.graph(entry.name), context=entry.context) for entry in stack.graphs.entries
-        )
-        app = create_app(RunQueue(stack.saver.conn), graphs, workers=workers)
+    async with stack, contextlib.AsyncExitStack() as exits:
+        assert stack.saver is not None
+        served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
+        graphs = ServedGraphs(served)
+        app = app_on(RunQueue(stack.saver.conn), graphs, workers=workers)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         serving = asyncio.create_task(server.serve())

@@ -250,7 +250,7 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
     return knobs
 
 
-def _stack(*, warm: bool = True, models: bool = True) -> Stack:
+def _stack(*, warm: bool = True, models: bool = True, retrieval: bool = True) -> Stack:
     """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console.
 
     `resume` opens it cold (`warm=False`): a decision usually ends a run without a search, and then the
@@ -265,7 +265,9 @@ def _stack(*, warm: bool = True, models: bool = True) -> Stack:
     settings = Settings.load()
     if "workspace" not in settings.model_fields_set:
         settings = settings.model_copy(update={"workspace": Path.cwd()})
-    return Stack.from_settings(settings, warm=warm, models=models, on_progress=progress_printer(console))
+    return Stack.from_settings(
+        settings, warm=warm, models=models, retrieval=retrieval, on_progress=progress_printer(console)
+    )
 
 
 @app.command()
@@ -324,11 +326,15 @@ def api(
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 2024,
     workers: Annotated[int, typer.Option(help="Workers in this process that run queued runs.")] = 1,
+    config: Annotated[
+        Path | None, typer.Option(help="A langgraph.json naming your own graphs to serve instead of the built-in ones.")
+    ] = None,
 ) -> None:
     """Serve every registered graph over the LangGraph HTTP API (langgraph_sdk's get_client works unchanged)."""
     from agentstack.cli._api import serve_api
 
-    asyncio.run(serve_api(_stack(), host, port, workers=workers, console=console))
+    stack = _stack() if config is None else _stack(models=False, retrieval=False)  # your graphs bring their models
+    asyncio.run(serve_api(stack, host, port, workers=workers, config=config, console=console))
 
 
 # -- evaluation ----------------------------------------------------------------------------------
