@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agentstack.api._runs import Run, RunQueue
+from agentstack.api._runs import MIGRATIONS, Run, RunQueue
 from agentstack.checkpoint import open_pool
 from agentstack.errors import ConfigError, ConflictError, LeaseLostError, NotFoundError
 
@@ -41,7 +41,22 @@ async def test_setup_is_safe_to_run_at_once_and_again(agentstack_postgres: str) 
         await RunQueue(pool).setup()
         async with pool.connection() as conn:
             rows = await (await conn.execute("SELECT v FROM agentstack_api_migrations ORDER BY v")).fetchall()
-    assert [r["v"] for r in rows] == list(range(4))
+    assert [r["v"] for r in rows] == list(range(len(MIGRATIONS)))
+
+
+async def test_a_database_of_the_first_layout_keeps_its_threads_and_runs(agentstack_postgres: str) -> None:
+    async with open_pool(agentstack_postgres, max_size=2) as pool:
+        async with pool.connection() as conn:  # the layout of the first release: UUID thread ids
+            await conn.execute("CREATE TABLE agentstack_api_migrations (v INTEGER PRIMARY KEY)")
+            for version, statement in enumerate(MIGRATIONS[:4]):
+                await conn.execute(statement)
+                await conn.execute("INSERT INTO agentstack_api_migrations (v) VALUES (%s)", (version,))
+        old = RunQueue(pool)
+        thread = await old.create_thread(metadata={"user": "ana"})
+        run = await old.put_run(thread.thread_id, "research")
+        await RunQueue(pool).setup()
+        assert (await old.get_thread(thread.thread_id)).metadata == {"user": "ana"}
+        assert [r.run_id for r in await old.list_runs(thread.thread_id)] == [run.run_id]
 
 
 async def test_threads_are_created_once_and_named_in_errors(queue: RunQueue) -> None:
@@ -51,7 +66,9 @@ async def test_threads_are_created_once_and_named_in_errors(queue: RunQueue) -> 
         await queue.create_thread(made.thread_id)
     assert (await queue.create_thread(made.thread_id, if_exists="do_nothing")).metadata == {"user": "ana"}
     with pytest.raises(ConfigError, match="thread id 'not-a-uuid' is not a UUID"):
-        await queue.get_thread("not-a-uuid")
+        await queue.create_thread("not-a-uuid")  # new threads have UUIDs; one the CLI started is adopted as it is
+    with pytest.raises(NotFoundError, match="there is no thread research-1"):
+        await queue.get_thread("research-1")
     missing = str(uuid.uuid4())
     with pytest.raises(NotFoundError, match=f"there is no thread {missing}"):
         await queue.put_run(missing, "research")

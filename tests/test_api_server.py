@@ -321,3 +321,18 @@ async def test_metrics_report_the_queue_from_postgres(url: str) -> None:
     assert samples[("agentstack_api_threads", (("status", "interrupted"),))] >= 1
     assert samples[("agentstack_api_workers", (("state", "alive"),))] == 2
     assert ("agentstack_api_queue_depth", ()) in samples and ("agentstack_api_lapsed_leases", ()) in samples
+
+
+async def test_a_thread_started_outside_the_server_is_adopted_with_its_status(url: str, saver: PoolSaver) -> None:
+    graph = asking(saver).with_config(metadata={"agentstack_graph": "asking"})  # what `Stack.graph` records
+    for thread_id in ("research-cli-1", "research-cli-2"):  # the CLI's ids are not UUIDs
+        await graph.ainvoke({"steps": []}, {"configurable": {"thread_id": thread_id}})  # waits for a human
+    client = get_client(url=url)
+    first = await client.threads.get("research-cli-1")  # by id
+    assert first["status"] == "interrupted" and first["values"] == {"steps": ["first"]}
+    assert first["metadata"] == {"graph_id": "asking"}
+    found = await client.threads.search(metadata={"graph_id": "asking"}, status="interrupted")
+    assert {"research-cli-1", "research-cli-2"} <= {t["thread_id"] for t in found}  # by search
+    done = await client.runs.wait("research-cli-2", "asking", command={"resume": "yes"})
+    assert done == {"steps": ["first", "human said yes"]}
+    assert (await client.threads.get("research-cli-2"))["status"] == "idle"

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -38,7 +39,7 @@ from starlette.routing import Route
 
 from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graphs
 from agentstack.api._metrics import CONTENT_TYPE, metrics_text
-from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread
+from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread, ThreadStatusValue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import (
     EMPTY_STATE,
@@ -52,6 +53,7 @@ from agentstack.api._wire import (
     thread_config,
 )
 from agentstack.api._worker import MODES, RunWorker
+from agentstack.checkpoint._thread_status import thread_status
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, ConflictError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
@@ -76,6 +78,10 @@ _ONLY = {"on_disconnect": (None, "continue"), "strict_resume": (None, False), "f
          "langsmith_tracer": (None,)}  # fmt: skip
 
 Handler = Callable[[Request], Awaitable[Response]]
+# How a thread started elsewhere reads here, from the end of its last run (`agentstack threads show` words).
+_ADOPTED_STATUS: dict[str, ThreadStatusValue] = {
+    "finished": "idle", "waiting": "interrupted", "failed": "error", "stopped": "idle",
+}  # fmt: skip
 
 
 def create_app(
@@ -138,6 +144,7 @@ def _app(
         async with parts() as (queue, graphs):
             api.queue, api.graphs = queue, graphs
             await queue.setup()
+            await api._adopt()
             tasks = api.workers = [
                 asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s).serve(), name=f"worker {i}")
                 for i in range(workers)
@@ -306,10 +313,10 @@ class _Api:
         return json_response(await self._thread_json(thread))
 
     async def get_thread(self, request: Request) -> Response:
-        return json_response(await self._thread_json(await self.queue.get_thread(request.path_params["thread_id"])))
+        return json_response(await self._thread_json(await self._thread(request.path_params["thread_id"])))
 
     async def get_state(self, request: Request) -> Response:
-        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        thread = await self._thread(request.path_params["thread_id"])
         served = self._thread_graph(thread)
         if served is None:
             return json_response(EMPTY_STATE)
@@ -319,6 +326,7 @@ class _Api:
 
     async def search_threads(self, request: Request) -> Response:
         body = await read_body(request)
+        await self._adopt()
         found = await self.queue.search_threads(
             **_thread_filters(body),
             limit=int(body.get("limit") or 10),
@@ -329,17 +337,19 @@ class _Api:
         return json_response([await self._thread_json(t) for t in found])
 
     async def count_threads(self, request: Request) -> Response:
+        await self._adopt()
         return json_response(await self.queue.count_threads(**_thread_filters(await read_body(request))))
 
     async def patch_thread(self, request: Request) -> Response:
         body = await read_body(request)
         if body.get("ttl"):
             raise ConfigError("a thread ttl is not served yet", fix="leave ttl out")
+        await self._thread(request.path_params["thread_id"])
         thread = await self.queue.patch_thread(request.path_params["thread_id"], body.get("metadata") or {})
         return json_response(await self._thread_json(thread))
 
     async def delete_thread(self, request: Request) -> Response:
-        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        thread = await self._thread(request.path_params["thread_id"])
         await self.queue.delete_thread(thread.thread_id)
         served = self._thread_graph(thread)
         if served is not None and served.graph.checkpointer is not None:
@@ -347,7 +357,7 @@ class _Api:
         return Response(status_code=204)
 
     async def update_state(self, request: Request) -> Response:
-        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        thread = await self._thread(request.path_params["thread_id"])
         body = await read_body(request)
         served = self._thread_graph(thread)
         if served is None:
@@ -364,7 +374,7 @@ class _Api:
         return json_response({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
 
     async def get_history(self, request: Request) -> Response:
-        thread = await self.queue.get_thread(request.path_params["thread_id"])
+        thread = await self._thread(request.path_params["thread_id"])
         body = await read_body(request)
         served = self._thread_graph(thread)
         if served is None:
@@ -384,6 +394,27 @@ class _Api:
         ]
         return json_response(states)
 
+    async def _thread(self, thread_id: str) -> Thread:
+        """The thread, adopted first if only its checkpoints exist (the CLI or `Stack` started it here)."""
+        try:
+            return await self.queue.get_thread(thread_id)
+        except NotFoundError:
+            if not await self._adopt(thread_id):
+                raise
+            return await self.queue.get_thread(thread_id)
+
+    async def _adopt(self, thread_id: str | None = None) -> list[str]:
+        """Register the threads other processes started on this database with a served graph, with the status
+        their last checkpoint reads (a CLI run waiting for approval is `interrupted`, one that failed `error`)."""
+        adopted = await self.queue.adopt_threads([g.graph_id for g in self.graphs], thread_id)
+        for tid in adopted:
+            served = self._thread_graph(await self.queue.get_thread(tid))
+            saver = served.graph.checkpointer if served is not None else None
+            saved = await saver.aget_tuple(thread_config(tid)) if isinstance(saver, BaseCheckpointSaver) else None
+            if saved is not None:
+                await self.queue.set_thread_status(tid, _ADOPTED_STATUS[thread_status(saved).state])
+        return adopted
+
     def _thread_graph(self, thread: Thread) -> ServedGraph | None:
         graph_id = thread.metadata.get("graph_id")
         return next((g for g in self.graphs if g.graph_id == graph_id), None)
@@ -391,17 +422,20 @@ class _Api:
     async def _thread_json(self, thread: Thread) -> dict[str, Any]:
         values: Any = None
         interrupts: dict[str, Any] = {}
+        status = thread.status
         served = self._thread_graph(thread)
         if served is not None:
             state = await served.graph.aget_state(thread_config(thread.thread_id))
             values = jsonable(state.values) if state.created_at is not None else None
             interrupts = {t.id: interrupts_json(t.interrupts) for t in state.tasks if t.interrupts}
+            if status in ("idle", "interrupted"):  # a decision made from the CLI since shows here too
+                status = "interrupted" if interrupts else "idle"
         return {
             "thread_id": thread.thread_id,
             "created_at": thread.created_at,
             "updated_at": thread.updated_at,
             "metadata": thread.metadata,
-            "status": thread.status,
+            "status": status,
             "config": {},
             "values": values,
             "interrupts": interrupts,
@@ -452,6 +486,8 @@ class _Api:
             # as the reference: no checkpoint during the run when checkpoint_during is false
             "durability": body.get("durability") or ("exit" if body.get("checkpoint_during") is False else None),
         }
+        if not stateless and body.get("if_not_exists") != "create":
+            await self._thread(thread_id)  # a thread the CLI started is adopted before its first run here
         return await self.queue.put_run(
             thread_id,
             served.assistant_id,
@@ -508,6 +544,7 @@ class _Api:
 
     async def list_runs(self, request: Request) -> Response:
         query = request.query_params
+        await self._thread(request.path_params["thread_id"])
         runs = await self.queue.list_runs(
             request.path_params["thread_id"],
             limit=int(query.get("limit") or 10),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -44,7 +44,7 @@ _STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
 _THREAD_SORTS = ("thread_id", "status", "created_at", "updated_at")
 _SETUP_LOCK = 0x61676E7472756E73  # "agntruns": serialises setup() across processes
 
-# Append-only: index = version. Never edit or renumber; add a statement to change the layout.
+# Append-only: index = version (one statement each; all run in one transaction). Never edit or renumber.
 MIGRATIONS: tuple[str, ...] = (
     """CREATE TABLE agentstack_threads (
     thread_id UUID PRIMARY KEY,
@@ -81,6 +81,12 @@ MIGRATIONS: tuple[str, ...] = (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, seq)
 )""",
+    # Threads the CLI started (`research-...`) are adopted under their own ids: thread ids become text.
+    "ALTER TABLE agentstack_runs DROP CONSTRAINT agentstack_runs_thread_id_fkey",
+    "ALTER TABLE agentstack_threads ALTER COLUMN thread_id TYPE TEXT",
+    "ALTER TABLE agentstack_runs ALTER COLUMN thread_id TYPE TEXT",
+    """ALTER TABLE agentstack_runs ADD CONSTRAINT agentstack_runs_thread_id_fkey
+    FOREIGN KEY (thread_id) REFERENCES agentstack_threads (thread_id) ON DELETE CASCADE""",
 )
 
 _RUN_COLUMNS = (
@@ -195,9 +201,7 @@ class RunQueue:
     async def get_thread(self, thread_id: str) -> Thread:
         async with self.pool.connection() as conn:
             row = await (
-                await conn.execute(
-                    "SELECT * FROM agentstack_threads WHERE thread_id = %s", (_uuid(thread_id, "thread"),)
-                )
+                await conn.execute("SELECT * FROM agentstack_threads WHERE thread_id = %s", (_thread_key(thread_id),))
             ).fetchone()
         if row is None:
             raise NotFoundError(f"there is no thread {thread_id}", fix="create it first, or use if_not_exists='create'")
@@ -240,6 +244,43 @@ class RunQueue:
             ).fetchone()
         return int(row["n"]) if row is not None else 0
 
+    async def adopt_threads(self, graph_ids: Sequence[str], thread_id: str | None = None) -> list[str]:
+        """Register the threads whose checkpoints (in this database, written by the CLI, `Stack` or another
+        LangGraph server) name one of `graph_ids` as their agentstack graph, so this server sees them: all such
+        threads, or only `thread_id`. The adopted ids, to be given their status (`set_thread_status`).
+
+        Reads the checkpoint table LangGraph's Postgres savers share (`checkpoints`, root namespace, the
+        `agentstack_graph` metadata `Stack.graph` records); a database without it has nothing to adopt.
+        """
+        if not graph_ids:
+            return []
+        async with self.pool.connection() as conn:
+            exists = await (await conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL AS t")).fetchone()
+            if exists is None or not exists["t"]:
+                return []
+            rows = await (
+                await conn.execute(
+                    """INSERT INTO agentstack_threads (thread_id, metadata, created_at, updated_at)
+SELECT c.thread_id, jsonb_build_object('graph_id', min(c.metadata->>'agentstack_graph')),
+       min((c.checkpoint->>'ts')::timestamptz), max((c.checkpoint->>'ts')::timestamptz)
+FROM checkpoints c
+WHERE c.checkpoint_ns = '' AND c.metadata->>'agentstack_graph' = ANY(%(graphs)s)
+  AND (%(thread)s::text IS NULL OR c.thread_id = %(thread)s)
+  AND NOT EXISTS (SELECT 1 FROM agentstack_threads t WHERE t.thread_id = c.thread_id)
+GROUP BY c.thread_id
+ON CONFLICT (thread_id) DO NOTHING
+RETURNING thread_id""",
+                    {"graphs": list(graph_ids), "thread": thread_id},
+                )
+            ).fetchall()
+        return [str(r["thread_id"]) for r in rows]
+
+    async def set_thread_status(self, thread_id: str, status: ThreadStatusValue) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE agentstack_threads SET status = %s WHERE thread_id = %s", (status, _thread_key(thread_id))
+            )
+
     async def patch_thread(self, thread_id: str, metadata: Mapping[str, Any]) -> Thread:
         """Merge `metadata` into the thread's (a shallow merge, as the LangGraph API's PATCH)."""
         async with self.pool.connection() as conn:
@@ -247,7 +288,7 @@ class RunQueue:
                 await conn.execute(
                     "UPDATE agentstack_threads SET metadata = metadata || %s, updated_at = now() "
                     "WHERE thread_id = %s RETURNING *",
-                    (Jsonb(dict(metadata)), _uuid(thread_id, "thread")),
+                    (Jsonb(dict(metadata)), _thread_key(thread_id)),
                 )
             ).fetchone()
         if row is None:
@@ -259,7 +300,7 @@ class RunQueue:
         async with self.pool.connection() as conn, conn.transaction():
             locked = await (
                 await conn.execute(
-                    "SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (_uuid(thread_id, "thread"),)
+                    "SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (_thread_key(thread_id),)
                 )
             ).fetchone()
             if locked is None:
@@ -277,7 +318,7 @@ class RunQueue:
         busy = await (
             await conn.execute(
                 "SELECT 1 FROM agentstack_runs WHERE thread_id = %s AND status IN ('pending', 'running') LIMIT 1",
-                (_uuid(thread_id, "thread"),),
+                (_thread_key(thread_id),),
             )
         ).fetchone()
         if busy is not None:
@@ -307,7 +348,7 @@ class RunQueue:
                 f"multitask_strategy {multitask_strategy!r} is not one of {', '.join(_STRATEGIES)}",
                 fix="multitask_strategy='enqueue' queues the run behind the thread's others",
             )
-        thread_id = _uuid(thread_id, "thread")
+        thread_id = _thread_key(thread_id)
         run_id = str(_uuid7())
         async with self.pool.connection() as conn, conn.transaction():
             if if_not_exists == "create":
@@ -363,7 +404,7 @@ class RunQueue:
             row = await (
                 await conn.execute(
                     f"SELECT {_RUN_COLUMNS} FROM agentstack_runs WHERE thread_id = %s AND run_id = %s",
-                    (_uuid(thread_id, "thread"), _uuid(run_id, "run")),
+                    (_thread_key(thread_id), _uuid(run_id, "run")),
                 )
             ).fetchone()
         if row is None:
@@ -380,7 +421,7 @@ class RunQueue:
                 await conn.execute(
                     f"SELECT {_RUN_COLUMNS} FROM agentstack_runs WHERE thread_id = %s "
                     "AND (%s::text IS NULL OR status = %s) ORDER BY created_at DESC, run_id DESC LIMIT %s OFFSET %s",
-                    (_uuid(thread_id, "thread"), status, status, limit, offset),
+                    (_thread_key(thread_id), status, status, limit, offset),
                 )
             ).fetchall()
         return [_run(r) for r in rows]
@@ -507,7 +548,7 @@ RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
             found = await (
                 await conn.execute(
                     "SELECT status FROM agentstack_runs WHERE thread_id = %s AND run_id = %s FOR UPDATE",
-                    (_uuid(thread_id, "thread"), _uuid(run_id, "run")),
+                    (_thread_key(thread_id), _uuid(run_id, "run")),
                 )
             ).fetchone()
             if found is None:
@@ -560,9 +601,9 @@ def _thread_filter(
     metadata: Mapping[str, Any] | None, status: str | None, ids: list[str] | None
 ) -> tuple[str, tuple[Any, ...]]:
     """The WHERE clause (and its arguments) that thread search and count share."""
-    uuids = [_uuid(i, "thread") for i in ids] if ids is not None else None
-    where = "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::uuid[] IS NULL OR thread_id = ANY(%s))"
-    return where, (Jsonb(dict(metadata or {})), status, status, uuids, uuids)
+    keys = [_thread_key(i) for i in ids] if ids is not None else None
+    where = "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::text[] IS NULL OR thread_id = ANY(%s))"
+    return where, (Jsonb(dict(metadata or {})), status, status, keys, keys)
 
 
 async def _cancel_rows(conn: Any, run_ids: list[Any], action: CancelAction) -> None:
@@ -602,6 +643,18 @@ def _lost(run: Run) -> LeaseLostError:
         "another worker took it, or it was cancelled",
         fix="stop working on it; the run's current holder carries it on",
     )
+
+
+def _thread_key(value: str) -> str:
+    """A thread id as stored: a UUID in its canonical form (as the API creates them), any other id as it is
+    (a thread the CLI started, `research-...`, adopted from its checkpoints)."""
+    value = str(value)
+    if not value or len(value) > 255:
+        raise ConfigError(f"thread id {value!r} is empty or too long", fix="use the thread's id, e.g. a UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
 
 
 def _uuid(value: str, kind: str) -> str:
