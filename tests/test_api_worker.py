@@ -5,6 +5,7 @@ another from its last checkpoint without running a finished step again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import operator
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict
@@ -13,6 +14,7 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
+from agentstack.api._notify import QueueNotifications
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._worker import RunWorker
@@ -181,3 +183,31 @@ async def test_a_stopping_worker_gives_its_run_back_to_the_queue(queue: RunQueue
     assert (await queue.get_run(thread, put.run_id)).status == "pending"  # not held for 30 s by a lease
     again = await queue.claim("next", lease_s=30)
     assert again is not None and again.run_id == put.run_id and again.attempt == 2
+
+
+async def test_notifications_wake_an_idle_worker_and_deliver_a_cancel_at_once(
+    queue: RunQueue, saver: PoolSaver
+) -> None:
+    async def stuck(state: State) -> dict[str, list[str]]:
+        await asyncio.sleep(3600)
+        return {"steps": ["never"]}
+
+    async with QueueNotifications.listening(queue.pool) as notes:
+        await asyncio.wait_for(notes.connected.wait(), 10)
+        # it would look for work once an hour, and see a cancel at a renewal every 20 minutes
+        worker = RunWorker(queue, served(two_steps(saver, second=stuck)), name="w1", lease_s=3600, notes=notes)
+        serving = asyncio.create_task(worker.serve(idle_s=3600))
+        try:
+            await asyncio.sleep(0.5)  # it has looked, found nothing, and waits
+            thread = (await queue.create_thread()).thread_id
+            run = await queue.put_run(thread, "steps", kwargs={"input": {"steps": []}})
+            async with asyncio.timeout(60):
+                while (await queue.get_run(thread, run.run_id)).status != "running":  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                await queue.cancel(thread, run.run_id, "interrupt")
+                while (await queue.get_run(thread, run.run_id)).status != "interrupted":  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving

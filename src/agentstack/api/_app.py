@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graphs
 from agentstack.api._metrics import CONTENT_TYPE, metrics_text
+from agentstack.api._notify import QueueNotifications, wait_for
 from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread, ThreadStatusValue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import (
@@ -141,12 +142,12 @@ def _app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with parts() as (queue, graphs):
-            api.queue, api.graphs = queue, graphs
+        async with parts() as (queue, graphs), QueueNotifications.listening(queue.pool) as notes:
+            api.queue, api.graphs, api.notes = queue, graphs, notes
             await queue.setup()
             await api._adopt()
             tasks = api.workers = [
-                asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s).serve(), name=f"worker {i}")
+                asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s, notes=notes).serve(), name=f"worker {i}")
                 for i in range(workers)
             ]
             try:
@@ -212,6 +213,7 @@ def _mapped(handler: Any) -> Handler:
 class _Api:
     queue: RunQueue  # set by the lifespan, before the first request
     graphs: ServedGraphs
+    notes: QueueNotifications
 
     def __init__(self, poll_s: float) -> None:
         self.poll_s = poll_s
@@ -394,6 +396,11 @@ class _Api:
         ]
         return json_response(states)
 
+    def _poll_s(self) -> float:
+        """How long a stream or a wait sleeps before looking again without being notified: long while
+        notifications arrive (they wake it), `poll_s` while they do not."""
+        return 1.0 if self.notes.connected.is_set() else self.poll_s
+
     async def _thread(self, thread_id: str) -> Thread:
         """The thread, adopted first if only its checkpoints exist (the CLI or `Stack` started it here)."""
         try:
@@ -526,8 +533,11 @@ class _Api:
 
         async def forget() -> None:
             try:  # the run's end is known from Postgres only: another process may be running it
-                while (await self.queue.get_run(run.thread_id, run.run_id)).status not in FINAL:  # noqa: ASYNC110
-                    await asyncio.sleep(self.poll_s * 10)
+                while True:
+                    changed = self.notes.run_changed(run.run_id)
+                    if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
+                        break
+                    await wait_for(changed, self._poll_s())
                 await self.queue.delete_thread(run.thread_id)
                 served = self.graphs.get(run.assistant_id)
                 if served.graph.checkpointer is not None:
@@ -586,6 +596,7 @@ class _Api:
         """The run's events after `after` until it has ended; None whenever a heartbeat is due."""
         last, beat = after, time.monotonic()
         while True:
+            changed = self.notes.run_changed(run.run_id)
             events = await self.queue.events_after(run.run_id, last)
             for event in events:
                 last = event.seq
@@ -599,7 +610,7 @@ class _Api:
             if time.monotonic() - beat > _HEARTBEAT_S:
                 beat = time.monotonic()
                 yield None
-            await asyncio.sleep(self.poll_s)
+            await wait_for(changed, self._poll_s())
 
     def _sse(
         self, run: Run, *, after: int, modes: list[str] | None, then: Callable[[], None] | None = None

@@ -526,7 +526,10 @@ RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
                     (status, Jsonb(error) if error is not None else None, run.run_id),
                 )
             await _settle_thread(conn, run.thread_id, thread_status, error)
-            await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (run.thread_id,))
+            await conn.execute(
+                "SELECT pg_notify('agentstack_runs', %s), pg_notify('agentstack_events', %s)",
+                (run.thread_id, run.run_id),
+            )
 
     async def release(self, run: Run) -> None:
         """Give a claimed run back (a worker draining on shutdown): pending again, for the next worker."""
@@ -564,12 +567,15 @@ RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(
-                    """INSERT INTO agentstack_run_events (run_id, seq, event, data)
-SELECT %(run)s, coalesce((SELECT max(seq) FROM agentstack_run_events WHERE run_id = %(run)s), 0) + 1,
-       %(event)s, %(data)s
-WHERE EXISTS (SELECT 1 FROM agentstack_runs WHERE run_id = %(run)s AND worker = %(worker)s AND attempt = %(attempt)s
-              AND status = 'running')
-RETURNING seq""",
+                    """WITH appended AS (
+    INSERT INTO agentstack_run_events (run_id, seq, event, data)
+    SELECT %(run)s, coalesce((SELECT max(seq) FROM agentstack_run_events WHERE run_id = %(run)s), 0) + 1,
+           %(event)s, %(data)s
+    WHERE EXISTS (SELECT 1 FROM agentstack_runs WHERE run_id = %(run)s AND worker = %(worker)s
+                  AND attempt = %(attempt)s AND status = 'running')
+    RETURNING seq
+)
+SELECT seq, pg_notify('agentstack_events', %(run)s::text) FROM appended""",
                     {
                         "run": run.run_id,
                         "event": event,
@@ -579,9 +585,8 @@ RETURNING seq""",
                     },
                 )
             ).fetchone()
-            if row is None:
-                raise _lost(run)
-            await conn.execute("SELECT pg_notify('agentstack_events', %s)", (run.run_id,))
+        if row is None:
+            raise _lost(run)
         return int(row["seq"])
 
     async def events_after(self, run_id: str, seq: int = 0, *, limit: int = 1000) -> list[StreamEvent]:

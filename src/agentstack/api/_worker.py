@@ -1,11 +1,11 @@
 """A worker of the agent server: claims runs from the queue and runs them on their graphs.
 
 A claimed run streams its graph with the modes its client asked for, each chunk appended to the run's
-events (`metadata` first, as the LangGraph API sends it), while a background task renews the lease. A cancel
-seen at a renewal stops the graph: what it saved is kept (a rollback deletes the run's row; deleting the
-checkpoints it wrote is still to come with the server). When the graph returns, the run is a `success` and
-its thread `interrupted` if nodes are still due (an `interrupt()` waits for a resume) or `idle`; a graph that
-raises is an `error`, with an `error` event.
+events (`metadata` first, as the LangGraph API sends it), while a background task renews the lease. A
+cancel, seen at once when Postgres notifies it (see `_notify`) or else at the next renewal, stops the graph:
+what it saved is kept (a rollback deletes the run's row; deleting the checkpoints it wrote is still to
+come). When the graph returns, the run is a `success` and its thread `interrupted` if nodes are still due
+(an `interrupt()` waits for a resume) or `idle`; a graph that raises is an `error`, with an `error` event.
 
 A worker that dies leaves its run `running` under a lease that lapses; the worker that claims it next
 continues the thread from its last checkpoint rather than feeding the input again, when that checkpoint was
@@ -27,6 +27,7 @@ import psycopg
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
+from agentstack.api._notify import QueueNotifications, wait_for
 from agentstack.api._runs import Run, RunQueue
 from agentstack.api._served import ServedGraphs
 from agentstack.api._wire import wire
@@ -63,11 +64,13 @@ class RunWorker:
         *,
         name: str | None = None,
         lease_s: float = 30.0,
+        notes: QueueNotifications | None = None,
     ) -> None:
         self.queue = queue
         self.graphs = graphs
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_s = lease_s
+        self.notes = notes
 
     async def run_once(self) -> Run | None:
         """Claim the oldest claimable run and run it to its end; None when nothing was claimable."""
@@ -77,7 +80,9 @@ class RunWorker:
         return run
 
     async def serve(self, *, idle_s: float = 0.2) -> None:
-        """Run claimable runs until cancelled, looking again every `idle_s` when there are none.
+        """Run claimable runs until cancelled, looking again when notified that a run was queued or given back
+        (with `notes`), and every `idle_s` when there are none (every 2 s while notifications arrive: then the
+        look only finds runs whose worker died).
 
         Cancelled (the server stops), it drains: the run in hand goes back to pending, what it saved is kept,
         and the next worker to claim it continues from there. A failure to reach Postgres is logged and
@@ -86,9 +91,11 @@ class RunWorker:
         while True:
             run = None
             try:
+                queued = self.notes.work() if self.notes is not None else None
                 run = await self.queue.claim(self.name, lease_s=self.lease_s)
                 if run is None:
-                    await asyncio.sleep(idle_s)
+                    listening = self.notes is not None and self.notes.connected.is_set()
+                    await wait_for(queued, max(idle_s, 2.0) if listening else idle_s)
                     continue
                 await self.execute(run)
             except asyncio.CancelledError:
@@ -169,7 +176,8 @@ class RunWorker:
         """Renew the lease until a cancel is asked for (returned) or the lease is lost (raised)."""
         try:
             while True:
-                await asyncio.sleep(self.lease_s / 3)
+                asked = self.notes.cancel_asked(run.run_id) if self.notes is not None else None
+                await wait_for(asked, self.lease_s / 3)  # a cancel is seen at once when notified
                 cancel = await self.queue.renew(run, lease_s=self.lease_s)
                 if cancel is not None:
                     streaming.cancel()
