@@ -295,7 +295,8 @@ async def test_each_multitask_strategy_with_two_clients_on_one_thread(url: str) 
     cutting = await bob.runs.create(thread, "slow", input={"steps": ["c"]}, multitask_strategy="interrupt")
     assert await bob.runs.join(thread, cutting["run_id"]) == {"steps": ["c", "slept"]}
     assert (await alice.runs.get(thread, long["run_id"]))["status"] == "interrupted"
-    # rollback: alice's long run is cancelled and deleted
+    assert long["run_id"] in await saved_by(alice, thread)  # what the interrupted run saved is kept
+    # rollback: alice's long run is cancelled and deleted, with what it saved
     thread = (await alice.threads.create())["thread_id"]
     doomed = await alice.runs.create(thread, "slow", input={"steps": []})
     await running(alice, thread, doomed["run_id"])
@@ -303,6 +304,13 @@ async def test_each_multitask_strategy_with_two_clients_on_one_thread(url: str) 
     assert await bob.runs.join(thread, redo["run_id"]) == {"steps": ["d", "slept"]}
     with pytest.raises(NotFoundError):
         await alice.runs.get(thread, doomed["run_id"])
+    assert doomed["run_id"] not in await saved_by(alice, thread)
+    assert redo["run_id"] in await saved_by(alice, thread)
+
+
+async def saved_by(client: Any, thread_id: str) -> set[str]:
+    """The runs that saved the thread's checkpoints."""
+    return {s["metadata"].get("run_id") for s in await client.threads.get_history(thread_id, limit=100)}
 
 
 async def test_metrics_report_the_queue_from_postgres(url: str) -> None:
@@ -336,3 +344,21 @@ async def test_a_thread_started_outside_the_server_is_adopted_with_its_status(ur
     done = await client.runs.wait("research-cli-2", "asking", command={"resume": "yes"})
     assert done == {"steps": ["first", "human said yes"]}
     assert (await client.threads.get("research-cli-2"))["status"] == "idle"
+
+
+async def test_a_copied_thread_has_the_history_and_goes_its_own_way(url: str) -> None:
+    client = get_client(url=url)
+    source = await client.threads.create(metadata={"user": "ana"})
+    await client.runs.wait(source["thread_id"], "asking", input={"steps": []})  # waits at the interrupt
+    copy = await client.threads.copy(source["thread_id"])
+    assert copy["thread_id"] != source["thread_id"] and copy["metadata"]["user"] == "ana"  # type: ignore[index]
+    assert copy["status"] == "interrupted" and copy["values"] == {"steps": ["first"]}  # type: ignore[index]
+    history = await client.threads.get_history(copy["thread_id"], limit=10)  # type: ignore[index]
+    assert [h["checkpoint"]["checkpoint_id"] for h in history] == [
+        h["checkpoint"]["checkpoint_id"] for h in await client.threads.get_history(source["thread_id"], limit=10)
+    ]
+    done = await client.runs.wait(copy["thread_id"], "asking", command={"resume": "copy"})  # type: ignore[index]
+    assert done == {"steps": ["first", "human said copy"]}
+    assert (await client.threads.get(source["thread_id"]))["status"] == "interrupted"  # the source still waits
+    with pytest.raises(NotFoundError):
+        await client.threads.copy(str(uuid.uuid4()))

@@ -175,6 +175,7 @@ def _app(
         Route("/threads/{thread_id}/state", api.get_state, methods=["GET"]),
         Route("/threads/{thread_id}/state", api.update_state, methods=["POST"]),
         Route("/threads/{thread_id}/history", api.get_history, methods=["POST"]),
+        Route("/threads/{thread_id}/copy", api.copy_thread, methods=["POST"]),
         Route("/threads/{thread_id}/runs", api.create_run, methods=["POST"]),
         Route("/threads/{thread_id}/runs", api.list_runs, methods=["GET"]),
         Route("/threads/{thread_id}/runs/stream", api.stream_run, methods=["POST"]),
@@ -357,6 +358,19 @@ class _Api:
         if served is not None and served.graph.checkpointer is not None:
             await served.graph.checkpointer.adelete_thread(thread.thread_id)  # type: ignore[union-attr]
         return Response(status_code=204)
+
+    async def copy_thread(self, request: Request) -> Response:
+        """A new thread with the source's metadata and its whole checkpoint history (not its runs)."""
+        source = await self._thread(request.path_params["thread_id"])
+        copy = await self.queue.create_thread(metadata=source.metadata)
+        served = self._thread_graph(source)
+        try:
+            if served is not None and isinstance(served.graph.checkpointer, BaseCheckpointSaver):
+                await served.graph.checkpointer.acopy_thread(source.thread_id, copy.thread_id)
+        except BaseException:
+            await self.queue.delete_thread(copy.thread_id)  # no half-made copy left behind
+            raise
+        return json_response(await self._thread_json(copy))
 
     async def update_state(self, request: Request) -> Response:
         thread = await self._thread(request.path_params["thread_id"])

@@ -3,8 +3,8 @@
 A claimed run streams its graph with the modes its client asked for, each chunk appended to the run's
 events (`metadata` first, as the LangGraph API sends it), while a background task renews the lease. A
 cancel, seen at once when Postgres notifies it (see `_notify`) or else at the next renewal, stops the graph:
-what it saved is kept (a rollback deletes the run's row; deleting the checkpoints it wrote is still to
-come). When the graph returns, the run is a `success` and its thread `interrupted` if nodes are still due
+what it saved is kept (a rollback deletes the run's row and the checkpoints it saved, before the thread's
+next run may start). When the graph returns, the run is a `success` and its thread `interrupted` if nodes are still due
 (an `interrupt()` waits for a resume) or `idle`; a graph that raises is an `error`, with an `error` event.
 
 A worker that dies leaves its run `running` under a lease that lapses; the worker that claims it next
@@ -24,6 +24,7 @@ import uuid
 from typing import Any
 
 import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
@@ -124,6 +125,9 @@ class RunWorker:
             if not renewing.done():
                 raise  # this worker is stopping: `serve` gives the run back to the queue
             if renewing.exception() is None:  # a cancel was asked for: interrupt or rollback
+                if renewing.result() == "rollback" and isinstance(graph.checkpointer, BaseCheckpointSaver):
+                    # before `finish` lets the thread's next run start from them
+                    await graph.checkpointer.adelete_for_runs([run.run_id])
                 await self._settle(run, graph, "interrupted")
             return  # or the lease was lost (or Postgres failed): the run's next holder carries it on
         except psycopg.Error:

@@ -59,6 +59,7 @@ from agentstack.checkpoint._reads import (
 )
 from agentstack.checkpoint._schema import apply_migrations
 from agentstack.checkpoint._serde import StrictSerializer
+from agentstack.checkpoint._thread_edits import copy_thread, delete_runs
 from agentstack.config import Settings
 from agentstack.errors import CheckpointError, UserError
 
@@ -283,6 +284,18 @@ class PoolSaver(BaseCheckpointSaver[str]):
                 for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
                     await conn.execute(f"DELETE FROM {table} WHERE thread_id = %s", (str(thread_id),))
 
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy a thread's every checkpoint, write and blob to a new thread id, atomically."""
+        await self._committer.drain()  # what the source's runs queued is in the copy
+        with self._errors(f"copying thread {source_thread_id!r}"):
+            await copy_thread(self.conn, source_thread_id, target_thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints the runs saved, with their writes and the blobs only they used, atomically."""
+        await self._committer.drain()  # nothing the runs queued commits after the delete
+        with self._errors("deleting runs' checkpoints"):
+            await delete_runs(self.conn, run_ids)
+
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune threads as the stock saver does: `keep_latest` or `delete` (see `_prune`)."""
         with self._errors("pruning threads"):
@@ -338,6 +351,12 @@ class PoolSaver(BaseCheckpointSaver[str]):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._sync(self.aprune(thread_ids, strategy=strategy), "aprune")
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._sync(self.acopy_thread(source_thread_id, target_thread_id), "acopy_thread")
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._sync(self.adelete_for_runs(run_ids), "adelete_for_runs")
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
