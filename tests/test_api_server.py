@@ -362,3 +362,19 @@ async def test_a_copied_thread_has_the_history_and_goes_its_own_way(url: str) ->
     assert (await client.threads.get(source["thread_id"]))["status"] == "interrupted"  # the source still waits
     with pytest.raises(NotFoundError):
         await client.threads.copy(str(uuid.uuid4()))
+
+
+async def test_a_client_that_leaves_cancels_its_run_when_it_asked_to(url: str) -> None:
+    client = get_client(url=url)
+    thread = (await client.threads.create())["thread_id"]
+    async for part in client.runs.stream(thread, "slow", input={"steps": []}, on_disconnect="cancel"):
+        run_id = part.data["run_id"]
+        break  # the client leaves during the 30 s step
+    async with asyncio.timeout(30):  # the server notices at its next write (a heartbeat at most 5 s later)
+        while (await client.runs.get(thread, run_id))["status"] != "interrupted":  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    kept = client.runs.stream(thread, "slow", input={"steps": []}, stream_mode="values")
+    first = await anext(kept)
+    await kept.aclose()  # "continue" (the default): the run goes on without its client
+    await asyncio.sleep(0.5)
+    assert (await client.runs.get(thread, first.data["run_id"]))["status"] == "running"

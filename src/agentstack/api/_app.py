@@ -74,7 +74,7 @@ _RUN_KEYS = {
     "on_disconnect", "durability", "checkpoint_during", "feedback_keys", "webhook", "checkpoint", "checkpoint_id",
     "after_seconds", "on_completion", "langsmith_tracer", "strict_resume",
 }  # fmt: skip
-_ONLY = {"on_disconnect": (None, "continue"), "strict_resume": (None, False), "feedback_keys": (None,),
+_ONLY = {"on_disconnect": (None, "continue", "cancel"), "strict_resume": (None, False), "feedback_keys": (None,),
          "webhook": (None,), "checkpoint": (None,), "checkpoint_id": (None,), "after_seconds": (None, 0),
          "langsmith_tracer": (None,)}  # fmt: skip
 
@@ -525,19 +525,43 @@ class _Api:
 
     async def stream_run(self, request: Request) -> Response:
         run = await self._put(request)
-        return self._sse(run, after=0, modes=None)
+        return self._sse(run, after=0, modes=None, gone=await self._on_disconnect(request, run))
 
     async def wait_run(self, request: Request) -> Response:
         run = await self._put(request)
-        return self._result(run)
+        return self._result(run, gone=await self._on_disconnect(request, run))
 
     async def stateless_stream(self, request: Request) -> Response:
         run = await self._put(request, stateless=True)
-        return self._sse(run, after=0, modes=None, then=await self._forget_after(request, run))
+        gone = await self._on_disconnect(request, run)
+        return self._sse(run, after=0, modes=None, then=await self._forget_after(request, run), gone=gone)
 
     async def stateless_wait(self, request: Request) -> Response:
         run = await self._put(request, stateless=True)
-        return self._result(run, then=await self._forget_after(request, run))
+        gone = await self._on_disconnect(request, run)
+        return self._result(run, then=await self._forget_after(request, run), gone=gone)
+
+    async def _on_disconnect(self, request: Request, run: Run) -> Callable[[], None] | None:
+        """What cancels the run when its client leaves before it ends (`on_disconnect="cancel"`)."""
+        if (await read_body(request)).get("on_disconnect") != "cancel":
+            return None
+
+        def cancel() -> None:
+            _log.info("run %s: its client left; cancelling it (on_disconnect=cancel)", run.run_id)
+            self._in_background(self.queue.cancel(run.thread_id, run.run_id), f"cancel run {run.run_id}")
+
+        return cancel
+
+    def _in_background(self, work: Awaitable[None], name: str) -> None:
+        async def logged() -> None:
+            try:
+                await work
+            except Exception as exc:  # logged, not raised: nobody awaits this task
+                _log.warning("%s failed: %s", name, exc)
+
+        task = asyncio.create_task(logged(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _forget_after(self, request: Request, run: Run) -> Callable[[], None] | None:
         """What deletes a stateless run's thread once the run has ended (unless on_completion is "keep"),
@@ -560,9 +584,7 @@ class _Api:
                 _log.warning("the stateless run %s's thread %s was not deleted: %s", run.run_id, run.thread_id, exc)
 
         def start() -> None:
-            task = asyncio.create_task(forget(), name=f"forget thread {run.thread_id}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(forget(), f"forget thread {run.thread_id}")
 
         return start
 
@@ -627,9 +649,18 @@ class _Api:
             await wait_for(changed, self._poll_s())
 
     def _sse(
-        self, run: Run, *, after: int, modes: list[str] | None, then: Callable[[], None] | None = None
+        self,
+        run: Run,
+        *,
+        after: int,
+        modes: list[str] | None,
+        then: Callable[[], None] | None = None,
+        gone: Callable[[], None] | None = None,
     ) -> StreamingResponse:
+        """The run's events as SSE; `then` runs when the response ends, `gone` when the client left first."""
+
         async def frames() -> AsyncIterator[bytes]:
+            ended = False
             try:
                 async for event in self._events(run, after):
                     if event is None:
@@ -637,7 +668,10 @@ class _Api:
                     elif modes is None or event.event in ("metadata", "error") or event.event.split("|")[0] in modes:
                         data = orjson.dumps(event.data, default=str)
                         yield b"event: %s\r\ndata: %s\r\nid: %d\r\n\r\n" % (event.event.encode(), data, event.seq)
+                ended = True
             finally:
+                if gone is not None and not ended:
+                    gone()
                 if then is not None:
                     then()
 
@@ -648,12 +682,15 @@ class _Api:
         headers |= {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(frames(), media_type="text/event-stream; charset=utf-8", headers=headers)
 
-    def _result(self, run: Run, *, then: Callable[[], None] | None = None) -> StreamingResponse:
+    def _result(
+        self, run: Run, *, then: Callable[[], None] | None = None, gone: Callable[[], None] | None = None
+    ) -> StreamingResponse:
         """The run's final values once it has ended, after newline keep-alives, as the reference's wait/join."""
 
         async def body() -> AsyncIterator[bytes]:
             values: Any = None
             error: Any = None
+            ended = False
             try:
                 async for event in self._events(run, 0):
                     if event is None:
@@ -664,7 +701,10 @@ class _Api:
                         error = event.data
                     elif event.event == "updates" and isinstance(event.data, dict) and "__interrupt__" in event.data:
                         values = {**(values or {}), "__interrupt__": event.data["__interrupt__"]}
+                ended = True
             finally:
+                if gone is not None and not ended:
+                    gone()
                 if then is not None:
                     then()
             if error is not None:
