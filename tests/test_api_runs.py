@@ -205,3 +205,22 @@ async def test_workers_claiming_at_once_take_each_run_once_and_one_per_thread(qu
     assert all(ids == sorted(ids) for ids in per_thread.values())  # oldest first within a thread
     statuses: Any = {(await queue.get_thread(t)).status for t in threads}
     assert statuses == {"idle"}
+
+
+async def test_old_stream_events_of_ended_runs_are_deleted_and_running_ones_kept(queue: RunQueue) -> None:
+    t1, t2 = await thread(queue), await thread(queue)
+    await queue.put_run(t1, "research")
+    ended = await queue.claim("w1", lease_s=LEASE)
+    assert ended is not None
+    await queue.append_event(ended, "values", {"n": 1})
+    await queue.finish(ended, "success", thread_status="idle")
+    await queue.put_run(t2, "research")
+    running = await queue.claim("w1", lease_s=LEASE)
+    assert running is not None
+    await queue.append_event(running, "values", {"n": 2})
+    assert await queue.delete_events(ended_before_s=3600) == 0  # ended moments ago: kept
+    await asyncio.sleep(0.2)
+    assert await queue.delete_events(ended_before_s=0.1) == 1
+    assert await queue.events_after(ended.run_id) == []
+    assert [e.data for e in await queue.events_after(running.run_id)] == [{"n": 2}]  # a running run's stay
+    assert (await queue.get_run(t1, ended.run_id)).status == "success"  # the run itself stays

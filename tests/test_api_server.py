@@ -4,6 +4,7 @@ Postgres (runs queue and checkpoints), with graphs that ask a human and graphs t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import operator
 import uuid
 from collections.abc import AsyncIterator
@@ -106,16 +107,24 @@ async def url(saver: PoolSaver) -> AsyncIterator[str]:
             ServedGraph("nested", nested(saver)),
         ]
     )
-    app = app_on(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)
+    async with serving(app_on(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """`app` behind a real uvicorn server on a free port, as its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    serving = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve())
     while not server.started:
-        assert not serving.done(), "the server did not start"
+        assert not task.done(), "the server did not start"
         await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(serving, 30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
 
 
 async def test_assistants_are_the_served_graphs_under_langgraphs_ids(url: str) -> None:
@@ -378,3 +387,19 @@ async def test_a_client_that_leaves_cancels_its_run_when_it_asked_to(url: str) -
     await kept.aclose()  # "continue" (the default): the run goes on without its client
     await asyncio.sleep(0.5)
     assert (await client.runs.get(thread, first.data["run_id"]))["status"] == "running"
+
+
+async def test_an_ended_runs_stream_is_joinable_until_its_events_are_deleted(saver: PoolSaver) -> None:
+    app = app_on(RunQueue(saver.conn), ServedGraphs([ServedGraph("slow", slow(saver))]), event_retention_s=1.0)
+    async with serving(app) as base:  # events of runs ended over 1 s ago are deleted every 0.1 s
+        client = get_client(url=base)
+        thread = (await client.threads.create())["thread_id"]
+        run = await client.runs.create(thread, "slow", input={"steps": ["x"]})  # a step of 0.3 s
+        assert (await client.runs.join(thread, run["run_id"]))["steps"][-1] == "slept"
+        events = [p.event async for p in client.runs.join_stream(thread, run["run_id"])]
+        assert events[0] == "metadata" and events[-1] == "values"
+        await asyncio.sleep(2.0)
+        with pytest.raises(httpx.HTTPStatusError, match="its stream events were deleted") as gone:
+            await client.runs.join(thread, run["run_id"])  # the SDK's join raises httpx's own error
+        assert gone.value.response.status_code == 404
+        assert (await client.runs.get(thread, run["run_id"]))["status"] == "success"  # the run stays

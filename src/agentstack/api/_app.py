@@ -67,6 +67,7 @@ __all__ = ["app_on", "create_app", "registered_graphs"]
 _log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 5.0
+EVENT_RETENTION_S = 86_400.0  # how long an ended run's stream can be joined again (and its events kept)
 # Run-create body keys, and the values this server implements for those it does not honour yet.
 _RUN_KEYS = {
     "assistant_id", "input", "command", "config", "context", "metadata", "stream_mode", "stream_subgraphs",
@@ -109,7 +110,7 @@ def create_app(
             served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
             yield RunQueue(stack.saver.conn), ServedGraphs(served)
 
-    return _app(opened, workers=workers, lease_s=30.0, poll_s=0.05)
+    return _app(opened, workers=workers, lease_s=30.0, poll_s=0.05, event_retention_s=EVENT_RETENTION_S)
 
 
 def registered_graphs(stack: Stack) -> list[ServedGraph]:
@@ -118,7 +119,13 @@ def registered_graphs(stack: Stack) -> list[ServedGraph]:
 
 
 def app_on(
-    queue: RunQueue, graphs: ServedGraphs, *, workers: int = 1, lease_s: float = 30.0, poll_s: float = 0.05
+    queue: RunQueue,
+    graphs: ServedGraphs,
+    *,
+    workers: int = 1,
+    lease_s: float = 30.0,
+    poll_s: float = 0.05,
+    event_retention_s: float = EVENT_RETENTION_S,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
@@ -128,7 +135,7 @@ def app_on(
     async def given() -> AsyncIterator[tuple[RunQueue, ServedGraphs]]:
         yield queue, graphs
 
-    return _app(given, workers=workers, lease_s=lease_s, poll_s=poll_s)
+    return _app(given, workers=workers, lease_s=lease_s, poll_s=poll_s, event_retention_s=event_retention_s)
 
 
 def _app(
@@ -137,8 +144,9 @@ def _app(
     workers: int,
     lease_s: float,
     poll_s: float,
+    event_retention_s: float,
 ) -> Starlette:
-    api = _Api(poll_s)
+    api = _Api(poll_s, event_retention_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -150,6 +158,7 @@ def _app(
                 asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s, notes=notes).serve(), name=f"worker {i}")
                 for i in range(workers)
             ]
+            tasks = [*tasks, asyncio.create_task(api.sweep_events(), name="delete old stream events")]
             try:
                 yield
             finally:
@@ -216,8 +225,9 @@ class _Api:
     graphs: ServedGraphs
     notes: QueueNotifications
 
-    def __init__(self, poll_s: float) -> None:
+    def __init__(self, poll_s: float, event_retention_s: float) -> None:
         self.poll_s = poll_s
+        self.event_retention_s = event_retention_s
         self.workers: list[asyncio.Task[None]] = []
         self.started = datetime.now(UTC)
         self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
@@ -235,6 +245,19 @@ class _Api:
                 "flags": {"assistants": True, "crons": False, "langsmith": False},
             }
         )
+
+    async def sweep_events(self) -> None:
+        """Delete ended runs' stream events once they are `event_retention_s` old, every tenth of that (at
+        most hourly). Every server process sweeps; the deletes are idempotent."""
+        while True:
+            try:
+                if deleted := await self.queue.delete_events(ended_before_s=self.event_retention_s):
+                    _log.info(
+                        "deleted %d stream events of runs that ended over %.0f s ago", deleted, self.event_retention_s
+                    )
+            except psycopg.Error as exc:
+                _log.warning("deleting old stream events failed: %s; trying again later", exc)
+            await asyncio.sleep(min(self.event_retention_s / 10, 3600.0))
 
     async def metrics(self, request: Request) -> Response:
         alive = sum(1 for t in self.workers if not t.done())
@@ -603,10 +626,10 @@ class _Api:
         return json_response(run_json(await self._run(request)))
 
     async def join_run(self, request: Request) -> Response:
-        return self._result(await self._run(request))
+        return self._result(await self._joinable(request))
 
     async def join_stream(self, request: Request) -> Response:
-        run = await self._run(request)
+        run = await self._joinable(request)
         last = request.headers.get("last-event-id") or "0"
         if not last.isdigit():
             raise ConfigError(f"Last-Event-ID {last!r} is not an event id of this server", fix="send the last id: seen")
@@ -625,6 +648,18 @@ class _Api:
 
     async def _run(self, request: Request) -> Run:
         return await self.queue.get_run(request.path_params["thread_id"], request.path_params["run_id"])
+
+    async def _joinable(self, request: Request) -> Run:
+        """The run, refused when it ended so long ago that its stream events were deleted."""
+        run = await self._run(request)
+        expired = (datetime.now(UTC) - run.updated_at).total_seconds() > self.event_retention_s
+        if run.status in FINAL and expired and not await self.queue.events_after(run.run_id, 0, limit=1):
+            raise NotFoundError(
+                f"run {run.run_id} ended ({run.status}) over {self.event_retention_s:.0f} s ago and its stream "
+                "events were deleted",
+                fix=f"read its thread's state instead: GET /threads/{run.thread_id}/state",
+            )
+        return run
 
     # -- reading a run's events -----------------------------------------------------------------------
 

@@ -589,6 +589,20 @@ SELECT seq, pg_notify('agentstack_events', %(run)s::text) FROM appended""",
             raise _lost(run)
         return int(row["seq"])
 
+    async def delete_events(self, *, ended_before_s: float) -> int:
+        """Delete the stream events of runs that ended more than `ended_before_s` seconds ago; how many.
+
+        The runs stay (status, error, metadata), and so do their threads' checkpoints: only the replay of
+        their streams goes."""
+        async with self.pool.connection() as conn:
+            done = await conn.execute(
+                "DELETE FROM agentstack_run_events e USING agentstack_runs r WHERE e.run_id = r.run_id "
+                "AND r.status IN ('success', 'error', 'timeout', 'interrupted') "
+                "AND r.updated_at < clock_timestamp() - make_interval(secs => %s)",
+                (ended_before_s,),
+            )
+        return done.rowcount
+
     async def events_after(self, run_id: str, seq: int = 0, *, limit: int = 1000) -> list[StreamEvent]:
         """The run's events after `seq` (a client's `Last-Event-ID`; 0: from the start), in order."""
         async with self.pool.connection() as conn:
