@@ -240,11 +240,16 @@ async def test_a_stateless_run_answers_and_leaves_no_thread_behind(url: str) -> 
     assert waited["steps"] == ["first"] and waited["__interrupt__"][0]["value"] == "go on?"
     parts = [p async for p in client.runs.stream(None, "asking", input={"steps": []})]
     assert parts[0].event == "metadata" and parts[-1].data["__interrupt__"][0]["value"] == "go on?"
-    for _ in range(100):  # deleted in the background once each response has ended
+    background = await client.runs.create(None, "asking", input={"steps": []})
+    batch = await client.runs.create_batch([{"assistant_id": "asking", "input": {"steps": []}}] * 2)
+    assert background["status"] == "pending" and len({r["thread_id"] for r in batch}) == 2
+    with pytest.raises(UnprocessableEntityError, match="no graph is served as assistant 'nope'"):  # all or none
+        await client.runs.create_batch([{"assistant_id": "asking", "input": {}}, {"assistant_id": "nope"}])
+    for _ in range(100):  # deleted in the background once each run has ended
         if await client.threads.count() == 0:
             break
         await asyncio.sleep(0.1)
-    assert await client.threads.count() == 0  # both temporary threads were deleted once their runs ended
+    assert await client.threads.count() == 0  # the temporary threads were deleted once their runs ended
     with pytest.raises(Exception, match="resuming needs a thread"):
         await client.runs.wait(None, "asking", command={"resume": "yes"})
 

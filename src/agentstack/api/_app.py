@@ -7,12 +7,12 @@ events, so a client can reconnect with `Last-Event-ID` to any server process and
 duplicate. Every SSE event carries its sequence number as `id:` (the reference sends ids only for
 `stream_resumable` runs; sending them always costs nothing and makes every stream resumable).
 
-Served so far: `/ok`, `/info`; assistants search, count, get, `/graph` and `/schemas`; threads create,
-search, count, get, patch, delete, state, update_state and history; runs create (background), stream, wait,
-list, get, join, join_stream and cancel on a thread; stateless `/runs/stream` and `/runs/wait` (on a thread
-deleted once the run ends, unless `on_completion` is "keep"). Not yet: stateless background runs, thread copy,
-assistants create/patch/delete/versions, crons and the store; a request body key this server does not
-implement is refused with 422 naming it, never ignored.
+Served so far: `/ok`, `/info`, `/metrics`; assistants search, count, get, `/graph` and `/schemas`; threads
+create, search, count, get, patch, delete, copy, state, update_state and history; runs create (background),
+stream, wait, list, get, join, join_stream and cancel on a thread; stateless `/runs` (background),
+`/runs/batch`, `/runs/stream` and `/runs/wait` (on a thread deleted once the run ends, unless `on_completion`
+is "keep"). Not yet: assistants create/patch/delete/versions, crons and the store; a request body key this
+server does not implement is refused with 422 naming it, never ignored.
 """
 
 from __future__ import annotations
@@ -193,6 +193,8 @@ def _app(
         Route("/threads/{thread_id}/runs/{run_id}/join", api.join_run, methods=["GET"]),
         Route("/threads/{thread_id}/runs/{run_id}/stream", api.join_stream, methods=["GET"]),
         Route("/threads/{thread_id}/runs/{run_id}/cancel", api.cancel_run, methods=["POST"]),
+        Route("/runs", api.stateless_create, methods=["POST"]),
+        Route("/runs/batch", api.stateless_batch, methods=["POST"]),
         Route("/runs/stream", api.stateless_stream, methods=["POST"]),
         Route("/runs/wait", api.stateless_wait, methods=["POST"]),
     ]
@@ -489,19 +491,30 @@ class _Api:
     # -- runs ---------------------------------------------------------------------------------------
 
     async def _put(self, request: Request, *, stateless: bool = False) -> Run:
-        body = await read_body(request)
+        thread_id = None if stateless else request.path_params["thread_id"]
+        return await self._put_body(await read_body(request), thread_id)
+
+    async def _put_body(self, body: dict[str, Any], on_thread: str | None) -> Run:
+        """Queue the run `body` asks for on thread `on_thread`, or on a new temporary thread (stateless)."""
+        served, kwargs = self._checked(body, stateless=on_thread is None)
+        thread_id = on_thread or str(uuid.uuid4())
+        if on_thread is not None and body.get("if_not_exists") != "create":
+            await self._thread(thread_id)  # a thread the CLI started is adopted before its first run here
+        return await self.queue.put_run(
+            thread_id,
+            served.assistant_id,
+            kwargs=kwargs,
+            metadata=body.get("metadata"),
+            multitask_strategy=body.get("multitask_strategy") or "enqueue",
+            if_not_exists="create" if on_thread is None else body.get("if_not_exists") or "reject",
+            thread_metadata={"graph_id": served.graph_id, "assistant_id": served.assistant_id},
+        )
+
+    def _checked(self, body: Mapping[str, Any], *, stateless: bool) -> tuple[ServedGraph, dict[str, Any]]:
+        """The graph a run body names and the run's stored arguments, or the error naming what is wrong."""
         if stateless and (body.get("command") or {}).get("resume") is not None:
             raise UserError("resuming needs a thread, and a stateless run has none", fix="run on a thread to resume")
-        thread_id = str(uuid.uuid4()) if stateless else request.path_params["thread_id"]
-        unknown = sorted(set(body) - _RUN_KEYS)
-        unsupported = sorted(k for k, allowed in _ONLY.items() if body.get(k) not in allowed)
-        if unknown or unsupported:
-            raise ConfigError(
-                f"run field(s) {', '.join(unknown + unsupported)} are not served by this server yet",
-                fix="leave them out (see agentstack.api for what is served)",
-            )
-        if not body.get("assistant_id"):
-            raise ConfigError("a run needs an assistant_id", fix="a served graph's id or its assistant id")
+        self._check_run_body(body)
         try:
             served = self.graphs.get(str(body["assistant_id"]))
         except NotFoundError as exc:
@@ -530,17 +543,19 @@ class _Api:
             # as the reference: no checkpoint during the run when checkpoint_during is false
             "durability": body.get("durability") or ("exit" if body.get("checkpoint_during") is False else None),
         }
-        if not stateless and body.get("if_not_exists") != "create":
-            await self._thread(thread_id)  # a thread the CLI started is adopted before its first run here
-        return await self.queue.put_run(
-            thread_id,
-            served.assistant_id,
-            kwargs=kwargs,
-            metadata=body.get("metadata"),
-            multitask_strategy=body.get("multitask_strategy") or "enqueue",
-            if_not_exists="create" if stateless else body.get("if_not_exists") or "reject",
-            thread_metadata={"graph_id": served.graph_id, "assistant_id": served.assistant_id},
-        )
+        return served, kwargs
+
+    @staticmethod
+    def _check_run_body(body: Mapping[str, Any]) -> None:
+        unknown = sorted(set(body) - _RUN_KEYS)
+        unsupported = sorted(k for k, allowed in _ONLY.items() if body.get(k) not in allowed)
+        if unknown or unsupported:
+            raise ConfigError(
+                f"run field(s) {', '.join(unknown + unsupported)} are not served by this server yet",
+                fix="leave them out (see agentstack.api for what is served)",
+            )
+        if not body.get("assistant_id"):
+            raise ConfigError("a run needs an assistant_id", fix="a served graph's id or its assistant id")
 
     async def create_run(self, request: Request) -> Response:
         run = await self._put(request)
@@ -554,15 +569,41 @@ class _Api:
         run = await self._put(request)
         return self._result(run, gone=await self._on_disconnect(request, run))
 
+    async def stateless_create(self, request: Request) -> Response:
+        body = await read_body(request)
+        run = await self._put_body(body, None)
+        if (forget := self._forget_after(body, run)) is not None:
+            forget()  # the run goes on in the background; its thread goes once it has ended
+        return json_response(run_json(run), headers={"Content-Location": f"/runs/{run.run_id}"})
+
+    async def stateless_batch(self, request: Request) -> Response:
+        """Several stateless background runs, each as `POST /runs` would queue it; all or none."""
+        raw = await request.body()
+        try:
+            bodies = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ConfigError("the request body is not JSON", fix="send a JSON list of run bodies") from None
+        if not isinstance(bodies, list) or not all(isinstance(b, dict) for b in bodies):
+            raise ConfigError("a batch is a JSON list of run bodies", fix='[{"assistant_id": "...", "input": {...}}]')
+        for body in bodies:  # every body checked before any run is queued
+            self._checked(body, stateless=True)
+        runs = [await self._put_body(body, None) for body in bodies]
+        for body, run in zip(bodies, runs, strict=True):
+            if (forget := self._forget_after(body, run)) is not None:
+                forget()
+        return json_response([run_json(r) for r in runs])
+
     async def stateless_stream(self, request: Request) -> Response:
-        run = await self._put(request, stateless=True)
+        body = await read_body(request)
+        run = await self._put_body(body, None)
         gone = await self._on_disconnect(request, run)
-        return self._sse(run, after=0, modes=None, then=await self._forget_after(request, run), gone=gone)
+        return self._sse(run, after=0, modes=None, then=self._forget_after(body, run), gone=gone)
 
     async def stateless_wait(self, request: Request) -> Response:
-        run = await self._put(request, stateless=True)
+        body = await read_body(request)
+        run = await self._put_body(body, None)
         gone = await self._on_disconnect(request, run)
-        return self._result(run, then=await self._forget_after(request, run), gone=gone)
+        return self._result(run, then=self._forget_after(body, run), gone=gone)
 
     async def _on_disconnect(self, request: Request, run: Run) -> Callable[[], None] | None:
         """What cancels the run when its client leaves before it ends (`on_disconnect="cancel"`)."""
@@ -586,10 +627,10 @@ class _Api:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _forget_after(self, request: Request, run: Run) -> Callable[[], None] | None:
+    def _forget_after(self, body: Mapping[str, Any], run: Run) -> Callable[[], None] | None:
         """What deletes a stateless run's thread once the run has ended (unless on_completion is "keep"),
         started when its response ends: a client that leaves early does not cut the run short."""
-        if (await read_body(request)).get("on_completion") == "keep":
+        if body.get("on_completion") == "keep":
             return None
 
         async def forget() -> None:
