@@ -8,6 +8,7 @@ import contextlib
 import operator
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 import uvicorn
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
@@ -134,7 +136,62 @@ async def test_assistants_are_the_served_graphs_under_langgraphs_ids(url: str) -
     assert (await client.assistants.get(found[0]["assistant_id"]))["graph_id"] == "asking"
     assert await client.assistants.count() == 4
     with pytest.raises(NotFoundError):
-        await client.assistants.get("nope")
+        await client.assistants.get(str(uuid.uuid4()))
+    with pytest.raises(UnprocessableEntityError, match="no graph is served as assistant 'nope'"):
+        await client.assistants.get("nope")  # neither an id nor a graph's (the reference's 422)
+
+
+@dataclass
+class Tone:
+    greeting: str = "hello"
+    punctuation: str = "."
+
+
+def greeter(saver: PoolSaver) -> Any:
+    """One step that greets in the run's context."""
+
+    def greet(state: State, runtime: Runtime[Tone]) -> dict[str, list[str]]:
+        return {"steps": [runtime.context.greeting + runtime.context.punctuation]}
+
+    graph = StateGraph(State, context_schema=Tone)
+    graph.add_node("greet", greet)
+    graph.add_edge(START, "greet")
+    graph.add_edge("greet", END)
+    return graph.compile(checkpointer=saver)
+
+
+async def test_assistants_give_their_runs_defaults_and_keep_their_versions(saver: PoolSaver) -> None:
+    app = app_on(RunQueue(saver.conn), ServedGraphs([ServedGraph("greeter", greeter(saver), context=Tone)]))
+    async with serving(app) as base:
+        client = get_client(url=base)
+        loud = await client.assistants.create("greeter", context={"greeting": "HELLO"}, name="loud")
+        assert loud["version"] == 1 and loud["context"] == {"greeting": "HELLO"}
+        thread = (await client.threads.create())["thread_id"]
+        said = await client.runs.wait(thread, loud["assistant_id"], input={"steps": []}, context={"punctuation": "!"})
+        assert said == {"steps": ["HELLO!"]}  # the assistant's default, the run's own on top
+        with pytest.raises(httpx.HTTPStatusError, match="has no knob volume") as refused:  # the graph's knobs
+            await client.runs.wait(thread, loud["assistant_id"], input={"steps": []}, context={"volume": 11})
+        assert refused.value.response.status_code == 422
+
+        louder = await client.assistants.update(loud["assistant_id"], context={"greeting": "HEY"}, metadata={"v": 2})
+        assert louder["version"] == 2 and louder["metadata"] == {"v": 2}
+        versions = await client.assistants.get_versions(loud["assistant_id"])
+        assert [v["version"] for v in versions] == [2, 1]
+        back = await client.assistants.set_latest(loud["assistant_id"], 1)
+        assert back["version"] == 1 and back["context"] == {"greeting": "HELLO"}
+        found = await client.assistants.search(graph_id="greeter")
+        assert {a["name"] for a in found} == {"greeter", "loud"}  # the system assistant and ours
+        assert await client.assistants.count(name="LOUD") == 1
+
+        with pytest.raises(ConflictError):
+            await client.assistants.create("greeter", assistant_id=loud["assistant_id"])
+        with pytest.raises(NotFoundError, match="graph 'nope' is not served here"):
+            await client.assistants.create("nope")
+        await client.assistants.delete(loud["assistant_id"], delete_threads=True)
+        with pytest.raises(NotFoundError):
+            await client.assistants.get(loud["assistant_id"])
+        with pytest.raises(NotFoundError):
+            await client.threads.get(thread)  # its threads went with it
 
 
 async def test_a_human_in_the_loop_over_http(url: str) -> None:

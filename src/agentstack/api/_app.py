@@ -7,12 +7,12 @@ events, so a client can reconnect with `Last-Event-ID` to any server process and
 duplicate. Every SSE event carries its sequence number as `id:` (the reference sends ids only for
 `stream_resumable` runs; sending them always costs nothing and makes every stream resumable).
 
-Served so far: `/ok`, `/info`, `/metrics`; assistants search, count, get, `/graph` and `/schemas`; threads
-create, search, count, get, patch, delete, copy, state, update_state and history; runs create (background),
-stream, wait, list, get, join, join_stream and cancel on a thread; stateless `/runs` (background),
-`/runs/batch`, `/runs/stream` and `/runs/wait` (on a thread deleted once the run ends, unless `on_completion`
-is "keep"). Not yet: assistants create/patch/delete/versions, crons and the store; a request body key this
-server does not implement is refused with 422 naming it, never ignored.
+Served so far: `/ok`, `/info`, `/metrics`; assistants create, search, count, get, patch, delete, versions,
+latest, `/graph` and `/schemas`; threads create, search, count, get, patch, delete, copy, state, update_state
+and history; runs create (background), stream, wait, list, get, join, join_stream and cancel on a thread;
+stateless `/runs` (background), `/runs/batch`, `/runs/stream` and `/runs/wait` (on a thread deleted once the
+run ends, unless `on_completion` is "keep"). Not yet: crons and the store; a request body key this server does
+not implement is refused with 422 naming it, never ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from agentstack.api._assistants import Assistant, AssistantStore
 from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graphs
 from agentstack.api._metrics import CONTENT_TYPE, metrics_text
 from agentstack.api._notify import QueueNotifications, wait_for
@@ -44,7 +45,6 @@ from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread, Thre
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import (
     EMPTY_STATE,
-    assistant_matches,
     interrupts_json,
     json_response,
     read_body,
@@ -56,7 +56,7 @@ from agentstack.api._wire import (
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.checkpoint._thread_status import thread_status
 from agentstack.config import Settings
-from agentstack.errors import ConfigError, ConflictError, NotFoundError, UserError
+from agentstack.errors import ConfigError, ConflictError, GraphInputError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
 
 if TYPE_CHECKING:
@@ -152,7 +152,9 @@ def _app(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with parts() as (queue, graphs), QueueNotifications.listening(queue.pool) as notes:
             api.queue, api.graphs, api.notes = queue, graphs, notes
+            api.assistants = AssistantStore(queue.pool)
             await queue.setup()
+            await api.assistants.register(graphs)
             await api._adopt()
             tasks = api.workers = [
                 asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s, notes=notes).serve(), name=f"worker {i}")
@@ -170,9 +172,14 @@ def _app(
         Route("/ok", api.ok, methods=["GET"]),
         Route("/info", api.info, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/assistants", api.create_assistant, methods=["POST"]),
         Route("/assistants/search", api.search_assistants, methods=["POST"]),
         Route("/assistants/count", api.count_assistants, methods=["POST"]),
         Route("/assistants/{assistant_id}", api.get_assistant, methods=["GET"]),
+        Route("/assistants/{assistant_id}", api.patch_assistant, methods=["PATCH"]),
+        Route("/assistants/{assistant_id}", api.delete_assistant, methods=["DELETE"]),
+        Route("/assistants/{assistant_id}/versions", api.assistant_versions, methods=["POST"]),
+        Route("/assistants/{assistant_id}/latest", api.set_latest_assistant, methods=["POST"]),
         Route("/assistants/{assistant_id}/graph", api.get_assistant_graph, methods=["GET"]),
         Route("/assistants/{assistant_id}/schemas", api.get_assistant_schemas, methods=["GET"]),
         Route("/threads", api.create_thread, methods=["POST"]),
@@ -202,7 +209,7 @@ def _app(
 
 
 def _mapped(handler: Any) -> Handler:
-    """agentstack errors as the reference server's JSON errors: 404, 409, 422 (a bad id or field), 400."""
+    """agentstack errors as the reference server's JSON errors: 404, 409, 422 (a bad id, field or knob), 400."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -211,7 +218,7 @@ def _mapped(handler: Any) -> Handler:
             return json_response({"detail": str(exc)}, 404)
         except ConflictError as exc:
             return json_response({"detail": str(exc)}, 409)
-        except ConfigError as exc:
+        except (ConfigError, GraphInputError) as exc:  # a field's value: the reference's validation errors
             return json_response({"detail": str(exc)}, 422)
         except UserError as exc:
             return json_response({"detail": str(exc)}, 400)
@@ -226,12 +233,12 @@ class _Api:
     queue: RunQueue  # set by the lifespan, before the first request
     graphs: ServedGraphs
     notes: QueueNotifications
+    assistants: AssistantStore
 
     def __init__(self, poll_s: float, event_retention_s: float) -> None:
         self.poll_s = poll_s
         self.event_retention_s = event_retention_s
         self.workers: list[asyncio.Task[None]] = []
-        self.started = datetime.now(UTC)
         self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
 
     # -- meta ---------------------------------------------------------------------------------------
@@ -268,22 +275,97 @@ class _Api:
 
     # -- assistants ---------------------------------------------------------------------------------
 
+    async def create_assistant(self, request: Request) -> Response:
+        body = await read_body(request)
+        graph_id = body.get("graph_id")
+        if not graph_id:
+            raise ConfigError("an assistant needs a graph_id", fix=f"one of {self._graph_ids()}")
+        self._served_graph(str(graph_id))
+        made = await self.assistants.create(
+            str(graph_id),
+            assistant_id=body.get("assistant_id"),
+            config=body.get("config"),
+            context=body.get("context"),
+            metadata=body.get("metadata"),
+            name=body.get("name"),
+            description=body.get("description"),
+            if_exists=body.get("if_exists") or "raise",
+        )
+        return json_response(made.json())
+
+    async def patch_assistant(self, request: Request) -> Response:
+        body = await read_body(request)
+        if body.get("graph_id"):
+            self._served_graph(str(body["graph_id"]))
+        patched = await self.assistants.patch(
+            request.path_params["assistant_id"],
+            graph_id=body.get("graph_id"),
+            config=body.get("config"),
+            context=body.get("context"),
+            metadata=body.get("metadata"),
+            name=body.get("name"),
+            description=body.get("description"),
+        )
+        return json_response(patched.json())
+
+    async def delete_assistant(self, request: Request) -> Response:
+        assistant = await self.assistants.get(request.path_params["assistant_id"])
+        if request.query_params.get("delete_threads", "false").lower() in ("true", "1"):
+            for thread in await self.queue.search_threads(
+                metadata={"assistant_id": assistant.assistant_id}, limit=10_000
+            ):
+                await self._delete_thread(thread)
+        await self.assistants.delete(assistant.assistant_id)
+        return Response(status_code=204)
+
     async def search_assistants(self, request: Request) -> Response:
         body = await read_body(request)
         limit, offset = int(body.get("limit") or 10), int(body.get("offset") or 0)
-        found = [a for a in self._assistants() if assistant_matches(a, body)]
-        return json_response(found[offset : offset + limit], headers={"X-Pagination-Total": str(len(found))})
+        found = await self.assistants.search(
+            graph_ids=[g.graph_id for g in self.graphs],  # only what this server can run
+            metadata=body.get("metadata"),
+            graph_id=body.get("graph_id"),
+            name=body.get("name"),
+            limit=limit + 1,
+            offset=offset,
+            sort_by=body.get("sort_by"),
+            sort_order=body.get("sort_order"),
+        )
+        more = len(found) > limit
+        headers = {"X-Pagination-Total": str(offset + len(found) if not more else offset + limit + 1)}
+        if more:
+            headers["X-Pagination-Next"] = str(offset + limit)
+        return json_response([a.json() for a in found[:limit]], headers=headers)
 
     async def count_assistants(self, request: Request) -> Response:
         body = await read_body(request)
-        return json_response(sum(1 for a in self._assistants() if assistant_matches(a, body)))
+        counted = await self.assistants.count(
+            metadata=body.get("metadata"), graph_id=body.get("graph_id"), name=body.get("name")
+        )
+        return json_response(counted)
 
     async def get_assistant(self, request: Request) -> Response:
-        served = self.graphs.get(request.path_params["assistant_id"])
-        return json_response(self._assistant(served))
+        return json_response((await self._assistant(request.path_params["assistant_id"])).json())
+
+    async def assistant_versions(self, request: Request) -> Response:
+        body = await read_body(request)
+        found = await self.assistants.versions(
+            request.path_params["assistant_id"],
+            metadata=body.get("metadata"),
+            limit=int(body.get("limit") or 10),
+            offset=int(body.get("offset") or 0),
+        )
+        return json_response(found)
+
+    async def set_latest_assistant(self, request: Request) -> Response:
+        body = await read_body(request)
+        if not isinstance(body.get("version"), int):
+            raise ConfigError("set_latest needs the version number", fix='{"version": 2}')
+        latest = await self.assistants.set_latest(request.path_params["assistant_id"], body["version"])
+        return json_response(latest.json())
 
     async def get_assistant_graph(self, request: Request) -> Response:
-        served = self.graphs.get(request.path_params["assistant_id"])
+        served = self._served_graph((await self._assistant(request.path_params["assistant_id"])).graph_id)
         arg = request.query_params.get("xray", "false").lower()
         if arg not in ("true", "false") and not (arg.isdigit() and int(arg) > 0):
             raise ConfigError(f"xray {arg!r} is not true, false or a positive depth", fix="xray=true, or xray=2")
@@ -295,7 +377,7 @@ class _Api:
         return json_response(drawn)
 
     async def get_assistant_schemas(self, request: Request) -> Response:
-        served = self.graphs.get(request.path_params["assistant_id"])
+        served = self._served_graph((await self._assistant(request.path_params["assistant_id"])).graph_id)
         graph = served.graph
         getters = {
             "input_schema": graph.get_input_jsonschema,
@@ -312,22 +394,28 @@ class _Api:
                 schemas[name] = None
         return json_response(schemas)
 
-    def _assistants(self) -> list[dict[str, Any]]:
-        return [self._assistant(g) for g in self.graphs]
+    async def _assistant(self, assistant_or_graph_id: str) -> Assistant:
+        """An assistant by its id, or a served graph's system assistant by the graph id (the reference's alias)."""
+        served = next((g for g in self.graphs if g.graph_id == assistant_or_graph_id), None)
+        if served is not None:
+            return await self.assistants.get(served.assistant_id)
+        try:
+            uuid.UUID(assistant_or_graph_id)
+        except ValueError:
+            raise ConfigError(
+                f"no graph is served as assistant {assistant_or_graph_id!r}",
+                fix=f"use one of the served graphs ({self._graph_ids()}) or an assistant's id",
+            ) from None
+        return await self.assistants.get(assistant_or_graph_id)
 
-    def _assistant(self, served: ServedGraph) -> dict[str, Any]:
-        return {
-            "assistant_id": served.assistant_id,
-            "graph_id": served.graph_id,
-            "name": served.graph_id,
-            "description": None,
-            "config": {},
-            "context": {},
-            "metadata": {"created_by": "system"},
-            "version": 1,
-            "created_at": self.started,
-            "updated_at": self.started,
-        }
+    def _served_graph(self, graph_id: str) -> ServedGraph:
+        found = next((g for g in self.graphs if g.graph_id == graph_id), None)
+        if found is None:
+            raise NotFoundError(f"graph {graph_id!r} is not served here", fix=f"one of {self._graph_ids()}")
+        return found
+
+    def _graph_ids(self) -> str:
+        return ", ".join(g.graph_id for g in self.graphs)
 
     # -- threads ------------------------------------------------------------------------------------
 
@@ -377,12 +465,15 @@ class _Api:
         return json_response(await self._thread_json(thread))
 
     async def delete_thread(self, request: Request) -> Response:
-        thread = await self._thread(request.path_params["thread_id"])
+        await self._delete_thread(await self._thread(request.path_params["thread_id"]))
+        return Response(status_code=204)
+
+    async def _delete_thread(self, thread: Thread) -> None:
+        """The thread, its runs and events, then its checkpoints (refused while a run of it is unfinished)."""
         await self.queue.delete_thread(thread.thread_id)
         served = self._thread_graph(thread)
-        if served is not None and served.graph.checkpointer is not None:
-            await served.graph.checkpointer.adelete_thread(thread.thread_id)  # type: ignore[union-attr]
-        return Response(status_code=204)
+        if served is not None and isinstance(served.graph.checkpointer, BaseCheckpointSaver):
+            await served.graph.checkpointer.adelete_thread(thread.thread_id)
 
     async def copy_thread(self, request: Request) -> Response:
         """A new thread with the source's metadata and its whole checkpoint history (not its runs)."""
@@ -496,34 +587,37 @@ class _Api:
 
     async def _put_body(self, body: dict[str, Any], on_thread: str | None) -> Run:
         """Queue the run `body` asks for on thread `on_thread`, or on a new temporary thread (stateless)."""
-        served, kwargs = self._checked(body, stateless=on_thread is None)
+        assistant, kwargs = await self._checked(body, stateless=on_thread is None)
         thread_id = on_thread or str(uuid.uuid4())
         if on_thread is not None and body.get("if_not_exists") != "create":
             await self._thread(thread_id)  # a thread the CLI started is adopted before its first run here
         return await self.queue.put_run(
             thread_id,
-            served.assistant_id,
+            assistant.assistant_id,
             kwargs=kwargs,
             metadata=body.get("metadata"),
             multitask_strategy=body.get("multitask_strategy") or "enqueue",
             if_not_exists="create" if on_thread is None else body.get("if_not_exists") or "reject",
-            thread_metadata={"graph_id": served.graph_id, "assistant_id": served.assistant_id},
+            thread_metadata={"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id},
         )
 
-    def _checked(self, body: Mapping[str, Any], *, stateless: bool) -> tuple[ServedGraph, dict[str, Any]]:
-        """The graph a run body names and the run's stored arguments, or the error naming what is wrong."""
+    async def _checked(self, body: Mapping[str, Any], *, stateless: bool) -> tuple[Assistant, dict[str, Any]]:
+        """The assistant a run body names and the run's stored arguments (the assistant's config and context
+        under the run's own), or the error naming what is wrong."""
         if stateless and (body.get("command") or {}).get("resume") is not None:
             raise UserError("resuming needs a thread, and a stateless run has none", fix="run on a thread to resume")
         self._check_run_body(body)
         try:
-            served = self.graphs.get(str(body["assistant_id"]))
+            assistant = await self._assistant(str(body["assistant_id"]))
+            served = self._served_graph(assistant.graph_id)
         except NotFoundError as exc:
             raise ConfigError(exc.problem, fix=exc.fix) from None
         config = body.get("config") or {}
         if config.get("configurable") and body.get("context"):
             raise UserError("give either config.configurable or context, not both", fix="put the values in context")
-        context = body.get("context") or config.get("configurable") or None
+        context = {**assistant.context, **(body.get("context") or config.get("configurable") or {})} or None
         served.context_from(context)  # a misspelt knob is refused now, not ignored by the graph later
+        config = {**{k: v for k, v in assistant.config.items() if k != "configurable"}, **config}
         modes = body.get("stream_mode") or ["values"]
         modes = [modes] if isinstance(modes, str) else modes
         if unserved := [m for m in modes if m not in MODES]:
@@ -532,6 +626,7 @@ class _Api:
                 fix=f"use some of {', '.join(MODES)} (messages-tuple streams the model's tokens)",
             )
         kwargs = {
+            "graph_id": assistant.graph_id,
             "input": body.get("input"),
             "command": body.get("command"),
             "config": {k: v for k, v in config.items() if k != "configurable"},
@@ -543,7 +638,7 @@ class _Api:
             # as the reference: no checkpoint during the run when checkpoint_during is false
             "durability": body.get("durability") or ("exit" if body.get("checkpoint_during") is False else None),
         }
-        return served, kwargs
+        return assistant, kwargs
 
     @staticmethod
     def _check_run_body(body: Mapping[str, Any]) -> None:
@@ -586,7 +681,7 @@ class _Api:
         if not isinstance(bodies, list) or not all(isinstance(b, dict) for b in bodies):
             raise ConfigError("a batch is a JSON list of run bodies", fix='[{"assistant_id": "...", "input": {...}}]')
         for body in bodies:  # every body checked before any run is queued
-            self._checked(body, stateless=True)
+            await self._checked(body, stateless=True)
         runs = [await self._put_body(body, None) for body in bodies]
         for body, run in zip(bodies, runs, strict=True):
             if (forget := self._forget_after(body, run)) is not None:
@@ -641,7 +736,7 @@ class _Api:
                         break
                     await wait_for(changed, self._poll_s())
                 await self.queue.delete_thread(run.thread_id)
-                served = self.graphs.get(run.assistant_id)
+                served = self.graphs.running(run)
                 if served.graph.checkpointer is not None:
                     await served.graph.checkpointer.adelete_thread(run.thread_id)  # type: ignore[union-attr]
             except Exception as exc:  # logged, not raised: nobody awaits this task

@@ -87,6 +87,31 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE agentstack_runs ALTER COLUMN thread_id TYPE TEXT",
     """ALTER TABLE agentstack_runs ADD CONSTRAINT agentstack_runs_thread_id_fkey
     FOREIGN KEY (thread_id) REFERENCES agentstack_threads (thread_id) ON DELETE CASCADE""",
+    # Assistants (`_assistants.AssistantStore`): the current version, and every version.
+    """CREATE TABLE agentstack_assistants (
+    assistant_id UUID PRIMARY KEY,
+    graph_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT,
+    config JSONB NOT NULL DEFAULT '{}',
+    context JSONB NOT NULL DEFAULT '{}',
+    metadata JSONB NOT NULL DEFAULT '{}',
+    version INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+)""",
+    """CREATE TABLE agentstack_assistant_versions (
+    assistant_id UUID NOT NULL REFERENCES agentstack_assistants (assistant_id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    graph_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT,
+    config JSONB NOT NULL,
+    context JSONB NOT NULL,
+    metadata JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (assistant_id, version)
+)""",
 )
 
 _RUN_COLUMNS = (

@@ -54,6 +54,10 @@ class ServedGraphs:
     def __iter__(self) -> Any:
         return iter(self.by_assistant.values())
 
+    def running(self, run: Any) -> ServedGraph:
+        """The graph a queued run runs on: the one its assistant named when it was queued."""
+        return self.get(run.kwargs.get("graph_id") or run.assistant_id)
+
     def get(self, assistant_or_graph_id: str) -> ServedGraph:
         found = self.by_assistant.get(assistant_or_graph_id) or next(
             (g for g in self.by_assistant.values() if g.graph_id == assistant_or_graph_id), None

@@ -16,7 +16,7 @@ from agentstack.errors import ConfigError
 from agentstack.graphs._streaming import jsonable
 
 __all__ = [
-    "EMPTY_STATE", "assistant_matches", "interrupts_json", "json_response", "read_body", "run_json", "run_locations",
+    "EMPTY_STATE", "interrupts_json", "json_response", "read_body", "run_json", "run_locations",
     "state_json", "thread_config", "wire",
 ]  # fmt: skip
 
@@ -54,15 +54,6 @@ async def read_body(request: Request) -> dict[str, Any]:
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data, default=str), status_code=status, media_type="application/json", headers=headers)
-
-
-def assistant_matches(assistant: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
-    if body.get("graph_id") and assistant["graph_id"] != body["graph_id"]:
-        return False
-    if body.get("name") and str(body["name"]).lower() not in assistant["name"].lower():
-        return False
-    wanted = body.get("metadata") or {}
-    return all(assistant["metadata"].get(k) == v for k, v in wanted.items())
 
 
 def thread_config(thread_id: str) -> dict[str, Any]:

@@ -111,7 +111,7 @@ class RunWorker:
     async def execute(self, run: Run) -> None:
         """Run a claimed run; it ends settled (success, error, interrupted) unless its lease was lost."""
         try:
-            served = self.graphs.get(run.assistant_id)
+            served = self.graphs.running(run)
             context = served.context_from(run.kwargs.get("context"))
         except AgentStackError as exc:  # checked when the run was put; a server restarted with other graphs
             await self._fail(run, type(exc).__name__, exc.problem)

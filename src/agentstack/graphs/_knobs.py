@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from langgraph.runtime import Runtime
 from pydantic import TypeAdapter, ValidationError
 
-from agentstack.errors import UserError
+from agentstack.errors import GraphInputError
 
 __all__ = ["context_from_knobs", "read_knobs"]
 
@@ -34,7 +34,7 @@ def context_from_knobs(kind: type[C], values: Mapping[str, Any], *, graph: str) 
     known = {f.name for f in fields(kind)}  # type: ignore[arg-type]
     unknown = set(values) - known
     if unknown:
-        raise UserError(
+        raise GraphInputError(
             f"the {graph} graph has no knob {', '.join(sorted(unknown))}",
             fix=f"use some of: {', '.join(sorted(known))}",
         )
@@ -44,7 +44,7 @@ def context_from_knobs(kind: type[C], values: Mapping[str, Any], *, graph: str) 
         return TypeAdapter(kind).validate_python(dict(values))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise UserError(
+        raise GraphInputError(
             f"the {graph} graph's knobs do not fit: {problems}",
             fix='give each knob a value of its type, e.g. --set k=8 --set filters=\'{"file_type": "md"}\'',
         ) from exc
