@@ -38,16 +38,36 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from agentstack.api._assistants import Assistant, AssistantStore
+from agentstack.api._bodies import (
+    AssistantCount,
+    AssistantCreate,
+    AssistantPatch,
+    AssistantSearch,
+    AssistantVersions,
+    History,
+    RunBatch,
+    RunCreate,
+    SetLatest,
+    StateUpdate,
+    ThreadCount,
+    ThreadCreate,
+    ThreadPatch,
+    ThreadSearch,
+    validated,
+)
 from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graphs
 from agentstack.api._metrics import CONTENT_TYPE, metrics_text
 from agentstack.api._notify import QueueNotifications, wait_for
+from agentstack.api._openapi import Endpoint, openapi_document
 from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread, ThreadStatusValue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import (
     EMPTY_STATE,
     interrupts_json,
     json_response,
+    query_int,
     read_body,
+    read_json,
     run_json,
     run_locations,
     state_json,
@@ -67,6 +87,7 @@ __all__ = ["app_on", "create_app", "registered_graphs"]
 _log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 5.0
+BOOLEAN = {"type": "boolean"}
 EVENT_RETENTION_S = 86_400.0  # how long an ended run's stream can be joined again (and its events kept)
 # Run-create body keys, and the values this server implements for those it does not honour yet.
 _RUN_KEYS = {
@@ -168,52 +189,96 @@ def _app(
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    routes = [
-        Route("/ok", api.ok, methods=["GET"]),
-        Route("/info", api.info, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/assistants", api.create_assistant, methods=["POST"]),
-        Route("/assistants/search", api.search_assistants, methods=["POST"]),
-        Route("/assistants/count", api.count_assistants, methods=["POST"]),
-        Route("/assistants/{assistant_id}", api.get_assistant, methods=["GET"]),
-        Route("/assistants/{assistant_id}", api.patch_assistant, methods=["PATCH"]),
-        Route("/assistants/{assistant_id}", api.delete_assistant, methods=["DELETE"]),
-        Route("/assistants/{assistant_id}/versions", api.assistant_versions, methods=["POST"]),
-        Route("/assistants/{assistant_id}/latest", api.set_latest_assistant, methods=["POST"]),
-        Route("/assistants/{assistant_id}/graph", api.get_assistant_graph, methods=["GET"]),
-        Route("/assistants/{assistant_id}/schemas", api.get_assistant_schemas, methods=["GET"]),
-        Route("/threads", api.create_thread, methods=["POST"]),
-        Route("/threads/search", api.search_threads, methods=["POST"]),
-        Route("/threads/count", api.count_threads, methods=["POST"]),
-        Route("/threads/{thread_id}", api.get_thread, methods=["GET"]),
-        Route("/threads/{thread_id}", api.patch_thread, methods=["PATCH"]),
-        Route("/threads/{thread_id}", api.delete_thread, methods=["DELETE"]),
-        Route("/threads/{thread_id}/state", api.get_state, methods=["GET"]),
-        Route("/threads/{thread_id}/state", api.update_state, methods=["POST"]),
-        Route("/threads/{thread_id}/history", api.get_history, methods=["POST"]),
-        Route("/threads/{thread_id}/copy", api.copy_thread, methods=["POST"]),
-        Route("/threads/{thread_id}/runs", api.create_run, methods=["POST"]),
-        Route("/threads/{thread_id}/runs", api.list_runs, methods=["GET"]),
-        Route("/threads/{thread_id}/runs/stream", api.stream_run, methods=["POST"]),
-        Route("/threads/{thread_id}/runs/wait", api.wait_run, methods=["POST"]),
-        Route("/threads/{thread_id}/runs/{run_id}", api.get_run, methods=["GET"]),
-        Route("/threads/{thread_id}/runs/{run_id}/join", api.join_run, methods=["GET"]),
-        Route("/threads/{thread_id}/runs/{run_id}/stream", api.join_stream, methods=["GET"]),
-        Route("/threads/{thread_id}/runs/{run_id}/cancel", api.cancel_run, methods=["POST"]),
-        Route("/runs", api.stateless_create, methods=["POST"]),
-        Route("/runs/batch", api.stateless_batch, methods=["POST"]),
-        Route("/runs/stream", api.stateless_stream, methods=["POST"]),
-        Route("/runs/wait", api.stateless_wait, methods=["POST"]),
+    endpoints = [
+        Endpoint("GET", "/ok", api.ok, "Liveness"),
+        Endpoint("GET", "/info", api.info, "Server version and flags"),
+        Endpoint("GET", "/metrics", api.metrics, "Prometheus metrics of the queue"),
+        Endpoint("POST", "/assistants", api.create_assistant, "Create an assistant", AssistantCreate),
+        Endpoint("POST", "/assistants/search", api.search_assistants, "Search assistants", AssistantSearch),
+        Endpoint("POST", "/assistants/count", api.count_assistants, "Count assistants", AssistantCount),
+        Endpoint("GET", "/assistants/{assistant_id}", api.get_assistant, "Get an assistant"),
+        Endpoint("PATCH", "/assistants/{assistant_id}", api.patch_assistant, "Patch an assistant", AssistantPatch),
+        Endpoint(
+            "DELETE",
+            "/assistants/{assistant_id}",
+            api.delete_assistant,
+            "Delete an assistant",
+            query={"delete_threads": BOOLEAN},
+        ),
+        Endpoint("POST", "/assistants/{assistant_id}/versions", api.assistant_versions, "Versions", AssistantVersions),
+        Endpoint("POST", "/assistants/{assistant_id}/latest", api.set_latest_assistant, "Set latest", SetLatest),
+        Endpoint(
+            "GET",
+            "/assistants/{assistant_id}/graph",
+            api.get_assistant_graph,
+            "The assistant's graph",
+            query={"xray": {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 1}]}},
+        ),
+        Endpoint("GET", "/assistants/{assistant_id}/schemas", api.get_assistant_schemas, "Its graph's schemas"),
+        Endpoint("POST", "/threads", api.create_thread, "Create a thread", ThreadCreate),
+        Endpoint("POST", "/threads/search", api.search_threads, "Search threads", ThreadSearch),
+        Endpoint("POST", "/threads/count", api.count_threads, "Count threads", ThreadCount),
+        Endpoint("GET", "/threads/{thread_id}", api.get_thread, "Get a thread"),
+        Endpoint("PATCH", "/threads/{thread_id}", api.patch_thread, "Patch a thread's metadata", ThreadPatch),
+        Endpoint("DELETE", "/threads/{thread_id}", api.delete_thread, "Delete a thread"),
+        Endpoint("GET", "/threads/{thread_id}/state", api.get_state, "A thread's state", query={"subgraphs": BOOLEAN}),
+        Endpoint("POST", "/threads/{thread_id}/state", api.update_state, "Update a thread's state", StateUpdate),
+        Endpoint("POST", "/threads/{thread_id}/history", api.get_history, "A thread's states, newest first", History),
+        Endpoint("POST", "/threads/{thread_id}/copy", api.copy_thread, "Copy a thread"),
+        Endpoint("POST", "/threads/{thread_id}/runs", api.create_run, "Queue a background run", RunCreate),
+        Endpoint(
+            "GET",
+            "/threads/{thread_id}/runs",
+            api.list_runs,
+            "A thread's runs, newest first",
+            query={
+                "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
+                "offset": {"type": "integer", "minimum": 0, "maximum": 10_000},
+                "status": {"enum": ["pending", "running", "success", "error", "timeout", "interrupted"]},
+            },
+        ),
+        Endpoint("POST", "/threads/{thread_id}/runs/stream", api.stream_run, "Run and stream (SSE)", RunCreate),
+        Endpoint("POST", "/threads/{thread_id}/runs/wait", api.wait_run, "Run and wait for its values", RunCreate),
+        Endpoint("GET", "/threads/{thread_id}/runs/{run_id}", api.get_run, "Get a run"),
+        Endpoint("GET", "/threads/{thread_id}/runs/{run_id}/join", api.join_run, "Wait for a run's values"),
+        Endpoint(
+            "GET",
+            "/threads/{thread_id}/runs/{run_id}/stream",
+            api.join_stream,
+            "Rejoin a run's stream",
+            query={"stream_mode": {"type": "string"}},
+            headers={"Last-Event-ID": {"type": "string", "pattern": "^[0-9]+$"}},
+        ),
+        Endpoint(
+            "POST",
+            "/threads/{thread_id}/runs/{run_id}/cancel",
+            api.cancel_run,
+            "Cancel a run",
+            query={"action": {"enum": ["interrupt", "rollback"]}, "wait": BOOLEAN},
+        ),
+        Endpoint("POST", "/runs", api.stateless_create, "Queue a stateless background run", RunCreate),
+        Endpoint("POST", "/runs/batch", api.stateless_batch, "Queue stateless background runs", RunBatch),
+        Endpoint("POST", "/runs/stream", api.stateless_stream, "Run statelessly and stream (SSE)", RunCreate),
+        Endpoint("POST", "/runs/wait", api.stateless_wait, "Run statelessly and wait", RunCreate),
     ]
-    return Starlette(routes=[Route(r.path, _mapped(r.endpoint), methods=r.methods) for r in routes], lifespan=lifespan)
+    document = openapi_document(endpoints, version=version("agentstack"))
+
+    async def openapi(_request: Request) -> Response:
+        return json_response(document)
+
+    routes = [Route(e.path, _mapped(e), methods=[e.method]) for e in endpoints]
+    return Starlette(routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], lifespan=lifespan)
 
 
-def _mapped(handler: Any) -> Handler:
-    """agentstack errors as the reference server's JSON errors: 404, 409, 422 (a bad id, field or knob), 400."""
+def _mapped(endpoint: Endpoint) -> Handler:
+    """The endpoint with its body checked first (kept for `read_body`), and agentstack errors as the reference
+    server's JSON errors: 404, 409, 422 (a bad id, field or knob), 400."""
 
-    async def endpoint(request: Request) -> Response:
+    async def call(request: Request) -> Response:
         try:
-            return await handler(request)
+            if endpoint.body is not None:
+                request.state.body = validated(endpoint.body, await read_json(request))
+            return await endpoint.handler(request)
         except NotFoundError as exc:
             return json_response({"detail": str(exc)}, 404)
         except ConflictError as exc:
@@ -226,7 +291,7 @@ def _mapped(handler: Any) -> Handler:
             _log.warning("%s %s: Postgres failed: %s", request.method, request.url.path, exc)
             return json_response({"detail": f"the agent server's database failed: {type(exc).__name__}: {exc}"}, 503)
 
-    return endpoint
+    return call
 
 
 class _Api:
@@ -673,13 +738,7 @@ class _Api:
 
     async def stateless_batch(self, request: Request) -> Response:
         """Several stateless background runs, each as `POST /runs` would queue it; all or none."""
-        raw = await request.body()
-        try:
-            bodies = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ConfigError("the request body is not JSON", fix="send a JSON list of run bodies") from None
-        if not isinstance(bodies, list) or not all(isinstance(b, dict) for b in bodies):
-            raise ConfigError("a batch is a JSON list of run bodies", fix='[{"assistant_id": "...", "input": {...}}]')
+        bodies = await read_body(request)  # a list, as `RunBatch` checked it
         for body in bodies:  # every body checked before any run is queued
             await self._checked(body, stateless=True)
         runs = [await self._put_body(body, None) for body in bodies]
@@ -752,8 +811,8 @@ class _Api:
         await self._thread(request.path_params["thread_id"])
         runs = await self.queue.list_runs(
             request.path_params["thread_id"],
-            limit=int(query.get("limit") or 10),
-            offset=int(query.get("offset") or 0),
+            limit=query_int(request, "limit", 10, low=1),
+            offset=query_int(request, "offset", 0),
             status=query.get("status") or None,
         )
         return json_response([run_json(r) for r in runs])
@@ -777,7 +836,9 @@ class _Api:
         if run.status in FINAL:
             raise NotFoundError(f"run {run.run_id} has ended ({run.status}): nothing to cancel", fix="see its status")
         action = request.query_params.get("action") or "interrupt"
-        await self.queue.cancel(run.thread_id, run.run_id, "rollback" if action == "rollback" else "interrupt")
+        if action not in ("interrupt", "rollback"):
+            raise ConfigError(f"action={action!r} is not interrupt or rollback", fix="action=interrupt")
+        await self.queue.cancel(run.thread_id, run.run_id, action)
         if request.query_params.get("wait", "0").lower() in ("1", "true", "yes"):
             return self._result(run)
         return Response(status_code=202)

@@ -16,8 +16,8 @@ from agentstack.errors import ConfigError
 from agentstack.graphs._streaming import jsonable
 
 __all__ = [
-    "EMPTY_STATE", "interrupts_json", "json_response", "read_body", "run_json", "run_locations",
-    "state_json", "thread_config", "wire",
+    "EMPTY_STATE", "interrupts_json", "json_response", "query_int", "read_body", "read_json", "run_json",
+    "run_locations", "state_json", "thread_config", "wire",
 ]  # fmt: skip
 
 
@@ -39,17 +39,36 @@ EMPTY_STATE = {
 }  # fmt: skip
 
 
-async def read_body(request: Request) -> dict[str, Any]:
+async def read_json(request: Request) -> Any:
+    """The request's JSON (an empty body reads as `{}`), or a 422 saying it is not JSON."""
     raw = await request.body()
     if not raw.strip():
         return {}
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ConfigError("the request body is not JSON", fix="send a JSON object") from None
+
+
+async def read_body(request: Request) -> Any:
+    """The body as its endpoint's model checked it (see `_app._mapped`), else the JSON object sent."""
+    checked = getattr(request.state, "body", None)
+    if checked is not None:
+        return checked
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ConfigError("the request body is not a JSON object", fix="send a JSON object")
     return body
+
+
+def query_int(request: Request, name: str, default: int, *, low: int = 0, high: int = 10_000) -> int:
+    """An integer query parameter in [low, high], or a 422 naming it."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"{name}={raw!r} is not a whole number from {low} to {high}", fix=f"{name}={default}")
+    return int(raw)
 
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
