@@ -287,6 +287,8 @@ def _mapped(endpoint: Endpoint) -> Handler:
             return json_response({"detail": str(exc)}, 422)
         except UserError as exc:
             return json_response({"detail": str(exc)}, 400)
+        except psycopg.DataError as exc:  # a value sent that Postgres cannot hold (a NUL character, a huge number)
+            return json_response({"detail": f"a value in the request cannot be stored: {exc}"}, 422)
         except psycopg.Error as exc:  # the queue's Postgres: the client may retry (the SDK does, on 5xx)
             _log.warning("%s %s: Postgres failed: %s", request.method, request.url.path, exc)
             return json_response({"detail": f"the agent server's database failed: {type(exc).__name__}: {exc}"}, 503)
