@@ -22,23 +22,27 @@ from agentstack.config import Settings
 from agentstack.errors import ConfigError
 from cli_helpers import assert_quiet, run_agentstack
 
-# A user's project: a graph module importing its neighbour, as it would under `langgraph dev`.
+# A user's project: a graph module importing its neighbour, as it would under `langgraph dev`, with string
+# annotations (which typing resolves through sys.modules: the loaded file must be registered there).
 STEPS = """
     import operator
+
+    merge = operator.add
+"""
+AGENT = """
+    from __future__ import annotations
+
+    from contextlib import asynccontextmanager
     from typing import Annotated
 
+    from langgraph.graph import END, START, StateGraph
     from typing_extensions import TypedDict
+
+    from steps import merge
 
 
     class State(TypedDict):
-        steps: Annotated[list[str], operator.add]
-"""
-AGENT = """
-    from contextlib import asynccontextmanager
-
-    from langgraph.graph import END, START, StateGraph
-
-    from steps import State
+        steps: Annotated[list[str], merge]
 
 
     def builder(name):

@@ -112,10 +112,16 @@ def _import(config: Path, where: str, location: str) -> Any:
     try:
         if not is_file:
             return importlib.import_module(location)
-        spec = importlib.util.spec_from_file_location(f"agentstack_graph_{file.stem}_{abs(hash(file))}", file)
+        name = f"agentstack_graph_{file.stem}_{abs(hash(file))}"
+        spec = importlib.util.spec_from_file_location(name, file)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        sys.modules[name] = module  # typing resolves a module's string annotations through sys.modules
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
         return module
     except ConfigError:
         raise
