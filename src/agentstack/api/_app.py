@@ -656,17 +656,24 @@ class _Api:
         """Queue the run `body` asks for on thread `on_thread`, or on a new temporary thread (stateless)."""
         assistant, kwargs = await self._checked(body, stateless=on_thread is None)
         thread_id = on_thread or str(uuid.uuid4())
-        if on_thread is not None and body.get("if_not_exists") != "create":
-            await self._thread(thread_id)  # a thread the CLI started is adopted before its first run here
-        return await self.queue.put_run(
-            thread_id,
-            assistant.assistant_id,
-            kwargs=kwargs,
-            metadata=body.get("metadata"),
-            multitask_strategy=body.get("multitask_strategy") or "enqueue",
-            if_not_exists="create" if on_thread is None else body.get("if_not_exists") or "reject",
-            thread_metadata={"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id},
-        )
+
+        async def put() -> Run:
+            return await self.queue.put_run(
+                thread_id,
+                assistant.assistant_id,
+                kwargs=kwargs,
+                metadata=body.get("metadata"),
+                multitask_strategy=body.get("multitask_strategy") or "enqueue",
+                if_not_exists="create" if on_thread is None else body.get("if_not_exists") or "reject",
+                thread_metadata={"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id},
+            )
+
+        try:
+            return await put()
+        except NotFoundError:
+            if on_thread is None or not await self._adopt(thread_id):
+                raise
+            return await put()  # a thread the CLI started, adopted on its first run here
 
     async def _checked(self, body: Mapping[str, Any], *, stateless: bool) -> tuple[Assistant, dict[str, Any]]:
         """The assistant a run body names and the run's stored arguments (the assistant's config and context
@@ -871,7 +878,9 @@ class _Api:
             for event in events:
                 last = event.seq
                 yield event
-            if events:
+            if events:  # look again when the next event, or the run's end, is notified: one query per batch
+                if self.notes.connected.is_set():
+                    await wait_for(changed, self._poll_s())
                 continue
             if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
                 for event in await self.queue.events_after(run.run_id, last):  # written before it ended
