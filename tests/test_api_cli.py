@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -48,13 +49,14 @@ def test_the_research_graph_over_http_then_a_clean_stop(
     assert ingested.returncode == 0, ingested.stderr
     port = free_port()
     agentstack = str(Path(sys.executable).with_name("agentstack"))
-    with subprocess.Popen(
+    server = subprocess.Popen(
         [agentstack, "api", "--port", str(port), "--workers", "2"],
         env=clean_env() | env | {"COLUMNS": "200"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    ) as server:
+    )
+    try:
         url = f"http://127.0.0.1:{port}"
         wait_until_answering(server, f"{url}/ok", timeout=120)
         client = get_sync_client(url=url)
@@ -66,8 +68,24 @@ def test_the_research_graph_over_http_then_a_clean_stop(
         with pytest.raises(Exception, match="no knob max_iteration"):  # refused when the run is created
             client.runs.create(thread["thread_id"], "research", input=question, context={"max_iteration": 1})
         assert client.threads.get(thread["thread_id"])["status"] == "idle"
+        # the deployed graph evaluated through the server: the same metrics as in-process, no model started here
+        dataset = tmp_path / "one.jsonl"
+        dataset.write_text(json.dumps({"id": "q1", **question, "reference": "The fleet supervisor restarts it."}))
+        evaluated = run_agentstack(
+            "eval", "run", str(dataset), "--assistant", url, "--set", "max_iterations=1", "--judge", "none",
+            "--name", "served", env={k: v for k, v in env.items() if not k.startswith("AGENTSTACK_LLM_")},
+        )  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+        assert "token_f1" in evaluated.stdout and "0 failed run(s)" in evaluated.stdout
+        assert "models:" not in evaluated.stdout  # nothing started on this side
+        shown = run_agentstack("eval", "show", "served", env=env)
+        assert f'"assistant": "{url}"' in shown.stdout
         server.send_signal(signal.SIGINT)
         out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:  # a failed check: the server must not outlive the test (nor hang it)
+            server.kill()
+            server.communicate()
     assert server.returncode == 0, out + err
     assert "agent server: research, team, approval at" in out and "agent server: stopped" in out
     assert_quiet(err)

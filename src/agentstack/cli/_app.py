@@ -373,14 +373,20 @@ def eval_run(
         str | None,
         typer.Option(help="Judge the answers this stored experiment recorded instead of running the graph again."),
     ] = None,
+    assistant: Annotated[
+        str | None,
+        typer.Option(help="Run the graph on this agent server (agentstack api's URL) instead of in this process."),
+    ] = None,
 ) -> None:
     """Run DATASET through a graph, score every item, store the experiment; exit 1 when a gate fails."""
     from agentstack.cli._eval import run_eval
 
+    elsewhere = answers_from is not None or assistant is not None  # the answers come from a store or a server
     passed = asyncio.run(
         run_eval(
-            # judging stored answers with the embedder (or none) needs no model: the fleet is not started
-            _stack(models=not (answers_from and judge != "model")),
+            # judging with the embedder (or none) answers given elsewhere needs no model: no fleet starts; the
+            # server behind --assistant holds the index (Milvus Lite opens in one process at a time)
+            _stack(models=not (elsewhere and judge != "model"), retrieval=assistant is None),
             dataset,
             graph=graph,
             name=name,
@@ -397,6 +403,7 @@ def eval_run(
             price_per_1k_tokens=price_per_1k_tokens,
             limit=limit,
             answers_from=answers_from,
+            assistant=assistant,
             console=console,
         )
     )

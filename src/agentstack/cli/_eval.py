@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ async def run_eval(
     limit: int | None,
     answers_from: str | None,
     console: Console,
+    assistant: str | None = None,
 ) -> bool:
     """Run the experiment, print its summary, write the reports; True when every gate passed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -54,7 +55,14 @@ async def run_eval(
     from agentstack.eval._catalog import default_metrics, metric_from_name
     from agentstack.eval._gates import check_gates, junit_xml, markdown_report, parse_gates
     from agentstack.eval._judge import Judge
-    from agentstack.eval._runner import GraphTarget, ReplayTarget, check_metric_needs, check_metrics, run_experiment
+    from agentstack.eval._runner import (
+        AssistantTarget,
+        GraphTarget,
+        ReplayTarget,
+        check_metric_needs,
+        check_metrics,
+        run_experiment,
+    )
     from agentstack.eval._store import ExperimentStore
 
     # Everything that can be refused is refused before the models start.
@@ -65,17 +73,30 @@ async def run_eval(
     if judge_kind not in ("none", "embedder", "model"):
         raise ConfigError(f"--judge {judge_kind!r} is not none, embedder or model", fix="--judge embedder")
     metrics = [metric_from_name(n) for n in metric_names] if metric_names else default_metrics(judge_kind)  # type: ignore[arg-type]
-    check_metric_needs(metrics, judge=judge_kind != "none", model=judge_kind == "model", embedder=True)
+    check_metric_needs(
+        metrics,
+        judge=judge_kind != "none",
+        model=judge_kind == "model",
+        embedder=assistant is None or judge_kind != "none",
+    )
     gates = parse_gates(minimum, max_drop, [m.name for m in metrics])
     if max_drop and baseline is None:
         raise ConfigError("--max-drop compares with a baseline, and none was given", fix="add --baseline NAME")
-    if answers_from and (knobs or docs or price_per_1k_tokens):
+    if answers_from and (knobs or docs or price_per_1k_tokens or assistant):
         raise ConfigError(
-            "--answers-from judges answers already given: --set, --docs and --price-per-1k-tokens would change nothing",
+            "--answers-from judges answers already given: --set, --docs, --price-per-1k-tokens and --assistant would "
+            "change nothing",
             fix="drop them, or run the graph again without --answers-from",
         )
+    if assistant and docs:
+        raise ConfigError(
+            "--docs ingests into this machine's index, and the agent server answers from its own",
+            fix="ingest on the server's side (agentstack ingest, on its settings), and drop --docs",
+        )
+    if assistant and not assistant.startswith(("http://", "https://")):
+        raise ConfigError(f"--assistant {assistant!r} is not an http(s) URL", fix="--assistant http://127.0.0.1:2024")
     name = name or f"{graph}-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    async with stack:
+    async with stack, AsyncExitStack() as exits:
         store = ExperimentStore(stack.saver.conn)
         await store.setup()
         before = await store.load(baseline) if baseline else None
@@ -83,6 +104,10 @@ async def run_eval(
         if await store.exists(name):
             raise ConfigError(f"an experiment named {name!r} is already stored", fix="pass another --name")
         embedder = stack.retrieval.embedder if stack.retrieval is not None else None
+        if assistant is not None and judge_kind != "none":  # the server holds the index: the embedder alone
+            from agentstack.rag._setup import open_embedder
+
+            embedder = await exits.enter_async_context(open_embedder(stack.settings))
         judge = None
         if judge_kind == "embedder":
             if embedder is None:
@@ -91,7 +116,7 @@ async def run_eval(
         elif judge_kind == "model":
             judge = Judge(stack.model, embedder=embedder)
         check_metrics(metrics, judge)
-        if entry.searches_documents and replayed is None:
+        if entry.searches_documents and replayed is None and assistant is None:
             paths = docs or [default_corpus()]
             ingested = await stack.retrieval.ingestor.aingest_paths(paths, progress=console.is_terminal)
             console.print(
@@ -102,6 +127,9 @@ async def run_eval(
         if replayed is not None:
             target: Any = ReplayTarget(replayed)
             config |= {"answers_from": replayed.name, "answered_with": dict(replayed.config)}
+        elif assistant is not None:
+            target = AssistantTarget(assistant, entry, context=knobs, price_per_1k_tokens=price_per_1k_tokens)
+            config |= {"assistant": assistant, "knobs": knobs, "price_per_1k_tokens": price_per_1k_tokens}
         else:
             compiled = stack.graph(graph)
             target = GraphTarget(

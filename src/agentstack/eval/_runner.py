@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import httpx
+
 from agentstack._aio import all_or_none
 from agentstack.errors import AgentStackError, BackendError, ConfigError, ModelOutputError
 from agentstack.eval._dataset import Dataset, Example
@@ -26,7 +28,15 @@ from agentstack.eval._results import ExperimentResult, ItemResult
 from agentstack.eval._store import ExperimentStore, judgement_key
 from agentstack.eval._types import Context, Outcome, Sample, Score
 
-__all__ = ["GraphTarget", "ReplayTarget", "Target", "check_metric_needs", "check_metrics", "run_experiment"]
+__all__ = [
+    "AssistantTarget",
+    "GraphTarget",
+    "ReplayTarget",
+    "Target",
+    "check_metric_needs",
+    "check_metrics",
+    "run_experiment",
+]
 
 # Fields of a graph's final state worth keeping with its result (the research graph's searches, its verdict).
 _KEPT = ("asked", "dropped_queries", "status", "confidence", "unsupported")
@@ -74,22 +84,83 @@ class GraphTarget:
         except AgentStackError as exc:
             return Outcome(latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc.problem}")
         latency = time.perf_counter() - started
-        view = self.entry.render(values)
-        tokens = int(values.get("tokens_used", 0) or 0)
-        return Outcome(
-            answer=view.text,
-            contexts=tuple(_context(c) for c in view.contexts),
-            cited=tuple(str(c["id"]) for c in view.citations or ()),
-            removed_citations=tuple(view.removed_citations),
-            latency_s=latency,
-            tokens=tokens,
-            cost=tokens / 1000 * self.price_per_1k_tokens,
-            extra={
-                "detail": view.detail,
-                "thread_id": config["configurable"]["thread_id"],
-                **{key: values[key] for key in _KEPT if key in values},
-            },
-        )
+        return _outcome(self.entry, values, latency, config["configurable"]["thread_id"], self.price_per_1k_tokens)
+
+
+class AssistantTarget:
+    """A registered graph behind an agent server (`agentstack api`, or LangGraph's own), called with
+    `langgraph_sdk`: each example a run on a new thread, waited for. The final values come back as JSON and are
+    read into the entry's state type, then by its `ResultView`, exactly as `GraphTarget` reads them, so the
+    same metrics score the deployed graph: its own models, prompts and index, wherever they are.
+
+    A server that cannot be reached stops the experiment (every item would fail the same way); a run that
+    fails there is that item's `Outcome(error=...)`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        entry: Any,
+        *,
+        assistant_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        price_per_1k_tokens: float = 0,
+    ) -> None:
+        from langgraph_sdk import get_client
+
+        self.url = url
+        self.entry = entry
+        self.assistant_id = assistant_id or entry.name
+        self.context = dict(context or {})
+        self.price_per_1k_tokens = price_per_1k_tokens
+        self._client = get_client(url=url, timeout=600)
+
+    async def __call__(self, example: Example) -> Outcome:
+        from pydantic import TypeAdapter
+
+        graph_input = example.input if example.input is not None else self.entry.input_from_task(example.question)
+        started = time.perf_counter()
+        try:
+            thread = await self._client.threads.create(metadata={"eval_example": example.id})
+            values = await self._client.runs.wait(
+                thread["thread_id"],
+                self.assistant_id,
+                input=TypeAdapter(Any).dump_python(graph_input, mode="json"),
+                context=self.context or None,
+                raise_error=False,
+            )
+        except httpx.TransportError as exc:
+            raise BackendError(
+                f"the agent server at {self.url} cannot be reached: {exc}",
+                fix="start it (agentstack api) or fix --assistant",
+            ) from exc
+        except httpx.HTTPStatusError as exc:
+            raise ConfigError(
+                f"the agent server at {self.url} refused the run: {exc.response.status_code} {exc.response.text[:500]}",
+                fix="check --graph, --set and the server's graphs (GET /assistants/search)",
+            ) from exc
+        latency = time.perf_counter() - started
+        if not isinstance(values, dict) or "__error__" in values:
+            failed = values.get("__error__", {}) if isinstance(values, dict) else {"message": repr(values)}
+            return Outcome(latency_s=latency, error=f"{failed.get('error', 'error')}: {failed.get('message', '')}")
+        state = TypeAdapter(self.entry.state).validate_python(values)
+        return _outcome(self.entry, state, latency, thread["thread_id"], self.price_per_1k_tokens)
+
+
+def _outcome(entry: Any, values: Mapping[str, Any], latency: float, thread_id: str, price: float) -> Outcome:
+    """What a finished run's final values say, read through its registry entry's `ResultView`."""
+    view = entry.render(values)
+    tokens = int(values.get("tokens_used", 0) or 0)
+    return Outcome(
+        answer=view.text,
+        contexts=tuple(_context(c) for c in view.contexts),
+        cited=tuple(str(c["id"]) for c in view.citations or ()),
+        removed_citations=tuple(view.removed_citations),
+        latency_s=latency,
+        tokens=tokens,
+        cost=tokens / 1000 * price,
+        extra={"detail": view.detail, "thread_id": thread_id, **{key: values[key] for key in _KEPT if key in values}},
+    )
 
 
 class ReplayTarget:

@@ -48,6 +48,25 @@ def reranker_from(settings: Settings) -> Reranker | None:
 
 
 @asynccontextmanager
+async def open_embedder(settings: Settings, *, warm: bool = True) -> AsyncIterator[Embedder]:
+    """The embedder `settings` name (an OpenAI-compatible server, or the local model), without the index: what
+    judging answers needs when another process holds the index (Milvus Lite opens in one process at a time)."""
+    if settings.embedding_base_url:
+        key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
+        remote = await OpenAIEmbedder.connect(settings.embedding_base_url, settings.embedding_model, api_key=key)
+        try:
+            yield remote
+        finally:
+            await remote.aclose()
+        return
+    # seconds of imports and weights: off the event loop, so a fleet or Postgres starts meanwhile
+    local = await asyncio.to_thread(LocalEmbedder, settings.embedding_model)
+    if warm:
+        await local.aload()
+    yield local
+
+
+@asynccontextmanager
 async def open_retrieval(
     settings: Settings, *, embedder: Embedder | None = None, warm: bool = True
 ) -> AsyncIterator[Retrieval]:
@@ -62,18 +81,7 @@ async def open_retrieval(
         index = await MilvusIndex._connect(uri, collection=settings.collection, token=token)
         stack.push_async_callback(index.aclose)
         if embedder is None:
-            if settings.embedding_base_url:
-                key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
-                remote = await OpenAIEmbedder.connect(
-                    settings.embedding_base_url, settings.embedding_model, api_key=key
-                )
-                stack.push_async_callback(remote.aclose)
-                embedder = remote
-            else:  # seconds of imports and weights: off the event loop, so a fleet or Postgres starts meanwhile
-                local = await asyncio.to_thread(LocalEmbedder, settings.embedding_model)
-                if warm:
-                    await local.aload()
-                embedder = local
+            embedder = await stack.enter_async_context(open_embedder(settings, warm=warm))
         await index._prepare(dimension=embedder.dimension, embedder=embedder.name)
         reranker = reranker_from(settings)
         if reranker is not None:
