@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -34,7 +36,7 @@ EXPECTED = {
         "open_saver",
         "prune_thread",
     },
-    "agentstack.api": {"create_app"},
+    "agentstack.api": {"create_app", "sse_app", "sse_events"},
     "agentstack.graphs": {
         "BUILTIN_GRAPHS",
         "Analysis",
@@ -68,7 +70,6 @@ EXPECTED = {
         "read_knobs",
         "run_python",
         "search_tool",
-        "sse_app",
         "stream_run",
         "workspace_tools",
     },
@@ -234,3 +235,15 @@ def test_settings_reject_unknown_keys_in_toml(tmp_path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(agentstack.ConfigError, match="postgres_prot"):
         agentstack.Settings.load()
+
+
+def test_the_graphs_layer_serves_nothing() -> None:
+    """Graphs stream; the application layer (agentstack.api) puts them on the wire: no web framework below it."""
+    probe = (
+        "import importlib, pkgutil, sys, agentstack.graphs as g\n"
+        "for m in pkgutil.iter_modules(g.__path__): importlib.import_module('agentstack.graphs.' + m.name)\n"
+        "served = ('starlette', 'uvicorn', 'agentstack.api')\n"
+        "print(sorted(k for k in sys.modules if k.startswith(served)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

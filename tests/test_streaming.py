@@ -26,7 +26,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from agentstack._net import free_port
-from agentstack.graphs._streaming import StreamEvent, jsonable, sse_app, sse_events, stream_run
+from agentstack.api import sse_app, sse_events
+from agentstack.graphs._streaming import StreamEvent, jsonable, stream_run
 from agentstack.testing import ScriptedChatModel
 
 

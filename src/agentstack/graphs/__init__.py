@@ -47,7 +47,6 @@ _EXPORTS: dict[str, str] = {
     "read_knobs": "agentstack.graphs._knobs",
     "run_python": "agentstack.graphs._sandbox",
     "search_tool": "agentstack.graphs._tools",
-    "sse_app": "agentstack.graphs._streaming",
     "stream_run": "agentstack.graphs._streaming",
     "workspace_tools": "agentstack.graphs._tools",
 }
@@ -85,7 +84,6 @@ __all__ = [
     "read_knobs",
     "run_python",
     "search_tool",
-    "sse_app",
     "stream_run",
     "workspace_tools",
 ]
@@ -112,6 +110,6 @@ if TYPE_CHECKING:
         SearchFailure,
     )
     from agentstack.graphs._sandbox import SandboxResult, run_python
-    from agentstack.graphs._streaming import StreamEvent, sse_app, stream_run
+    from agentstack.graphs._streaming import StreamEvent, stream_run
     from agentstack.graphs._team import TeamContext, TeamInput, TeamState, WorkItem, build_team_graph
     from agentstack.graphs._tools import python_tool, search_tool, workspace_tools
