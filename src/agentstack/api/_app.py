@@ -799,10 +799,10 @@ class _Api:
         async def forget() -> None:
             try:  # the run's end is known from Postgres only: another process may be running it
                 while True:
-                    changed = self.notes.run_changed(run.run_id)
+                    done = self.notes.run_ended(run.run_id)
                     if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
                         break
-                    await wait_for(changed, self._poll_s())
+                    await wait_for(done, self._poll_s())
                 await self.queue.delete_thread(run.thread_id)
                 served = self.graphs.running(run)
                 if served.graph.checkpointer is not None:
@@ -931,29 +931,29 @@ class _Api:
         """The run's final values once it has ended, after newline keep-alives, as the reference's wait/join."""
 
         async def body() -> AsyncIterator[bytes]:
-            values: Any = None
-            error: Any = None
             ended = False
-            try:
-                async for event in self._events(run, 0):
-                    if event is None:
-                        yield b"\n"
-                    elif event.event == "values":
-                        values = event.data
-                    elif event.event == "error":
-                        error = event.data
-                    elif event.event == "updates" and isinstance(event.data, dict) and "__interrupt__" in event.data:
-                        values = {**(values or {}), "__interrupt__": event.data["__interrupt__"]}
+            try:  # woken by the run's end only, not by each of its events; a newline keeps the client's read alive
+                while True:
+                    done = self.notes.run_ended(run.run_id)
+                    if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
+                        break
+                    await wait_for(done, _HEARTBEAT_S if self.notes.connected.is_set() else self.poll_s)
+                    yield b"\n"
                 ended = True
             finally:
                 if gone is not None and not ended:
                     gone()
                 if then is not None:
                     then()
-            if error is not None:
-                yield orjson.dumps({"__error__": error})
-            else:
-                yield orjson.dumps(values if values is not None else {}, default=str)
+            final = await self.queue.final_events(run.run_id)
+            if "error" in final:
+                yield orjson.dumps({"__error__": final["error"].data})
+                return
+            values = final["values"].data if "values" in final else None
+            paused = final.get("interrupt")
+            if paused is not None and ("values" not in final or paused.seq > final["values"].seq):
+                values = {**(values or {}), "__interrupt__": paused.data["__interrupt__"]}
+            yield orjson.dumps(values if values is not None else {}, default=str)
 
         if then is not None:
             headers = {"Content-Location": f"/runs/{run.run_id}"}

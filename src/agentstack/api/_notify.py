@@ -2,7 +2,8 @@
 
 The queue notifies (`pg_notify`, delivered when the writing transaction commits, to every process on the
 database) on three channels: `agentstack_runs` when a thread's runs change (a run was queued, finished or given
-back: work may be claimable), `agentstack_events` with a run id when the run has a new event or has ended, and
+back: work may be claimable), `agentstack_events` with a run id when the run has a new event or has ended,
+`agentstack_ended` with a run id when it has ended (what a `wait` waits for: not every event), and
 `agentstack_cancels` with run ids when a cancel is asked for. A worker waiting for work, a stream waiting for
 its run's next event and a lease renewal waiting to see a cancel each wait on the matching wake-up instead of
 polling Postgres.
@@ -26,7 +27,7 @@ __all__ = ["QueueNotifications", "wait_for"]
 
 _log = logging.getLogger(__name__)
 
-CHANNELS = ("agentstack_runs", "agentstack_events", "agentstack_cancels")
+CHANNELS = ("agentstack_runs", "agentstack_events", "agentstack_cancels", "agentstack_ended")
 
 
 async def wait_for(event: asyncio.Event | None, seconds: float) -> None:
@@ -47,6 +48,7 @@ class QueueNotifications:
         self._work = asyncio.Event()
         self._runs: dict[str, asyncio.Event] = {}
         self._cancels: dict[str, asyncio.Event] = {}
+        self._ended: dict[str, asyncio.Event] = {}
         self.connected = asyncio.Event()
 
     @classmethod
@@ -70,6 +72,10 @@ class QueueNotifications:
         """Set when the run has a new event, has ended or is to be cancelled."""
         return self._runs.setdefault(run_id, asyncio.Event())
 
+    def run_ended(self, run_id: str) -> asyncio.Event:
+        """Set when the run has ended (or may have: a cancel was asked for it)."""
+        return self._ended.setdefault(run_id, asyncio.Event())
+
     def cancel_asked(self, run_id: str) -> asyncio.Event:
         """Set when a cancel is asked for the run."""
         return self._cancels.setdefault(run_id, asyncio.Event())
@@ -82,12 +88,14 @@ class QueueNotifications:
         for run_id in payload.split(","):
             if channel == "agentstack_cancels" and (cancel := self._cancels.pop(run_id, None)) is not None:
                 cancel.set()
-            if (changed := self._runs.pop(run_id, None)) is not None:
+            if channel in ("agentstack_ended", "agentstack_cancels") and (end := self._ended.pop(run_id, None)):
+                end.set()
+            if channel != "agentstack_ended" and (changed := self._runs.pop(run_id, None)) is not None:
                 changed.set()
 
     def _wake_all(self) -> None:
         self._dispatch("agentstack_runs", "")
-        for waiters in (self._runs, self._cancels):
+        for waiters in (self._runs, self._cancels, self._ended):
             for event in waiters.values():
                 event.set()
             waiters.clear()

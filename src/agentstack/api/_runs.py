@@ -552,8 +552,9 @@ RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
                 )
             await _settle_thread(conn, run.thread_id, thread_status, error)
             await conn.execute(
-                "SELECT pg_notify('agentstack_runs', %s), pg_notify('agentstack_events', %s)",
-                (run.thread_id, run.run_id),
+                "SELECT pg_notify('agentstack_runs', %s), pg_notify('agentstack_events', %s), "
+                "pg_notify('agentstack_ended', %s)",
+                (run.thread_id, run.run_id, run.run_id),
             )
 
     async def release(self, run: Run) -> None:
@@ -627,6 +628,22 @@ SELECT seq, pg_notify('agentstack_events', %(run)s::text) FROM appended""",
                 (ended_before_s,),
             )
         return done.rowcount
+
+    async def final_events(self, run_id: str) -> dict[str, StreamEvent]:
+        """The events a finished run's result is made of, in one query: its last `values`, its last `error`, and
+        its last `updates` that carried an interrupt (keyed "interrupt")."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    """SELECT DISTINCT ON (kind) kind, seq, event, data FROM (
+    SELECT CASE WHEN event = 'updates' THEN 'interrupt' ELSE event END AS kind, seq, event, data
+    FROM agentstack_run_events
+    WHERE run_id = %s AND (event IN ('values', 'error') OR (event = 'updates' AND data ? '__interrupt__'))
+) AS e ORDER BY kind, seq DESC""",
+                    (_uuid(run_id, "run"),),
+                )
+            ).fetchall()
+        return {r["kind"]: StreamEvent(int(r["seq"]), r["event"], r["data"]) for r in rows}
 
     async def events_after(self, run_id: str, seq: int = 0, *, limit: int = 1000) -> list[StreamEvent]:
         """The run's events after `seq` (a client's `Last-Event-ID`; 0: from the start), in order."""
