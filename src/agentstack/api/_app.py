@@ -89,17 +89,6 @@ _log = logging.getLogger(__name__)
 _HEARTBEAT_S = 5.0
 BOOLEAN = {"type": "boolean"}
 EVENT_RETENTION_S = 86_400.0  # how long an ended run's stream can be joined again (and its events kept)
-# Run-create body keys, and the values this server implements for those it does not honour yet.
-_RUN_KEYS = {
-    "assistant_id", "input", "command", "config", "context", "metadata", "stream_mode", "stream_subgraphs",
-    "stream_resumable", "interrupt_before", "interrupt_after", "multitask_strategy", "if_not_exists",
-    "on_disconnect", "durability", "checkpoint_during", "feedback_keys", "webhook", "checkpoint", "checkpoint_id",
-    "after_seconds", "on_completion", "langsmith_tracer", "strict_resume",
-}  # fmt: skip
-_ONLY = {"on_disconnect": (None, "continue", "cancel"), "strict_resume": (None, False), "feedback_keys": (None,),
-         "webhook": (None,), "checkpoint": (None,), "checkpoint_id": (None,), "after_seconds": (None, 0),
-         "langsmith_tracer": (None,)}  # fmt: skip
-
 Handler = Callable[[Request], Awaitable[Response]]
 # How a thread started elsewhere reads here, from the end of its last run (`agentstack threads show` words).
 _ADOPTED_STATUS: dict[str, ThreadStatusValue] = {
@@ -344,12 +333,10 @@ class _Api:
 
     async def create_assistant(self, request: Request) -> Response:
         body = await read_body(request)
-        graph_id = body.get("graph_id")
-        if not graph_id:
-            raise ConfigError("an assistant needs a graph_id", fix=f"one of {self._graph_ids()}")
-        self._served_graph(str(graph_id))
+        graph_id = str(body["graph_id"])  # `AssistantCreate` requires it
+        self._served_graph(graph_id)
         made = await self.assistants.create(
-            str(graph_id),
+            graph_id,
             assistant_id=body.get("assistant_id"),
             config=body.get("config"),
             context=body.get("context"),
@@ -426,8 +413,6 @@ class _Api:
 
     async def set_latest_assistant(self, request: Request) -> Response:
         body = await read_body(request)
-        if not isinstance(body.get("version"), int):
-            raise ConfigError("set_latest needs the version number", fix='{"version": 2}')
         latest = await self.assistants.set_latest(request.path_params["assistant_id"], body["version"])
         return json_response(latest.json())
 
@@ -488,8 +473,6 @@ class _Api:
 
     async def create_thread(self, request: Request) -> Response:
         body = await read_body(request)
-        if body.get("supersteps") or body.get("ttl"):
-            raise ConfigError("threads with supersteps or a ttl are not served yet", fix="create the thread bare")
         thread = await self.queue.create_thread(
             body.get("thread_id"), metadata=body.get("metadata"), if_exists=body.get("if_exists") or "raise"
         )
@@ -511,7 +494,9 @@ class _Api:
         body = await read_body(request)
         await self._adopt()
         found = await self.queue.search_threads(
-            **_thread_filters(body),
+            metadata=body.get("metadata"),
+            status=body.get("status"),
+            ids=body.get("ids"),
             limit=int(body.get("limit") or 10),
             offset=int(body.get("offset") or 0),
             sort_by=body.get("sort_by") or "updated_at",
@@ -521,12 +506,11 @@ class _Api:
 
     async def count_threads(self, request: Request) -> Response:
         await self._adopt()
-        return json_response(await self.queue.count_threads(**_thread_filters(await read_body(request))))
+        body = await read_body(request)
+        return json_response(await self.queue.count_threads(metadata=body.get("metadata"), status=body.get("status")))
 
     async def patch_thread(self, request: Request) -> Response:
         body = await read_body(request)
-        if body.get("ttl"):
-            raise ConfigError("a thread ttl is not served yet", fix="leave ttl out")
         await self._thread(request.path_params["thread_id"])
         thread = await self.queue.patch_thread(request.path_params["thread_id"], body.get("metadata") or {})
         return json_response(await self._thread_json(thread))
@@ -680,7 +664,6 @@ class _Api:
         under the run's own), or the error naming what is wrong."""
         if stateless and (body.get("command") or {}).get("resume") is not None:
             raise UserError("resuming needs a thread, and a stateless run has none", fix="run on a thread to resume")
-        self._check_run_body(body)
         try:
             assistant = await self._assistant(str(body["assistant_id"]))
             served = self._served_graph(assistant.graph_id)
@@ -713,18 +696,6 @@ class _Api:
             "durability": body.get("durability") or ("exit" if body.get("checkpoint_during") is False else None),
         }
         return assistant, kwargs
-
-    @staticmethod
-    def _check_run_body(body: Mapping[str, Any]) -> None:
-        unknown = sorted(set(body) - _RUN_KEYS)
-        unsupported = sorted(k for k, allowed in _ONLY.items() if body.get(k) not in allowed)
-        if unknown or unsupported:
-            raise ConfigError(
-                f"run field(s) {', '.join(unknown + unsupported)} are not served by this server yet",
-                fix="leave them out (see agentstack.api for what is served)",
-            )
-        if not body.get("assistant_id"):
-            raise ConfigError("a run needs an assistant_id", fix="a served graph's id or its assistant id")
 
     async def create_run(self, request: Request) -> Response:
         run = await self._put(request)
@@ -960,10 +931,3 @@ class _Api:
         else:
             headers = run_locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
         return StreamingResponse(body(), media_type="application/json", headers=headers)
-
-
-def _thread_filters(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A thread search's filters; those not served are refused by name."""
-    if body.get("values") or body.get("select") or body.get("extract"):
-        raise ConfigError("thread search by values, select or extract is not served yet", fix="filter by metadata")
-    return {"metadata": body.get("metadata"), "status": body.get("status"), "ids": body.get("ids")}
