@@ -3,7 +3,6 @@ with `langgraph_sdk`, and every way a config can be wrong named before anything 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 from collections.abc import AsyncIterator
@@ -11,7 +10,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-import uvicorn
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph_sdk import get_client
 
@@ -20,6 +18,7 @@ from agentstack.api import create_app
 from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graphs
 from agentstack.config import Settings
 from agentstack.errors import ConfigError
+from api_helpers import serving
 from cli_helpers import assert_quiet, run_agentstack
 
 # A user's project: a graph module importing its neighbour, as it would under `langgraph dev`, with string
@@ -82,16 +81,8 @@ async def url(tmp_path: Path, agentstack_postgres: str) -> AsyncIterator[str]:
         {"compiled": "./agent.py:compiled", "uncompiled": "./agent.py:uncompiled", "factory": "./agent.py:factory"},
     )
     settings = Settings(home=tmp_path / "home", postgres_url=agentstack_postgres)
-    app = create_app(settings, config, workers=1)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "the server did not start"
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(serving, 30)
+    async with serving(create_app(settings, config, workers=1)) as base:
+        yield base
 
 
 async def test_your_own_graphs_are_served_and_their_threads_kept_in_postgres(url: str) -> None:

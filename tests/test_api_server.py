@@ -4,7 +4,6 @@ Postgres (runs queue and checkpoints), with graphs that ask a human and graphs t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import operator
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +12,6 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-import uvicorn
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -23,12 +21,12 @@ from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEnti
 from prometheus_client.parser import text_string_to_metric_families
 from typing_extensions import TypedDict  # pydantic reads its schema on Python 3.11
 
-from agentstack._net import free_port
 from agentstack.api._app import app_on
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import GRAPH_NAMESPACE, ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver, open_pool
 from agentstack.testing import ScriptedChatModel
+from api_helpers import serving
 
 
 class State(TypedDict):
@@ -111,22 +109,6 @@ async def url(saver: PoolSaver) -> AsyncIterator[str]:
     )
     async with serving(app_on(RunQueue(saver.conn), graphs, workers=2, lease_s=1.0)) as base:
         yield base
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """`app` behind a real uvicorn server on a free port, as its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "the server did not start"
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 async def test_assistants_are_the_served_graphs_under_langgraphs_ids(url: str) -> None:
