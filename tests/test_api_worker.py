@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import operator
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict
@@ -211,3 +212,12 @@ async def test_notifications_wake_an_idle_worker_and_deliver_a_cancel_at_once(
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
+
+
+async def test_a_wake_up_lives_only_while_someone_waits_on_it() -> None:
+    notes = QueueNotifications("postgresql://unused")  # not listening: the bookkeeping alone
+    waiting = notes.run_ended("r1")
+    assert notes.run_ended("r1") is waiting  # one event per run, shared by its waiters
+    notes.cancel_asked("r2")  # a renewal that looked and left
+    gc.collect()
+    assert dict(notes._ended) == {"r1": waiting} and not notes._cancels  # a long-lived server keeps nothing more

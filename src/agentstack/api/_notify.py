@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from weakref import WeakValueDictionary
 
 import psycopg
 
@@ -39,6 +40,13 @@ async def wait_for(event: asyncio.Event | None, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
+def _held(waiters: WeakValueDictionary[str, asyncio.Event], run_id: str) -> asyncio.Event:
+    event = waiters.get(run_id)
+    if event is None:
+        event = waiters[run_id] = asyncio.Event()
+    return event
+
+
 class QueueNotifications:
     """The process's wake-ups. Take the event *before* looking in Postgres, then wait on it if there was
     nothing: a notification that arrives in between has already set it."""
@@ -46,9 +54,11 @@ class QueueNotifications:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._work = asyncio.Event()
-        self._runs: dict[str, asyncio.Event] = {}
-        self._cancels: dict[str, asyncio.Event] = {}
-        self._ended: dict[str, asyncio.Event] = {}
+        # Weak: a run's wake-up lives as long as someone waits on it, not as long as the server (most runs end
+        # with no notification for a waiter that looked, found the run over, and left).
+        self._runs: WeakValueDictionary[str, asyncio.Event] = WeakValueDictionary()
+        self._cancels: WeakValueDictionary[str, asyncio.Event] = WeakValueDictionary()
+        self._ended: WeakValueDictionary[str, asyncio.Event] = WeakValueDictionary()
         self.connected = asyncio.Event()
 
     @classmethod
@@ -70,15 +80,15 @@ class QueueNotifications:
 
     def run_changed(self, run_id: str) -> asyncio.Event:
         """Set when the run has a new event, has ended or is to be cancelled."""
-        return self._runs.setdefault(run_id, asyncio.Event())
+        return _held(self._runs, run_id)
 
     def run_ended(self, run_id: str) -> asyncio.Event:
         """Set when the run has ended (or may have: a cancel was asked for it)."""
-        return self._ended.setdefault(run_id, asyncio.Event())
+        return _held(self._ended, run_id)
 
     def cancel_asked(self, run_id: str) -> asyncio.Event:
         """Set when a cancel is asked for the run."""
-        return self._cancels.setdefault(run_id, asyncio.Event())
+        return _held(self._cancels, run_id)
 
     def _dispatch(self, channel: str, payload: str) -> None:
         if channel == "agentstack_runs":
@@ -96,7 +106,7 @@ class QueueNotifications:
     def _wake_all(self) -> None:
         self._dispatch("agentstack_runs", "")
         for waiters in (self._runs, self._cancels, self._ended):
-            for event in waiters.values():
+            for event in list(waiters.values()):
                 event.set()
             waiters.clear()
 
