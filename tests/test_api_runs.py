@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from agentstack.api._runs import MIGRATIONS, Run, RunQueue
+from agentstack.api._runs import Run, RunQueue
+from agentstack.api._schema import MIGRATIONS
 from agentstack.checkpoint import open_pool
 from agentstack.errors import ConfigError, ConflictError, LeaseLostError, NotFoundError
 
