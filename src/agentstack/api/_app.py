@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -29,14 +28,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
+from agentstack.api._assistant_routes import AssistantRoutes
 from agentstack.api._assistants import Assistant, AssistantStore
 from agentstack.api._bodies import (
     AssistantCount,
@@ -59,7 +58,8 @@ from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graph
 from agentstack.api._metrics import CONTENT_TYPE, metrics_text
 from agentstack.api._notify import QueueNotifications, wait_for
 from agentstack.api._openapi import Endpoint, openapi_document
-from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent, Thread, ThreadStatusValue
+from agentstack.api._run_reading import RunReading
+from agentstack.api._runs import FINAL, Run, RunQueue, Thread, ThreadStatusValue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import (
     EMPTY_STATE,
@@ -86,7 +86,6 @@ __all__ = ["app_on", "create_app", "registered_graphs"]
 
 _log = logging.getLogger(__name__)
 
-_HEARTBEAT_S = 5.0
 BOOLEAN = {"type": "boolean"}
 EVENT_RETENTION_S = 86_400.0  # how long an ended run's stream can be joined again (and its events kept)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -285,7 +284,7 @@ def _mapped(endpoint: Endpoint) -> Handler:
     return call
 
 
-class _Api:
+class _Api(AssistantRoutes, RunReading):
     queue: RunQueue  # set by the lifespan, before the first request
     graphs: ServedGraphs
     notes: QueueNotifications
@@ -328,146 +327,6 @@ class _Api:
         alive = sum(1 for t in self.workers if not t.done())
         text = metrics_text(await self.queue.stats(), workers_alive=alive, workers=len(self.workers))
         return Response(text, media_type=CONTENT_TYPE)
-
-    # -- assistants ---------------------------------------------------------------------------------
-
-    async def create_assistant(self, request: Request) -> Response:
-        body = await read_body(request)
-        graph_id = str(body["graph_id"])  # `AssistantCreate` requires it
-        self._served_graph(graph_id)
-        made = await self.assistants.create(
-            graph_id,
-            assistant_id=body.get("assistant_id"),
-            config=body.get("config"),
-            context=body.get("context"),
-            metadata=body.get("metadata"),
-            name=body.get("name"),
-            description=body.get("description"),
-            if_exists=body.get("if_exists") or "raise",
-        )
-        return json_response(made.json())
-
-    async def patch_assistant(self, request: Request) -> Response:
-        body = await read_body(request)
-        if body.get("graph_id"):
-            self._served_graph(str(body["graph_id"]))
-        patched = await self.assistants.patch(
-            request.path_params["assistant_id"],
-            graph_id=body.get("graph_id"),
-            config=body.get("config"),
-            context=body.get("context"),
-            metadata=body.get("metadata"),
-            name=body.get("name"),
-            description=body.get("description"),
-        )
-        return json_response(patched.json())
-
-    async def delete_assistant(self, request: Request) -> Response:
-        assistant = await self.assistants.get(request.path_params["assistant_id"])
-        if request.query_params.get("delete_threads", "false").lower() in ("true", "1"):
-            for thread in await self.queue.search_threads(
-                metadata={"assistant_id": assistant.assistant_id}, limit=10_000
-            ):
-                await self._delete_thread(thread)
-        await self.assistants.delete(assistant.assistant_id)
-        return Response(status_code=204)
-
-    async def search_assistants(self, request: Request) -> Response:
-        body = await read_body(request)
-        limit, offset = int(body.get("limit") or 10), int(body.get("offset") or 0)
-        found = await self.assistants.search(
-            graph_ids=[g.graph_id for g in self.graphs],  # only what this server can run
-            metadata=body.get("metadata"),
-            graph_id=body.get("graph_id"),
-            name=body.get("name"),
-            limit=limit + 1,
-            offset=offset,
-            sort_by=body.get("sort_by"),
-            sort_order=body.get("sort_order"),
-        )
-        more = len(found) > limit
-        headers = {"X-Pagination-Total": str(offset + len(found) if not more else offset + limit + 1)}
-        if more:
-            headers["X-Pagination-Next"] = str(offset + limit)
-        return json_response([a.json() for a in found[:limit]], headers=headers)
-
-    async def count_assistants(self, request: Request) -> Response:
-        body = await read_body(request)
-        counted = await self.assistants.count(
-            metadata=body.get("metadata"), graph_id=body.get("graph_id"), name=body.get("name")
-        )
-        return json_response(counted)
-
-    async def get_assistant(self, request: Request) -> Response:
-        return json_response((await self._assistant(request.path_params["assistant_id"])).json())
-
-    async def assistant_versions(self, request: Request) -> Response:
-        body = await read_body(request)
-        found = await self.assistants.versions(
-            request.path_params["assistant_id"],
-            metadata=body.get("metadata"),
-            limit=int(body.get("limit") or 10),
-            offset=int(body.get("offset") or 0),
-        )
-        return json_response(found)
-
-    async def set_latest_assistant(self, request: Request) -> Response:
-        body = await read_body(request)
-        latest = await self.assistants.set_latest(request.path_params["assistant_id"], body["version"])
-        return json_response(latest.json())
-
-    async def get_assistant_graph(self, request: Request) -> Response:
-        served = self._served_graph((await self._assistant(request.path_params["assistant_id"])).graph_id)
-        arg = request.query_params.get("xray", "false").lower()
-        if arg not in ("true", "false") and not (arg.isdigit() and int(arg) > 0):
-            raise ConfigError(f"xray {arg!r} is not true, false or a positive depth", fix="xray=true, or xray=2")
-        xray: bool | int = arg == "true" if arg in ("true", "false") else int(arg)
-        drawn = (await served.graph.aget_graph(xray=xray)).to_json()
-        for node in drawn["nodes"]:
-            if isinstance(node.get("data"), dict):
-                node["data"].pop("id", None)  # the reference drops the runnable's import path
-        return json_response(drawn)
-
-    async def get_assistant_schemas(self, request: Request) -> Response:
-        served = self._served_graph((await self._assistant(request.path_params["assistant_id"])).graph_id)
-        graph = served.graph
-        getters = {
-            "input_schema": graph.get_input_jsonschema,
-            "output_schema": graph.get_output_jsonschema,
-            "state_schema": graph.get_output_jsonschema,  # a StateGraph's output is its whole state
-            "context_schema": graph.get_context_jsonschema,
-        }
-        schemas: dict[str, Any] = {"graph_id": served.graph_id, "config_schema": None}
-        for name, get in getters.items():
-            try:
-                schemas[name] = get()
-            except Exception as exc:  # a type pydantic cannot describe: null, as the reference sends for none
-                _log.warning("%s of graph %s: %s", name, served.graph_id, exc)
-                schemas[name] = None
-        return json_response(schemas)
-
-    async def _assistant(self, assistant_or_graph_id: str) -> Assistant:
-        """An assistant by its id, or a served graph's system assistant by the graph id (the reference's alias)."""
-        served = next((g for g in self.graphs if g.graph_id == assistant_or_graph_id), None)
-        if served is not None:
-            return await self.assistants.get(served.assistant_id)
-        try:
-            uuid.UUID(assistant_or_graph_id)
-        except ValueError:
-            raise ConfigError(
-                f"no graph is served as assistant {assistant_or_graph_id!r}",
-                fix=f"use one of the served graphs ({self._graph_ids()}) or an assistant's id",
-            ) from None
-        return await self.assistants.get(assistant_or_graph_id)
-
-    def _served_graph(self, graph_id: str) -> ServedGraph:
-        found = next((g for g in self.graphs if g.graph_id == graph_id), None)
-        if found is None:
-            raise NotFoundError(f"graph {graph_id!r} is not served here", fix=f"one of {self._graph_ids()}")
-        return found
-
-    def _graph_ids(self) -> str:
-        return ", ".join(g.graph_id for g in self.graphs)
 
     # -- threads ------------------------------------------------------------------------------------
 
@@ -577,11 +436,6 @@ class _Api:
         ]
         return json_response(states)
 
-    def _poll_s(self) -> float:
-        """How long a stream or a wait sleeps before looking again without being notified: long while
-        notifications arrive (they wake it), `poll_s` while they do not."""
-        return 1.0 if self.notes.connected.is_set() else self.poll_s
-
     async def _thread(self, thread_id: str) -> Thread:
         """The thread, adopted first if only its checkpoints exist (the CLI or `Stack` started it here)."""
         try:
@@ -604,8 +458,7 @@ class _Api:
         return adopted
 
     def _thread_graph(self, thread: Thread) -> ServedGraph | None:
-        graph_id = thread.metadata.get("graph_id")
-        return next((g for g in self.graphs if g.graph_id == graph_id), None)
+        return self.graphs.find(str(thread.metadata.get("graph_id")))
 
     async def _thread_json(self, thread: Thread) -> dict[str, Any]:
         values: Any = None
@@ -837,97 +690,3 @@ class _Api:
                 fix=f"read its thread's state instead: GET /threads/{run.thread_id}/state",
             )
         return run
-
-    # -- reading a run's events -----------------------------------------------------------------------
-
-    async def _events(self, run: Run, after: int) -> AsyncIterator[StreamEvent | None]:
-        """The run's events after `after` until it has ended; None whenever a heartbeat is due."""
-        last, beat = after, time.monotonic()
-        while True:
-            changed = self.notes.run_changed(run.run_id)
-            events = await self.queue.events_after(run.run_id, last)
-            for event in events:
-                last = event.seq
-                yield event
-            if events:  # look again when the next event, or the run's end, is notified: one query per batch
-                if self.notes.connected.is_set():
-                    await wait_for(changed, self._poll_s())
-                continue
-            if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
-                for event in await self.queue.events_after(run.run_id, last):  # written before it ended
-                    yield event
-                return
-            if time.monotonic() - beat > _HEARTBEAT_S:
-                beat = time.monotonic()
-                yield None
-            await wait_for(changed, self._poll_s())
-
-    def _sse(
-        self,
-        run: Run,
-        *,
-        after: int,
-        modes: list[str] | None,
-        then: Callable[[], None] | None = None,
-        gone: Callable[[], None] | None = None,
-    ) -> StreamingResponse:
-        """The run's events as SSE; `then` runs when the response ends, `gone` when the client left first."""
-
-        async def frames() -> AsyncIterator[bytes]:
-            ended = False
-            try:
-                async for event in self._events(run, after):
-                    if event is None:
-                        yield b": heartbeat\r\n\r\n"
-                    elif modes is None or event.event in ("metadata", "error") or event.event.split("|")[0] in modes:
-                        data = orjson.dumps(event.data, default=str)
-                        yield b"event: %s\r\ndata: %s\r\nid: %d\r\n\r\n" % (event.event.encode(), data, event.seq)
-                ended = True
-            finally:
-                if gone is not None and not ended:
-                    gone()
-                if then is not None:
-                    then()
-
-        if then is not None:  # stateless: nothing to rejoin once the thread is forgotten
-            headers = {"Content-Location": f"/runs/{run.run_id}"}
-        else:
-            headers = run_locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/stream"}
-        headers |= {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return StreamingResponse(frames(), media_type="text/event-stream; charset=utf-8", headers=headers)
-
-    def _result(
-        self, run: Run, *, then: Callable[[], None] | None = None, gone: Callable[[], None] | None = None
-    ) -> StreamingResponse:
-        """The run's final values once it has ended, after newline keep-alives, as the reference's wait/join."""
-
-        async def body() -> AsyncIterator[bytes]:
-            ended = False
-            try:  # woken by the run's end only, not by each of its events; a newline keeps the client's read alive
-                while True:
-                    done = self.notes.run_ended(run.run_id)
-                    if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
-                        break
-                    await wait_for(done, _HEARTBEAT_S if self.notes.connected.is_set() else self.poll_s)
-                    yield b"\n"
-                ended = True
-            finally:
-                if gone is not None and not ended:
-                    gone()
-                if then is not None:
-                    then()
-            final = await self.queue.final_events(run.run_id)
-            if "error" in final:
-                yield orjson.dumps({"__error__": final["error"].data})
-                return
-            values = final["values"].data if "values" in final else None
-            paused = final.get("interrupt")
-            if paused is not None and ("values" not in final or paused.seq > final["values"].seq):
-                values = {**(values or {}), "__interrupt__": paused.data["__interrupt__"]}
-            yield orjson.dumps(values if values is not None else {}, default=str)
-
-        if then is not None:
-            headers = {"Content-Location": f"/runs/{run.run_id}"}
-        else:
-            headers = run_locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
-        return StreamingResponse(body(), media_type="application/json", headers=headers)

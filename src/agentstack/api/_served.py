@@ -54,14 +54,16 @@ class ServedGraphs:
     def __iter__(self) -> Any:
         return iter(self.by_assistant.values())
 
+    def find(self, graph_id: str) -> ServedGraph | None:
+        """The graph served as `graph_id`, or None."""
+        return next((g for g in self.by_assistant.values() if g.graph_id == graph_id), None)
+
     def running(self, run: Any) -> ServedGraph:
         """The graph a queued run runs on: the one its assistant named when it was queued."""
         return self.get(run.kwargs.get("graph_id") or run.assistant_id)
 
     def get(self, assistant_or_graph_id: str) -> ServedGraph:
-        found = self.by_assistant.get(assistant_or_graph_id) or next(
-            (g for g in self.by_assistant.values() if g.graph_id == assistant_or_graph_id), None
-        )
+        found = self.by_assistant.get(assistant_or_graph_id) or self.find(assistant_or_graph_id)
         if found is None:
             served = ", ".join(g.graph_id for g in self.by_assistant.values())
             raise NotFoundError(
