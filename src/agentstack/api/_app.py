@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -59,25 +58,20 @@ from agentstack.api._metrics import CONTENT_TYPE, metrics_text
 from agentstack.api._notify import QueueNotifications, wait_for
 from agentstack.api._openapi import Endpoint, openapi_document
 from agentstack.api._run_reading import RunReading
-from agentstack.api._runs import FINAL, Run, RunQueue, Thread, ThreadStatusValue
+from agentstack.api._runs import FINAL, Run, RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
+from agentstack.api._thread_routes import ThreadRoutes
 from agentstack.api._wire import (
-    EMPTY_STATE,
-    interrupts_json,
     json_response,
     query_int,
     read_body,
     read_json,
     run_json,
     run_locations,
-    state_json,
-    thread_config,
 )
 from agentstack.api._worker import MODES, RunWorker
-from agentstack.checkpoint._thread_status import thread_status
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, ConflictError, GraphInputError, NotFoundError, UserError
-from agentstack.graphs._streaming import jsonable
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -89,10 +83,6 @@ _log = logging.getLogger(__name__)
 BOOLEAN = {"type": "boolean"}
 EVENT_RETENTION_S = 86_400.0  # how long an ended run's stream can be joined again (and its events kept)
 Handler = Callable[[Request], Awaitable[Response]]
-# How a thread started elsewhere reads here, from the end of its last run (`agentstack threads show` words).
-_ADOPTED_STATUS: dict[str, ThreadStatusValue] = {
-    "finished": "idle", "waiting": "interrupted", "failed": "error", "stopped": "idle",
-}  # fmt: skip
 
 
 def create_app(
@@ -284,7 +274,7 @@ def _mapped(endpoint: Endpoint) -> Handler:
     return call
 
 
-class _Api(AssistantRoutes, RunReading):
+class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     queue: RunQueue  # set by the lifespan, before the first request
     graphs: ServedGraphs
     notes: QueueNotifications
@@ -327,161 +317,6 @@ class _Api(AssistantRoutes, RunReading):
         alive = sum(1 for t in self.workers if not t.done())
         text = metrics_text(await self.queue.stats(), workers_alive=alive, workers=len(self.workers))
         return Response(text, media_type=CONTENT_TYPE)
-
-    # -- threads ------------------------------------------------------------------------------------
-
-    async def create_thread(self, request: Request) -> Response:
-        body = await read_body(request)
-        thread = await self.queue.create_thread(
-            body.get("thread_id"), metadata=body.get("metadata"), if_exists=body.get("if_exists") or "raise"
-        )
-        return json_response(await self._thread_json(thread))
-
-    async def get_thread(self, request: Request) -> Response:
-        return json_response(await self._thread_json(await self._thread(request.path_params["thread_id"])))
-
-    async def get_state(self, request: Request) -> Response:
-        thread = await self._thread(request.path_params["thread_id"])
-        served = self._thread_graph(thread)
-        if served is None:
-            return json_response(EMPTY_STATE)
-        subgraphs = request.query_params.get("subgraphs", "false").lower() in ("true", "1")
-        state = await served.graph.aget_state(thread_config(thread.thread_id), subgraphs=subgraphs)
-        return json_response(state_json(state))
-
-    async def search_threads(self, request: Request) -> Response:
-        body = await read_body(request)
-        await self._adopt()
-        found = await self.queue.search_threads(
-            metadata=body.get("metadata"),
-            status=body.get("status"),
-            ids=body.get("ids"),
-            limit=int(body.get("limit") or 10),
-            offset=int(body.get("offset") or 0),
-            sort_by=body.get("sort_by") or "updated_at",
-            sort_order=body.get("sort_order") or "desc",
-        )
-        return json_response([await self._thread_json(t) for t in found])
-
-    async def count_threads(self, request: Request) -> Response:
-        await self._adopt()
-        body = await read_body(request)
-        return json_response(await self.queue.count_threads(metadata=body.get("metadata"), status=body.get("status")))
-
-    async def patch_thread(self, request: Request) -> Response:
-        body = await read_body(request)
-        await self._thread(request.path_params["thread_id"])
-        thread = await self.queue.patch_thread(request.path_params["thread_id"], body.get("metadata") or {})
-        return json_response(await self._thread_json(thread))
-
-    async def delete_thread(self, request: Request) -> Response:
-        await self._delete_thread(await self._thread(request.path_params["thread_id"]))
-        return Response(status_code=204)
-
-    async def _delete_thread(self, thread: Thread) -> None:
-        """The thread, its runs and events, then its checkpoints (refused while a run of it is unfinished)."""
-        await self.queue.delete_thread(thread.thread_id)
-        served = self._thread_graph(thread)
-        if served is not None and isinstance(served.graph.checkpointer, BaseCheckpointSaver):
-            await served.graph.checkpointer.adelete_thread(thread.thread_id)
-
-    async def copy_thread(self, request: Request) -> Response:
-        """A new thread with the source's metadata and its whole checkpoint history (not its runs)."""
-        source = await self._thread(request.path_params["thread_id"])
-        copy = await self.queue.create_thread(metadata=source.metadata)
-        served = self._thread_graph(source)
-        try:
-            if served is not None and isinstance(served.graph.checkpointer, BaseCheckpointSaver):
-                await served.graph.checkpointer.acopy_thread(source.thread_id, copy.thread_id)
-        except BaseException:
-            await self.queue.delete_thread(copy.thread_id)  # no half-made copy left behind
-            raise
-        return json_response(await self._thread_json(copy))
-
-    async def update_state(self, request: Request) -> Response:
-        thread = await self._thread(request.path_params["thread_id"])
-        body = await read_body(request)
-        served = self._thread_graph(thread)
-        if served is None:
-            raise UserError(
-                f"thread {thread.thread_id} has no graph yet: its state has no shape to update",
-                fix="run a graph on it first",
-            )
-        await self.queue.check_idle(thread.thread_id, "updated")
-        config = thread_config(thread.thread_id)
-        if body.get("checkpoint_id"):
-            config["configurable"]["checkpoint_id"] = body["checkpoint_id"]
-        updated = await served.graph.aupdate_state(config, body.get("values"), as_node=body.get("as_node"))
-        saved = {k: updated["configurable"].get(k) for k in ("thread_id", "checkpoint_ns", "checkpoint_id")}
-        return json_response({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
-
-    async def get_history(self, request: Request) -> Response:
-        thread = await self._thread(request.path_params["thread_id"])
-        body = await read_body(request)
-        served = self._thread_graph(thread)
-        if served is None:
-            return json_response([])
-        config = thread_config(thread.thread_id)
-        config["configurable"] |= {k: v for k, v in (body.get("checkpoint") or {}).items() if v is not None}
-        before = body.get("before")
-        if isinstance(before, str):
-            before = {"configurable": {"checkpoint_id": before}}
-        elif isinstance(before, dict) and "configurable" not in before:
-            before = {"configurable": before}
-        states = [
-            state_json(s)
-            async for s in served.graph.aget_state_history(
-                config, limit=int(body.get("limit") or 1), before=before, filter=body.get("metadata")
-            )
-        ]
-        return json_response(states)
-
-    async def _thread(self, thread_id: str) -> Thread:
-        """The thread, adopted first if only its checkpoints exist (the CLI or `Stack` started it here)."""
-        try:
-            return await self.queue.get_thread(thread_id)
-        except NotFoundError:
-            if not await self._adopt(thread_id):
-                raise
-            return await self.queue.get_thread(thread_id)
-
-    async def _adopt(self, thread_id: str | None = None) -> list[str]:
-        """Register the threads other processes started on this database with a served graph, with the status
-        their last checkpoint reads (a CLI run waiting for approval is `interrupted`, one that failed `error`)."""
-        adopted = await self.queue.adopt_threads([g.graph_id for g in self.graphs], thread_id)
-        for tid in adopted:
-            served = self._thread_graph(await self.queue.get_thread(tid))
-            saver = served.graph.checkpointer if served is not None else None
-            saved = await saver.aget_tuple(thread_config(tid)) if isinstance(saver, BaseCheckpointSaver) else None
-            if saved is not None:
-                await self.queue.set_thread_status(tid, _ADOPTED_STATUS[thread_status(saved).state])
-        return adopted
-
-    def _thread_graph(self, thread: Thread) -> ServedGraph | None:
-        return self.graphs.find(str(thread.metadata.get("graph_id")))
-
-    async def _thread_json(self, thread: Thread) -> dict[str, Any]:
-        values: Any = None
-        interrupts: dict[str, Any] = {}
-        status = thread.status
-        served = self._thread_graph(thread)
-        if served is not None:
-            state = await served.graph.aget_state(thread_config(thread.thread_id))
-            values = jsonable(state.values) if state.created_at is not None else None
-            interrupts = {t.id: interrupts_json(t.interrupts) for t in state.tasks if t.interrupts}
-            if status in ("idle", "interrupted"):  # a decision made from the CLI since shows here too
-                status = "interrupted" if interrupts else "idle"
-        return {
-            "thread_id": thread.thread_id,
-            "created_at": thread.created_at,
-            "updated_at": thread.updated_at,
-            "metadata": thread.metadata,
-            "status": status,
-            "config": {},
-            "values": values,
-            "interrupts": interrupts,
-            "error": thread.error,
-        }
 
     # -- runs ---------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,8 +28,9 @@ class AssistantRoutes:
     graphs: ServedGraphs
     assistants: AssistantStore
 
-    async def _delete_thread(self, thread: Thread) -> None:
-        raise NotImplementedError  # the thread routes' (`_app._Api`)
+    if TYPE_CHECKING:  # the thread routes' (`_thread_routes.ThreadRoutes`), beside this one in `_app._Api`
+
+        async def _delete_thread(self, thread: Thread) -> None: ...
 
     async def create_assistant(self, request: Request) -> Response:
         body = await read_body(request)
