@@ -14,7 +14,7 @@ from langgraph_sdk import get_sync_client
 
 from agentstack._net import free_port
 from cli_helpers import assert_quiet, clean_env, run_agentstack, wait_until_answering
-from fleet_helpers import MODEL
+from fleet_helpers import tiny_spec_file
 from graph_helpers import DOCS
 
 
@@ -33,17 +33,18 @@ def test_a_bind_beyond_this_machine_and_a_busy_port_are_refused_before_anything_
 
 @pytest.mark.slow
 def test_the_research_graph_over_http_then_a_clean_stop(
-    tmp_path: Path, agentstack_postgres: str, model_gateway: str
+    tmp_path: Path, agentstack_postgres: str, fleet_home: Path
 ) -> None:
+    """Two worker processes on the fleet and the Milvus Lite index their supervisor started and shares."""
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in DOCS.items():
         (docs / name).write_text(text)
     env = {
-        "AGENTSTACK_HOME": str(tmp_path / "home"),
+        "AGENTSTACK_HOME": str(fleet_home),  # where the CPU Gemma's weights are assembled
+        "AGENTSTACK_MILVUS_URI": str(tmp_path / "milvus.db"),
         "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
-        "AGENTSTACK_LLM_BASE_URL": model_gateway,
-        "AGENTSTACK_LLM_MODEL": MODEL,
+        "AGENTSTACK_FLEET": str(tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)),
     }
     ingested = run_agentstack("ingest", str(docs), env=env)
     assert ingested.returncode == 0, ingested.stderr
@@ -73,7 +74,7 @@ def test_the_research_graph_over_http_then_a_clean_stop(
         dataset.write_text(json.dumps({"id": "q1", **question, "reference": "The fleet supervisor restarts it."}))
         evaluated = run_agentstack(
             "eval", "run", str(dataset), "--assistant", url, "--set", "max_iterations=1", "--judge", "none",
-            "--name", "served", env={k: v for k, v in env.items() if not k.startswith("AGENTSTACK_LLM_")},
+            "--name", "served", env=env | {"AGENTSTACK_FLEET": str(tmp_path / "no-such-fleet.yaml")},
         )  # fmt: skip
         assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
         assert "token_f1" in evaluated.stdout and "0 failed run(s)" in evaluated.stdout
@@ -87,5 +88,6 @@ def test_the_research_graph_over_http_then_a_clean_stop(
             server.kill()
             server.communicate()
     assert server.returncode == 0, out + err
-    assert "agent server: research, team, approval at" in out and "agent server: stopped" in out
+    assert "agent server: research, team, approval at" in out and "in each of 2 worker processes" in out, out
+    assert "agent server: stopped" in out
     assert_quiet(err)

@@ -49,7 +49,8 @@ class Stack:
     `warm=False` loads the local embedder on first use instead of while the stack opens: seconds saved by a
     process that may never embed (resuming a thread), paid later by one that does. `models=False` starts no
     model (judging stored answers with the embedder needs Postgres and the index only); its graphs then
-    cannot be built.
+    cannot be built. What was asked stays readable (`wants_models`, `wants_retrieval`, `progress`): a
+    supervisor of several processes opens the parts they must share from it (`agentstack api --workers`).
     """
 
     def __init__(
@@ -65,10 +66,10 @@ class Stack:
     ) -> None:
         self.settings = settings
         self._graphs = graphs
-        self._want_retrieval = retrieval
-        self._want_models = models
+        self.wants_retrieval = retrieval
+        self.wants_models = models
         self._warm = warm
-        self._progress = on_progress or (lambda _message: None)
+        self.progress = on_progress or (lambda _message: None)
         self._exits: AsyncExitStack | None = None
         self.saver: PoolSaver | None = None
         self.retrieval: Any = None
@@ -86,18 +87,18 @@ class Stack:
         exits = AsyncExitStack()
         try:
             starting = self._start_models(exits)
-            self._progress("checkpoints: opening Postgres")
+            self.progress("checkpoints: opening Postgres")
             opening: list[AbstractAsyncContextManager[Any]] = [open_saver(settings=self.settings)]  # its pool size too
-            if self._want_retrieval:
+            if self.wants_retrieval:
                 from agentstack.rag import open_retrieval
 
                 loading = "loading the embedder and " if self._warm else ""
-                self._progress(f"retrieval: {loading}opening the index")
+                self.progress(f"retrieval: {loading}opening the index")
                 opening.append(open_retrieval(self.settings, warm=self._warm))
             self.saver, *rest = await _enter_together(exits, opening)
             self.retrieval = rest[0] if rest else None
             if starting is not None:
-                self._progress("models: waiting for the fleet to be healthy")
+                self.progress("models: waiting for the fleet to be healthy")
                 await starting
                 self.model = self.fleet.chat_model(max_tokens=_MAX_TOKENS)
         except BaseException:
@@ -113,7 +114,7 @@ class Stack:
 
     def _start_models(self, exits: AsyncExitStack) -> asyncio.Task[None] | None:
         """Bind the chat model now (external LLM), or start the fleet in the background and return its task."""
-        if self.model is not None or not self._want_models:
+        if self.model is not None or not self.wants_models:
             return None
         settings = self.settings
         if settings.llm_base_url:
@@ -123,7 +124,7 @@ class Stack:
 
         self.fleet = Fleet.from_settings(settings)
         self.fleet.chat_model_name()  # a wrong AGENTSTACK_LLM_MODEL, or no chat model, fails before anything starts
-        self._progress("models: starting the fleet")
+        self.progress("models: starting the fleet")
         exits.push_async_callback(self.fleet.stop)
         task = asyncio.create_task(self.fleet.start(), name="start the fleet")
         exits.push_async_callback(_cancelled, task)  # runs before fleet.stop: callbacks unwind in reverse
@@ -208,7 +209,7 @@ class Stack:
         return tools
 
     def _need_model(self) -> Any:
-        if self.model is None and not self._want_models:
+        if self.model is None and not self.wants_models:
             raise ConfigError("this stack was opened without models (models=False)", fix="open it with models=True")
         if self.model is None:
             raise ConfigError("the stack is not open", fix="use it inside `async with Stack.from_settings() as stack`")

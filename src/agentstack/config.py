@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         default=None,
         description="Directory holding initdb/pg_ctl/postgres; unset searches PATH and /usr/lib/postgresql.",
     )
+    api_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long an agent server worker's claim on a run lasts unrenewed (renewed every third of "
+        "it): the longest a run of a worker that died waits before another worker continues it.",
+    )
     checkpoint_pool_size: int = Field(
         default=20,
         ge=1,
@@ -87,7 +94,8 @@ class Settings(BaseSettings):
 
     milvus_uri: str | None = Field(
         default=None,
-        description="Milvus to index into: a server URL (http://host:19530) or a .db path; unset: <home>/milvus.db.",
+        description="Milvus to index into: a server URL (http://host:19530), a .db path (Milvus Lite), or the "
+        "unix:<socket> address of a Milvus Lite server another process shares; unset: <home>/milvus.db.",
     )
     milvus_token: SecretStr | None = Field(default=None, description="Token for a Milvus server (user:password).")
     collection: str = Field(
@@ -141,7 +149,8 @@ class Settings(BaseSettings):
     @field_validator("milvus_uri", mode="after")
     @classmethod
     def _expand_milvus_path(cls, value: str | None) -> str | None:
-        if value and "://" not in value:  # a Milvus Lite file: ~ means home, as in the other path settings
+        # a Milvus Lite file: ~ means home, as in the other path settings (not an address: a URL, a unix: socket)
+        if value and "://" not in value and not value.startswith("unix:"):
             return str(Path(value).expanduser())
         return value or None
 

@@ -325,7 +325,10 @@ def api(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 2024,
-    workers: Annotated[int, typer.Option(help="Workers in this process that run queued runs.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes serving the port (above 1, they share one fleet and index).")
+    ] = 1,
+    jobs: Annotated[int, typer.Option(help="Runs each worker runs at a time.")] = 4,
     config: Annotated[
         Path | None, typer.Option(help="A langgraph.json naming your own graphs to serve instead of the built-in ones.")
     ] = None,
@@ -334,7 +337,25 @@ def api(
     from agentstack.cli._api import serve_api
 
     stack = _stack() if config is None else _stack(models=False, retrieval=False)  # your graphs bring their models
-    asyncio.run(serve_api(stack, host, port, workers=workers, config=config, console=console))
+    asyncio.run(serve_api(stack, host, port, workers=workers, jobs=jobs, config=config, console=console))
+
+
+@app.command("api-worker", hidden=True)
+@reports_errors
+def api_worker(
+    fd: Annotated[int, typer.Argument(help="The listening socket's file descriptor.")],
+    jobs: Annotated[int, typer.Option(help="Runs it runs at a time.")] = 4,
+    config: Annotated[Path | None, typer.Option(help="The langgraph.json of the graphs served.")] = None,
+) -> None:
+    """One worker process of `agentstack api --workers N`, started by it (its environment leads to the parts the
+    supervisor shares: Postgres, the index, the fleet's gateway)."""
+    from agentstack._stack import Stack
+    from agentstack.cli._api import serve_worker
+    from agentstack.config import Settings
+
+    own = config is not None
+    stack = Stack.from_settings(Settings.load(), models=not own, retrieval=not own)
+    asyncio.run(serve_worker(stack, fd, jobs=jobs, config=config))
 
 
 # -- evaluation ----------------------------------------------------------------------------------

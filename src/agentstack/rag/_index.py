@@ -10,11 +10,12 @@ collection holds only searchable rows (Milvus Lite's per-search work grows with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from agentstack.errors import ConfigError, RetrievalError
 from agentstack.rag._bm25_text import bm25_text
 from agentstack.rag._types import Chunk
 
-__all__ = ["LegHit", "MilvusIndex", "filter_expression"]
+__all__ = ["LegHit", "MilvusIndex", "filter_expression", "is_lite_file", "shared_milvus_lite"]
 
 FilterValue = str | int | float | bool | Sequence[str | int | float]
 TEXT_LIMIT = 65_535  # Milvus VARCHAR maximum (bytes)
@@ -84,7 +85,7 @@ class MilvusIndex:
         except Exception as exc:
             if not _is_milvus_error(exc):
                 raise
-            lite = "://" not in self._uri
+            lite = is_lite_file(self._uri)
             where = f"Milvus Lite ({self._uri})" if lite else f"the Milvus server at {self._uri}"
             reason = getattr(exc, "message", None) or str(exc)
             raise RetrievalError(
@@ -116,7 +117,7 @@ class MilvusIndex:
         """
         pymilvus = require("pymilvus", extra="local", feature="the hybrid index")
         uri = str(uri)
-        if "://" not in uri:
+        if is_lite_file(uri):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             _import_milvus_lite()
         index = cls(None, collection, dimension=0, embedder="", uri=uri, token=token)
@@ -325,6 +326,34 @@ def _index_params() -> Any:
     params.add_index("dense", index_type="AUTOINDEX", metric_type="COSINE")
     params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
     return params
+
+
+def is_lite_file(uri: str) -> bool:
+    """A Milvus Lite file, whose server this process starts; not an address: a server's URL, or the `unix:`
+    socket of a Lite server another process started (`shared_milvus_lite`)."""
+    return "://" not in uri and not uri.startswith("unix:")
+
+
+@asynccontextmanager
+async def shared_milvus_lite(path: str) -> AsyncIterator[str]:
+    """Start Milvus Lite's server for the file at `path` and yield its address (`unix:<socket>`), a Milvus URI
+    that other processes open: a Lite file is one process's (its server locks it), its server is anyone's.
+    `agentstack api --workers N` shares one index with its N worker processes this way."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _import_milvus_lite()
+    from milvus_lite.server_manager import server_manager_instance
+
+    uri = await asyncio.to_thread(server_manager_instance.start_and_get_uri, path)
+    if uri is None:
+        raise RetrievalError(
+            f"Milvus Lite could not start on {path}",
+            fix="another process holds the file's lock (one process at a time): stop it, or give another "
+            "AGENTSTACK_MILVUS_URI",
+        )
+    try:
+        yield uri
+    finally:
+        await asyncio.to_thread(server_manager_instance.release_server, path)
 
 
 def _import_milvus_lite() -> None:

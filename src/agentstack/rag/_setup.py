@@ -16,7 +16,7 @@ from agentstack.rag._ingest import Ingestor
 from agentstack.rag._rerank import CohereReranker, HttpReranker, Reranker
 from agentstack.rag._retriever import HybridRetriever
 
-__all__ = ["Retrieval", "open_knowledge_graph", "open_retrieval"]
+__all__ = ["Retrieval", "index_uri", "open_knowledge_graph", "open_retrieval"]
 
 
 @dataclass
@@ -66,6 +66,11 @@ async def open_embedder(settings: Settings, *, warm: bool = True) -> AsyncIterat
     yield local
 
 
+def index_uri(settings: Settings) -> str:
+    """Where the index is: `settings.milvus_uri`, or the Milvus Lite file `<home>/milvus.db`."""
+    return settings.milvus_uri or str(settings.home / "milvus.db")
+
+
 @asynccontextmanager
 async def open_retrieval(
     settings: Settings, *, embedder: Embedder | None = None, warm: bool = True
@@ -75,7 +80,7 @@ async def open_retrieval(
     `warm=False` leaves the local embedder's model to load on first use: for a process that may never embed.
     """
     async with AsyncExitStack() as stack:
-        uri = settings.milvus_uri or str(settings.home / "milvus.db")
+        uri = index_uri(settings)
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
         # Milvus first: a wrong URI fails in a second, not after the embedder's load
         index = await MilvusIndex._connect(uri, collection=settings.collection, token=token)
