@@ -4,6 +4,7 @@ Postgres (runs queue and checkpoints), with graphs that ask a human and graphs t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import operator
 import uuid
 from collections.abc import AsyncIterator
@@ -67,7 +68,7 @@ def slow(saver: PoolSaver) -> Any:
 
 def chatty(saver: PoolSaver) -> Any:
     """One node that asks a chat model: its reply streams as messages-tuple events."""
-    model = ScriptedChatModel.from_script([AIMessage(content="hello there", id="reply-1")])
+    model = ScriptedChatModel.from_script(lambda _messages, _tools: AIMessage(content="hello there", id="reply-1"))
 
     async def talk(state: State) -> dict[str, list[str]]:
         reply = await model.ainvoke([HumanMessage(content="hi")])
@@ -306,8 +307,20 @@ async def test_a_models_reply_streams_as_messages_tuple_events_whole(url: str) -
     assert messages and all(len(m) == 2 for m in messages)  # [message chunk, metadata]
     text = "".join(m[0]["content"] for m in messages)
     assert text == "hello there" and messages[0][0]["id"] == "reply-1" and messages[0][1]["langgraph_node"] == "talk"
-    with pytest.raises(UnprocessableEntityError, match="stream_mode messages is not served"):
-        await client.runs.create(thread["thread_id"], "chatty", input={"steps": []}, stream_mode="messages")
+    # the older mode: the metadata once, then the message as it grew, its id and node kept
+    parts = [
+        p async for p in client.runs.stream(thread["thread_id"], "chatty", input={"steps": []}, stream_mode="messages")
+    ]
+    events = [p.event for p in parts if p.event.startswith("messages")]
+    assert events[0] == "messages/metadata" and set(events[1:]) == {"messages/partial"} and len(events) > 2
+    assert parts[1].data["reply-1"]["metadata"]["langgraph_node"] == "talk"
+    grown = [p.data[0]["content"] for p in parts if p.event == "messages/partial"]
+    assert grown[-1] == "hello there" and all(b.startswith(a) for a, b in itertools.pairwise(grown))
+    assert all(
+        p.data[0]["type"] == "ai" and p.data[0]["id"] == "reply-1" for p in parts if p.event == "messages/partial"
+    )
+    with pytest.raises(UnprocessableEntityError, match="stream_mode tokens is not served"):
+        await client.runs.create(thread["thread_id"], "chatty", input={"steps": []}, stream_mode="tokens")
 
 
 async def test_subgraph_events_stream_under_their_namespace_and_rejoin_with_the_rest(url: str) -> None:

@@ -69,7 +69,7 @@ class RunReading:
                 async for event in self._events(run, after):
                     if event is None:
                         yield b": heartbeat\r\n\r\n"
-                    elif modes is None or event.event in ("metadata", "error") or event.event.split("|")[0] in modes:
+                    elif modes is None or event.event in ("metadata", "error") or _mode(event.event) in modes:
                         data = orjson.dumps(event.data, default=str)
                         yield b"event: %s\r\ndata: %s\r\nid: %d\r\n\r\n" % (event.event.encode(), data, event.seq)
                 ended = True
@@ -101,12 +101,12 @@ class RunReading:
                     await wait_for(done, _HEARTBEAT_S if self.notes.connected.is_set() else self.poll_s)
                     yield b"\n"
                 ended = True
+                final = await self.queue.final_events(run.run_id)
             finally:
                 if gone is not None and not ended:
                     gone()
                 if then is not None:
-                    then()
-            final = await self.queue.final_events(run.run_id)
+                    then()  # after the values were read: a stateless run's thread goes with its events
             if "error" in final:
                 yield orjson.dumps({"__error__": final["error"].data})
                 return
@@ -121,3 +121,8 @@ class RunReading:
         else:
             headers = run_locations(run) | {"Location": f"/threads/{run.thread_id}/runs/{run.run_id}/join"}
         return StreamingResponse(body(), media_type="application/json", headers=headers)
+
+
+def _mode(event: str) -> str:
+    """The stream mode an event belongs to: `updates|sub:1` -> updates, `messages/partial` -> messages."""
+    return event.split("|")[0].split("/")[0]

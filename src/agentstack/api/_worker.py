@@ -28,6 +28,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
+from agentstack.api._messages import MessageEvents
 from agentstack.api._notify import QueueNotifications, wait_for
 from agentstack.api._runs import Run, RunQueue
 from agentstack.api._served import ServedGraphs
@@ -38,12 +39,13 @@ __all__ = ["MODES", "RunWorker"]
 
 _log = logging.getLogger(__name__)
 
-# The LangGraph API's stream mode names served, as LangGraph's `astream` calls them (the API's own
-# "messages", accumulated partial/complete messages, is not served: the server refuses it).
+# The LangGraph API's stream mode names served, as LangGraph's `astream` calls them. The API's own "messages"
+# streams the same chunks as "messages-tuple", each message accumulated (see `MessageEvents`).
 MODES = {
     "values": "values",
     "updates": "updates",
     "messages-tuple": "messages",
+    "messages": "messages",
     "custom": "custom",
     "debug": "debug",
     "tasks": "tasks",
@@ -149,6 +151,7 @@ class RunWorker:
         requested = kwargs.get("stream_mode") or ["values"]
         modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
         subgraphs = bool(kwargs.get("subgraphs"))
+        whole = MessageEvents() if "messages" in requested and "messages-tuple" not in requested else None
         await self.queue.append_event(run, "metadata", {"run_id": run.run_id, "attempt": run.attempt})
         async for namespace, mode, chunk in graph.astream(
             graph_input,
@@ -161,6 +164,10 @@ class RunWorker:
             durability=kwargs.get("durability"),
         ):
             if namespace and not subgraphs:
+                continue
+            if mode == "messages" and whole is not None:
+                for event, data in whole.events(chunk):
+                    await self.queue.append_event(run, event, data)
                 continue
             event = mode if not namespace else f"{mode}|{'|'.join(namespace)}"
             await self.queue.append_event(run, event, wire(chunk))

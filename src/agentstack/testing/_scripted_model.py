@@ -292,7 +292,8 @@ def _tool_name(reply: dict[str, Any] | BaseModel, tools: list[dict[str, Any]], c
 
 
 def _chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
-    """Stream text word by word (tokens for the graph's stream), tool calls in one chunk, usage on the last."""
+    """Stream text word by word (tokens for the graph's stream), tool calls in one chunk, usage on the last,
+    which says it is the last."""
     text = message.content if isinstance(message.content, str) else ""
     words = text.split(" ")
     pieces = [word if i == len(words) - 1 else word + " " for i, word in enumerate(words)]
@@ -307,5 +308,7 @@ def _chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
         if not chunks:
             chunks.append(AIMessageChunk(content="", id=message.id))
         chunks[-1].usage_metadata = message.usage_metadata
+    if chunks:  # as a provider marks its last chunk (else langchain-core adds an empty one under another id)
+        chunks[-1].chunk_position = "last"
     for chunk in chunks:
         yield ChatGenerationChunk(message=chunk)
