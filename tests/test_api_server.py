@@ -263,6 +263,11 @@ async def test_threads_are_searched_patched_updated_walked_back_and_deleted(url:
     await client.threads.delete(mine["thread_id"])
     with pytest.raises(NotFoundError):
         await client.threads.get(mine["thread_id"])
+    # a number JSON allows and Postgres keeps, beyond what orjson writes (found by the fuzz test)
+    async with httpx.AsyncClient(base_url=url) as http:
+        made = await http.post("/threads", content=b'{"metadata": {"big": 18446744073709551616}}')
+        assert made.status_code == 200 and made.json()["metadata"]["big"] == pytest.approx(2.0**64)
+        assert (await http.post("/threads/search", json={})).status_code == 200
 
 
 async def test_an_assistant_shows_its_graph_and_schemas(url: str) -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
-import orjson
 from starlette.responses import StreamingResponse
 
 from agentstack.api._notify import QueueNotifications, wait_for
 from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent
-from agentstack.api._wire import run_locations
+from agentstack.api._wire import dump_json, run_locations
 
 __all__ = ["RunReading"]
 
@@ -70,7 +69,7 @@ class RunReading:
                     if event is None:
                         yield b": heartbeat\r\n\r\n"
                     elif modes is None or event.event in ("metadata", "error") or _mode(event.event) in modes:
-                        data = orjson.dumps(event.data, default=str)
+                        data = dump_json(event.data)
                         yield b"event: %s\r\ndata: %s\r\nid: %d\r\n\r\n" % (event.event.encode(), data, event.seq)
                 ended = True
             finally:
@@ -108,13 +107,13 @@ class RunReading:
                 if then is not None:
                     then()  # after the values were read: a stateless run's thread goes with its events
             if "error" in final:
-                yield orjson.dumps({"__error__": final["error"].data})
+                yield dump_json({"__error__": final["error"].data})
                 return
             values = final["values"].data if "values" in final else None
             paused = final.get("interrupt")
             if paused is not None and ("values" not in final or paused.seq > final["values"].seq):
                 values = {**(values or {}), "__interrupt__": paused.data["__interrupt__"]}
-            yield orjson.dumps(values if values is not None else {}, default=str)
+            yield dump_json(values if values is not None else {})
 
         if then is not None:
             headers = {"Content-Location": f"/runs/{run.run_id}"}

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentstack.api._wire import interrupts_json
+from agentstack.api._wire import dump_json, interrupts_json
 from agentstack.graphs._streaming import StreamEvent, jsonable, stream_run
 
 __all__ = ["sse_app", "sse_events"]
@@ -34,7 +34,7 @@ _DONE = object()
 
 def _sse(event: str, data: Any) -> bytes:
     # orjson escapes newlines inside strings, so one `data:` line always holds the whole event.
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data, default=str) + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + dump_json(data) + b"\n\n"
 
 
 async def sse_events(events: AsyncIterable[StreamEvent], *, heartbeat: float | None = 15.0) -> AsyncIterator[bytes]:

@@ -3,6 +3,7 @@ as the LangGraph API writes them (notes/langgraph-http-api.md)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from agentstack.errors import ConfigError
 from agentstack.graphs._streaming import jsonable
 
 __all__ = [
-    "EMPTY_STATE", "interrupts_json", "json_response", "query_int", "read_body", "read_json", "run_json",
+    "EMPTY_STATE", "dump_json", "interrupts_json", "json_response", "query_int", "read_body", "read_json", "run_json",
     "run_locations", "state_json", "thread_config", "wire",
 ]  # fmt: skip
 
@@ -72,7 +73,16 @@ def query_int(request: Request, name: str, default: int, *, low: int = 0, high: 
 
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data, default=str), status_code=status, media_type="application/json", headers=headers)
+    return Response(dump_json(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def dump_json(data: Any) -> bytes:
+    """`data` as JSON, fast; an integer beyond 64 bits (JSON allows it, Postgres keeps it, orjson refuses it)
+    is written whole by the standard library instead of failing the response."""
+    try:
+        return orjson.dumps(data, default=str)
+    except TypeError:
+        return json.dumps(data, default=str, ensure_ascii=False).encode()
 
 
 def thread_config(thread_id: str) -> dict[str, Any]:
