@@ -293,35 +293,37 @@ RETURNING thread_id""",
             )
         thread_id = _thread_key(thread_id)
         run_id = str(_uuid7())
-        async with self.pool.connection() as conn, conn.transaction():
-            if if_not_exists == "create":
-                await conn.execute(
-                    "INSERT INTO agentstack_threads (thread_id, metadata) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                    (thread_id, Jsonb({"assistant_id": assistant_id})),
+        # Pipelined: the lock and the look at the thread's runs go in one round trip, the writes and the commit
+        # in a second (each statement still reads after the one before it took its lock).
+        async with self.pool.connection() as conn, conn.pipeline():
+            async with conn.transaction():
+                if if_not_exists == "create":
+                    await conn.execute(
+                        "INSERT INTO agentstack_threads (thread_id, metadata) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        (thread_id, Jsonb({"assistant_id": assistant_id})),
+                    )
+                locking = await conn.execute(
+                    "SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (thread_id,)
                 )
-            locked = await (
-                await conn.execute("SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (thread_id,))
-            ).fetchone()
-            if locked is None:
-                raise NotFoundError(
-                    f"there is no thread {thread_id}", fix="create it first, or pass if_not_exists='create'"
-                )
-            unfinished = await (
-                await conn.execute(
+                looking = await conn.execute(
                     "SELECT run_id, status FROM agentstack_runs WHERE thread_id = %s "
                     "AND status IN ('pending', 'running') ORDER BY created_at",
                     (thread_id,),
                 )
-            ).fetchall()
-            if unfinished and multitask_strategy == "reject":
-                raise ConflictError(
-                    f"thread {thread_id} is already running a task",
-                    fix="wait for it to finish, or choose another multitask_strategy (enqueue, interrupt, rollback)",
-                )
-            if unfinished and multitask_strategy in ("interrupt", "rollback"):
-                await _cancel_rows(conn, [r["run_id"] for r in unfinished], multitask_strategy)
-            row = await (
-                await conn.execute(
+                if await locking.fetchone() is None:
+                    raise NotFoundError(
+                        f"there is no thread {thread_id}", fix="create it first, or pass if_not_exists='create'"
+                    )
+                unfinished = await looking.fetchall()
+                if unfinished and multitask_strategy == "reject":
+                    raise ConflictError(
+                        f"thread {thread_id} is already running a task",
+                        fix="wait for it to finish, or choose another multitask_strategy (enqueue, interrupt, "
+                        "rollback)",
+                    )
+                if unfinished and multitask_strategy in ("interrupt", "rollback"):
+                    await _cancel_rows(conn, [r["run_id"] for r in unfinished], multitask_strategy)
+                inserting = await conn.execute(
                     f"INSERT INTO agentstack_runs (run_id, thread_id, assistant_id, metadata, kwargs, "
                     f"multitask_strategy) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_RUN_COLUMNS}",
                     (
@@ -333,13 +335,13 @@ RETURNING thread_id""",
                         multitask_strategy,
                     ),
                 )
-            ).fetchone()
-            await conn.execute(
-                "UPDATE agentstack_threads SET status = 'busy', updated_at = now(), metadata = metadata || %s "
-                "WHERE thread_id = %s",
-                (Jsonb(dict(thread_metadata or {})), thread_id),
-            )
-            await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (thread_id,))
+                await conn.execute(
+                    "UPDATE agentstack_threads SET status = 'busy', updated_at = now(), metadata = metadata || %s "
+                    "WHERE thread_id = %s",
+                    (Jsonb(dict(thread_metadata or {})), thread_id),
+                )
+                await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (thread_id,))
+            row = await inserting.fetchone()
         return _run(row)
 
     async def get_run(self, thread_id: str, run_id: str) -> Run:
@@ -399,7 +401,7 @@ RETURNING thread_id""",
         run of its thread. The run and its thread are locked `SKIP LOCKED`, and the update checks the run's
         status again: a run another worker claimed since this statement's snapshot is not taken twice.
         """
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn:  # one statement: atomic by itself
             row = await (
                 await conn.execute(
                     f"""WITH candidate AS (
@@ -450,7 +452,8 @@ RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
         """
         if status not in FINAL:
             raise ConfigError(f"{status!r} is not a final run status", fix=f"one of {', '.join(sorted(FINAL))}")
-        async with self.pool.connection() as conn, conn.transaction():
+        # two round trips, as in `put_run`
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             owned = await (
                 await conn.execute(
                     "SELECT cancel FROM agentstack_runs WHERE run_id = %s AND worker = %s AND attempt = %s "
