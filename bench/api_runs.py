@@ -4,13 +4,14 @@ server (`langgraph-api` + `langgraph-runtime-inmem`, what `langgraph dev` runs),
 The same graph (`_api_graph.py`: five supersteps, a scripted chat model, no sleeps) is driven by the same
 `langgraph_sdk` client: at 1, 10 and 50 concurrent clients, each creates a thread and `runs.wait`s on it again
 and again; completed runs/s, p50/p99 latency. Then time to the first event of `runs.stream`. agentstack runs
-with 1 and 2 workers (tasks in the server's process) on its embedded Postgres in a throwaway home.
+with 1 and 2 worker processes (`--workers`, each running `--jobs 4` runs at a time: LangGraph's runs 10 at a
+time in its one process) on its embedded Postgres in a throwaway home.
 
 LangGraph's server lives in a venv of its own (not a dependency of ours): `--langgraph-python PATH`, else one
 made on first use under ~/.cache/agentstack-bench (pip, a minute). `--smoke` runs one run per client per level
 on agentstack alone (LangGraph's keys are null) unless `--langgraph-python` is given: the suite runs it.
 
-Ends with one JSON line: `runs_per_s_vs_langgraph_dev` (agentstack with 2 workers over LangGraph's, at 50
+Ends with one JSON line: `runs_per_s_vs_langgraph_dev` (agentstack with 2 worker processes over LangGraph's, at 50
 clients; target >= 1.0), `p99_ms_agentstack`, `p99_ms_langgraph_dev`, `first_event_ms_agentstack`.
 
     python bench/api_runs.py [--smoke] [--runs-per-client N] [--langgraph-python PATH]
