@@ -129,6 +129,7 @@ async def run_eval(
             config |= {"answers_from": replayed.name, "answered_with": dict(replayed.config)}
         elif assistant is not None:
             target = AssistantTarget(assistant, entry, context=knobs, price_per_1k_tokens=price_per_1k_tokens)
+            exits.push_async_callback(target.aclose)
             config |= {"assistant": assistant, "knobs": knobs, "price_per_1k_tokens": price_per_1k_tokens}
         else:
             compiled = stack.graph(graph)

@@ -115,6 +115,10 @@ class AssistantTarget:
         self.price_per_1k_tokens = price_per_1k_tokens
         self._client = get_client(url=url, timeout=600)
 
+    async def aclose(self) -> None:
+        """Close the client's connections to the server."""
+        await self._client.aclose()
+
     async def __call__(self, example: Example) -> Outcome:
         from pydantic import TypeAdapter
 
