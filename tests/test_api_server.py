@@ -18,7 +18,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
-from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+from langgraph_sdk.errors import BadRequestError, ConflictError, NotFoundError, UnprocessableEntityError
 from prometheus_client.parser import text_string_to_metric_families
 from typing_extensions import TypedDict  # pydantic reads its schema on Python 3.11
 
@@ -268,6 +268,30 @@ async def test_threads_are_searched_patched_updated_walked_back_and_deleted(url:
         made = await http.post("/threads", content=b'{"metadata": {"big": 18446744073709551616}}')
         assert made.status_code == 200 and made.json()["metadata"]["big"] == pytest.approx(2.0**64)
         assert (await http.post("/threads/search", json={})).status_code == 200
+
+
+async def test_a_run_from_an_earlier_checkpoint_replays_or_forks_the_thread_there(url: str) -> None:
+    client = get_client(url=url)
+    thread_id = (await client.threads.create())["thread_id"]
+    await client.runs.wait(thread_id, "asking", input={"steps": []})
+    before_first = (await client.threads.get_history(thread_id))[1]
+    assert before_first["next"] == ["first"] and before_first["values"] == {"steps": []}
+    at = before_first["checkpoint"]["checkpoint_id"]
+    # a replay: "first" runs again from there, not on top of the thread's latest state
+    replayed: Any = await client.runs.wait(thread_id, "asking", checkpoint_id=at)
+    assert replayed["steps"] == ["first"] and replayed["__interrupt__"][0]["value"] == "go on?"
+    history = await client.threads.get_history(thread_id, limit=20)
+    assert history[1]["parent_checkpoint"]["checkpoint_id"] == at  # the new branch grows from it
+    # a fork: the same checkpoint with a state update of its own (the command's), then on from there
+    forked: Any = await client.runs.wait(
+        thread_id, "asking", checkpoint={"checkpoint_id": at}, command={"update": {"steps": ["mine"]}}
+    )
+    assert forked["steps"] == ["mine", "first"]
+    with pytest.raises(httpx.HTTPStatusError, match="404 Not Found") as missing:  # runs.wait raises httpx's
+        await client.runs.wait(thread_id, "asking", checkpoint_id="1f000000-0000-6000-8000-000000000000")
+    assert "has no checkpoint" in missing.value.response.text
+    with pytest.raises(BadRequestError, match="needs its thread"):
+        await client.runs.create(None, "asking", input={"steps": []}, checkpoint_id=at)
 
 
 async def test_an_assistant_shows_its_graph_and_schemas(url: str) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -328,6 +329,8 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         """Queue the run `body` asks for on thread `on_thread`, or on a new temporary thread (stateless)."""
         assistant, kwargs = await self._checked(body, stateless=on_thread is None)
         thread_id = on_thread or str(uuid.uuid4())
+        if kwargs["checkpoint"] is not None:
+            await self._check_checkpoint(assistant.graph_id, thread_id, kwargs["checkpoint"])
 
         async def put() -> Run:
             return await self.queue.put_run(
@@ -347,11 +350,26 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
                 raise
             return await put()  # a thread the CLI started, adopted on its first run here
 
+    async def _check_checkpoint(self, graph_id: str, thread_id: str, at: Mapping[str, Any]) -> None:
+        """A run from a checkpoint (a replay or a fork) names one the thread has, or is a 404 now."""
+        checkpointer = self._served_graph(graph_id).graph.checkpointer
+        found = None
+        if isinstance(checkpointer, BaseCheckpointSaver):
+            found = await checkpointer.aget_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": "", **at}})
+        if found is None:
+            raise NotFoundError(
+                f"thread {thread_id} has no checkpoint {at.get('checkpoint_id')}",
+                fix=f"pick one from its history (POST /threads/{thread_id}/history)",
+            )
+
     async def _checked(self, body: Mapping[str, Any], *, stateless: bool) -> tuple[Assistant, dict[str, Any]]:
         """The assistant a run body names and the run's stored arguments (the assistant's config and context
         under the run's own), or the error naming what is wrong."""
         if stateless and (body.get("command") or {}).get("resume") is not None:
             raise UserError("resuming needs a thread, and a stateless run has none", fix="run on a thread to resume")
+        at = _checkpoint_of(body)
+        if stateless and at is not None:
+            raise UserError("a run from a checkpoint needs its thread", fix="run on the thread the checkpoint is of")
         try:
             assistant = await self._assistant(str(body["assistant_id"]))
             served = self._served_graph(assistant.graph_id)
@@ -382,6 +400,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
             "interrupt_after": body.get("interrupt_after"),
             # as the reference: no checkpoint during the run when checkpoint_during is false
             "durability": body.get("durability") or ("exit" if body.get("checkpoint_during") is False else None),
+            "checkpoint": at,  # where the run starts: a replay (no input) or a fork (input, or a command)
         }
         return assistant, kwargs
 
@@ -525,3 +544,15 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
                 fix=f"read its thread's state instead: GET /threads/{run.thread_id}/state",
             )
         return run
+
+
+def _checkpoint_of(body: Mapping[str, Any]) -> dict[str, str] | None:
+    """The checkpoint a run body starts from (`checkpoint_id`, or `checkpoint` with its namespace), or None."""
+    given = {
+        **(body.get("checkpoint") or {}),
+        **({"checkpoint_id": body["checkpoint_id"]} if body.get("checkpoint_id") else {}),
+    }
+    at = {k: str(v) for k, v in given.items() if k in ("checkpoint_id", "checkpoint_ns") and v is not None}
+    if given and "checkpoint_id" not in at:
+        raise ConfigError("checkpoint names no checkpoint_id", fix='{"checkpoint": {"checkpoint_id": "..."}}')
+    return at or None

@@ -161,8 +161,8 @@ class RunCreate(Body):
     after_seconds: Literal[0] | None = None
     feedback_keys: None = None
     webhook: None = None
-    checkpoint: None = None
-    checkpoint_id: None = None
+    checkpoint: Json | None = None  # {"checkpoint_id": ..., "checkpoint_ns": ...}: where the run starts
+    checkpoint_id: str | None = Field(default=None, min_length=1)
     langsmith_tracer: None = None
 
 

@@ -146,8 +146,7 @@ class RunWorker:
 
     async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any) -> None:
         kwargs = run.kwargs
-        config = _config(run)
-        graph_input = await self._input(run, graph, config)
+        graph_input, config = await self._input(run, graph)
         requested = kwargs.get("stream_mode") or ["values"]
         modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
         subgraphs = bool(kwargs.get("subgraphs"))
@@ -172,16 +171,20 @@ class RunWorker:
             event = mode if not namespace else f"{mode}|{'|'.join(namespace)}"
             await self.queue.append_event(run, event, wire(chunk))
 
-    async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any], config: dict[str, Any]) -> Any:
-        """The run's input, or None to continue the thread when an earlier attempt of this run saved steps."""
+    async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> tuple[Any, dict[str, Any]]:
+        """The run's input and config; or None from the thread's latest checkpoint, to continue it, when an
+        earlier attempt of this run saved steps (a run from an older checkpoint included: its first attempt
+        forked the thread there)."""
+        latest = _config(run)
         if run.attempt > 1 and graph.checkpointer is not None:
-            saved = await graph.checkpointer.aget_tuple(config)  # type: ignore[union-attr]
+            saved = await graph.checkpointer.aget_tuple(latest)  # type: ignore[union-attr]
             if saved is not None and saved.metadata.get("run_id") == run.run_id:
-                return None
+                return None, latest
+        config = _config(run, at=run.kwargs.get("checkpoint"))
         command = run.kwargs.get("command")
         if command:
-            return Command(**{k: v for k, v in command.items() if k in ("resume", "update", "goto")})
-        return run.kwargs.get("input")
+            return Command(**{k: v for k, v in command.items() if k in ("resume", "update", "goto")}), config
+        return run.kwargs.get("input"), config
 
     async def _renew(self, run: Run, streaming: asyncio.Task[None]) -> str:
         """Renew the lease until a cancel is asked for (returned) or the lease is lost (raised)."""
@@ -208,9 +211,15 @@ class RunWorker:
             await self.queue.finish(run, "error", thread_status="error", error={"error": error, "message": message})
 
 
-def _config(run: Run) -> dict[str, Any]:
-    """The run's config: its thread, the client's configurable, and `run_id` in every checkpoint's metadata."""
+def _config(run: Run, *, at: dict[str, str] | None = None) -> dict[str, Any]:
+    """The run's config: its thread (at its latest checkpoint, or `at` one), the client's configurable, and
+    `run_id` in every checkpoint's metadata."""
     config = dict(run.kwargs.get("config") or {})
-    configurable = {**(config.get("configurable") or {}), "thread_id": run.thread_id, "run_id": run.run_id}
+    configurable = {
+        **(config.get("configurable") or {}),
+        "thread_id": run.thread_id,
+        "run_id": run.run_id,
+        **(at or {}),
+    }
     metadata = {**(config.get("metadata") or {}), **run.metadata, "run_id": run.run_id}
     return {**config, "configurable": configurable, "metadata": metadata}
