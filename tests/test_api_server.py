@@ -294,6 +294,31 @@ async def test_a_run_from_an_earlier_checkpoint_replays_or_forks_the_thread_ther
         await client.runs.create(None, "asking", input={"steps": []}, checkpoint_id=at)
 
 
+async def test_deleting_a_run_takes_its_steps_and_its_events(url: str) -> None:
+    client = get_client(url=url)
+    thread_id = (await client.threads.create())["thread_id"]
+    first = await client.runs.create(thread_id, "asking", input={"steps": []})
+    await client.runs.join(thread_id, first["run_id"])
+    second = await client.runs.create(thread_id, "asking", command={"resume": "yes"})
+    await client.runs.join(thread_id, second["run_id"])
+    assert (await client.threads.get_state(thread_id))["values"]["steps"] == ["first", "human said yes"]
+    await client.runs.delete(thread_id, second["run_id"])
+    with pytest.raises(NotFoundError):
+        await client.runs.get(thread_id, second["run_id"])
+    state = await client.threads.get_state(thread_id)  # back to where the second run began: waiting
+    assert state["values"]["steps"] == ["first"] and state["next"] == ["ask"]
+    assert (await client.threads.get(thread_id))["status"] == "interrupted"
+    assert [r["run_id"] for r in await client.runs.list(thread_id)] == [first["run_id"]]
+    # what the deleted run's resume wrote went with it: the waiting step runs again, on the new answer
+    again: Any = await client.runs.wait(thread_id, "asking", command={"resume": "no"})
+    assert again["steps"] == ["first", "human said no"]
+    slow_thread = (await client.threads.create())["thread_id"]
+    running = await client.runs.create(slow_thread, "slow", input={"steps": []})
+    with pytest.raises(ConflictError, match="deleting one of its runs"):
+        await client.runs.delete(slow_thread, running["run_id"])
+    await client.runs.cancel(slow_thread, running["run_id"], wait=True)
+
+
 async def test_an_assistant_shows_its_graph_and_schemas(url: str) -> None:
     client = get_client(url=url)
     drawn = await client.assistants.get_graph("asking")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
 
 from agentstack.checkpoint import PoolSaver
 from agentstack.errors import ConflictError, UserError
@@ -73,6 +74,32 @@ async def test_deleting_a_run_leaves_the_thread_row_for_row_as_before_it(saver: 
     await saver.adelete_for_runs([])  # nothing to do
     with pytest.raises(UserError, match="takes a sequence of run ids"):
         await saver.adelete_for_runs("run-3")
+
+
+async def test_deleting_a_run_that_resumed_a_waiting_thread_leaves_it_waiting_row_for_row(saver: PoolSaver) -> None:
+    """The resume wrote against the first run's checkpoint (its value, the finished task's writes): they go too,
+    in the root namespace and in a subgraph's, so the next resume runs the waiting steps again."""
+    inner = StateGraph(State)
+    inner.add_node("ask", lambda s: {"notes": [f"inner heard {interrupt('inner?')}"]})
+    inner.add_edge(START, "ask")
+    graph = StateGraph(State)
+    graph.add_node("ask", lambda s: {"notes": [f"heard {interrupt('outer?')}"]})
+    graph.add_node("inner", inner.compile())
+    graph.add_edge(START, "ask")
+    graph.add_edge("ask", "inner")
+    compiled = graph.compile(checkpointer=saver)
+    await compiled.ainvoke({"notes": []}, run("w", "run-1"))
+    before = await rows(saver, "w")
+    await compiled.ainvoke(Command(resume="yes"), run("w", "run-2"))  # on to the subgraph's question
+    await compiled.ainvoke(Command(resume="sure"), run("w", "run-3"))
+    assert (await compiled.aget_state(run("w", "x"))).values["notes"][-1] == "inner heard sure"
+    await saver.adelete_for_runs(["run-3"])
+    state = await compiled.aget_state(run("w", "x"), subgraphs=True)
+    assert state.values["notes"] == ["heard yes"] and state.tasks[0].state.next == ("ask",)  # the subgraph waits
+    await saver.adelete_for_runs(["run-2"])
+    assert await rows(saver, "w") == before
+    out = await compiled.ainvoke(Command(resume="no"), run("w", "run-4"))
+    assert out["notes"] == ["heard no"]
 
 
 async def test_a_copy_reads_as_its_source_then_goes_its_own_way(saver: PoolSaver) -> None:

@@ -69,6 +69,7 @@ from agentstack.api._wire import (
     read_json,
     run_json,
     run_locations,
+    thread_config,
 )
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.config import Settings
@@ -219,6 +220,7 @@ def _app(
         Endpoint("POST", "/threads/{thread_id}/runs/stream", api.stream_run, "Run and stream (SSE)", RunCreate),
         Endpoint("POST", "/threads/{thread_id}/runs/wait", api.wait_run, "Run and wait for its values", RunCreate),
         Endpoint("GET", "/threads/{thread_id}/runs/{run_id}", api.get_run, "Get a run"),
+        Endpoint("DELETE", "/threads/{thread_id}/runs/{run_id}", api.delete_run, "Delete an ended run and its steps"),
         Endpoint("GET", "/threads/{thread_id}/runs/{run_id}/join", api.join_run, "Wait for a run's values"),
         Endpoint(
             "GET",
@@ -529,6 +531,22 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         if request.query_params.get("wait", "0").lower() in ("1", "true", "yes"):
             return self._result(run)
         return Response(status_code=202)
+
+    async def delete_run(self, request: Request) -> Response:
+        """An ended run, its events and the checkpoints it saved: its thread is as it was before the run (the
+        reference deletes those checkpoints too). Refused while a run of the thread is unfinished: one running
+        from those checkpoints would lose its parents."""
+        run = await self._run(request)
+        await self.queue.check_idle(run.thread_id, "deleting one of its runs")
+        served = self.graphs.find(str(run.kwargs.get("graph_id")))
+        saver = served.graph.checkpointer if served is not None else None
+        if isinstance(saver, BaseCheckpointSaver):
+            await saver.adelete_for_runs([run.run_id])
+        await self.queue.delete_run(run)
+        if served is not None:
+            state = await served.graph.aget_state(thread_config(run.thread_id))
+            await self.queue.set_thread_status(run.thread_id, "interrupted" if state.next else "idle")
+        return Response(status_code=204)
 
     async def _run(self, request: Request) -> Run:
         return await self.queue.get_run(request.path_params["thread_id"], request.path_params["run_id"])

@@ -490,6 +490,16 @@ RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
             if done.rowcount:
                 await conn.execute("SELECT pg_notify('agentstack_runs', %s)", (run.thread_id,))
 
+    async def delete_run(self, run: Run) -> None:
+        """Delete an ended run and its events (its checkpoints are the checkpointer's to delete)."""
+        async with self.pool.connection() as conn:
+            done = await conn.execute(
+                "DELETE FROM agentstack_runs WHERE run_id = %s AND status <> ALL(%s)",
+                (run.run_id, ["pending", "running"]),
+            )
+        if not done.rowcount:
+            raise ConflictError(f"run {run.run_id} has not ended", fix="cancel it first, or wait for it to end")
+
     async def cancel(self, thread_id: str, run_id: str, action: CancelAction = "interrupt") -> None:
         """Stop a run: a pending one at once, a running one at its worker's next lease renewal."""
         if action not in ("interrupt", "rollback"):

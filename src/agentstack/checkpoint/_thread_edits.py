@@ -9,14 +9,23 @@ Deleting runs removes the checkpoints whose metadata names one of the runs (ever
 `run_id` of the run that saved it, subgraph namespaces included), the writes saved against them, the blobs
 only they referenced, and the parent link of a later checkpoint that pointed at one of them; all in one
 transaction. Threads that use a DeltaChannel are refused, as `aprune` refuses them: their values are rebuilt
-from older rows. What a run wrote against a checkpoint of an earlier run (a resume value) stays: the row
-does not say which run wrote it, and the next resume replaces it.
+from older rows.
+
+A run that continued a thread (a resume, or a retry after a failed step) also wrote against the checkpoint
+an earlier run left waiting: the resume value, and the writes of the task it finished. Left there, they would
+make the thread's next run skip that task, as if the deleted run had done it. The row does not say which run
+wrote it, but the checkpoint says what was waiting: a task with an interrupt or an error written against it
+had no other write when its run stopped, and a waiting checkpoint had no resume value. So on the checkpoints
+that are the thread's heads once the runs' are gone (in every namespace), the resume values and the other
+writes of such tasks are deleted too, and the thread waits where it waited. (A run cancelled after finishing
+such a task but before saving its next checkpoint left no checkpoint to find its thread by: its writes stay.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from langgraph.checkpoint.base import WRITES_IDX_MAP
 from psycopg.rows import dict_row
 
 from agentstack.checkpoint._prune import Pool, delta_threads
@@ -49,6 +58,26 @@ DELETE FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_ns = %s AND ch
 _ORPHANS_SQL = """
 UPDATE checkpoints SET parent_checkpoint_id = NULL
 WHERE thread_id = %s AND checkpoint_ns = %s AND parent_checkpoint_id = ANY(%s)
+"""
+
+# On each head checkpoint (no child in its namespace) of the threads: what continuing a waiting task wrote.
+_DELETE_CONTINUATIONS_SQL = """
+DELETE FROM checkpoint_writes w
+USING checkpoints h
+WHERE h.thread_id = ANY(%(threads)s)
+  AND NOT EXISTS (
+    SELECT 1 FROM checkpoints c
+    WHERE c.thread_id = h.thread_id AND c.checkpoint_ns = h.checkpoint_ns AND c.parent_checkpoint_id = h.checkpoint_id
+  )
+  AND w.thread_id = h.thread_id AND w.checkpoint_ns = h.checkpoint_ns AND w.checkpoint_id = h.checkpoint_id
+  AND (w.idx >= 0 OR w.idx = %(resume)s)
+  AND EXISTS (
+    SELECT 1 FROM checkpoint_writes waiting
+    WHERE waiting.thread_id = w.thread_id AND waiting.checkpoint_ns = w.checkpoint_ns
+      AND waiting.checkpoint_id = w.checkpoint_id AND waiting.idx = ANY(%(waiting)s)
+      -- a task's own writes; a resume value may be the whole run's (written under the null task id)
+      AND (waiting.task_id = w.task_id OR w.idx = %(resume)s)
+  )
 """
 
 # The blobs of (channel, version) pairs the deleted checkpoints used that no remaining checkpoint uses.
@@ -119,3 +148,13 @@ async def delete_runs(pool: Pool, run_ids: Sequence[str]) -> None:
                     {"t": thread_id, "ns": ns, "channels": channels, "versions": versions},
                     prepare=False,
                 )
+        if deleted:
+            await cur.execute(
+                _DELETE_CONTINUATIONS_SQL,
+                {
+                    "threads": sorted({thread_id for thread_id, _ in deleted}),
+                    "resume": WRITES_IDX_MAP["__resume__"],  # the special writes' fixed indexes (base.py)
+                    "waiting": [WRITES_IDX_MAP["__interrupt__"], WRITES_IDX_MAP["__error__"]],
+                },
+                prepare=False,
+            )
