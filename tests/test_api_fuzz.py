@@ -1,5 +1,6 @@
-"""Schemathesis fuzzes every operation of `/openapi.json` against a real `agentstack api` process (a user's
-graph over `--config`, on a real Postgres): no answer is a 5xx, and every 4xx is JSON naming the problem."""
+"""Schemathesis fuzzes every operation of `/openapi.json` against a real `agentstack api` with two worker
+processes (a user's graph over `--config`, on a real Postgres; any request may reach either): no answer is a
+5xx, and every 4xx is JSON naming the problem."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory, agentstack_postgres_server
     env = clean_env() | {"AGENTSTACK_HOME": str(root / "home"), "AGENTSTACK_POSTGRES_URL": database}
     log = (root / "server.log").open("w")  # a file, not a pipe nobody reads: a full pipe would stall the server
     server = subprocess.Popen(
-        [AGENTSTACK, "api", "--config", str(root / "langgraph.json"), "--port", str(port)],
+        [AGENTSTACK, "api", "--config", str(root / "langgraph.json"), "--port", str(port), "--workers", "2"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
