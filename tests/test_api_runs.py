@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from agentstack.api._runs import Run, RunQueue
 from agentstack.api._schema import MIGRATIONS
@@ -52,12 +53,21 @@ async def test_a_database_of_the_first_layout_keeps_its_threads_and_runs(agentst
             for version, statement in enumerate(MIGRATIONS[:4]):
                 await conn.execute(statement)
                 await conn.execute("INSERT INTO agentstack_api_migrations (v) VALUES (%s)", (version,))
-        old = RunQueue(pool)
-        thread = await old.create_thread(metadata={"user": "ana"})
-        run = await old.put_run(thread.thread_id, "research")
-        await RunQueue(pool).setup()
-        assert (await old.get_thread(thread.thread_id)).metadata == {"user": "ana"}
-        assert [r.run_id for r in await old.list_runs(thread.thread_id)] == [run.run_id]
+            thread_id, run_id = str(uuid.uuid4()), str(uuid.uuid4())  # rows as that release wrote them
+            await conn.execute(
+                "INSERT INTO agentstack_threads (thread_id, metadata) VALUES (%s, %s)",
+                (thread_id, Jsonb({"user": "ana"})),
+            )
+            await conn.execute(
+                "INSERT INTO agentstack_runs (run_id, thread_id, assistant_id, multitask_strategy) "
+                "VALUES (%s, %s, 'research', 'enqueue')",
+                (run_id, thread_id),
+            )
+        queue = RunQueue(pool)
+        await queue.setup()
+        migrated = await queue.get_thread(thread_id)
+        assert migrated.metadata == {"user": "ana"} and migrated.owner is None  # nobody's: admin keys see it
+        assert [r.run_id for r in await queue.list_runs(thread_id)] == [run_id]
 
 
 async def test_threads_are_created_once_and_named_in_errors(queue: RunQueue) -> None:

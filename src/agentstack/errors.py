@@ -23,6 +23,7 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "LeaseLostError",
+    "ForbiddenError",
 ]
 
 
@@ -82,6 +83,10 @@ class ModelOutputError(BackendError):
 
 class NotFoundError(UserError):
     """A thread, run or assistant that was asked for does not exist (the agent server answers 404)."""
+
+
+class ForbiddenError(UserError):
+    """The caller's key does not allow this: another graph than its scope, a write with a read-only key (403)."""
 
 
 class ConflictError(UserError):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -73,7 +74,9 @@ from agentstack.api._wire import (
 )
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.config import Settings
-from agentstack.errors import ConfigError, ConflictError, GraphInputError, NotFoundError, UserError
+from agentstack.errors import ConfigError, ConflictError, ForbiddenError, GraphInputError, NotFoundError, UserError
+from agentstack.safety import Authenticator, KeyStore, RequireKeys
+from agentstack.safety._auth import caller_of, visible_to
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -154,6 +157,9 @@ def _app(
         async with parts() as (queue, graphs), QueueNotifications.listening(queue.pool) as notes:
             api.queue, api.graphs, api.notes = queue, graphs, notes
             api.assistants = AssistantStore(queue.pool)
+            keys = KeyStore(queue.pool)
+            await keys.setup()
+            api.auth = Authenticator(keys)
             await queue.setup()
             await api.assistants.register(graphs)
             await api._adopt()
@@ -248,7 +254,23 @@ def _app(
         return json_response(document)
 
     routes = [Route(e.path, _mapped(e), methods=[e.method]) for e in endpoints]
-    return Starlette(routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], lifespan=lifespan)
+    keys = Middleware(
+        RequireKeys,
+        lambda: api.auth,
+        error=lambda _status, message: {"detail": message},
+        reads=_reads,
+        open_paths=frozenset({"/ok", "/info"}),
+        admin_paths=frozenset({"/metrics"}),
+        server="the agent server",
+    )
+    return Starlette(
+        routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], middleware=[keys], lifespan=lifespan
+    )
+
+
+def _reads(method: str, path: str) -> bool:
+    """What a read-only key may ask: GETs, and the searches, counts and histories sent as POSTs."""
+    return method in ("GET", "HEAD") or path.endswith(("/search", "/count", "/history", "/versions"))
 
 
 def _mapped(endpoint: Endpoint) -> Handler:
@@ -262,6 +284,8 @@ def _mapped(endpoint: Endpoint) -> Handler:
             return await endpoint.handler(request)
         except NotFoundError as exc:
             return json_response({"detail": str(exc)}, 404)
+        except ForbiddenError as exc:
+            return json_response({"detail": str(exc)}, 403)
         except ConflictError as exc:
             return json_response({"detail": str(exc)}, 409)
         except (ConfigError, GraphInputError) as exc:  # a field's value: the reference's validation errors
@@ -282,6 +306,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     graphs: ServedGraphs
     notes: QueueNotifications
     assistants: AssistantStore
+    auth: Authenticator
 
     def __init__(self, poll_s: float, event_retention_s: float) -> None:
         self.poll_s = poll_s
@@ -325,32 +350,33 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
 
     async def _put(self, request: Request, *, stateless: bool = False) -> Run:
         thread_id = None if stateless else request.path_params["thread_id"]
-        return await self._put_body(await read_body(request), thread_id)
+        return await self._put_body(request, await read_body(request), thread_id)
 
-    async def _put_body(self, body: dict[str, Any], on_thread: str | None) -> Run:
-        """Queue the run `body` asks for on thread `on_thread`, or on a new temporary thread (stateless)."""
-        assistant, kwargs = await self._checked(body, stateless=on_thread is None)
+    async def _put_body(self, request: Request, body: dict[str, Any], on_thread: str | None) -> Run:
+        """Queue the run `body` asks for on thread `on_thread`, or on a new temporary thread (stateless), as the
+        request's caller: on a thread it may see (another key's is missing), of a graph its key may use."""
+        assistant, kwargs = await self._checked(request, body, stateless=on_thread is None)
         thread_id = on_thread or str(uuid.uuid4())
+        if on_thread is not None:
+            try:  # adopts a thread the CLI started, on its first run here
+                await self._thread(request, on_thread)
+            except NotFoundError:
+                if body.get("if_not_exists") != "create":
+                    raise
         if kwargs["checkpoint"] is not None:
             await self._check_checkpoint(assistant.graph_id, thread_id, kwargs["checkpoint"])
-
-        async def put() -> Run:
-            return await self.queue.put_run(
-                thread_id,
-                assistant.assistant_id,
-                kwargs=kwargs,
-                metadata=body.get("metadata"),
-                multitask_strategy=body.get("multitask_strategy") or "enqueue",
-                if_not_exists="create" if on_thread is None else body.get("if_not_exists") or "reject",
-                thread_metadata={"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id},
-            )
-
-        try:
-            return await put()
-        except NotFoundError:
-            if on_thread is None or not await self._adopt(thread_id):
-                raise
-            return await put()  # a thread the CLI started, adopted on its first run here
+        caller = caller_of(request)
+        return await self.queue.put_run(
+            thread_id,
+            assistant.assistant_id,
+            kwargs=kwargs,
+            metadata=body.get("metadata"),
+            multitask_strategy=body.get("multitask_strategy") or "enqueue",
+            if_not_exists="create" if on_thread is None else body.get("if_not_exists") or "reject",
+            thread_metadata={"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id},
+            owner=caller.key_id if caller is not None else None,
+            visible_to=visible_to(request),
+        )
 
     async def _check_checkpoint(self, graph_id: str, thread_id: str, at: Mapping[str, Any]) -> None:
         """A run from a checkpoint (a replay or a fork) names one the thread has, or is a 404 now."""
@@ -364,7 +390,9 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
                 fix=f"pick one from its history (POST /threads/{thread_id}/history)",
             )
 
-    async def _checked(self, body: Mapping[str, Any], *, stateless: bool) -> tuple[Assistant, dict[str, Any]]:
+    async def _checked(
+        self, request: Request, body: Mapping[str, Any], *, stateless: bool
+    ) -> tuple[Assistant, dict[str, Any]]:
         """The assistant a run body names and the run's stored arguments (the assistant's config and context
         under the run's own), or the error naming what is wrong."""
         if stateless and (body.get("command") or {}).get("resume") is not None:
@@ -377,6 +405,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
             served = self._served_graph(assistant.graph_id)
         except NotFoundError as exc:
             raise ConfigError(exc.problem, fix=exc.fix) from None
+        self._in_scope(request, assistant.graph_id)
         config = body.get("config") or {}
         if config.get("configurable") and body.get("context"):
             raise UserError("give either config.configurable or context, not both", fix="put the values in context")
@@ -420,7 +449,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
 
     async def stateless_create(self, request: Request) -> Response:
         body = await read_body(request)
-        run = await self._put_body(body, None)
+        run = await self._put_body(request, body, None)
         if (forget := self._forget_after(body, run)) is not None:
             forget()  # the run goes on in the background; its thread goes once it has ended
         return json_response(run_json(run), headers={"Content-Location": f"/runs/{run.run_id}"})
@@ -429,8 +458,8 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         """Several stateless background runs, each as `POST /runs` would queue it; all or none."""
         bodies = await read_body(request)  # a list, as `RunBatch` checked it
         for body in bodies:  # every body checked before any run is queued
-            await self._checked(body, stateless=True)
-        runs = [await self._put_body(body, None) for body in bodies]
+            await self._checked(request, body, stateless=True)
+        runs = [await self._put_body(request, body, None) for body in bodies]
         for body, run in zip(bodies, runs, strict=True):
             if (forget := self._forget_after(body, run)) is not None:
                 forget()
@@ -438,13 +467,13 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
 
     async def stateless_stream(self, request: Request) -> Response:
         body = await read_body(request)
-        run = await self._put_body(body, None)
+        run = await self._put_body(request, body, None)
         gone = await self._on_disconnect(request, run)
         return self._sse(run, after=0, modes=None, then=self._forget_after(body, run), gone=gone)
 
     async def stateless_wait(self, request: Request) -> Response:
         body = await read_body(request)
-        run = await self._put_body(body, None)
+        run = await self._put_body(request, body, None)
         gone = await self._on_disconnect(request, run)
         return self._result(run, then=self._forget_after(body, run), gone=gone)
 
@@ -497,7 +526,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
 
     async def list_runs(self, request: Request) -> Response:
         query = request.query_params
-        await self._thread(request.path_params["thread_id"])
+        await self._thread(request)
         runs = await self.queue.list_runs(
             request.path_params["thread_id"],
             limit=query_int(request, "limit", 10, low=1),
@@ -549,6 +578,8 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         return Response(status_code=204)
 
     async def _run(self, request: Request) -> Run:
+        """The run the request names, on a thread its caller may see."""
+        await self._thread(request)
         return await self.queue.get_run(request.path_params["thread_id"], request.path_params["run_id"])
 
     async def _joinable(self, request: Request) -> Run:

@@ -16,7 +16,8 @@ from agentstack.api._assistants import Assistant, AssistantStore
 from agentstack.api._runs import RunQueue, Thread
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import json_response, read_body
-from agentstack.errors import ConfigError, NotFoundError
+from agentstack.errors import ConfigError, ForbiddenError, NotFoundError
+from agentstack.safety._auth import caller_of, visible_to
 
 __all__ = ["AssistantRoutes"]
 
@@ -36,6 +37,7 @@ class AssistantRoutes:
         body = await read_body(request)
         graph_id = str(body["graph_id"])  # `AssistantCreate` requires it
         self._served_graph(graph_id)
+        self._in_scope(request, graph_id)
         made = await self.assistants.create(
             graph_id,
             assistant_id=body.get("assistant_id"),
@@ -50,8 +52,10 @@ class AssistantRoutes:
 
     async def patch_assistant(self, request: Request) -> Response:
         body = await read_body(request)
+        await self._scoped_assistant(request)
         if body.get("graph_id"):
             self._served_graph(str(body["graph_id"]))
+            self._in_scope(request, str(body["graph_id"]))
         patched = await self.assistants.patch(
             request.path_params["assistant_id"],
             graph_id=body.get("graph_id"),
@@ -64,10 +68,10 @@ class AssistantRoutes:
         return json_response(patched.json())
 
     async def delete_assistant(self, request: Request) -> Response:
-        assistant = await self.assistants.get(request.path_params["assistant_id"])
+        assistant = await self._scoped_assistant(request)
         if request.query_params.get("delete_threads", "false").lower() in ("true", "1"):
             for thread in await self.queue.search_threads(
-                metadata={"assistant_id": assistant.assistant_id}, limit=10_000
+                metadata={"assistant_id": assistant.assistant_id}, limit=10_000, owner=visible_to(request)
             ):
                 await self._delete_thread(thread)
         await self.assistants.delete(assistant.assistant_id)
@@ -77,7 +81,7 @@ class AssistantRoutes:
         body = await read_body(request)
         limit, offset = int(body.get("limit") or 10), int(body.get("offset") or 0)
         found = await self.assistants.search(
-            graph_ids=[g.graph_id for g in self.graphs],  # only what this server can run
+            graph_ids=self._graphs_for(request),  # only what this server can run, and the key may use
             metadata=body.get("metadata"),
             graph_id=body.get("graph_id"),
             name=body.get("name"),
@@ -95,15 +99,19 @@ class AssistantRoutes:
     async def count_assistants(self, request: Request) -> Response:
         body = await read_body(request)
         counted = await self.assistants.count(
-            metadata=body.get("metadata"), graph_id=body.get("graph_id"), name=body.get("name")
+            metadata=body.get("metadata"),
+            graph_id=body.get("graph_id"),
+            name=body.get("name"),
+            graph_ids=self._graphs_for(request),
         )
         return json_response(counted)
 
     async def get_assistant(self, request: Request) -> Response:
-        return json_response((await self._assistant(request.path_params["assistant_id"])).json())
+        return json_response((await self._scoped_assistant(request)).json())
 
     async def assistant_versions(self, request: Request) -> Response:
         body = await read_body(request)
+        await self._scoped_assistant(request)
         found = await self.assistants.versions(
             request.path_params["assistant_id"],
             metadata=body.get("metadata"),
@@ -114,11 +122,12 @@ class AssistantRoutes:
 
     async def set_latest_assistant(self, request: Request) -> Response:
         body = await read_body(request)
+        await self._scoped_assistant(request)
         latest = await self.assistants.set_latest(request.path_params["assistant_id"], body["version"])
         return json_response(latest.json())
 
     async def get_assistant_graph(self, request: Request) -> Response:
-        served = self._served_graph((await self._assistant(request.path_params["assistant_id"])).graph_id)
+        served = self._served_graph((await self._scoped_assistant(request)).graph_id)
         arg = request.query_params.get("xray", "false").lower()
         if arg not in ("true", "false") and not (arg.isdigit() and int(arg) > 0):
             raise ConfigError(f"xray {arg!r} is not true, false or a positive depth", fix="xray=true, or xray=2")
@@ -130,7 +139,7 @@ class AssistantRoutes:
         return json_response(drawn)
 
     async def get_assistant_schemas(self, request: Request) -> Response:
-        served = self._served_graph((await self._assistant(request.path_params["assistant_id"])).graph_id)
+        served = self._served_graph((await self._scoped_assistant(request)).graph_id)
         graph = served.graph
         getters = {
             "input_schema": graph.get_input_jsonschema,
@@ -146,6 +155,24 @@ class AssistantRoutes:
                 _log.warning("%s of graph %s: %s", name, served.graph_id, exc)
                 schemas[name] = None
         return json_response(schemas)
+
+    async def _scoped_assistant(self, request: Request) -> Assistant:
+        """The assistant the request names, if the caller's key may use its graph (403 otherwise)."""
+        assistant = await self._assistant(request.path_params["assistant_id"])
+        self._in_scope(request, assistant.graph_id)
+        return assistant
+
+    def _in_scope(self, request: Request, graph_id: str) -> None:
+        caller = caller_of(request)
+        if caller is not None and not caller.may_use(graph_id):
+            raise ForbiddenError(
+                f"key {caller.key_id} may not use graph {graph_id!r}",
+                fix=f"use one of its assistants ({', '.join(caller.assistants or ())}), or a key scoped to it",
+            )
+
+    def _graphs_for(self, request: Request) -> list[str]:
+        caller = caller_of(request)
+        return [g.graph_id for g in self.graphs if caller is None or caller.may_use(g.graph_id)]
 
     async def _assistant(self, assistant_or_graph_id: str) -> Assistant:
         """An assistant by its id, or a served graph's system assistant by the graph id (the reference's alias)."""

@@ -202,9 +202,14 @@ WHERE assistant_id = %(id)s RETURNING {_FIELDS}""",
         return [_assistant(r) for r in rows]
 
     async def count(
-        self, *, metadata: Mapping[str, Any] | None = None, graph_id: str | None = None, name: str | None = None
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        graph_id: str | None = None,
+        name: str | None = None,
+        graph_ids: list[str] | None = None,
     ) -> int:
-        where, args = _filter(metadata, graph_id, name, None)
+        where, args = _filter(metadata, graph_id, name, graph_ids)
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(f"SELECT count(*) AS n FROM agentstack_assistants WHERE {where}", args)

@@ -58,6 +58,7 @@ class Thread:
     metadata: dict[str, Any]
     status: ThreadStatusValue
     error: Any = None
+    owner: str | None = None  # the key that made it (`agentstack.safety`); None: made while the server was open
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,16 @@ class RunQueue:
         *,
         metadata: Mapping[str, Any] | None = None,
         if_exists: Literal["raise", "do_nothing"] = "raise",
+        owner: str | None = None,
     ) -> Thread:
+        """A new thread, owned by the key `owner` (None: nobody's, seen by admin keys and an open server)."""
         thread_id = _uuid(thread_id or str(uuid.uuid4()), "thread")
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(
-                    "INSERT INTO agentstack_threads (thread_id, metadata) VALUES (%s, %s) "
+                    "INSERT INTO agentstack_threads (thread_id, metadata, owner) VALUES (%s, %s, %s) "
                     "ON CONFLICT (thread_id) DO NOTHING RETURNING *",
-                    (thread_id, Jsonb(dict(metadata or {}))),
+                    (thread_id, Jsonb(dict(metadata or {})), owner),
                 )
             ).fetchone()
             if row is None:
@@ -141,10 +144,15 @@ class RunQueue:
                 ).fetchone()
         return _thread(row)
 
-    async def get_thread(self, thread_id: str) -> Thread:
+    async def get_thread(self, thread_id: str, *, visible_to: str | None = None) -> Thread:
+        """The thread; with `visible_to`, a thread another key made is missing too (404: its existence is not
+        told)."""
         async with self.pool.connection() as conn:
             row = await (
-                await conn.execute("SELECT * FROM agentstack_threads WHERE thread_id = %s", (_thread_key(thread_id),))
+                await conn.execute(
+                    "SELECT * FROM agentstack_threads WHERE thread_id = %s AND (%s::text IS NULL OR owner = %s)",
+                    (_thread_key(thread_id), visible_to, visible_to),
+                )
             ).fetchone()
         if row is None:
             raise NotFoundError(f"there is no thread {thread_id}", fix="create it first, or use if_not_exists='create'")
@@ -160,12 +168,14 @@ class RunQueue:
         offset: int = 0,
         sort_by: str = "updated_at",
         sort_order: str = "desc",
+        owner: str | None = None,
     ) -> list[Thread]:
-        """Threads whose metadata contains `metadata` (JSON containment), with `status`, among `ids`."""
+        """Threads whose metadata contains `metadata` (JSON containment), with `status`, among `ids`, made by
+        the key `owner` (None: anyone's)."""
         if sort_by not in _THREAD_SORTS:
             raise ConfigError(f"threads cannot be sorted by {sort_by!r}", fix=f"one of {', '.join(_THREAD_SORTS)}")
         direction = "ASC" if str(sort_order).lower() == "asc" else "DESC"
-        where, args = _thread_filter(metadata, status, ids)
+        where, args = _thread_filter(metadata, status, ids, owner)
         async with self.pool.connection() as conn:
             rows = await (
                 await conn.execute(
@@ -177,10 +187,15 @@ class RunQueue:
         return [_thread(r) for r in rows]
 
     async def count_threads(
-        self, *, metadata: Mapping[str, Any] | None = None, status: str | None = None, ids: list[str] | None = None
+        self,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        ids: list[str] | None = None,
+        owner: str | None = None,
     ) -> int:
         """How many threads `search_threads` would find with no limit."""
-        where, args = _thread_filter(metadata, status, ids)
+        where, args = _thread_filter(metadata, status, ids, owner)
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(f"SELECT count(*) AS n FROM agentstack_threads WHERE {where}", args)
@@ -282,10 +297,13 @@ RETURNING thread_id""",
         multitask_strategy: MultitaskStrategy = "enqueue",
         if_not_exists: Literal["reject", "create"] = "reject",
         thread_metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+        visible_to: str | None = None,
     ) -> Run:
         """Queue a run on `thread_id`, applying `multitask_strategy` to the thread's unfinished runs.
 
-        `thread_metadata` is merged into the thread's (the server records which graph the thread runs)."""
+        `thread_metadata` is merged into the thread's (the server records which graph the thread runs). A thread
+        made here is `owner`'s; with `visible_to`, a thread of another key is missing (404), as it is to reads."""
         if multitask_strategy not in _STRATEGIES:
             raise ConfigError(
                 f"multitask_strategy {multitask_strategy!r} is not one of {', '.join(_STRATEGIES)}",
@@ -299,11 +317,14 @@ RETURNING thread_id""",
             async with conn.transaction():
                 if if_not_exists == "create":
                     await conn.execute(
-                        "INSERT INTO agentstack_threads (thread_id, metadata) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                        (thread_id, Jsonb({"assistant_id": assistant_id})),
+                        "INSERT INTO agentstack_threads (thread_id, metadata, owner) VALUES (%s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        (thread_id, Jsonb({"assistant_id": assistant_id}), owner),
                     )
                 locking = await conn.execute(
-                    "SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (thread_id,)
+                    "SELECT 1 FROM agentstack_threads WHERE thread_id = %s AND (%s::text IS NULL OR owner = %s) "
+                    "FOR UPDATE",
+                    (thread_id, visible_to, visible_to),
                 )
                 looking = await conn.execute(
                     "SELECT run_id, status FROM agentstack_runs WHERE thread_id = %s "
@@ -590,12 +611,15 @@ SELECT seq, pg_notify('agentstack_events', %(run)s::text) FROM appended""",
 
 
 def _thread_filter(
-    metadata: Mapping[str, Any] | None, status: str | None, ids: list[str] | None
+    metadata: Mapping[str, Any] | None, status: str | None, ids: list[str] | None, owner: str | None
 ) -> tuple[str, tuple[Any, ...]]:
     """The WHERE clause (and its arguments) that thread search and count share."""
     keys = [_thread_key(i) for i in ids] if ids is not None else None
-    where = "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::text[] IS NULL OR thread_id = ANY(%s))"
-    return where, (Jsonb(dict(metadata or {})), status, status, keys, keys)
+    where = (
+        "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::text[] IS NULL OR thread_id = ANY(%s)) "
+        "AND (%s::text IS NULL OR owner = %s)"
+    )
+    return where, (Jsonb(dict(metadata or {})), status, status, keys, keys, owner, owner)
 
 
 async def _cancel_rows(conn: Any, run_ids: list[Any], action: CancelAction) -> None:
@@ -673,6 +697,7 @@ def _thread(row: Mapping[str, Any]) -> Thread:
         metadata=dict(row["metadata"]),
         status=row["status"],
         error=row["error"],
+        owner=row.get("owner"),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentstack.errors import ConfigError
+from agentstack._pg_migrations import apply_migrations
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -79,23 +79,16 @@ MIGRATIONS: tuple[str, ...] = (
     created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (assistant_id, version)
 )""",
+    # Tenancy (`agentstack.safety`): the key that made a thread; NULL for threads made while the server was
+    # open, or adopted from the CLI (only admin keys see those).
+    "ALTER TABLE agentstack_threads ADD COLUMN owner TEXT",
+    "CREATE INDEX agentstack_threads_owner ON agentstack_threads (owner, updated_at)",
 )
 
 
 async def migrate(conn: Any) -> None:
-    """Apply the migrations `conn`'s database lacks, in one transaction; refuse a database a newer agentstack
-    migrated."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
-        await conn.execute("CREATE TABLE IF NOT EXISTS agentstack_api_migrations (v INTEGER PRIMARY KEY)")
-        row = await (await conn.execute("SELECT max(v) AS v FROM agentstack_api_migrations")).fetchone()
-        current = -1 if row is None or row["v"] is None else int(row["v"])
-        if current >= len(MIGRATIONS):
-            raise ConfigError(
-                f"the agent server's tables are at migration {current}, newer than this agentstack knows "
-                f"({len(MIGRATIONS) - 1})",
-                fix="upgrade agentstack to the version that migrated this database",
-            )
-        for version in range(current + 1, len(MIGRATIONS)):
-            await conn.execute(MIGRATIONS[version])
-            await conn.execute("INSERT INTO agentstack_api_migrations (v) VALUES (%s)", (version,))
+    """Apply the migrations `conn`'s database lacks; refuse a database a newer agentstack migrated."""
+    await apply_migrations(
+        conn, table="agentstack_api_migrations", lock=_SETUP_LOCK, migrations=MIGRATIONS,
+        what="the agent server's tables",
+    )  # fmt: skip

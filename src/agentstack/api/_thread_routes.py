@@ -15,8 +15,9 @@ from agentstack.api._runs import RunQueue, Thread, ThreadStatusValue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import EMPTY_STATE, interrupts_json, json_response, read_body, state_json, thread_config
 from agentstack.checkpoint._thread_status import thread_status
-from agentstack.errors import NotFoundError, UserError
+from agentstack.errors import ConflictError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
+from agentstack.safety._auth import caller_of, visible_to
 
 __all__ = ["ThreadRoutes"]
 
@@ -32,16 +33,23 @@ class ThreadRoutes:
 
     async def create_thread(self, request: Request) -> Response:
         body = await read_body(request)
+        caller = caller_of(request)
         thread = await self.queue.create_thread(
-            body.get("thread_id"), metadata=body.get("metadata"), if_exists=body.get("if_exists") or "raise"
+            body.get("thread_id"),
+            metadata=body.get("metadata"),
+            if_exists=body.get("if_exists") or "raise",
+            owner=caller.key_id if caller is not None else None,
         )
+        seen_by = visible_to(request)
+        if seen_by is not None and thread.owner != seen_by:  # if_exists=do_nothing on another key's id
+            raise ConflictError(f"thread {thread.thread_id} already exists", fix="use another thread id")
         return json_response(await self._thread_json(thread))
 
     async def get_thread(self, request: Request) -> Response:
-        return json_response(await self._thread_json(await self._thread(request.path_params["thread_id"])))
+        return json_response(await self._thread_json(await self._thread(request)))
 
     async def get_state(self, request: Request) -> Response:
-        thread = await self._thread(request.path_params["thread_id"])
+        thread = await self._thread(request)
         served = self._thread_graph(thread)
         if served is None:
             return json_response(EMPTY_STATE)
@@ -60,22 +68,26 @@ class ThreadRoutes:
             offset=int(body.get("offset") or 0),
             sort_by=body.get("sort_by") or "updated_at",
             sort_order=body.get("sort_order") or "desc",
+            owner=visible_to(request),
         )
         return json_response([await self._thread_json(t) for t in found])
 
     async def count_threads(self, request: Request) -> Response:
         await self._adopt()
         body = await read_body(request)
-        return json_response(await self.queue.count_threads(metadata=body.get("metadata"), status=body.get("status")))
+        count = await self.queue.count_threads(
+            metadata=body.get("metadata"), status=body.get("status"), owner=visible_to(request)
+        )
+        return json_response(count)
 
     async def patch_thread(self, request: Request) -> Response:
         body = await read_body(request)
-        await self._thread(request.path_params["thread_id"])
+        await self._thread(request)
         thread = await self.queue.patch_thread(request.path_params["thread_id"], body.get("metadata") or {})
         return json_response(await self._thread_json(thread))
 
     async def delete_thread(self, request: Request) -> Response:
-        await self._delete_thread(await self._thread(request.path_params["thread_id"]))
+        await self._delete_thread(await self._thread(request))
         return Response(status_code=204)
 
     async def _delete_thread(self, thread: Thread) -> None:
@@ -87,8 +99,9 @@ class ThreadRoutes:
 
     async def copy_thread(self, request: Request) -> Response:
         """A new thread with the source's metadata and its whole checkpoint history (not its runs)."""
-        source = await self._thread(request.path_params["thread_id"])
-        copy = await self.queue.create_thread(metadata=source.metadata)
+        source = await self._thread(request)
+        caller = caller_of(request)
+        copy = await self.queue.create_thread(metadata=source.metadata, owner=caller.key_id if caller else None)
         served = self._thread_graph(source)
         try:
             if served is not None and isinstance(served.graph.checkpointer, BaseCheckpointSaver):
@@ -99,7 +112,7 @@ class ThreadRoutes:
         return json_response(await self._thread_json(copy))
 
     async def update_state(self, request: Request) -> Response:
-        thread = await self._thread(request.path_params["thread_id"])
+        thread = await self._thread(request)
         body = await read_body(request)
         served = self._thread_graph(thread)
         if served is None:
@@ -116,7 +129,7 @@ class ThreadRoutes:
         return json_response({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
 
     async def get_history(self, request: Request) -> Response:
-        thread = await self._thread(request.path_params["thread_id"])
+        thread = await self._thread(request)
         body = await read_body(request)
         served = self._thread_graph(thread)
         if served is None:
@@ -136,14 +149,17 @@ class ThreadRoutes:
         ]
         return json_response(states)
 
-    async def _thread(self, thread_id: str) -> Thread:
-        """The thread, adopted first if only its checkpoints exist (the CLI or `Stack` started it here)."""
+    async def _thread(self, request: Request, thread_id: str | None = None) -> Thread:
+        """The thread the request names (or `thread_id`) if its caller may see it, adopted first if only its
+        checkpoints exist (the CLI or `Stack` started it here). Another key's thread is missing (404)."""
+        thread_id = thread_id or request.path_params["thread_id"]
+        seen_by = visible_to(request)
         try:
-            return await self.queue.get_thread(thread_id)
+            return await self.queue.get_thread(thread_id, visible_to=seen_by)
         except NotFoundError:
             if not await self._adopt(thread_id):
                 raise
-            return await self.queue.get_thread(thread_id)
+            return await self.queue.get_thread(thread_id, visible_to=seen_by)
 
     async def _adopt(self, thread_id: str | None = None) -> list[str]:
         """Register the threads other processes started on this database with a served graph, with the status

@@ -1,0 +1,16 @@
+"""Safety at the door of the agent server and the model gateway: API keys (hashed in Postgres), who is calling,
+and what each key may do. See docs/safety.md.
+
+    store = KeyStore(pool)                       # a psycopg async pool: open_pool(url)
+    await store.setup()
+    made = await store.create("ci", assistants=["research"], read_only=True)
+    print(made.secret)                           # shown once; Postgres keeps only a scrypt hash
+    auth = Authenticator(store)                  # what both servers check requests with
+"""
+
+from __future__ import annotations
+
+from agentstack.safety._auth import Authenticator, Caller, RequireKeys
+from agentstack.safety._keys import ApiKey, KeyStore, NewKey
+
+__all__ = ["ApiKey", "Authenticator", "Caller", "KeyStore", "NewKey", "RequireKeys"]

@@ -1,0 +1,196 @@
+"""Who is calling: the key a request presents, checked against the key store, for the agent server and the gateway.
+
+A key comes in `x-api-key` (what `langgraph_sdk` sends) or `Authorization: Bearer` (what `openai` sends). The
+rules, the same for both servers: while the database holds no active key, a server on a loopback address is
+open (one developer's machine; `agentstack api` and `serve` refuse a wider address with no key); once a key
+exists, every request but the health check needs a valid one (401 otherwise), and a key may do only what it
+allows (403: a write with a read-only key, an admin route with a non-admin key).
+
+A key is verified with scrypt once (tens of milliseconds), then remembered by the SHA-256 of what was presented,
+so a request costs a dictionary lookup. What is remembered is checked against Postgres at most every
+`refresh_s` (one query, on the first request after the interval): a key revoked, rotated or expired there stops
+working on every server within a second, and the first key created closes an open server as fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from agentstack.safety._keys import ApiKey, KeyStore, parse_key
+
+__all__ = ["Authenticator", "Caller", "RequireKeys", "caller_of", "presented_key", "visible_to"]
+
+ASGIApp = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The key a request came with (never its secret)."""
+
+    key_id: str
+    name: str
+    admin: bool
+    read_only: bool
+    assistants: tuple[str, ...] | None  # the graphs it may run and see; None: all
+
+    def may_use(self, graph_id: str) -> bool:
+        return self.assistants is None or graph_id in self.assistants
+
+    @property
+    def owner(self) -> str | None:
+        """Whose threads it sees: its own, or (admin) everyone's (None)."""
+        return None if self.admin else self.key_id
+
+
+class Refused(Exception):
+    """A request the key check turns away: its HTTP status and what the caller is told."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Authenticator:
+    """Checks presented keys against a `KeyStore`, remembering verified ones (see the module docstring)."""
+
+    def __init__(self, store: KeyStore, *, refresh_s: float = 1.0) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self._known: dict[str, tuple[bytes, ApiKey]] = {}  # key id -> (sha256 of the whole key, the key)
+        self._active = 0
+        self._checked_at = -float("inf")
+        self._refreshing = asyncio.Lock()
+
+    async def keys_exist(self) -> bool:
+        await self._refresh()
+        return self._active > 0
+
+    async def caller(self, presented: str | None) -> Caller | None:
+        """The caller `presented` identifies; None while the server is open (no key exists and none was sent).
+
+        Raises `Refused` (401) for a missing, malformed, unknown, wrong, revoked or expired key."""
+        await self._refresh()
+        if presented is None:
+            if self._active == 0:
+                return None
+            raise Refused(401, "this server needs an API key: send it in x-api-key or Authorization: Bearer")
+        parsed = parse_key(presented)
+        if parsed is None:
+            raise Refused(401, "the API key is not one of this server's (ask_<id>_<secret>)")
+        key_id, secret = parsed
+        digest = hashlib.sha256(presented.strip().encode()).digest()
+        known = self._known.get(key_id)
+        if known is not None and hmac.compare_digest(known[0], digest):
+            key = known[1]
+        else:
+            found = await self.store.verify(key_id, secret)
+            if found is None:
+                raise Refused(401, f"API key {key_id} is not valid")
+            key = found
+            self._known[key_id] = (digest, key)
+        if key.revoked_at is not None:
+            raise Refused(401, f"API key {key_id} was revoked")
+        if not key.active(datetime.now(UTC)):
+            raise Refused(401, f"API key {key_id} has expired")
+        return Caller(key.key_id, key.name, key.admin, key.read_only, key.assistants)
+
+    async def _refresh(self) -> None:
+        if time.monotonic() - self._checked_at < self.refresh_s:
+            return
+        async with self._refreshing:
+            if time.monotonic() - self._checked_at < self.refresh_s:
+                return  # another request refreshed while this one waited
+            active, versions = await self.store.state(list(self._known))
+            for key_id, (_digest, key) in list(self._known.items()):
+                if versions.get(key_id) != key.version:
+                    del self._known[key_id]  # rotated, revoked or deleted: verified again (and refused) next time
+            self._active = active
+            self._checked_at = time.monotonic()
+
+
+def caller_of(request: Any) -> Caller | None:
+    """The caller `RequireKeys` found for a Starlette request; None on an open server (or with no check)."""
+    return getattr(request.state, "caller", None)
+
+
+def visible_to(request: Any) -> str | None:
+    """Whose threads the request's caller sees: its key's, or (an admin key, an open server) everyone's (None)."""
+    caller = caller_of(request)
+    return caller.owner if caller is not None else None
+
+
+def presented_key(headers: Any) -> str | None:
+    """The key in `x-api-key`, else in `Authorization: Bearer`; None when neither is sent."""
+    key = headers.get("x-api-key")
+    if key:
+        return str(key)
+    authorization = headers.get("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class RequireKeys:
+    """ASGI middleware: the caller of every HTTP request in `scope["state"]["caller"]` (None: an open server), or
+    the request refused with `error(status, message)` as the response body. `auth_of` gives the authenticator
+    when the first request comes (an app's lifespan opens its database after the app is built).
+
+    `open_paths` need no key (health checks); `admin_paths` need an admin key; `reads(method, path)` says
+    which requests a read-only key may make. `server` names it in the 503 of a key store that fails."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        auth_of: Callable[[], Authenticator],
+        *,
+        error: Callable[[int, str], dict[str, Any]],
+        reads: Callable[[str, str], bool],
+        open_paths: frozenset[str] = frozenset(),
+        admin_paths: frozenset[str] = frozenset(),
+        server: str = "the server",
+    ) -> None:
+        self.app, self.auth_of, self.error, self.reads = app, auth_of, error, reads
+        self.server = server
+        self.open_paths, self.admin_paths = open_paths, admin_paths
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+
+        method, path = scope["method"], scope["path"]
+        try:
+            caller = await self.auth_of().caller(presented_key(Headers(scope=scope)))
+            if caller is not None:
+                if path in self.admin_paths and not caller.admin:
+                    raise Refused(403, f"{path} needs an admin key (key {caller.key_id} is not one)")
+                if caller.read_only and not self.reads(method, path):
+                    raise Refused(403, f"key {caller.key_id} is read-only: it cannot {method} {path}")
+        except Refused as refused:
+            await self._refuse(refused, send)
+            return
+        except psycopg.Error as exc:  # the key store's database: the client may retry
+            await self._refuse(Refused(503, f"{self.server}'s database failed: {type(exc).__name__}: {exc}"), send)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, refused: Refused, send: Any) -> None:
+        import orjson
+
+        body = orjson.dumps(self.error(refused.status, refused.message))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if refused.status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="agentstack"'))
+        await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
