@@ -27,11 +27,12 @@ from typing import Any
 from rich.console import Console
 
 from agentstack._stack import Stack
+from agentstack.config import Settings
 from agentstack.errors import ConfigError
 
-__all__ = ["serve_api", "serve_worker"]
+__all__ = ["LOOPBACK", "refuse_open_to_others", "serve_api", "serve_worker"]
 
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 async def serve_api(
@@ -41,15 +42,12 @@ async def serve_api(
     `config`: a langgraph.json naming your graphs (served on `stack`'s Postgres); None: the registry's."""
     from agentstack.api._langgraph_json import load_langgraph_json
 
-    if host not in _LOOPBACK:
-        raise ConfigError(
-            f"the agent server would listen on {host}, open to other machines, and it cannot authenticate callers yet",
-            fix="--host 127.0.0.1, with an authenticating proxy in front of it to serve other machines",
-        )
     for option, value in (("--workers", workers), ("--jobs", jobs)):
         if value < 1:
             raise ConfigError(f"{option} is {value}: nothing would run the queued runs", fix=f"{option} 1")
     own = load_langgraph_json(config) if config is not None else None  # a bad config fails before Postgres starts
+    if host not in LOOPBACK:
+        await refuse_open_to_others(stack.settings, host, what="the agent server")
     stop = _stop_on_signals()
     with _listening(host, port) as sock:
 
@@ -126,6 +124,22 @@ async def serve_on(
         stopper.cancel()
         server.should_exit = True  # stop accepting, finish open responses, then the workers drain
         await serving
+
+
+async def refuse_open_to_others(settings: Settings, host: str, *, what: str) -> None:
+    """A server on an address other machines reach must ask for keys: refuse to start while none exists."""
+    from agentstack.checkpoint import open_saver
+    from agentstack.safety import KeyStore
+
+    async with open_saver(settings=settings, pool_size=1) as saver:
+        store = KeyStore(saver.conn)
+        await store.setup()
+        active, _ = await store.state([])
+    if not active:
+        raise ConfigError(
+            f"{what} would listen on {host}, open to other machines, and no API key exists to ask callers for",
+            fix="create one first (agentstack keys create --name NAME), or --host 127.0.0.1",
+        )
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -22,21 +22,19 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 
 from agentstack._stack import Stack
+from agentstack.cli._serve import unless_stopped
 from agentstack.config import Settings
 from agentstack.errors import ConfigError
 
 __all__ = ["supervise"]
-
-T = TypeVar("T")
 
 _STOP_S = 60.0  # how long stopping workers get to give their runs back before they are killed
 _RESTART_S = 1.0  # between a worker's death and its replacement: a worker that cannot start must not spin
@@ -57,19 +55,20 @@ async def supervise(
     `sock`, replace any that dies, until `stop`; then stop them and close the parts."""
     console = console or Console(stderr=True)
     async with AsyncExitStack() as exits:
-        overrides = await _unless_stopped(_share_parts(stack, exits), stop)
-        if overrides is None:
+        sharing = asyncio.ensure_future(_share_parts(stack, exits))
+        if not await unless_stopped(sharing, stop):
             return
+        overrides = sharing.result()
         env = {**os.environ, **overrides}
         command = [sys.executable, "-m", "agentstack.cli", "api-worker", str(sock.fileno()), "--jobs", str(jobs)]
         if config is not None:
             command += ["--config", str(config)]
         pool = _Workers(command, env, sock.fileno(), console)
         exits.push_async_callback(pool.stop)
-        names = await _unless_stopped(pool.start(workers), stop)
-        if names is None:
+        starting = asyncio.ensure_future(pool.start(workers))
+        if not await unless_stopped(starting, stop):
             return
-        ready(names)
+        ready(starting.result())
         await pool.keep_up(stop)
 
 
@@ -197,20 +196,6 @@ async def _share_fleet(settings: Settings, exits: AsyncExitStack, progress: Call
     if serving.done():
         serving.result()  # its failure, raised
     return {"AGENTSTACK_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1", "AGENTSTACK_LLM_MODEL": model}
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
-    """`work`'s result, or None when `stop` came first (then `work` is cancelled)."""
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return None
-    return task.result()
 
 
 async def _forward(stream: asyncio.StreamReader) -> None:

@@ -40,9 +40,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="The embedded PostgreSQL server (used when AGENTSTACK_POSTGRES_URL is unset).")
 threads_app = typer.Typer(help="Checkpointed threads: list, prune history, delete.")
 eval_app = typer.Typer(help="Evaluation: run a dataset through a graph, score it, compare experiments, gate CI.")
+keys_app = typer.Typer(help="API keys for the agent server and the gateway: create, list, revoke, rotate.")
 app.add_typer(db_app, name="db")
 app.add_typer(threads_app, name="threads")
 app.add_typer(eval_app, name="eval")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -321,7 +323,7 @@ def resume(
 @app.command()
 @reports_errors
 def api(
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback only, until callers authenticate).")] = (
+    host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback once an API key exists).")] = (
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 2024,
@@ -356,6 +358,69 @@ def api_worker(
     own = config is not None
     stack = Stack.from_settings(Settings.load(), models=not own, retrieval=not own)
     asyncio.run(serve_worker(stack, fd, jobs=jobs, config=config))
+
+
+# -- API keys ------------------------------------------------------------------------------------
+@keys_app.command("create")
+@reports_errors
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses it (shown in lists and the audit).")],
+    scope: Annotated[
+        str | None, typer.Option(help="The graphs it may use: assistants=research,team (default: all).")
+    ] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="It reads threads and runs, never writes.")] = False,
+    admin: Annotated[bool, typer.Option("--admin", help="It sees every key's threads.")] = False,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Model tokens per minute.")] = None,
+    budget: Annotated[str | None, typer.Option(help="USD per period: 20/day (hour, day, week, month).")] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime: 30d, 12h, 2w...")] = None,
+) -> None:
+    """Make a key and print it once (Postgres keeps only its hash)."""
+    from agentstack.cli._keys import create_key, parse_budget, parse_duration, parse_scope
+    from agentstack.config import Settings
+
+    amount, period = parse_budget(budget) if budget else (None, None)
+    options = {
+        "admin": admin,
+        "read_only": read_only,
+        "assistants": parse_scope(scope) if scope else None,
+        "rpm": rpm,
+        "tpm": tpm,
+        "budget_usd": amount,
+        "budget_period": period,
+        "expires_in_s": parse_duration(expires) if expires else None,
+    }
+    asyncio.run(create_key(Settings.load(), console, name=name, **options))
+
+
+@keys_app.command("list")
+@reports_errors
+def keys_list(all_: Annotated[bool, typer.Option("--all", help="Revoked keys too.")] = False) -> None:
+    """The keys, what each may do, and whether it still works."""
+    from agentstack.cli._keys import list_keys
+    from agentstack.config import Settings
+
+    asyncio.run(list_keys(Settings.load(), console, include_revoked=all_))
+
+
+@keys_app.command("revoke")
+@reports_errors
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """Stop a key working, on every server within a second."""
+    from agentstack.cli._keys import revoke_key
+    from agentstack.config import Settings
+
+    asyncio.run(revoke_key(Settings.load(), console, key_id))
+
+
+@keys_app.command("rotate")
+@reports_errors
+def keys_rotate(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """A new secret for the key (same id, limits and threads); the old secret stops working."""
+    from agentstack.cli._keys import rotate_key
+    from agentstack.config import Settings
+
+    asyncio.run(rotate_key(Settings.load(), console, key_id))
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -551,12 +616,14 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Gateway port; default: the spec's port.")] = None,
 ) -> None:
     """Launch a model fleet and serve it as one OpenAI-compatible endpoint, with a live status table."""
-    from agentstack.cli._serve import serve_fleet
+    from agentstack.cli._serve import serve_with_keys
     from agentstack.config import Settings
     from agentstack.serving import Fleet
 
-    fleet = Fleet.from_settings(Settings.load(), spec)
-    asyncio.run(serve_fleet(fleet, host or fleet.spec.host, fleet.spec.port if port is None else port, console))
+    settings = Settings.load()
+    fleet = Fleet.from_settings(settings, spec)
+    port = fleet.spec.port if port is None else port
+    asyncio.run(serve_with_keys(fleet, host or fleet.spec.host, port, console, settings))
 
 
 def main() -> None:

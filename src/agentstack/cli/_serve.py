@@ -12,15 +12,18 @@ import contextlib
 import signal
 import socket
 from collections.abc import Awaitable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from agentstack.config import Settings
 from agentstack.errors import ConfigError
+from agentstack.safety import Authenticator, KeyStore
 from agentstack.serving import Fleet, Replica, gateway_server
 
-__all__ = ["check_port_free", "serve_fleet"]
+__all__ = ["check_port_free", "serve_fleet", "serve_with_keys", "unless_stopped"]
 
 
 def status_table(fleet: Fleet, title: str, replicas: Sequence[Replica] | None = None) -> Table:
@@ -43,7 +46,10 @@ def status_table(fleet: Fleet, title: str, replicas: Sequence[Replica] | None = 
     return table
 
 
-async def serve_fleet(fleet: Fleet, host: str, port: int, console: Console) -> None:
+async def serve_fleet(
+    fleet: Fleet, host: str, port: int, console: Console, *, auth: Authenticator | None = None
+) -> None:
+    """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
     check_port_free(host, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -61,10 +67,10 @@ async def serve_fleet(fleet: Fleet, host: str, port: int, console: Console) -> N
         refresher = asyncio.create_task(refresh())
         replicas: list[Replica] = []
         try:
-            if not await _unless_stopped(fleet.start(), stop):
+            if not await unless_stopped(fleet.start(), stop):
                 return
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
-            server = gateway_server(fleet, host, port)
+            server = gateway_server(fleet, host, port, auth)
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
             serving = asyncio.create_task(server.serve())
@@ -80,8 +86,24 @@ async def serve_fleet(fleet: Fleet, host: str, port: int, console: Console) -> N
             live.update(status_table(fleet, "agentstack fleet · stopped", replicas))
 
 
-async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
-    """Run `work` to its end (True) unless `stop` is set first (then cancel it: False)."""
+async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, settings: Settings) -> None:
+    """`serve_fleet` with API keys from the settings' Postgres: a key is asked for once one exists, and a
+    gateway on an address other machines reach refuses to start while none does."""
+    from agentstack.checkpoint import open_saver
+    from agentstack.cli._api import LOOPBACK, refuse_open_to_others
+
+    check_port_free(host, port)
+    if host not in LOOPBACK:
+        await refuse_open_to_others(settings, host, what="the gateway")
+    async with open_saver(settings=settings, pool_size=2) as saver:
+        store = KeyStore(saver.conn)
+        await store.setup()
+        await serve_fleet(fleet, host, port, console, auth=Authenticator(store))
+
+
+async def unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:
+    """Run `work` to its end (True) unless `stop` is set first (then cancel it: False). Given a task, its
+    result is the task's to keep."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)

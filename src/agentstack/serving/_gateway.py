@@ -18,10 +18,12 @@ import httpx
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agentstack.safety import Authenticator, RequireKeys
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
 from agentstack.serving._router import THREAD_HEADER
@@ -33,8 +35,11 @@ _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
 _log = logging.getLogger(__name__)
 
 
-def gateway_app(fleet: Fleet) -> Starlette:
-    """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics."""
+def gateway_app(fleet: Fleet, auth: Authenticator | None = None) -> Starlette:
+    """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
+
+    With `auth`, callers need a key once one exists (`agentstack.safety`): OpenAI-shaped 401/403 errors as
+    `openai` raises them, `/health` open, `/metrics` for admin keys."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
 
@@ -94,10 +99,29 @@ def gateway_app(fleet: Fleet) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    keys = []
+    if auth is not None:
+        keys.append(
+            Middleware(
+                RequireKeys,
+                lambda: auth,
+                error=_openai_error,
+                reads=lambda _method, _path: True,  # nothing here changes what the server holds
+                open_paths=frozenset({"/health"}),
+                admin_paths=frozenset({"/metrics"}),
+                server="the gateway",
+            )
+        )
+    return Starlette(routes=routes, middleware=keys, lifespan=lifespan)
 
 
-def gateway_server(fleet: Fleet, host: str, port: int) -> uvicorn.Server:
+def _openai_error(status: int, message: str) -> dict[str, object]:
+    code = {401: "invalid_api_key", 403: "permission_denied"}.get(status, "server_error")
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def gateway_server(fleet: Fleet, host: str, port: int, auth: Authenticator | None = None) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
-    config = uvicorn.Config(gateway_app(fleet), host=host, port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(gateway_app(fleet, auth), host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
