@@ -6,9 +6,16 @@ names are its own, and which takes only `replicas`, `extra_args` and `env` of th
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
+from agentstack._net import free_port
 from agentstack.serving import (
     Backend,
     LaunchCommand,
@@ -50,3 +57,26 @@ class StubBackend(Backend):
 
     def detect(self) -> str | None:
         return f"stub ({SERVER})"
+
+
+@contextmanager
+def stub_server(*flags: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """tests/stub_openai_server.py on a free port until healthy: (its process, its base URL); killed at the end."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port), "--model", "stub-chat", *flags])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, "the stub server exited"
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the stub server never became healthy"
+            time.sleep(0.05)
+        yield proc, url
+    finally:
+        proc.kill()
+        proc.wait()

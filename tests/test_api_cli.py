@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -18,17 +19,35 @@ from fleet_helpers import tiny_spec_file
 from graph_helpers import DOCS
 
 
-def test_a_bind_beyond_this_machine_and_a_busy_port_are_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_a_bind_beyond_this_machine_needs_a_key_and_a_busy_port_is_refused(
+    tmp_path: Path, agentstack_postgres: str
+) -> None:
+    env = {"AGENTSTACK_HOME": str(tmp_path / "home"), "AGENTSTACK_POSTGRES_URL": agentstack_postgres}
+    wide = run_agentstack("api", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
+    assert wide.returncode == 1 and "no API key exists to ask callers for" in wide.stderr, wide.stderr
+    assert "agentstack keys create" in wide.stderr
+    made = run_agentstack("keys", "create", "--name", "ci", "--scope", "assistants=research", "--read-only", env=env)
+    assert made.returncode == 0, made.stderr
+    key_id = re.search(r"key ([0-9a-f]{12}) \(ci\)", made.stdout)[1]  # type: ignore[index]
+    assert re.search(rf"ask_{key_id}_\S{{43}}", made.stdout) and "assistants research" in made.stdout
+    listed = run_agentstack("keys", "list", env=env | {"COLUMNS": "200"})
+    assert key_id in listed.stdout and "active" in listed.stdout and "ask_" not in listed.stdout  # never shown again
+    rotated = run_agentstack("keys", "rotate", key_id, env=env)
+    assert rotated.returncode == 0 and "has a new secret" in rotated.stdout
+    assert run_agentstack("keys", "revoke", key_id, env=env).returncode == 0
+    again = run_agentstack("keys", "revoke", key_id, env=env)
+    assert again.returncode == 1 and "already revoked" in again.stderr
+    bad = run_agentstack("keys", "create", "--name", "x", "--budget", "lots", env=env)
+    assert bad.returncode == 1 and "--budget 20/day" in bad.stderr
+    assert_quiet(wide.stderr + made.stderr + listed.stderr + again.stderr + bad.stderr)
     env = {"AGENTSTACK_HOME": str(tmp_path / "home"), "AGENTSTACK_POSTGRES_URL": "postgresql://nobody@127.0.0.1:9/x"}
-    wide = run_agentstack("api", "--host", "0.0.0.0", env=env)
-    assert wide.returncode == 1 and "cannot authenticate callers yet" in wide.stderr and "fix:" in wide.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         taken = run_agentstack("api", "--port", str(port), env=env)
     assert taken.returncode == 1 and f"the agent server cannot listen on 127.0.0.1:{port}" in taken.stderr
-    assert_quiet(wide.stderr + taken.stderr)
+    assert_quiet(taken.stderr)
 
 
 @pytest.mark.slow

@@ -9,12 +9,8 @@ health-checks it, canaries it and routes to it, and every structured request rea
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,7 +18,6 @@ import pytest
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel
 
-from agentstack._net import free_port
 from agentstack._structured import StructuredCall
 from agentstack.cli._doctor import _backends
 from agentstack.config import Settings
@@ -40,7 +35,7 @@ from agentstack.serving._backends._external import ExternalBackend
 from agentstack.serving._canary import run_canary
 from agentstack.serving._registry import BUILTIN_BACKENDS
 from fleet_helpers import alive
-from stub_backend import SERVER, StubBackend
+from stub_backend import SERVER, StubBackend, stub_server
 
 ROOT = Path(__file__).parents[1]
 
@@ -145,29 +140,6 @@ async def test_a_third_party_backend_is_launched_canaried_scraped_and_routed(
     while any(alive(pid) for pid in pids if pid is not None):
         assert time.monotonic() < deadline, "a stub server outlived its fleet"
         await asyncio.sleep(0.05)
-
-
-@contextmanager
-def stub_server(*flags: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """tests/stub_openai_server.py on a free port until healthy: (its process, its base URL); killed at the end."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", str(port), "--model", "stub-chat", *flags])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, "the stub server exited"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the stub server never became healthy"
-            time.sleep(0.05)
-        yield proc, url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.mark.allow_model_requests  # the canary asks the stub server through ChatOpenAI

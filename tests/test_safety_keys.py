@@ -27,7 +27,7 @@ async def test_a_key_is_shown_once_and_kept_only_as_a_hash(store: KeyStore) -> N
     assert made.secret.startswith(f"ask_{made.key.key_id}_") and len(made.secret) == 4 + 12 + 1 + 43
     async with store.pool.connection() as conn:
         row = await (await conn.execute("SELECT * FROM agentstack_api_keys")).fetchone()
-    secret = made.secret.rsplit("_", 1)[1]
+    secret = made.secret[len("ask_") + 12 + 1 :]  # the secret may hold "_" itself
     assert secret not in str(row.values()) and row["hash"].startswith("scrypt$16384$8$1$")
     listed = await store.list()
     assert [(k.key_id, k.assistants, k.read_only, k.rpm, k.budget_period) for k in listed] == [
@@ -69,6 +69,16 @@ async def test_a_server_is_open_until_the_first_key_then_asks_for_one_within_a_s
         made.key.key_id,
         False,
     )
+
+
+async def test_a_server_others_reach_is_never_open_and_revoking_every_key_does_not_open_one(store: KeyStore) -> None:
+    with pytest.raises(Refused, match="needs an API key"):
+        await Authenticator(store, required=True).caller(None)  # bound beyond loopback: no key, no entry
+    only = await store.create("only")
+    await store.revoke(only.key.key_id)
+    with pytest.raises(Refused, match="needs an API key"):
+        await Authenticator(store).caller(None)
+    assert await store.active() == 0
 
 
 async def test_revoked_rotated_and_expired_keys_stop_working_within_a_second(store: KeyStore) -> None:

@@ -130,16 +130,25 @@ def app_on(
     lease_s: float = 30.0,
     poll_s: float = 0.05,
     event_retention_s: float = EVENT_RETENTION_S,
+    keys_required: bool = False,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
-    stream or a wait looks for new events."""
+    stream or a wait looks for new events. `keys_required`: never open, even before the first key is made
+    (a server other machines reach)."""
 
     @contextlib.asynccontextmanager
     async def given() -> AsyncIterator[tuple[RunQueue, ServedGraphs]]:
         yield queue, graphs
 
-    return _app(given, workers=workers, lease_s=lease_s, poll_s=poll_s, event_retention_s=event_retention_s)
+    return _app(
+        given,
+        workers=workers,
+        lease_s=lease_s,
+        poll_s=poll_s,
+        event_retention_s=event_retention_s,
+        keys_required=keys_required,
+    )
 
 
 def _app(
@@ -149,6 +158,7 @@ def _app(
     lease_s: float,
     poll_s: float,
     event_retention_s: float,
+    keys_required: bool = False,
 ) -> Starlette:
     api = _Api(poll_s, event_retention_s)
 
@@ -159,7 +169,7 @@ def _app(
             api.assistants = AssistantStore(queue.pool)
             keys = KeyStore(queue.pool)
             await keys.setup()
-            api.auth = Authenticator(keys)
+            api.auth = Authenticator(keys, required=keys_required)
             await queue.setup()
             await api.assistants.register(graphs)
             await api._adopt()

@@ -56,18 +56,20 @@ async def serve_api(
             each += f" in each of {workers} worker processes" if workers > 1 else ""
             console.print(f"agent server: {', '.join(names)} at http://{host}:{port} ({each}); Ctrl-C stops")
 
+        public = host not in LOOPBACK
         if workers == 1:
-            await serve_on(stack, sock, own=own, jobs=jobs, stop=stop, ready=serving)
+            await serve_on(stack, sock, own=own, jobs=jobs, stop=stop, ready=serving, keys_required=public)
         else:
             from agentstack.cli._api_workers import supervise
 
             await supervise(
-                stack, sock, workers=workers, jobs=jobs, config=config, stop=stop, ready=serving, console=console
-            )
+                stack, sock, workers=workers, jobs=jobs, config=config, stop=stop, ready=serving, console=console,
+                keys_required=public,
+            )  # fmt: skip
     console.print("agent server: stopped (runs in progress went back to the queue)")
 
 
-async def serve_worker(stack: Stack, fd: int, *, jobs: int, config: Path | None) -> None:
+async def serve_worker(stack: Stack, fd: int, *, jobs: int, config: Path | None, keys_required: bool) -> None:
     """One worker process of `agentstack api --workers N`: serves on the socket its supervisor bound (`fd`),
     says on stdout when it serves (a JSON line naming its graphs), and stops on SIGINT/SIGTERM or when its
     supervisor is gone (its stdin closes), so that no worker outlives the server."""
@@ -87,7 +89,7 @@ async def serve_worker(stack: Stack, fd: int, *, jobs: int, config: Path | None)
         print(json.dumps({"serving": names}), flush=True)
 
     with socket.socket(fileno=fd) as sock:
-        await serve_on(stack, sock, own=own, jobs=jobs, stop=stop, ready=ready)
+        await serve_on(stack, sock, own=own, jobs=jobs, stop=stop, ready=ready, keys_required=keys_required)
 
 
 async def serve_on(
@@ -98,6 +100,7 @@ async def serve_on(
     jobs: int,
     stop: asyncio.Event,
     ready: Callable[[list[str]], None],
+    keys_required: bool = False,
 ) -> None:
     """Open `stack`, serve its graphs (or `own`) on the listening `sock` until `stop`, then drain and close."""
     import uvicorn
@@ -111,7 +114,13 @@ async def serve_on(
         assert stack.saver is not None
         served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
         graphs = ServedGraphs(served)
-        app = app_on(RunQueue(stack.saver.conn), graphs, workers=jobs, lease_s=stack.settings.api_lease_s)
+        app = app_on(
+            RunQueue(stack.saver.conn),
+            graphs,
+            workers=jobs,
+            lease_s=stack.settings.api_lease_s,
+            keys_required=keys_required,
+        )
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -134,7 +143,7 @@ async def refuse_open_to_others(settings: Settings, host: str, *, what: str) -> 
     async with open_saver(settings=settings, pool_size=1) as saver:
         store = KeyStore(saver.conn)
         await store.setup()
-        active, _ = await store.state([])
+        active = await store.active()
     if not active:
         raise ConfigError(
             f"{what} would listen on {host}, open to other machines, and no API key exists to ask callers for",

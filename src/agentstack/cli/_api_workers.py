@@ -50,6 +50,7 @@ async def supervise(
     stop: asyncio.Event,
     ready: Callable[[list[str]], None],
     console: Console | None = None,
+    keys_required: bool = False,
 ) -> None:
     """Open the parts `stack` would open that only one process may hold, start `workers` worker processes on
     `sock`, replace any that dies, until `stop`; then stop them and close the parts."""
@@ -63,6 +64,8 @@ async def supervise(
         command = [sys.executable, "-m", "agentstack.cli", "api-worker", str(sock.fileno()), "--jobs", str(jobs)]
         if config is not None:
             command += ["--config", str(config)]
+        if keys_required:
+            command.append("--keys-required")
         pool = _Workers(command, env, sock.fileno(), console)
         exits.push_async_callback(pool.stop)
         starting = asyncio.ensure_future(pool.start(workers))

@@ -348,6 +348,7 @@ def api_worker(
     fd: Annotated[int, typer.Argument(help="The listening socket's file descriptor.")],
     jobs: Annotated[int, typer.Option(help="Runs it runs at a time.")] = 4,
     config: Annotated[Path | None, typer.Option(help="The langgraph.json of the graphs served.")] = None,
+    keys_required: Annotated[bool, typer.Option("--keys-required", help="Never open, even with no key.")] = False,
 ) -> None:
     """One worker process of `agentstack api --workers N`, started by it (its environment leads to the parts the
     supervisor shares: Postgres, the index, the fleet's gateway)."""
@@ -357,7 +358,7 @@ def api_worker(
 
     own = config is not None
     stack = Stack.from_settings(Settings.load(), models=not own, retrieval=not own)
-    asyncio.run(serve_worker(stack, fd, jobs=jobs, config=config))
+    asyncio.run(serve_worker(stack, fd, jobs=jobs, config=config, keys_required=keys_required))
 
 
 # -- API keys ------------------------------------------------------------------------------------

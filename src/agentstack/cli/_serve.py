@@ -98,7 +98,7 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
     async with open_saver(settings=settings, pool_size=2) as saver:
         store = KeyStore(saver.conn)
         await store.setup()
-        await serve_fleet(fleet, host, port, console, auth=Authenticator(store))
+        await serve_fleet(fleet, host, port, console, auth=Authenticator(store, required=host not in LOOPBACK))
 
 
 async def unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:

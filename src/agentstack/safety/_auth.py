@@ -1,10 +1,11 @@
 """Who is calling: the key a request presents, checked against the key store, for the agent server and the gateway.
 
 A key comes in `x-api-key` (what `langgraph_sdk` sends) or `Authorization: Bearer` (what `openai` sends). The
-rules, the same for both servers: while the database holds no active key, a server on a loopback address is
-open (one developer's machine; `agentstack api` and `serve` refuse a wider address with no key); once a key
-exists, every request but the health check needs a valid one (401 otherwise), and a key may do only what it
-allows (403: a write with a read-only key, an admin route with a non-admin key).
+rules, the same for both servers: until the first key is made on the database, a server on a loopback address
+is open (one developer's machine; `agentstack api` and `serve` refuse a wider address with no key, and such a
+server is never open); once a key was made, every request but the health check needs a valid one (401
+otherwise; revoking every key does not open the server again), and a key may do only what it allows (403: a
+write with a read-only key, an admin route with a non-admin key).
 
 A key is verified with scrypt once (tens of milliseconds), then remembered by the SHA-256 of what was presented,
 so a request costs a dictionary lookup. What is remembered is checked against Postgres at most every
@@ -63,26 +64,24 @@ class Refused(Exception):
 class Authenticator:
     """Checks presented keys against a `KeyStore`, remembering verified ones (see the module docstring)."""
 
-    def __init__(self, store: KeyStore, *, refresh_s: float = 1.0) -> None:
+    def __init__(self, store: KeyStore, *, refresh_s: float = 1.0, required: bool = False) -> None:
         self.store = store
         self.refresh_s = refresh_s
+        self.required = required  # a server other machines reach: never open, even before the first key
         self._known: dict[str, tuple[bytes, ApiKey]] = {}  # key id -> (sha256 of the whole key, the key)
-        self._active = 0
+        self._keys = 0
         self._checked_at = -float("inf")
         self._refreshing = asyncio.Lock()
 
-    async def keys_exist(self) -> bool:
-        await self._refresh()
-        return self._active > 0
-
     async def caller(self, presented: str | None) -> Caller | None:
-        """The caller `presented` identifies; None while the server is open (no key exists and none was sent).
+        """The caller `presented` identifies; None while the server is open (no key was ever made here, and it is
+        not `required`): then whatever a client sends is ignored, as `openai` always sends something.
 
         Raises `Refused` (401) for a missing, malformed, unknown, wrong, revoked or expired key."""
         await self._refresh()
+        if self._keys == 0 and not self.required:
+            return None
         if presented is None:
-            if self._active == 0:
-                return None
             raise Refused(401, "this server needs an API key: send it in x-api-key or Authorization: Bearer")
         parsed = parse_key(presented)
         if parsed is None:
@@ -110,11 +109,11 @@ class Authenticator:
         async with self._refreshing:
             if time.monotonic() - self._checked_at < self.refresh_s:
                 return  # another request refreshed while this one waited
-            active, versions = await self.store.state(list(self._known))
+            made, versions = await self.store.state(list(self._known))
             for key_id, (_digest, key) in list(self._known.items()):
                 if versions.get(key_id) != key.version:
                     del self._known[key_id]  # rotated, revoked or deleted: verified again (and refused) next time
-            self._active = active
+            self._keys = made
             self._checked_at = time.monotonic()
 
 

@@ -226,20 +226,31 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s
             return None
         return _key(row)
 
+    async def active(self) -> int:
+        """How many keys work now (neither revoked nor expired)."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) AS n FROM agentstack_api_keys "
+                    "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+                )
+            ).fetchone()
+        return int(row["n"])
+
     async def state(self, key_ids: Sequence[str]) -> tuple[int, dict[str, int]]:
-        """How many keys are active now, and the current version of each of `key_ids` (absent: deleted)."""
+        """How many keys were ever made (revoked ones too: once keys are in use a server stays closed), and the
+        current version of each of `key_ids` (absent: deleted)."""
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(
                     """SELECT
-    (SELECT count(*) FROM agentstack_api_keys
-     WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())) AS active,
+    (SELECT count(*) FROM agentstack_api_keys) AS made,
     (SELECT coalesce(jsonb_object_agg(key_id, version), '{}') FROM agentstack_api_keys
      WHERE key_id = ANY(%s)) AS versions""",
                     (list(key_ids),),
                 )
             ).fetchone()
-        return int(row["active"]), {str(k): int(v) for k, v in row["versions"].items()}
+        return int(row["made"]), {str(k): int(v) for k, v in row["versions"].items()}
 
 
 def _key(row: Any) -> ApiKey:

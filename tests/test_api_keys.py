@@ -1,0 +1,147 @@
+"""The agent server with API keys, called with `langgraph_sdk` and raw HTTP: every route of a thread walked with
+a second key answers 404 (its existence is not told), an admin key sees every thread, a read-only key cannot
+write, a key scoped to other graphs cannot use this one, and a revoked key stops working within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from langgraph_sdk import get_client
+from typing_extensions import TypedDict
+
+from agentstack.api._app import app_on
+from agentstack.api._runs import RunQueue
+from agentstack.api._served import ServedGraph, ServedGraphs
+from agentstack.checkpoint import PoolSaver
+from agentstack.safety import KeyStore, NewKey
+from api_helpers import serving
+
+
+class State(TypedDict):
+    steps: Annotated[list[str], operator.add]
+
+
+def asking(saver: PoolSaver) -> Any:
+    graph = StateGraph(State)
+    graph.add_node("first", lambda state: {"steps": ["first"]})
+    graph.add_node("ask", lambda state: {"steps": [f"human said {interrupt('go on?')}"]})
+    graph.add_edge(START, "first")
+    graph.add_edge("first", "ask")
+    graph.add_edge("ask", END)
+    return graph.compile(checkpointer=saver)
+
+
+@pytest.fixture
+async def server(saver: PoolSaver) -> AsyncIterator[tuple[str, dict[str, NewKey]]]:
+    keys = KeyStore(saver.conn)
+    await keys.setup()
+    made = {
+        "ana": await keys.create("ana"),
+        "bo": await keys.create("bo"),
+        "admin": await keys.create("ops", admin=True),
+        "reader": await keys.create("dashboard", read_only=True),
+        "other": await keys.create("other team", assistants=["elsewhere"]),
+    }
+    graphs = ServedGraphs([ServedGraph("asking", asking(saver)), ServedGraph("elsewhere", asking(saver))])
+    async with serving(app_on(RunQueue(saver.conn), graphs, workers=1)) as url:
+        yield url, made
+
+
+def http(url: str, key: NewKey | None) -> httpx.AsyncClient:
+    headers = {"x-api-key": key.secret} if key is not None else {}
+    return httpx.AsyncClient(base_url=url, headers=headers, timeout=30)
+
+
+# What each route of a thread is sent: a body it accepts, so only ownership can refuse it.
+RUN = {"assistant_id": "asking", "input": {"steps": []}}
+BODIES: dict[tuple[str, str], Any] = {
+    ("PATCH", "/threads/{thread_id}"): {"metadata": {"x": 1}},
+    ("POST", "/threads/{thread_id}/state"): {"values": {"steps": ["x"]}},
+    ("POST", "/threads/{thread_id}/history"): {},
+    ("POST", "/threads/{thread_id}/runs"): RUN,
+    ("POST", "/threads/{thread_id}/runs/stream"): RUN,
+    ("POST", "/threads/{thread_id}/runs/wait"): RUN,
+}
+
+
+async def test_every_route_of_another_keys_thread_is_a_404(server: tuple[str, dict[str, NewKey]]) -> None:
+    url, keys = server
+    ana = get_client(url=url, api_key=keys["ana"].secret)
+    thread = await ana.threads.create(metadata={"owner": "ana"})
+    tid = thread["thread_id"]
+    run = await ana.runs.create(tid, "asking", input={"steps": []})
+    await ana.runs.join(tid, run["run_id"])
+    async with http(url, keys["admin"]) as admin:
+        document = (await admin.get("/openapi.json")).json()
+    walked = 0
+    async with http(url, keys["bo"]) as bo:
+        for path, operations in document["paths"].items():
+            if "{thread_id}" not in path:
+                continue
+            for method in operations:
+                concrete = path.replace("{thread_id}", tid).replace("{run_id}", run["run_id"])
+                body = BODIES.get((method.upper(), path))
+                answered = await bo.request(method.upper(), concrete, json=body if body is not None else None)
+                assert answered.status_code == 404, (method, path, answered.status_code, answered.text)
+                assert re.search(r"there is no (thread|run)", answered.json()["detail"]), answered.text
+                walked += 1
+        assert walked >= 16  # every route of a thread and of its runs
+        assert (await bo.post("/threads/search", json={})).json() == []
+        assert (await bo.post("/threads/count", json={})).json() == 0
+        taken = await bo.post("/threads", json={"thread_id": tid, "if_exists": "do_nothing"})
+        assert taken.status_code == 409  # the id is taken; its thread is not handed over
+    # nothing the walk tried changed ana's thread
+    state = await ana.threads.get_state(tid)
+    assert state["values"]["steps"] == ["first"] and state["next"] == ["ask"]
+    assert [r["run_id"] for r in await ana.runs.list(tid)] == [run["run_id"]]
+    assert [t["thread_id"] for t in await ana.threads.search()] == [tid]
+    admin_client = get_client(url=url, api_key=keys["admin"].secret)
+    assert tid in [t["thread_id"] for t in await admin_client.threads.search()]
+    assert (await admin_client.threads.get(tid))["metadata"]["owner"] == "ana"
+
+
+async def test_without_a_key_a_wrong_key_a_reader_and_a_scope(server: tuple[str, dict[str, NewKey]]) -> None:
+    url, keys = server
+    async with http(url, None) as nobody:
+        assert (await nobody.get("/ok")).status_code == 200  # health checks need no key
+        refused = await nobody.post("/threads/search", json={})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        assert "needs an API key" in refused.json()["detail"]
+    wrong = NewKey(keys["ana"].key, keys["ana"].secret[:-2] + "xx")
+    async with http(url, wrong) as forger:
+        assert (await forger.post("/threads", json={})).status_code == 401
+    async with http(url, keys["reader"]) as reader:
+        assert (await reader.post("/threads/search", json={})).status_code == 200
+        assert (await reader.get("/assistants/asking")).status_code == 200
+        written = await reader.post("/threads", json={})
+        assert written.status_code == 403 and "read-only" in written.json()["detail"]
+    async with http(url, keys["bo"]) as bo:
+        assert (await bo.get("/metrics")).status_code == 403  # the queue's figures are for admin keys
+    other = get_client(url=url, api_key=keys["other"].secret)
+    assert [a["graph_id"] for a in await other.assistants.search()] == ["elsewhere"]
+    assert await other.assistants.count() == 1
+    thread = await other.threads.create()
+    with pytest.raises(Exception, match="may not use graph 'asking'"):
+        await other.runs.create(thread["thread_id"], "asking", input={"steps": []})
+    done: Any = await other.runs.wait(thread["thread_id"], "elsewhere", input={"steps": []})
+    assert done["steps"] == ["first"]
+
+
+async def test_a_revoked_key_stops_working_within_a_second(
+    server: tuple[str, dict[str, NewKey]], saver: PoolSaver
+) -> None:
+    url, keys = server
+    async with http(url, keys["bo"]) as bo:
+        assert (await bo.post("/threads/search", json={})).status_code == 200
+        await KeyStore(saver.conn).revoke(keys["bo"].key.key_id)  # as `agentstack keys revoke` does
+        await asyncio.sleep(1.05)
+        gone = await bo.post("/threads/search", json={})
+        assert gone.status_code == 401 and "was revoked" in gone.json()["detail"]
