@@ -91,6 +91,7 @@ EXPECTED = {
         "open_saver",
         "prune_thread",
     },
+    "agentstack.safety": {"ApiKey", "Authenticator", "Caller", "KeyStore", "NewKey", "RequireKeys"},
     "agentstack.eval": {
         "AnswerRelevancy",
         "CitationValidity",
@@ -244,6 +245,18 @@ def test_the_graphs_layer_serves_nothing() -> None:
         "for m in pkgutil.iter_modules(g.__path__): importlib.import_module('agentstack.graphs.' + m.name)\n"
         "served = ('starlette', 'uvicorn', 'agentstack.api')\n"
         "print(sorted(k for k in sys.modules if k.startswith(served)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_safety_layer_knows_no_server() -> None:
+    """Keys and who is calling are cross-cutting: both servers use them, and they import neither."""
+    probe = (
+        "import importlib, pkgutil, sys, agentstack.safety as s\n"
+        "for m in pkgutil.iter_modules(s.__path__): importlib.import_module('agentstack.safety.' + m.name)\n"
+        "above = ('agentstack.api', 'agentstack.serving', 'agentstack.graphs', 'agentstack.cli')\n"
+        "print(sorted(k for k in sys.modules if k.startswith(above)))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
