@@ -59,10 +59,14 @@ def wait_until_answering(proc: subprocess.Popen[str], url: str, *, timeout: floa
 
 
 @contextmanager
-def serve_gateway(spec: Path, *, home: Path, timeout: float = 120) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`agentstack serve SPEC` on a free port until healthy: (the process, its port); killed if still running."""
+def serve_gateway(
+    spec: Path, *, home: Path, postgres_url: str, timeout: float = 120
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`agentstack serve SPEC` on a free port until healthy: (the process, its port); killed if still running.
+    Its API keys live in the database at `postgres_url` (else it would start an embedded Postgres under `home`,
+    which outlives the test)."""
     port = free_port()
-    env = clean_env() | {"AGENTSTACK_HOME": str(home), "COLUMNS": "160"}
+    env = clean_env() | {"AGENTSTACK_HOME": str(home), "AGENTSTACK_POSTGRES_URL": postgres_url, "COLUMNS": "160"}
     agentstack = Path(sys.executable).with_name("agentstack")
     proc = subprocess.Popen(
         [str(agentstack), "serve", str(spec), "--port", str(port)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,12 +36,15 @@ def embedder(agentstack_embedder):
 
 
 @pytest.fixture(scope="session")
-def model_gateway(fleet_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def model_gateway(
+    fleet_home: Path, tmp_path_factory: pytest.TempPathFactory, agentstack_postgres_server: Any
+) -> Iterator[str]:
     """One `agentstack serve` (a CPU Gemma replica) for every end-to-end test of the session, as its /v1 URL:
     what users point AGENTSTACK_LLM_BASE_URL at. The fleet then starts once, not once per CLI run or example."""
     from cli_helpers import serve_gateway
     from fleet_helpers import tiny_spec_file
 
     spec = tiny_spec_file(tmp_path_factory.mktemp("gateway") / "fleet.yaml", replicas=1)
-    with serve_gateway(spec, home=fleet_home) as (_proc, port):
+    database = agentstack_postgres_server.create_database()
+    with serve_gateway(spec, home=fleet_home, postgres_url=database) as (_proc, port):
         yield f"http://127.0.0.1:{port}/v1"

@@ -19,9 +19,9 @@ from fleet_helpers import MODEL, alive, tiny_spec_file
 pytestmark = [pytest.mark.slow, pytest.mark.allow_model_requests]  # the fleet's canary asks a real model
 
 
-def test_serve_runs_a_gateway_and_stops_cleanly(fleet_home: Path, tmp_path: Path) -> None:
+def test_serve_runs_a_gateway_and_stops_cleanly(fleet_home: Path, tmp_path: Path, agentstack_postgres: str) -> None:
     spec = tiny_spec_file(tmp_path / "fleet.yaml", replicas=1)
-    with serve_gateway(spec, home=fleet_home) as (proc, port):
+    with serve_gateway(spec, home=fleet_home, postgres_url=agentstack_postgres) as (proc, port):
         body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
         assert reply.status_code == 200 and reply.json()["choices"]
