@@ -77,6 +77,7 @@ from agentstack.config import Settings
 from agentstack.errors import ConfigError, ConflictError, ForbiddenError, GraphInputError, NotFoundError, UserError
 from agentstack.safety import Authenticator, KeyStore, RequireKeys
 from agentstack.safety._auth import caller_of, visible_to
+from agentstack.safety._limits import Limiter
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -170,6 +171,7 @@ def _app(
             keys = KeyStore(queue.pool)
             await keys.setup()
             api.auth = Authenticator(keys, required=keys_required)
+            api.limiter = Limiter(queue.pool)
             await queue.setup()
             await api.assistants.register(graphs)
             await api._adopt()
@@ -272,6 +274,7 @@ def _app(
         open_paths=frozenset({"/ok", "/info"}),
         admin_paths=frozenset({"/metrics"}),
         server="the agent server",
+        limiter_of=lambda: api.limiter,
     )
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], middleware=[keys], lifespan=lifespan
@@ -317,6 +320,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     notes: QueueNotifications
     assistants: AssistantStore
     auth: Authenticator
+    limiter: Limiter
 
     def __init__(self, poll_s: float, event_retention_s: float) -> None:
         self.poll_s = poll_s

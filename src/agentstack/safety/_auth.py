@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from agentstack.safety._keys import ApiKey, KeyStore, parse_key
+from agentstack.safety._limits import Limiter
 
 __all__ = ["Authenticator", "Caller", "RequireKeys", "caller_of", "presented_key", "visible_to"]
 
@@ -42,6 +43,7 @@ class Caller:
     admin: bool
     read_only: bool
     assistants: tuple[str, ...] | None  # the graphs it may run and see; None: all
+    rpm: int | None = None  # requests a minute (`_limits.Limiter`); None: no limit
 
     def may_use(self, graph_id: str) -> bool:
         return self.assistants is None or graph_id in self.assistants
@@ -55,10 +57,11 @@ class Caller:
 class Refused(Exception):
     """A request the key check turns away: its HTTP status and what the caller is told."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or []
 
 
 class Authenticator:
@@ -101,7 +104,7 @@ class Authenticator:
             raise Refused(401, f"API key {key_id} was revoked")
         if not key.active(datetime.now(UTC)):
             raise Refused(401, f"API key {key_id} has expired")
-        return Caller(key.key_id, key.name, key.admin, key.read_only, key.assistants)
+        return Caller(key.key_id, key.name, key.admin, key.read_only, key.assistants, key.rpm)
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._checked_at < self.refresh_s:
@@ -156,9 +159,11 @@ class RequireKeys:
         open_paths: frozenset[str] = frozenset(),
         admin_paths: frozenset[str] = frozenset(),
         server: str = "the server",
+        limiter_of: Callable[[], Limiter | None] = lambda: None,
     ) -> None:
         self.app, self.auth_of, self.error, self.reads = app, auth_of, error, reads
         self.server = server
+        self.limiter_of = limiter_of
         self.open_paths, self.admin_paths = open_paths, admin_paths
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -175,6 +180,17 @@ class RequireKeys:
                     raise Refused(403, f"{path} needs an admin key (key {caller.key_id} is not one)")
                 if caller.read_only and not self.reads(method, path):
                     raise Refused(403, f"key {caller.key_id} is read-only: it cannot {method} {path}")
+                limiter = self.limiter_of()
+                if caller.rpm and limiter is not None:
+                    decision = await limiter.admit(caller.key_id, caller.rpm)
+                    if not decision.admitted:
+                        raise Refused(
+                            429,
+                            f"key {caller.key_id} is over its limit of {caller.rpm} requests a minute: retry in "
+                            f"{decision.retry_after_s:.1f} s",
+                            headers=decision.headers(),
+                        )
+                    send = _with_headers(send, decision.headers())
         except Refused as refused:
             await self._refuse(refused, send)
             return
@@ -191,5 +207,17 @@ class RequireKeys:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if refused.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="agentstack"'))
+        headers += refused.headers
         await send({"type": "http.response.start", "status": refused.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _with_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
+    """`send`, adding `extra` headers to the response's start (the X-RateLimit-* of an admitted request)."""
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending

@@ -52,6 +52,13 @@ MIGRATIONS: tuple[str, ...] = (
     expires_at TIMESTAMPTZ,
     revoked_at TIMESTAMPTZ
 )""",
+    # `_limits.Limiter`: per key and limit, the GCRA's theoretical arrival time of the next request.
+    """CREATE TABLE agentstack_rate_limits (
+    key_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    tat TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (key_id, kind)
+)""",
 )
 
 

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agentstack.safety import Authenticator, RequireKeys
+from agentstack.safety._limits import Limiter
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
 from agentstack.serving._router import THREAD_HEADER
@@ -101,6 +102,7 @@ def gateway_app(fleet: Fleet, auth: Authenticator | None = None) -> Starlette:
     ]
     keys = []
     if auth is not None:
+        limiter = Limiter(auth.store.pool)  # request rates in the keys' database
         keys.append(
             Middleware(
                 RequireKeys,
@@ -110,6 +112,7 @@ def gateway_app(fleet: Fleet, auth: Authenticator | None = None) -> Starlette:
                 open_paths=frozenset({"/health"}),
                 admin_paths=frozenset({"/metrics"}),
                 server="the gateway",
+                limiter_of=lambda: limiter,
             )
         )
     return Starlette(routes=routes, middleware=keys, lifespan=lifespan)

@@ -1,0 +1,78 @@
+"""Per-key request rates, shared by every worker and gateway through Postgres: GCRA in one statement.
+
+The generic cell rate algorithm keeps one timestamp per key and limit, the theoretical arrival time (TAT) of the
+next request: a limit of R requests a minute spaces requests T = 60/R s apart and tolerates a burst of R (a
+minute's worth) at once. A request is admitted when max(TAT, now) + T is at most a minute ahead of now, and then
+that becomes the TAT; otherwise it is refused, and may retry when the TAT falls back within the minute. One
+upsert decides it under the row's lock, so two servers admitting at once never admit more than the limit
+together; no Redis, no window tables to sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Decision", "Limiter"]
+
+_WINDOW_S = 60.0
+
+_ADMIT_SQL = """
+WITH before AS (
+    SELECT tat FROM agentstack_rate_limits WHERE key_id = %(key)s AND kind = %(kind)s
+), admitted AS (
+    INSERT INTO agentstack_rate_limits AS r (key_id, kind, tat)
+    VALUES (%(key)s, %(kind)s, clock_timestamp() + make_interval(secs => %(step)s))
+    ON CONFLICT (key_id, kind) DO UPDATE
+    SET tat = greatest(r.tat, clock_timestamp()) + make_interval(secs => %(step)s)
+    WHERE greatest(r.tat, clock_timestamp()) + make_interval(secs => %(step)s)
+          <= clock_timestamp() + make_interval(secs => %(window)s)
+    RETURNING tat
+)
+SELECT extract(epoch FROM (SELECT tat FROM admitted) - clock_timestamp()) AS ahead,
+       extract(epoch FROM (SELECT tat FROM before) - clock_timestamp()) AS was_ahead
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a request was admitted under `limit` per minute, and what the X-RateLimit-* headers say."""
+
+    admitted: bool
+    limit: int
+    remaining: int
+    retry_after_s: float  # 0 when admitted
+    reset_s: float  # until the limit is whole again
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        found = [
+            (b"x-ratelimit-limit", str(self.limit).encode()),
+            (b"x-ratelimit-remaining", str(self.remaining).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(self.reset_s)).encode()),
+        ]
+        if not self.admitted:
+            found.append((b"retry-after", str(max(1, math.ceil(self.retry_after_s))).encode()))
+        return found
+
+
+class Limiter:
+    """Request rates per key on a psycopg async pool (the key store's tables, `KeyStore.setup`)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def admit(self, key_id: str, per_minute: int, *, kind: str = "rpm") -> Decision:
+        """Admit one request of `key_id` under `per_minute`, or refuse it (one round trip either way)."""
+        step = _WINDOW_S / per_minute
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(_ADMIT_SQL, {"key": key_id, "kind": kind, "step": step, "window": _WINDOW_S})
+            ).fetchone()
+        if row["ahead"] is not None:  # admitted: the TAT moved `step` further
+            ahead = float(row["ahead"])
+            remaining = max(0, math.floor((_WINDOW_S - ahead) / step + 1e-9))
+            return Decision(True, per_minute, remaining, 0.0, ahead)
+        was_ahead = float(row["was_ahead"] or 0.0)
+        retry = max(0.0, was_ahead + step - _WINDOW_S)
+        return Decision(False, per_minute, 0, retry, was_ahead)
