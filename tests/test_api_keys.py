@@ -145,3 +145,25 @@ async def test_a_revoked_key_stops_working_within_a_second(
         await asyncio.sleep(1.05)
         gone = await bo.post("/threads/search", json={})
         assert gone.status_code == 401 and "was revoked" in gone.json()["detail"]
+
+
+async def test_a_body_over_the_limit_is_a_413_before_anything_is_read(saver: PoolSaver) -> None:
+    graphs = ServedGraphs([ServedGraph("asking", asking(saver))])
+    async with (
+        serving(app_on(RunQueue(saver.conn), graphs, workers=0, max_body_bytes=2_000)) as url,
+        http(url, None) as client,
+    ):
+        big = {"metadata": {"note": "x" * 5_000}}
+        sized = await client.post("/threads", json=big)
+        assert sized.status_code == 413 and "at most 2000" in sized.json()["detail"]
+
+        async def chunks(total: int) -> AsyncIterator[bytes]:  # sent without a length: Transfer-Encoding chunked
+            body = b'{"metadata": {"note": "' + b"y" * total + b'"}}'
+            for start in range(0, len(body), 500):
+                yield body[start : start + 500]
+
+        unsized = await client.post("/threads", content=chunks(5_000), headers={"content-type": "application/json"})
+        assert unsized.status_code == 413 and "over 2000 bytes" in unsized.json()["detail"]
+        fits = await client.post("/threads", content=chunks(100), headers={"content-type": "application/json"})
+        assert fits.status_code == 200 and fits.json()["metadata"]["note"] == "y" * 100
+        assert (await client.post("/threads/count", json={})).json() == 1  # the refused ones made nothing

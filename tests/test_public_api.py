@@ -91,7 +91,7 @@ EXPECTED = {
         "open_saver",
         "prune_thread",
     },
-    "agentstack.safety": {"ApiKey", "Authenticator", "Caller", "KeyStore", "NewKey", "RequireKeys"},
+    "agentstack.safety": {"ApiKey", "Authenticator", "Caller", "KeyStore", "NewKey", "Guard"},
     "agentstack.eval": {
         "AnswerRelevancy",
         "CitationValidity",

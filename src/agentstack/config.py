@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         description="How long an agent server worker's claim on a run lasts unrenewed (renewed every third of "
         "it): the longest a run of a worker that died waits before another worker continues it.",
     )
+    max_body_bytes: int = Field(
+        default=10_000_000,
+        ge=1_000,
+        description="The largest request body the agent server and the gateway take (a larger one is a 413).",
+    )
     checkpoint_pool_size: int = Field(
         default=20,
         ge=1,

@@ -75,7 +75,7 @@ from agentstack.api._wire import (
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, ConflictError, ForbiddenError, GraphInputError, NotFoundError, UserError
-from agentstack.safety import Authenticator, KeyStore, RequireKeys
+from agentstack.safety import Authenticator, Guard, KeyStore
 from agentstack.safety._auth import caller_of, visible_to
 from agentstack.safety._limits import Limiter
 
@@ -115,7 +115,14 @@ def create_app(
             served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
             yield RunQueue(stack.saver.conn), ServedGraphs(served)
 
-    return _app(opened, workers=workers, lease_s=30.0, poll_s=0.05, event_retention_s=EVENT_RETENTION_S)
+    return _app(
+        opened,
+        workers=workers,
+        lease_s=settings.api_lease_s,
+        poll_s=0.05,
+        event_retention_s=EVENT_RETENTION_S,
+        max_body_bytes=settings.max_body_bytes,
+    )
 
 
 def registered_graphs(stack: Stack) -> list[ServedGraph]:
@@ -132,6 +139,7 @@ def app_on(
     poll_s: float = 0.05,
     event_retention_s: float = EVENT_RETENTION_S,
     keys_required: bool = False,
+    max_body_bytes: int = 10_000_000,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
@@ -149,6 +157,7 @@ def app_on(
         poll_s=poll_s,
         event_retention_s=event_retention_s,
         keys_required=keys_required,
+        max_body_bytes=max_body_bytes,
     )
 
 
@@ -160,6 +169,7 @@ def _app(
     poll_s: float,
     event_retention_s: float,
     keys_required: bool = False,
+    max_body_bytes: int = 10_000_000,
 ) -> Starlette:
     api = _Api(poll_s, event_retention_s)
 
@@ -267,7 +277,7 @@ def _app(
 
     routes = [Route(e.path, _mapped(e), methods=[e.method]) for e in endpoints]
     keys = Middleware(
-        RequireKeys,
+        Guard,
         lambda: api.auth,
         error=lambda _status, message: {"detail": message},
         reads=_reads,
@@ -275,6 +285,7 @@ def _app(
         admin_paths=frozenset({"/metrics"}),
         server="the agent server",
         limiter_of=lambda: api.limiter,
+        max_body_bytes=max_body_bytes,
     )
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], middleware=[keys], lifespan=lifespan

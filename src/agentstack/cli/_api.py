@@ -120,6 +120,7 @@ async def serve_on(
             workers=jobs,
             lease_s=stack.settings.api_lease_s,
             keys_required=keys_required,
+            max_body_bytes=stack.settings.max_body_bytes,
         )
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]

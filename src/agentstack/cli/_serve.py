@@ -47,7 +47,13 @@ def status_table(fleet: Fleet, title: str, replicas: Sequence[Replica] | None = 
 
 
 async def serve_fleet(
-    fleet: Fleet, host: str, port: int, console: Console, *, auth: Authenticator | None = None
+    fleet: Fleet,
+    host: str,
+    port: int,
+    console: Console,
+    *,
+    auth: Authenticator | None = None,
+    max_body_bytes: int = 10_000_000,
 ) -> None:
     """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
     check_port_free(host, port)
@@ -70,7 +76,7 @@ async def serve_fleet(
             if not await unless_stopped(fleet.start(), stop):
                 return
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
-            server = gateway_server(fleet, host, port, auth)
+            server = gateway_server(fleet, host, port, auth, max_body_bytes=max_body_bytes)
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
             serving = asyncio.create_task(server.serve())
@@ -98,7 +104,8 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
     async with open_saver(settings=settings, pool_size=2) as saver:
         store = KeyStore(saver.conn)
         await store.setup()
-        await serve_fleet(fleet, host, port, console, auth=Authenticator(store, required=host not in LOOPBACK))
+        auth = Authenticator(store, required=host not in LOOPBACK)
+        await serve_fleet(fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes)
 
 
 async def unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:

@@ -10,7 +10,8 @@ and what each key may do. See docs/safety.md.
 
 from __future__ import annotations
 
-from agentstack.safety._auth import Authenticator, Caller, RequireKeys
+from agentstack.safety._auth import Authenticator, Caller
+from agentstack.safety._guard import Guard
 from agentstack.safety._keys import ApiKey, KeyStore, NewKey
 
-__all__ = ["ApiKey", "Authenticator", "Caller", "KeyStore", "NewKey", "RequireKeys"]
+__all__ = ["ApiKey", "Authenticator", "Caller", "KeyStore", "NewKey", "Guard"]

@@ -19,19 +19,13 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
 from agentstack.safety._keys import ApiKey, KeyStore, parse_key
-from agentstack.safety._limits import Limiter
 
-__all__ = ["Authenticator", "Caller", "RequireKeys", "caller_of", "presented_key", "visible_to"]
-
-ASGIApp = Callable[..., Any]
+__all__ = ["Authenticator", "Caller", "Refused", "caller_of", "presented_key", "visible_to"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +115,7 @@ class Authenticator:
 
 
 def caller_of(request: Any) -> Caller | None:
-    """The caller `RequireKeys` found for a Starlette request; None on an open server (or with no check)."""
+    """The caller `Guard` found for a Starlette request; None on an open server (or with no check)."""
     return getattr(request.state, "caller", None)
 
 
@@ -139,85 +133,3 @@ def presented_key(headers: Any) -> str | None:
     authorization = headers.get("authorization") or ""
     scheme, _, token = authorization.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-class RequireKeys:
-    """ASGI middleware: the caller of every HTTP request in `scope["state"]["caller"]` (None: an open server), or
-    the request refused with `error(status, message)` as the response body. `auth_of` gives the authenticator
-    when the first request comes (an app's lifespan opens its database after the app is built).
-
-    `open_paths` need no key (health checks); `admin_paths` need an admin key; `reads(method, path)` says
-    which requests a read-only key may make. `server` names it in the 503 of a key store that fails."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        auth_of: Callable[[], Authenticator],
-        *,
-        error: Callable[[int, str], dict[str, Any]],
-        reads: Callable[[str, str], bool],
-        open_paths: frozenset[str] = frozenset(),
-        admin_paths: frozenset[str] = frozenset(),
-        server: str = "the server",
-        limiter_of: Callable[[], Limiter | None] = lambda: None,
-    ) -> None:
-        self.app, self.auth_of, self.error, self.reads = app, auth_of, error, reads
-        self.server = server
-        self.limiter_of = limiter_of
-        self.open_paths, self.admin_paths = open_paths, admin_paths
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        from starlette.datastructures import Headers
-
-        method, path = scope["method"], scope["path"]
-        try:
-            caller = await self.auth_of().caller(presented_key(Headers(scope=scope)))
-            if caller is not None:
-                if path in self.admin_paths and not caller.admin:
-                    raise Refused(403, f"{path} needs an admin key (key {caller.key_id} is not one)")
-                if caller.read_only and not self.reads(method, path):
-                    raise Refused(403, f"key {caller.key_id} is read-only: it cannot {method} {path}")
-                limiter = self.limiter_of()
-                if caller.rpm and limiter is not None:
-                    decision = await limiter.admit(caller.key_id, caller.rpm)
-                    if not decision.admitted:
-                        raise Refused(
-                            429,
-                            f"key {caller.key_id} is over its limit of {caller.rpm} requests a minute: retry in "
-                            f"{decision.retry_after_s:.1f} s",
-                            headers=decision.headers(),
-                        )
-                    send = _with_headers(send, decision.headers())
-        except Refused as refused:
-            await self._refuse(refused, send)
-            return
-        except psycopg.Error as exc:  # the key store's database: the client may retry
-            await self._refuse(Refused(503, f"{self.server}'s database failed: {type(exc).__name__}: {exc}"), send)
-            return
-        scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, receive, send)
-
-    async def _refuse(self, refused: Refused, send: Any) -> None:
-        import orjson
-
-        body = orjson.dumps(self.error(refused.status, refused.message))
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if refused.status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="agentstack"'))
-        headers += refused.headers
-        await send({"type": "http.response.start", "status": refused.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _with_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
-    """`send`, adding `extra` headers to the response's start (the X-RateLimit-* of an admitted request)."""
-
-    async def sending(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
-        await send(message)
-
-    return sending

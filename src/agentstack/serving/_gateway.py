@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentstack.safety import Authenticator, RequireKeys
+from agentstack.safety import Authenticator, Guard
 from agentstack.safety._limits import Limiter
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
@@ -36,7 +36,7 @@ _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
 _log = logging.getLogger(__name__)
 
 
-def gateway_app(fleet: Fleet, auth: Authenticator | None = None) -> Starlette:
+def gateway_app(fleet: Fleet, auth: Authenticator | None = None, *, max_body_bytes: int = 10_000_000) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
     With `auth`, callers need a key once one exists (`agentstack.safety`): OpenAI-shaped 401/403 errors as
@@ -105,7 +105,7 @@ def gateway_app(fleet: Fleet, auth: Authenticator | None = None) -> Starlette:
         limiter = Limiter(auth.store.pool)  # request rates in the keys' database
         keys.append(
             Middleware(
-                RequireKeys,
+                Guard,
                 lambda: auth,
                 error=_openai_error,
                 reads=lambda _method, _path: True,  # nothing here changes what the server holds
@@ -113,6 +113,7 @@ def gateway_app(fleet: Fleet, auth: Authenticator | None = None) -> Starlette:
                 admin_paths=frozenset({"/metrics"}),
                 server="the gateway",
                 limiter_of=lambda: limiter,
+                max_body_bytes=max_body_bytes,
             )
         )
     return Starlette(routes=routes, middleware=keys, lifespan=lifespan)
@@ -124,7 +125,10 @@ def _openai_error(status: int, message: str) -> dict[str, object]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def gateway_server(fleet: Fleet, host: str, port: int, auth: Authenticator | None = None) -> uvicorn.Server:
+def gateway_server(
+    fleet: Fleet, host: str, port: int, auth: Authenticator | None = None, *, max_body_bytes: int = 10_000_000
+) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
-    config = uvicorn.Config(gateway_app(fleet, auth), host=host, port=port, log_level="warning", lifespan="on")
+    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
