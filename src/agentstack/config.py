@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         ge=1_000,
         description="The largest request body the agent server and the gateway take (a larger one is a 413).",
     )
+    audit_retention_days: float = Field(
+        default=90,
+        gt=0,
+        description="How long the audit log keeps what the agent server and the gateway were asked.",
+    )
     checkpoint_pool_size: int = Field(
         default=20,
         ge=1,

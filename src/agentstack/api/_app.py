@@ -76,6 +76,7 @@ from agentstack.api._worker import MODES, RunWorker
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, ConflictError, ForbiddenError, GraphInputError, NotFoundError, UserError
 from agentstack.safety import Authenticator, Guard, KeyStore
+from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of, visible_to
 from agentstack.safety._limits import Limiter
 
@@ -122,6 +123,7 @@ def create_app(
         poll_s=0.05,
         event_retention_s=EVENT_RETENTION_S,
         max_body_bytes=settings.max_body_bytes,
+        audit_retention_days=settings.audit_retention_days,
     )
 
 
@@ -140,6 +142,7 @@ def app_on(
     event_retention_s: float = EVENT_RETENTION_S,
     keys_required: bool = False,
     max_body_bytes: int = 10_000_000,
+    audit_retention_days: float = 90,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
@@ -158,6 +161,7 @@ def app_on(
         event_retention_s=event_retention_s,
         keys_required=keys_required,
         max_body_bytes=max_body_bytes,
+        audit_retention_days=audit_retention_days,
     )
 
 
@@ -170,12 +174,18 @@ def _app(
     event_retention_s: float,
     keys_required: bool = False,
     max_body_bytes: int = 10_000_000,
+    audit_retention_days: float = 90,
 ) -> Starlette:
     api = _Api(poll_s, event_retention_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with parts() as (queue, graphs), QueueNotifications.listening(queue.pool) as notes:
+        async with (
+            parts() as (queue, graphs),
+            QueueNotifications.listening(queue.pool) as notes,
+            AuditLog(queue.pool, retention_days=audit_retention_days) as audit,
+        ):
+            api.audit = audit
             api.queue, api.graphs, api.notes = queue, graphs, notes
             api.assistants = AssistantStore(queue.pool)
             keys = KeyStore(queue.pool)
@@ -286,6 +296,7 @@ def _app(
         server="the agent server",
         limiter_of=lambda: api.limiter,
         max_body_bytes=max_body_bytes,
+        audit_of=lambda: api.audit,
     )
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], middleware=[keys], lifespan=lifespan
@@ -332,6 +343,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     assistants: AssistantStore
     auth: Authenticator
     limiter: Limiter
+    audit: AuditLog
 
     def __init__(self, poll_s: float, event_retention_s: float) -> None:
         self.poll_s = poll_s

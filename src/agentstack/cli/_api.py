@@ -121,6 +121,7 @@ async def serve_on(
             lease_s=stack.settings.api_lease_s,
             keys_required=keys_required,
             max_body_bytes=stack.settings.max_body_bytes,
+            audit_retention_days=stack.settings.audit_retention_days,
         )
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]

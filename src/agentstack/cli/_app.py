@@ -424,6 +424,27 @@ def keys_rotate(key_id: Annotated[str, typer.Argument(help="The key's id (keys l
     asyncio.run(rotate_key(Settings.load(), console, key_id))
 
 
+@app.command()
+@reports_errors
+def audit(
+    key: Annotated[str | None, typer.Option(help="Only this key id's requests.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only the last while: 1h, 2d...")] = None,
+    thread: Annotated[str | None, typer.Option(help="Only requests about this thread.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many entries.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """What the agent server and the gateway were asked, by whom, and what the door decided (newest first)."""
+    from agentstack.cli._keys import parse_duration, show_audit
+    from agentstack.config import Settings
+
+    since_s = parse_duration(since, option="--since") if since else None
+    asyncio.run(
+        show_audit(
+            Settings.load(), console, key_id=key, since_s=since_s, thread_id=thread, limit=limit, as_json=as_json
+        )
+    )
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 @eval_app.command("run")
 @reports_errors

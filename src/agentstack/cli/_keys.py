@@ -1,4 +1,5 @@
-"""`agentstack keys`: API keys for the agent server and the gateway, kept (hashed) in the settings' Postgres.
+"""`agentstack keys` and `agentstack audit`: API keys for the agent server and the gateway, kept (hashed) in the
+settings' Postgres, and what the two servers were asked.
 
 `create` prints the key once, with how to use it; nothing can show it again (`rotate` makes a new secret for the
 same key id). A server that runs sees a new, revoked or rotated key within a second.
@@ -19,17 +20,20 @@ from agentstack.config import Settings
 from agentstack.errors import ConfigError
 from agentstack.safety import ApiKey, KeyStore, NewKey
 
-__all__ = ["create_key", "list_keys", "parse_budget", "parse_duration", "parse_scope", "revoke_key", "rotate_key"]
+__all__ = [
+    "create_key", "list_keys", "parse_budget", "parse_duration", "parse_scope", "revoke_key", "rotate_key",
+    "show_audit",
+]  # fmt: skip
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PERIODS = ("hour", "day", "week", "month")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, option: str = "--expires") -> float:
     """`30d`, `12h`, `90m`, `2w`, `45s` -> seconds."""
     found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if found is None or float(found[1]) <= 0:
-        raise ConfigError(f"--expires {text!r} is not a duration", fix="--expires 30d (s, m, h, d or w)")
+        raise ConfigError(f"{option} {text!r} is not a duration", fix=f"{option} 30d (s, m, h, d or w)")
     return float(found[1]) * _UNITS[found[2]]
 
 
@@ -113,3 +117,40 @@ def _limits(key: ApiKey) -> str:
     if key.budget_usd:
         parts.append(f"${key.budget_usd:g}/{key.budget_period}")
     return ", ".join(parts)
+
+
+async def show_audit(
+    settings: Settings,
+    console: Console,
+    *,
+    key_id: str | None,
+    since_s: float | None,
+    thread_id: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The audit log's entries, newest first: a table, or JSON lines (for `jq` and log shippers)."""
+    import json
+
+    from agentstack.safety._audit import AuditLog
+
+    async with _store(settings) as store:
+        entries = await AuditLog(store.pool).read(key_id=key_id, since_s=since_s, thread_id=thread_id, limit=limit)
+    if as_json:
+        for entry in entries:
+            print(json.dumps(entry, default=str))
+        return
+    table = Table(title=f"{len(entries)} request(s), newest first", title_justify="left")
+    for column in ("at", "server", "key", "request", "status", "ms", "decision"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(
+            e["at"].isoformat(timespec="seconds"),
+            e["server"],
+            e["key_id"] or "-",
+            escape(f"{e['method']} {e['path']}"),
+            str(e["status"]),
+            f"{e['latency_ms']:.1f}",
+            e["decision"] or "",
+        )
+    console.print(table)

@@ -21,6 +21,7 @@ from rich.table import Table
 from agentstack.config import Settings
 from agentstack.errors import ConfigError
 from agentstack.safety import Authenticator, KeyStore
+from agentstack.safety._audit import AuditLog
 from agentstack.serving import Fleet, Replica, gateway_server
 
 __all__ = ["check_port_free", "serve_fleet", "serve_with_keys", "unless_stopped"]
@@ -54,6 +55,7 @@ async def serve_fleet(
     *,
     auth: Authenticator | None = None,
     max_body_bytes: int = 10_000_000,
+    audit: AuditLog | None = None,
 ) -> None:
     """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
     check_port_free(host, port)
@@ -76,7 +78,7 @@ async def serve_fleet(
             if not await unless_stopped(fleet.start(), stop):
                 return
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
-            server = gateway_server(fleet, host, port, auth, max_body_bytes=max_body_bytes)
+            server = gateway_server(fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit)
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
             serving = asyncio.create_task(server.serve())
@@ -105,7 +107,10 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
         store = KeyStore(saver.conn)
         await store.setup()
         auth = Authenticator(store, required=host not in LOOPBACK)
-        await serve_fleet(fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes)
+        async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
+            await serve_fleet(
+                fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit
+            )
 
 
 async def unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:

@@ -1,10 +1,12 @@
 """`Guard`: the ASGI middleware at the door of the agent server and the gateway, in the order it checks:
 the body's size (413), who is calling (401: `_auth`), what the key allows (403: admin routes, read-only keys),
 and its request rate (429: `_limits`). A refusal has the server's own error shape; nothing reaches the app.
+Every request but the open ones (health checks) is then recorded in the audit log (`_audit`), refused or not.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,12 +14,14 @@ import orjson
 import psycopg
 from starlette.datastructures import Headers
 
-from agentstack.safety._auth import Authenticator, Refused, presented_key
+from agentstack.safety._audit import AuditEntry, AuditLog
+from agentstack.safety._auth import Authenticator, Caller, Refused, presented_key
 from agentstack.safety._limits import Limiter
 
 __all__ = ["Guard"]
 
 ASGIApp = Callable[..., Any]
+_DECISIONS = {401: "unauthorized", 403: "forbidden", 413: "too_large", 429: "rate_limited"}
 
 
 class Guard:
@@ -41,11 +45,13 @@ class Guard:
         server: str = "the server",
         limiter_of: Callable[[], Limiter | None] = lambda: None,
         max_body_bytes: int | None = None,
+        audit_of: Callable[[], AuditLog | None] = lambda: None,
     ) -> None:
         self.app, self.auth_of, self.error, self.reads = app, auth_of, error, reads
         self.server = server
         self.limiter_of = limiter_of
         self.max_body_bytes = max_body_bytes
+        self.audit_of = audit_of
         self.open_paths, self.admin_paths = open_paths, admin_paths
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -54,6 +60,10 @@ class Guard:
             return
         method, path = scope["method"], scope["path"]
         headers = Headers(scope=scope)
+        started = time.perf_counter()
+        answered: list[int] = []
+        send = _watching(send, answered)
+        caller = None
         try:
             receive = await self._bounded(headers, receive)
             caller = await self.auth_of().caller(presented_key(headers))
@@ -75,12 +85,26 @@ class Guard:
                     send = _with_headers(send, decision.headers())
         except Refused as refused:
             await self._refuse(refused, send)
+            self._audit(caller, method, path, refused.status, started, _DECISIONS.get(refused.status))
             return
         except psycopg.Error as exc:  # the key store's database: the client may retry
             await self._refuse(Refused(503, f"{self.server}'s database failed: {type(exc).__name__}: {exc}"), send)
+            self._audit(caller, method, path, 503, started, "unavailable")
             return
         scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._audit(caller, method, path, answered[0] if answered else 500, started, None)
+
+    def _audit(
+        self, caller: Caller | None, method: str, path: str, status: int, started: float, decision: str | None
+    ) -> None:
+        audit = self.audit_of()
+        if audit is not None:
+            latency_ms = (time.perf_counter() - started) * 1000
+            key_id = caller.key_id if caller is not None else None
+            audit.record(AuditEntry(self.server, key_id, method, path, status, latency_ms, decision))
 
     async def _bounded(self, headers: Headers, receive: Any) -> Any:
         """`receive`, once the body is known to fit `max_body_bytes` (else `Refused` 413)."""
@@ -125,6 +149,17 @@ class Guard:
         headers += refused.headers
         await send({"type": "http.response.start", "status": refused.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _watching(send: Any, answered: list[int]) -> Any:
+    """`send`, noting the response's status in `answered` as it starts."""
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answered.append(int(message["status"]))
+        await send(message)
+
+    return sending
 
 
 def _with_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:

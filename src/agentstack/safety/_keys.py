@@ -59,6 +59,23 @@ MIGRATIONS: tuple[str, ...] = (
     tat TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (key_id, kind)
 )""",
+    # `_audit.AuditLog`: every request at the door of either server.
+    """CREATE TABLE agentstack_audit (
+    id BIGSERIAL PRIMARY KEY,
+    at TIMESTAMPTZ NOT NULL,
+    server TEXT NOT NULL,
+    key_id TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    thread_id TEXT,
+    run_id TEXT,
+    status INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    decision TEXT
+)""",
+    "CREATE INDEX agentstack_audit_at ON agentstack_audit (at)",
+    "CREATE INDEX agentstack_audit_key ON agentstack_audit (key_id, at)",
+    "CREATE INDEX agentstack_audit_thread ON agentstack_audit (thread_id, at)",
 )
 
 

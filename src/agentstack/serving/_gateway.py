@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agentstack.safety import Authenticator, Guard
+from agentstack.safety._audit import AuditLog
 from agentstack.safety._limits import Limiter
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
@@ -36,7 +37,9 @@ _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
 _log = logging.getLogger(__name__)
 
 
-def gateway_app(fleet: Fleet, auth: Authenticator | None = None, *, max_body_bytes: int = 10_000_000) -> Starlette:
+def gateway_app(
+    fleet: Fleet, auth: Authenticator | None = None, *, max_body_bytes: int = 10_000_000, audit: AuditLog | None = None
+) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
     With `auth`, callers need a key once one exists (`agentstack.safety`): OpenAI-shaped 401/403 errors as
@@ -114,6 +117,7 @@ def gateway_app(fleet: Fleet, auth: Authenticator | None = None, *, max_body_byt
                 server="the gateway",
                 limiter_of=lambda: limiter,
                 max_body_bytes=max_body_bytes,
+                audit_of=lambda: audit,
             )
         )
     return Starlette(routes=routes, middleware=keys, lifespan=lifespan)
@@ -126,9 +130,15 @@ def _openai_error(status: int, message: str) -> dict[str, object]:
 
 
 def gateway_server(
-    fleet: Fleet, host: str, port: int, auth: Authenticator | None = None, *, max_body_bytes: int = 10_000_000
+    fleet: Fleet,
+    host: str,
+    port: int,
+    auth: Authenticator | None = None,
+    *,
+    max_body_bytes: int = 10_000_000,
+    audit: AuditLog | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
-    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes)
+    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes, audit=audit)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
