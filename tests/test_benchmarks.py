@@ -37,6 +37,16 @@ EXPECTED_KEYS = {
     "affinity": {"ttft_rr_over_affinity", "throughput_affinity_over_rr", "prefill_rr_over_affinity"},
     "embedder_load": {"st_over_plain", "plain_load_s", "st_load_s", "max_abs_diff", "rounds"},
     "research_latency": {"written_over_extractive", "extractive_p50_s", "written_p50_s", "stack_open_s", "ingest_s"},
+    "guard_overhead": {
+        "p50_added_ms_api",
+        "p99_added_ms_api",
+        "p50_added_ms_gateway",
+        "p99_added_ms_gateway",
+        "requests",
+        "pii_f1",
+        "injection_recall",
+        "injection_false_positive_rate",
+    },
     "api_runs": {
         "runs_per_s_vs_langgraph_dev",
         "runs_per_s_agentstack",

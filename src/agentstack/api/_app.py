@@ -206,6 +206,7 @@ def _app(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await api.auth.aclose()
 
     endpoints = [
         Endpoint("GET", "/ok", api.ok, "Liveness"),

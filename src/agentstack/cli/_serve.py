@@ -107,10 +107,13 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
         store = KeyStore(saver.conn)
         await store.setup()
         auth = Authenticator(store, required=host not in LOOPBACK)
-        async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
-            await serve_fleet(
-                fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit
-            )
+        try:
+            async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
+                await serve_fleet(
+                    fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit
+                )
+        finally:
+            await auth.aclose()
 
 
 async def unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:

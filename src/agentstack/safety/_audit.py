@@ -3,7 +3,7 @@
 `Guard` records an `AuditEntry` when a response has been sent (or refused): when, which server, the caller's key
 id (never the key), method and path, the thread and run the path names, status, latency, and the door's decision
 (`unauthorized`, `forbidden`, `rate_limited`, `too_large`; None when admitted). Recording appends to a list; a
-background task writes what gathered in one INSERT every `flush_s` (or as soon as `batch` entries wait), so a
+background task writes what gathered in one COPY every `flush_s` (or as soon as `batch` entries wait), so a
 request never waits for the audit. Closing the log (the server's clean stop) writes what is left. Entries older
 than `retention_days` are deleted by the flusher once an hour.
 
@@ -85,17 +85,18 @@ class AuditLog:
             _log.warning("the audit log lost %d entries at the stop: %s", len(self._pending), exc)
 
     async def flush(self) -> int:
-        """Write what has gathered, in one statement; how many entries."""
+        """Write what has gathered, in one COPY; how many entries."""
         entries, self._pending = self._pending, []
         if not entries:
             return 0
         try:
-            async with self.pool.connection() as conn, conn.cursor() as cur:
-                await cur.executemany(
-                    f"INSERT INTO agentstack_audit ({', '.join(_COLUMNS)}) "
-                    f"VALUES ({', '.join(['%s'] * len(_COLUMNS))})",
-                    [e.row() for e in entries],
-                )
+            async with (
+                self.pool.connection() as conn,
+                conn.cursor() as cur,
+                cur.copy(f"COPY agentstack_audit ({', '.join(_COLUMNS)}) FROM STDIN") as copy,
+            ):
+                for entry in entries:
+                    await copy.write_row(entry.row())
         except Exception:
             self._pending[:0] = entries  # kept for the next flush: the database may be back by then
             raise

@@ -8,16 +8,19 @@ otherwise; revoking every key does not open the server again), and a key may do 
 write with a read-only key, an admin route with a non-admin key).
 
 A key is verified with scrypt once (tens of milliseconds), then remembered by the SHA-256 of what was presented,
-so a request costs a dictionary lookup. What is remembered is checked against Postgres at most every
-`refresh_s` (one query, on the first request after the interval): a key revoked, rotated or expired there stops
-working on every server within a second, and the first key created closes an open server as fast.
+so a request costs a dictionary lookup. What is remembered is checked against Postgres every half `refresh_s`
+by a background task (one query; a request waits for it only the first time, or when the task fell behind): a
+key revoked, rotated or expired there stops working on every server within a second, and the first key created
+closes an open server as fast.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +29,8 @@ from typing import Any
 from agentstack.safety._keys import ApiKey, KeyStore, parse_key
 
 __all__ = ["Authenticator", "Caller", "Refused", "caller_of", "presented_key", "visible_to"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Authenticator:
         self._keys = 0
         self._checked_at = -float("inf")
         self._refreshing = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
 
     async def caller(self, presented: str | None) -> Caller | None:
         """The caller `presented` identifies; None while the server is open (no key was ever made here, and it is
@@ -100,12 +106,36 @@ class Authenticator:
             raise Refused(401, f"API key {key_id} has expired")
         return Caller(key.key_id, key.name, key.admin, key.read_only, key.assistants, key.rpm)
 
+    async def aclose(self) -> None:
+        """Stop refreshing in the background (a server's stop)."""
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+
     async def _refresh(self) -> None:
-        if time.monotonic() - self._checked_at < self.refresh_s:
+        """Up to date within `refresh_s`: the first request waits for the first look; after it a background task
+        looks every `refresh_s`, so requests wait for Postgres only when that task fell behind (twice over)."""
+        age = time.monotonic() - self._checked_at
+        if age < self.refresh_s or (age < 2 * self.refresh_s and self._background is not None):
             return
+        await self._look()
+        if self._background is None or self._background.done():
+            self._background = asyncio.create_task(self._looking(), name="refresh the API keys")
+
+    async def _looking(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s / 2)
+            try:
+                await self._look()
+            except Exception as exc:  # a request that finds the state stale looks itself, and fails with a 503
+                _log.warning("the API keys could not be refreshed: %s", exc)
+
+    async def _look(self) -> None:
         async with self._refreshing:
-            if time.monotonic() - self._checked_at < self.refresh_s:
-                return  # another request refreshed while this one waited
+            if time.monotonic() - self._checked_at < self.refresh_s / 2:
+                return  # looked while this one waited
             made, versions = await self.store.state(list(self._known))
             for key_id, (_digest, key) in list(self._known.items()):
                 if versions.get(key_id) != key.version:

@@ -1,0 +1,156 @@
+"""What the door costs: the same requests through the agent server and the gateway with the guard on (an API key
+checked, a requests-a-minute limit decided in Postgres, the audit recorded) and off, side by side in one run.
+
+Each server runs twice in this process on uvicorn: on a database with a key (every request presents it; the
+key's limit is high enough never to refuse, so the limiter's upsert runs on every request) and on one with no
+key (the agent server's door is open; the gateway has no door at all). The gateway's fleet is one `external`
+model on a stub OpenAI server in this process, answering at once, so the gateway's own time is all there is to
+see. Requests go one at a time, on and off alternating so drift hits both alike; added = on - off at each
+percentile. Ends with one JSON line: `p99_added_ms_gateway` (target < 2), `p99_added_ms_api`, the p50s, and the
+detectors' figures (`pii_f1`, `injection_recall`, `injection_false_positive_rate`: null until the detectors
+exist).
+
+    python bench/guard_overhead.py [--quick | --smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from _fleet import percentile
+from _home import throwaway_settings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agentstack._net import free_port
+from agentstack.api._app import app_on
+from agentstack.api._runs import RunQueue
+from agentstack.api._served import ServedGraphs
+from agentstack.checkpoint import open_saver
+from agentstack.safety import Authenticator, KeyStore
+from agentstack.safety._audit import AuditLog
+from agentstack.serving import Fleet, FleetSpec, gateway_app
+
+REPLY = {
+    "id": "stub", "object": "chat.completion", "created": 0, "model": "stub",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "yes"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}  # fmt: skip
+
+
+def stub_model() -> Starlette:
+    async def chat(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse(REPLY)
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def timed(pairs: dict[str, tuple[httpx.AsyncClient, str, str, Any]], requests: int) -> dict[str, list[float]]:
+    """Each pair's request `requests` times, the pairs alternating; milliseconds per request."""
+    timings: dict[str, list[float]] = {name: [] for name in pairs}
+    for round_ in range(requests + 20):
+        for name, (client, method, path, body) in pairs.items():
+            started = time.perf_counter()
+            answer = await client.request(method, path, json=body)
+            elapsed = (time.perf_counter() - started) * 1000
+            answer.raise_for_status()
+            if round_ >= 20:  # the first rounds warm connections, pools and plans
+                timings[name].append(elapsed)
+    return timings
+
+
+async def main(requests: int) -> dict[str, Any]:
+    chat = {"model": "stub", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1}
+    async with AsyncExitStack() as stack:
+        bare, keyed = [await stack.enter_async_context(throwaway_settings()) for _ in range(2)]
+        bare_saver = await stack.enter_async_context(open_saver(settings=bare, pool_size=4))
+        keyed_saver = await stack.enter_async_context(open_saver(settings=keyed, pool_size=4))
+        keys = KeyStore(keyed_saver.conn)
+        await keys.setup()
+        key = (await keys.create("bench", rpm=10_000_000)).secret  # never refused: the upsert runs every time
+        headers = {"x-api-key": key}
+
+        api_off = await stack.enter_async_context(
+            served(app_on(RunQueue(bare_saver.conn), ServedGraphs([]), workers=0))
+        )
+        api_on = await stack.enter_async_context(
+            served(app_on(RunQueue(keyed_saver.conn), ServedGraphs([]), workers=0))
+        )
+        model = await stack.enter_async_context(served(stub_model()))
+        spec = FleetSpec.from_data(
+            {"models": [{"name": "stub", "backend": "external", "urls": [f"{model}/v1"]}], "canary": False}
+        )
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentstack-bench-guard-")))
+        fleet = await stack.enter_async_context(Fleet(spec, home=home))
+        audit = await stack.enter_async_context(AuditLog(keyed_saver.conn))
+        gateway_off = await stack.enter_async_context(served(gateway_app(fleet)))
+        gateway_on = await stack.enter_async_context(served(gateway_app(fleet, Authenticator(keys), audit=audit)))
+
+        clients = {
+            name: await stack.enter_async_context(httpx.AsyncClient(base_url=url, headers=h, timeout=30))
+            for name, url, h in (
+                ("api_off", api_off, {}), ("api_on", api_on, headers),
+                ("gateway_off", gateway_off, {}), ("gateway_on", gateway_on, headers),
+            )
+        }  # fmt: skip
+        thread_off = (await clients["api_off"].post("/threads", json={})).json()["thread_id"]
+        thread_on = (await clients["api_on"].post("/threads", json={})).json()["thread_id"]
+        timings = await timed(
+            {
+                "api_off": (clients["api_off"], "GET", f"/threads/{thread_off}", None),
+                "api_on": (clients["api_on"], "GET", f"/threads/{thread_on}", None),
+                "gateway_off": (clients["gateway_off"], "POST", "/v1/chat/completions", chat),
+                "gateway_on": (clients["gateway_on"], "POST", "/v1/chat/completions", chat),
+            },
+            requests,
+        )
+    result: dict[str, Any] = {}
+    for server in ("api", "gateway"):
+        for q in (50, 99):
+            on, off = percentile(timings[f"{server}_on"], q), percentile(timings[f"{server}_off"], q)
+            print(f"{server:8} p{q}: off {off:6.2f} ms, on {on:6.2f} ms, added {on - off:+.2f} ms")
+            result[f"p{q}_added_ms_{server}"] = round(on - off, 3)
+    result["requests"] = requests
+    result |= {"pii_f1": None, "injection_recall": None, "injection_false_positive_rate": None}
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="300 requests per server and side")
+    size.add_argument("--smoke", action="store_true", help="10 requests per server and side")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(10 if args.smoke else 300 if args.quick else 2000))))
