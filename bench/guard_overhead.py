@@ -7,8 +7,8 @@ key (the agent server's door is open; the gateway has no door at all). The gatew
 model on a stub OpenAI server in this process, answering at once, so the gateway's own time is all there is to
 see. Requests go one at a time, on and off alternating so drift hits both alike; added = on - off at each
 percentile. Ends with one JSON line: `p99_added_ms_gateway` (target < 2), `p99_added_ms_api`, the p50s, and the
-detectors' figures (`pii_f1`, `injection_recall`, `injection_false_positive_rate`: null until the detectors
-exist).
+detectors' figures: `pii_f1` (with precision and recall) on the labelled set `data/pii.jsonl`;
+`injection_recall` and `injection_false_positive_rate` are null until the injection screen exists.
 
     python bench/guard_overhead.py [--quick | --smoke]
 """
@@ -41,6 +41,7 @@ from agentstack.api._served import ServedGraphs
 from agentstack.checkpoint import open_saver
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._pii import PiiScanner
 from agentstack.serving import Fleet, FleetSpec, gateway_app
 
 REPLY = {
@@ -143,8 +144,23 @@ async def main(requests: int) -> dict[str, Any]:
             print(f"{server:8} p{q}: off {off:6.2f} ms, on {on:6.2f} ms, added {on - off:+.2f} ms")
             result[f"p{q}_added_ms_{server}"] = round(on - off, 3)
     result["requests"] = requests
-    result |= {"pii_f1": None, "injection_recall": None, "injection_false_positive_rate": None}
+    result |= pii_scores() | {"injection_recall": None, "injection_false_positive_rate": None}
     return result
+
+
+def pii_scores() -> dict[str, float]:
+    """The PII detectors on the labelled set (data/pii.jsonl: kinds and hard negatives), by (kind, value)."""
+    scanner = PiiScanner()
+    tp = fp = fn = 0
+    for line in (Path(__file__).parent / "data" / "pii.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        want = {(kind, value) for kind, value in item["pii"]}
+        got = {(f.kind, f.value) for f in scanner.find(item["text"])}
+        tp, fp, fn = tp + len(want & got), fp + len(got - want), fn + len(want - got)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    print(f"PII: {tp} found, {fp} false, {fn} missed: precision {precision:.3f}, recall {recall:.3f}")
+    f1 = 2 * precision * recall / (precision + recall)
+    return {"pii_f1": round(f1, 3), "pii_precision": round(precision, 3), "pii_recall": round(recall, 3)}
 
 
 if __name__ == "__main__":

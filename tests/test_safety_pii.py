@@ -1,0 +1,83 @@
+"""Personal data and secrets: every kind found, the hard negatives (orders, dates, versions, times) left alone,
+unicode tricks seen through, masks stable and restorable; and the figures on the labelled set the benchmark
+reports (bench/data/pii.jsonl: written with the detectors, then 12 lines more that they were not tuned on)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentstack.safety._pii import PiiScanner, restore
+
+LABELLED = Path(__file__).resolve().parents[1] / "bench" / "data" / "pii.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("write to ana@example.com today", "email", "ana@example.com"),
+        ("call +44 20 7946 0958", "phone", "+44 20 7946 0958"),
+        ("SSN 078-05-1120", "us_ssn", "078-05-1120"),
+        ("card 4111-1111-1111-1111", "credit_card", "4111-1111-1111-1111"),
+        ("IBAN GB82 WEST 1234 5698 7654 32", "iban", "GB82 WEST 1234 5698 7654 32"),
+        ("from 10.1.2.3.", "ip_address", "10.1.2.3"),
+        ("from fe80::1ff:fe23:4567:890a", "ip_address", "fe80::1ff:fe23:4567:890a"),
+        ("AKIAIOSFODNN7EXAMPLE", "api_key", "AKIAIOSFODNN7EXAMPLE"),
+        ("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbmEifQ.c2lnbmF0dXJlLXN0dWZm", "jwt",
+         "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbmEifQ.c2lnbmF0dXJlLXN0dWZm"),
+    ],
+)  # fmt: skip
+def test_each_kind_is_found(text: str, kind: str, value: str) -> None:
+    assert [(f.kind, f.value) for f in PiiScanner().find(text)] == [(kind, value)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order ORD-2024-118273 of 2024-01-15",
+        "v1.2.3, version 2.10.1.4 and 4.2.0.1-beta",
+        "ran 12:30:45 to 13:02:10",
+        "1234 5678 9012 3456 fails Luhn",
+        "IBAN DE89 3704 0044 0532 0130 01 fails mod 97",
+        "ISBN 978-3-16-148410-0",
+        "999.1.1.1 is no address",
+    ],
+)
+def test_hard_negatives_are_left_alone(text: str) -> None:
+    assert PiiScanner().find(text) == []
+
+
+def test_unicode_tricks_are_seen_through_and_mapped_back_to_the_original_text() -> None:
+    wide = "".join(chr(0xFF10 + int(c)) if c.isdigit() else c for c in "4111 1111 1111 1111")  # full-width digits
+    text = f"pay {wide[:4]}\u200b{wide[4:]}, mail a\u200dna@example.com"
+    found = PiiScanner().find(text)
+    assert [f.kind for f in found] == ["credit_card", "email"]
+    assert [text[f.start : f.end] for f in found] == [f.value for f in found]
+    assert found[1].value == "a\u200dna@example.com"  # the original characters, joiner included
+
+
+def test_masks_are_stable_within_a_conversation_and_restored_for_the_caller() -> None:
+    scanner = PiiScanner(custom={"order": r"\bORD-\d{4}-\d{6}\b"})
+    masked, mapping = scanner.mask(
+        "Ana (ana@example.com) asks about ORD-2024-118273; cc bo@example.com, ana@example.com"
+    )
+    assert masked == "Ana (<EMAIL_1>) asks about <ORDER_1>; cc <EMAIL_2>, <EMAIL_1>"
+    again, mapping = scanner.mask("and ana@example.com once more, card 4111 1111 1111 1111", mapping)
+    assert again == "and <EMAIL_1> once more, card <CREDIT_CARD_1>"
+    reply = "I wrote to <EMAIL_1> about <ORDER_1> and charged <CREDIT_CARD_1>."
+    assert (
+        restore(reply, mapping) == "I wrote to ana@example.com about ORD-2024-118273 and charged 4111 1111 1111 1111."
+    )
+
+
+def test_the_labelled_set_scores_as_the_benchmark_reports() -> None:
+    scanner = PiiScanner()
+    tp = fp = fn = 0
+    for line in LABELLED.read_text().splitlines():
+        item = json.loads(line)
+        want = {(k, v) for k, v in item["pii"]}
+        got = {(f.kind, f.value) for f in scanner.find(item["text"])}
+        tp, fp, fn = tp + len(want & got), fp + len(got - want), fn + len(want - got)
+    assert (tp, fp, fn) == (45, 0, 3)  # the misses: a 00 international prefix, a spaced SSN, a lowercase IBAN
