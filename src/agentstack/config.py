@@ -9,6 +9,7 @@ tools' variables too, and strict settings would refuse them.)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Self
 
@@ -69,6 +70,19 @@ class Settings(BaseSettings):
         default=90,
         gt=0,
         description="How long the audit log keeps what the agent server and the gateway were asked.",
+    )
+    pii: Literal["off", "mask", "block"] = Field(
+        default="off",
+        description="Personal data and secrets in what the gateway sends to the models: off, mask (placeholders "
+        "such as <EMAIL_1> before the model, the values put back in its reply) or block (a 400 naming the kinds).",
+    )
+    pii_restore: bool = Field(
+        default=True, description="With pii=mask, put the values back in the reply (false: the caller sees masks)."
+    )
+    pii_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="More kinds of personal data, by name: regexes (JSON in AGENTSTACK_PII_PATTERNS, e.g. "
+        '{"order": "ORD-\\d{6}"}).',
     )
     checkpoint_pool_size: int = Field(
         default=20,
@@ -163,6 +177,18 @@ class Settings(BaseSettings):
         if value and "://" not in value and not value.startswith("unix:"):
             return str(Path(value).expanduser())
         return value or None
+
+    @field_validator("pii_patterns", mode="after")
+    @classmethod
+    def _check_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, regex in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"pattern name {name!r} must be lowercase letters, digits and _ (it names a mask)")
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"pattern {name!r} is not a regex: {exc}") from None
+        return value
 
     @field_validator("llm_base_url", mode="after")
     @classmethod

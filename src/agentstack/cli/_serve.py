@@ -22,6 +22,8 @@ from agentstack.config import Settings
 from agentstack.errors import ConfigError
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._pii import PiiScanner
+from agentstack.safety._pii_policy import PiiPolicy
 from agentstack.serving import Fleet, Replica, gateway_server
 
 __all__ = ["check_port_free", "serve_fleet", "serve_with_keys", "unless_stopped"]
@@ -56,6 +58,7 @@ async def serve_fleet(
     auth: Authenticator | None = None,
     max_body_bytes: int = 10_000_000,
     audit: AuditLog | None = None,
+    pii: PiiPolicy | None = None,
 ) -> None:
     """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
     check_port_free(host, port)
@@ -78,7 +81,7 @@ async def serve_fleet(
             if not await unless_stopped(fleet.start(), stop):
                 return
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
-            server = gateway_server(fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit)
+            server = gateway_server(fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii)
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
             serving = asyncio.create_task(server.serve())
@@ -109,8 +112,9 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
         auth = Authenticator(store, required=host not in LOOPBACK)
         try:
             async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
+                pii = PiiPolicy(settings.pii, PiiScanner(settings.pii_patterns), restore_replies=settings.pii_restore)
                 await serve_fleet(
-                    fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit
+                    fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit, pii=pii
                 )
         finally:
             await auth.aclose()

@@ -2,7 +2,8 @@
 
 `Guard` records an `AuditEntry` when a response has been sent (or refused): when, which server, the caller's key
 id (never the key), method and path, the thread and run the path names, status, latency, and the door's decision
-(`unauthorized`, `forbidden`, `rate_limited`, `too_large`; None when admitted). Recording appends to a list; a
+(`unauthorized`, `forbidden`, `rate_limited`, `too_large`; None when admitted), and the personal data the
+request held, by kind (the gateway's PII policy; never the values). Recording appends to a list; a
 background task writes what gathered in one COPY every `flush_s` (or as soon as `batch` entries wait), so a
 request never waits for the audit. Closing the log (the server's clean stop) writes what is left. Entries older
 than `retention_days` are deleted by the flusher once an hour.
@@ -21,11 +22,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 __all__ = ["AuditEntry", "AuditLog"]
 
 _log = logging.getLogger(__name__)
 _IDS = re.compile(r"^/threads/(?P<thread>[^/]+)(?:/runs/(?P<run>[^/]+))?")
-_COLUMNS = ("at", "server", "key_id", "method", "path", "thread_id", "run_id", "status", "latency_ms", "decision")
+_COLUMNS = (
+    "at", "server", "key_id", "method", "path", "thread_id", "run_id", "status", "latency_ms", "decision", "findings",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class AuditEntry:
     status: int
     latency_ms: float
     decision: str | None = None
+    findings: dict[str, int] | None = None  # personal data in the request, by kind: never the values
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -51,6 +57,7 @@ class AuditEntry:
 
     def row(self) -> tuple[Any, ...]:
         values = asdict(self) | {"thread_id": self.thread_id, "run_id": self.run_id}
+        values["findings"] = Jsonb(self.findings) if self.findings else None
         return tuple(_text(values[c]) for c in _COLUMNS)
 
 

@@ -95,16 +95,24 @@ class Guard:
         try:
             await self.app(scope, receive, send)
         finally:
-            self._audit(caller, method, path, answered[0] if answered else 500, started, None)
+            findings = scope["state"].get("findings") or None  # what the app found in the request, by kind
+            self._audit(caller, method, path, answered[0] if answered else 500, started, None, findings)
 
     def _audit(
-        self, caller: Caller | None, method: str, path: str, status: int, started: float, decision: str | None
+        self,
+        caller: Caller | None,
+        method: str,
+        path: str,
+        status: int,
+        started: float,
+        decision: str | None,
+        findings: dict[str, int] | None = None,
     ) -> None:
         audit = self.audit_of()
         if audit is not None:
             latency_ms = (time.perf_counter() - started) * 1000
             key_id = caller.key_id if caller is not None else None
-            audit.record(AuditEntry(self.server, key_id, method, path, status, latency_ms, decision))
+            audit.record(AuditEntry(self.server, key_id, method, path, status, latency_ms, decision, findings))
 
     async def _bounded(self, headers: Headers, receive: Any) -> Any:
         """`receive`, once the body is known to fit `max_body_bytes` (else `Refused` 413)."""

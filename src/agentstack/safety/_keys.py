@@ -76,6 +76,7 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX agentstack_audit_at ON agentstack_audit (at)",
     "CREATE INDEX agentstack_audit_key ON agentstack_audit (key_id, at)",
     "CREATE INDEX agentstack_audit_thread ON agentstack_audit (thread_id, at)",
+    "ALTER TABLE agentstack_audit ADD COLUMN findings JSONB",  # personal data found, by kind (never the values)
 )
 
 

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from agentstack.safety import Authenticator, Guard
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._limits import Limiter
+from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy, StreamRestorer
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
 from agentstack.serving._router import THREAD_HEADER
@@ -38,17 +39,32 @@ _log = logging.getLogger(__name__)
 
 
 def gateway_app(
-    fleet: Fleet, auth: Authenticator | None = None, *, max_body_bytes: int = 10_000_000, audit: AuditLog | None = None
+    fleet: Fleet,
+    auth: Authenticator | None = None,
+    *,
+    max_body_bytes: int = 10_000_000,
+    audit: AuditLog | None = None,
+    pii: PiiPolicy | None = None,
 ) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
     With `auth`, callers need a key once one exists (`agentstack.safety`): OpenAI-shaped 401/403 errors as
-    `openai` raises them, `/health` open, `/metrics` for admin keys."""
+    `openai` raises them, `/health` open, `/metrics` for admin keys. `pii`: what becomes of personal data in the
+    requests (masked before the model and restored for the caller, or refused), the findings by kind in the
+    audit log."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
+    pii = pii or PiiPolicy()
 
     async def proxy(request: Request) -> Response:
-        body = await request.body()
+        try:
+            masked = pii.inbound(await request.body())
+        except PiiBlocked as blocked:
+            request.state.findings = dict(blocked.kinds)
+            error = {"message": str(blocked), "type": "invalid_request_error", "code": "pii_blocked"}
+            return JSONResponse({"error": error}, 400)
+        request.state.findings = dict(masked.found)
+        body = masked.body
         headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         upstream_request = client.build_request(request.method, request.url.path, content=body, headers=headers)
         try:
@@ -69,6 +85,16 @@ def gateway_app(
                 await upstream.aclose()
 
         kept = {k: v for k in _FORWARD_RESPONSE if (v := upstream.headers.get(k)) is not None}
+        if masked.mapping and pii.restore_replies:  # the caller gets its own values back, the model never had them
+            if "text/event-stream" not in upstream.headers.get("content-type", ""):
+                try:
+                    whole = await upstream.aread()
+                finally:
+                    await upstream.aclose()
+                kept.pop("content-encoding", None)
+                restored = pii.restore_reply(whole, masked.mapping)
+                return Response(restored, status_code=upstream.status_code, headers=kept)
+            return StreamingResponse(_restored(relay(), masked.mapping), status_code=upstream.status_code, headers=kept)
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
 
     async def models(_: Request) -> Response:
@@ -137,8 +163,18 @@ def gateway_server(
     *,
     max_body_bytes: int = 10_000_000,
     audit: AuditLog | None = None,
+    pii: PiiPolicy | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
-    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes, audit=audit)
+    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
+
+
+async def _restored(events: AsyncIterator[bytes], mapping: dict[str, str]) -> AsyncIterator[bytes]:
+    restorer = StreamRestorer(mapping)
+    async for chunk in events:
+        if out := restorer.feed(chunk):
+            yield out
+    if rest := restorer.close():
+        yield rest

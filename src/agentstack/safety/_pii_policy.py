@@ -1,0 +1,152 @@
+"""What the gateway does with personal data in OpenAI-shaped requests: `off`, `mask` (placeholders before the
+model, the values put back in what it answers, for the caller only) or `block` (a 400 naming the kinds found,
+never the values).
+
+A chat request's message contents (text, or the text parts of a list) and a completion's prompt are masked
+with one mapping per request, so a value the user gave twice is one placeholder. The reply is restored whole
+(`restore_reply`) or, streamed, chunk by chunk (`StreamRestorer`): a placeholder the model writes may arrive
+split over two chunks (`<EMA` + `IL_1>`), so what could be the start of one is held back until the next chunk
+says whether it was.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from agentstack.safety._pii import PiiScanner, restore
+
+__all__ = ["PiiBlocked", "PiiPolicy", "StreamRestorer"]
+
+PiiMode = Literal["off", "mask", "block"]
+_PARTIAL = re.compile(r"<[A-Z_]*\d*$")  # the start of a placeholder, cut by a chunk's end
+
+
+class PiiBlocked(Exception):
+    """A request refused under `block`: the kinds found (never the values)."""
+
+    def __init__(self, kinds: Counter[str]) -> None:
+        self.kinds = kinds
+        found = ", ".join(f"{kind} ({n})" for kind, n in sorted(kinds.items()))
+        super().__init__(f"the request holds personal data or secrets ({found}), which this gateway does not pass on")
+
+
+@dataclass
+class Masked:
+    """A request after the policy: its body, the placeholders it introduced, and what was found (by kind)."""
+
+    body: bytes
+    mapping: dict[str, str] = field(default_factory=dict)
+    found: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class PiiPolicy:
+    mode: PiiMode = "off"
+    scanner: PiiScanner = field(default_factory=PiiScanner)
+    restore_replies: bool = True
+
+    def inbound(self, body: bytes) -> Masked:
+        """The request body as the model may see it; raises `PiiBlocked` under `block`."""
+        if self.mode == "off":
+            return Masked(body)
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Masked(body)  # not JSON: the model server refuses it with its own error
+        if not isinstance(request, dict):
+            return Masked(body)
+        masked = Masked(body)
+        texts = _texts(request)
+        for holder, key in texts:
+            for finding in self.scanner.find(holder[key]):
+                masked.found[finding.kind] += 1
+        if not masked.found:
+            return masked
+        if self.mode == "block":
+            raise PiiBlocked(masked.found)
+        for holder, key in texts:
+            holder[key], masked.mapping = self.scanner.mask(holder[key], masked.mapping)
+        masked.body = orjson.dumps(request)
+        return masked
+
+    def restore_reply(self, body: bytes, mapping: dict[str, str]) -> bytes:
+        """A whole (not streamed) reply with the values back in its choices' text."""
+        if not mapping or not self.restore_replies:
+            return body
+        try:
+            reply = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        for choice in choices or []:
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                message["content"] = restore(message["content"], mapping)
+            if isinstance(choice.get("text"), str):
+                choice["text"] = restore(choice["text"], mapping)
+        return orjson.dumps(reply)
+
+
+class StreamRestorer:
+    """Puts the values back in a streamed reply's server-sent events, holding back a placeholder cut in two."""
+
+    def __init__(self, mapping: dict[str, str]) -> None:
+        self.mapping = mapping
+        self._buffer = b""
+        self._held: dict[int, str] = {}  # choice index -> text that may be a placeholder's start
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The events complete in what has arrived so far, restored."""
+        self._buffer += chunk
+        *events, self._buffer = self._buffer.split(b"\n\n")
+        return b"".join(self._event(e) + b"\n\n" for e in events)
+
+    def close(self) -> bytes:
+        """What is left (an unfinished event, as it came)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+    def _event(self, event: bytes) -> bytes:
+        if not event.startswith(b"data: ") or event == b"data: [DONE]":
+            return event
+        try:
+            data = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            return event
+        for choice in data.get("choices") or []:
+            delta = choice.get("delta") or {}
+            key = "content" if isinstance(delta.get("content"), str) else None
+            holder = delta
+            if key is None and isinstance(choice.get("text"), str):
+                holder, key = choice, "text"
+            if key is None:
+                continue
+            index = int(choice.get("index") or 0)
+            text = self._held.pop(index, "") + holder[key]
+            if choice.get("finish_reason") is None and (partial := _PARTIAL.search(text)):
+                self._held[index] = text[partial.start() :]
+                text = text[: partial.start()]
+            holder[key] = restore(text, self.mapping)
+        return b"data: " + orjson.dumps(data)
+
+
+def _texts(request: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(holder, key) of every text the model reads: message contents and their text parts, a prompt."""
+    found: list[tuple[dict[str, Any], str]] = []
+    for message in request.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            found.append((message, "content"))
+        elif isinstance(content, list):
+            parts = [part for part in content if isinstance(part, dict)]
+            found += [(part, "text") for part in parts if isinstance(part.get("text"), str)]
+    if isinstance(request.get("prompt"), str):
+        found.append((request, "prompt"))
+    return found
