@@ -7,8 +7,8 @@ key (the agent server's door is open; the gateway has no door at all). The gatew
 model on a stub OpenAI server in this process, answering at once, so the gateway's own time is all there is to
 see. Requests go one at a time, on and off alternating so drift hits both alike; added = on - off at each
 percentile. Ends with one JSON line: `p99_added_ms_gateway` (target < 2), `p99_added_ms_api`, the p50s, and the
-detectors' figures: `pii_f1` (with precision and recall) on the labelled set `data/pii.jsonl`;
-`injection_recall` and `injection_false_positive_rate` are null until the injection screen exists.
+detectors' figures: `pii_f1` (with precision and recall) on the labelled set `data/pii.jsonl`,
+`injection_recall` and `injection_false_positive_rate` on `data/injection.jsonl` (and on its held-out lines).
 
     python bench/guard_overhead.py [--quick | --smoke]
 """
@@ -41,6 +41,7 @@ from agentstack.api._served import ServedGraphs
 from agentstack.checkpoint import open_saver
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._injection import InjectionScreen
 from agentstack.safety._pii import PiiScanner
 from agentstack.serving import Fleet, FleetSpec, gateway_app
 
@@ -144,8 +145,28 @@ async def main(requests: int) -> dict[str, Any]:
             print(f"{server:8} p{q}: off {off:6.2f} ms, on {on:6.2f} ms, added {on - off:+.2f} ms")
             result[f"p{q}_added_ms_{server}"] = round(on - off, 3)
     result["requests"] = requests
-    result |= pii_scores() | {"injection_recall": None, "injection_false_positive_rate": None}
+    result |= pii_scores() | injection_scores()
     return result
+
+
+def injection_scores() -> dict[str, float]:
+    """The injection screen on the labelled set (data/injection.jsonl: attacks in nine languages and shapes, and
+    benign texts, security questions among them); `held_out`: the lines written after the screen was tuned."""
+    screen = InjectionScreen()
+    counts = {"all": [0, 0, 0, 0], "held_out": [0, 0, 0, 0]}  # caught, missed, false alarm, passed
+    for line in (Path(__file__).parent / "data" / "injection.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        flagged = screen.screen(item["text"]).flagged
+        slot = (0 if flagged else 1) if item["injection"] else (2 if flagged else 3)
+        for name in ("all", "held_out") if item.get("held_out") else ("all",):
+            counts[name][slot] += 1
+    scores = {}
+    for name, (caught, missed, false, passed) in counts.items():
+        suffix = "" if name == "all" else "_held_out"
+        scores[f"injection_recall{suffix}"] = round(caught / (caught + missed), 3)
+        scores[f"injection_false_positive_rate{suffix}"] = round(false / (false + passed), 3)
+        print(f"injection ({name}): {caught} caught, {missed} missed, {false} false alarms, {passed} passed")
+    return scores
 
 
 def pii_scores() -> dict[str, float]:

@@ -46,6 +46,7 @@ EXPECTED_KEYS = {
         "pii_f1",
         "injection_recall",
         "injection_false_positive_rate",
+        "injection_recall_held_out",
     },
     "api_runs": {
         "runs_per_s_vs_langgraph_dev",
