@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description="Personal data and secrets in what the gateway sends to the models: off, mask (placeholders "
         "such as <EMAIL_1> before the model, the values put back in its reply) or block (a 400 naming the kinds).",
     )
+    injection: Literal["off", "flag", "block"] = Field(
+        default="flag",
+        description="Prompt injection in a run's input (agent server) or in the user and tool messages the gateway "
+        "passes on: off, flag (marked in the run's metadata and the audit) or block (a 400 naming the reasons).",
+    )
     pii_restore: bool = Field(
         default=True, description="With pii=mask, put the values back in the reply (false: the caller sees masks)."
     )

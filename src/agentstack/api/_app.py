@@ -78,6 +78,7 @@ from agentstack.errors import ConfigError, ConflictError, ForbiddenError, GraphI
 from agentstack.safety import Authenticator, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of, visible_to
+from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._limits import Limiter
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ def create_app(
         event_retention_s=EVENT_RETENTION_S,
         max_body_bytes=settings.max_body_bytes,
         audit_retention_days=settings.audit_retention_days,
+        injection=InjectionPolicy(settings.injection),
     )
 
 
@@ -143,6 +145,7 @@ def app_on(
     keys_required: bool = False,
     max_body_bytes: int = 10_000_000,
     audit_retention_days: float = 90,
+    injection: InjectionPolicy | None = None,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
@@ -162,6 +165,7 @@ def app_on(
         keys_required=keys_required,
         max_body_bytes=max_body_bytes,
         audit_retention_days=audit_retention_days,
+        injection=injection,
     )
 
 
@@ -175,8 +179,10 @@ def _app(
     keys_required: bool = False,
     max_body_bytes: int = 10_000_000,
     audit_retention_days: float = 90,
+    injection: InjectionPolicy | None = None,
 ) -> Starlette:
     api = _Api(poll_s, event_retention_s)
+    api.injection = injection or InjectionPolicy()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -328,6 +334,9 @@ def _mapped(endpoint: Endpoint) -> Handler:
             return json_response({"detail": str(exc)}, 422)
         except UserError as exc:
             return json_response({"detail": str(exc)}, 400)
+        except InjectionBlocked as exc:
+            request.state.findings = {"injection": 1}
+            return json_response({"detail": str(exc)}, 400)
         except psycopg.DataError as exc:  # a value sent that Postgres cannot hold (a NUL character, a huge number)
             return json_response({"detail": f"a value in the request cannot be stored: {exc}"}, 422)
         except psycopg.Error as exc:  # the queue's Postgres: the client may retry (the SDK does, on 5xx)
@@ -345,6 +354,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     auth: Authenticator
     limiter: Limiter
     audit: AuditLog
+    injection: InjectionPolicy
 
     def __init__(self, poll_s: float, event_retention_s: float) -> None:
         self.poll_s = poll_s
@@ -403,12 +413,19 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
                     raise
         if kwargs["checkpoint"] is not None:
             await self._check_checkpoint(assistant.graph_id, thread_id, kwargs["checkpoint"])
+        metadata = dict(body.get("metadata") or {})
+        screened = self.injection.check(
+            strings_in([body.get("input"), (body.get("command") or {}).get("resume")]), what="the run's input"
+        )  # `block` raises: a 400 naming the reasons
+        if screened is not None:  # flagged: marked on the run, counted in the audit
+            metadata["injection"] = {"score": screened.score, "reasons": list(screened.reasons)}
+            request.state.findings = {"injection": 1}
         caller = caller_of(request)
         return await self.queue.put_run(
             thread_id,
             assistant.assistant_id,
             kwargs=kwargs,
-            metadata=body.get("metadata"),
+            metadata=metadata,
             multitask_strategy=body.get("multitask_strategy") or "enqueue",
             if_not_exists="create" if on_thread is None else body.get("if_not_exists") or "reject",
             thread_metadata={"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id},

@@ -109,6 +109,7 @@ async def serve_on(
     from agentstack.api._langgraph_json import serve_user_graphs
     from agentstack.api._runs import RunQueue
     from agentstack.api._served import ServedGraphs
+    from agentstack.safety._injection import InjectionPolicy
 
     async with stack, contextlib.AsyncExitStack() as exits:
         assert stack.saver is not None
@@ -122,6 +123,7 @@ async def serve_on(
             keys_required=keys_required,
             max_body_bytes=stack.settings.max_body_bytes,
             audit_retention_days=stack.settings.audit_retention_days,
+            injection=InjectionPolicy(stack.settings.injection),
         )
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]

@@ -22,6 +22,7 @@ from agentstack.config import Settings
 from agentstack.errors import ConfigError
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._pii import PiiScanner
 from agentstack.safety._pii_policy import PiiPolicy
 from agentstack.serving import Fleet, Replica, gateway_server
@@ -59,6 +60,7 @@ async def serve_fleet(
     max_body_bytes: int = 10_000_000,
     audit: AuditLog | None = None,
     pii: PiiPolicy | None = None,
+    injection: InjectionPolicy | None = None,
 ) -> None:
     """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
     check_port_free(host, port)
@@ -81,7 +83,9 @@ async def serve_fleet(
             if not await unless_stopped(fleet.start(), stop):
                 return
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
-            server = gateway_server(fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii)
+            server = gateway_server(
+                fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection
+            )
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
             serving = asyncio.create_task(server.serve())
@@ -114,8 +118,9 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
             async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
                 pii = PiiPolicy(settings.pii, PiiScanner(settings.pii_patterns), restore_replies=settings.pii_restore)
                 await serve_fleet(
-                    fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit, pii=pii
-                )
+                    fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit,
+                    pii=pii, injection=InjectionPolicy(settings.injection),
+                )  # fmt: skip
         finally:
             await auth.aclose()
 

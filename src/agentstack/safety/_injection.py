@@ -22,9 +22,11 @@ import base64
 import binascii
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-__all__ = ["InjectionScreen", "Screening"]
+__all__ = ["InjectionBlocked", "InjectionPolicy", "InjectionScreen", "Screening", "strings_in"]
 
 _OVERRIDES = [
     r"\b(?:ignore|disregard|forget|skip|override|bypass)\b[^.\n]{0,40}\b(?:previous|prior|above|earlier|preceding|"
@@ -132,3 +134,49 @@ def _decodes_to_instruction(blob: str, screen: InjectionScreen) -> bool:
         if any(p.search(text) for p in screen._overrides) or screen._role_tags.search(text):
             return True
     return False
+
+
+class InjectionBlocked(Exception):
+    """Text refused under `block`: the reasons the screen gave."""
+
+    def __init__(self, screening: Screening, what: str) -> None:
+        self.screening = screening
+        reasons = ", ".join(screening.reasons)
+        super().__init__(f"{what} looks like a prompt injection ({reasons}; score {screening.score}), which is refused")
+
+
+@dataclass(frozen=True)
+class InjectionPolicy:
+    """What a server does with text the screen flags: `off`, `flag` (marked where the request is recorded: the
+    run's metadata, the audit) or `block` (refused, naming the reasons)."""
+
+    mode: Literal["off", "flag", "block"] = "flag"
+    screen: InjectionScreen = field(default_factory=InjectionScreen)
+
+    def check(self, texts: Iterable[str], *, what: str) -> Screening | None:
+        """The highest-scoring flagged screening of `texts` (None: none flagged, or `off`); raises
+        `InjectionBlocked` under `block`."""
+        if self.mode == "off":
+            return None
+        flagged = [s for s in (self.screen.screen(t) for t in texts) if s.flagged]
+        if not flagged:
+            return None
+        worst = max(flagged, key=lambda s: s.score)
+        if self.mode == "block":
+            raise InjectionBlocked(worst, what)
+        return worst
+
+
+def strings_in(value: Any, *, limit: int = 200) -> list[str]:
+    """The strings of a JSON value (a run's input, a resume value), depth first, at most `limit` of them."""
+    found: list[str] = []
+    stack = [value]
+    while stack and len(found) < limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, Mapping):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+    return found

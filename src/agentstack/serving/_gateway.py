@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from agentstack.safety import Authenticator, Guard
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._limits import Limiter
 from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy, StreamRestorer
 from agentstack.serving._fleet import Fleet
@@ -45,16 +47,19 @@ def gateway_app(
     max_body_bytes: int = 10_000_000,
     audit: AuditLog | None = None,
     pii: PiiPolicy | None = None,
+    injection: InjectionPolicy | None = None,
 ) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
     With `auth`, callers need a key once one exists (`agentstack.safety`): OpenAI-shaped 401/403 errors as
     `openai` raises them, `/health` open, `/metrics` for admin keys. `pii`: what becomes of personal data in the
     requests (masked before the model and restored for the caller, or refused), the findings by kind in the
-    audit log."""
+    audit log. `injection`: what becomes of user and tool messages the injection screen flags (off by default
+    here: a bare gateway has no audit to mark them in)."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
     pii = pii or PiiPolicy()
+    injection = injection or InjectionPolicy("off")
 
     async def proxy(request: Request) -> Response:
         try:
@@ -64,6 +69,14 @@ def gateway_app(
             error = {"message": str(blocked), "type": "invalid_request_error", "code": "pii_blocked"}
             return JSONResponse({"error": error}, 400)
         request.state.findings = dict(masked.found)
+        try:  # the user's words and the tools' results: where an injection comes in
+            screened = injection.check(_spoken(masked.body), what="a message")
+        except InjectionBlocked as blocked:
+            request.state.findings |= {"injection": 1}
+            error = {"message": str(blocked), "type": "invalid_request_error", "code": "injection_blocked"}
+            return JSONResponse({"error": error}, 400)
+        if screened is not None:
+            request.state.findings |= {"injection": 1}
         body = masked.body
         headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         upstream_request = client.build_request(request.method, request.url.path, content=body, headers=headers)
@@ -164,9 +177,10 @@ def gateway_server(
     max_body_bytes: int = 10_000_000,
     audit: AuditLog | None = None,
     pii: PiiPolicy | None = None,
+    injection: InjectionPolicy | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
-    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii)
+    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
 
@@ -178,3 +192,15 @@ async def _restored(events: AsyncIterator[bytes], mapping: dict[str, str]) -> As
             yield out
     if rest := restorer.close():
         yield rest
+
+
+def _spoken(body: bytes) -> list[str]:
+    """The texts of a chat request's user and tool messages (what a caller or a tool put there), or a prompt."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(request, dict):
+        return []
+    messages = [m for m in request.get("messages") or [] if isinstance(m, dict) and m.get("role") in ("user", "tool")]
+    return strings_in([m.get("content") for m in messages] + [request.get("prompt")])
