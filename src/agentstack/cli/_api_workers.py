@@ -103,15 +103,22 @@ class _Workers:
         )
         self.procs[number] = proc
         assert proc.stdout is not None
-        line = await proc.stdout.readline()
-        if not line:
-            code = await proc.wait()
-            raise ConfigError(
-                f"agent server worker {number} ended before it served ({_how(code)})",
-                fix="read its error above; `agentstack api --workers 1` runs the same server in one process",
-            )
+        while True:  # until the worker says it serves; a graph module's own prints pass through
+            line = await proc.stdout.readline()
+            if not line:
+                code = await proc.wait()
+                raise ConfigError(
+                    f"agent server worker {number} ended before it served ({_how(code)})",
+                    fix="read its error above; `agentstack api --workers 1` runs the same server in one process",
+                )
+            with contextlib.suppress(ValueError):
+                said = json.loads(line)
+                if isinstance(said, dict) and "serving" in said:
+                    break
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
         asyncio.create_task(_forward(proc.stdout), name=f"output of worker {number}")  # noqa: RUF006
-        return list(json.loads(line)["serving"])
+        return list(said["serving"])
 
     async def keep_up(self, stop: asyncio.Event) -> None:
         """Replace each worker that ends, until `stop`."""
