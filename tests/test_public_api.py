@@ -91,7 +91,7 @@ EXPECTED = {
         "open_saver",
         "prune_thread",
     },
-    "agentstack.safety": {"ApiKey", "Authenticator", "Caller", "KeyStore", "NewKey", "Guard"},
+    "agentstack.safety": {"ApiKey", "Authenticator", "Caller", "Door", "Guard", "KeyStore", "NewKey"},
     "agentstack.eval": {
         "AnswerRelevancy",
         "CitationValidity",

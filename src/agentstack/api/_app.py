@@ -75,7 +75,7 @@ from agentstack.api._wire import (
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.config import Settings
 from agentstack.errors import ConfigError, ConflictError, ForbiddenError, GraphInputError, NotFoundError, UserError
-from agentstack.safety import Authenticator, Guard, KeyStore
+from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of, visible_to
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
@@ -191,13 +191,11 @@ def _app(
             QueueNotifications.listening(queue.pool) as notes,
             AuditLog(queue.pool, retention_days=audit_retention_days) as audit,
         ):
-            api.audit = audit
             api.queue, api.graphs, api.notes = queue, graphs, notes
             api.assistants = AssistantStore(queue.pool)
             keys = KeyStore(queue.pool)
             await keys.setup()
-            api.auth = Authenticator(keys, required=keys_required)
-            api.limiter = Limiter(queue.pool)
+            api.door = Door(Authenticator(keys, required=keys_required), Limiter(queue.pool), audit)
             await queue.setup()
             await api.assistants.register(graphs)
             await api._adopt()
@@ -212,7 +210,7 @@ def _app(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                await api.auth.aclose()
+                await api.door.auth.aclose()
 
     endpoints = [
         Endpoint("GET", "/ok", api.ok, "Liveness"),
@@ -295,15 +293,13 @@ def _app(
     routes = [Route(e.path, _mapped(e), methods=[e.method]) for e in endpoints]
     keys = Middleware(
         Guard,
-        lambda: api.auth,
+        lambda: api.door,
         error=lambda _status, message: {"detail": message},
         reads=_reads,
         open_paths=frozenset({"/ok", "/info"}),
         admin_paths=frozenset({"/metrics"}),
         server="the agent server",
-        limiter_of=lambda: api.limiter,
         max_body_bytes=max_body_bytes,
-        audit_of=lambda: api.audit,
     )
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], middleware=[keys], lifespan=lifespan
@@ -351,9 +347,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     graphs: ServedGraphs
     notes: QueueNotifications
     assistants: AssistantStore
-    auth: Authenticator
-    limiter: Limiter
-    audit: AuditLog
+    door: Door
     injection: InjectionPolicy
 
     def __init__(self, poll_s: float, event_retention_s: float) -> None:

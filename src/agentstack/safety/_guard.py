@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,16 +19,25 @@ from agentstack.safety._audit import AuditEntry, AuditLog
 from agentstack.safety._auth import Authenticator, Caller, Refused, presented_key
 from agentstack.safety._limits import Limiter
 
-__all__ = ["Guard"]
+__all__ = ["Door", "Guard"]
 
 ASGIApp = Callable[..., Any]
 _DECISIONS = {401: "unauthorized", 403: "forbidden", 413: "too_large", 429: "rate_limited"}
 
 
+@dataclass(frozen=True)
+class Door:
+    """What a server checks its callers with: who they are, how fast they may come, where it writes it down."""
+
+    auth: Authenticator
+    limiter: Limiter | None = None
+    audit: AuditLog | None = None
+
+
 class Guard:
     """ASGI middleware: the caller of every HTTP request in `scope["state"]["caller"]` (None: an open server), or
-    the request refused with `error(status, message)` as the response body. `auth_of` gives the authenticator
-    when the first request comes (an app's lifespan opens its database after the app is built).
+    the request refused with `error(status, message)` as the response body. `door_of` gives the door when the
+    first request comes (an app's lifespan opens its database after the app is built).
 
     `open_paths` need no key (health checks); `admin_paths` need an admin key; `reads(method, path)` says
     which requests a read-only key may make. `server` names it in the 503 of a key store that fails. A body
@@ -36,22 +46,18 @@ class Guard:
     def __init__(
         self,
         app: ASGIApp,
-        auth_of: Callable[[], Authenticator],
+        door_of: Callable[[], Door],
         *,
         error: Callable[[int, str], dict[str, Any]],
         reads: Callable[[str, str], bool],
         open_paths: frozenset[str] = frozenset(),
         admin_paths: frozenset[str] = frozenset(),
         server: str = "the server",
-        limiter_of: Callable[[], Limiter | None] = lambda: None,
         max_body_bytes: int | None = None,
-        audit_of: Callable[[], AuditLog | None] = lambda: None,
     ) -> None:
-        self.app, self.auth_of, self.error, self.reads = app, auth_of, error, reads
+        self.app, self.door_of, self.error, self.reads = app, door_of, error, reads
         self.server = server
-        self.limiter_of = limiter_of
         self.max_body_bytes = max_body_bytes
-        self.audit_of = audit_of
         self.open_paths, self.admin_paths = open_paths, admin_paths
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -64,17 +70,17 @@ class Guard:
         answered: list[int] = []
         send = _watching(send, answered)
         caller = None
+        door = self.door_of()
         try:
             receive = await self._bounded(headers, receive)
-            caller = await self.auth_of().caller(presented_key(headers))
+            caller = await door.auth.caller(presented_key(headers))
             if caller is not None:
                 if path in self.admin_paths and not caller.admin:
                     raise Refused(403, f"{path} needs an admin key (key {caller.key_id} is not one)")
                 if caller.read_only and not self.reads(method, path):
                     raise Refused(403, f"key {caller.key_id} is read-only: it cannot {method} {path}")
-                limiter = self.limiter_of()
-                if caller.rpm and limiter is not None:
-                    decision = await limiter.admit(caller.key_id, caller.rpm)
+                if caller.rpm and door.limiter is not None:
+                    decision = await door.limiter.admit(caller.key_id, caller.rpm)
                     if not decision.admitted:
                         raise Refused(
                             429,
@@ -108,7 +114,7 @@ class Guard:
         decision: str | None,
         findings: dict[str, int] | None = None,
     ) -> None:
-        audit = self.audit_of()
+        audit = self.door_of().audit
         if audit is not None:
             latency_ms = (time.perf_counter() - started) * 1000
             key_id = caller.key_id if caller is not None else None

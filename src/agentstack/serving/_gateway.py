@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentstack.safety import Authenticator, Guard
+from agentstack.safety import Authenticator, Door, Guard
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._limits import Limiter
@@ -144,19 +144,17 @@ def gateway_app(
     ]
     keys = []
     if auth is not None:
-        limiter = Limiter(auth.store.pool)  # request rates in the keys' database
+        door = Door(auth, Limiter(auth.store.pool), audit)  # request rates in the keys' database
         keys.append(
             Middleware(
                 Guard,
-                lambda: auth,
+                lambda: door,
                 error=_openai_error,
                 reads=lambda _method, _path: True,  # nothing here changes what the server holds
                 open_paths=frozenset({"/health"}),
                 admin_paths=frozenset({"/metrics"}),
                 server="the gateway",
-                limiter_of=lambda: limiter,
                 max_body_bytes=max_body_bytes,
-                audit_of=lambda: audit,
             )
         )
     return Starlette(routes=routes, middleware=keys, lifespan=lifespan)
