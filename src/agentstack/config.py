@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         description="How long an agent server worker's claim on a run lasts unrenewed (renewed every third of "
         "it): the longest a run of a worker that died waits before another worker continues it.",
     )
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="Verify callers' HS256 JWTs with this secret (their `sub` becomes the caller)."
+    )
+    jwt_jwks_file: Path | None = Field(
+        default=None, description="Verify callers' RS256/ES256 JWTs with the keys of this JWKS file (by `kid`)."
+    )
+    jwt_audience: str | None = Field(default=None, description="The `aud` a caller's JWT must carry.")
+    jwt_issuer: str | None = Field(default=None, description="The `iss` a caller's JWT must carry.")
     max_body_bytes: int = Field(
         default=10_000_000,
         ge=1_000,
@@ -170,7 +178,7 @@ class Settings(BaseSettings):
         "unset: a local FalkorDB under <home>/falkordb.",
     )
 
-    @field_validator("home", "postgres_bin_dir", "fleet", "llama_server", "workspace", mode="after")
+    @field_validator("home", "postgres_bin_dir", "fleet", "llama_server", "workspace", "jwt_jwks_file", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()

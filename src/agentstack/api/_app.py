@@ -79,6 +79,7 @@ from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of, visible_to
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
+from agentstack.safety._jwt import JwtVerifier
 from agentstack.safety._limits import Limiter
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         audit_retention_days=settings.audit_retention_days,
         injection=InjectionPolicy(settings.injection),
+        jwt=JwtVerifier.from_settings(settings),
     )
 
 
@@ -146,6 +148,7 @@ def app_on(
     max_body_bytes: int = 10_000_000,
     audit_retention_days: float = 90,
     injection: InjectionPolicy | None = None,
+    jwt: JwtVerifier | None = None,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
@@ -166,6 +169,7 @@ def app_on(
         max_body_bytes=max_body_bytes,
         audit_retention_days=audit_retention_days,
         injection=injection,
+        jwt=jwt,
     )
 
 
@@ -180,6 +184,7 @@ def _app(
     max_body_bytes: int = 10_000_000,
     audit_retention_days: float = 90,
     injection: InjectionPolicy | None = None,
+    jwt: JwtVerifier | None = None,
 ) -> Starlette:
     api = _Api(poll_s, event_retention_s)
     api.injection = injection or InjectionPolicy()
@@ -195,7 +200,7 @@ def _app(
             api.assistants = AssistantStore(queue.pool)
             keys = KeyStore(queue.pool)
             await keys.setup()
-            api.door = Door(Authenticator(keys, required=keys_required), Limiter(queue.pool), audit)
+            api.door = Door(Authenticator(keys, required=keys_required, jwt=jwt), Limiter(queue.pool), audit)
             await queue.setup()
             await api.assistants.register(graphs)
             await api._adopt()

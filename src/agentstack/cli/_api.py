@@ -110,6 +110,7 @@ async def serve_on(
     from agentstack.api._runs import RunQueue
     from agentstack.api._served import ServedGraphs
     from agentstack.safety._injection import InjectionPolicy
+    from agentstack.safety._jwt import JwtVerifier
 
     async with stack, contextlib.AsyncExitStack() as exits:
         assert stack.saver is not None
@@ -124,6 +125,7 @@ async def serve_on(
             max_body_bytes=stack.settings.max_body_bytes,
             audit_retention_days=stack.settings.audit_retention_days,
             injection=InjectionPolicy(stack.settings.injection),
+            jwt=JwtVerifier.from_settings(stack.settings),
         )
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
@@ -143,7 +145,10 @@ async def refuse_open_to_others(settings: Settings, host: str, *, what: str) -> 
     """A server on an address other machines reach must ask for keys: refuse to start while none exists."""
     from agentstack.checkpoint import open_saver
     from agentstack.safety import KeyStore
+    from agentstack.safety._jwt import JwtVerifier
 
+    if JwtVerifier.from_settings(settings) is not None:
+        return  # callers bring tokens from an identity provider: never open
     async with open_saver(settings=settings, pool_size=1) as saver:
         store = KeyStore(saver.conn)
         await store.setup()

@@ -23,6 +23,7 @@ from agentstack.errors import ConfigError
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._injection import InjectionPolicy
+from agentstack.safety._jwt import JwtVerifier
 from agentstack.safety._pii import PiiScanner
 from agentstack.safety._pii_policy import PiiPolicy
 from agentstack.serving import Fleet, Replica, gateway_server
@@ -113,7 +114,7 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
     async with open_saver(settings=settings, pool_size=2) as saver:
         store = KeyStore(saver.conn)
         await store.setup()
-        auth = Authenticator(store, required=host not in LOOPBACK)
+        auth = Authenticator(store, required=host not in LOOPBACK, jwt=JwtVerifier.from_settings(settings))
         try:
             async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
                 pii = PiiPolicy(settings.pii, PiiScanner(settings.pii_patterns), restore_replies=settings.pii_restore)

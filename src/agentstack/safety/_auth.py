@@ -24,9 +24,12 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentstack.safety._keys import ApiKey, KeyStore, parse_key
+
+if TYPE_CHECKING:
+    from agentstack.safety._jwt import JwtVerifier
 
 __all__ = ["Authenticator", "Caller", "Refused", "caller_of", "presented_key", "visible_to"]
 
@@ -66,10 +69,13 @@ class Refused(Exception):
 class Authenticator:
     """Checks presented keys against a `KeyStore`, remembering verified ones (see the module docstring)."""
 
-    def __init__(self, store: KeyStore, *, refresh_s: float = 1.0, required: bool = False) -> None:
+    def __init__(
+        self, store: KeyStore, *, refresh_s: float = 1.0, required: bool = False, jwt: JwtVerifier | None = None
+    ) -> None:
         self.store = store
         self.refresh_s = refresh_s
-        self.required = required  # a server other machines reach: never open, even before the first key
+        self.jwt = jwt  # an identity provider's tokens, besides the keys
+        self.required = required or jwt is not None  # never open: other machines reach it, or tokens are checked
         self._known: dict[str, tuple[bytes, ApiKey]] = {}  # key id -> (sha256 of the whole key, the key)
         self._keys = 0
         self._checked_at = -float("inf")
@@ -86,6 +92,8 @@ class Authenticator:
             return None
         if presented is None:
             raise Refused(401, "this server needs an API key: send it in x-api-key or Authorization: Bearer")
+        if self.jwt is not None and looks_like_jwt(presented.strip()):
+            return self.jwt.caller(presented.strip())
         parsed = parse_key(presented)
         if parsed is None:
             raise Refused(401, "the API key is not one of this server's (ask_<id>_<secret>)")
@@ -142,6 +150,11 @@ class Authenticator:
                     del self._known[key_id]  # rotated, revoked or deleted: verified again (and refused) next time
             self._keys = made
             self._checked_at = time.monotonic()
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url parts, the first a JSON header: a JWT, to be verified as one rather than as a key."""
+    return token.startswith("eyJ") and token.count(".") == 2
 
 
 def caller_of(request: Any) -> Caller | None:
