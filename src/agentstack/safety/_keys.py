@@ -13,6 +13,7 @@ remembered a key notices within its refresh interval.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -247,7 +248,9 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s
             row = await (
                 await conn.execute("SELECT * FROM agentstack_api_keys WHERE key_id = %s", (key_id,))
             ).fetchone()
-        if row is None or not secret_matches(secret, row["hash"]):
+        # scrypt takes tens of milliseconds on purpose: off the event loop, so a flood of wrong secrets slows only
+        # itself, not the server's other requests
+        if row is None or not await asyncio.to_thread(secret_matches, secret, row["hash"]):
             return None
         return _key(row)
 
