@@ -118,17 +118,18 @@ def create_app(
             served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
             yield RunQueue(stack.saver.conn), ServedGraphs(served)
 
-    return _app(
-        opened,
-        workers=workers,
-        lease_s=settings.api_lease_s,
-        poll_s=0.05,
-        event_retention_s=EVENT_RETENTION_S,
-        max_body_bytes=settings.max_body_bytes,
-        audit_retention_days=settings.audit_retention_days,
-        injection=InjectionPolicy(settings.injection),
-        jwt=JwtVerifier.from_settings(settings),
-    )
+    return _app(opened, workers=workers, poll_s=0.05, event_retention_s=EVENT_RETENTION_S, **settled(settings))
+
+
+def settled(settings: Settings) -> dict[str, Any]:
+    """What `Settings` decides of the agent server (its lease, its door): `app_on`'s keyword arguments."""
+    return {
+        "lease_s": settings.api_lease_s,
+        "max_body_bytes": settings.max_body_bytes,
+        "audit_retention_days": settings.audit_retention_days,
+        "injection": InjectionPolicy(settings.injection),
+        "jwt": JwtVerifier.from_settings(settings),
+    }
 
 
 def registered_graphs(stack: Stack) -> list[ServedGraph]:

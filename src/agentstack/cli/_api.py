@@ -105,28 +105,17 @@ async def serve_on(
     """Open `stack`, serve its graphs (or `own`) on the listening `sock` until `stop`, then drain and close."""
     import uvicorn
 
-    from agentstack.api._app import app_on, registered_graphs
+    from agentstack.api._app import app_on, registered_graphs, settled
     from agentstack.api._langgraph_json import serve_user_graphs
     from agentstack.api._runs import RunQueue
     from agentstack.api._served import ServedGraphs
-    from agentstack.safety._injection import InjectionPolicy
-    from agentstack.safety._jwt import JwtVerifier
 
     async with stack, contextlib.AsyncExitStack() as exits:
         assert stack.saver is not None
         served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
         graphs = ServedGraphs(served)
-        app = app_on(
-            RunQueue(stack.saver.conn),
-            graphs,
-            workers=jobs,
-            lease_s=stack.settings.api_lease_s,
-            keys_required=keys_required,
-            max_body_bytes=stack.settings.max_body_bytes,
-            audit_retention_days=stack.settings.audit_retention_days,
-            injection=InjectionPolicy(stack.settings.injection),
-            jwt=JwtVerifier.from_settings(stack.settings),
-        )
+        queue = RunQueue(stack.saver.conn)
+        app = app_on(queue, graphs, workers=jobs, keys_required=keys_required, **settled(stack.settings))
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         serving = asyncio.create_task(server.serve(sockets=[sock]))
