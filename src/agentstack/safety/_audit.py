@@ -30,6 +30,7 @@ _log = logging.getLogger(__name__)
 _IDS = re.compile(r"^/threads/(?P<thread>[^/]+)(?:/runs/(?P<run>[^/]+))?")
 _COLUMNS = (
     "at", "server", "key_id", "method", "path", "thread_id", "run_id", "status", "latency_ms", "decision", "findings",
+    "tokens",
 )  # fmt: skip
 
 
@@ -43,6 +44,7 @@ class AuditEntry:
     latency_ms: float
     decision: str | None = None
     findings: dict[str, int] | None = None  # personal data in the request, by kind: never the values
+    tokens: int | None = None  # what the model used for it (the gateway reads the reply's usage)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

@@ -101,8 +101,9 @@ class Guard:
         try:
             await self.app(scope, receive, send)
         finally:
-            findings = scope["state"].get("findings") or None  # what the app found in the request, by kind
-            self._audit(caller, method, path, answered[0] if answered else 500, started, None, findings)
+            state = scope["state"]  # what the app found in the request (by kind), and the tokens the reply used
+            status = answered[0] if answered else 500
+            self._audit(caller, method, path, status, started, None, state.get("findings") or None, state.get("tokens"))
 
     def _audit(
         self,
@@ -113,12 +114,14 @@ class Guard:
         started: float,
         decision: str | None,
         findings: dict[str, int] | None = None,
+        tokens: int | None = None,
     ) -> None:
         audit = self.door_of().audit
         if audit is not None:
             latency_ms = (time.perf_counter() - started) * 1000
             key_id = caller.key_id if caller is not None else None
-            audit.record(AuditEntry(self.server, key_id, method, path, status, latency_ms, decision, findings))
+            entry = AuditEntry(self.server, key_id, method, path, status, latency_ms, decision, findings, tokens)
+            audit.record(entry)
 
     async def _bounded(self, headers: Headers, receive: Any) -> Any:
         """`receive`, once the body is known to fit `max_body_bytes` (else `Refused` 413)."""

@@ -78,6 +78,7 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX agentstack_audit_key ON agentstack_audit (key_id, at)",
     "CREATE INDEX agentstack_audit_thread ON agentstack_audit (thread_id, at)",
     "ALTER TABLE agentstack_audit ADD COLUMN findings JSONB",  # personal data found, by kind (never the values)
+    "ALTER TABLE agentstack_audit ADD COLUMN tokens INTEGER",  # what the model used for the request (gateway)
 )
 
 

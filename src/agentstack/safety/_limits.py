@@ -1,4 +1,4 @@
-"""Per-key request rates, shared by every worker and gateway through Postgres: GCRA in one statement.
+"""Per-key request and token rates, shared by every worker and gateway through Postgres: GCRA in one statement.
 
 The generic cell rate algorithm keeps one timestamp per key and limit, the theoretical arrival time (TAT) of the
 next request: a limit of R requests a minute spaces requests T = 60/R s apart and tolerates a burst of R (a
@@ -6,6 +6,10 @@ minute's worth) at once. A request is admitted when max(TAT, now) + T is at most
 that becomes the TAT; otherwise it is refused, and may retry when the TAT falls back within the minute. One
 upsert decides it under the row's lock, so two servers admitting at once never admit more than the limit
 together; no Redis, no window tables to sweep.
+
+Tokens a minute use the same cell with a weight: a request is admitted with an estimate of its tokens (its
+prompt's characters / 4 plus its max_tokens), and when the reply has told its real usage the difference is
+charged or refunded (`settle`).
 """
 
 from __future__ import annotations
@@ -62,17 +66,32 @@ class Limiter:
     def __init__(self, pool: Any) -> None:
         self.pool = pool
 
-    async def admit(self, key_id: str, per_minute: int, *, kind: str = "rpm") -> Decision:
-        """Admit one request of `key_id` under `per_minute`, or refuse it (one round trip either way)."""
-        step = _WINDOW_S / per_minute
+    async def admit(self, key_id: str, per_minute: int, *, kind: str = "rpm", weight: int = 1) -> Decision:
+        """Admit `weight` units (one request; or the tokens a request is expected to use) of `key_id` under
+        `per_minute`, or refuse them (one round trip either way). A weight over the limit counts as the limit:
+        one request may use a minute's worth, never more than a minute's."""
+        unit = _WINDOW_S / per_minute
+        step = unit * min(max(weight, 1), per_minute)
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(_ADMIT_SQL, {"key": key_id, "kind": kind, "step": step, "window": _WINDOW_S})
             ).fetchone()
         if row["ahead"] is not None:  # admitted: the TAT moved `step` further
             ahead = float(row["ahead"])
-            remaining = max(0, math.floor((_WINDOW_S - ahead) / step + 1e-9))
+            remaining = max(0, math.floor((_WINDOW_S - ahead) / unit + 1e-9))
             return Decision(True, per_minute, remaining, 0.0, ahead)
         was_ahead = float(row["was_ahead"] or 0.0)
         retry = max(0.0, was_ahead + step - _WINDOW_S)
         return Decision(False, per_minute, 0, retry, was_ahead)
+
+    async def settle(self, key_id: str, per_minute: int, *, kind: str, units: int) -> None:
+        """Count `units` more (or fewer, refunded) than were admitted: a reply's real tokens against the
+        estimate its request was admitted with."""
+        if units == 0:
+            return
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE agentstack_rate_limits SET tat = tat + make_interval(secs => %s) "
+                "WHERE key_id = %s AND kind = %s",
+                (units * _WINDOW_S / per_minute, key_id, kind),
+            )

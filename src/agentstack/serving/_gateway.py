@@ -9,6 +9,7 @@ than a traceback from the ASGI server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -26,6 +27,7 @@ from starlette.routing import Route
 
 from agentstack.safety import Authenticator, Door, Guard
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._auth import caller_of
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._limits import Limiter
 from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy, StreamRestorer
@@ -58,6 +60,7 @@ def gateway_app(
     here: a bare gateway has no audit to mark them in)."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
+    door = Door(auth, Limiter(auth.store.pool), audit) if auth is not None else None  # rates in the keys' database
     pii = pii or PiiPolicy()
     injection = injection or InjectionPolicy("off")
 
@@ -78,6 +81,20 @@ def gateway_app(
         if screened is not None:
             request.state.findings |= {"injection": 1}
         body = masked.body
+        caller = caller_of(request)
+        metered = None  # (limiter, key id, its tokens a minute, this request's estimate): settled after the reply
+        if door is not None and door.limiter is not None and caller is not None and caller.tpm:
+            metered = (door.limiter, caller.key_id, caller.tpm, _estimated_tokens(body))
+            limiter, key_id, tpm, estimate = metered
+            decision = await limiter.admit(key_id, tpm, kind="tpm", weight=estimate)
+            if not decision.admitted:
+                message = (
+                    f"key {key_id} is over its limit of {tpm} tokens a minute (this request needs about "
+                    f"{estimate}): retry in {decision.retry_after_s:.1f} s"
+                )
+                error = {"message": message, "type": "rate_limit_error", "code": "tokens_per_minute"}
+                headers = {k.decode(): v.decode() for k, v in decision.headers()}
+                return JSONResponse({"error": error}, 429, headers=headers)
         headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         upstream_request = client.build_request(request.method, request.url.path, content=body, headers=headers)
         try:
@@ -88,22 +105,29 @@ def gateway_app(
                 {"error": {"message": message, "type": "agentstack_router", "code": "bad_gateway"}}, 502
             )
 
+        usage = _UsageTap()
+
         async def relay() -> AsyncIterator[bytes]:
             try:
                 async for chunk in upstream.aiter_raw():
+                    usage.feed(chunk)
                     yield chunk
             except httpx.HTTPError as exc:  # the headers are sent: all we can do is end the body early
                 _log.warning("the replica died while streaming %s: %r", request.url.path, exc)
             finally:  # also on client disconnect, so the replica's slot is released
                 await upstream.aclose()
+                used = usage.total_tokens()
+                request.state.tokens = used  # for the audit
+                if metered is not None and used is not None:  # the estimate was charged: now the real figure
+                    limiter, key_id, tpm, estimate = metered
+                    settling = limiter.settle(key_id, tpm, kind="tpm", units=used - estimate)
+                    _settlements.add(task := asyncio.create_task(settling))
+                    task.add_done_callback(_settlements.discard)
 
         kept = {k: v for k in _FORWARD_RESPONSE if (v := upstream.headers.get(k)) is not None}
         if masked.mapping and pii.restore_replies:  # the caller gets its own values back, the model never had them
             if "text/event-stream" not in upstream.headers.get("content-type", ""):
-                try:
-                    whole = await upstream.aread()
-                finally:
-                    await upstream.aclose()
+                whole = b"".join([chunk async for chunk in relay()])
                 kept.pop("content-encoding", None)
                 restored = pii.restore_reply(whole, masked.mapping)
                 return Response(restored, status_code=upstream.status_code, headers=kept)
@@ -143,8 +167,7 @@ def gateway_app(
         Route("/metrics", metrics, methods=["GET"]),
     ]
     keys = []
-    if auth is not None:
-        door = Door(auth, Limiter(auth.store.pool), audit)  # request rates in the keys' database
+    if door is not None:
         keys.append(
             Middleware(
                 Guard,
@@ -202,3 +225,50 @@ def _spoken(body: bytes) -> list[str]:
         return []
     messages = [m for m in request.get("messages") or [] if isinstance(m, dict) and m.get("role") in ("user", "tool")]
     return strings_in([m.get("content") for m in messages] + [request.get("prompt")])
+
+
+_settlements: set[asyncio.Task[None]] = set()  # token settlements in flight (kept until done: asyncio holds weakly)
+
+
+def _estimated_tokens(body: bytes) -> int:
+    """What a request will use, for its admission: its text's characters / 4, plus what it lets the model write
+    (`max_tokens`; 256 when it does not say)."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 1
+    if not isinstance(request, dict):
+        return 1
+    prompt = sum(len(t) for t in strings_in([request.get("messages"), request.get("prompt")], limit=10_000)) // 4
+    allowed = request.get("max_completion_tokens") or request.get("max_tokens") or 256
+    return max(1, prompt + (int(allowed) if isinstance(allowed, int | float) else 256))
+
+
+class _UsageTap:
+    """The `usage.total_tokens` a reply reports, whole or streamed (the last event that carries one); kept up to
+    4 MB of reply, beyond which the estimate stands."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self._size <= 4_000_000:
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+
+    def total_tokens(self) -> int | None:
+        if self._size > 4_000_000 or not self._chunks:
+            return None
+        body = b"".join(self._chunks)
+        candidates = [body] if not body.lstrip().startswith(b"data:") else [
+            line[5:].strip() for line in body.splitlines() if line.startswith(b"data:") and b'"usage"' in line
+        ]  # fmt: skip
+        for raw in reversed(candidates):
+            try:
+                total = (orjson.loads(raw).get("usage") or {}).get("total_tokens")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(total, int):
+                return total
+        return None

@@ -1,0 +1,67 @@
+"""Tokens a minute at the gateway, with the real `openai` client: a request is admitted on an estimate, the reply's
+real usage is charged (or refunded) after it, the key over its limit gets a 429 naming it, and the audit holds
+each request's tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import openai
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agentstack.checkpoint import PoolSaver
+from agentstack.safety import Authenticator, KeyStore
+from agentstack.safety._audit import AuditLog
+from agentstack.serving import Fleet, FleetSpec, gateway_app
+from api_helpers import serving
+
+
+def costly_model(tokens: int) -> Starlette:
+    """Answers every chat in a word, reporting that it used `tokens` tokens."""
+
+    async def chat(request: Request) -> JSONResponse:
+        await request.body()
+        choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        usage = {"prompt_tokens": tokens - 1, "completion_tokens": 1, "total_tokens": tokens}
+        return JSONResponse(
+            {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice], "usage": usage}
+        )
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+
+
+@pytest.mark.allow_model_requests
+async def test_real_usage_is_charged_and_a_key_over_its_tokens_is_refused(saver: PoolSaver, tmp_path: Path) -> None:
+    keys = KeyStore(saver.conn)
+    await keys.setup()
+    key = await keys.create("app", tpm=300)
+    async with serving(costly_model(250)) as model_url:
+        spec = FleetSpec.from_data(
+            {"models": [{"name": "m", "backend": "external", "urls": [f"{model_url}/v1"]}], "canary": False}
+        )
+        async with (
+            Fleet(spec, home=tmp_path) as fleet,
+            AuditLog(saver.conn) as audit,
+            serving(gateway_app(fleet, Authenticator(keys), audit=audit)) as url,
+        ):
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key.secret, max_retries=0)
+            ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+            await client.chat.completions.create(**ask)  # admitted on ~11 tokens, charged 250
+            await asyncio.sleep(0.2)  # the charge is settled after the reply
+            await client.chat.completions.create(**ask)  # 250 + 11 fit in 300: admitted, then charged 250
+            await asyncio.sleep(0.2)
+            with pytest.raises(openai.RateLimitError, match="over its limit of 300 tokens a minute") as refused:
+                await client.chat.completions.create(**ask)
+            assert int(refused.value.response.headers["retry-after"]) >= 1
+            assert orjson.loads(refused.value.response.content)["error"]["code"] == "tokens_per_minute"
+    tokens = [e["tokens"] for e in await AuditLog(saver.conn).read() if e["path"] == "/v1/chat/completions"]
+    assert tokens == [None, 250, 250]  # newest first: the refused request used nothing
