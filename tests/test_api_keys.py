@@ -185,3 +185,19 @@ async def test_a_run_whose_input_looks_like_an_injection_is_marked_or_refused(sa
         refused = await raw.post("/runs/wait", json={"assistant_id": "asking", "input": attack})
         assert refused.status_code == 400 and "looks like a prompt injection (override" in refused.json()["detail"]
         assert (await raw.post("/threads/count", json={})).json() == 1  # nothing was queued for it
+
+
+async def test_a_key_has_at_most_its_runs_unfinished_at_once(saver: PoolSaver) -> None:
+    keys = KeyStore(saver.conn)
+    await keys.setup()
+    made = await keys.create("batch job", max_runs=2)
+    graphs = ServedGraphs([ServedGraph("asking", asking(saver))])
+    async with serving(app_on(RunQueue(saver.conn), graphs, workers=0)) as url:  # no worker: runs stay pending
+        client = get_client(url=url, api_key=made.secret)
+        runs = [await client.runs.create(None, "asking", input={"steps": []}) for _ in range(2)]
+        async with http(url, made) as raw:
+            third = await raw.post("/runs", json={"assistant_id": "asking", "input": {"steps": []}})
+            assert third.status_code == 429 and "2 runs unfinished" in third.json()["detail"]
+            assert third.headers["retry-after"] == "1"
+        await client.runs.cancel(runs[0]["thread_id"], runs[0]["run_id"])  # one ends: room for another
+        await client.runs.create(None, "asking", input={"steps": []})

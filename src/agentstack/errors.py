@@ -24,6 +24,7 @@ __all__ = [
     "ConflictError",
     "LeaseLostError",
     "ForbiddenError",
+    "LimitError",
 ]
 
 
@@ -87,6 +88,10 @@ class NotFoundError(UserError):
 
 class ForbiddenError(UserError):
     """The caller's key does not allow this: another graph than its scope, a write with a read-only key (403)."""
+
+
+class LimitError(UserError):
+    """A caller is over one of its limits (requests, tokens, runs at once): the server answers 429."""
 
 
 class ConflictError(UserError):

@@ -74,7 +74,15 @@ from agentstack.api._wire import (
 )
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.config import Settings
-from agentstack.errors import ConfigError, ConflictError, ForbiddenError, GraphInputError, NotFoundError, UserError
+from agentstack.errors import (
+    ConfigError,
+    ConflictError,
+    ForbiddenError,
+    GraphInputError,
+    LimitError,
+    NotFoundError,
+    UserError,
+)
 from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of, visible_to
@@ -330,6 +338,8 @@ def _mapped(endpoint: Endpoint) -> Handler:
             return json_response({"detail": str(exc)}, 404)
         except ForbiddenError as exc:
             return json_response({"detail": str(exc)}, 403)
+        except LimitError as exc:
+            return json_response({"detail": str(exc)}, 429, headers={"Retry-After": "1"})
         except ConflictError as exc:
             return json_response({"detail": str(exc)}, 409)
         except (ConfigError, GraphInputError) as exc:  # a field's value: the reference's validation errors
@@ -431,6 +441,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
             thread_metadata={"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id},
             owner=caller.key_id if caller is not None else None,
             visible_to=visible_to(request),
+            max_runs=caller.max_runs if caller is not None else None,
         )
 
     async def _check_checkpoint(self, graph_id: str, thread_id: str, at: Mapping[str, Any]) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 from psycopg.types.json import Jsonb
 
 from agentstack.api._schema import migrate
-from agentstack.errors import ConfigError, ConflictError, LeaseLostError, NotFoundError
+from agentstack.errors import ConfigError, ConflictError, LeaseLostError, LimitError, NotFoundError
 
 __all__ = ["QueueStats", "Run", "RunQueue", "StreamEvent", "Thread"]
 
@@ -299,11 +299,14 @@ RETURNING thread_id""",
         thread_metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
         visible_to: str | None = None,
+        max_runs: int | None = None,
     ) -> Run:
         """Queue a run on `thread_id`, applying `multitask_strategy` to the thread's unfinished runs.
 
         `thread_metadata` is merged into the thread's (the server records which graph the thread runs). A thread
-        made here is `owner`'s; with `visible_to`, a thread of another key is missing (404), as it is to reads."""
+        made here is `owner`'s; with `visible_to`, a thread of another key is missing (404), as it is to reads.
+        `max_runs`: refused (`LimitError`) while `owner` has that many runs unfinished, counted under a lock on
+        the owner so that two servers creating at once cannot both pass."""
         if multitask_strategy not in _STRATEGIES:
             raise ConfigError(
                 f"multitask_strategy {multitask_strategy!r} is not one of {', '.join(_STRATEGIES)}",
@@ -315,6 +318,14 @@ RETURNING thread_id""",
         # in a second (each statement still reads after the one before it took its lock).
         async with self.pool.connection() as conn, conn.pipeline():
             async with conn.transaction():
+                counting = None
+                if max_runs is not None and owner is not None:
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('agentstack runs of ' || %s))", (owner,))
+                    counting = await conn.execute(
+                        "SELECT count(*) AS n FROM agentstack_runs r JOIN agentstack_threads t USING (thread_id) "
+                        "WHERE t.owner = %s AND r.status IN ('pending', 'running')",
+                        (owner,),
+                    )
                 if if_not_exists == "create":
                     await conn.execute(
                         "INSERT INTO agentstack_threads (thread_id, metadata, owner) VALUES (%s, %s, %s) "
@@ -336,6 +347,12 @@ RETURNING thread_id""",
                         f"there is no thread {thread_id}", fix="create it first, or pass if_not_exists='create'"
                     )
                 unfinished = await looking.fetchall()
+                running = int((await counting.fetchone())["n"]) if counting is not None else 0
+                if max_runs is not None and counting is not None and running >= max_runs:
+                    raise LimitError(
+                        f"key {owner} has {running} runs unfinished, its limit of runs at once ({max_runs})",
+                        fix="wait for one to end, or cancel one",
+                    )
                 if unfinished and multitask_strategy == "reject":
                     raise ConflictError(
                         f"thread {thread_id} is already running a task",

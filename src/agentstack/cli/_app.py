@@ -373,6 +373,7 @@ def keys_create(
     admin: Annotated[bool, typer.Option("--admin", help="It sees every key's threads.")] = False,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Model tokens per minute.")] = None,
+    max_runs: Annotated[int | None, typer.Option(help="Runs unfinished at once.")] = None,
     budget: Annotated[str | None, typer.Option(help="USD per period: 20/day (hour, day, week, month).")] = None,
     expires: Annotated[str | None, typer.Option(help="Lifetime: 30d, 12h, 2w...")] = None,
 ) -> None:
@@ -387,6 +388,7 @@ def keys_create(
         "assistants": parse_scope(scope) if scope else None,
         "rpm": rpm,
         "tpm": tpm,
+        "max_runs": max_runs,
         "budget_usd": amount,
         "budget_period": period,
         "expires_in_s": parse_duration(expires) if expires else None,

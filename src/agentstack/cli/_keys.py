@@ -114,6 +114,8 @@ def _limits(key: ApiKey) -> str:
         parts.append(f"{key.rpm} requests/min")
     if key.tpm:
         parts.append(f"{key.tpm} tokens/min")
+    if key.max_runs:
+        parts.append(f"{key.max_runs} runs at once")
     if key.budget_usd:
         parts.append(f"${key.budget_usd:g}/{key.budget_period}")
     return ", ".join(parts)

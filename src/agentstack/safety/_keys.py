@@ -6,9 +6,9 @@ and finds its row; the secret (32 random bytes, URL-safe base64) is checked agai
 so a server verifies a key once and then remembers its SHA-256 (`_auth.Authenticator`).
 
 Each key may be limited: `assistants` (the graphs it may run and see; None: all), `read_only` (it reads, never
-writes), `admin` (it sees every caller's threads), an expiry, and the usage limits the limiter enforces (`rpm`,
-`tpm`, a budget in USD per period). `version` grows with every rotation and revocation, so a server that
-remembered a key notices within its refresh interval.
+writes), `admin` (it sees every caller's threads), an expiry, and the usage limits the servers enforce (`rpm`,
+`tpm`, `max_runs` unfinished at once, a budget in USD per period). `version` grows with every rotation and
+revocation, so a server that remembered a key notices within its refresh interval.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX agentstack_audit_thread ON agentstack_audit (thread_id, at)",
     "ALTER TABLE agentstack_audit ADD COLUMN findings JSONB",  # personal data found, by kind (never the values)
     "ALTER TABLE agentstack_audit ADD COLUMN tokens INTEGER",  # what the model used for the request (gateway)
+    "ALTER TABLE agentstack_api_keys ADD COLUMN max_runs INTEGER",  # runs unfinished at once (agent server)
 )
 
 
@@ -94,6 +95,7 @@ class ApiKey:
     assistants: tuple[str, ...] | None
     rpm: int | None
     tpm: int | None
+    max_runs: int | None
     budget_usd: float | None
     budget_period: str | None
     created_at: datetime
@@ -159,6 +161,7 @@ class KeyStore:
         assistants: Sequence[str] | None = None,
         rpm: int | None = None,
         tpm: int | None = None,
+        max_runs: int | None = None,
         budget_usd: float | None = None,
         budget_period: str | None = None,
         expires_in_s: float | None = None,
@@ -166,7 +169,7 @@ class KeyStore:
         """A new key; its secret is in the result only."""
         if not name.strip():
             raise ConfigError("a key needs a name", fix="--name NAME: who or what uses it")
-        for label, value in (("--rpm", rpm), ("--tpm", tpm), ("--budget", budget_usd)):
+        for label, value in (("--rpm", rpm), ("--tpm", tpm), ("--max-runs", max_runs), ("--budget", budget_usd)):
             if value is not None and value <= 0:
                 raise ConfigError(f"{label} is {value}: nothing would be allowed", fix=f"leave {label} out: no limit")
         if (budget_usd is None) != (budget_period is None):
@@ -176,8 +179,8 @@ class KeyStore:
             row = await (
                 await conn.execute(
                     """INSERT INTO agentstack_api_keys
-    (key_id, name, hash, admin, read_only, assistants, rpm, tpm, budget_usd, budget_period, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) RETURNING *""",
+    (key_id, name, hash, admin, read_only, assistants, rpm, tpm, max_runs, budget_usd, budget_period, expires_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) RETURNING *""",
                     (
                         key_id,
                         name.strip(),
@@ -187,6 +190,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s
                         Jsonb(list(assistants)) if assistants is not None else None,
                         rpm,
                         tpm,
+                        max_runs,
                         budget_usd,
                         budget_period,
                         expires_in_s,
@@ -292,6 +296,7 @@ def _key(row: Any) -> ApiKey:
         assistants=tuple(row["assistants"]) if row["assistants"] is not None else None,
         rpm=row["rpm"],
         tpm=row["tpm"],
+        max_runs=row.get("max_runs"),
         budget_usd=float(row["budget_usd"]) if row["budget_usd"] is not None else None,
         budget_period=row["budget_period"],
         created_at=row["created_at"],
