@@ -65,3 +65,34 @@ async def test_real_usage_is_charged_and_a_key_over_its_tokens_is_refused(saver:
             assert orjson.loads(refused.value.response.content)["error"]["code"] == "tokens_per_minute"
     tokens = [e["tokens"] for e in await AuditLog(saver.conn).read() if e["path"] == "/v1/chat/completions"]
     assert tokens == [None, 250, 250]  # newest first: the refused request used nothing
+
+
+@pytest.mark.allow_model_requests
+async def test_a_key_within_a_budget_pays_by_the_price_table_and_stops_at_it(saver: PoolSaver, tmp_path: Path) -> None:
+    keys = KeyStore(saver.conn)
+    await keys.setup()
+    key = await keys.create("trial", budget_usd=0.1, budget_period="day")
+    prices = {"m": {"input": 1.0, "output": 2.0}}  # USD per 1,000 tokens: 249 in + 1 out = $0.251 a reply
+    async with serving(costly_model(250)) as model_url:
+        urls = [f"{model_url}/v1"]
+        models = [{"name": name, "backend": "external", "urls": urls} for name in ("m", "free")]
+        spec = FleetSpec.from_data({"models": models, "canary": False})
+        async with (
+            Fleet(spec, home=tmp_path) as fleet,
+            AuditLog(saver.conn) as audit,
+            serving(gateway_app(fleet, Authenticator(keys), audit=audit, prices=prices)) as url,
+        ):
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key.secret, max_retries=0)
+            ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+            with pytest.raises(openai.APIStatusError, match="model 'free' has no price") as unpriced:
+                await client.chat.completions.create(model="free", **ask)
+            assert unpriced.value.status_code == 402
+            await client.chat.completions.create(model="m", **ask)  # within the budget when it started
+            await asyncio.sleep(0.2)  # the cost is added after the reply
+            with pytest.raises(openai.APIStatusError, match=r"spent \$0.2510 of its \$0.1 a day") as over:
+                await client.chat.completions.create(model="m", **ask)
+            assert over.value.status_code == 402 and over.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    entries = [e for e in await AuditLog(saver.conn).read() if e["path"] == "/v1/chat/completions"]
+    assert [(e["status"], e["decision"], e["cost_usd"]) for e in entries] == [
+        (402, None, None), (200, None, pytest.approx(0.251)), (402, None, None)
+    ]  # fmt: skip

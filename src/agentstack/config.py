@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     )
     jwt_audience: str | None = Field(default=None, description="The `aud` a caller's JWT must carry.")
     jwt_issuer: str | None = Field(default=None, description="The `iss` a caller's JWT must carry.")
+    prices: dict[str, dict[Literal["input", "output"], float]] = Field(
+        default_factory=dict,
+        description='What models cost, USD per 1,000 tokens: JSON such as {"llama-8b": {"input": 0.05, '
+        "\"output\": 0.1}}. The gateway's audit records each reply's cost; a key with a budget can use only "
+        "priced models.",
+    )
     max_body_bytes: int = Field(
         default=10_000_000,
         ge=1_000,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -62,6 +62,7 @@ async def serve_fleet(
     audit: AuditLog | None = None,
     pii: PiiPolicy | None = None,
     injection: InjectionPolicy | None = None,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
 ) -> None:
     """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
     check_port_free(host, port)
@@ -85,8 +86,9 @@ async def serve_fleet(
                 return
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
             server = gateway_server(
-                fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection
-            )
+                fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection,
+                prices=prices,
+            )  # fmt: skip
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
             serving = asyncio.create_task(server.serve())
@@ -120,7 +122,7 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
                 pii = PiiPolicy(settings.pii, PiiScanner(settings.pii_patterns), restore_replies=settings.pii_restore)
                 await serve_fleet(
                     fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit,
-                    pii=pii, injection=InjectionPolicy(settings.injection),
+                    pii=pii, injection=InjectionPolicy(settings.injection), prices=settings.prices,
                 )  # fmt: skip
         finally:
             await auth.aclose()

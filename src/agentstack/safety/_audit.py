@@ -30,7 +30,7 @@ _log = logging.getLogger(__name__)
 _IDS = re.compile(r"^/threads/(?P<thread>[^/]+)(?:/runs/(?P<run>[^/]+))?")
 _COLUMNS = (
     "at", "server", "key_id", "method", "path", "thread_id", "run_id", "status", "latency_ms", "decision", "findings",
-    "tokens",
+    "tokens", "cost_usd",
 )  # fmt: skip
 
 
@@ -45,6 +45,7 @@ class AuditEntry:
     decision: str | None = None
     findings: dict[str, int] | None = None  # personal data in the request, by kind: never the values
     tokens: int | None = None  # what the model used for it (the gateway reads the reply's usage)
+    cost_usd: float | None = None  # what that cost, by the gateway's price table
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

@@ -48,6 +48,7 @@ class Caller:
     rpm: int | None = None  # requests a minute (`_limits.Limiter`); None: no limit
     tpm: int | None = None  # model tokens a minute (the gateway's); None: no limit
     max_runs: int | None = None  # runs unfinished at once (the agent server's); None: no limit
+    budget: tuple[float, str] | None = None  # (USD, period) the gateway lets it spend; None: no budget
 
     def may_use(self, graph_id: str) -> bool:
         return self.assistants is None or graph_id in self.assistants
@@ -114,7 +115,10 @@ class Authenticator:
             raise Refused(401, f"API key {key_id} was revoked")
         if not key.active(datetime.now(UTC)):
             raise Refused(401, f"API key {key_id} has expired")
-        return Caller(key.key_id, key.name, key.admin, key.read_only, key.assistants, key.rpm, key.tpm, key.max_runs)
+        budget = (key.budget_usd, key.budget_period) if key.budget_usd and key.budget_period else None
+        return Caller(
+            key.key_id, key.name, key.admin, key.read_only, key.assistants, key.rpm, key.tpm, key.max_runs, budget
+        )
 
     async def aclose(self) -> None:
         """Stop refreshing in the background (a server's stop)."""

@@ -22,7 +22,7 @@ from agentstack.safety._limits import Limiter
 __all__ = ["Door", "Guard"]
 
 ASGIApp = Callable[..., Any]
-_DECISIONS = {401: "unauthorized", 403: "forbidden", 413: "too_large", 429: "rate_limited"}
+_DECISIONS = {401: "unauthorized", 402: "over_budget", 403: "forbidden", 413: "too_large", 429: "rate_limited"}
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,10 @@ class Guard:
         try:
             await self.app(scope, receive, send)
         finally:
-            state = scope["state"]  # what the app found in the request (by kind), and the tokens the reply used
+            state = scope["state"]  # what the app found in the request (by kind), the tokens and cost of the reply
             status = answered[0] if answered else 500
-            self._audit(caller, method, path, status, started, None, state.get("findings") or None, state.get("tokens"))
+            used = (state.get("findings") or None, state.get("tokens"), state.get("cost_usd"))
+            self._audit(caller, method, path, status, started, None, *used)
 
     def _audit(
         self,
@@ -115,12 +116,15 @@ class Guard:
         decision: str | None,
         findings: dict[str, int] | None = None,
         tokens: int | None = None,
+        cost_usd: float | None = None,
     ) -> None:
         audit = self.door_of().audit
         if audit is not None:
             latency_ms = (time.perf_counter() - started) * 1000
             key_id = caller.key_id if caller is not None else None
-            entry = AuditEntry(self.server, key_id, method, path, status, latency_ms, decision, findings, tokens)
+            entry = AuditEntry(
+                self.server, key_id, method, path, status, latency_ms, decision, findings, tokens, cost_usd
+            )
             audit.record(entry)
 
     async def _bounded(self, headers: Headers, receive: Any) -> Any:

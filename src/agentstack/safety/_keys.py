@@ -80,6 +80,14 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE agentstack_audit ADD COLUMN findings JSONB",  # personal data found, by kind (never the values)
     "ALTER TABLE agentstack_audit ADD COLUMN tokens INTEGER",  # what the model used for the request (gateway)
     "ALTER TABLE agentstack_api_keys ADD COLUMN max_runs INTEGER",  # runs unfinished at once (agent server)
+    # `_limits.Spend`: what each key spent in each period of its budget.
+    """CREATE TABLE agentstack_spend (
+    key_id TEXT NOT NULL,
+    period_start TIMESTAMPTZ NOT NULL,
+    usd NUMERIC NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, period_start)
+)""",
+    "ALTER TABLE agentstack_audit ADD COLUMN cost_usd DOUBLE PRECISION",
 )
 
 

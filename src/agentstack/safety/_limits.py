@@ -15,10 +15,11 @@ charged or refunded (`settle`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Decision", "Limiter"]
+__all__ = ["Decision", "Limiter", "Spend"]
 
 _WINDOW_S = 60.0
 
@@ -94,4 +95,38 @@ class Limiter:
                 "UPDATE agentstack_rate_limits SET tat = tat + make_interval(secs => %s) "
                 "WHERE key_id = %s AND kind = %s",
                 (units * _WINDOW_S / per_minute, key_id, kind),
+            )
+
+
+class Spend:
+    """What keys spent per period of their budget (US dollars from a per-model price table), in Postgres."""
+
+    def __init__(self, pool: Any, prices: Mapping[str, Mapping[str, float]]) -> None:
+        self.pool = pool
+        self.prices = prices  # model -> {"input": USD per 1,000 tokens, "output": ...}
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """What a reply cost; None when the model has no price."""
+        price = self.prices.get(model)
+        if price is None:
+            return None
+        return (prompt_tokens * price.get("input", 0.0) + completion_tokens * price.get("output", 0.0)) / 1000
+
+    async def spent(self, key_id: str, period: str) -> float:
+        """What the key spent in the current `period` (hour, day, week, month)."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT usd FROM agentstack_spend WHERE key_id = %s AND period_start = date_trunc(%s, now())",
+                    (key_id, period),
+                )
+            ).fetchone()
+        return float(row["usd"]) if row is not None else 0.0
+
+    async def add(self, key_id: str, period: str, usd: float) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO agentstack_spend AS s (key_id, period_start, usd) VALUES (%s, date_trunc(%s, now()), %s) "
+                "ON CONFLICT (key_id, period_start) DO UPDATE SET usd = s.usd + excluded.usd",
+                (key_id, period, usd),
             )

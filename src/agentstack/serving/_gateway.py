@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx
 import orjson
@@ -29,7 +30,7 @@ from agentstack.safety import Authenticator, Door, Guard
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
-from agentstack.safety._limits import Limiter
+from agentstack.safety._limits import Limiter, Spend
 from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy, StreamRestorer
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
@@ -50,6 +51,7 @@ def gateway_app(
     audit: AuditLog | None = None,
     pii: PiiPolicy | None = None,
     injection: InjectionPolicy | None = None,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
@@ -57,10 +59,12 @@ def gateway_app(
     `openai` raises them, `/health` open, `/metrics` for admin keys. `pii`: what becomes of personal data in the
     requests (masked before the model and restored for the caller, or refused), the findings by kind in the
     audit log. `injection`: what becomes of user and tool messages the injection screen flags (off by default
-    here: a bare gateway has no audit to mark them in)."""
+    here: a bare gateway has no audit to mark them in). `prices` (model -> USD per 1,000 input and output
+    tokens) turns the replies' usage into cost, for the audit and for keys with a budget."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
     door = Door(auth, Limiter(auth.store.pool), audit) if auth is not None else None  # rates in the keys' database
+    spend = Spend(auth.store.pool if auth is not None else None, prices or {})
     pii = pii or PiiPolicy()
     injection = injection or InjectionPolicy("off")
 
@@ -95,6 +99,17 @@ def gateway_app(
                 error = {"message": message, "type": "rate_limit_error", "code": "tokens_per_minute"}
                 headers = {k.decode(): v.decode() for k, v in decision.headers()}
                 return JSONResponse({"error": error}, 429, headers=headers)
+        budgeted = None  # (key id, its budget, its period, the model): charged after the reply
+        if caller is not None and caller.budget is not None:
+            usd, period = caller.budget
+            model = str(_requested(body).get("model"))
+            if spend.cost(model, 0, 0) is None:
+                message = f"model {model!r} has no price, and key {caller.key_id} spends within a budget"
+                return _over_budget(message + ": give it one in AGENTSTACK_PRICES")
+            spent = await spend.spent(caller.key_id, period)
+            if spent >= usd:
+                return _over_budget(f"key {caller.key_id} spent ${spent:.4f} of its ${usd:g} a {period}")
+            budgeted = (caller.key_id, period, model)
         headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         upstream_request = client.build_request(request.method, request.url.path, content=body, headers=headers)
         try:
@@ -116,11 +131,19 @@ def gateway_app(
                 _log.warning("the replica died while streaming %s: %r", request.url.path, exc)
             finally:  # also on client disconnect, so the replica's slot is released
                 await upstream.aclose()
-                used = usage.total_tokens()
+                reported = usage.reported()
+                used = reported.get("total_tokens")
                 request.state.tokens = used  # for the audit
+                model = str(_requested(body).get("model"))
+                cost = spend.cost(model, reported.get("prompt_tokens", 0), reported.get("completion_tokens", 0))
+                request.state.cost_usd = cost if reported else None
+                settlements = []
                 if metered is not None and used is not None:  # the estimate was charged: now the real figure
                     limiter, key_id, tpm, estimate = metered
-                    settling = limiter.settle(key_id, tpm, kind="tpm", units=used - estimate)
+                    settlements.append(limiter.settle(key_id, tpm, kind="tpm", units=used - estimate))
+                if budgeted is not None and cost:
+                    settlements.append(spend.add(budgeted[0], budgeted[1], cost))
+                for settling in settlements:
                     _settlements.add(task := asyncio.create_task(settling))
                     task.add_done_callback(_settlements.discard)
 
@@ -199,9 +222,12 @@ def gateway_server(
     audit: AuditLog | None = None,
     pii: PiiPolicy | None = None,
     injection: InjectionPolicy | None = None,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
-    app = gateway_app(fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection)
+    app = gateway_app(
+        fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection, prices=prices
+    )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
 
@@ -230,14 +256,24 @@ def _spoken(body: bytes) -> list[str]:
 _settlements: set[asyncio.Task[None]] = set()  # token settlements in flight (kept until done: asyncio holds weakly)
 
 
-def _estimated_tokens(body: bytes) -> int:
-    """What a request will use, for its admission: its text's characters / 4, plus what it lets the model write
-    (`max_tokens`; 256 when it does not say)."""
+def _requested(body: bytes) -> dict[str, Any]:
+    """The request's JSON object ({} for anything else: the model server refuses it with its own error)."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return 1
-    if not isinstance(request, dict):
+        return {}
+    return request if isinstance(request, dict) else {}
+
+
+def _over_budget(message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "insufficient_quota", "code": "budget_exceeded"}}, 402)
+
+
+def _estimated_tokens(body: bytes) -> int:
+    """What a request will use, for its admission: its text's characters / 4, plus what it lets the model write
+    (`max_tokens`; 256 when it does not say)."""
+    request = _requested(body)
+    if not request:
         return 1
     prompt = sum(len(t) for t in strings_in([request.get("messages"), request.get("prompt")], limit=10_000)) // 4
     allowed = request.get("max_completion_tokens") or request.get("max_tokens") or 256
@@ -245,8 +281,8 @@ def _estimated_tokens(body: bytes) -> int:
 
 
 class _UsageTap:
-    """The `usage.total_tokens` a reply reports, whole or streamed (the last event that carries one); kept up to
-    4 MB of reply, beyond which the estimate stands."""
+    """The usage a reply reports, whole or streamed (the last event that carries one); kept up to 4 MB of reply,
+    beyond which the estimate stands."""
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
@@ -257,18 +293,19 @@ class _UsageTap:
             self._chunks.append(chunk)
             self._size += len(chunk)
 
-    def total_tokens(self) -> int | None:
+    def reported(self) -> dict[str, int]:
+        """`prompt_tokens`, `completion_tokens`, `total_tokens` as the reply reported them; {} if it did not."""
         if self._size > 4_000_000 or not self._chunks:
-            return None
+            return {}
         body = b"".join(self._chunks)
         candidates = [body] if not body.lstrip().startswith(b"data:") else [
             line[5:].strip() for line in body.splitlines() if line.startswith(b"data:") and b'"usage"' in line
         ]  # fmt: skip
         for raw in reversed(candidates):
             try:
-                total = (orjson.loads(raw).get("usage") or {}).get("total_tokens")
+                usage = orjson.loads(raw).get("usage") or {}
             except (orjson.JSONDecodeError, AttributeError):
                 continue
-            if isinstance(total, int):
-                return total
-        return None
+            if isinstance(usage.get("total_tokens"), int):
+                return {k: int(v) for k, v in usage.items() if isinstance(v, int)}
+        return {}
