@@ -23,6 +23,7 @@ from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver
 from agentstack.safety import KeyStore, NewKey
 from agentstack.safety._injection import InjectionPolicy
+from agentstack.safety._limits import RequestLimits
 from api_helpers import serving
 
 
@@ -201,3 +202,13 @@ async def test_a_key_has_at_most_its_runs_unfinished_at_once(saver: PoolSaver) -
             assert third.headers["retry-after"] == "1"
         await client.runs.cancel(runs[0]["thread_id"], runs[0]["run_id"])  # one ends: room for another
         await client.runs.create(None, "asking", input={"steps": []})
+
+
+async def test_a_run_input_over_the_limit_is_a_413(saver: PoolSaver) -> None:
+    graphs = ServedGraphs([ServedGraph("asking", asking(saver))])
+    app = app_on(RunQueue(saver.conn), graphs, workers=0, limits=RequestLimits(max_input_chars=100))
+    async with serving(app) as url, http(url, None) as raw:
+        refused = await raw.post("/runs", json={"assistant_id": "asking", "input": {"steps": ["y" * 60, "z" * 60]}})
+        assert refused.status_code == 413 and "holds 120 characters" in refused.json()["detail"]
+        fits = await raw.post("/runs", json={"assistant_id": "asking", "input": {"steps": ["y" * 60]}})
+        assert fits.status_code == 200

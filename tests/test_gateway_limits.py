@@ -18,6 +18,7 @@ from starlette.routing import Route
 from agentstack.checkpoint import PoolSaver
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._limits import RequestLimits
 from agentstack.serving import Fleet, FleetSpec, gateway_app
 from api_helpers import serving
 
@@ -96,3 +97,36 @@ async def test_a_key_within_a_budget_pays_by_the_price_table_and_stops_at_it(sav
     assert [(e["status"], e["decision"], e["cost_usd"]) for e in entries] == [
         (402, None, None), (200, None, pytest.approx(0.251)), (402, None, None)
     ]  # fmt: skip
+
+
+@pytest.mark.allow_model_requests
+async def test_what_one_request_may_ask_is_bounded(saver: PoolSaver, tmp_path: Path) -> None:
+    sent: list[dict[str, object]] = []
+
+    async def chat(request: Request) -> JSONResponse:
+        sent.append(orjson.loads(await request.body()))
+        choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]})
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    recording = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+    limits = RequestLimits(max_input_chars=1_000, max_tokens_ceiling=512)
+    async with serving(recording) as model_url:
+        spec = FleetSpec.from_data(
+            {"models": [{"name": "m", "backend": "external", "urls": [f"{model_url}/v1"]}], "canary": False}
+        )
+        async with Fleet(spec, home=tmp_path) as fleet, serving(gateway_app(fleet, limits=limits)) as url:
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            hi = [{"role": "user", "content": "hi"}]
+            await client.chat.completions.create(model="m", messages=hi)
+            assert sent[-1]["max_tokens"] == 512  # unsaid: the ceiling, so no request is unbounded
+            await client.chat.completions.create(model="m", messages=hi, max_tokens=20)
+            assert sent[-1]["max_tokens"] == 20
+            with pytest.raises(openai.BadRequestError, match="max_tokens 4096 is above this gateway's ceiling of 512"):
+                await client.chat.completions.create(model="m", messages=hi, max_tokens=4096)
+            long = [{"role": "user", "content": "x" * 1_001}]
+            with pytest.raises(openai.BadRequestError, match="holds 1001 characters; this server takes at most 1000"):
+                await client.chat.completions.create(model="m", messages=long)
+            assert len(sent) == 2  # the refused ones never reached the model

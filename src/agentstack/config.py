@@ -75,6 +75,22 @@ class Settings(BaseSettings):
         "\"output\": 0.1}}. The gateway's audit records each reply's cost; a key with a budget can use only "
         "priced models.",
     )
+    max_input_chars: int = Field(
+        default=400_000,
+        ge=100,
+        description="The most text a run's input (agent server) or a request's messages (gateway) may hold.",
+    )
+    max_tokens_ceiling: int = Field(
+        default=8192,
+        ge=1,
+        description="The most tokens a gateway request may ask the model to write (max_tokens); one that asks "
+        "for more is refused, one that does not say gets this.",
+    )
+    max_stream_s: float = Field(
+        default=900,
+        gt=0,
+        description="How long the gateway relays one streamed reply before it ends it (a runaway generation).",
+    )
     max_body_bytes: int = Field(
         default=10_000_000,
         ge=1_000,

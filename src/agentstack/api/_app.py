@@ -88,7 +88,7 @@ from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of, visible_to
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._jwt import JwtVerifier
-from agentstack.safety._limits import Limiter
+from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, request_limits
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -137,6 +137,7 @@ def settled(settings: Settings) -> dict[str, Any]:
         "audit_retention_days": settings.audit_retention_days,
         "injection": InjectionPolicy(settings.injection),
         "jwt": JwtVerifier.from_settings(settings),
+        "limits": request_limits(settings),
     }
 
 
@@ -158,6 +159,7 @@ def app_on(
     audit_retention_days: float = 90,
     injection: InjectionPolicy | None = None,
     jwt: JwtVerifier | None = None,
+    limits: RequestLimits | None = None,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
@@ -179,6 +181,7 @@ def app_on(
         audit_retention_days=audit_retention_days,
         injection=injection,
         jwt=jwt,
+        limits=limits,
     )
 
 
@@ -194,9 +197,11 @@ def _app(
     audit_retention_days: float = 90,
     injection: InjectionPolicy | None = None,
     jwt: JwtVerifier | None = None,
+    limits: RequestLimits | None = None,
 ) -> Starlette:
     api = _Api(poll_s, event_retention_s)
     api.injection = injection or InjectionPolicy()
+    api.limits = limits or RequestLimits()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -346,6 +351,8 @@ def _mapped(endpoint: Endpoint) -> Handler:
             return json_response({"detail": str(exc)}, 422)
         except UserError as exc:
             return json_response({"detail": str(exc)}, 400)
+        except RequestRefused as exc:
+            return json_response({"detail": str(exc)}, 413)
         except InjectionBlocked as exc:
             request.state.findings = {"injection": 1}
             return json_response({"detail": str(exc)}, 400)
@@ -365,6 +372,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     assistants: AssistantStore
     door: Door
     injection: InjectionPolicy
+    limits: RequestLimits
 
     def __init__(self, poll_s: float, event_retention_s: float) -> None:
         self.poll_s = poll_s
@@ -424,9 +432,9 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         if kwargs["checkpoint"] is not None:
             await self._check_checkpoint(assistant.graph_id, thread_id, kwargs["checkpoint"])
         metadata = dict(body.get("metadata") or {})
-        screened = self.injection.check(
-            strings_in([body.get("input"), (body.get("command") or {}).get("resume")]), what="the run's input"
-        )  # `block` raises: a 400 naming the reasons
+        said = strings_in([body.get("input"), (body.get("command") or {}).get("resume")], limit=100_000)
+        self.limits.check_input(said, what="the run's input")
+        screened = self.injection.check(said, what="the run's input")  # `block` raises: a 400 naming the reasons
         if screened is not None:  # flagged: marked on the run, counted in the audit
             metadata["injection"] = {"score": screened.score, "reasons": list(screened.reasons)}
             request.state.findings = {"injection": 1}

@@ -24,6 +24,7 @@ from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._jwt import JwtVerifier
+from agentstack.safety._limits import RequestLimits, request_limits
 from agentstack.safety._pii import PiiScanner
 from agentstack.safety._pii_policy import PiiPolicy
 from agentstack.serving import Fleet, Replica, gateway_server
@@ -63,6 +64,7 @@ async def serve_fleet(
     pii: PiiPolicy | None = None,
     injection: InjectionPolicy | None = None,
     prices: Mapping[str, Mapping[str, float]] | None = None,
+    limits: RequestLimits | None = None,
 ) -> None:
     """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
     check_port_free(host, port)
@@ -87,7 +89,7 @@ async def serve_fleet(
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
             server = gateway_server(
                 fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection,
-                prices=prices,
+                prices=prices, limits=limits,
             )  # fmt: skip
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
@@ -123,6 +125,7 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
                 await serve_fleet(
                     fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit,
                     pii=pii, injection=InjectionPolicy(settings.injection), prices=settings.prices,
+                    limits=request_limits(settings),
                 )  # fmt: skip
         finally:
             await auth.aclose()

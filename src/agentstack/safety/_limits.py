@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Decision", "Limiter", "Spend"]
+from agentstack.config import Settings
+
+__all__ = ["Decision", "Limiter", "RequestLimits", "RequestRefused", "Spend", "request_limits"]
 
 _WINDOW_S = 60.0
 
@@ -130,3 +132,51 @@ class Spend:
                 "ON CONFLICT (key_id, period_start) DO UPDATE SET usd = s.usd + excluded.usd",
                 (key_id, period, usd),
             )
+
+
+class RequestRefused(Exception):
+    """A request over one of the `RequestLimits`: its message names the limit, `code` says which."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask, whoever asks (safe defaults; `Settings` sets them): how much text it holds, how
+    many tokens it lets the model write (one that does not say gets the ceiling, so no request is unbounded), how
+    long a streamed reply may run."""
+
+    max_input_chars: int = 400_000
+    max_tokens_ceiling: int = 8192
+    max_stream_s: float = 900.0
+
+    def check_input(self, texts: list[str], *, what: str) -> None:
+        chars = sum(len(t) for t in texts)
+        if chars > self.max_input_chars:
+            raise RequestRefused(
+                f"{what} holds {chars} characters; this server takes at most {self.max_input_chars} "
+                "(AGENTSTACK_MAX_INPUT_CHARS)",
+                "input_too_long",
+            )
+
+    def bounded(self, request: dict[str, Any], texts: list[str]) -> bool:
+        """Check a model request against the limits, giving it the ceiling when it sets no `max_tokens`; whether
+        the request was changed."""
+        self.check_input(texts, what="the request")
+        asked = [request[k] for k in ("max_tokens", "max_completion_tokens") if isinstance(request.get(k), int)]
+        if any(n > self.max_tokens_ceiling for n in asked):
+            raise RequestRefused(
+                f"max_tokens {max(asked)} is above this gateway's ceiling of {self.max_tokens_ceiling} "
+                "(AGENTSTACK_MAX_TOKENS_CEILING)",
+                "max_tokens_too_large",
+            )
+        if not asked:
+            request["max_tokens"] = self.max_tokens_ceiling
+            return True
+        return False
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    return RequestLimits(settings.max_input_chars, settings.max_tokens_ceiling, settings.max_stream_s)

@@ -30,7 +30,7 @@ from agentstack.safety import Authenticator, Door, Guard
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import caller_of
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
-from agentstack.safety._limits import Limiter, Spend
+from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend
 from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy, StreamRestorer
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
@@ -52,6 +52,7 @@ def gateway_app(
     pii: PiiPolicy | None = None,
     injection: InjectionPolicy | None = None,
     prices: Mapping[str, Mapping[str, float]] | None = None,
+    limits: RequestLimits | None = None,
 ) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
@@ -60,17 +61,25 @@ def gateway_app(
     requests (masked before the model and restored for the caller, or refused), the findings by kind in the
     audit log. `injection`: what becomes of user and tool messages the injection screen flags (off by default
     here: a bare gateway has no audit to mark them in). `prices` (model -> USD per 1,000 input and output
-    tokens) turns the replies' usage into cost, for the audit and for keys with a budget."""
+    tokens) turns the replies' usage into cost, for the audit and for keys with a budget. `limits`: what one
+    request may ask (its text, its max_tokens, how long its stream runs)."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
     door = Door(auth, Limiter(auth.store.pool), audit) if auth is not None else None  # rates in the keys' database
     spend = Spend(auth.store.pool if auth is not None else None, prices or {})
+    limits = limits or RequestLimits()
     pii = pii or PiiPolicy()
     injection = injection or InjectionPolicy("off")
 
     async def proxy(request: Request) -> Response:
         try:
-            masked = pii.inbound(await request.body())
+            bounded = _bounded(await request.body(), request.url.path, limits)
+        except RequestRefused as refused:
+            return JSONResponse(
+                {"error": {"message": str(refused), "type": "invalid_request_error", "code": refused.code}}, 400
+            )
+        try:
+            masked = pii.inbound(bounded)
         except PiiBlocked as blocked:
             request.state.findings = dict(blocked.kinds)
             error = {"message": str(blocked), "type": "invalid_request_error", "code": "pii_blocked"}
@@ -124,9 +133,16 @@ def gateway_app(
 
         async def relay() -> AsyncIterator[bytes]:
             try:
-                async for chunk in upstream.aiter_raw():
-                    usage.feed(chunk)
-                    yield chunk
+                async with asyncio.timeout(limits.max_stream_s):  # a runaway generation ends here
+                    async for chunk in upstream.aiter_raw():
+                        usage.feed(chunk)
+                        yield chunk
+            except TimeoutError:
+                _log.warning(
+                    "%s: the reply ran past %.0f s; ended (AGENTSTACK_MAX_STREAM_S)",
+                    request.url.path,
+                    limits.max_stream_s,
+                )
             except httpx.HTTPError as exc:  # the headers are sent: all we can do is end the body early
                 _log.warning("the replica died while streaming %s: %r", request.url.path, exc)
             finally:  # also on client disconnect, so the replica's slot is released
@@ -223,11 +239,13 @@ def gateway_server(
     pii: PiiPolicy | None = None,
     injection: InjectionPolicy | None = None,
     prices: Mapping[str, Mapping[str, float]] | None = None,
+    limits: RequestLimits | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
     app = gateway_app(
-        fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection, prices=prices
-    )
+        fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection, prices=prices,
+        limits=limits,
+    )  # fmt: skip
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
 
@@ -254,6 +272,22 @@ def _spoken(body: bytes) -> list[str]:
 
 
 _settlements: set[asyncio.Task[None]] = set()  # token settlements in flight (kept until done: asyncio holds weakly)
+
+
+def _bounded(body: bytes, path: str, limits: RequestLimits) -> bytes:
+    """The body within `limits` (a completion that sets no max_tokens gets the ceiling); `RequestRefused`."""
+    request = _requested(body)
+    if not request:
+        return body
+    if path.endswith("completions"):
+        messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+        texts = strings_in([[m.get("content") for m in messages], request.get("prompt")], limit=100_000)
+        return orjson.dumps(request) if limits.bounded(request, texts) else body
+    limits.check_input(
+        strings_in([request.get("input"), request.get("query"), request.get("documents")], limit=100_000),
+        what="the request",
+    )
+    return body
 
 
 def _requested(body: bytes) -> dict[str, Any]:
