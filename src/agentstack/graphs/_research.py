@@ -55,9 +55,11 @@ from agentstack.graphs._research_state import (
     ResearchState,
     SearchFailure,
     SearchTask,
+    Suspicious,
 )
 from agentstack.graphs._support import Embedder, EmbeddingSupport, SupportScorer
 from agentstack.prompts import Prompt, PromptLibrary
+from agentstack.safety._injection import InjectionScreen
 
 __all__ = [
     "RESEARCH_GRAPH",
@@ -122,6 +124,7 @@ class ResearchDeps:
     embedder: Embedder | None = None
     support: SupportScorer | None = None
     answer_style: AnswerStyle = "written"
+    screen: InjectionScreen = field(default_factory=InjectionScreen)  # found text that reads like an injection
     _selectors: dict[tuple[int, int], StructuredCall[Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -232,8 +235,33 @@ async def search(task: SearchTask, runtime: Runtime[ResearchContext], deps: Rese
                 found.append(_evidence(query, "tool", tool.name, None, str(output), 0.0))
         except Exception as exc:
             failures.append(_failure(query, tool.name, exc))
+    found, suspicious = _screened(found, knobs.injection, deps.screen)
     runtime.stream_writer({"stage": "search", "query": query, "found": len(found), "failed": len(failures)})
-    return {"evidence": found, "failures": failures, "asked": [query]}
+    if suspicious:
+        runtime.stream_writer({"stage": "screen", "query": query, "suspicious": len(suspicious)})
+    return {"evidence": found, "failures": failures, "asked": [query], "suspicious": suspicious}
+
+
+def _screened(found: list[Evidence], mode: str, screen: InjectionScreen) -> tuple[list[Evidence], list[Suspicious]]:
+    """The evidence a prompt-injection screen lets through, and what it flagged (documents and tools' output are
+    where an indirect injection comes in: a page that tells the model what to do)."""
+    if mode == "off":
+        return found, []
+    kept: list[Evidence] = []
+    suspicious: list[Suspicious] = []
+    for evidence in found:
+        screening = screen.screen(evidence["text"])
+        if screening.flagged:
+            suspicious.append(
+                Suspicious(
+                    query=evidence["query"], source=evidence["source"], score=screening.score,
+                    reasons=list(screening.reasons), kept=mode == "flag",
+                )
+            )  # fmt: skip
+            if mode == "block":
+                continue
+        kept.append(evidence)
+    return kept, suspicious
 
 
 async def analyze(state: ResearchState, runtime: Runtime[ResearchContext], deps: ResearchDeps) -> dict[str, Any]:
@@ -477,12 +505,17 @@ def _build_from_parts(parts: GraphParts, **options: Any) -> ResearchGraph:
 
 def _render(values: Mapping[str, Any]) -> ResultView:
     failures = values.get("failures") or []
+    warnings = [f"{len(failures)} search(es) failed: {failures}"] if failures else []
+    if suspicious := values.get("suspicious") or []:
+        sources = sorted({s["source"] for s in suspicious})
+        kept = "kept, marked" if all(s["kept"] for s in suspicious) else "left out"
+        warnings.append(f"{len(suspicious)} passage(s) read like a prompt injection ({kept}): {', '.join(sources)}")
     return ResultView(
         title="answer",
         detail=f"{values.get('status')}, confidence {values.get('confidence', 0):.2f}",
         text=str(values.get("answer", "")),
         citations=values.get("citations", []),
-        warnings=[f"{len(failures)} search(es) failed: {failures}"] if failures else [],
+        warnings=warnings,
         contexts=values.get("evidence", []),
         removed_citations=values.get("removed_citations", []),
     )

@@ -50,6 +50,16 @@ class SearchFailure(TypedDict):
     error: str
 
 
+class Suspicious(TypedDict):
+    """Found evidence the injection screen flagged: where it came from, why, and whether it was kept."""
+
+    query: str
+    source: str
+    score: float
+    reasons: list[str]
+    kept: bool  # `injection="flag"` keeps it (marked); "block" leaves it out of the evidence
+
+
 class Citation(TypedDict):
     """A citation of the final answer, resolved to the evidence (and chunk) it points at."""
 
@@ -93,6 +103,7 @@ class ResearchState(TypedDict):
     asked: NotRequired[Annotated[list[str], operator.add]]
     evidence: NotRequired[Annotated[list[Evidence], merge_evidence]]
     failures: NotRequired[Annotated[list[SearchFailure], operator.add]]
+    suspicious: NotRequired[Annotated[list[Suspicious], operator.add]]  # evidence that looked like an injection
     iteration: NotRequired[int]  # search rounds done
     tokens_used: NotRequired[Annotated[int, operator.add]]
     draft: NotRequired[str]
@@ -171,6 +182,9 @@ class ResearchContext:
     answer_style: Literal["auto", "written", "extractive"] = "auto"
     candidates: int = 8
     max_sentences: int = 3
+    # Found text that reads like a prompt injection (`agentstack.safety`), an indirect one: "flag" keeps it and
+    # records it in `suspicious`, "block" leaves it out of the evidence (recorded too), "off" does not look.
+    injection: Literal["off", "flag", "block"] = "flag"
 
     def __post_init__(self) -> None:
         for name in ("k", "max_queries", "max_iterations", "evidence_chars", "candidates", "max_sentences"):
