@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from langgraph_sdk import get_sync_client
 
 from agentstack._net import free_port
@@ -76,6 +77,7 @@ def wait_for(condition: object, what: str, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a supervisor and its worker processes, one of them killed and replaced
 def test_a_run_whose_worker_process_is_killed_completes_once_on_another(
     tmp_path: Path, agentstack_postgres: str
 ) -> None:
