@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import httpx
 import orjson
@@ -28,10 +27,10 @@ from starlette.routing import Route
 
 from agentstack.safety import Authenticator, Door, Guard
 from agentstack.safety._audit import AuditLog
-from agentstack.safety._auth import caller_of
-from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
-from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend
-from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy, StreamRestorer
+from agentstack.safety._gateway_policy import GatewayPolicy, openai_error
+from agentstack.safety._injection import InjectionPolicy
+from agentstack.safety._limits import Limiter, RequestLimits, Spend
+from agentstack.safety._pii_policy import PiiPolicy, StreamRestorer
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
 from agentstack.serving._router import THREAD_HEADER
@@ -66,59 +65,17 @@ def gateway_app(
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
     door = Door(auth, Limiter(auth.store.pool), audit) if auth is not None else None  # rates in the keys' database
-    spend = Spend(auth.store.pool if auth is not None else None, prices or {})
     limits = limits or RequestLimits()
-    pii = pii or PiiPolicy()
-    injection = injection or InjectionPolicy("off")
+    policy = GatewayPolicy(
+        door, Spend(auth.store.pool if auth is not None else None, prices or {}), limits, pii or PiiPolicy(),
+        injection or InjectionPolicy("off"),
+    )  # fmt: skip
 
     async def proxy(request: Request) -> Response:
-        try:
-            bounded = _bounded(await request.body(), request.url.path, limits)
-        except RequestRefused as refused:
-            return JSONResponse(
-                {"error": {"message": str(refused), "type": "invalid_request_error", "code": refused.code}}, 400
-            )
-        try:
-            masked = pii.inbound(bounded)
-        except PiiBlocked as blocked:
-            request.state.findings = dict(blocked.kinds)
-            error = {"message": str(blocked), "type": "invalid_request_error", "code": "pii_blocked"}
-            return JSONResponse({"error": error}, 400)
-        request.state.findings = dict(masked.found)
-        try:  # the user's words and the tools' results: where an injection comes in
-            screened = injection.check(_spoken(masked.body), what="a message")
-        except InjectionBlocked as blocked:
-            request.state.findings |= {"injection": 1}
-            error = {"message": str(blocked), "type": "invalid_request_error", "code": "injection_blocked"}
-            return JSONResponse({"error": error}, 400)
-        if screened is not None:
-            request.state.findings |= {"injection": 1}
-        body = masked.body
-        caller = caller_of(request)
-        metered = None  # (limiter, key id, its tokens a minute, this request's estimate): settled after the reply
-        if door is not None and door.limiter is not None and caller is not None and caller.tpm:
-            metered = (door.limiter, caller.key_id, caller.tpm, _estimated_tokens(body))
-            limiter, key_id, tpm, estimate = metered
-            decision = await limiter.admit(key_id, tpm, kind="tpm", weight=estimate)
-            if not decision.admitted:
-                message = (
-                    f"key {key_id} is over its limit of {tpm} tokens a minute (this request needs about "
-                    f"{estimate}): retry in {decision.retry_after_s:.1f} s"
-                )
-                error = {"message": message, "type": "rate_limit_error", "code": "tokens_per_minute"}
-                headers = {k.decode(): v.decode() for k, v in decision.headers()}
-                return JSONResponse({"error": error}, 429, headers=headers)
-        budgeted = None  # (key id, its budget, its period, the model): charged after the reply
-        if caller is not None and caller.budget is not None:
-            usd, period = caller.budget
-            model = str(_requested(body).get("model"))
-            if spend.cost(model, 0, 0) is None:
-                message = f"model {model!r} has no price, and key {caller.key_id} spends within a budget"
-                return _over_budget(message + ": give it one in AGENTSTACK_PRICES")
-            spent = await spend.spent(caller.key_id, period)
-            if spent >= usd:
-                return _over_budget(f"key {caller.key_id} spent ${spent:.4f} of its ${usd:g} a {period}")
-            budgeted = (caller.key_id, period, model)
+        admitted = await policy.admit(request, await request.body())
+        if isinstance(admitted, Response):
+            return admitted  # refused, naming the limit
+        body = admitted.body
         headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         upstream_request = client.build_request(request.method, request.url.path, content=body, headers=headers)
         try:
@@ -147,30 +104,17 @@ def gateway_app(
                 _log.warning("the replica died while streaming %s: %r", request.url.path, exc)
             finally:  # also on client disconnect, so the replica's slot is released
                 await upstream.aclose()
-                reported = usage.reported()
-                used = reported.get("total_tokens")
-                request.state.tokens = used  # for the audit
-                model = str(_requested(body).get("model"))
-                cost = spend.cost(model, reported.get("prompt_tokens", 0), reported.get("completion_tokens", 0))
-                request.state.cost_usd = cost if reported else None
-                settlements = []
-                if metered is not None and used is not None:  # the estimate was charged: now the real figure
-                    limiter, key_id, tpm, estimate = metered
-                    settlements.append(limiter.settle(key_id, tpm, kind="tpm", units=used - estimate))
-                if budgeted is not None and cost:
-                    settlements.append(spend.add(budgeted[0], budgeted[1], cost))
-                for settling in settlements:
-                    _settlements.add(task := asyncio.create_task(settling))
-                    task.add_done_callback(_settlements.discard)
+                policy.settle(request, admitted, usage.reported())
 
         kept = {k: v for k in _FORWARD_RESPONSE if (v := upstream.headers.get(k)) is not None}
-        if masked.mapping and pii.restore_replies:  # the caller gets its own values back, the model never had them
+        mapping = admitted.mapping if policy.pii.restore_replies else {}
+        if mapping:  # the caller gets its own values back; the model never had them
             if "text/event-stream" not in upstream.headers.get("content-type", ""):
                 whole = b"".join([chunk async for chunk in relay()])
                 kept.pop("content-encoding", None)
-                restored = pii.restore_reply(whole, masked.mapping)
+                restored = policy.pii.restore_reply(whole, mapping)
                 return Response(restored, status_code=upstream.status_code, headers=kept)
-            return StreamingResponse(_restored(relay(), masked.mapping), status_code=upstream.status_code, headers=kept)
+            return StreamingResponse(_restored(relay(), mapping), status_code=upstream.status_code, headers=kept)
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
 
     async def models(_: Request) -> Response:
@@ -211,7 +155,7 @@ def gateway_app(
             Middleware(
                 Guard,
                 lambda: door,
-                error=_openai_error,
+                error=openai_error,
                 reads=lambda _method, _path: True,  # nothing here changes what the server holds
                 open_paths=frozenset({"/health"}),
                 admin_paths=frozenset({"/metrics"}),
@@ -220,12 +164,6 @@ def gateway_app(
             )
         )
     return Starlette(routes=routes, middleware=keys, lifespan=lifespan)
-
-
-def _openai_error(status: int, message: str) -> dict[str, object]:
-    code = {401: "invalid_api_key", 403: "permission_denied"}.get(status, "server_error")
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def gateway_server(
@@ -257,61 +195,6 @@ async def _restored(events: AsyncIterator[bytes], mapping: dict[str, str]) -> As
             yield out
     if rest := restorer.close():
         yield rest
-
-
-def _spoken(body: bytes) -> list[str]:
-    """The texts of a chat request's user and tool messages (what a caller or a tool put there), or a prompt."""
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return []
-    if not isinstance(request, dict):
-        return []
-    messages = [m for m in request.get("messages") or [] if isinstance(m, dict) and m.get("role") in ("user", "tool")]
-    return strings_in([m.get("content") for m in messages] + [request.get("prompt")])
-
-
-_settlements: set[asyncio.Task[None]] = set()  # token settlements in flight (kept until done: asyncio holds weakly)
-
-
-def _bounded(body: bytes, path: str, limits: RequestLimits) -> bytes:
-    """The body within `limits` (a completion that sets no max_tokens gets the ceiling); `RequestRefused`."""
-    request = _requested(body)
-    if not request:
-        return body
-    if path.endswith("completions"):
-        messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
-        texts = strings_in([[m.get("content") for m in messages], request.get("prompt")], limit=100_000)
-        return orjson.dumps(request) if limits.bounded(request, texts) else body
-    limits.check_input(
-        strings_in([request.get("input"), request.get("query"), request.get("documents")], limit=100_000),
-        what="the request",
-    )
-    return body
-
-
-def _requested(body: bytes) -> dict[str, Any]:
-    """The request's JSON object ({} for anything else: the model server refuses it with its own error)."""
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return request if isinstance(request, dict) else {}
-
-
-def _over_budget(message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "insufficient_quota", "code": "budget_exceeded"}}, 402)
-
-
-def _estimated_tokens(body: bytes) -> int:
-    """What a request will use, for its admission: its text's characters / 4, plus what it lets the model write
-    (`max_tokens`; 256 when it does not say)."""
-    request = _requested(body)
-    if not request:
-        return 1
-    prompt = sum(len(t) for t in strings_in([request.get("messages"), request.get("prompt")], limit=10_000)) // 4
-    allowed = request.get("max_completion_tokens") or request.get("max_tokens") or 256
-    return max(1, prompt + (int(allowed) if isinstance(allowed, int | float) else 256))
 
 
 class _UsageTap:
