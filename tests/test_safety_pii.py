@@ -81,3 +81,18 @@ def test_the_labelled_set_scores_as_the_benchmark_reports() -> None:
         got = {(f.kind, f.value) for f in scanner.find(item["text"])}
         tp, fp, fn = tp + len(want & got), fp + len(got - want), fn + len(want - got)
     assert (tp, fp, fn) == (45, 0, 3)  # the misses: a 00 international prefix, a spaced SSN, a lowercase IBAN
+
+
+def test_a_stream_gets_its_values_back_whatever_its_chunks_cut() -> None:
+    from agentstack.safety._pii_policy import StreamRestorer
+
+    def event(content: str | None, finish: str | None = None) -> bytes:
+        delta = {"content": content} if content is not None else {}
+        return b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).encode()
+
+    restorer = StreamRestorer({"<EMAIL_1>": "ana@example.com"})
+    stream = [event("write <EM"), event("AIL_1> now, <"), event(None, "stop"), b"data: [DONE]"]
+    out = b"".join(restorer.feed(e + b"\n\n") for e in stream) + restorer.close()
+    said = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in said)
+    assert text == "write ana@example.com now, <"  # a lone "<" held back, then given at the end

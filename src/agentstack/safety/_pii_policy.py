@@ -124,9 +124,12 @@ class StreamRestorer:
             holder = delta
             if key is None and isinstance(choice.get("text"), str):
                 holder, key = choice, "text"
-            if key is None:
-                continue
             index = int(choice.get("index") or 0)
+            if key is None:
+                if choice.get("finish_reason") is not None and index in self._held:  # what was held back, last
+                    delta["content"] = restore(self._held.pop(index), self.mapping)
+                    choice["delta"] = delta
+                continue
             text = self._held.pop(index, "") + holder[key]
             if choice.get("finish_reason") is None and (partial := _PARTIAL.search(text)):
                 self._held[index] = text[partial.start() :]
