@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -115,6 +116,7 @@ class MilvusIndex:
 
         Apart so that `open_retrieval` reaches Milvus before the embedder loads: a wrong URI fails at once.
         """
+        _grpc_forks_plainly()
         pymilvus = require("pymilvus", extra="local", feature="the hybrid index")
         uri = str(uri)
         if is_lite_file(uri):
@@ -356,8 +358,18 @@ async def shared_milvus_lite(path: str) -> AsyncIterator[str]:
         await asyncio.to_thread(server_manager_instance.release_server, path)
 
 
+def _grpc_forks_plainly() -> None:
+    """Before gRPC loads (pymilvus brings it): no fork handlers. With them, a process that forks while a gRPC call
+    is in flight (a Stack opens Postgres and the index at once, and starts model servers meanwhile) gives a
+    child that aborts before it can exec (`pg_ctl exit -6` after "Other threads are currently calling into gRPC,
+    skipping fork() handlers"). Every process agentstack forks execs at once, the case gRPC documents this
+    setting for (grpc/grpc#14055; labgrid#1905 fixed the same abort so)."""
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+
 def _import_milvus_lite() -> None:
     """Import Milvus Lite before pymilvus does, without its pkg_resources deprecation warning on every run."""
+    _grpc_forks_plainly()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         require("milvus_lite", extra="local", feature="a local index path (Milvus Lite; or give a server URI)")
