@@ -96,3 +96,15 @@ def test_a_stream_gets_its_values_back_whatever_its_chunks_cut() -> None:
     said = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in said)
     assert text == "write ana@example.com now, <"  # a lone "<" held back, then given at the end
+
+
+def test_the_policy_can_differ_by_model() -> None:
+    from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
+
+    policy = PiiPolicy("off", by_model={"hosted-gpt": "block", "team-llama": "mask"})
+    said = {"messages": [{"role": "user", "content": "mail ana@example.com"}]}
+    for_model = {m: json.dumps({**said, "model": m}).encode() for m in ("hosted-gpt", "team-llama", "local")}
+    with pytest.raises(PiiBlocked, match=r"email \(1\)"):
+        policy.inbound(for_model["hosted-gpt"])
+    assert b"<EMAIL_1>" in policy.inbound(for_model["team-llama"]).body
+    assert policy.inbound(for_model["local"]).body == for_model["local"]  # the default: off

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         description="Prompt injection in a run's input (agent server) or in the user and tool messages the gateway "
         "passes on: off, flag (marked in the run's metadata and the audit) or block (a 400 naming the reasons).",
     )
+    pii_models: dict[str, Literal["off", "mask", "block"]] = Field(
+        default_factory=dict,
+        description='The pii policy for some models, by name (JSON, e.g. {"gpt-4o": "block"}); the others follow pii.',
+    )
     pii_restore: bool = Field(
         default=True, description="With pii=mask, put the values back in the reply (false: the caller sees masks)."
     )

@@ -121,7 +121,9 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
         auth = Authenticator(store, required=host not in LOOPBACK, jwt=JwtVerifier.from_settings(settings))
         try:
             async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
-                pii = PiiPolicy(settings.pii, PiiScanner(settings.pii_patterns), restore_replies=settings.pii_restore)
+                pii = PiiPolicy(
+                    settings.pii, PiiScanner(settings.pii_patterns), settings.pii_restore, settings.pii_models
+                )
                 await serve_fleet(
                     fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit,
                     pii=pii, injection=InjectionPolicy(settings.injection), prices=settings.prices,

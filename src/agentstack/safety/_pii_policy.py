@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,19 +47,29 @@ class Masked:
 
 @dataclass(frozen=True)
 class PiiPolicy:
+    """`mode` for every model, but those `by_model` names (a hosted model may need `block` where the team's own
+    GPU serves `off`)."""
+
     mode: PiiMode = "off"
     scanner: PiiScanner = field(default_factory=PiiScanner)
     restore_replies: bool = True
+    by_model: Mapping[str, PiiMode] = field(default_factory=dict)
+
+    def mode_for(self, model: str) -> PiiMode:
+        return self.by_model.get(model, self.mode)
 
     def inbound(self, body: bytes) -> Masked:
         """The request body as the model may see it; raises `PiiBlocked` under `block`."""
-        if self.mode == "off":
+        if self.mode == "off" and not self.by_model:
             return Masked(body)
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
             return Masked(body)  # not JSON: the model server refuses it with its own error
         if not isinstance(request, dict):
+            return Masked(body)
+        mode = self.mode_for(str(request.get("model")))
+        if mode == "off":
             return Masked(body)
         masked = Masked(body)
         texts = _texts(request)
@@ -67,7 +78,7 @@ class PiiPolicy:
                 masked.found[finding.kind] += 1
         if not masked.found:
             return masked
-        if self.mode == "block":
+        if mode == "block":
             raise PiiBlocked(masked.found)
         for holder, key in texts:
             holder[key], masked.mapping = self.scanner.mask(holder[key], masked.mapping)
