@@ -134,8 +134,10 @@ class Guard:
             return receive
         length = headers.get("content-length")
         if length is not None:
-            if not length.isdigit() or int(length) > limit:
-                raise Refused(413, f"the request body is {length} bytes; this server takes at most {limit}")
+            if not length.isdigit():
+                raise Refused(400, "the request's Content-Length is not a number of bytes")
+            if int(length) > limit:
+                raise Refused(413, f"the request body is {int(length)} bytes; this server takes at most {limit}")
             return receive
         if "transfer-encoding" not in headers:
             return receive  # no body
