@@ -28,6 +28,8 @@ __all__ = ["AuditEntry", "AuditLog"]
 
 _log = logging.getLogger(__name__)
 _IDS = re.compile(r"^/threads/(?P<thread>[^/]+)(?:/runs/(?P<run>[^/]+))?")
+_MOST_PENDING = 100_000  # entries kept in memory while they cannot be written
+
 _COLUMNS = (
     "at", "server", "key_id", "method", "path", "thread_id", "run_id", "status", "latency_ms", "decision", "findings",
     "tokens", "cost_usd",
@@ -74,8 +76,12 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._swept_at = -float("inf")
+        self.dropped = 0  # entries not kept while the database was away and the backlog full (logged)
 
     def record(self, entry: AuditEntry) -> None:
+        if len(self._pending) >= _MOST_PENDING:  # the database has been away long: memory is not given up for it
+            self.dropped += 1
+            return
         self._pending.append(entry)
         if len(self._pending) >= self.batch:
             self._wake.set()
@@ -124,7 +130,10 @@ class AuditLog:
                     await self._sweep()
                     self._swept_at = loop.time()
             except Exception as exc:  # logged and retried: the audit must not take the server down
-                _log.warning("the audit log could not be written (%d entries wait): %s", len(self._pending), exc)
+                _log.warning(
+                    "the audit log could not be written (%d entries wait, %d dropped): %s",
+                    len(self._pending), self.dropped, exc,
+                )  # fmt: skip
 
     async def _sweep(self) -> None:
         async with self.pool.connection() as conn:
