@@ -108,3 +108,23 @@ def test_the_policy_can_differ_by_model() -> None:
         policy.inbound(for_model["hosted-gpt"])
     assert b"<EMAIL_1>" in policy.inbound(for_model["team-llama"]).body
     assert policy.inbound(for_model["local"]).body == for_model["local"]  # the default: off
+
+
+def test_what_the_model_writes_of_its_own_is_redacted_whole_or_streamed() -> None:
+    from agentstack.safety._pii_policy import PiiPolicy, StreamRestorer
+
+    policy = PiiPolicy("mask", redact_output=True)
+    mapping = {"<EMAIL_1>": "ana@example.com"}  # the caller's, masked on the way in
+    written = "Wrote <EMAIL_1>; her manager is bo.lee@example.org, +44 20 7946 0958."
+    expected = "Wrote ana@example.com; her manager is [EMAIL], [PHONE]."
+    whole = {"choices": [{"index": 0, "message": {"role": "assistant", "content": written}}]}
+    assert json.loads(policy.restore_reply(json.dumps(whole).encode(), mapping))["choices"][0]["message"][
+        "content"
+    ] == (expected)
+    restorer = StreamRestorer(mapping, policy)
+    pieces = [written[i : i + 5] for i in range(0, len(written), 5)]  # values and placeholders cut everywhere
+    events = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    out = b"".join(restorer.feed(b"data: " + json.dumps(e).encode() + b"\n\n") for e in events)
+    said = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in said) == expected

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='The pii policy for some models, by name (JSON, e.g. {"gpt-4o": "block"}); the others follow pii.',
     )
+    pii_redact_output: bool = Field(
+        default=False,
+        description="Scan what the models write too: personal data in a reply that the caller did not send "
+        "(it came from a document, a tool, the model's memory) becomes [EMAIL], [PHONE]... (gateway).",
+    )
     pii_restore: bool = Field(
         default=True, description="With pii=mask, put the values back in the reply (false: the caller sees masks)."
     )

@@ -122,8 +122,9 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
         try:
             async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
                 pii = PiiPolicy(
-                    settings.pii, PiiScanner(settings.pii_patterns), settings.pii_restore, settings.pii_models
-                )
+                    settings.pii, PiiScanner(settings.pii_patterns), settings.pii_restore, settings.pii_models,
+                    redact_output=settings.pii_redact_output,
+                )  # fmt: skip
                 await serve_fleet(
                     fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit,
                     pii=pii, injection=InjectionPolicy(settings.injection), prices=settings.prices,

@@ -109,6 +109,16 @@ class PiiScanner:
         pieces.append(text[last:])
         return "".join(pieces), mapping
 
+    def redact(self, text: str) -> tuple[str, dict[str, int]]:
+        """`text` with each finding replaced by its kind in brackets (`[EMAIL]`: not a placeholder, nothing puts
+        it back), and how many of each kind."""
+        found = self.find(text)
+        counts: dict[str, int] = {}
+        for finding in reversed(found):
+            counts[finding.kind] = counts.get(finding.kind, 0) + 1
+            text = f"{text[: finding.start]}[{finding.kind.upper()}]{text[finding.end :]}"
+        return text, counts
+
 
 def restore(text: str, mapping: Mapping[str, str]) -> str:
     """The values back in place of the placeholders the text holds."""

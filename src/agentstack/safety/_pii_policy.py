@@ -25,6 +25,7 @@ __all__ = ["PiiBlocked", "PiiPolicy", "StreamRestorer"]
 
 PiiMode = Literal["off", "mask", "block"]
 _PARTIAL = re.compile(r"<[A-Z_]*\d*$")  # the start of a placeholder, cut by a chunk's end
+_HOLDBACK = 96  # characters a redacted stream keeps back: longer than any value but a JWT or an API key
 
 
 class PiiBlocked(Exception):
@@ -54,6 +55,7 @@ class PiiPolicy:
     scanner: PiiScanner = field(default_factory=PiiScanner)
     restore_replies: bool = True
     by_model: Mapping[str, PiiMode] = field(default_factory=dict)
+    redact_output: bool = False  # what the model writes is scanned too: its own personal data becomes [EMAIL]...
 
     def mode_for(self, model: str) -> PiiMode:
         return self.by_model.get(model, self.mode)
@@ -85,10 +87,19 @@ class PiiPolicy:
         masked.body = orjson.dumps(request)
         return masked
 
+    def rewrites(self, mapping: dict[str, str]) -> bool:
+        """Whether replies are rewritten for the caller: values to put back, or output to redact."""
+        return bool(mapping and self.restore_replies) or self.redact_output
+
+    def for_caller(self, text: str, mapping: dict[str, str]) -> str:
+        """What the model wrote as the caller gets it: its own personal data redacted (it only ever saw
+        placeholders, so any real value in its text came from elsewhere), then the caller's values put back."""
+        if self.redact_output:
+            text, _ = self.scanner.redact(text)
+        return restore(text, mapping) if self.restore_replies else text
+
     def restore_reply(self, body: bytes, mapping: dict[str, str]) -> bytes:
-        """A whole (not streamed) reply with the values back in its choices' text."""
-        if not mapping or not self.restore_replies:
-            return body
+        """A whole (not streamed) reply, its choices' text as the caller gets it (`for_caller`)."""
         try:
             reply = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -97,19 +108,22 @@ class PiiPolicy:
         for choice in choices or []:
             message = choice.get("message") or {}
             if isinstance(message.get("content"), str):
-                message["content"] = restore(message["content"], mapping)
+                message["content"] = self.for_caller(message["content"], mapping)
             if isinstance(choice.get("text"), str):
-                choice["text"] = restore(choice["text"], mapping)
+                choice["text"] = self.for_caller(choice["text"], mapping)
         return orjson.dumps(reply)
 
 
 class StreamRestorer:
-    """Puts the values back in a streamed reply's server-sent events, holding back a placeholder cut in two."""
+    """A streamed reply's server-sent events as the caller gets them (`PiiPolicy.for_caller`), holding back what
+    could be cut in two: a placeholder's start, and, when output is redacted, the last `_HOLDBACK` characters
+    (a value the next chunk may finish) and any value that reaches into them."""
 
-    def __init__(self, mapping: dict[str, str]) -> None:
+    def __init__(self, mapping: dict[str, str], policy: PiiPolicy | None = None) -> None:
         self.mapping = mapping
+        self.policy = policy or PiiPolicy()
         self._buffer = b""
-        self._held: dict[int, str] = {}  # choice index -> text that may be a placeholder's start
+        self._held: dict[int, str] = {}  # choice index -> text not yet given
 
     def feed(self, chunk: bytes) -> bytes:
         """The events complete in what has arrived so far, restored."""
@@ -138,15 +152,28 @@ class StreamRestorer:
             index = int(choice.get("index") or 0)
             if key is None:
                 if choice.get("finish_reason") is not None and index in self._held:  # what was held back, last
-                    delta["content"] = restore(self._held.pop(index), self.mapping)
+                    delta["content"] = self.policy.for_caller(self._held.pop(index), self.mapping)
                     choice["delta"] = delta
                 continue
             text = self._held.pop(index, "") + holder[key]
-            if choice.get("finish_reason") is None and (partial := _PARTIAL.search(text)):
-                self._held[index] = text[partial.start() :]
-                text = text[: partial.start()]
-            holder[key] = restore(text, self.mapping)
+            if choice.get("finish_reason") is None:
+                cut = self._cut(text)
+                self._held[index] = text[cut:]
+                text = text[:cut]
+            holder[key] = self.policy.for_caller(text, self.mapping)
         return b"data: " + orjson.dumps(data)
+
+    def _cut(self, text: str) -> int:
+        """How much of `text` may go now."""
+        cut = len(text)
+        if partial := _PARTIAL.search(text):
+            cut = partial.start()
+        if self.policy.redact_output:
+            cut = max(0, min(cut, len(text) - _HOLDBACK))
+            for finding in self.policy.scanner.find(text):
+                if finding.start < cut < finding.end:
+                    cut = finding.start
+        return cut
 
 
 def _texts(request: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:

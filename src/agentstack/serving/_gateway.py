@@ -107,14 +107,15 @@ def gateway_app(
                 policy.settle(request, admitted, usage.reported())
 
         kept = {k: v for k in _FORWARD_RESPONSE if (v := upstream.headers.get(k)) is not None}
-        mapping = admitted.mapping if policy.pii.restore_replies else {}
-        if mapping:  # the caller gets its own values back; the model never had them
+        mapping = admitted.mapping
+        if policy.pii.rewrites(mapping):  # the caller's own values back (the model never had them), its own redacted
             if "text/event-stream" not in upstream.headers.get("content-type", ""):
                 whole = b"".join([chunk async for chunk in relay()])
                 kept.pop("content-encoding", None)
                 restored = policy.pii.restore_reply(whole, mapping)
                 return Response(restored, status_code=upstream.status_code, headers=kept)
-            return StreamingResponse(_restored(relay(), mapping), status_code=upstream.status_code, headers=kept)
+            rewritten = _restored(relay(), StreamRestorer(mapping, policy.pii))
+            return StreamingResponse(rewritten, status_code=upstream.status_code, headers=kept)
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
 
     async def models(_: Request) -> Response:
@@ -188,8 +189,7 @@ def gateway_server(
     return uvicorn.Server(config)
 
 
-async def _restored(events: AsyncIterator[bytes], mapping: dict[str, str]) -> AsyncIterator[bytes]:
-    restorer = StreamRestorer(mapping)
+async def _restored(events: AsyncIterator[bytes], restorer: StreamRestorer) -> AsyncIterator[bytes]:
     async for chunk in events:
         if out := restorer.feed(chunk):
             yield out
