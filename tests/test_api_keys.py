@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
+from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
@@ -24,6 +25,7 @@ from agentstack.checkpoint import PoolSaver
 from agentstack.safety import KeyStore, NewKey
 from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._limits import RequestLimits
+from agentstack.testing import ScriptedChatModel
 from api_helpers import serving
 
 
@@ -212,3 +214,45 @@ async def test_a_run_input_over_the_limit_is_a_413(saver: PoolSaver) -> None:
         assert refused.status_code == 413 and "holds 120 characters" in refused.json()["detail"]
         fits = await raw.post("/runs", json={"assistant_id": "asking", "input": {"steps": ["y" * 60]}})
         assert fits.status_code == 200
+
+
+def spending(saver: PoolSaver, tokens: int) -> Any:
+    """One step that asks a model, which reports that it used `tokens` tokens (as `scripted` by its name)."""
+    reply = AIMessage(
+        content="done",
+        usage_metadata={"input_tokens": tokens - 1, "output_tokens": 1, "total_tokens": tokens},
+        response_metadata={"model_name": "scripted"},
+    )
+    model = ScriptedChatModel.from_script(lambda _messages, _tools: reply)
+
+    async def ask(state: State) -> dict[str, list[str]]:
+        return {"steps": [str((await model.ainvoke("go")).content)]}
+
+    graph = StateGraph(State)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "ask")
+    return graph.compile(checkpointer=saver)
+
+
+async def test_a_keys_runs_are_charged_their_tokens_and_cost_when_they_end(saver: PoolSaver) -> None:
+    keys = KeyStore(saver.conn)
+    await keys.setup()
+    tokens = await keys.create("tokens", tpm=100)
+    budget = await keys.create("budget", budget_usd=0.5, budget_period="day")
+    graphs = ServedGraphs([ServedGraph("spending", spending(saver, 150))])
+    prices = {"scripted": {"input": 2.0, "output": 2.0}}  # 150 tokens: $0.30 a run
+    async with serving(app_on(RunQueue(saver.conn), graphs, workers=1, prices=prices)) as url:
+        for key, second in ((tokens, 429), (budget, 200)):
+            client = get_client(url=url, api_key=key.secret)
+            first: Any = await client.runs.wait(None, "spending", input={"steps": []})
+            assert first["steps"] == ["done"]
+            await asyncio.sleep(0.3)  # charged as the run settled
+            async with http(url, key) as raw:
+                again = await raw.post("/runs/wait", json={"assistant_id": "spending", "input": {"steps": []}})
+                assert again.status_code == second, again.text
+        async with http(url, budget) as raw:  # $0.60 spent of $0.50: the third run is refused
+            refused = await raw.post("/runs/wait", json={"assistant_id": "spending", "input": {"steps": []}})
+            assert refused.status_code == 402 and "spent $0.6000 of its $0.5 a day" in refused.json()["detail"]
+        async with http(url, tokens) as raw:
+            waiting = await raw.post("/runs", json={"assistant_id": "spending", "input": {"steps": []}})
+            assert waiting.status_code == 429 and "used its 100 tokens a minute" in waiting.json()["detail"]

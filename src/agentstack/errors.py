@@ -25,6 +25,7 @@ __all__ = [
     "LeaseLostError",
     "ForbiddenError",
     "LimitError",
+    "BudgetError",
 ]
 
 
@@ -92,6 +93,10 @@ class ForbiddenError(UserError):
 
 class LimitError(UserError):
     """A caller is over one of its limits (requests, tokens, runs at once): the server answers 429."""
+
+
+class BudgetError(LimitError):
+    """A caller spent its budget for the period (the servers answer 402)."""
 
 
 class ConflictError(UserError):

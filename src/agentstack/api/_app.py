@@ -75,6 +75,7 @@ from agentstack.api._wire import (
 from agentstack.api._worker import MODES, RunWorker
 from agentstack.config import Settings
 from agentstack.errors import (
+    BudgetError,
     ConfigError,
     ConflictError,
     ForbiddenError,
@@ -85,10 +86,10 @@ from agentstack.errors import (
 )
 from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
-from agentstack.safety._auth import caller_of, visible_to
+from agentstack.safety._auth import Caller, caller_of, visible_to
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._jwt import JwtVerifier
-from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, request_limits
+from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend, request_limits
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -138,6 +139,7 @@ def settled(settings: Settings) -> dict[str, Any]:
         "injection": InjectionPolicy(settings.injection),
         "jwt": JwtVerifier.from_settings(settings),
         "limits": request_limits(settings),
+        "prices": settings.prices,
     }
 
 
@@ -160,6 +162,7 @@ def app_on(
     injection: InjectionPolicy | None = None,
     jwt: JwtVerifier | None = None,
     limits: RequestLimits | None = None,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
     stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
@@ -182,6 +185,7 @@ def app_on(
         injection=injection,
         jwt=jwt,
         limits=limits,
+        prices=prices,
     )
 
 
@@ -198,6 +202,7 @@ def _app(
     injection: InjectionPolicy | None = None,
     jwt: JwtVerifier | None = None,
     limits: RequestLimits | None = None,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Starlette:
     api = _Api(poll_s, event_retention_s)
     api.injection = injection or InjectionPolicy()
@@ -215,11 +220,15 @@ def _app(
             keys = KeyStore(queue.pool)
             await keys.setup()
             api.door = Door(Authenticator(keys, required=keys_required, jwt=jwt), Limiter(queue.pool), audit)
+            api.spend = Spend(queue.pool, prices or {})
+            charges = (api.door.limiter, api.spend)
             await queue.setup()
             await api.assistants.register(graphs)
             await api._adopt()
             tasks = api.workers = [
-                asyncio.create_task(RunWorker(queue, graphs, lease_s=lease_s, notes=notes).serve(), name=f"worker {i}")
+                asyncio.create_task(
+                    RunWorker(queue, graphs, lease_s=lease_s, notes=notes, charges=charges).serve(), name=f"worker {i}"
+                )
                 for i in range(workers)
             ]
             tasks = [*tasks, asyncio.create_task(api.sweep_events(), name="delete old stream events")]
@@ -343,6 +352,8 @@ def _mapped(endpoint: Endpoint) -> Handler:
             return json_response({"detail": str(exc)}, 404)
         except ForbiddenError as exc:
             return json_response({"detail": str(exc)}, 403)
+        except BudgetError as exc:
+            return json_response({"detail": str(exc)}, 402)
         except LimitError as exc:
             return json_response({"detail": str(exc)}, 429, headers={"Retry-After": "1"})
         except ConflictError as exc:
@@ -371,6 +382,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     notes: QueueNotifications
     assistants: AssistantStore
     door: Door
+    spend: Spend
     injection: InjectionPolicy
     limits: RequestLimits
 
@@ -439,6 +451,8 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
             metadata["injection"] = {"score": screened.score, "reasons": list(screened.reasons)}
             request.state.findings = {"injection": 1}
         caller = caller_of(request)
+        if caller is not None and (caller.tpm or caller.budget):
+            kwargs["charge"] = await self._admitted_usage(caller)
         return await self.queue.put_run(
             thread_id,
             assistant.assistant_id,
@@ -451,6 +465,29 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
             visible_to=visible_to(request),
             max_runs=caller.max_runs if caller is not None else None,
         )
+
+    async def _admitted_usage(self, caller: Caller) -> dict[str, Any]:
+        """Whether the key may start a run under its tokens a minute and its budget (what its earlier runs were
+        charged when they ended): refused with `LimitError` (429) or `BudgetError` (402); else what the run's
+        usage is charged to when it ends."""
+        limiter = self.door.limiter
+        if caller.tpm and limiter is not None:
+            decision = await limiter.admit(caller.key_id, caller.tpm, kind="tpm")
+            if not decision.admitted:
+                raise LimitError(
+                    f"key {caller.key_id} used its {caller.tpm} tokens a minute: retry in "
+                    f"{decision.retry_after_s:.1f} s",
+                    fix="wait, or ask for a higher --tpm",
+                )
+        if caller.budget is not None:
+            usd, period = caller.budget
+            spent = await self.spend.spent(caller.key_id, period)
+            if spent >= usd:
+                raise BudgetError(
+                    f"key {caller.key_id} spent ${spent:.4f} of its ${usd:g} a {period}",
+                    fix=f"wait for the next {period}, or ask for a larger --budget",
+                )
+        return {"key_id": caller.key_id, "tpm": caller.tpm, "budget": list(caller.budget or []) or None}
 
     async def _check_checkpoint(self, graph_id: str, thread_id: str, at: Mapping[str, Any]) -> None:
         """A run from a checkpoint (a replay or a fork) names one the thread has, or is a 404 now."""

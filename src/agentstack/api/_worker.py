@@ -34,6 +34,8 @@ from agentstack.api._runs import Run, RunQueue
 from agentstack.api._served import ServedGraphs
 from agentstack.api._wire import wire
 from agentstack.errors import AgentStackError, LeaseLostError
+from agentstack.safety._limits import Limiter, Spend
+from agentstack.safety._usage import RunUsage, charge_run
 
 __all__ = ["MODES", "RunWorker"]
 
@@ -68,12 +70,14 @@ class RunWorker:
         name: str | None = None,
         lease_s: float = 30.0,
         notes: QueueNotifications | None = None,
+        charges: tuple[Limiter, Spend] | None = None,
     ) -> None:
         self.queue = queue
         self.graphs = graphs
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_s = lease_s
         self.notes = notes
+        self.charges = charges  # where a run's tokens and cost go, for a key with limits on them
 
     async def run_once(self) -> Run | None:
         """Claim the oldest claimable run and run it to its end; None when nothing was claimable."""
@@ -119,7 +123,8 @@ class RunWorker:
             await self._fail(run, type(exc).__name__, exc.problem)
             return
         graph = served.graph
-        streaming = asyncio.create_task(self._stream(run, graph, context), name=f"run {run.run_id}")
+        usage = RunUsage()
+        streaming = asyncio.create_task(self._stream(run, graph, context, usage), name=f"run {run.run_id}")
         renewing = asyncio.create_task(self._renew(run, streaming), name=f"lease of run {run.run_id}")
         try:
             await streaming
@@ -142,11 +147,21 @@ class RunWorker:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLostError):
                 await renewing
+            await self._charge(run, usage)  # however the run ended: what its models used was used
         await self._settle(run, graph, "success")
 
-    async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any) -> None:
+    async def _charge(self, run: Run, usage: RunUsage) -> None:
+        charge = run.kwargs.get("charge")
+        if charge and self.charges is not None and usage.by_model:
+            try:
+                await asyncio.shield(charge_run(charge, usage, *self.charges))
+            except Exception as exc:  # logged: the run's outcome stands
+                _log.warning("run %s: its usage could not be charged to key %s: %s", run.run_id, charge["key_id"], exc)
+
+    async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any, usage: RunUsage) -> None:
         kwargs = run.kwargs
         graph_input, config = await self._input(run, graph)
+        config = {**config, "callbacks": [usage]}  # every model call's usage (a client sends no handlers)
         requested = kwargs.get("stream_mode") or ["values"]
         modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
         subgraphs = bool(kwargs.get("subgraphs"))

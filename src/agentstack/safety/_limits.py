@@ -87,6 +87,18 @@ class Limiter:
         retry = max(0.0, was_ahead + step - _WINDOW_S)
         return Decision(False, per_minute, 0, retry, was_ahead)
 
+    async def charge(self, key_id: str, per_minute: int, *, kind: str, units: int) -> None:
+        """Count `units` used without asking first (a run's tokens, known when it ends): the key's next
+        admission waits for them."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO agentstack_rate_limits AS r (key_id, kind, tat)
+VALUES (%(key)s, %(kind)s, clock_timestamp() + make_interval(secs => %(step)s))
+ON CONFLICT (key_id, kind) DO UPDATE
+SET tat = greatest(r.tat, clock_timestamp()) + make_interval(secs => %(step)s)""",
+                {"key": key_id, "kind": kind, "step": units * _WINDOW_S / per_minute},
+            )
+
     async def settle(self, key_id: str, per_minute: int, *, kind: str, units: int) -> None:
         """Count `units` more (or fewer, refunded) than were admitted: a reply's real tokens against the
         estimate its request was admitted with."""

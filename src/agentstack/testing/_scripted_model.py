@@ -310,5 +310,6 @@ def _chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
         chunks[-1].usage_metadata = message.usage_metadata
     if chunks:  # as a provider marks its last chunk (else langchain-core adds an empty one under another id)
         chunks[-1].chunk_position = "last"
+        chunks[-1].response_metadata = dict(message.response_metadata)  # the model's name, as a provider's has
     for chunk in chunks:
         yield ChatGenerationChunk(message=chunk)

@@ -1,0 +1,56 @@
+"""What a run's model calls used, and charging it to the key that asked for the run (the agent server).
+
+The worker runs every graph with a `RunUsage` callback: each chat model call's reported usage
+(`usage_metadata`), by model. When the run ends (however it ends: tokens spent on a failed run were spent), its
+tokens are charged to the key's tokens a minute and their cost, by the price table, to the key's budget: the
+next run of a key that went over waits (429) or is refused (402) when it is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
+
+from agentstack.safety._limits import Limiter, Spend
+
+__all__ = ["RunUsage", "charge_run"]
+
+
+class RunUsage(BaseCallbackHandler):
+    """Tokens in and out, by model, of every chat model call made under it."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[str, list[int]] = {}
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        named = (response.llm_output or {}).get("model_name")
+        for generations in response.generations:
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                usage = getattr(message, "usage_metadata", None) or {}
+                if not usage:
+                    continue
+                model = (getattr(message, "response_metadata", None) or {}).get("model_name") or named or "unknown"
+                counts = self.by_model.setdefault(str(model), [0, 0])
+                counts[0] += int(usage.get("input_tokens", 0))
+                counts[1] += int(usage.get("output_tokens", 0))
+
+    @property
+    def total(self) -> int:
+        return sum(i + o for i, o in self.by_model.values())
+
+
+async def charge_run(charge: Mapping[str, Any], usage: RunUsage, limiter: Limiter, spend: Spend) -> None:
+    """Charge a run's usage to its key: `charge` is what the run was created with (key id, tokens a minute,
+    budget)."""
+    key_id = str(charge["key_id"])
+    if charge.get("tpm") and usage.total:
+        await limiter.charge(key_id, int(charge["tpm"]), kind="tpm", units=usage.total)
+    if charge.get("budget"):
+        _usd, period = charge["budget"]
+        cost = sum(spend.cost(model, i, o) or 0.0 for model, (i, o) in usage.by_model.items())
+        if cost:
+            await spend.add(key_id, str(period), cost)
