@@ -23,6 +23,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -59,6 +60,7 @@ from agentstack.api._langgraph_json import load_langgraph_json, serve_user_graph
 from agentstack.api._metrics import CONTENT_TYPE, metrics_text
 from agentstack.api._notify import QueueNotifications, wait_for
 from agentstack.api._openapi import Endpoint, openapi_document
+from agentstack.api._options import ServerOptions
 from agentstack.api._run_reading import RunReading
 from agentstack.api._runs import FINAL, Run, RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
@@ -88,8 +90,7 @@ from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import Caller, caller_of, visible_to
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
-from agentstack.safety._jwt import JwtVerifier
-from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend, request_limits
+from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -99,7 +100,6 @@ __all__ = ["app_on", "create_app", "registered_graphs"]
 _log = logging.getLogger(__name__)
 
 BOOLEAN = {"type": "boolean"}
-EVENT_RETENTION_S = 86_400.0  # how long an ended run's stream can be joined again (and its events kept)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -127,20 +127,7 @@ def create_app(
             served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
             yield RunQueue(stack.saver.conn), ServedGraphs(served)
 
-    return _app(opened, workers=workers, poll_s=0.05, event_retention_s=EVENT_RETENTION_S, **settled(settings))
-
-
-def settled(settings: Settings) -> dict[str, Any]:
-    """What `Settings` decides of the agent server (its lease, its door): `app_on`'s keyword arguments."""
-    return {
-        "lease_s": settings.api_lease_s,
-        "max_body_bytes": settings.max_body_bytes,
-        "audit_retention_days": settings.audit_retention_days,
-        "injection": InjectionPolicy(settings.injection),
-        "jwt": JwtVerifier.from_settings(settings),
-        "limits": request_limits(settings),
-        "prices": settings.prices,
-    }
+    return _app(opened, workers=workers, options=ServerOptions.from_settings(settings))
 
 
 def registered_graphs(stack: Stack) -> list[ServedGraph]:
@@ -149,85 +136,49 @@ def registered_graphs(stack: Stack) -> list[ServedGraph]:
 
 
 def app_on(
-    queue: RunQueue,
-    graphs: ServedGraphs,
-    *,
-    workers: int = 1,
-    lease_s: float = 30.0,
-    poll_s: float = 0.05,
-    event_retention_s: float = EVENT_RETENTION_S,
-    keys_required: bool = False,
-    max_body_bytes: int = 10_000_000,
-    audit_retention_days: float = 90,
-    injection: InjectionPolicy | None = None,
-    jwt: JwtVerifier | None = None,
-    limits: RequestLimits | None = None,
-    prices: Mapping[str, Mapping[str, float]] | None = None,
+    queue: RunQueue, graphs: ServedGraphs, *, workers: int = 1, options: ServerOptions | None = None, **changes: Any
 ) -> Starlette:
     """The agent server on a queue and graphs its caller opened (and closes): `agentstack api` opens the
-    stack first so that a failed start reads as a CLI error, not a lifespan traceback. `poll_s` is how often a
-    stream or a wait looks for new events. `keys_required`: never open, even before the first key is made
-    (a server other machines reach)."""
+    stack first so that a failed start reads as a CLI error, not a lifespan traceback. `changes`: fields of
+    `options` (default: `ServerOptions()`) to set otherwise, `lease_s=1.0`."""
 
     @contextlib.asynccontextmanager
     async def given() -> AsyncIterator[tuple[RunQueue, ServedGraphs]]:
         yield queue, graphs
 
-    return _app(
-        given,
-        workers=workers,
-        lease_s=lease_s,
-        poll_s=poll_s,
-        event_retention_s=event_retention_s,
-        keys_required=keys_required,
-        max_body_bytes=max_body_bytes,
-        audit_retention_days=audit_retention_days,
-        injection=injection,
-        jwt=jwt,
-        limits=limits,
-        prices=prices,
-    )
+    return _app(given, workers=workers, options=replace(options or ServerOptions(), **changes))
 
 
 def _app(
     parts: Callable[[], contextlib.AbstractAsyncContextManager[tuple[RunQueue, ServedGraphs]]],
     *,
     workers: int,
-    lease_s: float,
-    poll_s: float,
-    event_retention_s: float,
-    keys_required: bool = False,
-    max_body_bytes: int = 10_000_000,
-    audit_retention_days: float = 90,
-    injection: InjectionPolicy | None = None,
-    jwt: JwtVerifier | None = None,
-    limits: RequestLimits | None = None,
-    prices: Mapping[str, Mapping[str, float]] | None = None,
+    options: ServerOptions,
 ) -> Starlette:
-    api = _Api(poll_s, event_retention_s)
-    api.injection = injection or InjectionPolicy()
-    api.limits = limits or RequestLimits()
+    api = _Api(options)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with (
             parts() as (queue, graphs),
             QueueNotifications.listening(queue.pool) as notes,
-            AuditLog(queue.pool, retention_days=audit_retention_days) as audit,
+            AuditLog(queue.pool, retention_days=options.audit_retention_days) as audit,
         ):
             api.queue, api.graphs, api.notes = queue, graphs, notes
             api.assistants = AssistantStore(queue.pool)
             keys = KeyStore(queue.pool)
             await keys.setup()
-            api.door = Door(Authenticator(keys, required=keys_required, jwt=jwt), Limiter(queue.pool), audit)
-            api.spend = Spend(queue.pool, prices or {})
+            auth = Authenticator(keys, required=options.keys_required, jwt=options.jwt)
+            api.door = Door(auth, Limiter(queue.pool), audit)
+            api.spend = Spend(queue.pool, options.prices)
             charges = (api.door.limiter, api.spend)
             await queue.setup()
             await api.assistants.register(graphs)
             await api._adopt()
             tasks = api.workers = [
                 asyncio.create_task(
-                    RunWorker(queue, graphs, lease_s=lease_s, notes=notes, charges=charges).serve(), name=f"worker {i}"
+                    RunWorker(queue, graphs, lease_s=options.lease_s, notes=notes, charges=charges).serve(),
+                    name=f"worker {i}",
                 )
                 for i in range(workers)
             ]
@@ -327,7 +278,7 @@ def _app(
         open_paths=frozenset({"/ok", "/info"}),
         admin_paths=frozenset({"/metrics"}),
         server="the agent server",
-        max_body_bytes=max_body_bytes,
+        max_body_bytes=options.max_body_bytes,
     )
     return Starlette(
         routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], middleware=[keys], lifespan=lifespan
@@ -386,9 +337,11 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     injection: InjectionPolicy
     limits: RequestLimits
 
-    def __init__(self, poll_s: float, event_retention_s: float) -> None:
-        self.poll_s = poll_s
-        self.event_retention_s = event_retention_s
+    def __init__(self, options: ServerOptions) -> None:
+        self.poll_s = options.poll_s
+        self.event_retention_s = options.event_retention_s
+        self.injection = options.injection
+        self.limits = options.limits
         self.workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
 

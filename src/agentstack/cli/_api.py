@@ -105,8 +105,9 @@ async def serve_on(
     """Open `stack`, serve its graphs (or `own`) on the listening `sock` until `stop`, then drain and close."""
     import uvicorn
 
-    from agentstack.api._app import app_on, registered_graphs, settled
+    from agentstack.api._app import app_on, registered_graphs
     from agentstack.api._langgraph_json import serve_user_graphs
+    from agentstack.api._options import ServerOptions
     from agentstack.api._runs import RunQueue
     from agentstack.api._served import ServedGraphs
 
@@ -115,7 +116,8 @@ async def serve_on(
         served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
         graphs = ServedGraphs(served)
         queue = RunQueue(stack.saver.conn)
-        app = app_on(queue, graphs, workers=jobs, keys_required=keys_required, **settled(stack.settings))
+        options = ServerOptions.from_settings(stack.settings, keys_required=keys_required)
+        app = app_on(queue, graphs, workers=jobs, options=options)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         serving = asyncio.create_task(server.serve(sockets=[sock]))
