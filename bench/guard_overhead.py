@@ -41,6 +41,7 @@ from agentstack.api._served import ServedGraphs
 from agentstack.checkpoint import open_saver
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._gateway_policy import GatewayPolicy
 from agentstack.safety._injection import InjectionScreen
 from agentstack.safety._pii import PiiScanner
 from agentstack.serving import Fleet, FleetSpec, gateway_app
@@ -118,7 +119,8 @@ async def main(requests: int) -> dict[str, Any]:
         fleet = await stack.enter_async_context(Fleet(spec, home=home))
         audit = await stack.enter_async_context(AuditLog(keyed_saver.conn))
         gateway_off = await stack.enter_async_context(served(gateway_app(fleet)))
-        gateway_on = await stack.enter_async_context(served(gateway_app(fleet, Authenticator(keys), audit=audit)))
+        door = GatewayPolicy.create(Authenticator(keys), audit=audit)
+        gateway_on = await stack.enter_async_context(served(gateway_app(fleet, door)))
 
         clients = {
             name: await stack.enter_async_context(httpx.AsyncClient(base_url=url, headers=h, timeout=30))

@@ -13,6 +13,7 @@ import pytest
 
 from agentstack.checkpoint import PoolSaver
 from agentstack.safety import Authenticator, KeyStore
+from agentstack.safety._gateway_policy import GatewayPolicy
 from agentstack.serving import Fleet, FleetSpec, gateway_app
 from api_helpers import serving
 from stub_backend import stub_server
@@ -28,7 +29,7 @@ async def test_the_gateway_asks_for_a_key_once_one_exists(saver: PoolSaver, tmp_
         spec = FleetSpec.from_data(
             {"models": [{"name": "stub-chat", "backend": "external", "urls": [f"{stub_url}/v1"]}], "canary": False}
         )
-        async with Fleet(spec, home=tmp_path) as fleet, serving(gateway_app(fleet, auth)) as url:
+        async with Fleet(spec, home=tmp_path) as fleet, serving(gateway_app(fleet, GatewayPolicy.create(auth))) as url:
             anyone = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
             assert (await anyone.chat.completions.create(**body)).choices  # open: no key exists yet
             user, admin = await keys.create("app"), await keys.create("ops", admin=True)

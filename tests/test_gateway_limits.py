@@ -18,6 +18,7 @@ from starlette.routing import Route
 from agentstack.checkpoint import PoolSaver
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._gateway_policy import GatewayPolicy
 from agentstack.safety._limits import RequestLimits
 from agentstack.serving import Fleet, FleetSpec, gateway_app
 from api_helpers import serving
@@ -52,7 +53,7 @@ async def test_real_usage_is_charged_and_a_key_over_its_tokens_is_refused(saver:
         async with (
             Fleet(spec, home=tmp_path) as fleet,
             AuditLog(saver.conn) as audit,
-            serving(gateway_app(fleet, Authenticator(keys), audit=audit)) as url,
+            serving(gateway_app(fleet, GatewayPolicy.create(Authenticator(keys), audit=audit))) as url,
         ):
             client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key.secret, max_retries=0)
             ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
@@ -81,7 +82,7 @@ async def test_a_key_within_a_budget_pays_by_the_price_table_and_stops_at_it(sav
         async with (
             Fleet(spec, home=tmp_path) as fleet,
             AuditLog(saver.conn) as audit,
-            serving(gateway_app(fleet, Authenticator(keys), audit=audit, prices=prices)) as url,
+            serving(gateway_app(fleet, GatewayPolicy.create(Authenticator(keys), audit=audit, prices=prices))) as url,
         ):
             client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key.secret, max_retries=0)
             ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
@@ -117,7 +118,8 @@ async def test_what_one_request_may_ask_is_bounded(saver: PoolSaver, tmp_path: P
         spec = FleetSpec.from_data(
             {"models": [{"name": "m", "backend": "external", "urls": [f"{model_url}/v1"]}], "canary": False}
         )
-        async with Fleet(spec, home=tmp_path) as fleet, serving(gateway_app(fleet, limits=limits)) as url:
+        policy = GatewayPolicy.create(limits=limits)
+        async with Fleet(spec, home=tmp_path) as fleet, serving(gateway_app(fleet, policy)) as url:
             client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
             hi = [{"role": "user", "content": "hi"}]
             await client.chat.completions.create(model="m", messages=hi)

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from agentstack.checkpoint import PoolSaver
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
+from agentstack.safety._gateway_policy import GatewayPolicy
 from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._pii import PiiScanner
 from agentstack.safety._pii_policy import PiiPolicy
@@ -79,7 +80,7 @@ async def test_the_model_sees_placeholders_and_the_caller_its_own_values(saver: 
         )
         async with Fleet(spec, home=tmp_path) as fleet, AuditLog(saver.conn) as audit:
             masking = PiiPolicy("mask", PiiScanner({"order": r"\bORD-\d{4}-\d{6}\b"}))
-            app = gateway_app(fleet, Authenticator(keys), audit=audit, pii=masking)
+            app = gateway_app(fleet, GatewayPolicy.create(Authenticator(keys), audit=audit, pii=masking))
             async with serving(app) as url:
                 client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
                 messages = [{"role": "user", "content": said}]
@@ -90,13 +91,15 @@ async def test_the_model_sees_placeholders_and_the_caller_its_own_values(saver: 
                 streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
                 assert streamed == said  # placeholders cut over chunks ("<EM" + "AIL_1>") were put back whole
             blocking = PiiPolicy("block")
-            async with serving(gateway_app(fleet, Authenticator(keys), audit=audit, pii=blocking)) as url:
+            blocking_gateway = gateway_app(fleet, GatewayPolicy.create(Authenticator(keys), audit=audit, pii=blocking))
+            async with serving(blocking_gateway) as url:
                 client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
                 with pytest.raises(openai.BadRequestError, match=r"credit_card \(1\), email \(2\)") as refused:
                     await client.chat.completions.create(model="echo", messages=messages)
                 assert "ana@example.com" not in str(refused.value) and "4111" not in str(refused.value)
                 assert len(seen) == 2  # the model never saw the refused request
-            screening = gateway_app(fleet, Authenticator(keys), injection=InjectionPolicy("block"))
+            screens = GatewayPolicy.create(Authenticator(keys), injection=InjectionPolicy("block"))
+            screening = gateway_app(fleet, screens)
             async with serving(screening) as url:
                 client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
                 tool_said = [

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -22,11 +22,8 @@ from agentstack.config import Settings
 from agentstack.errors import ConfigError
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
-from agentstack.safety._injection import InjectionPolicy
+from agentstack.safety._gateway_policy import GatewayPolicy
 from agentstack.safety._jwt import JwtVerifier
-from agentstack.safety._limits import RequestLimits, request_limits
-from agentstack.safety._pii import PiiScanner
-from agentstack.safety._pii_policy import PiiPolicy
 from agentstack.serving import Fleet, Replica, gateway_server
 
 __all__ = ["check_port_free", "serve_fleet", "serve_with_keys", "unless_stopped"]
@@ -58,15 +55,10 @@ async def serve_fleet(
     port: int,
     console: Console,
     *,
-    auth: Authenticator | None = None,
+    policy: GatewayPolicy | None = None,
     max_body_bytes: int = 10_000_000,
-    audit: AuditLog | None = None,
-    pii: PiiPolicy | None = None,
-    injection: InjectionPolicy | None = None,
-    prices: Mapping[str, Mapping[str, float]] | None = None,
-    limits: RequestLimits | None = None,
 ) -> None:
-    """`auth`: callers need a key once one exists (see `serve_with_keys`)."""
+    """`policy`: what requests meet at the gateway (`serve_with_keys` gives it the settings' door)."""
     check_port_free(host, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -87,10 +79,7 @@ async def serve_fleet(
             if not await unless_stopped(fleet.start(), stop):
                 return
             replicas = fleet.replicas  # kept for the final table: stop() forgets them
-            server = gateway_server(
-                fleet, host, port, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection,
-                prices=prices, limits=limits,
-            )  # fmt: skip
+            server = gateway_server(fleet, host, port, policy, max_body_bytes=max_body_bytes)
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
             phase = "serving"
             serving = asyncio.create_task(server.serve())
@@ -121,15 +110,8 @@ async def serve_with_keys(fleet: Fleet, host: str, port: int, console: Console, 
         auth = Authenticator(store, required=host not in LOOPBACK, jwt=JwtVerifier.from_settings(settings))
         try:
             async with AuditLog(saver.conn, retention_days=settings.audit_retention_days) as audit:
-                pii = PiiPolicy(
-                    settings.pii, PiiScanner(settings.pii_patterns), settings.pii_restore, settings.pii_models,
-                    redact_output=settings.pii_redact_output,
-                )  # fmt: skip
-                await serve_fleet(
-                    fleet, host, port, console, auth=auth, max_body_bytes=settings.max_body_bytes, audit=audit,
-                    pii=pii, injection=InjectionPolicy(settings.injection), prices=settings.prices,
-                    limits=request_limits(settings),
-                )  # fmt: skip
+                policy = GatewayPolicy.from_settings(settings, auth, audit)
+                await serve_fleet(fleet, host, port, console, policy=policy, max_body_bytes=settings.max_body_bytes)
         finally:
             await auth.aclose()
 

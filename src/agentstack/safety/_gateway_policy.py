@@ -12,6 +12,7 @@ the response, off its path.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +20,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from agentstack.safety._auth import caller_of
+from agentstack.config import Settings
+from agentstack.safety._audit import AuditLog
+from agentstack.safety._auth import Authenticator, caller_of
 from agentstack.safety._guard import Door
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
-from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend
+from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend, request_limits
+from agentstack.safety._pii import PiiScanner
 from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
 
 __all__ = ["Admitted", "GatewayPolicy", "openai_error"]
@@ -48,6 +52,34 @@ class GatewayPolicy:
     limits: RequestLimits = field(default_factory=RequestLimits)
     pii: PiiPolicy = field(default_factory=PiiPolicy)
     injection: InjectionPolicy = field(default_factory=lambda: InjectionPolicy("off"))
+
+    @classmethod
+    def create(
+        cls,
+        auth: Authenticator | None = None,
+        *,
+        audit: AuditLog | None = None,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        limits: RequestLimits | None = None,
+        pii: PiiPolicy | None = None,
+        injection: InjectionPolicy | None = None,
+    ) -> GatewayPolicy:
+        """The policy of a gateway whose callers `auth` checks (None: no door), its rates and spend in the keys'
+        database."""
+        door = Door(auth, Limiter(auth.store.pool), audit) if auth is not None else None
+        spend = Spend(auth.store.pool if auth is not None else None, prices or {})
+        return cls(door, spend, limits or RequestLimits(), pii or PiiPolicy(), injection or InjectionPolicy("off"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, auth: Authenticator, audit: AuditLog) -> GatewayPolicy:
+        pii = PiiPolicy(
+            settings.pii, PiiScanner(settings.pii_patterns), settings.pii_restore, settings.pii_models,
+            redact_output=settings.pii_redact_output,
+        )  # fmt: skip
+        return cls.create(
+            auth, audit=audit, prices=settings.prices, limits=request_limits(settings), pii=pii,
+            injection=InjectionPolicy(settings.injection),
+        )  # fmt: skip
 
     async def admit(self, request: Request, body: bytes) -> Admitted | JSONResponse:
         """The request as the model may see it, or the refusal to answer with."""

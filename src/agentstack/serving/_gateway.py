@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import httpx
 import orjson
@@ -25,12 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentstack.safety import Authenticator, Door, Guard
-from agentstack.safety._audit import AuditLog
+from agentstack.safety import Guard
 from agentstack.safety._gateway_policy import GatewayPolicy, openai_error
-from agentstack.safety._injection import InjectionPolicy
-from agentstack.safety._limits import Limiter, RequestLimits, Spend
-from agentstack.safety._pii_policy import PiiPolicy, StreamRestorer
+from agentstack.safety._pii_policy import StreamRestorer
 from agentstack.serving._fleet import Fleet
 from agentstack.serving._replica import ReplicaState
 from agentstack.serving._router import THREAD_HEADER
@@ -42,34 +39,18 @@ _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
 _log = logging.getLogger(__name__)
 
 
-def gateway_app(
-    fleet: Fleet,
-    auth: Authenticator | None = None,
-    *,
-    max_body_bytes: int = 10_000_000,
-    audit: AuditLog | None = None,
-    pii: PiiPolicy | None = None,
-    injection: InjectionPolicy | None = None,
-    prices: Mapping[str, Mapping[str, float]] | None = None,
-    limits: RequestLimits | None = None,
-) -> Starlette:
+def gateway_app(fleet: Fleet, policy: GatewayPolicy | None = None, *, max_body_bytes: int = 10_000_000) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
-    With `auth`, callers need a key once one exists (`agentstack.safety`): OpenAI-shaped 401/403 errors as
-    `openai` raises them, `/health` open, `/metrics` for admin keys. `pii`: what becomes of personal data in the
-    requests (masked before the model and restored for the caller, or refused), the findings by kind in the
-    audit log. `injection`: what becomes of user and tool messages the injection screen flags (off by default
-    here: a bare gateway has no audit to mark them in). `prices` (model -> USD per 1,000 input and output
-    tokens) turns the replies' usage into cost, for the audit and for keys with a budget. `limits`: what one
-    request may ask (its text, its max_tokens, how long its stream runs)."""
+    `policy` (`agentstack.safety`): what a request meets between the door and the fleet. With a door, callers
+    need a key once one exists (OpenAI-shaped 401/403 errors as `openai` raises them, `/health` open, `/metrics`
+    for admin keys); then what one request may ask, personal data (masked before the model and restored for the
+    caller, or refused), prompt injection, tokens a minute and budgets, their findings, tokens and cost in the
+    audit log. None: no door, the limits' defaults, nothing masked or screened."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
-    door = Door(auth, Limiter(auth.store.pool), audit) if auth is not None else None  # rates in the keys' database
-    limits = limits or RequestLimits()
-    policy = GatewayPolicy(
-        door, Spend(auth.store.pool if auth is not None else None, prices or {}), limits, pii or PiiPolicy(),
-        injection or InjectionPolicy("off"),
-    )  # fmt: skip
+    policy = policy or GatewayPolicy.create()
+    door, limits = policy.door, policy.limits
 
     async def proxy(request: Request) -> Response:
         admitted = await policy.admit(request, await request.body())
@@ -168,23 +149,10 @@ def gateway_app(
 
 
 def gateway_server(
-    fleet: Fleet,
-    host: str,
-    port: int,
-    auth: Authenticator | None = None,
-    *,
-    max_body_bytes: int = 10_000_000,
-    audit: AuditLog | None = None,
-    pii: PiiPolicy | None = None,
-    injection: InjectionPolicy | None = None,
-    prices: Mapping[str, Mapping[str, float]] | None = None,
-    limits: RequestLimits | None = None,
+    fleet: Fleet, host: str, port: int, policy: GatewayPolicy | None = None, *, max_body_bytes: int = 10_000_000
 ) -> uvicorn.Server:
     """A uvicorn server for the gateway; `await server.serve()` runs it until SIGINT/SIGTERM or `should_exit`."""
-    app = gateway_app(
-        fleet, auth, max_body_bytes=max_body_bytes, audit=audit, pii=pii, injection=injection, prices=prices,
-        limits=limits,
-    )  # fmt: skip
+    app = gateway_app(fleet, policy, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     return uvicorn.Server(config)
 
