@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,18 +160,11 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 @contextlib.contextmanager
-def _listening(host: str, port: int) -> Any:
+def _listening(host: str, port: int) -> Iterator[socket.socket]:
     """The listening socket every worker accepts on; a port in use fails here, before anything starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"the agent server cannot listen on {host}:{port}: {exc.strerror}",
-                fix="pass another --port, or stop what uses it",
-            ) from exc
+    from agentstack.cli._serve import bound_socket
+
+    with bound_socket(host, port, what="the agent server") as sock:
         sock.listen(2048)
         sock.set_inheritable(True)
         yield sock

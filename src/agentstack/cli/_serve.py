@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -26,7 +26,7 @@ from agentstack.safety._gateway_policy import GatewayPolicy
 from agentstack.safety._jwt import JwtVerifier
 from agentstack.serving import Fleet, Replica, gateway_server
 
-__all__ = ["check_port_free", "serve_fleet", "serve_with_keys", "unless_stopped"]
+__all__ = ["bound_socket", "check_port_free", "serve_fleet", "serve_with_keys", "unless_stopped"]
 
 
 def status_table(fleet: Fleet, title: str, replicas: Sequence[Replica] | None = None) -> Table:
@@ -134,6 +134,13 @@ async def unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:
 
 def check_port_free(host: str, port: int, *, what: str = "the gateway") -> None:
     """Fail before anything starts when `host:port` is taken, naming `what` would have listened there."""
+    with bound_socket(host, port, what=what):
+        pass
+
+
+@contextlib.contextmanager
+def bound_socket(host: str, port: int, *, what: str) -> Iterator[socket.socket]:
+    """A socket bound to `host:port`, or a `ConfigError` naming `what` would have listened there."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -143,3 +150,4 @@ def check_port_free(host: str, port: int, *, what: str = "the gateway") -> None:
                 f"{what} cannot listen on {host}:{port}: {exc.strerror}",
                 fix="pass another --port, or stop what uses it",
             ) from exc
+        yield sock
