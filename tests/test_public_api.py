@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -238,25 +239,23 @@ def test_settings_reject_unknown_keys_in_toml(tmp_path, monkeypatch: pytest.Monk
         agentstack.Settings.load()
 
 
-def test_the_graphs_layer_serves_nothing() -> None:
-    """Graphs stream; the application layer (agentstack.api) puts them on the wire: no web framework below it."""
+def loaded_by(package: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with `prefixes` that importing every module of `package` loads (a fresh process)."""
     probe = (
-        "import importlib, pkgutil, sys, agentstack.graphs as g\n"
-        "for m in pkgutil.iter_modules(g.__path__): importlib.import_module('agentstack.graphs.' + m.name)\n"
-        "served = ('starlette', 'uvicorn', 'agentstack.api')\n"
-        "print(sorted(k for k in sys.modules if k.startswith(served)))"
+        f"import importlib, pkgutil, sys, {package} as p\n"
+        f"for m in pkgutil.iter_modules(p.__path__): importlib.import_module('{package}.' + m.name)\n"
+        f"print(sorted(k for k in sys.modules if k.startswith({prefixes!r})))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]", done.stdout
+    return list(ast.literal_eval(done.stdout))  # a printed list of module names
+
+
+def test_the_graphs_layer_serves_nothing() -> None:
+    """Graphs stream; the application layer (agentstack.api) puts them on the wire: no web framework below it."""
+    assert loaded_by("agentstack.graphs", ("starlette", "uvicorn", "agentstack.api")) == []
 
 
 def test_the_safety_layer_knows_no_server() -> None:
     """Keys and who is calling are cross-cutting: both servers use them, and they import neither."""
-    probe = (
-        "import importlib, pkgutil, sys, agentstack.safety as s\n"
-        "for m in pkgutil.iter_modules(s.__path__): importlib.import_module('agentstack.safety.' + m.name)\n"
-        "above = ('agentstack.api', 'agentstack.serving', 'agentstack.graphs', 'agentstack.cli')\n"
-        "print(sorted(k for k in sys.modules if k.startswith(above)))"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]", done.stdout
+    above = ("agentstack.api", "agentstack.serving", "agentstack.graphs", "agentstack.cli")
+    assert loaded_by("agentstack.safety", above) == []
