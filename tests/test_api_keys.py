@@ -25,6 +25,7 @@ from agentstack.checkpoint import PoolSaver
 from agentstack.safety import KeyStore, NewKey
 from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._limits import RequestLimits
+from agentstack.safety._pii_policy import PiiPolicy
 from agentstack.testing import ScriptedChatModel
 from api_helpers import serving
 
@@ -256,3 +257,56 @@ async def test_a_keys_runs_are_charged_their_tokens_and_cost_when_they_end(saver
         async with http(url, tokens) as raw:
             waiting = await raw.post("/runs", json={"assistant_id": "spending", "input": {"steps": []}})
             assert waiting.status_code == 429 and "used its 100 tokens a minute" in waiting.json()["detail"]
+
+
+async def tables_holding(saver: PoolSaver, value: str) -> list[str]:
+    """The tables with `value` anywhere in a row: as text, or in a binary column (checkpoints' msgpack blobs)."""
+    async with saver.conn.connection() as conn:
+        found = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        names = [r["tablename"] for r in await found.fetchall()]
+        holding = []
+        for name in names:
+            row = await (
+                await conn.execute(
+                    f"SELECT count(*) AS n FROM {name} t WHERE t::text LIKE %s OR t::text LIKE %s",
+                    (f"%{value}%", f"%{value.encode().hex()}%"),
+                )
+            ).fetchone()
+            if row["n"]:
+                holding.append(name)
+        return holding
+
+
+async def test_personal_data_in_a_run_is_masked_before_it_is_stored_or_refused_by_assistant(saver: PoolSaver) -> None:
+    """`mask` for one graph: the thread (checkpoints, runs, stream events) holds placeholders named by a keyed
+    hash, so the same value is the same placeholder in every run and two values are two; `block` for another:
+    a 400 naming the kinds, nothing queued."""
+    email, phone = "ana.silva@example.com", "+44 20 7946 0958"
+    policy = PiiPolicy("off", overrides={"asking": "mask", "elsewhere": "block"})
+    graphs = ServedGraphs([ServedGraph("asking", asking(saver)), ServedGraph("elsewhere", asking(saver))])
+    async with serving(app_on(RunQueue(saver.conn), graphs, workers=1, pii=policy)) as url:
+        client = get_client(url=url)
+        thread = await client.threads.create()
+        first = await client.runs.wait(thread["thread_id"], "asking", input={"steps": [f"write to {email}"]})
+        said = re.fullmatch(r"write to (<EMAIL_[0-9a-f]{8}>)", first["steps"][0])
+        assert said is not None and first["steps"][1] == "first"
+        runs = await client.runs.list(thread["thread_id"])
+        assert runs[0]["metadata"]["pii"] == {"email": 1}
+        resumed = await client.runs.wait(
+            thread["thread_id"], "asking", command={"resume": f"yes: {email}, not bo@example.com, or {phone}"}
+        )
+        answer = re.fullmatch(r"human said yes: (\S+), not (\S+), or (<PHONE_[0-9a-f]{8}>)", resumed["steps"][-1])
+        assert answer is not None and answer[1] == said[1] and answer[2] != said[1]
+        await client.threads.update_state(thread["thread_id"], {"steps": [f"call {phone}"]})
+        state = await client.threads.get_state(thread["thread_id"])
+        assert state["values"]["steps"][-1] == f"call {answer[3]}"
+        assert await tables_holding(saver, email) == [] and await tables_holding(saver, "7946 0958") == []
+        assert await tables_holding(saver, said[1])  # the search finds what is there
+
+        async with http(url, None) as raw:
+            refused = await raw.post("/runs/wait", json={"assistant_id": "elsewhere", "input": {"steps": [email]}})
+            assert refused.status_code == 400 and "email (1)" in refused.json()["detail"]
+            assert email not in refused.text
+            assert (await raw.post("/threads/count", json={})).json() == 1  # nothing was queued for it
+            other = await raw.post("/runs/wait", json={"assistant_id": "elsewhere", "input": {"steps": ["hi"]}})
+            assert other.status_code == 200

@@ -5,6 +5,7 @@ reports (bench/data/pii.jsonl: written with the detectors, then 12 lines more th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -101,13 +102,31 @@ def test_a_stream_gets_its_values_back_whatever_its_chunks_cut() -> None:
 def test_the_policy_can_differ_by_model() -> None:
     from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
 
-    policy = PiiPolicy("off", by_model={"hosted-gpt": "block", "team-llama": "mask"})
+    policy = PiiPolicy("off", overrides={"hosted-gpt": "block", "team-llama": "mask"})
     said = {"messages": [{"role": "user", "content": "mail ana@example.com"}]}
     for_model = {m: json.dumps({**said, "model": m}).encode() for m in ("hosted-gpt", "team-llama", "local")}
     with pytest.raises(PiiBlocked, match=r"email \(1\)"):
         policy.inbound(for_model["hosted-gpt"])
     assert b"<EMAIL_1>" in policy.inbound(for_model["team-llama"]).body
     assert policy.inbound(for_model["local"]).body == for_model["local"]  # the default: off
+
+
+def test_a_json_value_is_masked_with_placeholders_a_secret_names() -> None:
+    """The agent server's way: every string of a run's input, placeholders named by a keyed hash of the value
+    (the same in every run, different under another database's secret), the most specific name's mode first."""
+    from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
+
+    policy = PiiPolicy("mask", overrides={"research": "block", "assistant-1": "off"})
+    given = {"messages": [{"content": "ana@example.com and bo@example.com"}], "n": 3, "to": ["ana@example.com"]}
+    value, masked = policy.masked_value(given, "assistant-2", "team", secret=b"a" * 32)
+    first, second = re.findall(r"<EMAIL_[0-9a-f]{8}>", value["messages"][0]["content"])
+    assert first != second and value["to"] == [first] and value["n"] == 3 and masked.found == {"email": 3}
+    again, _ = policy.masked_value(given, "team", secret=b"a" * 32)
+    elsewhere, _ = policy.masked_value(given, "team", secret=b"b" * 32)
+    assert again == value and elsewhere["to"] != [first]
+    assert policy.masked_value(given, "assistant-1", "research")[0] == given  # the assistant's own mode wins
+    with pytest.raises(PiiBlocked, match=r"email \(3\)"):
+        policy.masked_value(given, "assistant-2", "research")
 
 
 def test_what_the_model_writes_of_its_own_is_redacted_whole_or_streamed() -> None:

@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     )
     pii: Literal["off", "mask", "block"] = Field(
         default="off",
-        description="Personal data and secrets in what the gateway sends to the models: off, mask (placeholders "
-        "such as <EMAIL_1> before the model, the values put back in its reply) or block (a 400 naming the kinds).",
+        description="Personal data and secrets in what the gateway sends to the models and in a run's input at the "
+        "agent server: off, mask (placeholders such as <EMAIL_1> before the model and in what is stored; the "
+        "gateway puts the values back in the reply) or block (a 400 naming the kinds).",
     )
     injection: Literal["off", "flag", "block"] = Field(
         default="flag",
@@ -114,6 +115,16 @@ class Settings(BaseSettings):
     pii_models: dict[str, Literal["off", "mask", "block"]] = Field(
         default_factory=dict,
         description='The pii policy for some models, by name (JSON, e.g. {"gpt-4o": "block"}); the others follow pii.',
+    )
+    pii_assistants: dict[str, Literal["off", "mask", "block"]] = Field(
+        default_factory=dict,
+        description="The pii policy for some assistants at the agent server, by assistant id or graph id (JSON, "
+        'e.g. {"research": "mask"}); the others follow pii.',
+    )
+    injection_assistants: dict[str, Literal["off", "flag", "block"]] = Field(
+        default_factory=dict,
+        description="The injection policy for some assistants at the agent server, by assistant id or graph id "
+        '(JSON, e.g. {"approval": "block"}); the others follow injection.',
     )
     pii_redact_output: bool = Field(
         default=False,

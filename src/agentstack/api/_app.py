@@ -91,6 +91,7 @@ from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import Caller, caller_of, visible_to
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend
+from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -168,6 +169,7 @@ def _app(
             api.assistants = AssistantStore(queue.pool)
             keys = KeyStore(queue.pool)
             await keys.setup()
+            api.pii_secret = await keys.secret("pii")
             auth = Authenticator(keys, required=options.keys_required, jwt=options.jwt)
             api.door = Door(auth, Limiter(queue.pool), audit)
             api.spend = Spend(queue.pool, options.prices)
@@ -316,7 +318,9 @@ def _mapped(endpoint: Endpoint) -> Handler:
         except RequestRefused as exc:
             return json_response({"detail": str(exc)}, 413)
         except InjectionBlocked as exc:
-            request.state.findings = {"injection": 1}
+            request.state.findings = getattr(request.state, "findings", {}) | {"injection": 1}
+            return json_response({"detail": str(exc)}, 400)
+        except PiiBlocked as exc:  # the kinds found are the audit's (`_mask_input`); never the values
             return json_response({"detail": str(exc)}, 400)
         except psycopg.DataError as exc:  # a value sent that Postgres cannot hold (a NUL character, a huge number)
             return json_response({"detail": f"a value in the request cannot be stored: {exc}"}, 422)
@@ -335,12 +339,15 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     door: Door
     spend: Spend
     injection: InjectionPolicy
+    pii: PiiPolicy
     limits: RequestLimits
 
     def __init__(self, options: ServerOptions) -> None:
         self.poll_s = options.poll_s
         self.event_retention_s = options.event_retention_s
         self.injection = options.injection
+        self.pii = options.pii
+        self.pii_secret: bytes | None = None  # the database's, which names placeholders: set by the lifespan
         self.limits = options.limits
         self.workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
@@ -399,10 +406,13 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         metadata = dict(body.get("metadata") or {})
         said = strings_in([body.get("input"), (body.get("command") or {}).get("resume")], limit=100_000)
         self.limits.check_input(said, what="the run's input")
-        screened = self.injection.check(said, what="the run's input")  # `block` raises: a 400 naming the reasons
+        names = (assistant.assistant_id, assistant.graph_id)
+        if found := self._mask_input(request, kwargs, names):  # `block` raises: a 400 naming the kinds
+            metadata["pii"] = found  # by kind, never the values
+        screened = self.injection.check(said, what="the run's input", names=names)  # `block` raises, naming why
         if screened is not None:  # flagged: marked on the run, counted in the audit
             metadata["injection"] = {"score": screened.score, "reasons": list(screened.reasons)}
-            request.state.findings = {"injection": 1}
+            request.state.findings = getattr(request.state, "findings", {}) | {"injection": 1}
         caller = caller_of(request)
         if caller is not None and (caller.tpm or caller.budget):
             kwargs["charge"] = await self._admitted_usage(caller)
@@ -418,6 +428,25 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
             visible_to=visible_to(request),
             max_runs=caller.max_runs if caller is not None else None,
         )
+
+    def _mask_input(self, request: Request, kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, int]:
+        """Personal data in what a run gives its graph (input, a command's update and resume value) masked in
+        `kwargs` under the policy for `names`, before it is stored or any model reads it: the thread keeps the
+        placeholders (`<EMAIL_3f9a1c0b>`, the same for a value in every run: `PiiScanner.mask`), never the
+        values. What was found, by kind; `PiiBlocked` under `block`."""
+        command = dict(kwargs["command"] or {})
+        given = {"input": kwargs["input"], "update": command.get("update"), "resume": command.get("resume")}
+        try:
+            masked_given, masked = self.pii.masked_value(given, *names, secret=self.pii_secret)
+        except PiiBlocked as exc:
+            request.state.findings = dict(exc.kinds)
+            raise
+        if masked.found:
+            kwargs["input"] = masked_given["input"]
+            if kwargs["command"] is not None:
+                kwargs["command"] = command | {k: masked_given[k] for k in ("update", "resume") if k in command}
+            request.state.findings = dict(masked.found)
+        return dict(masked.found)
 
     async def _admitted_usage(self, caller: Caller) -> dict[str, Any]:
         """Whether the key may start a run under its tokens a minute and its budget (what its earlier runs were

@@ -11,6 +11,8 @@ from agentstack.config import Settings
 from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._jwt import JwtVerifier
 from agentstack.safety._limits import RequestLimits, request_limits
+from agentstack.safety._pii import PiiScanner
+from agentstack.safety._pii_policy import PiiPolicy
 
 __all__ = ["EVENT_RETENTION_S", "ServerOptions"]
 
@@ -26,6 +28,7 @@ class ServerOptions:
     max_body_bytes: int = 10_000_000
     audit_retention_days: float = 90
     injection: InjectionPolicy = field(default_factory=InjectionPolicy)
+    pii: PiiPolicy = field(default_factory=PiiPolicy)  # on a run's input and a state update: off, mask, block
     jwt: JwtVerifier | None = None
     limits: RequestLimits = field(default_factory=RequestLimits)
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -37,7 +40,8 @@ class ServerOptions:
             keys_required=keys_required,
             max_body_bytes=settings.max_body_bytes,
             audit_retention_days=settings.audit_retention_days,
-            injection=InjectionPolicy(settings.injection),
+            injection=InjectionPolicy(settings.injection, overrides=settings.injection_assistants),
+            pii=PiiPolicy(settings.pii, PiiScanner(settings.pii_patterns), overrides=settings.pii_assistants),
             jwt=JwtVerifier.from_settings(settings),
             limits=request_limits(settings),
             prices=settings.prices,

@@ -18,6 +18,7 @@ from agentstack.checkpoint._thread_status import thread_status
 from agentstack.errors import ConflictError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
 from agentstack.safety._auth import caller_of, visible_to
+from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
 
 __all__ = ["ThreadRoutes"]
 
@@ -30,6 +31,8 @@ _ADOPTED_STATUS: dict[str, ThreadStatusValue] = {
 class ThreadRoutes:
     queue: RunQueue
     graphs: ServedGraphs
+    pii: PiiPolicy
+    pii_secret: bytes | None
 
     async def create_thread(self, request: Request) -> Response:
         body = await read_body(request)
@@ -124,7 +127,15 @@ class ThreadRoutes:
         config = thread_config(thread.thread_id)
         if body.get("checkpoint_id"):
             config["configurable"]["checkpoint_id"] = body["checkpoint_id"]
-        updated = await served.graph.aupdate_state(config, body.get("values"), as_node=body.get("as_node"))
+        names = (str(thread.metadata.get("assistant_id") or served.assistant_id), served.graph_id)
+        try:  # what a caller writes into the state is input too: masked (or refused) before it is stored
+            values, masked = self.pii.masked_value(body.get("values"), *names, secret=self.pii_secret)
+        except PiiBlocked as exc:
+            request.state.findings = dict(exc.kinds)
+            raise
+        if masked.found:
+            request.state.findings = dict(masked.found)
+        updated = await served.graph.aupdate_state(config, values, as_node=body.get("as_node"))
         saved = {k: updated["configurable"].get(k) for k in ("thread_id", "checkpoint_ns", "checkpoint_id")}
         return json_response({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
 

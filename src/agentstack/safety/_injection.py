@@ -26,7 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["InjectionBlocked", "InjectionPolicy", "InjectionScreen", "Screening", "strings_in"]
+__all__ = ["InjectionBlocked", "InjectionMode", "InjectionPolicy", "InjectionScreen", "Screening", "strings_in"]
+
+InjectionMode = Literal["off", "flag", "block"]
 
 _OVERRIDES = [
     r"\b(?:ignore|disregard|forget|skip|override|bypass)\b[^.\n]{0,40}\b(?:previous|prior|above|earlier|preceding|"
@@ -150,19 +152,21 @@ class InjectionPolicy:
     """What a server does with text the screen flags: `off`, `flag` (marked where the request is recorded: the
     run's metadata, the audit) or `block` (refused, naming the reasons)."""
 
-    mode: Literal["off", "flag", "block"] = "flag"
+    mode: InjectionMode = "flag"
     screen: InjectionScreen = field(default_factory=InjectionScreen)
+    overrides: Mapping[str, InjectionMode] = field(default_factory=dict)  # by assistant or graph (agent server)
 
-    def check(self, texts: Iterable[str], *, what: str) -> Screening | None:
-        """The highest-scoring flagged screening of `texts` (None: none flagged, or `off`); raises
-        `InjectionBlocked` under `block`."""
-        if self.mode == "off":
+    def check(self, texts: Iterable[str], *, what: str, names: tuple[str, ...] = ()) -> Screening | None:
+        """The highest-scoring flagged screening of `texts` (None: none flagged, or `off`), under the mode of the
+        first of `names` overridden (an assistant, then its graph); raises `InjectionBlocked` under `block`."""
+        mode = next((self.overrides[n] for n in names if n in self.overrides), self.mode)
+        if mode == "off":
             return None
         flagged = [s for s in (self.screen.screen(t) for t in texts) if s.flagged]
         if not flagged:
             return None
         worst = max(flagged, key=lambda s: s.score)
-        if self.mode == "block":
+        if mode == "block":
             raise InjectionBlocked(worst, what)
         return worst
 

@@ -88,6 +88,8 @@ MIGRATIONS: tuple[str, ...] = (
     PRIMARY KEY (key_id, period_start)
 )""",
     "ALTER TABLE agentstack_audit ADD COLUMN cost_usd DOUBLE PRECISION",
+    # `KeyStore.secret`: random keys every server on the database shares (the agent server's PII placeholders).
+    "CREATE TABLE agentstack_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
 )
 
 
@@ -206,6 +208,17 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs =
                 )
             ).fetchone()
         return NewKey(_key(row), f"{_PREFIX}_{key_id}_{secret}")
+
+    async def secret(self, name: str) -> bytes:
+        """The database's random secret `name`, made by whichever server asks first (32 bytes): the same on every
+        worker, never sent to a client."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO agentstack_secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                (name, secrets.token_bytes(32)),
+            )
+            row = await (await conn.execute("SELECT value FROM agentstack_secrets WHERE name = %s", (name,))).fetchone()
+        return bytes(row["value"])
 
     async def list(self, *, include_revoked: bool = False) -> list[ApiKey]:
         where = "" if include_revoked else "WHERE revoked_at IS NULL"

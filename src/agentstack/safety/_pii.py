@@ -17,6 +17,8 @@ model wrote, for the caller only.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import re
 import unicodedata
@@ -86,10 +88,24 @@ class PiiScanner:
                 found.append(Finding(kind, first, last, text[first:last]))
         return sorted(found, key=lambda f: f.start)
 
-    def mask(self, text: str, mapping: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    def mask(
+        self, text: str, mapping: dict[str, str] | None = None, *, secret: bytes | None = None
+    ) -> tuple[str, dict[str, str]]:
         """`text` with each finding replaced by its placeholder, and placeholder -> value (extended in place when
-        given: a conversation's turns share placeholders)."""
+        given: a conversation's turns share placeholders). With a `secret`, a placeholder is named by a keyed hash
+        of its value (`<EMAIL_3f9a1c0b>`) instead of a number: the same value gets the same one in every request,
+        so a thread that keeps only placeholders still tells two people apart, and a guess cannot be checked
+        without the secret."""
         mapping = {} if mapping is None else mapping
+        if secret is not None:
+            pieces, last = [], 0
+            for finding in self.find(text):
+                label = finding.kind.upper()
+                tag = hmac.new(secret, f"{label}:{finding.value}".encode(), hashlib.sha256).hexdigest()[:8]
+                mapping[f"<{label}_{tag}>"] = finding.value
+                pieces += [text[last : finding.start], f"<{label}_{tag}>"]
+                last = finding.end
+            return "".join(pieces) + text[last:], mapping
         by_value = {(_label(p)[0], v): p for p, v in mapping.items()}
         counts: dict[str, int] = {}
         for placeholder in mapping:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
+from agentstack.safety._injection import strings_in
 from agentstack.safety._pii import PiiScanner, restore
 
 __all__ = ["PiiBlocked", "PiiPolicy", "StreamRestorer"]
@@ -48,21 +49,39 @@ class Masked:
 
 @dataclass(frozen=True)
 class PiiPolicy:
-    """`mode` for every model, but those `by_model` names (a hosted model may need `block` where the team's own
-    GPU serves `off`)."""
+    """`mode` for everything but what `overrides` names: a model at the gateway (a hosted model may need `block`
+    where the team's own GPU serves `off`), an assistant or a graph at the agent server."""
 
     mode: PiiMode = "off"
     scanner: PiiScanner = field(default_factory=PiiScanner)
     restore_replies: bool = True
-    by_model: Mapping[str, PiiMode] = field(default_factory=dict)
+    overrides: Mapping[str, PiiMode] = field(default_factory=dict)
     redact_output: bool = False  # what the model writes is scanned too: its own personal data becomes [EMAIL]...
 
-    def mode_for(self, model: str) -> PiiMode:
-        return self.by_model.get(model, self.mode)
+    def mode_for(self, *names: str) -> PiiMode:
+        """The mode of the first of `names` (most specific first: an assistant, then its graph) overridden."""
+        return next((self.overrides[n] for n in names if n in self.overrides), self.mode)
+
+    def masked_value(self, value: Any, *names: str, secret: bytes | None = None) -> tuple[Any, Masked]:
+        """A JSON value (a run's input, a resume value, a state update) with every string in it masked as `names`
+        decide (placeholders named by `secret`: `PiiScanner.mask`), and what was found; raises `PiiBlocked`
+        under `block`."""
+        masked = Masked(b"")
+        mode = self.mode_for(*names)
+        if mode == "off":
+            return value, masked
+        for text in strings_in(value, limit=100_000):
+            for finding in self.scanner.find(text):
+                masked.found[finding.kind] += 1
+        if not masked.found:
+            return value, masked
+        if mode == "block":
+            raise PiiBlocked(masked.found)
+        return _mapped_strings(value, lambda text: self.scanner.mask(text, masked.mapping, secret=secret)[0]), masked
 
     def inbound(self, body: bytes) -> Masked:
         """The request body as the model may see it; raises `PiiBlocked` under `block`."""
-        if self.mode == "off" and not self.by_model:
+        if self.mode == "off" and not self.overrides:
             return Masked(body)
         try:
             request = orjson.loads(body)
@@ -191,3 +210,14 @@ def _texts(request: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     if isinstance(request.get("prompt"), str):
         found.append((request, "prompt"))
     return found
+
+
+def _mapped_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """`value` with `change` applied to every string in it (keys stay as they are)."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, Mapping):
+        return {key: _mapped_strings(item, change) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mapped_strings(item, change) for item in value]
+    return value
