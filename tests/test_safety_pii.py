@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,36 @@ def test_what_the_model_writes_of_its_own_is_redacted_whole_or_streamed() -> Non
     out = b"".join(restorer.feed(b"data: " + json.dumps(e).encode() + b"\n\n") for e in events)
     said = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in said) == expected
+
+
+def test_presidio_finds_names_and_places_with_a_spacy_model_from_disk(tmp_path: Path) -> None:
+    """The whole path a deployment takes (Settings -> Presidio on a spaCy pipeline from a directory -> findings
+    masked next to the built-in kinds). The pipeline is an entity ruler, not a trained NER model: those are
+    not on PyPI, and this tests the wiring, not a model's recall."""
+    import spacy
+
+    from agentstack.config import Settings
+    from agentstack.errors import ConfigError
+    from agentstack.safety._pii_policy import pii_scanner
+
+    nlp = spacy.blank("en")
+    ruler: Any = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns(
+        [
+            {"label": "PERSON", "pattern": [{"LOWER": "maria"}, {"LOWER": "lopez"}]},
+            {"label": "GPE", "pattern": "Lisbon"},
+            {"label": "NORP", "pattern": "Portuguese"},
+        ]
+    )
+    nlp.to_disk(tmp_path / "model")
+    scanner = pii_scanner(
+        Settings(pii_presidio_model=str(tmp_path / "model"), pii_presidio_entities=["PERSON", "LOCATION"])
+    )
+    text, mapping = scanner.mask(
+        "Maria\u200b Lopez, a Portuguese engineer in Lisbon: maria@example.com, release v2.3.1"
+    )
+    assert text == "<PERSON_1>, a Portuguese engineer in <LOCATION_1>: <EMAIL_1>, release v2.3.1"  # NRP not asked
+    assert mapping["<PERSON_1>"] == "Maria\u200b Lopez"  # found as read, masked as written
+    with pytest.raises(ConfigError, match="not downloaded for you") as refused:
+        pii_scanner(Settings(pii_presidio_model="en_core_web_lg"))
+    assert "python -m spacy download en_core_web_lg" in refused.value.fix

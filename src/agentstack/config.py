@@ -126,6 +126,15 @@ class Settings(BaseSettings):
         description="The injection policy for some assistants at the agent server, by assistant id or graph id "
         '(JSON, e.g. {"approval": "block"}); the others follow injection.',
     )
+    pii_presidio_model: str = Field(
+        default="",
+        description="A spaCy model (an installed package such as en_core_web_lg, or a directory) for Presidio to "
+        "find names, places and nationalities as personal data too (the pii extra); empty: the built-in kinds only.",
+    )
+    pii_presidio_entities: list[str] = Field(
+        default_factory=lambda: ["PERSON", "LOCATION", "NRP"],
+        description="The Presidio entities found when pii_presidio_model is set (JSON list).",
+    )
     pii_redact_output: bool = Field(
         default=False,
         description="Scan what the models write too: personal data in a reply that the caller did not send "

@@ -11,8 +11,7 @@ from agentstack.config import Settings
 from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._jwt import JwtVerifier
 from agentstack.safety._limits import RequestLimits, request_limits
-from agentstack.safety._pii import PiiScanner
-from agentstack.safety._pii_policy import PiiPolicy
+from agentstack.safety._pii_policy import PiiPolicy, pii_scanner
 
 __all__ = ["EVENT_RETENTION_S", "ServerOptions"]
 
@@ -41,7 +40,7 @@ class ServerOptions:
             max_body_bytes=settings.max_body_bytes,
             audit_retention_days=settings.audit_retention_days,
             injection=InjectionPolicy(settings.injection, overrides=settings.injection_assistants),
-            pii=PiiPolicy(settings.pii, PiiScanner(settings.pii_patterns), overrides=settings.pii_assistants),
+            pii=PiiPolicy(settings.pii, pii_scanner(settings), overrides=settings.pii_assistants),
             jwt=JwtVerifier.from_settings(settings),
             limits=request_limits(settings),
             prices=settings.prices,

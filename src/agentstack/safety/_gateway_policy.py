@@ -26,8 +26,7 @@ from agentstack.safety._auth import Authenticator, caller_of
 from agentstack.safety._guard import Door
 from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
 from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend, request_limits
-from agentstack.safety._pii import PiiScanner
-from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
+from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy, pii_scanner
 
 __all__ = ["Admitted", "GatewayPolicy", "openai_error"]
 
@@ -73,7 +72,7 @@ class GatewayPolicy:
     @classmethod
     def from_settings(cls, settings: Settings, auth: Authenticator, audit: AuditLog) -> GatewayPolicy:
         pii = PiiPolicy(
-            settings.pii, PiiScanner(settings.pii_patterns), settings.pii_restore, settings.pii_models,
+            settings.pii, pii_scanner(settings), settings.pii_restore, settings.pii_models,
             redact_output=settings.pii_redact_output,
         )  # fmt: skip
         return cls.create(

@@ -22,10 +22,11 @@ import hmac
 import ipaddress
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Finding", "PiiScanner", "restore"]
+__all__ = ["EntityFinder", "Finding", "PiiScanner", "restore"]
 
 _ZERO_WIDTH = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"}
 
@@ -64,13 +65,27 @@ class Finding:
     value: str
 
 
-class PiiScanner:
-    """The detectors, with a deployment's own named patterns (`custom`: name -> regex) after the built-in ones."""
+class EntityFinder(Protocol):
+    """A detector with a model behind it (`_presidio.PresidioDetector`): (kind, start, end) of what it finds."""
 
-    def __init__(self, custom: Mapping[str, str] | None = None, *, kinds: frozenset[str] | None = None) -> None:
+    def find(self, text: str) -> list[tuple[str, int, int]]: ...
+
+
+class PiiScanner:
+    """The detectors, with a deployment's own named patterns (`custom`: name -> regex) after the built-in ones,
+    and `finders` (names and places, by a model) after both."""
+
+    def __init__(
+        self,
+        custom: Mapping[str, str] | None = None,
+        *,
+        kinds: frozenset[str] | None = None,
+        finders: Sequence[EntityFinder] = (),
+    ) -> None:
         patterns = {k: v for k, v in _PATTERNS.items() if kinds is None or k in kinds}
         patterns |= {name: regex for name, regex in (custom or {}).items()}
         self._patterns = [(kind, re.compile(regex)) for kind, regex in patterns.items()]
+        self._finders = list(finders)
 
     def find(self, text: str) -> list[Finding]:
         """Every finding, in order, none overlapping (the first kind listed wins a tie: a JWT is not an API key
@@ -82,6 +97,13 @@ class PiiScanner:
             for match in pattern.finditer(seen):
                 start, end = match.span()
                 if any(start < b and a < end for a, b in taken) or not _valid(kind, match.group(), seen, start):
+                    continue
+                taken.append((start, end))
+                first, last = where[start], where[end - 1] + 1
+                found.append(Finding(kind, first, last, text[first:last]))
+        for finder in self._finders:
+            for kind, start, end in finder.find(seen):
+                if end <= start or any(start < b and a < end for a, b in taken):
                     continue
                 taken.append((start, end))
                 first, last = where[start], where[end - 1] + 1

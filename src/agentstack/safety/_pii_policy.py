@@ -15,18 +15,32 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from agentstack.safety._injection import strings_in
 from agentstack.safety._pii import PiiScanner, restore
 
-__all__ = ["PiiBlocked", "PiiPolicy", "StreamRestorer"]
+if TYPE_CHECKING:
+    from agentstack.config import Settings
+
+__all__ = ["PiiBlocked", "PiiPolicy", "StreamRestorer", "pii_scanner"]
 
 PiiMode = Literal["off", "mask", "block"]
 _PARTIAL = re.compile(r"<[A-Z_]*\d*$")  # the start of a placeholder, cut by a chunk's end
 _HOLDBACK = 96  # characters a redacted stream keeps back: longer than any value but a JWT or an API key
+
+
+def pii_scanner(settings: Settings) -> PiiScanner:
+    """The detectors a deployment set: the built-in kinds, its own patterns, and Presidio's model when one is named
+    (loaded now, once: a missing model is a `ConfigError` at start, not at the first request)."""
+    finders = []
+    if settings.pii_presidio_model:
+        from agentstack.safety._presidio import PresidioDetector
+
+        finders.append(PresidioDetector(settings.pii_presidio_model, entities=settings.pii_presidio_entities))
+    return PiiScanner(settings.pii_patterns, finders=finders)
 
 
 class PiiBlocked(Exception):
