@@ -1,5 +1,6 @@
 """What the door costs: the same requests through the agent server and the gateway with the guard on (an API key
-checked, a requests-a-minute limit decided in Postgres, the audit recorded) and off, side by side in one run.
+checked, a requests-a-minute limit decided in Postgres, the audit recorded; at the gateway also personal data
+masked and prompt injection screened) and off, side by side in one run.
 
 Each server runs twice in this process on uvicorn: on a database with a key (every request presents it; the
 key's limit is high enough never to refuse, so the limiter's upsert runs on every request) and on one with no
@@ -42,8 +43,9 @@ from agentstack.checkpoint import open_saver
 from agentstack.safety import Authenticator, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._gateway_policy import GatewayPolicy
-from agentstack.safety._injection import InjectionScreen
+from agentstack.safety._injection import InjectionPolicy, InjectionScreen
 from agentstack.safety._pii import PiiScanner
+from agentstack.safety._pii_policy import PiiPolicy
 from agentstack.serving import Fleet, FleetSpec, gateway_app
 
 REPLY = {
@@ -95,7 +97,8 @@ async def timed(pairs: dict[str, tuple[httpx.AsyncClient, str, str, Any]], reque
 
 
 async def main(requests: int) -> dict[str, Any]:
-    chat = {"model": "stub", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1}
+    said = "Say yes. I am ana@example.com, +44 20 7946 0958: may I return order ORD-2024-118 after 30 days?"
+    chat = {"model": "stub", "messages": [{"role": "user", "content": said}], "max_tokens": 1}
     async with AsyncExitStack() as stack:
         bare, keyed = [await stack.enter_async_context(throwaway_settings()) for _ in range(2)]
         bare_saver = await stack.enter_async_context(open_saver(settings=bare, pool_size=4))
@@ -119,7 +122,9 @@ async def main(requests: int) -> dict[str, Any]:
         fleet = await stack.enter_async_context(Fleet(spec, home=home))
         audit = await stack.enter_async_context(AuditLog(keyed_saver.conn))
         gateway_off = await stack.enter_async_context(served(gateway_app(fleet)))
-        door = GatewayPolicy.create(Authenticator(keys), audit=audit)
+        door = GatewayPolicy.create(
+            Authenticator(keys), audit=audit, pii=PiiPolicy("mask"), injection=InjectionPolicy("flag")
+        )
         gateway_on = await stack.enter_async_context(served(gateway_app(fleet, door)))
 
         clients = {

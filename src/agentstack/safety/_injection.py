@@ -88,7 +88,7 @@ class Screening:
 class InjectionScreen:
     def __init__(self, *, threshold: float = 0.5) -> None:
         self.threshold = threshold
-        self._overrides = [re.compile(p, re.IGNORECASE) for p in _OVERRIDES]
+        self._overrides = re.compile("|".join(f"(?:{p})" for p in _OVERRIDES), re.IGNORECASE)  # one pass, not 18
         self._role_tags = re.compile(_ROLE_TAGS, re.IGNORECASE | re.MULTILINE)
         self._hidden_comment = re.compile(_HIDDEN_COMMENT, re.IGNORECASE)
         self._invisible = re.compile(_INVISIBLE, re.IGNORECASE)
@@ -101,7 +101,7 @@ class InjectionScreen:
         for char in ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"):
             seen = seen.replace(char, "")
         reasons: dict[str, float] = {}
-        overrides = [m for p in self._overrides for m in p.finditer(seen)]
+        overrides = list(self._overrides.finditer(seen))
         if overrides:
             quoted = all(_inside_quotes(seen, m.start(), m.end()) for m in overrides)
             asked = bool(_QUESTION.search(seen))
@@ -133,7 +133,7 @@ def _decodes_to_instruction(blob: str, screen: InjectionScreen) -> bool:
             text = decode(blob).decode("utf-8")
         except (ValueError, binascii.Error, UnicodeDecodeError):
             continue
-        if any(p.search(text) for p in screen._overrides) or screen._role_tags.search(text):
+        if screen._overrides.search(text) or screen._role_tags.search(text):
             return True
     return False
 

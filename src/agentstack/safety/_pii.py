@@ -111,17 +111,23 @@ class PiiScanner:
         return sorted(found, key=lambda f: f.start)
 
     def mask(
-        self, text: str, mapping: dict[str, str] | None = None, *, secret: bytes | None = None
+        self,
+        text: str,
+        mapping: dict[str, str] | None = None,
+        *,
+        secret: bytes | None = None,
+        found: list[Finding] | None = None,
     ) -> tuple[str, dict[str, str]]:
         """`text` with each finding replaced by its placeholder, and placeholder -> value (extended in place when
         given: a conversation's turns share placeholders). With a `secret`, a placeholder is named by a keyed hash
         of its value (`<EMAIL_3f9a1c0b>`) instead of a number: the same value gets the same one in every request,
         so a thread that keeps only placeholders still tells two people apart, and a guess cannot be checked
-        without the secret."""
+        without the secret. `found`: what `find(text)` said, when the caller already asked."""
         mapping = {} if mapping is None else mapping
+        found = self.find(text) if found is None else found
         if secret is not None:
             pieces, last = [], 0
-            for finding in self.find(text):
+            for finding in found:
                 label = finding.kind.upper()
                 tag = hmac.new(secret, f"{label}:{finding.value}".encode(), hashlib.sha256).hexdigest()[:8]
                 mapping[f"<{label}_{tag}>"] = finding.value
@@ -134,7 +140,7 @@ class PiiScanner:
             label, number = _label(placeholder)
             counts[label] = max(counts.get(label, 0), number)
         pieces, last = [], 0
-        for finding in self.find(text):
+        for finding in found:
             label = finding.kind.upper()
             placeholder = by_value.get((label, finding.value))
             if placeholder is None:
@@ -172,9 +178,11 @@ def _label(placeholder: str) -> tuple[str, int]:
     return label, int(number)
 
 
-def _readable(text: str) -> tuple[str, list[int]]:
+def _readable(text: str) -> tuple[str, Sequence[int]]:
     """The text as read (NFKC, no zero-width characters), and for each of its characters the index of the
     original character it came from."""
+    if text.isascii():  # most text: read as written, each character where it is (no copy, no list)
+        return text, range(len(text))
     chars: list[str] = []
     where: list[int] = []
     for index, char in enumerate(text):

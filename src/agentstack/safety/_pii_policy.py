@@ -84,14 +84,18 @@ class PiiPolicy:
         mode = self.mode_for(*names)
         if mode == "off":
             return value, masked
-        for text in strings_in(value, limit=100_000):
-            for finding in self.scanner.find(text):
-                masked.found[finding.kind] += 1
+        texts = strings_in(value, limit=100_000)
+        found = {text: self.scanner.find(text) for text in texts}  # once for each string, however often it is said
+        masked.found.update(finding.kind for text in texts for finding in found[text])
         if not masked.found:
             return value, masked
         if mode == "block":
             raise PiiBlocked(masked.found)
-        return _mapped_strings(value, lambda text: self.scanner.mask(text, masked.mapping, secret=secret)[0]), masked
+
+        def mask(text: str) -> str:
+            return self.scanner.mask(text, masked.mapping, secret=secret, found=found.get(text))[0]
+
+        return _mapped_strings(value, mask), masked
 
     def inbound(self, body: bytes) -> Masked:
         """The request body as the model may see it; raises `PiiBlocked` under `block`."""
@@ -107,16 +111,15 @@ class PiiPolicy:
         if mode == "off":
             return Masked(body)
         masked = Masked(body)
-        texts = _texts(request)
-        for holder, key in texts:
-            for finding in self.scanner.find(holder[key]):
-                masked.found[finding.kind] += 1
+        texts = [(holder, key, self.scanner.find(holder[key])) for holder, key in _texts(request)]
+        masked.found.update(finding.kind for _, _, found in texts for finding in found)
         if not masked.found:
             return masked
         if mode == "block":
             raise PiiBlocked(masked.found)
-        for holder, key in texts:
-            holder[key], masked.mapping = self.scanner.mask(holder[key], masked.mapping)
+        for holder, key, found in texts:
+            if found:
+                holder[key], masked.mapping = self.scanner.mask(holder[key], masked.mapping, found=found)
         masked.body = orjson.dumps(request)
         return masked
 
