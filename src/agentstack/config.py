@@ -61,6 +61,29 @@ class Settings(BaseSettings):
         description="How long an agent server worker's claim on a run lasts unrenewed (renewed every third of "
         "it): the longest a run of a worker that died waits before another worker continues it.",
     )
+    otlp_endpoint: str = Field(
+        default="",
+        description="Export traces by OTLP/HTTP to this collector (its base URL, or the full /v1/traces URL); "
+        "empty: no OTLP export.",
+    )
+    otlp_headers: dict[str, str] = Field(
+        default_factory=dict, description='Headers for the OTLP exporter (JSON, e.g. {"x-honeycomb-team": "..."}).'
+    )
+    langfuse_host: str = Field(
+        default="", description="Export traces to this Langfuse (its OpenTelemetry endpoint); empty: not to Langfuse."
+    )
+    langfuse_public_key: str = Field(default="", description="The Langfuse project's public key (pk-lf-...).")
+    langfuse_secret_key: SecretStr = Field(
+        default=SecretStr(""), description="The Langfuse project's secret key (sk-lf-...)."
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="The share of runs traced (a run continuing a caller's trace follows it)."
+    )
+    trace_content: bool = Field(
+        default=False,
+        description="Put prompts and completions on the model spans (PII-masked by the pii detectors); off: only "
+        "models, tokens and timings.",
+    )
     jwt_secret: SecretStr | None = Field(
         default=None, description="Verify callers' HS256 JWTs with this secret (their `sub` becomes the caller)."
     )

@@ -179,7 +179,9 @@ def _app(
             await api._adopt()
             tasks = api.workers = [
                 asyncio.create_task(
-                    RunWorker(queue, graphs, lease_s=options.lease_s, notes=notes, charges=charges).serve(),
+                    RunWorker(
+                        queue, graphs, lease_s=options.lease_s, notes=notes, charges=charges, tracing=options.tracing
+                    ).serve(),
                     name=f"worker {i}",
                 )
                 for i in range(workers)
@@ -192,6 +194,8 @@ def _app(
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await api.door.auth.aclose()
+                if options.tracing is not None:  # what is queued goes out (bounded by the export timeout)
+                    await asyncio.to_thread(options.tracing.close)
 
     endpoints = [
         Endpoint("GET", "/ok", api.ok, "Liveness"),
@@ -416,6 +420,10 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         caller = caller_of(request)
         if caller is not None and (caller.tpm or caller.budget):
             kwargs["charge"] = await self._admitted_usage(caller)
+        if caller is not None:
+            kwargs["caller"] = caller.key_id  # the trace's user
+        if "traceparent" in request.headers:  # the caller's trace, kept with the run for whichever worker runs it
+            kwargs["trace"] = {k: request.headers[k] for k in ("traceparent", "tracestate") if k in request.headers}
         return await self.queue.put_run(
             thread_id,
             assistant.assistant_id,

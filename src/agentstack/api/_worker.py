@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -36,6 +36,11 @@ from agentstack.api._wire import wire
 from agentstack.errors import AgentStackError, LeaseLostError
 from agentstack.safety._limits import Limiter, Spend
 from agentstack.safety._usage import RunUsage, charge_run
+
+if TYPE_CHECKING:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from agentstack.observability._tracing import Tracing
 
 __all__ = ["MODES", "RunWorker"]
 
@@ -71,6 +76,7 @@ class RunWorker:
         lease_s: float = 30.0,
         notes: QueueNotifications | None = None,
         charges: tuple[Limiter, Spend] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.queue = queue
         self.graphs = graphs
@@ -78,6 +84,7 @@ class RunWorker:
         self.lease_s = lease_s
         self.notes = notes
         self.charges = charges  # where a run's tokens and cost go, for a key with limits on them
+        self.tracing = tracing  # each run's spans, when traces are exported
 
     async def run_once(self) -> Run | None:
         """Claim the oldest claimable run and run it to its end; None when nothing was claimable."""
@@ -161,7 +168,8 @@ class RunWorker:
     async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any, usage: RunUsage) -> None:
         kwargs = run.kwargs
         graph_input, config = await self._input(run, graph)
-        config = {**config, "callbacks": [usage]}  # every model call's usage (a client sends no handlers)
+        traced = self._traced(run, config)  # before the copy: it puts the trace id in the config's metadata
+        config = {**config, "callbacks": [usage, *traced]}  # a client sends no handlers
         requested = kwargs.get("stream_mode") or ["values"]
         modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
         subgraphs = bool(kwargs.get("subgraphs"))
@@ -185,6 +193,31 @@ class RunWorker:
                 continue
             event = mode if not namespace else f"{mode}|{'|'.join(namespace)}"
             await self.queue.append_event(run, event, wire(chunk))
+
+    def _traced(self, run: Run, config: dict[str, Any]) -> list[BaseCallbackHandler]:
+        """The run's spans' callback, when traces are exported. The trace is the caller's when it sent one (kept
+        with the run, so the worker that picks it up, or the next attempt, continues it), else the run's id;
+        either way its id goes into the run's checkpoint metadata (`trace_id`), to find one from the other."""
+        if self.tracing is None:
+            return []
+        from agentstack.observability._callback import TracingCallback
+        from agentstack.observability._tracing import context_trace_id, parent_context, trace_id_hex
+
+        parent = parent_context(run.kwargs.get("trace"))
+        trace_id = context_trace_id(parent) if parent is not None else uuid.UUID(run.run_id).int
+        config["metadata"] = {**config.get("metadata", {}), "trace_id": trace_id_hex(trace_id)}
+        return [
+            TracingCallback(
+                self.tracing,
+                graph=str(run.kwargs.get("graph_id") or run.assistant_id),
+                run_id=run.run_id,
+                thread_id=run.thread_id,
+                assistant_id=run.assistant_id,
+                caller=run.kwargs.get("caller"),
+                parent=parent,
+                attempt=run.attempt,
+            )
+        ]
 
     async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> tuple[Any, dict[str, Any]]:
         """The run's input and config; or None from the thread's latest checkpoint, to continue it, when an

@@ -27,6 +27,8 @@ tested in milliseconds with what a real run would do:
   without torch.
 - `assert_quality(result, minimum, baseline=, max_drop=)`: an evaluation gate whose failure lists the worst items.
 - `check_resumable` (the `resumable` fixture), `TestPostgres`.
+- `OtlpReceiver()`: a real OTLP/HTTP trace receiver in a thread (Langfuse's path too), decoding what a run
+  exported into `ReceivedSpan`s.
 
 The guard: with `agentstack_block_model_requests = true` in the pytest ini options, a test that calls a
 real chat model fails with `ModelRequestBlockedError` unless it is marked
@@ -49,6 +51,7 @@ from agentstack._lazy import lazy_exports
 if TYPE_CHECKING:
     from agentstack.testing._embedder import HashingEmbedder
     from agentstack.testing._guard import ModelRequestBlockedError, ModelRequestGuard  # noqa: F401
+    from agentstack.testing._otlp import OtlpReceiver, ReceivedSpan
     from agentstack.testing._postgres import TestPostgres
     from agentstack.testing._quality import assert_quality
     from agentstack.testing._resumable import ResumeReport, check_resumable
@@ -67,6 +70,8 @@ _EXPORTS: dict[str, str] = {
     "assert_quality": "agentstack.testing._quality",
     "InMemoryRetriever": "agentstack.testing._retriever",
     "ModelRequestBlockedError": "agentstack.testing._guard",
+    "OtlpReceiver": "agentstack.testing._otlp",
+    "ReceivedSpan": "agentstack.testing._otlp",
     "ResumeReport": "agentstack.testing._resumable",
     "ScriptExhaustedError": "agentstack.testing._scripted_model",
     "ScriptedChatModel": "agentstack.testing._scripted_model",
@@ -79,6 +84,8 @@ __all__ = [
     "HashingEmbedder",
     "InMemoryRetriever",
     "ModelRequestBlockedError",
+    "OtlpReceiver",
+    "ReceivedSpan",
     "ResumeReport",
     "ScriptExhaustedError",
     "ScriptedChatModel",

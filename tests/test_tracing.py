@@ -1,0 +1,220 @@
+"""Traces of graph runs, exported over real OTLP/HTTP to an in-process receiver that decodes the protobuf: the span
+tree of a run (root, nodes, model calls with GenAI attributes, tools), the trace id that is the run id and is in
+the checkpoints, a caller's `traceparent` continued by the agent server, Langfuse's endpoint and key pair,
+content capture masked, and a dead collector that costs a run nothing."""
+
+from __future__ import annotations
+
+import operator
+import time
+import uuid
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from langgraph_sdk import get_client
+from pydantic import SecretStr
+from typing_extensions import TypedDict
+
+from agentstack._net import free_port
+from agentstack.api._app import app_on
+from agentstack.api._runs import RunQueue
+from agentstack.api._served import ServedGraph, ServedGraphs
+from agentstack.checkpoint import PoolSaver
+from agentstack.config import Settings
+from agentstack.observability import Tracing, TracingCallback
+from agentstack.observability._tracing import otlp_exporter
+from agentstack.safety._pii import PiiScanner
+from agentstack.testing import OtlpReceiver, ReceivedSpan, ScriptedChatModel
+from api_helpers import serving
+
+
+class State(TypedDict):
+    steps: Annotated[list[str], operator.add]
+
+
+@tool
+def lookup(order: str) -> str:
+    """Look an order up."""
+    return f"order {order} shipped"
+
+
+def replies(messages: list[Any], _tools: Any) -> AIMessage:
+    usage = {"input_tokens": 11, "output_tokens": 3, "total_tokens": 14}
+    meta = {"model_name": "gemma-3-270m", "finish_reason": "stop"}
+    return AIMessage("ana@example.com asked", usage_metadata=usage, response_metadata=meta)  # type: ignore[arg-type]
+
+
+def agent(checkpointer: Any = None, *, ask_human: bool = False) -> Any:
+    model = ScriptedChatModel.from_script(replies)
+
+    async def think(state: State) -> dict[str, list[str]]:
+        said = await model.ainvoke("the order of ana@example.com?")
+        return {"steps": [str(said.content)]}
+
+    async def act(state: State) -> dict[str, list[str]]:
+        result = await lookup.ainvoke({"name": "lookup", "args": {"order": "7"}, "id": "call-1", "type": "tool_call"})
+        assert isinstance(result, ToolMessage)
+        return {"steps": [str(result.content)]}
+
+    def review(state: State) -> dict[str, list[str]]:
+        return {"steps": [f"human said {interrupt('ok?')}"]}
+
+    graph = StateGraph(State)
+    graph.add_node("think", think)
+    graph.add_node("act", act)
+    graph.add_edge(START, "think")
+    graph.add_edge("think", "act")
+    if ask_human:
+        graph.add_node("review", review)
+        graph.add_edge("act", "review")
+        graph.add_edge("review", END)
+    else:
+        graph.add_edge("act", END)
+    return graph.compile(checkpointer=checkpointer)
+
+
+def tree(spans: list[ReceivedSpan], trace_id: str) -> dict[str, list[str]]:
+    """parent name -> children names, of one trace."""
+    mine = [s for s in spans if s.trace_id == trace_id]
+    by_id = {s.span_id: s.name for s in mine}
+    children: dict[str, list[str]] = {}
+    for span in mine:
+        children.setdefault(by_id.get(span.parent_span_id, "(root)"), []).append(span.name)
+    return {k: sorted(v) for k, v in children.items()}
+
+
+async def test_a_run_is_a_span_tree_whose_trace_id_is_the_run_id() -> None:
+    with OtlpReceiver() as receiver:
+        tracing = Tracing.create([otlp_exporter(receiver.url)])
+        run_id = str(uuid.uuid4())
+        callback = TracingCallback(tracing, graph="helpdesk", run_id=run_id, thread_id="thread-1", caller="key-1")
+        await agent().ainvoke({"steps": []}, {"callbacks": [callback], "run_id": run_id})
+        tracing.flush()
+        trace_id = uuid.UUID(run_id).hex
+        spans = receiver.wait_for(lambda got: len([s for s in got if s.trace_id == trace_id]) >= 5)
+        tracing.close()
+    assert tree(spans, trace_id) == {
+        "(root)": ["invoke_agent helpdesk"],
+        "invoke_agent helpdesk": ["node act", "node think"],
+        "node think": ["chat gemma-3-270m"],
+        "node act": ["execute_tool lookup"],
+    }
+    by_name = {s.name: s for s in spans}
+    root, chat = by_name["invoke_agent helpdesk"], by_name["chat gemma-3-270m"]
+    assert root.kind == "SERVER" and root.attributes["gen_ai.conversation.id"] == "thread-1"
+    assert root.attributes["langfuse.session.id"] == "thread-1" and root.attributes["langfuse.user.id"] == "key-1"
+    assert root.resource["service.name"] == "agentstack"
+    assert chat.kind == "CLIENT" and chat.attributes["gen_ai.operation.name"] == "chat"
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 11 and chat.attributes["gen_ai.usage.output_tokens"] == 3
+    assert chat.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert "gen_ai.input.messages" not in chat.attributes  # content is not captured unless asked for
+    tool_span = by_name["execute_tool lookup"]
+    assert (
+        tool_span.attributes["gen_ai.tool.name"] == "lookup" and tool_span.attributes["gen_ai.tool.call.id"] == "call-1"
+    )
+
+
+async def test_content_is_captured_only_when_asked_and_then_masked() -> None:
+    with OtlpReceiver() as receiver:
+        tracing = Tracing.create([otlp_exporter(receiver.url)], capture_content=True, scanner=PiiScanner())
+        await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="helpdesk")]})
+        tracing.flush()
+        spans = receiver.wait_for(lambda got: any(s.name.startswith("chat") for s in got))
+        tracing.close()
+    chat = next(s for s in spans if s.name.startswith("chat"))
+    assert '"content": "the order of <EMAIL_1>?"' in chat.attributes["gen_ai.input.messages"]
+    assert "<EMAIL_1> asked" in chat.attributes["gen_ai.output.messages"]
+    assert all("ana@example.com" not in str(s.attributes) for s in spans)
+
+
+async def test_a_failing_node_marks_its_span_and_the_run_as_errors() -> None:
+    def broken(state: State) -> dict[str, list[str]]:
+        raise ValueError("the index is gone")
+
+    graph = StateGraph(State)
+    graph.add_node("broken", broken)
+    graph.add_edge(START, "broken")
+    with OtlpReceiver() as receiver:
+        tracing = Tracing.create([otlp_exporter(receiver.url)])
+        with pytest.raises(ValueError):
+            await graph.compile().ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="g")]})
+        tracing.flush()
+        spans = receiver.wait_for(lambda got: len(got) >= 2)
+        tracing.close()
+    assert {s.name: s.status for s in spans} == {"node broken": "ERROR", "invoke_agent g": "ERROR"}
+    assert "exception" in next(s for s in spans if s.name == "node broken").events
+
+
+async def test_the_agent_server_traces_runs_continues_a_callers_trace_and_records_the_trace_id(
+    saver: PoolSaver,
+) -> None:
+    graphs = ServedGraphs([ServedGraph("helpdesk", agent(saver, ask_human=True))])
+    with OtlpReceiver() as receiver:
+        tracing = Tracing.create([otlp_exporter(receiver.url)], service="agentstack-api")
+        async with serving(app_on(RunQueue(saver.conn), graphs, workers=1, tracing=tracing)) as url:
+            client = get_client(url=url)
+            thread = await client.threads.create()
+            first = await client.runs.create(thread["thread_id"], "helpdesk", input={"steps": []})
+            await client.runs.join(thread["thread_id"], first["run_id"])
+            caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+            traceparent = f"00-{caller_trace}-00f067aa0ba902b7-01"
+            async with httpx.AsyncClient(base_url=url, headers={"traceparent": traceparent}) as raw:
+                resumed = await raw.post(
+                    f"/threads/{thread['thread_id']}/runs/wait",
+                    json={"assistant_id": "helpdesk", "command": {"resume": "yes"}},
+                )
+                assert resumed.status_code == 200, resumed.text
+            history = await client.threads.get_history(thread["thread_id"], limit=20)
+        # the server's lifespan closed the tracing, which flushed it
+        spans = receiver.wait_for(lambda got: len({s.trace_id for s in got}) >= 2)
+    first_trace = uuid.UUID(first["run_id"]).hex
+    assert tree(spans, first_trace)["invoke_agent helpdesk"] == ["node act", "node review", "node think"]
+    root = next(s for s in spans if s.trace_id == first_trace and s.name == "invoke_agent helpdesk")
+    assert root.status == "UNSET" and root.resource["service.name"] == "agentstack-api"
+    review = next(s for s in spans if s.trace_id == first_trace and s.name == "node review")
+    assert review.attributes["langgraph.interrupted"] is True and review.status == "UNSET"  # waiting, not failed
+    continued = [s for s in spans if s.trace_id == caller_trace]
+    resumed_root = next(s for s in continued if s.name == "invoke_agent helpdesk")
+    assert resumed_root.parent_span_id == "00f067aa0ba902b7"  # a child of the caller's span
+    trace_ids = {h["metadata"].get("trace_id") for h in history if h["metadata"].get("source") == "loop"}
+    assert trace_ids == {first_trace, caller_trace}  # each checkpoint names the trace of the run that wrote it
+
+
+async def test_langfuse_gets_the_trace_at_its_otel_endpoint_with_the_projects_key_pair() -> None:
+    with OtlpReceiver(langfuse=("pk-lf-1", "sk-lf-1")) as receiver:
+        settings = Settings(
+            langfuse_host=receiver.url, langfuse_public_key="pk-lf-1", langfuse_secret_key=SecretStr("sk-lf-1")
+        )
+        tracing = Tracing.from_settings(settings)
+        assert tracing is not None
+        await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="g", thread_id="t")]})
+        tracing.flush()
+        spans = receiver.wait_for(lambda got: len(got) >= 5)
+        tracing.close()
+        wrong = Settings(
+            langfuse_host=receiver.url, langfuse_public_key="pk-lf-1", langfuse_secret_key=SecretStr("nope")
+        )
+        refused = Tracing.from_settings(wrong)
+        assert refused is not None
+        await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(refused, graph="g")]})
+        refused.close()
+        assert receiver.refused >= 1 and len(receiver.spans) == len(spans)
+    assert {s.path for s in spans} == {"/api/public/otel/v1/traces"}
+    assert Tracing.from_settings(Settings()) is None  # nothing named: no provider, no thread
+
+
+async def test_a_dead_collector_costs_a_run_nothing() -> None:
+    tracing = Tracing.create([otlp_exporter(f"http://127.0.0.1:{free_port()}")])
+    graph = agent()
+    started = time.perf_counter()
+    for _ in range(3):
+        await graph.ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="g")]})
+    ran_s = time.perf_counter() - started
+    closed = time.perf_counter()
+    tracing.close()
+    assert ran_s < 5 and time.perf_counter() - closed < 15  # the export timeout bounds the shutdown
