@@ -8,6 +8,7 @@ from __future__ import annotations
 import operator
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -18,6 +19,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from typing_extensions import TypedDict
 
 from agentstack._net import free_port
@@ -29,6 +34,7 @@ from agentstack.config import Settings
 from agentstack.observability import Tracing, TracingCallback
 from agentstack.observability._tracing import otlp_exporter
 from agentstack.safety._pii import PiiScanner
+from agentstack.serving import Fleet, FleetSpec, gateway_app
 from agentstack.testing import OtlpReceiver, ReceivedSpan, ScriptedChatModel
 from api_helpers import serving
 
@@ -218,3 +224,73 @@ async def test_a_dead_collector_costs_a_run_nothing() -> None:
     closed = time.perf_counter()
     tracing.close()
     assert ran_s < 5 and time.perf_counter() - closed < 15  # the export timeout bounds the shutdown
+
+
+def recording_model(seen: list[dict[str, str]]) -> Starlette:
+    """An OpenAI-shaped model server that answers "ok" with its usage and records each request's headers."""
+
+    async def chat(request: Request) -> JSONResponse:
+        seen.append(dict(request.headers))
+        choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        reply = {"id": "r", "object": "chat.completion", "created": 0, "model": "stub", "choices": [choice]}
+        return JSONResponse(reply | {"usage": usage})
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+
+
+@pytest.mark.allow_model_requests
+async def test_a_model_call_carries_its_trace_through_the_router_and_the_gateway_to_the_replica(
+    tmp_path: Path,
+) -> None:
+    """graph -> chat span -> (traceparent) -> route span -> (traceparent) -> the replica; and a gateway continues
+    the `traceparent` its caller sent."""
+    seen: list[dict[str, str]] = []
+    async with serving(recording_model(seen)) as model_url:
+        spec = FleetSpec.from_data(
+            {"models": [{"name": "stub", "backend": "external", "urls": [f"{model_url}/v1"]}], "canary": False}
+        )
+        with OtlpReceiver() as receiver:
+            tracing = Tracing.create([otlp_exporter(receiver.url)])
+            async with Fleet(spec, home=tmp_path, tracing=tracing) as fleet:
+                model = fleet.chat_model("stub")
+
+                async def ask(state: State) -> dict[str, list[str]]:
+                    return {"steps": [str((await model.ainvoke("hi")).content)]}
+
+                graph = StateGraph(State)
+                graph.add_node("ask", ask)
+                graph.add_edge(START, "ask")
+                run_id = str(uuid.uuid4())
+                callback = TracingCallback(tracing, graph="g", run_id=run_id, thread_id="t-9")
+                config = {"callbacks": [callback], "run_id": run_id, "configurable": {"thread_id": "t-9"}}
+                await graph.compile().ainvoke({"steps": []}, config)
+
+                async with serving(gateway_app(fleet)) as gateway:
+                    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                    async with httpx.AsyncClient(base_url=gateway) as client:
+                        said = {"model": "stub", "messages": [{"role": "user", "content": "hi"}]}
+                        answer = await client.post("/v1/chat/completions", json=said, headers={"traceparent": caller})
+                        assert answer.status_code == 200
+            tracing.flush()
+            spans = receiver.wait_for(lambda got: len([s for s in got if s.name == "route stub"]) >= 2)
+            tracing.close()
+    trace = uuid.UUID(run_id).hex
+    assert tree(spans, trace) == {
+        "(root)": ["invoke_agent g"],
+        "invoke_agent g": ["node ask"],
+        "node ask": ["chat stub"],
+        "chat stub": ["route stub"],
+    }
+    route = next(s for s in spans if s.trace_id == trace and s.name == "route stub")
+    assert route.attributes["agentstack.replica"] == "stub/0" and route.attributes["agentstack.attempts"] == 1
+    assert route.attributes["gen_ai.conversation.id"] == "t-9"  # affinity's thread, from the run's config
+    chat = next(s for s in spans if s.name == "chat stub")
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 5 and chat.attributes["gen_ai.provider.name"] == "openai"
+    assert seen[0]["traceparent"].startswith(f"00-{trace}-{route.span_id}-")  # the replica is told the route span
+    gateway_route = next(s for s in spans if s.trace_id == "0af7651916cd43dd8448eb211c80319c")
+    assert gateway_route.name == "route stub" and gateway_route.parent_span_id == "b7ad6b7169203331"
+    assert seen[1]["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from agentstack.graphs._approval import ApprovalGraph
     from agentstack.graphs._research import ResearchGraph
     from agentstack.graphs._team import TeamGraph
+    from agentstack.observability._tracing import Tracing
 
 __all__ = ["Stack"]
 
@@ -43,7 +45,8 @@ _MAX_TOKENS = 3072
 
 
 class Stack:
-    """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM) and `model`.
+    """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM), `model`, and `tracing`
+    (None unless the settings export traces; `traced(config, ...)` adds a run's spans to a config).
 
     `graphs` is the registry `graph(name)` builds from (default: `agentstack.graphs.BUILTIN_GRAPHS`).
     `warm=False` loads the local embedder on first use instead of while the stack opens: seconds saved by a
@@ -75,6 +78,7 @@ class Stack:
         self.retrieval: Any = None
         self.fleet: Any = None
         self.model: Any = model
+        self.tracing: Tracing | None = None  # when the settings export traces: opened with the stack
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **options: Any) -> Stack:
@@ -86,6 +90,12 @@ class Stack:
             raise ConfigError("this Stack is already open", fix="open it once, or build another")
         exits = AsyncExitStack()
         try:
+            if self.settings.otlp_endpoint or self.settings.langfuse_host:
+                from agentstack.observability._tracing import Tracing
+
+                tracing = self.tracing = Tracing.from_settings(self.settings)
+                if tracing is not None:  # what is queued goes out when the stack closes (bounded)
+                    exits.push_async_callback(asyncio.to_thread, tracing.close)
             starting = self._start_models(exits)
             self.progress("checkpoints: opening Postgres")
             opening: list[AbstractAsyncContextManager[Any]] = [open_saver(settings=self.settings)]  # its pool size too
@@ -118,17 +128,42 @@ class Stack:
             return None
         settings = self.settings
         if settings.llm_base_url:
-            self.model = external_chat_model(settings, max_tokens=_MAX_TOKENS)
+            import httpx
+
+            from agentstack.observability._context import trace_hooks
+
+            # our own clients, closed with the stack: their requests carry the model call's trace
+            timeout = httpx.Timeout(600.0, connect=5.0)
+            clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks())
+            sync = httpx.Client(timeout=timeout, event_hooks=trace_hooks(sync=True))
+            exits.push_async_callback(clients.aclose)
+            exits.callback(sync.close)
+            self.model = external_chat_model(
+                settings, max_tokens=_MAX_TOKENS, http_async_client=clients, http_client=sync
+            )
             return None
         from agentstack.serving import Fleet
 
-        self.fleet = Fleet.from_settings(settings)
+        self.fleet = Fleet.from_settings(settings, tracing=self.tracing)
         self.fleet.chat_model_name()  # a wrong AGENTSTACK_LLM_MODEL, or no chat model, fails before anything starts
         self.progress("models: starting the fleet")
         exits.push_async_callback(self.fleet.stop)
         task = asyncio.create_task(self.fleet.start(), name="start the fleet")
         exits.push_async_callback(_cancelled, task)  # runs before fleet.stop: callbacks unwind in reverse
         return task
+
+    def traced(self, config: dict[str, Any], *, graph: str, thread_id: str) -> str | None:
+        """`config` made to trace its run (a callback, the trace id in its checkpoints' metadata) when this
+        stack exports traces; the run's trace id, or None."""
+        if self.tracing is None:
+            return None
+        from agentstack.observability._callback import traced_run
+
+        run_id = str(uuid.uuid4())
+        callback = traced_run(self.tracing, config, graph=graph, run_id=run_id, thread_id=thread_id)
+        config["callbacks"] = [*(config.get("callbacks") or []), callback]
+        config["run_id"] = run_id
+        return str(config["metadata"]["trace_id"])
 
     # -- graphs wired from the running parts -----------------------------------------------------------
 

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     trace_sample_ratio: float = Field(
         default=1.0, ge=0, le=1, description="The share of runs traced (a run continuing a caller's trace follows it)."
     )
+    trace_url: str = Field(
+        default="",
+        description="Where a trace is seen, with {trace_id} in it (e.g. https://langfuse.example/project/P/traces/"
+        "{trace_id}): printed after a traced run and by threads show; empty: the trace id alone.",
+    )
     trace_content: bool = Field(
         default=False,
         description="Put prompts and completions on the model spans (PII-masked by the pii detectors); off: only "

@@ -195,29 +195,24 @@ class RunWorker:
             await self.queue.append_event(run, event, wire(chunk))
 
     def _traced(self, run: Run, config: dict[str, Any]) -> list[BaseCallbackHandler]:
-        """The run's spans' callback, when traces are exported. The trace is the caller's when it sent one (kept
-        with the run, so the worker that picks it up, or the next attempt, continues it), else the run's id;
-        either way its id goes into the run's checkpoint metadata (`trace_id`), to find one from the other."""
+        """The run's spans' callback, when traces are exported: in the caller's trace when it sent one (kept with
+        the run, so the worker that picks it up, or the next attempt, continues it), else in the run's own."""
         if self.tracing is None:
             return []
-        from agentstack.observability._callback import TracingCallback
-        from agentstack.observability._tracing import context_trace_id, parent_context, trace_id_hex
+        from agentstack.observability._callback import traced_run
 
-        parent = parent_context(run.kwargs.get("trace"))
-        trace_id = context_trace_id(parent) if parent is not None else uuid.UUID(run.run_id).int
-        config["metadata"] = {**config.get("metadata", {}), "trace_id": trace_id_hex(trace_id)}
-        return [
-            TracingCallback(
-                self.tracing,
-                graph=str(run.kwargs.get("graph_id") or run.assistant_id),
-                run_id=run.run_id,
-                thread_id=run.thread_id,
-                assistant_id=run.assistant_id,
-                caller=run.kwargs.get("caller"),
-                parent=parent,
-                attempt=run.attempt,
-            )
-        ]
+        callback = traced_run(
+            self.tracing,
+            config,
+            graph=str(run.kwargs.get("graph_id") or run.assistant_id),
+            run_id=run.run_id,
+            thread_id=run.thread_id,
+            assistant_id=run.assistant_id,
+            caller=run.kwargs.get("caller"),
+            carrier=run.kwargs.get("trace"),
+            attempt=run.attempt,
+        )
+        return [callback]
 
     async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> tuple[Any, dict[str, Any]]:
         """The run's input and config; or None from the thread's latest checkpoint, to continue it, when an

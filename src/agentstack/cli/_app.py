@@ -645,9 +645,18 @@ def serve(
     from agentstack.serving import Fleet
 
     settings = Settings.load()
-    fleet = Fleet.from_settings(settings, spec)
+    tracing = None
+    if settings.otlp_endpoint or settings.langfuse_host:
+        from agentstack.observability._tracing import Tracing
+
+        tracing = Tracing.from_settings(settings, service="agentstack-gateway")
+    fleet = Fleet.from_settings(settings, spec, tracing=tracing)
     port = fleet.spec.port if port is None else port
-    asyncio.run(serve_with_keys(fleet, host or fleet.spec.host, port, console, settings))
+    try:
+        asyncio.run(serve_with_keys(fleet, host or fleet.spec.host, port, console, settings))
+    finally:
+        if tracing is not None:
+            tracing.close()
 
 
 def main() -> None:

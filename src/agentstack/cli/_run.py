@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 __all__ = ["default_corpus", "progress_printer", "resume_thread", "run_graph", "show_thread"]
 
 
+def trace_link(settings: Settings, trace_id: str | None) -> str | None:
+    """Where a trace is seen: `AGENTSTACK_TRACE_URL` with the id in it, or the id alone."""
+    if trace_id is None:
+        return None
+    return settings.trace_url.replace("{trace_id}", trace_id) if settings.trace_url else trace_id
+
+
 def default_corpus() -> Path:
     """agentstack's own documentation: packaged as `agentstack/docs`, or `docs/` of a source checkout."""
     return bundled("docs", "docs")
@@ -74,7 +81,9 @@ async def run_graph(
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(asdict(context))}
-        return await _stream(compiled, entry.input_from_task(task), config, context, entry.render, console)
+        trace = trace_link(stack.settings, stack.traced(config, graph=graph, thread_id=thread_id))
+        said = entry.input_from_task(task)
+        return await _stream(compiled, said, config, context, entry.render, console, trace=trace)
 
 
 async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, console: Console) -> bool:
@@ -94,9 +103,10 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, c
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(knobs)}
+        trace = trace_link(stack.settings, stack.traced(config, graph=graph, thread_id=thread_id))
         if decision is None:
             console.print(f"[dim]continuing: {escape(status.describe())}[/]")
-            return await _stream(compiled, None, config, context, entry.render, console)
+            return await _stream(compiled, None, config, context, entry.render, console, trace=trace)
         state = await compiled.aget_state(config, subgraphs=True)
         pending = _pending_interrupts(state)
         if not pending:  # the checkpoint said otherwise a moment ago: another process resumed it
@@ -105,7 +115,7 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, c
                 fix=f"see `agentstack threads show {thread_id}`",
             )
         resume = _resume_value(decision, pending)
-        return await _stream(compiled, Command(resume=resume), config, context, entry.render, console)
+        return await _stream(compiled, Command(resume=resume), config, context, entry.render, console, trace=trace)
 
 
 async def _newest_checkpoint(stack: Stack, thread_id: str) -> Any:
@@ -203,8 +213,11 @@ async def _stream(
     context: Any,
     render: Callable[[Mapping[str, Any]], ResultView],
     console: Console,
+    *,
+    trace: str | None = None,
 ) -> bool:
-    """Run with live progress, then print the result (True) or what waits for a decision (False)."""
+    """Run with live progress, then print the result (True) or what waits for a decision (False), and where
+    its `trace` is when it was traced."""
     from agentstack.graphs import stream_run
 
     tokens = 0
@@ -220,6 +233,8 @@ async def _stream(
     state = await compiled.aget_state(config, subgraphs=True)
     pending = _pending_interrupts(state)
     thread_id = config["configurable"]["thread_id"]
+    if trace is not None:
+        console.print(f"[dim]trace: {escape(trace)}[/]")
     if pending:
         for item in pending:
             console.print(f"[bold yellow]waiting for a decision[/] (interrupt {item.id}):")
@@ -295,6 +310,9 @@ async def show_thread(settings: Settings, thread_id: str, *, console: Console) -
     console.print(table)
     latest = root[0] if root else history[0]
     console.print(f"graph: {latest.metadata.get('agentstack_graph', '?')}")
+    traces = list(dict.fromkeys(str(t.metadata["trace_id"]) for t in reversed(root) if t.metadata.get("trace_id")))
+    for trace_id in traces:  # each run that was traced, oldest first
+        console.print(f"trace: {escape(str(trace_link(settings, trace_id)))}")
     status = thread_status(latest)
     console.print(f"run: [bold]{escape(status.describe())}[/]")
     if status.state in ("failed", "stopped"):

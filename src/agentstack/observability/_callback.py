@@ -21,9 +21,10 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
-from agentstack.observability._tracing import Tracing
+from agentstack.observability._context import model_call
+from agentstack.observability._tracing import Tracing, context_trace_id, parent_context, trace_id_hex
 
-__all__ = ["TracingCallback"]
+__all__ = ["TracingCallback", "traced_run"]
 
 _HIDDEN = "langsmith:hidden"
 
@@ -139,9 +140,11 @@ class TracingCallback(BaseCallbackHandler):
                     for g in (response.generations[0] if response.generations else [])
                 ]
                 span.set_attribute("gen_ai.output.messages", json.dumps(wrote, ensure_ascii=False))
+        model_call.set(None)
         self._end(run_id)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        model_call.set(None)
         self._end(run_id, error)
 
     # -- tools and retrievers -----------------------------------------------------------------------
@@ -239,7 +242,10 @@ class TracingCallback(BaseCallbackHandler):
                 attributes[f"gen_ai.request.{ours}"] = params[theirs]
         if "langgraph_node" in metadata:
             attributes["langgraph.node"] = str(metadata["langgraph_node"])
-        return self._start(run_id, parent_run_id, f"{operation} {model}", SpanKind.CLIENT, attributes)
+        span = self._start(run_id, parent_run_id, f"{operation} {model}", SpanKind.CLIENT, attributes)
+        if span is not None:  # the HTTP request this task makes now carries this span's trace
+            model_call.set(span)
+        return span
 
     def _start(
         self, run_id: UUID, parent_run_id: UUID | None, name: str, kind: SpanKind, attributes: Mapping[str, Any]
@@ -275,6 +281,36 @@ class TracingCallback(BaseCallbackHandler):
 
     def _text(self, message: BaseMessage) -> str:
         return self.tracing.masked(message.text if isinstance(message.text, str) else str(message.content))
+
+
+def traced_run(
+    tracing: Tracing,
+    config: dict[str, Any],
+    *,
+    graph: str,
+    run_id: str,
+    thread_id: str | None,
+    assistant_id: str | None = None,
+    caller: str | None = None,
+    carrier: Mapping[str, str] | None = None,
+    attempt: int = 1,
+) -> TracingCallback:
+    """The callback that traces one run, with the run's trace id written into `config`'s metadata (so into every
+    checkpoint the run saves: `trace_id`). The trace is the caller's when `carrier` holds its `traceparent`,
+    else the run's own id."""
+    parent = parent_context(carrier)
+    trace_id = context_trace_id(parent) if parent is not None else UUID(run_id).int
+    config["metadata"] = {**(config.get("metadata") or {}), "trace_id": trace_id_hex(trace_id)}
+    return TracingCallback(
+        tracing,
+        graph=graph,
+        run_id=run_id,
+        thread_id=thread_id,
+        assistant_id=assistant_id,
+        caller=caller,
+        parent=parent,
+        attempt=attempt,
+    )
 
 
 def _usage(response: LLMResult) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
+from agentstack.observability._context import trace_hooks
 from agentstack.serving._backends._base import RESPONSE_FORMAT, StructuredDialect
 
 __all__ = ["BorrowedTransport", "FleetClients"]
@@ -66,13 +67,13 @@ class FleetClients:
 
     def async_client(self, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> httpx.AsyncClient:
         """An async client on `transport` (the router, or a `BorrowedTransport`), closed with the fleet."""
-        client = httpx.AsyncClient(transport=transport, **kwargs)
+        client = httpx.AsyncClient(transport=transport, event_hooks=trace_hooks(), **kwargs)
         self._clients.add(client)
         return client
 
     def sync_client(self, transport: httpx.BaseTransport, **kwargs: Any) -> httpx.Client:
         """A sync client on `transport`, closed with the fleet."""
-        client = httpx.Client(transport=transport, **kwargs)
+        client = httpx.Client(transport=transport, event_hooks=trace_hooks(sync=True), **kwargs)
         self._clients.add(client)
         return client
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -38,6 +38,9 @@ from agentstack.serving._registry import BackendRegistry
 from agentstack.serving._replica import Replica, ReplicaState
 from agentstack.serving._router import Router
 from agentstack.serving._spec import FleetSpec, ModelSpec
+
+if TYPE_CHECKING:
+    from agentstack.observability._tracing import Tracing
 
 __all__ = ["Fleet", "default_fleet_spec"]
 
@@ -77,8 +80,10 @@ class Fleet:
         cpu_count: int | None = None,
         default_chat_model: str | None = None,
         scrape_interval_s: float | None = 5.0,
+        tracing: Tracing | None = None,
     ) -> None:
         """`default_chat_model`: what `chat_model()` serves when not given a name (checked against the spec).
+        `tracing`: the router's spans (`Router`); its owner closes it.
 
         `scrape_interval_s`: how often the replicas' own `/metrics` are read for the fleet's metrics (None: only
         when `scrape_backends()` is called).
@@ -93,6 +98,7 @@ class Fleet:
         if default_chat_model is not None:
             spec.chat_model_name(default_chat_model)  # a wrong name fails before anything starts
         self._scrape_interval_s = scrape_interval_s
+        self.tracing = tracing
         self._members: list[_Member] = []
         self._watchdog: Watchdog | None = None
         self._clients: FleetClients | None = None
@@ -105,7 +111,12 @@ class Fleet:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, spec_path: Path | None = None, *, backends: BackendRegistry | None = None
+        cls,
+        settings: Settings,
+        spec_path: Path | None = None,
+        *,
+        backends: BackendRegistry | None = None,
+        tracing: Tracing | None = None,
     ) -> Fleet:
         """The one way to build a fleet from Settings (`agentstack serve`, `ingest --graph` and `Stack` use it).
 
@@ -118,6 +129,7 @@ class Fleet:
             home=settings.home,
             llama_server=settings.llama_server,
             default_chat_model=None if settings.llm_base_url else settings.llm_model,
+            tracing=tracing,
         )
 
     @property
@@ -174,6 +186,7 @@ class Fleet:
                 aliases={a.name: s.name for s in self.spec.models for a in s.lora},
                 dialects={s.name: s.backend_class.dialect for s in self.spec.models},
                 metrics=self.metrics,
+                tracing=self.tracing,
             )
             await all_or_none(self._bring_up(m) for m in self._members)
         except BaseException:

@@ -34,7 +34,7 @@ from agentstack.serving._router import THREAD_HEADER
 
 __all__ = ["gateway_app", "gateway_server"]
 
-_FORWARD_REQUEST = ("content-type", "accept", THREAD_HEADER)
+_FORWARD_REQUEST = ("content-type", "accept", THREAD_HEADER, "traceparent", "tracestate")  # the caller's trace too
 _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
 _log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import orjson
@@ -39,6 +39,9 @@ from agentstack.errors import ConfigError
 from agentstack.serving._backends._base import RESPONSE_FORMAT, StructuredDialect
 from agentstack.serving._metrics import FleetMetrics
 from agentstack.serving._replica import Replica, ReplicaState
+
+if TYPE_CHECKING:
+    from agentstack.observability._tracing import Tracing
 
 __all__ = ["THREAD_HEADER", "Router"]
 
@@ -64,11 +67,14 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         affinity: bool = True,
         balance: Literal["least_outstanding", "round_robin"] = "least_outstanding",
         affinity_capacity: int = 100_000,
+        tracing: Tracing | None = None,
     ) -> None:
         """`transport`/`sync_transport` carry the requests to replicas; the caller owns (and closes) them.
 
         `dialects`: model -> how its backend is asked for structured output, for backends that do not take
-        OpenAI's `response_format` (the others need no entry).
+        OpenAI's `response_format` (the others need no entry). `tracing`: each request becomes a `route` span
+        (the replica chosen, whether affinity held, every attempt) under the caller's `traceparent`, and the
+        replica is sent the span's own, so a model server that traces (vLLM, SGLang) continues the trace.
         """
         self._pools = pools
         self._transport = transport
@@ -77,6 +83,7 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self._aliases = dict(aliases or {})  # LoRA adapter name -> base model whose replicas serve it
         self._dialects = {m: d for m, d in (dialects or {}).items() if d != RESPONSE_FORMAT}
         self._metrics = metrics
+        self._tracing = tracing
         self._max_imbalance = max_imbalance
         self._use_affinity = affinity
         self._balance = balance
@@ -216,7 +223,13 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         return _Exchange(self, request, body, payload, model, thread)  # type: ignore[arg-type]
 
     def _outgoing(
-        self, request: httpx.Request, replica: Replica, body: bytes, payload: dict[str, Any], rename: str | None
+        self,
+        request: httpx.Request,
+        replica: Replica,
+        body: bytes,
+        payload: dict[str, Any],
+        rename: str | None,
+        span: Any = None,
     ) -> httpx.Request:
         # httpx parses URLs slowly (~25 us), a large share of the router's cost: reuse them per path.
         key = (id(replica), request.url.raw_path)
@@ -229,6 +242,9 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
             self._outgoing_urls[key] = url
         headers = request.headers.copy()
         headers["host"] = url.netloc.decode()
+        if span is not None:  # the replica continues the trace under this request's route span
+            context = span.get_span_context()
+            headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
         dialect = self._dialects.get(replica.model) if self._dialects else None
         if rename is not None or dialect is not None:
             rewritten = payload if rename is None else {**payload, "model": rename}
@@ -258,8 +274,11 @@ class _Exchange:
         "last",
         "model",
         "replica",
+        "span",
         "started",
+        "sticky",
         "thread",
+        "tries",
     )
 
     def __init__(
@@ -279,9 +298,12 @@ class _Exchange:
         self.thread = thread
         with router.bookkeeping:
             self._plan = iter(router.plan(model, thread))
+            self.sticky = router._affinity.get(thread) if thread is not None else None
         self.replica: Replica | None = None  # the one tried last
         self.started = 0.0
+        self.tries = 0
         self.last: httpx.Response | Exception | None = None
+        self.span: Any = None if router._tracing is None else _route_span(router._tracing, request, model, thread)
 
     def next_request(self) -> httpx.Request | None:
         """The request for the next replica of the plan (now counted as busy), or None when none is left."""
@@ -292,10 +314,15 @@ class _Exchange:
         router = self._router
         if self.replica is not None and router._metrics is not None:  # a retry after a failed attempt
             router._metrics.failovers.labels(self.model).inc()
-        outgoing = router._outgoing(self._request, replica, self._body, self._payload, rename)
+        outgoing = router._outgoing(self._request, replica, self._body, self._payload, rename, self.span)
         with router.bookkeeping:
             replica.outstanding += 1
         self.replica, self.started = replica, time.perf_counter()
+        self.tries += 1
+        if self.span is not None:
+            self.span.add_event(
+                "attempt", {"agentstack.replica": replica.label, "agentstack.model": rename or self.model}
+            )
         return outgoing
 
     def failed(self, outcome: httpx.Response | Exception) -> None:
@@ -304,17 +331,19 @@ class _Exchange:
         with self._router.bookkeeping:
             replica.outstanding -= 1
             replica.record_failure()
-        self._router._observe(
-            replica,
-            self.started,
-            f"http_{outcome.status_code}" if isinstance(outcome, httpx.Response) else type(outcome).__name__,
-        )
+        why = f"http_{outcome.status_code}" if isinstance(outcome, httpx.Response) else type(outcome).__name__
+        self._router._observe(replica, self.started, why)
+        if self.span is not None:
+            self.span.add_event("failed", {"agentstack.replica": replica.label, "agentstack.outcome": why})
         self.last = outcome
 
     def abandoned(self) -> None:
         """The caller gave up (timeout, cancellation): free the replica, blame nobody."""
         with self._router.bookkeeping:
             self._replica().outstanding -= 1
+        if self.span is not None:
+            self.span.set_attribute("agentstack.abandoned", True)
+            self.span.end()
 
     def succeeded(self, response: httpx.Response) -> httpx.Response:
         """The response to hand back; its replica stays busy until the body is closed."""
@@ -326,10 +355,23 @@ class _Exchange:
                 router._remember(self.thread, replica)
         if router._metrics is not None:
             router._observe(replica, self.started, "ok")
+        span = self.span
+        if span is not None:
+            span.set_attributes(
+                {
+                    "agentstack.replica": replica.label,
+                    "agentstack.affinity_hit": replica is self.sticky,
+                    "agentstack.attempts": self.tries,
+                    "agentstack.failover": self.tries > 1 or replica.model != self.model,
+                    "http.response.status_code": response.status_code,
+                }
+            )
 
         def done() -> None:
             with router.bookkeeping:
                 replica.outstanding -= 1
+            if span is not None:  # a stream's span lasts as long as its body
+                span.end()
 
         return httpx.Response(
             response.status_code,
@@ -341,6 +383,12 @@ class _Exchange:
     def exhausted(self) -> httpx.Response:
         """Every replica was tried: the last 5xx as it came, the last connection error named, or a 503."""
         last = self.last
+        if self.span is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            self.span.set_attribute("agentstack.attempts", self.tries)
+            self.span.set_status(Status(StatusCode.ERROR, f"every replica of {self.model!r} failed"))
+            self.span.end()
         if isinstance(last, httpx.Response):
             return httpx.Response(last.status_code, headers=last.headers, stream=httpx.ByteStream(last.content))
         if isinstance(last, httpx.TransportError):
@@ -387,6 +435,20 @@ class _Tracked(httpx.AsyncByteStream, httpx.SyncByteStream):
         if self._done is not None:
             self._done, done = None, self._done
             done()
+
+
+def _route_span(tracing: Tracing, request: httpx.Request, model: str, thread: str | None) -> Any:
+    """A request's `route {model}` span, under the caller's trace when it sent a `traceparent`."""
+    from opentelemetry.trace import SpanKind
+
+    from agentstack.observability._tracing import parent_context
+
+    attributes = {"gen_ai.request.model": model, "url.path": request.url.path}
+    if thread is not None:
+        attributes["gen_ai.conversation.id"] = thread
+    return tracing.tracer.start_span(
+        f"route {model}", context=parent_context(request.headers), kind=SpanKind.CLIENT, attributes=attributes
+    )
 
 
 def _langgraph_thread() -> str | None:
