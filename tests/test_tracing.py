@@ -31,7 +31,7 @@ from agentstack.api._runs import RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver
 from agentstack.config import Settings
-from agentstack.observability import Tracing, TracingCallback
+from agentstack.observability import Observability, Tracing, TracingCallback
 from agentstack.observability._tracing import otlp_exporter
 from agentstack.safety._pii import PiiScanner
 from agentstack.serving import Fleet, FleetSpec, gateway_app
@@ -162,7 +162,9 @@ async def test_the_agent_server_traces_runs_continues_a_callers_trace_and_record
     graphs = ServedGraphs([ServedGraph("helpdesk", agent(saver, ask_human=True))])
     with OtlpReceiver() as receiver:
         tracing = Tracing.create([otlp_exporter(receiver.url)], service="agentstack-api")
-        async with serving(app_on(RunQueue(saver.conn), graphs, workers=1, tracing=tracing)) as url:
+        async with serving(
+            app_on(RunQueue(saver.conn), graphs, workers=1, observability=Observability(tracing))
+        ) as url:
             client = get_client(url=url)
             thread = await client.threads.create()
             first = await client.runs.create(thread["thread_id"], "helpdesk", input={"steps": []})

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from agentstack.graphs._approval import ApprovalGraph
     from agentstack.graphs._research import ResearchGraph
     from agentstack.graphs._team import TeamGraph
-    from agentstack.observability._tracing import Tracing
+    from agentstack.observability._observe import Observability
 
 __all__ = ["Stack"]
 
@@ -45,8 +45,9 @@ _MAX_TOKENS = 3072
 
 
 class Stack:
-    """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM), `model`, and `tracing`
-    (None unless the settings export traces; `traced(config, ...)` adds a run's spans to a config).
+    """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM), `model`, and
+    `observability` (run metrics, and traces when the settings export them; `observed(config, ...)` adds a
+    run's observers to a config).
 
     `graphs` is the registry `graph(name)` builds from (default: `agentstack.graphs.BUILTIN_GRAPHS`).
     `warm=False` loads the local embedder on first use instead of while the stack opens: seconds saved by a
@@ -78,7 +79,7 @@ class Stack:
         self.retrieval: Any = None
         self.fleet: Any = None
         self.model: Any = model
-        self.tracing: Tracing | None = None  # when the settings export traces: opened with the stack
+        self.observability: Observability | None = None  # runs' metrics, and traces: opened with the stack
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **options: Any) -> Stack:
@@ -90,12 +91,10 @@ class Stack:
             raise ConfigError("this Stack is already open", fix="open it once, or build another")
         exits = AsyncExitStack()
         try:
-            if self.settings.otlp_endpoint or self.settings.langfuse_host:
-                from agentstack.observability._tracing import Tracing
+            from agentstack.observability._observe import Observability
 
-                tracing = self.tracing = Tracing.from_settings(self.settings)
-                if tracing is not None:  # what is queued goes out when the stack closes (bounded)
-                    exits.push_async_callback(asyncio.to_thread, tracing.close)
+            observing = self.observability = Observability.from_settings(self.settings)
+            exits.push_async_callback(asyncio.to_thread, observing.close)  # queued traces go out (bounded)
             starting = self._start_models(exits)
             self.progress("checkpoints: opening Postgres")
             opening: list[AbstractAsyncContextManager[Any]] = [open_saver(settings=self.settings)]  # its pool size too
@@ -144,7 +143,8 @@ class Stack:
             return None
         from agentstack.serving import Fleet
 
-        self.fleet = Fleet.from_settings(settings, tracing=self.tracing)
+        tracing = self.observability.tracing if self.observability is not None else None
+        self.fleet = Fleet.from_settings(settings, tracing=tracing)
         self.fleet.chat_model_name()  # a wrong AGENTSTACK_LLM_MODEL, or no chat model, fails before anything starts
         self.progress("models: starting the fleet")
         exits.push_async_callback(self.fleet.stop)
@@ -152,18 +152,17 @@ class Stack:
         exits.push_async_callback(_cancelled, task)  # runs before fleet.stop: callbacks unwind in reverse
         return task
 
-    def traced(self, config: dict[str, Any], *, graph: str, thread_id: str) -> str | None:
-        """`config` made to trace its run (a callback, the trace id in its checkpoints' metadata) when this
-        stack exports traces; the run's trace id, or None."""
-        if self.tracing is None:
+    def observed(self, config: dict[str, Any], *, graph: str, thread_id: str) -> str | None:
+        """`config` made to observe its run (metrics, and spans when traces are exported, with the trace id in
+        its checkpoints' metadata); the run's trace id, or None when it is not traced."""
+        if self.observability is None:
             return None
-        from agentstack.observability._callback import traced_run
-
         run_id = str(uuid.uuid4())
-        callback = traced_run(self.tracing, config, graph=graph, run_id=run_id, thread_id=thread_id)
-        config["callbacks"] = [*(config.get("callbacks") or []), callback]
+        observers = self.observability.run_callbacks(config, graph=graph, run_id=run_id, thread_id=thread_id)
+        config["callbacks"] = [*(config.get("callbacks") or []), *observers]
         config["run_id"] = run_id
-        return str(config["metadata"]["trace_id"])
+        trace_id = (config.get("metadata") or {}).get("trace_id")
+        return str(trace_id) if trace_id else None
 
     # -- graphs wired from the running parts -----------------------------------------------------------
 

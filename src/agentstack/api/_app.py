@@ -86,6 +86,7 @@ from agentstack.errors import (
     NotFoundError,
     UserError,
 )
+from agentstack.observability._http import RequestMetrics
 from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import Caller, caller_of, visible_to
@@ -180,7 +181,12 @@ def _app(
             tasks = api.workers = [
                 asyncio.create_task(
                     RunWorker(
-                        queue, graphs, lease_s=options.lease_s, notes=notes, charges=charges, tracing=options.tracing
+                        queue,
+                        graphs,
+                        lease_s=options.lease_s,
+                        notes=notes,
+                        charges=charges,
+                        observability=options.observability,
                     ).serve(),
                     name=f"worker {i}",
                 )
@@ -194,13 +200,13 @@ def _app(
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await api.door.auth.aclose()
-                if options.tracing is not None:  # what is queued goes out (bounded by the export timeout)
-                    await asyncio.to_thread(options.tracing.close)
+                # the traces queued go out (bounded by the export timeout)
+                await asyncio.to_thread(options.observability.close)
 
     endpoints = [
         Endpoint("GET", "/ok", api.ok, "Liveness"),
         Endpoint("GET", "/info", api.info, "Server version and flags"),
-        Endpoint("GET", "/metrics", api.metrics, "Prometheus metrics of the queue"),
+        Endpoint("GET", "/metrics", api.metrics, "Prometheus metrics: the queue, runs, tokens, requests"),
         Endpoint("POST", "/assistants", api.create_assistant, "Create an assistant", AssistantCreate),
         Endpoint("POST", "/assistants/search", api.search_assistants, "Search assistants", AssistantSearch),
         Endpoint("POST", "/assistants/count", api.count_assistants, "Count assistants", AssistantCount),
@@ -286,8 +292,14 @@ def _app(
         server="the agent server",
         max_body_bytes=options.max_body_bytes,
     )
+    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    counted = Middleware(
+        RequestMetrics, options.observability.metrics, server="api", routes=routes, skip=frozenset({"/metrics", "/ok"})
+    )
     return Starlette(
-        routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])], middleware=[keys], lifespan=lifespan
+        routes=routes,
+        middleware=[counted, keys],  # counted first: the door's refusals are counted too
+        lifespan=lifespan,
     )
 
 
@@ -350,6 +362,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
         self.poll_s = options.poll_s
         self.event_retention_s = options.event_retention_s
         self.injection = options.injection
+        self.observability = options.observability
         self.pii = options.pii
         self.pii_secret: bytes | None = None  # the database's, which names placeholders: set by the lifespan
         self.limits = options.limits
@@ -386,7 +399,7 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     async def metrics(self, request: Request) -> Response:
         alive = sum(1 for t in self.workers if not t.done())
         text = metrics_text(await self.queue.stats(), workers_alive=alive, workers=len(self.workers))
-        return Response(text, media_type=CONTENT_TYPE)
+        return Response(text + self.observability.metrics.render(), media_type=CONTENT_TYPE)
 
     # -- runs ---------------------------------------------------------------------------------------
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from agentstack.config import Settings
+from agentstack.observability._observe import Observability
 from agentstack.safety._injection import InjectionPolicy
 from agentstack.safety._jwt import JwtVerifier
 from agentstack.safety._limits import RequestLimits, request_limits
 from agentstack.safety._pii_policy import PiiPolicy, pii_scanner
-
-if TYPE_CHECKING:
-    from agentstack.observability._tracing import Tracing
 
 __all__ = ["EVENT_RETENTION_S", "ServerOptions"]
 
@@ -35,12 +32,10 @@ class ServerOptions:
     jwt: JwtVerifier | None = None
     limits: RequestLimits = field(default_factory=RequestLimits)
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    tracing: Tracing | None = None  # each run's spans; the server closes it when it stops (flushing the queue)
+    observability: Observability = field(default_factory=Observability)  # runs' metrics, and traces; closed at stop
 
     @classmethod
     def from_settings(cls, settings: Settings, *, keys_required: bool = False) -> ServerOptions:
-        from agentstack.observability._tracing import Tracing
-
         return cls(
             lease_s=settings.api_lease_s,
             keys_required=keys_required,
@@ -51,5 +46,5 @@ class ServerOptions:
             jwt=JwtVerifier.from_settings(settings),
             limits=request_limits(settings),
             prices=settings.prices,
-            tracing=Tracing.from_settings(settings, service="agentstack-api"),
+            observability=Observability.from_settings(settings, service="agentstack-api"),
         )

@@ -40,7 +40,7 @@ from agentstack.safety._usage import RunUsage, charge_run
 if TYPE_CHECKING:
     from langchain_core.callbacks import BaseCallbackHandler
 
-    from agentstack.observability._tracing import Tracing
+    from agentstack.observability._observe import Observability
 
 __all__ = ["MODES", "RunWorker"]
 
@@ -76,7 +76,7 @@ class RunWorker:
         lease_s: float = 30.0,
         notes: QueueNotifications | None = None,
         charges: tuple[Limiter, Spend] | None = None,
-        tracing: Tracing | None = None,
+        observability: Observability | None = None,
     ) -> None:
         self.queue = queue
         self.graphs = graphs
@@ -84,7 +84,7 @@ class RunWorker:
         self.lease_s = lease_s
         self.notes = notes
         self.charges = charges  # where a run's tokens and cost go, for a key with limits on them
-        self.tracing = tracing  # each run's spans, when traces are exported
+        self.observability = observability  # each run's metrics, and its spans when traces are exported
 
     async def run_once(self) -> Run | None:
         """Claim the oldest claimable run and run it to its end; None when nothing was claimable."""
@@ -168,8 +168,8 @@ class RunWorker:
     async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any, usage: RunUsage) -> None:
         kwargs = run.kwargs
         graph_input, config = await self._input(run, graph)
-        traced = self._traced(run, config)  # before the copy: it puts the trace id in the config's metadata
-        config = {**config, "callbacks": [usage, *traced]}  # a client sends no handlers
+        observers = self._observers(run, config)  # before the copy: it puts the trace id in the config's metadata
+        config = {**config, "callbacks": [usage, *observers]}  # a client sends no handlers
         requested = kwargs.get("stream_mode") or ["values"]
         modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
         subgraphs = bool(kwargs.get("subgraphs"))
@@ -194,15 +194,12 @@ class RunWorker:
             event = mode if not namespace else f"{mode}|{'|'.join(namespace)}"
             await self.queue.append_event(run, event, wire(chunk))
 
-    def _traced(self, run: Run, config: dict[str, Any]) -> list[BaseCallbackHandler]:
-        """The run's spans' callback, when traces are exported: in the caller's trace when it sent one (kept with
-        the run, so the worker that picks it up, or the next attempt, continues it), else in the run's own."""
-        if self.tracing is None:
+    def _observers(self, run: Run, config: dict[str, Any]) -> list[BaseCallbackHandler]:
+        """The run's metrics and spans: in the caller's trace when it sent one (kept with the run, so the worker
+        that picks it up, or the next attempt, continues it), else in the run's own."""
+        if self.observability is None:
             return []
-        from agentstack.observability._callback import traced_run
-
-        callback = traced_run(
-            self.tracing,
+        return self.observability.run_callbacks(
             config,
             graph=str(run.kwargs.get("graph_id") or run.assistant_id),
             run_id=run.run_id,
@@ -212,7 +209,6 @@ class RunWorker:
             carrier=run.kwargs.get("trace"),
             attempt=run.attempt,
         )
-        return [callback]
 
     async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> tuple[Any, dict[str, Any]]:
         """The run's input and config; or None from the thread's latest checkpoint, to continue it, when an

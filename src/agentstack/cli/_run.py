@@ -81,7 +81,7 @@ async def run_graph(
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(asdict(context))}
-        trace = trace_link(stack.settings, stack.traced(config, graph=graph, thread_id=thread_id))
+        trace = trace_link(stack.settings, stack.observed(config, graph=graph, thread_id=thread_id))
         said = entry.input_from_task(task)
         return await _stream(compiled, said, config, context, entry.render, console, trace=trace)
 
@@ -103,7 +103,7 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, c
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(knobs)}
-        trace = trace_link(stack.settings, stack.traced(config, graph=graph, thread_id=thread_id))
+        trace = trace_link(stack.settings, stack.observed(config, graph=graph, thread_id=thread_id))
         if decision is None:
             console.print(f"[dim]continuing: {escape(status.describe())}[/]")
             return await _stream(compiled, None, config, context, entry.render, console, trace=trace)

@@ -58,6 +58,7 @@ from agentstack.graphs._research_state import (
     Suspicious,
 )
 from agentstack.graphs._support import Embedder, EmbeddingSupport, SupportScorer
+from agentstack.observability._events import report_retrieval
 from agentstack.prompts import Prompt, PromptLibrary
 from agentstack.safety._injection import InjectionScreen
 
@@ -218,6 +219,7 @@ async def search(task: SearchTask, runtime: Runtime[ResearchContext], deps: Rese
         try:
             result = await deps.retriever.aretrieve(query, k=knobs.k, filters=knobs.filters or None)
             found += [_chunk_evidence(query, hit) for hit in result]
+            await report_retrieval(result, k=knobs.k)  # a span in the trace, each leg's time in the metrics
         except Exception as exc:
             failures.append(_failure(query, "retriever", exc))
     if deps.graph_retriever is not None:

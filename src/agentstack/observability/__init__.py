@@ -1,8 +1,9 @@
 """Seeing every run: OpenTelemetry traces of graph runs (to any OTLP collector and to Langfuse), with one id that
-joins a trace, its run and its checkpoints.
+joins a trace, its run and its checkpoints; Prometheus metrics of runs, nodes, model tokens and cost.
 
-`Tracing.from_settings(settings)` makes agentstack's own tracer provider (never the process-global one);
-`TracingCallback(tracing, graph=..., run_id=..., thread_id=...)` in a run's `callbacks` turns the run into spans.
+`Observability.from_settings(settings)` is the one object a process passes down: `tracing` (agentstack's own
+tracer provider, never the process-global one; None unless the settings export traces) and `metrics` (its own
+registry). `observability.run_callbacks(config, graph=..., run_id=..., thread_id=...)` observes one run.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from typing import TYPE_CHECKING
 from agentstack._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
+    "Observability": "agentstack.observability._observe",
+    "Metrics": "agentstack.observability._metrics",
     "Tracing": "agentstack.observability._tracing",
     "TracingCallback": "agentstack.observability._callback",
 }
 
-__all__ = ["Tracing", "TracingCallback"]
+__all__ = ["Observability", "Metrics", "Tracing", "TracingCallback"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 if TYPE_CHECKING:
     from agentstack.observability._callback import TracingCallback
+    from agentstack.observability._metrics import Metrics
+    from agentstack.observability._observe import Observability
     from agentstack.observability._tracing import Tracing

@@ -11,6 +11,7 @@ hangs off the nearest span above them, so the tree reads run -> node -> model.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -22,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
 from agentstack.observability._context import model_call
+from agentstack.observability._events import RETRIEVAL_EVENT
 from agentstack.observability._tracing import Tracing, context_trace_id, parent_context, trace_id_hex
 
 __all__ = ["TracingCallback", "traced_run"]
@@ -191,6 +193,31 @@ class TracingCallback(BaseCallbackHandler):
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._end(run_id, error)
+
+    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """A retrieval a node reported (`report_retrieval`): a span of the time it took, under the node."""
+        if name != RETRIEVAL_EVENT or not isinstance(data, Mapping):
+            return
+        parent = self._span_above(run_id)
+        if parent is None:
+            return
+        timings = data.get("timings_ms") or {}
+        ended = time.time_ns()
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "retrieval",
+            "agentstack.retriever": str(data.get("retriever")),
+            "agentstack.retrieval.k": int(data.get("k") or 0),
+            "agentstack.retrieval.documents": int(data.get("found") or 0),
+            "agentstack.retrieval.reranked": bool(data.get("reranked")),
+        }
+        attributes |= {f"agentstack.retrieval.{leg}_ms": float(ms) for leg, ms in timings.items()}
+        span = self.tracing.tracer.start_span(
+            f"retrieval {data.get('retriever')}",
+            context=set_span_in_context(parent),
+            attributes=attributes,
+            start_time=ended - int(float(timings.get("total", 0.0)) * 1e6),
+        )
+        span.end(end_time=ended)
 
     # -- spans --------------------------------------------------------------------------------------
 

@@ -122,7 +122,8 @@ class HybridRetriever:
             jobs["dense"] = self.index.search_dense(vector, candidates=candidates, expression=expression)
         if "bm25" in legs:
             jobs["bm25"] = self.index.search_bm25(query, candidates=candidates, expression=expression)
-        found: dict[Leg, list[LegHit]] = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+        timed = [_timed(leg, job, timings) for leg, job in jobs.items()]  # each leg's own time, run together
+        found: dict[Leg, list[LegHit]] = dict(zip(jobs, await asyncio.gather(*timed), strict=True))
         timings["search"] = _ms(mark)
         ranked = reciprocal_rank_fusion(found)
         if expand_parents:
@@ -160,6 +161,14 @@ class HybridRetriever:
             reranker=self.reranker.name if self.reranker is not None else None,
             timings_ms=timings,
         )
+
+
+async def _timed(leg: str, job: Awaitable[list[LegHit]], timings: dict[str, float]) -> list[LegHit]:
+    started = time.perf_counter()
+    try:
+        return await job
+    finally:
+        timings[leg] = _ms(started)
 
 
 def _ms(since: float) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 
 from agentstack.config import Settings
 
-__all__ = ["Decision", "Limiter", "RequestLimits", "RequestRefused", "Spend", "request_limits"]
+__all__ = ["Decision", "Limiter", "RequestLimits", "RequestRefused", "Spend", "cost_usd", "request_limits"]
 
 _WINDOW_S = 60.0
 
@@ -112,6 +112,17 @@ SET tat = greatest(r.tat, clock_timestamp()) + make_interval(secs => %(step)s)""
             )
 
 
+def cost_usd(
+    prices: Mapping[str, Mapping[str, float]], model: str, prompt_tokens: int, completion_tokens: int
+) -> float | None:
+    """What a reply cost by the price table (`AGENTSTACK_PRICES`: USD per 1,000 input and output tokens, by
+    model); None when the model has no price."""
+    price = prices.get(model)
+    if price is None:
+        return None
+    return (prompt_tokens * price.get("input", 0.0) + completion_tokens * price.get("output", 0.0)) / 1000
+
+
 class Spend:
     """What keys spent per period of their budget (US dollars from a per-model price table), in Postgres."""
 
@@ -121,10 +132,7 @@ class Spend:
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         """What a reply cost; None when the model has no price."""
-        price = self.prices.get(model)
-        if price is None:
-            return None
-        return (prompt_tokens * price.get("input", 0.0) + completion_tokens * price.get("output", 0.0)) / 1000
+        return cost_usd(self.prices, model, prompt_tokens, completion_tokens)
 
     async def spent(self, key_id: str, period: str) -> float:
         """What the key spent in the current `period` (hour, day, week, month)."""

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agentstack.observability._http import RequestMetrics
+from agentstack.observability._metrics import Metrics
 from agentstack.safety import Guard
 from agentstack.safety._gateway_policy import GatewayPolicy, openai_error
 from agentstack.safety._pii_policy import StreamRestorer
@@ -39,17 +41,25 @@ _FORWARD_RESPONSE = ("content-type", "content-encoding", "cache-control")
 _log = logging.getLogger(__name__)
 
 
-def gateway_app(fleet: Fleet, policy: GatewayPolicy | None = None, *, max_body_bytes: int = 10_000_000) -> Starlette:
+def gateway_app(
+    fleet: Fleet,
+    policy: GatewayPolicy | None = None,
+    *,
+    max_body_bytes: int = 10_000_000,
+    metrics: Metrics | None = None,
+) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
     `policy` (`agentstack.safety`): what a request meets between the door and the fleet. With a door, callers
     need a key once one exists (OpenAI-shaped 401/403 errors as `openai` raises them, `/health` open, `/metrics`
     for admin keys); then what one request may ask, personal data (masked before the model and restored for the
     caller, or refused), prompt injection, tokens a minute and budgets, their findings, tokens and cost in the
-    audit log. None: no door, the limits' defaults, nothing masked or screened."""
+    audit log. None: no door, the limits' defaults, nothing masked or screened. `metrics`: where the requests
+    it answers are counted (`/metrics` shows them beside the fleet's)."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
     policy = policy or GatewayPolicy.create()
+    metrics = metrics or Metrics()
     door, limits = policy.door, policy.limits
 
     async def proxy(request: Request) -> Response:
@@ -115,7 +125,7 @@ def gateway_app(fleet: Fleet, policy: GatewayPolicy | None = None, *, max_body_b
         return JSONResponse({"status": "ok" if status == 200 else "degraded", "ready_replicas": ready}, status)
 
     async def metrics(_: Request) -> Response:
-        return Response(fleet.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(fleet.metrics.render() + metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -145,7 +155,9 @@ def gateway_app(fleet: Fleet, policy: GatewayPolicy | None = None, *, max_body_b
                 max_body_bytes=max_body_bytes,
             )
         )
-    return Starlette(routes=routes, middleware=keys, lifespan=lifespan)
+    skip = frozenset({"/metrics", "/health"})
+    counted = Middleware(RequestMetrics, metrics, server="gateway", routes=routes, skip=skip)
+    return Starlette(routes=routes, middleware=[counted, *keys], lifespan=lifespan)
 
 
 def gateway_server(
