@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from langgraph_sdk import get_sync_client
 
@@ -129,6 +130,12 @@ def test_a_run_whose_worker_process_is_killed_completes_once_on_another(
         wait_for(lambda: len(_workers(server.pid)) == 2, "the killed worker was not replaced", timeout=30)
         workers = _workers(server.pid)
         assert victim not in workers
+        # every worker reports the sum of all of them (the killed one's counts included): whichever answers
+        for _ in range(6):
+            with httpx.Client(base_url=url) as fresh:  # a new connection: it may reach either worker
+                text = fresh.get("/metrics").text
+            assert 'agentstack_runs_started_total{graph="steps"} 3.0' in text, text  # 2 attempts, 1 quick run
+            assert 'agentstack_runs_ended_total{graph="steps",outcome="success"} 2.0' in text, text
         server.send_signal(signal.SIGINT)
         out, err = server.communicate(timeout=90)
     finally:

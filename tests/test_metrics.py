@@ -70,5 +70,7 @@ async def test_the_agent_server_counts_runs_nodes_tokens_cost_and_requests(saver
     )
     assert value(found, "agentstack_http_rejections_total", server="api", reason="auth") == 1
     assert value(found, "agentstack_http_requests_total", route="/threads/{thread_id}", status="401") == 1
-    assert value(found, "agentstack_runs_pending") == 0  # the queue's own figures are there too
+    assert value(found, "agentstack_checkpoint_batch_operations_sum") >= 6  # 3 steps a run, group-committed
+    assert value(found, "agentstack_checkpoint_commit_seconds_count") >= 1
+    assert ("agentstack_api_runs", (("status", "pending"),)) in found  # the queue's own figures are there too
     promtool_accepts(text)

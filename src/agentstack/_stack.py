@@ -105,6 +105,7 @@ class Stack:
                 self.progress(f"retrieval: {loading}opening the index")
                 opening.append(open_retrieval(self.settings, warm=self._warm))
             self.saver, *rest = await _enter_together(exits, opening)
+            self.saver.report_commits(observing.metrics.checkpoint_commit)
             self.retrieval = rest[0] if rest else None
             if starting is not None:
                 self.progress("models: waiting for the fleet to be healthy")

@@ -75,6 +75,7 @@ from agentstack.api._wire import (
     thread_config,
 )
 from agentstack.api._worker import MODES, RunWorker
+from agentstack.checkpoint import PoolSaver
 from agentstack.config import Settings
 from agentstack.errors import (
     BudgetError,
@@ -176,6 +177,9 @@ def _app(
             api.spend = Spend(queue.pool, options.prices)
             charges = (api.door.limiter, api.spend)
             await queue.setup()
+            for served in graphs:  # their checkpoint writes' group commits, in the metrics
+                if isinstance(served.graph.checkpointer, PoolSaver):
+                    served.graph.checkpointer.report_commits(options.observability.metrics.checkpoint_commit)
             await api.assistants.register(graphs)
             await api._adopt()
             tasks = api.workers = [

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,8 @@ class GroupCommitter:
         self._queued: deque[_Batch] = deque()
         self._in_flight: dict[asyncio.Task[None], _Batch] = {}
         self._start_scheduled = False
+        # told each committed batch's seconds and operations (`PoolSaver.report_commits`: the metrics)
+        self.on_commit: Callable[[float, int], None] | None = None
 
     async def submit(
         self,
@@ -175,10 +178,13 @@ class GroupCommitter:
         self._start_ready()
 
     async def _commit(self, batch: _Batch) -> None:
+        started = time.perf_counter()
         try:
             with postgres_errors(self._pool.conninfo, doing=f"saving {len(batch.waiters)} checkpoint operation(s)"):
                 async with self._pool.connection() as conn:
                     await conn.execute(*batch.statement(), binary=True)
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started, len(batch.waiters))
         except BaseException as exc:
             for waiter in batch.waiters:
                 if not waiter.done():

@@ -21,7 +21,17 @@ import asyncio
 import copy
 import math
 import random
-from collections.abc import AsyncIterator, Collection, Coroutine, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -122,6 +132,10 @@ class PoolSaver(BaseCheckpointSaver[str]):
         with self._errors("creating or migrating the checkpoint tables"):
             async with self.conn.connection() as conn:
                 await apply_migrations(conn)
+
+    def report_commits(self, observe: Callable[[float, int], None] | None) -> None:
+        """Tell `observe` each group commit's seconds and operations (`Metrics.checkpoint_commit`); None: stop."""
+        self._committer.on_commit = observe
 
     async def drain(self) -> None:
         """Wait for every queued checkpoint write to commit; call before closing the pool."""

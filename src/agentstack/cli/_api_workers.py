@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -33,6 +34,7 @@ from agentstack._stack import Stack
 from agentstack.cli._serve import unless_stopped
 from agentstack.config import Settings
 from agentstack.errors import ConfigError
+from agentstack.observability._metrics import MULTIPROCESS_ENV, Metrics
 
 __all__ = ["supervise"]
 
@@ -60,13 +62,17 @@ async def supervise(
         if not await unless_stopped(sharing, stop):
             return
         overrides = sharing.result()
-        env = {**os.environ, **overrides}
+        # the workers' metrics add up: each writes into one directory, any of them reports the sum
+        metrics_dir = os.environ.get(MULTIPROCESS_ENV) or exits.enter_context(
+            tempfile.TemporaryDirectory(prefix="agentstack-metrics-")
+        )
+        env = {**os.environ, **overrides, MULTIPROCESS_ENV: metrics_dir}
         command = [sys.executable, "-m", "agentstack.cli", "api-worker", str(sock.fileno()), "--jobs", str(jobs)]
         if config is not None:
             command += ["--config", str(config)]
         if keys_required:
             command.append("--keys-required")
-        pool = _Workers(command, env, sock.fileno(), console)
+        pool = _Workers(command, env, sock.fileno(), console, metrics_dir=metrics_dir)
         exits.push_async_callback(pool.stop)
         starting = asyncio.ensure_future(pool.start(workers))
         if not await unless_stopped(starting, stop):
@@ -78,8 +84,9 @@ async def supervise(
 class _Workers:
     """The worker processes: started, watched, replaced, stopped."""
 
-    def __init__(self, command: list[str], env: dict[str, str], fd: int, console: Console) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], fd: int, console: Console, *, metrics_dir: str) -> None:
         self.command, self.env, self.fd, self.console = command, env, fd, console
+        self.metrics_dir = metrics_dir
         self.procs: dict[int, asyncio.subprocess.Process] = {}  # worker number -> its process
 
     async def start(self, count: int) -> list[str]:
@@ -134,6 +141,7 @@ class _Workers:
                     if stop.is_set():
                         break
                     pid = self.procs[number].pid
+                    Metrics.process_gone(pid, self.metrics_dir)  # its in-flight gauge leaves the sum
                     self.console.print(
                         f"agent server: worker {number} (pid {pid}) ended ({_how(task.result())}); starting another"
                     )

@@ -104,6 +104,24 @@ class Metrics:
             registry=into,
         )
 
+        self.checkpoint_seconds = Histogram(
+            "agentstack_checkpoint_commit_seconds",
+            "How long a group commit of checkpoint writes took.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=into,
+        )
+        self.checkpoint_batch = Histogram(
+            "agentstack_checkpoint_batch_operations",
+            "Checkpoint operations (checkpoints, task writes) per group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=into,
+        )
+
+    def checkpoint_commit(self, seconds: float, operations: int) -> None:
+        """What `PoolSaver.report_commits` tells: one group commit."""
+        self.checkpoint_seconds.observe(seconds)
+        self.checkpoint_batch.observe(operations)
+
     def callback(self, graph: str) -> MetricsCallback:
         """A run's counter (one per run: it keeps the run's open nodes and calls)."""
         return MetricsCallback(self, graph)
