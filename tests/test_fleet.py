@@ -212,6 +212,11 @@ async def test_gateway_speaks_openai_and_prometheus(fleet: Fleet) -> None:
         assert f'agentstack_replica_outstanding_requests{{model="{MODEL}",replica="0"}} 0.0' in metrics
         assert f'agentstack_replica_restarts{{model="{MODEL}",replica="1"}} 0.0' in metrics
         assert f'agentstack_request_seconds_count{{model="{MODEL}",replica=' in metrics
+        assert f'agentstack_time_to_first_token_seconds_count{{model="{MODEL}",replica=' in metrics  # the stream
+        assert f'agentstack_inter_token_seconds_count{{model="{MODEL}",replica=' in metrics
+        assert f'agentstack_replica_breaker_open{{model="{MODEL}",replica="0"}} 0.0' in metrics
+        route = 'agentstack_http_requests_total{caller="-",route="/v1/chat/completions",server="gateway",status="404"}'
+        assert f"{route} 1.0" in metrics  # what the gateway answered, by route template and status
     finally:
         server.should_exit = True
         await serving
@@ -253,3 +258,5 @@ async def test_backend_metrics_are_scraped_from_each_replica(fleet: Fleet) -> No
     assert f"agentstack_backend_prompt_tokens_total{label} {after[busy].prompt_tokens}" in text
     assert f"agentstack_backend_generated_tokens_total{label} {after[busy].generated_tokens}" in text
     assert f"agentstack_backend_requests_running{label} 0.0" in text
+    assert 0 <= after[busy].prefix_cache_hit_rate <= 1  # llama.cpp's cached prompt tokens over all of them
+    assert f"agentstack_backend_prefix_cache_hit_ratio{label} {after[busy].prefix_cache_hit_rate}" in text

@@ -74,3 +74,49 @@ async def test_the_agent_server_counts_runs_nodes_tokens_cost_and_requests(saver
     assert value(found, "agentstack_checkpoint_commit_seconds_count") >= 1
     assert ("agentstack_api_runs", (("status", "pending"),)) in found  # the queue's own figures are there too
     promtool_accepts(text)
+
+
+VLLM_METRICS = """# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="llama"} 3.0
+vllm:num_requests_waiting{engine="0",model_name="llama"} 1.0
+vllm:kv_cache_usage_perc{engine="0",model_name="llama"} 0.42
+vllm:prefix_cache_queries_total{engine="0",model_name="llama"} 1000.0
+vllm:prefix_cache_hits_total{engine="0",model_name="llama"} 250.0
+vllm:prompt_tokens_total{engine="0",model_name="llama"} 1000.0
+vllm:generation_tokens_total{engine="0",model_name="llama"} 300.0
+"""
+SGLANG_METRICS = """sglang:num_running_reqs{model_name="qwen",tp_rank="0"} 2.0
+sglang:num_running_reqs{model_name="qwen",tp_rank="1"} 2.0
+sglang:num_queue_reqs{model_name="qwen",tp_rank="0"} 0.0
+sglang:token_usage{model_name="qwen",tp_rank="0"} 0.5
+sglang:token_usage{model_name="qwen",tp_rank="1"} 0.7
+sglang:cache_hit_rate{model_name="qwen",tp_rank="0"} 0.8
+sglang:prompt_tokens_total{model_name="qwen",tp_rank="0"} 10.0
+sglang:generation_tokens_total{model_name="qwen",tp_rank="0"} 5.0
+"""
+
+
+def test_kv_cache_and_prefix_cache_figures_are_read_in_each_backends_own_names() -> None:
+    from agentstack.serving._backends import SglangBackend, VllmBackend
+    from agentstack.serving._metrics import parse_backend_metrics
+
+    vllm = parse_backend_metrics(VLLM_METRICS, VllmBackend.metrics)
+    assert vllm.kv_cache_usage == 0.42 and vllm.prefix_cache_hit_rate == 0.25 and vllm.requests_running == 3
+    sglang = parse_backend_metrics(SGLANG_METRICS, SglangBackend.metrics)
+    assert sglang.kv_cache_usage == pytest.approx(0.6)  # a ratio is averaged over the ranks, not summed
+    assert sglang.prefix_cache_hit_rate == 0.8 and sglang.requests_running == 4  # counts are summed
+
+
+def test_without_a_gpu_the_gpu_telemetry_exports_nothing_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agentstack.serving._nvml import GpuCollector, gpu_inventory
+
+    if gpu_inventory():
+        pytest.skip("this machine has a GPU: the telemetry is checked where there is none")
+    registry = CollectorRegistry()
+    registry.register(GpuCollector())
+    with caplog.at_level("INFO", logger="agentstack.serving._nvml"):
+        assert generate_latest(registry) == b"" and generate_latest(registry) == b""
+    assert [r.message for r in caplog.records if "no GPU telemetry" in r.message] != []
+    assert len([r for r in caplog.records if "no GPU telemetry" in r.message]) == 1

@@ -31,7 +31,7 @@ from agentstack.serving._backends._base import Backend, BackendContext, Prepared
 from agentstack.serving._canary import run_canary
 from agentstack.serving._clients import BorrowedTransport, FleetClients
 from agentstack.serving._metrics import BackendStats, FleetMetrics, parse_backend_metrics
-from agentstack.serving._nvml import GpuInfo, gpu_inventory
+from agentstack.serving._nvml import GpuCollector, GpuInfo, gpu_inventory
 from agentstack.serving._placement import Placement, place
 from agentstack.serving._process import ServerProcess, Watchdog
 from agentstack.serving._registry import BackendRegistry
@@ -107,6 +107,7 @@ class Fleet:
         self._backend_stats: dict[Replica, BackendStats] = {}
         self._stopping = False
         self.metrics = FleetMetrics(lambda: self.replicas, lambda: self._backend_stats)
+        self.metrics.registry.register(GpuCollector(self._replica_pids))
         self._router: Router | None = None
 
     @classmethod
@@ -131,6 +132,14 @@ class Fleet:
             default_chat_model=None if settings.llm_base_url else settings.llm_model,
             tracing=tracing,
         )
+
+    def _replica_pids(self) -> dict[int, tuple[str, str]]:
+        """pid -> (model, replica index) of the server processes this fleet launched (GPU memory per replica)."""
+        return {
+            m.process.pid: (m.replica.model, str(m.replica.index))
+            for m in self._members
+            if m.process is not None and m.process.pid is not None
+        }
 
     @property
     def replicas(self) -> list[Replica]:

@@ -59,7 +59,7 @@ def gateway_app(
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
     policy = policy or GatewayPolicy.create()
-    metrics = metrics or Metrics()
+    requests_seen = metrics or Metrics()  # (`metrics` is the route's handler below)
     door, limits = policy.door, policy.limits
 
     async def proxy(request: Request) -> Response:
@@ -125,7 +125,7 @@ def gateway_app(
         return JSONResponse({"status": "ok" if status == 200 else "degraded", "ready_replicas": ready}, status)
 
     async def metrics(_: Request) -> Response:
-        return Response(fleet.metrics.render() + metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(fleet.metrics.render() + requests_seen.render(), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -156,7 +156,7 @@ def gateway_app(
             )
         )
     skip = frozenset({"/metrics", "/health"})
-    counted = Middleware(RequestMetrics, metrics, server="gateway", routes=routes, skip=skip)
+    counted = Middleware(RequestMetrics, requests_seen, server="gateway", routes=routes, skip=skip)
     return Starlette(routes=routes, middleware=[counted, *keys], lifespan=lifespan)
 
 

@@ -1,4 +1,4 @@
-"""GPU inventory through NVML (nvidia-ml-py), the same source nvidia-smi reads.
+"""GPU inventory and telemetry through NVML (nvidia-ml-py), the same source nvidia-smi reads.
 
 NVML reports memory that other processes hold, which `torch.cuda` cannot see without
 creating a context on every device; placement needs exactly that figure.
@@ -6,11 +6,18 @@ creating a context on every device; placement needs exactly that figure.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import pynvml
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["GpuInfo", "gpu_inventory"]
+__all__ = ["GpuCollector", "GpuInfo", "gpu_inventory"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,3 +62,57 @@ def gpu_inventory() -> list[GpuInfo]:
         return gpus
     finally:
         pynvml.nvmlShutdown()
+
+
+class GpuCollector(Collector):
+    """GPU telemetry from NVML at each scrape: utilisation, memory used and total, temperature and power per GPU,
+    and the memory each replica's server process holds on each. Without a driver or a GPU it exports nothing
+    and says so once in the log (a CPU fleet is not an error)."""
+
+    def __init__(self, replica_pids: Callable[[], Mapping[int, tuple[str, str]]] = dict) -> None:
+        """`replica_pids`: pid -> (model, replica index) of the fleet's server processes, read at each scrape."""
+        self._replica_pids = replica_pids
+        self._said_absent = False
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            if not self._said_absent:
+                _log.info("no GPU telemetry: NVML is not available here (%s)", exc)
+                self._said_absent = True
+            return
+        gpu = ["gpu", "name"]
+        util = GaugeMetricFamily("agentstack_gpu_utilization_ratio", "Share of time the GPU was busy.", labels=gpu)
+        used = GaugeMetricFamily("agentstack_gpu_memory_used_bytes", "GPU memory in use.", labels=gpu)
+        total = GaugeMetricFamily("agentstack_gpu_memory_total_bytes", "GPU memory in all.", labels=gpu)
+        temperature = GaugeMetricFamily("agentstack_gpu_temperature_celsius", "GPU temperature.", labels=gpu)
+        power = GaugeMetricFamily("agentstack_gpu_power_watts", "GPU power draw.", labels=gpu)
+        held = GaugeMetricFamily(
+            "agentstack_replica_gpu_memory_bytes",
+            "GPU memory a replica's server process holds, per GPU.",
+            labels=["model", "replica", "gpu"],
+        )
+        replicas = self._replica_pids()
+        try:
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                labels = [str(index), _text(pynvml.nvmlDeviceGetName(handle))]
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                used.add_metric(labels, float(memory.used))
+                total.add_metric(labels, float(memory.total))
+                for family, read in (
+                    (util, lambda h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100),
+                    (temperature, lambda h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+                    (power, lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
+                ):
+                    with contextlib.suppress(pynvml.NVMLError):  # not every GPU reports every figure
+                        family.add_metric(labels, float(read(handle)))
+                with contextlib.suppress(pynvml.NVMLError):
+                    for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                        owner = replicas.get(int(process.pid))
+                        if owner is not None and process.usedGpuMemory is not None:
+                            held.add_metric([*owner, str(index)], float(process.usedGpuMemory))
+        finally:
+            pynvml.nvmlShutdown()
+        yield from (util, used, total, temperature, power, held)

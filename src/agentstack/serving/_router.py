@@ -373,10 +373,16 @@ class _Exchange:
             if span is not None:  # a stream's span lasts as long as its body
                 span.end()
 
+        timing = None
+        if router._metrics is not None and self._payload.get("stream") is True:
+            labels = (replica.model, str(replica.index))
+            timing = _ChunkTiming(
+                self.started, router._metrics.first_token.labels(*labels), router._metrics.inter_token.labels(*labels)
+            )
         return httpx.Response(
             response.status_code,
             headers=response.headers,
-            stream=_Tracked(response.stream, done),
+            stream=_Tracked(response.stream, done, timing),
             extensions=response.extensions,
         )
 
@@ -408,16 +414,24 @@ class _Exchange:
 class _Tracked(httpx.AsyncByteStream, httpx.SyncByteStream):
     """Passes a body through (sync or async, as it came) and calls `done` exactly once when it is closed."""
 
-    def __init__(self, inner: Any, done: Callable[[], None]) -> None:
+    def __init__(self, inner: Any, done: Callable[[], None], timing: _ChunkTiming | None = None) -> None:
         self._inner = inner
         self._done: Callable[[], None] | None = done
+        self._timing = timing
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        timing = self._timing
         async for chunk in self._inner:
+            if timing is not None:
+                timing.chunk()
             yield chunk
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._inner
+        timing = self._timing
+        for chunk in self._inner:
+            if timing is not None:
+                timing.chunk()
+            yield chunk
 
     async def aclose(self) -> None:
         try:
@@ -435,6 +449,26 @@ class _Tracked(httpx.AsyncByteStream, httpx.SyncByteStream):
         if self._done is not None:
             self._done, done = None, self._done
             done()
+
+
+class _ChunkTiming:
+    """A streamed reply's time to its first chunk and between chunks (a server sends about one token each)."""
+
+    __slots__ = ("_first", "_gap", "_last")
+
+    def __init__(self, started: float, first: Any, gap: Any) -> None:
+        self._last = started
+        self._first: Any = first  # None once the first chunk came
+        self._gap = gap
+
+    def chunk(self) -> None:
+        now = time.perf_counter()
+        if self._first is not None:
+            self._first.observe(now - self._last)
+            self._first = None
+        else:
+            self._gap.observe(now - self._last)
+        self._last = now
 
 
 def _route_span(tracing: Tracing, request: httpx.Request, model: str, thread: str | None) -> Any:

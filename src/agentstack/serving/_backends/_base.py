@@ -68,6 +68,10 @@ class MetricNames:
     waiting: str
     prompt_tokens: str
     generated_tokens: str
+    kv_cache_usage: str = ""  # a gauge, 0..1; "": the server does not say
+    prefix_cache_hit_rate: str = ""  # a gauge, 0..1, where the server reports the rate itself
+    prefix_cache_hits: str = ""  # counters (tokens) the rate is computed from, where it reports those
+    prefix_cache_queries: str = ""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ class LlamaCppBackend(Backend):
         waiting="llamacpp:requests_deferred",
         prompt_tokens="llamacpp:prompt_tokens_total",
         generated_tokens="llamacpp:tokens_predicted_total",
+        # no KV-cache usage figure in current builds; cached prompt tokens give the prefix cache's hit rate
+        prefix_cache_hits="llamacpp:prompt_tokens_cached_total",
+        prefix_cache_queries="llamacpp:prompt_tokens_total",
     )
     install_hint = INSTALL_HINT
     default_parallel: ClassVar[int] = 4

@@ -44,6 +44,8 @@ class SglangBackend(Backend):
         waiting="sglang:num_queue_reqs",
         prompt_tokens="sglang:prompt_tokens_total",
         generated_tokens="sglang:generation_tokens_total",
+        kv_cache_usage="sglang:token_usage",
+        prefix_cache_hit_rate="sglang:cache_hit_rate",
     )
     install_hint = "pip install 'agentstack[sglang]' (SGLang 0.5) on a machine with an NVIDIA GPU"
     batch_slots: ClassVar[int] = 64  # continuous batching, as vLLM

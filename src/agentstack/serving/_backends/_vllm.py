@@ -43,6 +43,9 @@ class VllmBackend(Backend):
         waiting="vllm:num_requests_waiting",
         prompt_tokens="vllm:prompt_tokens_total",
         generated_tokens="vllm:generation_tokens_total",
+        kv_cache_usage="vllm:kv_cache_usage_perc",
+        prefix_cache_hits="vllm:prefix_cache_hits_total",
+        prefix_cache_queries="vllm:prefix_cache_queries_total",
     )
     install_hint = "pip install 'agentstack[gpu]' (vLLM 0.33) on a machine with an NVIDIA GPU"
     # Continuous batching: a replica takes far more requests at once than llama.cpp's fixed slots.
