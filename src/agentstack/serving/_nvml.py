@@ -74,6 +74,26 @@ class GpuCollector(Collector):
         self._replica_pids = replica_pids
         self._said_absent = False
 
+    def describe(self) -> Iterable[Metric]:
+        """The families it exports (no samples): what dashboards may name, GPU or not."""
+        return self._families()
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        gpu = ["gpu", "name"]
+        return (
+            GaugeMetricFamily("agentstack_gpu_utilization_ratio", "Share of time the GPU was busy.", labels=gpu),
+            GaugeMetricFamily("agentstack_gpu_memory_used_bytes", "GPU memory in use.", labels=gpu),
+            GaugeMetricFamily("agentstack_gpu_memory_total_bytes", "GPU memory in all.", labels=gpu),
+            GaugeMetricFamily("agentstack_gpu_temperature_celsius", "GPU temperature.", labels=gpu),
+            GaugeMetricFamily("agentstack_gpu_power_watts", "GPU power draw.", labels=gpu),
+            GaugeMetricFamily(
+                "agentstack_replica_gpu_memory_bytes",
+                "GPU memory a replica's server process holds, per GPU.",
+                labels=["model", "replica", "gpu"],
+            ),
+        )
+
     def collect(self) -> Iterable[Metric]:
         try:
             pynvml.nvmlInit()
@@ -82,17 +102,7 @@ class GpuCollector(Collector):
                 _log.info("no GPU telemetry: NVML is not available here (%s)", exc)
                 self._said_absent = True
             return
-        gpu = ["gpu", "name"]
-        util = GaugeMetricFamily("agentstack_gpu_utilization_ratio", "Share of time the GPU was busy.", labels=gpu)
-        used = GaugeMetricFamily("agentstack_gpu_memory_used_bytes", "GPU memory in use.", labels=gpu)
-        total = GaugeMetricFamily("agentstack_gpu_memory_total_bytes", "GPU memory in all.", labels=gpu)
-        temperature = GaugeMetricFamily("agentstack_gpu_temperature_celsius", "GPU temperature.", labels=gpu)
-        power = GaugeMetricFamily("agentstack_gpu_power_watts", "GPU power draw.", labels=gpu)
-        held = GaugeMetricFamily(
-            "agentstack_replica_gpu_memory_bytes",
-            "GPU memory a replica's server process holds, per GPU.",
-            labels=["model", "replica", "gpu"],
-        )
+        util, used, total, temperature, power, held = self._families()
         replicas = self._replica_pids()
         try:
             for index in range(pynvml.nvmlDeviceGetCount()):
