@@ -3,8 +3,10 @@ by `promtool check metrics` (the exposition format Prometheus itself parses)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +18,10 @@ from agentstack.api._runs import RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver
 from agentstack.observability import Metrics, Observability
+from agentstack.observability._usage import UsageStore
 from agentstack.safety import KeyStore
 from api_helpers import serving
+from cli_helpers import run_agentstack
 from test_tracing import agent
 
 
@@ -74,6 +78,8 @@ async def test_the_agent_server_counts_runs_nodes_tokens_cost_and_requests(saver
     assert value(found, "agentstack_checkpoint_commit_seconds_count") >= 1
     assert ("agentstack_api_runs", (("status", "pending"),)) in found  # the queue's own figures are there too
     promtool_accepts(text)
+    rows = await UsageStore(saver.conn).report("caller")  # and each run's usage is a row, by model
+    assert [(r.key, r.runs, r.input_tokens, r.output_tokens) for r in rows] == [(admin.key.key_id, 2, 22, 6)]
 
 
 VLLM_METRICS = """# TYPE vllm:num_requests_running gauge
@@ -120,3 +126,42 @@ def test_without_a_gpu_the_gpu_telemetry_exports_nothing_and_says_so_once(caplog
         assert generate_latest(registry) == b"" and generate_latest(registry) == b""
     assert [r.message for r in caplog.records if "no GPU telemetry" in r.message] != []
     assert len([r for r in caplog.records if "no GPU telemetry" in r.message]) == 1
+
+
+async def test_usage_rows_sum_by_model_graph_and_caller_priced_per_token_or_per_gpu_hour(
+    saver: PoolSaver, agentstack_postgres: str, tmp_path: Path
+) -> None:
+    prices = {
+        "hosted": {"input": 2.0, "output": 8.0},  # USD per 1,000 tokens
+        "own-gpu": {"gpu_hour": 3.6, "tokens_per_s": 100, "prompt_tokens_per_s": 1000},  # 0.001 USD a GPU-second
+    }
+    store = UsageStore(saver.conn, prices)
+    await store.setup()
+    await store.setup()  # idempotent
+    await store.record(run_id="r1", thread_id="t1", graph="research", caller="k1", by_model={"hosted": (1000, 500)})
+    await store.record(
+        run_id="r2", thread_id="t2", graph="team", caller=None, by_model={"hosted": (500, 0), "own-gpu": (10_000, 200)}
+    )
+    await store.record(run_id="r3", thread_id="t3", graph="team", caller="k1", by_model={"unpriced": (7, 3)})
+    by_model = {r.key: r for r in await store.report("model")}
+    assert by_model["hosted"].cost_usd == pytest.approx(2.0 + 4.0 + 1.0) and by_model["hosted"].runs == 2
+    assert by_model["own-gpu"].cost_usd == pytest.approx(0.001 * (10 + 2))  # 10 s of prompt, 2 s generating
+    assert by_model["unpriced"].cost_usd is None
+    by_graph = {r.key: (r.runs, r.input_tokens) for r in await store.report("graph")}
+    assert by_graph == {"research": (1, 1000), "team": (2, 10_507)}
+    by_caller = {r.key: r.runs for r in await store.report("caller")}
+    assert by_caller == {"k1": 2, "-": 1}
+    assert await store.report("model", since_s=0.000001) == []  # nothing that recent
+
+    env = {"AGENTSTACK_POSTGRES_URL": agentstack_postgres, "AGENTSTACK_HOME": str(tmp_path),
+           "AGENTSTACK_PRICES": json.dumps(prices)}  # fmt: skip
+    shown = run_agentstack("usage", "--by", "graph", "--format", "csv", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == "graph,runs,input_tokens,output_tokens,cost_usd"
+    assert shown.stdout.splitlines()[1] == "research,1,1000,500,6.0"  # the most expensive first
+    assert shown.stdout.splitlines()[2].startswith("team,2,10507,203,1.01")
+    table = run_agentstack("usage", "--since", "7d", env=env)
+    assert table.returncode == 0 and "hosted" in table.stdout and "no price" in table.stdout, table.stdout
+    wrong = run_agentstack("usage", "--by", "color", env=env)
+    assert wrong.returncode == 1 and "--by model, graph, caller or thread" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

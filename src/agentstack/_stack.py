@@ -17,6 +17,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
     from agentstack.graphs._research import ResearchGraph
     from agentstack.graphs._team import TeamGraph
     from agentstack.observability._observe import Observability
+    from agentstack.safety._usage import RunUsage
 
-__all__ = ["Stack"]
+__all__ = ["ObservedRun", "Stack"]
 
 # Per reply. Every graph step asks for a schema whose text fields are bounded, so a reply ends by itself, and
 # StructuredCall stops one that falls into repeating itself (Gemma 270M once wrote an agent answer of 2,000
@@ -42,6 +44,17 @@ __all__ = ["Stack"]
 # repeating. A long prompt is bounded by the context: llama.cpp stops at the slot's context size (4,096 in
 # serving/cpu-tiny.yaml).
 _MAX_TOKENS = 3072
+
+
+@dataclass
+class ObservedRun:
+    """A run `Stack.observed` set up: its id, its trace's id (None: not traced) and its model usage so far."""
+
+    run_id: str
+    graph: str
+    thread_id: str
+    usage: RunUsage
+    trace_id: str | None = None
 
 
 class Stack:
@@ -153,17 +166,32 @@ class Stack:
         exits.push_async_callback(_cancelled, task)  # runs before fleet.stop: callbacks unwind in reverse
         return task
 
-    def observed(self, config: dict[str, Any], *, graph: str, thread_id: str) -> str | None:
-        """`config` made to observe its run (metrics, and spans when traces are exported, with the trace id in
-        its checkpoints' metadata); the run's trace id, or None when it is not traced."""
-        if self.observability is None:
-            return None
-        run_id = str(uuid.uuid4())
-        observers = self.observability.run_callbacks(config, graph=graph, run_id=run_id, thread_id=thread_id)
+    def observed(self, config: dict[str, Any], *, graph: str, thread_id: str) -> ObservedRun:
+        """`config` made to observe its run: metrics, spans when traces are exported (the trace id then in its
+        checkpoints' metadata), and its model usage, which `record_usage` stores when it ends."""
+        from agentstack.safety._usage import RunUsage
+
+        run = ObservedRun(str(uuid.uuid4()), graph, thread_id, RunUsage())
+        observers = [run.usage]
+        if self.observability is not None:
+            observers += self.observability.run_callbacks(config, graph=graph, run_id=run.run_id, thread_id=thread_id)
         config["callbacks"] = [*(config.get("callbacks") or []), *observers]
-        config["run_id"] = run_id
+        config["run_id"] = run.run_id
         trace_id = (config.get("metadata") or {}).get("trace_id")
-        return str(trace_id) if trace_id else None
+        run.trace_id = str(trace_id) if trace_id else None
+        return run
+
+    async def record_usage(self, run: ObservedRun) -> None:
+        """Store what an observed run's models used (a row per model: `agentstack usage` sums them)."""
+        if not run.usage.by_model or self.saver is None:
+            return
+        from agentstack.observability._usage import UsageStore
+
+        store = UsageStore(self.saver.conn, self.settings.prices)
+        await store.setup()
+        await store.record(
+            run_id=run.run_id, thread_id=run.thread_id, graph=run.graph, caller=None, by_model=run.usage.by_model
+        )
 
     # -- graphs wired from the running parts -----------------------------------------------------------
 

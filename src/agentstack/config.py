@@ -97,11 +97,14 @@ class Settings(BaseSettings):
     )
     jwt_audience: str | None = Field(default=None, description="The `aud` a caller's JWT must carry.")
     jwt_issuer: str | None = Field(default=None, description="The `iss` a caller's JWT must carry.")
-    prices: dict[str, dict[Literal["input", "output"], float]] = Field(
-        default_factory=dict,
-        description='What models cost, USD per 1,000 tokens: JSON such as {"llama-8b": {"input": 0.05, '
-        "\"output\": 0.1}}. The gateway's audit records each reply's cost; a key with a budget can use only "
-        "priced models.",
+    prices: dict[str, dict[Literal["input", "output", "gpu_hour", "tokens_per_s", "prompt_tokens_per_s"], float]] = (
+        Field(
+            default_factory=dict,
+            description='What models cost: USD per 1,000 tokens, JSON such as {"llama-8b": {"input": 0.05, '
+            '"output": 0.1}}; or, for a model on your own GPUs, its GPU-hour price and measured throughput, '
+            '{"llama-8b": {"gpu_hour": 2.5, "tokens_per_s": 1800, "prompt_tokens_per_s": 20000}}. The audit '
+            "and the usage rows record each reply's cost; a key with a budget can use only priced models.",
+        )
     )
     max_input_chars: int = Field(
         default=400_000,
@@ -269,6 +272,19 @@ class Settings(BaseSettings):
         if value and "://" not in value and not value.startswith("unix:"):
             return str(Path(value).expanduser())
         return value or None
+
+    @field_validator("prices", mode="after")
+    @classmethod
+    def _check_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, price in value.items():
+            if "gpu_hour" in price and not price.get("tokens_per_s", 0) > 0:
+                raise ValueError(
+                    f"the price of {model!r} is a GPU-hour's: it needs the tokens_per_s measured on that GPU "
+                    '(e.g. {"gpu_hour": 2.5, "tokens_per_s": 1800})'
+                )
+            if any(amount < 0 for amount in price.values()):
+                raise ValueError(f"the price of {model!r} has a negative figure")
+        return value
 
     @field_validator("pii_patterns", mode="after")
     @classmethod

@@ -88,6 +88,7 @@ from agentstack.errors import (
     UserError,
 )
 from agentstack.observability._http import RequestMetrics
+from agentstack.observability._usage import UsageStore
 from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
 from agentstack.safety._auth import Caller, caller_of, visible_to
@@ -176,7 +177,9 @@ def _app(
             api.door = Door(auth, Limiter(queue.pool), audit)
             api.spend = Spend(queue.pool, options.prices)
             charges = (api.door.limiter, api.spend)
+            usage = UsageStore(queue.pool, options.prices)
             await queue.setup()
+            await usage.setup()
             for served in graphs:  # their checkpoint writes' group commits, in the metrics
                 if isinstance(served.graph.checkpointer, PoolSaver):
                     served.graph.checkpointer.report_commits(options.observability.metrics.checkpoint_commit)
@@ -191,6 +194,7 @@ def _app(
                         notes=notes,
                         charges=charges,
                         observability=options.observability,
+                        usage=usage,
                     ).serve(),
                     name=f"worker {i}",
                 )

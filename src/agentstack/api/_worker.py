@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from langchain_core.callbacks import BaseCallbackHandler
 
     from agentstack.observability._observe import Observability
+    from agentstack.observability._usage import UsageStore
 
 __all__ = ["MODES", "RunWorker"]
 
@@ -77,6 +78,7 @@ class RunWorker:
         notes: QueueNotifications | None = None,
         charges: tuple[Limiter, Spend] | None = None,
         observability: Observability | None = None,
+        usage: UsageStore | None = None,
     ) -> None:
         self.queue = queue
         self.graphs = graphs
@@ -85,6 +87,7 @@ class RunWorker:
         self.notes = notes
         self.charges = charges  # where a run's tokens and cost go, for a key with limits on them
         self.observability = observability  # each run's metrics, and its spans when traces are exported
+        self.usage = usage  # each run's tokens and cost, a row per model, when it ends
 
     async def run_once(self) -> Run | None:
         """Claim the oldest claimable run and run it to its end; None when nothing was claimable."""
@@ -154,16 +157,31 @@ class RunWorker:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLostError):
                 await renewing
-            await self._charge(run, usage)  # however the run ended: what its models used was used
+            await self._account(run, usage)  # however the run ended: what its models used was used
         await self._settle(run, graph, "success")
 
-    async def _charge(self, run: Run, usage: RunUsage) -> None:
+    async def _account(self, run: Run, usage: RunUsage) -> None:
+        """The run's usage: charged to its key's limits and budget, and recorded as usage rows."""
+        if not usage.by_model:
+            return
         charge = run.kwargs.get("charge")
-        if charge and self.charges is not None and usage.by_model:
+        if charge and self.charges is not None:
             try:
                 await asyncio.shield(charge_run(charge, usage, *self.charges))
             except Exception as exc:  # logged: the run's outcome stands
                 _log.warning("run %s: its usage could not be charged to key %s: %s", run.run_id, charge["key_id"], exc)
+        if self.usage is not None:
+            recorded = self.usage.record(
+                run_id=run.run_id,
+                thread_id=run.thread_id,
+                graph=str(run.kwargs.get("graph_id") or run.assistant_id),
+                caller=run.kwargs.get("caller"),
+                by_model=usage.by_model,
+            )
+            try:
+                await asyncio.shield(recorded)
+            except Exception as exc:
+                _log.warning("run %s: its usage could not be recorded: %s", run.run_id, exc)
 
     async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any, usage: RunUsage) -> None:
         kwargs = run.kwargs

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from agentstack.errors import AgentStackError
+from agentstack.errors import AgentStackError, ConfigError
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -445,6 +445,26 @@ def audit(
             Settings.load(), console, key_id=key, since_s=since_s, thread_id=thread, limit=limit, as_json=as_json
         )
     )
+
+
+@app.command()
+@reports_errors
+def usage(
+    by: Annotated[str, typer.Option(help="Sum by model, graph, caller or thread.")] = "model",
+    since: Annotated[str | None, typer.Option(help="Only the last while: 24h, 7d... (default: all).")] = None,
+    output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """What runs used (tokens) and cost (by AGENTSTACK_PRICES), from the agent server's and `run`'s usage rows."""
+    from agentstack.cli._keys import parse_duration
+    from agentstack.cli._usage import show_usage
+    from agentstack.config import Settings
+
+    if by not in ("model", "graph", "caller", "thread"):
+        raise ConfigError(f"--by {by!r} is not a grouping", fix="--by model, graph, caller or thread")
+    if output not in ("table", "json", "csv"):
+        raise ConfigError(f"--format {output!r} is not a format", fix="--format table, json or csv")
+    since_s = parse_duration(since, option="--since") if since else None
+    asyncio.run(show_usage(Settings.load(), console, by=by, since_s=since_s, output=output))  # type: ignore[arg-type]
 
 
 # -- evaluation ----------------------------------------------------------------------------------

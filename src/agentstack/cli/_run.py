@@ -81,9 +81,14 @@ async def run_graph(
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(asdict(context))}
-        trace = trace_link(stack.settings, stack.observed(config, graph=graph, thread_id=thread_id))
-        said = entry.input_from_task(task)
-        return await _stream(compiled, said, config, context, entry.render, console, trace=trace)
+        observed = stack.observed(config, graph=graph, thread_id=thread_id)
+        trace = trace_link(stack.settings, observed.trace_id)
+        try:
+            return await _stream(
+                compiled, entry.input_from_task(task), config, context, entry.render, console, trace=trace
+            )
+        finally:  # however it ended: what its models used was used
+            await stack.record_usage(observed)
 
 
 async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, console: Console) -> bool:
@@ -103,19 +108,23 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, c
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(knobs)}
-        trace = trace_link(stack.settings, stack.observed(config, graph=graph, thread_id=thread_id))
-        if decision is None:
-            console.print(f"[dim]continuing: {escape(status.describe())}[/]")
-            return await _stream(compiled, None, config, context, entry.render, console, trace=trace)
-        state = await compiled.aget_state(config, subgraphs=True)
-        pending = _pending_interrupts(state)
-        if not pending:  # the checkpoint said otherwise a moment ago: another process resumed it
-            raise UserError(
-                f"thread {thread_id!r} is not waiting for a decision any more",
-                fix=f"see `agentstack threads show {thread_id}`",
-            )
-        resume = _resume_value(decision, pending)
-        return await _stream(compiled, Command(resume=resume), config, context, entry.render, console, trace=trace)
+        observed = stack.observed(config, graph=graph, thread_id=thread_id)
+        trace = trace_link(stack.settings, observed.trace_id)
+        try:
+            if decision is None:
+                console.print(f"[dim]continuing: {escape(status.describe())}[/]")
+                return await _stream(compiled, None, config, context, entry.render, console, trace=trace)
+            state = await compiled.aget_state(config, subgraphs=True)
+            pending = _pending_interrupts(state)
+            if not pending:  # the checkpoint said otherwise a moment ago: another process resumed it
+                raise UserError(
+                    f"thread {thread_id!r} is not waiting for a decision any more",
+                    fix=f"see `agentstack threads show {thread_id}`",
+                )
+            said = Command(resume=_resume_value(decision, pending))
+            return await _stream(compiled, said, config, context, entry.render, console, trace=trace)
+        finally:  # however it ended: what its models used was used
+            await stack.record_usage(observed)
 
 
 async def _newest_checkpoint(stack: Stack, thread_id: str) -> Any:

@@ -115,11 +115,22 @@ SET tat = greatest(r.tat, clock_timestamp()) + make_interval(secs => %(step)s)""
 def cost_usd(
     prices: Mapping[str, Mapping[str, float]], model: str, prompt_tokens: int, completion_tokens: int
 ) -> float | None:
-    """What a reply cost by the price table (`AGENTSTACK_PRICES`: USD per 1,000 input and output tokens, by
-    model); None when the model has no price."""
+    """What a reply cost by the price table (`AGENTSTACK_PRICES`, by model); None when the model has no price.
+
+    A price is USD per 1,000 input and output tokens, or, for a model on the team's own GPUs, the GPU-hour's
+    price and the throughput measured on it (generated tokens a second over all the replica's requests, and
+    prompt tokens a second, which default to the same): a reply costs the GPU time its tokens took at that
+    throughput. `agentstack_backend_generated_tokens_total` and `..._prompt_tokens_total` rates in the fleet's
+    metrics, or a `guidellm` run, give the throughput."""
     price = prices.get(model)
     if price is None:
         return None
+    if "gpu_hour" in price:
+        generated = price.get("tokens_per_s") or 0.0
+        prompted = price.get("prompt_tokens_per_s") or generated
+        if generated <= 0:
+            return None
+        return price["gpu_hour"] / 3600 * (prompt_tokens / prompted + completion_tokens / generated)
     return (prompt_tokens * price.get("input", 0.0) + completion_tokens * price.get("output", 0.0)) / 1000
 
 
