@@ -37,6 +37,28 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _everywhere(
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="AGENTSTACK_LOG_FORMAT",
+            help="human (default) or json: one JSON object a line, with run, thread and trace ids.",
+        ),
+    ] = "human",
+) -> None:
+    """agentstack: production agents on LangGraph."""
+    if log_format not in ("human", "json"):
+        raise typer.BadParameter(f"{log_format!r}: use human or json", param_hint="--log-format")
+    from agentstack.observability._logs import configure_logging
+
+    configure_logging(log_format)  # type: ignore[arg-type]
+    os.environ["AGENTSTACK_LOG_FORMAT"] = log_format  # a server's worker processes log alike
+
+
 db_app = typer.Typer(help="The embedded PostgreSQL server (used when AGENTSTACK_POSTGRES_URL is unset).")
 threads_app = typer.Typer(help="Checkpointed threads: list, prune history, delete.")
 eval_app = typer.Typer(help="Evaluation: run a dataset through a graph, score it, compare experiments, gate CI.")
