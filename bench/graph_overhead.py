@@ -7,6 +7,10 @@ own work is as visible as it can be), the same in-memory keyword retriever, and 
 renders versioned Jinja2 prompts, counts tokens, checks citations and writes progress events. Runs of
 the two alternate, so drift hits both alike. Ends with one JSON line; target: overhead_ratio <= 1.05.
 
+A third side runs our graph observed as a server runs it: metrics, and every span exported by OTLP/HTTP to a
+receiver in this process (`agentstack.testing.OtlpReceiver`, decoding the protobuf as a collector would);
+`tracing_overhead_ratio` is it against ours unobserved (target <= 1.05).
+
     python bench/graph_overhead.py [--quick | --smoke]
 """
 
@@ -30,8 +34,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from agentstack.graphs import Analysis, FinalAnswer, Plan, ResearchContext, build_research_graph
+from agentstack.observability import Metrics, Observability, Tracing
+from agentstack.observability._tracing import otlp_exporter
 from agentstack.rag import Chunk, ScoredChunk
-from agentstack.testing import ScriptedChatModel, schema_model
+from agentstack.testing import OtlpReceiver, ScriptedChatModel, schema_model
 
 ITERATIONS = 2  # search rounds per run: plan, then one refine
 QUERIES = 3
@@ -176,9 +182,17 @@ class Side:
     graph: Any
     context: Any
     times: list[float]
+    observability: Observability | None = None
 
     async def run(self) -> dict[str, Any]:
-        config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        thread_id = uuid.uuid4().hex
+        config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
+        if self.observability is not None:
+            run_id = str(uuid.uuid4())
+            config["callbacks"] = self.observability.run_callbacks(
+                config, graph="research", run_id=run_id, thread_id=thread_id
+            )
+            config["run_id"] = run_id
         started = time.perf_counter()
         out = await self.graph.ainvoke({"question": "How do agentstack checkpoints survive crashes?"}, config,
                                        context=self.context)  # fmt: skip
@@ -186,32 +200,40 @@ class Side:
         return out
 
 
-async def main(runs: int, warmup: int = 10) -> dict[str, Any]:
+async def main(runs: int, warmup: int, receiver: OtlpReceiver) -> dict[str, Any]:
     retriever = KeywordRetriever(CORPUS)
-    ours = Side(
-        "agentstack",
-        build_research_graph(scripted_model(), retriever, checkpointer=InMemorySaver()),
-        ResearchContext(k=K, max_queries=QUERIES, max_iterations=ITERATIONS),
-        [],
-    )
+    context = ResearchContext(k=K, max_queries=QUERIES, max_iterations=ITERATIONS)
+    ours = Side("agentstack", build_research_graph(scripted_model(), retriever, checkpointer=InMemorySaver()),
+                context, [])  # fmt: skip
     hand = Side("handwritten", handwritten_graph(scripted_model(), retriever), None, [])
-    for side in (ours, hand):  # the same work on both sides, or the ratio means nothing
+    observing = Observability(Tracing.create([otlp_exporter(receiver.url)]), Metrics())
+    traced = Side("agentstack_traced",
+                  build_research_graph(scripted_model(), retriever, checkpointer=InMemorySaver()),
+                  context, [], observing)  # fmt: skip
+    sides = (ours, hand, traced)
+    for side in sides:  # the same work on both sides, or the ratio means nothing
         out = await side.run()
         assert out["iteration"] == ITERATIONS and len(out["asked"]) == 2 * QUERIES, (side.name, out["asked"])
         assert len(out["citations"]) == 2, (side.name, out["citations"])
     for _ in range(warmup):
-        await ours.run()
-        await hand.run()
-    ours.times.clear()
-    hand.times.clear()
-    for i in range(runs):
-        for side in (ours, hand) if i % 2 else (hand, ours):
+        for side in sides:
             await side.run()
+    for side in sides:
+        side.times.clear()
+    for i in range(runs):
+        for side in sides[i % 3 :] + sides[: i % 3]:  # each side first in turn
+            await side.run()
+    observing.tracing.flush()  # type: ignore[union-attr]
+    exported = len(receiver.spans)
+    observing.close()
     result: dict[str, Any] = {}
-    for side in (ours, hand):
+    for side in sides:
         result[f"{side.name}_p50_ms"] = round(statistics.median(side.times), 3)
         print(f"{side.name}: p50 {statistics.median(side.times):.2f} ms, mean {statistics.fmean(side.times):.2f} ms")
     result["overhead_ratio"] = round(statistics.median(ours.times) / statistics.median(hand.times), 3)
+    result["tracing_overhead_ratio"] = round(statistics.median(traced.times) / statistics.median(ours.times), 3)
+    result["spans_exported"] = exported
+    print(f"traced: {exported} spans exported to the OTLP receiver")
     result["runs"] = runs
     return result
 
@@ -223,4 +245,5 @@ if __name__ == "__main__":
     size.add_argument("--smoke", action="store_true", help="3 runs per side: proves it runs, measures nothing")
     args = parser.parse_args()
     runs, warmup = (3, 1) if args.smoke else (50, 10) if args.quick else (300, 10)
-    print(json.dumps(asyncio.run(main(runs, warmup))))
+    with OtlpReceiver() as otlp:
+        print(json.dumps(asyncio.run(main(runs, warmup, otlp))))

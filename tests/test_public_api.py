@@ -92,6 +92,7 @@ EXPECTED = {
         "open_saver",
         "prune_thread",
     },
+    "agentstack.observability": {"Metrics", "Observability", "Tracing", "TracingCallback"},
     "agentstack.safety": {"ApiKey", "Authenticator", "Caller", "Door", "Guard", "KeyStore", "NewKey"},
     "agentstack.eval": {
         "AnswerRelevancy",
@@ -135,6 +136,8 @@ EXPECTED = {
         "HashingEmbedder",
         "InMemoryRetriever",
         "ModelRequestBlockedError",
+        "OtlpReceiver",
+        "ReceivedSpan",
         "ResumeReport",
         "ScriptExhaustedError",
         "ScriptedChatModel",
@@ -259,3 +262,9 @@ def test_the_safety_layer_knows_no_server() -> None:
     """Keys and who is calling are cross-cutting: both servers use them, and they import neither."""
     above = ("agentstack.api", "agentstack.serving", "agentstack.graphs", "agentstack.cli")
     assert loaded_by("agentstack.safety", above) == []
+
+
+def test_the_observability_layer_knows_no_server_and_no_graph() -> None:
+    """Traces, metrics, usage and logs are cross-cutting: the servers and the graphs pass them in."""
+    above = ("agentstack.api", "agentstack.serving", "agentstack.graphs", "agentstack.cli", "agentstack.rag")
+    assert loaded_by("agentstack.observability", above) == []

@@ -24,7 +24,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 
 from agentstack.observability._context import model_call
 from agentstack.observability._events import RETRIEVAL_EVENT
-from agentstack.observability._tracing import Tracing, context_trace_id, parent_context, trace_id_hex
+from agentstack.observability._tracing import Tracing, context_trace_id, parent_context, release, trace_id_hex
 
 __all__ = ["TracingCallback", "traced_run"]
 
@@ -231,7 +231,7 @@ class TracingCallback(BaseCallbackHandler):
             "agentstack.run_id": str(self.run_id or run_id),
             "agentstack.attempt": self.attempt,
             "langfuse.trace.name": graph,
-            "langfuse.release": _release(),
+            "langfuse.release": release(),
         }
         if self.thread_id:
             attributes |= {"gen_ai.conversation.id": self.thread_id, "session.id": self.thread_id}
@@ -384,9 +384,3 @@ def _name(serialized: Mapping[str, Any] | None) -> str:
 
 def _role(message: BaseMessage) -> str:
     return {"human": "user", "ai": "assistant"}.get(message.type, message.type)
-
-
-def _release() -> str:
-    from importlib.metadata import version
-
-    return version("agentstack")

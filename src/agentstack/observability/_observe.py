@@ -7,15 +7,75 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from langchain_core.callbacks import BaseCallbackHandler
+
 from agentstack.observability._metrics import Metrics
 
 if TYPE_CHECKING:
-    from langchain_core.callbacks import BaseCallbackHandler
-
     from agentstack.config import Settings
     from agentstack.observability._tracing import Tracing
 
-__all__ = ["Observability"]
+__all__ = ["Fanout", "Observability"]
+
+
+class Fanout(BaseCallbackHandler):
+    """Several observers as one LangChain handler: LangChain's dispatch of an event to a handler costs more than
+    the observers' own work on most events (a graph run emits over a hundred, most of them for LangGraph's
+    internal runnables), so a run's observers are dispatched to once, and call each other directly."""
+
+    run_inline = True
+    raise_error = False
+
+    def __init__(self, observers: list[BaseCallbackHandler]) -> None:
+        self.observers = observers
+
+    def _each(self, event: str, *args: Any, **kwargs: Any) -> None:
+        for observer in self.observers:
+            method = getattr(observer, event, None)
+            if method is not None:
+                method(*args, **kwargs)
+
+    def on_chain_start(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_chain_start", *args, **kwargs)
+
+    def on_chain_end(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_chain_end", *args, **kwargs)
+
+    def on_chain_error(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_chain_error", *args, **kwargs)
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_chat_model_start", *args, **kwargs)
+
+    def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_llm_start", *args, **kwargs)
+
+    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_llm_end", *args, **kwargs)
+
+    def on_llm_error(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_llm_error", *args, **kwargs)
+
+    def on_tool_start(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_tool_start", *args, **kwargs)
+
+    def on_tool_end(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_tool_end", *args, **kwargs)
+
+    def on_tool_error(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_tool_error", *args, **kwargs)
+
+    def on_retriever_start(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_retriever_start", *args, **kwargs)
+
+    def on_retriever_end(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_retriever_end", *args, **kwargs)
+
+    def on_retriever_error(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_retriever_error", *args, **kwargs)
+
+    def on_custom_event(self, *args: Any, **kwargs: Any) -> None:
+        self._each("on_custom_event", *args, **kwargs)
 
 
 @dataclass
@@ -46,11 +106,11 @@ class Observability:
     ) -> list[BaseCallbackHandler]:
         """What observes one run: its metrics, and its spans when traces are exported (the trace id then goes
         into `config`'s metadata, so into the run's checkpoints: `traced_run`)."""
-        callbacks: list[BaseCallbackHandler] = [self.metrics.callback(graph)]
+        observers: list[BaseCallbackHandler] = [self.metrics.callback(graph)]
         if self.tracing is not None:
             from agentstack.observability._callback import traced_run
 
-            callbacks.append(
+            observers.append(
                 traced_run(
                     self.tracing,
                     config,
@@ -63,7 +123,7 @@ class Observability:
                     attempt=attempt,
                 )
             )
-        return callbacks
+        return [Fanout(observers)] if len(observers) > 1 else observers
 
     def close(self) -> None:
         """Export what traces are queued (bounded by the export timeout)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -77,7 +78,7 @@ class Tracing:
         queue_size: int = 4096,
         service: str = "agentstack",
     ) -> Tracing:
-        resource = Resource.create({"service.name": service, "service.version": version("agentstack")})
+        resource = Resource.create({"service.name": service, "service.version": release()})
         provider = TracerProvider(
             sampler=ParentBased(TraceIdRatioBased(sample_ratio)), resource=resource, id_generator=_RunTraceIds()
         )
@@ -115,9 +116,9 @@ class Tracing:
             service=service,
         )
 
-    @property
+    @functools.cached_property
     def tracer(self) -> Tracer:
-        return self.provider.get_tracer("agentstack", version("agentstack"))
+        return self.provider.get_tracer("agentstack", release())
 
     def flush(self, timeout_s: float = EXPORT_TIMEOUT_S) -> bool:
         """Export what is queued now (a CLI run that ends, a test that reads the receiver)."""
@@ -142,6 +143,12 @@ class Tracing:
             yield
         finally:
             _NEXT_TRACE_ID.reset(token)
+
+
+@functools.cache
+def release() -> str:
+    """agentstack's version (read once: `importlib.metadata` parses the package's metadata each time)."""
+    return version("agentstack")
 
 
 def parent_context(carrier: Mapping[str, str] | None) -> Context | None:

@@ -44,6 +44,9 @@ class ReceivedSpan:
 
 
 class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on a free loopback port, served from a thread (usable from sync and async
+    tests); `spans` is what arrived, `wait_for` waits for enough of it."""
+
     def __init__(self, *, langfuse: tuple[str, str] | None = None) -> None:
         self.langfuse = langfuse
         self.spans: list[ReceivedSpan] = []
