@@ -17,8 +17,16 @@ RETRIEVAL_EVENT = "agentstack.retrieval"
 async def report_retrieval(result: Any, *, k: int, retriever: str = "hybrid") -> None:
     """Tell the run's observers about a `RetrievalResult` (its `timings_ms`: embed, each leg, fetch, rerank,
     total). Outside a run (no callbacks to tell) it does nothing."""
+    from langchain_core.callbacks import BaseCallbackHandler
     from langchain_core.callbacks.manager import adispatch_custom_event
+    from langchain_core.runnables.config import var_child_runnable_config
 
+    # dispatching configures a callback manager (~50 us): only when a handler of the run would hear it
+    config = var_child_runnable_config.get() or {}
+    manager = config.get("callbacks")
+    handlers = getattr(manager, "handlers", None) or (manager if isinstance(manager, list) else [])
+    if not any(type(h).on_custom_event is not BaseCallbackHandler.on_custom_event for h in handlers):
+        return
     data = {
         "retriever": retriever,
         "k": k,
