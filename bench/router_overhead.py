@@ -3,6 +3,8 @@
 One replica, one request at a time, direct and routed alternating so drift hits both alike.
 The request is a 1-token chat completion with a cached prompt: the cheapest real request, so the
 router's share is as visible as it can be. Added latency = routed percentile - direct percentile.
+A third side routes through a router that traces (a `route` span for each request, exported by OTLP/HTTP to a
+receiver in this process, and the `traceparent` passed on): `p99_added_ms_traced`, target < 1 too.
 Ends with one JSON line; target: p99_added_ms < 1.
 
     python bench/router_overhead.py [--quick | --smoke]
@@ -18,17 +20,26 @@ import time
 import httpx
 from _fleet import MODEL, cpu_fleet, percentile
 
+from agentstack.observability import Tracing
+from agentstack.observability._tracing import otlp_exporter
+from agentstack.serving import Router
+from agentstack.serving._fleet import ROUTED_BASE_URL
+from agentstack.testing import OtlpReceiver
 
-async def main(requests: int, warmup: int = 20) -> dict[str, float]:
+
+async def main(requests: int, warmup: int, receiver: OtlpReceiver) -> dict[str, float]:
     body = json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0}
     ).encode()
     headers = {"content-type": "application/json"}
-    async with cpu_fleet(replicas=1) as fleet:
+    async with cpu_fleet(replicas=1) as fleet, httpx.AsyncHTTPTransport() as transport:
         base = fleet.replicas[0].base_url
         direct = httpx.AsyncClient(base_url=base, timeout=60)
         routed = fleet.http_client(timeout=60)
-        timings: dict[str, list[float]] = {"direct": [], "routed": []}
+        tracing = Tracing.create([otlp_exporter(receiver.url)])
+        tracer = Router({MODEL: fleet.replicas}, transport=transport, tracing=tracing)
+        traced = httpx.AsyncClient(transport=tracer, base_url=ROUTED_BASE_URL.removesuffix("/v1"), timeout=60)
+        timings: dict[str, list[float]] = {"direct": [], "routed": [], "traced": []}
 
         async def once(name: str, client: httpx.AsyncClient) -> None:
             started = time.perf_counter()
@@ -36,21 +47,26 @@ async def main(requests: int, warmup: int = 20) -> dict[str, float]:
             response.raise_for_status()
             timings[name].append((time.perf_counter() - started) * 1000)
 
+        sides = [("direct", direct), ("routed", routed), ("traced", traced)]
         for _ in range(warmup):  # warm connections and the prompt cache
-            await once("direct", direct)
-            await once("routed", routed)
-        timings = {"direct": [], "routed": []}
-        for i in range(requests):
-            pair = [("direct", direct), ("routed", routed)]
-            for name, client in pair if i % 2 else reversed(pair):
+            for name, client in sides:
                 await once(name, client)
-        await direct.aclose()
-        await routed.aclose()
-    result = {}
+        timings = {"direct": [], "routed": [], "traced": []}
+        for i in range(requests):
+            for name, client in sides[i % 3 :] + sides[: i % 3]:  # each side first in turn
+                await once(name, client)
+        for client in (direct, routed, traced):
+            await client.aclose()
+        tracing.flush()
+        spans = len(receiver.spans)
+        tracing.close()
+    result: dict[str, float] = {}
     for q in (50, 99):
-        d, r = percentile(timings["direct"], q), percentile(timings["routed"], q)
-        print(f"p{q}: direct {d:.3f} ms, routed {r:.3f} ms")
+        d, r, t = (percentile(timings[side], q) for side in ("direct", "routed", "traced"))
+        print(f"p{q}: direct {d:.3f} ms, routed {r:.3f} ms, routed and traced {t:.3f} ms")
         result[f"p{q}_added_ms"] = round(r - d, 3)
+        result[f"p{q}_added_ms_traced"] = round(t - d, 3)
+    print(f"{spans} route spans exported")
     result["requests"] = requests
     return result
 
@@ -62,4 +78,5 @@ if __name__ == "__main__":
     size.add_argument("--smoke", action="store_true", help="5 requests per side: proves it runs, measures nothing")
     args = parser.parse_args()
     requests, warmup = (5, 2) if args.smoke else (200, 20) if args.quick else (1000, 20)
-    print(json.dumps(asyncio.run(main(requests, warmup))))
+    with OtlpReceiver() as otlp:
+        print(json.dumps(asyncio.run(main(requests, warmup, otlp))))
