@@ -251,3 +251,20 @@ async def test_gpu_backends_prepare_fails_with_their_install_hint(tmp_path: Path
     qwen = FleetSpec.from_yaml(SPECS / "h100-sglang-qwen.yaml").models[0]
     with pytest.raises(MissingDependencyError, match=r"agentstack\[sglang\]"):
         await SglangBackend(BackendContext(home=tmp_path)).prepare(qwen)
+
+
+def test_servers_that_trace_are_told_where_to_send_their_spans_and_nothing_else() -> None:
+    """With an OTLP endpoint, vLLM and SGLang export their own spans (continuing the router's `traceparent`) over
+    OTLP/HTTP; the collector's headers, which may hold a key, stay with agentstack."""
+    traced = BackendContext(home=Path("/nonexistent-home"), otlp_traces_endpoint="http://collector:4318/v1/traces")
+    vllm_spec = FleetSpec.from_yaml(SPECS / "h100-llama-8b.yaml").models[0]
+    vllm = VllmBackend(traced).command(vllm_spec, GPU0, as_given("vllm", vllm_spec), host="h", port=1)
+    assert vllm.argv[vllm.argv.index("--otlp-traces-endpoint") + 1] == "http://collector:4318/v1/traces"
+    assert vllm.env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    assert vllm.env["OTEL_SERVICE_NAME"] == f"vllm-{vllm_spec.name}"
+    sglang_spec = FleetSpec.from_yaml(SPECS / "h100-sglang-qwen.yaml").models[0]
+    sglang = SglangBackend(traced).command(sglang_spec, GPU0, as_given("py", sglang_spec), host="h", port=1)
+    assert "--enable-trace" in sglang.argv and "http://collector:4318/v1/traces" in sglang.argv
+    assert not any("HEADERS" in k for k in {**vllm.env, **sglang.env})
+    untraced = VllmBackend(HERE).command(vllm_spec, GPU0, as_given("vllm", vllm_spec), host="h", port=1)
+    assert "--otlp-traces-endpoint" not in untraced.argv and "OTEL_SERVICE_NAME" not in untraced.env

@@ -179,8 +179,12 @@ def otlp_exporter(endpoint: str, headers: Mapping[str, str] | None = None) -> Sp
     """OTLP/HTTP (protobuf) to `endpoint`: a collector's base URL (`/v1/traces` is added) or the full path."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
-    return OTLPSpanExporter(endpoint=url, headers=dict(headers or {}), timeout=EXPORT_TIMEOUT_S)
+    return OTLPSpanExporter(endpoint=traces_url(endpoint), headers=dict(headers or {}), timeout=EXPORT_TIMEOUT_S)
+
+
+def traces_url(endpoint: str) -> str:
+    """A collector's base URL (`http://collector:4318`) or its full traces URL, as the full traces URL."""
+    return endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
 
 
 def langfuse_exporter(settings: Settings) -> SpanExporter:

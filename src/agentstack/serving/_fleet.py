@@ -81,9 +81,11 @@ class Fleet:
         default_chat_model: str | None = None,
         scrape_interval_s: float | None = 5.0,
         tracing: Tracing | None = None,
+        otlp_traces_endpoint: str | None = None,
     ) -> None:
         """`default_chat_model`: what `chat_model()` serves when not given a name (checked against the spec).
-        `tracing`: the router's spans (`Router`); its owner closes it.
+        `tracing`: the router's spans (`Router`); its owner closes it. `otlp_traces_endpoint`: where the model
+        servers that trace (vLLM, SGLang) send theirs.
 
         `scrape_interval_s`: how often the replicas' own `/metrics` are read for the fleet's metrics (None: only
         when `scrape_backends()` is called).
@@ -91,7 +93,7 @@ class Fleet:
         self.spec = spec
         self.home = home
         self.logs_dir = home / "fleet" / "logs"
-        self._context = BackendContext(home=home, llama_server=llama_server)
+        self._context = BackendContext(home=home, llama_server=llama_server, otlp_traces_endpoint=otlp_traces_endpoint)
         self._gpus = gpus
         self._cpu_count = cpu_count
         self._default_chat_model = default_chat_model
@@ -125,12 +127,18 @@ class Fleet:
         chat model, unless AGENTSTACK_LLM_BASE_URL is set (then it names a model of that server, not of ours).
         """
         spec = FleetSpec.from_yaml(spec_path or settings.fleet or default_fleet_spec(), backends=backends)
+        traces = None
+        if settings.otlp_endpoint:
+            from agentstack.observability._tracing import traces_url
+
+            traces = traces_url(settings.otlp_endpoint)
         return cls(
             spec,
             home=settings.home,
             llama_server=settings.llama_server,
             default_chat_model=None if settings.llm_base_url else settings.llm_model,
             tracing=tracing,
+            otlp_traces_endpoint=traces,
         )
 
     def _replica_pids(self) -> dict[int, tuple[str, str]]:

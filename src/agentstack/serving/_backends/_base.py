@@ -110,6 +110,15 @@ class BackendContext:
 
     home: Path
     llama_server: Path | None = None  # Settings.llama_server
+    # where a server that traces sends its spans (OTLP/HTTP, the full /v1/traces URL; AGENTSTACK_OTLP_ENDPOINT)
+    otlp_traces_endpoint: str | None = None
+
+    def tracing_env(self, server: str) -> dict[str, str]:
+        """The OpenTelemetry variables a tracing server gets with `otlp_traces_endpoint` (no headers: a child
+        process never gets keys), or none."""
+        if self.otlp_traces_endpoint is None:
+            return {}
+        return {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": server}
 
     @property
     def models_dir(self) -> Path:

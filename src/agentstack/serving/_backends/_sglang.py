@@ -91,7 +91,10 @@ class SglangBackend(Backend):
             argv += ["--tool-call-parser", spec.tool_call_parser]
         if spec.chat_template:
             argv += ["--chat-template", spec.chat_template]
-        return LaunchCommand(argv + spec.extra_args, self.env(spec, placement))
+        if self.context.otlp_traces_endpoint:  # its own spans, continuing the router's `traceparent`
+            argv += ["--enable-trace", "--otlp-traces-endpoint", self.context.otlp_traces_endpoint]
+        env = self.env(spec, placement) | self.context.tracing_env(f"sglang-{spec.name}")
+        return LaunchCommand(argv + spec.extra_args, env)
 
     def detect(self) -> str | None:
         return "SGLang (python package)" if importlib.util.find_spec("sglang") else None

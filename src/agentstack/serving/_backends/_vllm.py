@@ -89,7 +89,10 @@ class VllmBackend(Backend):
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
         if spec.chat_template:
             argv += ["--chat-template", spec.chat_template]
-        return LaunchCommand(argv + spec.extra_args, self.env(spec, placement))
+        if self.context.otlp_traces_endpoint:  # its own spans, continuing the router's `traceparent`
+            argv += ["--otlp-traces-endpoint", self.context.otlp_traces_endpoint]
+        env = self.env(spec, placement) | self.context.tracing_env(f"vllm-{spec.name}")
+        return LaunchCommand(argv + spec.extra_args, env)
 
     def detect(self) -> str | None:
         program = shutil.which("vllm")
