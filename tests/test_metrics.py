@@ -4,8 +4,11 @@ by `promtool check metrics` (the exposition format Prometheus itself parses)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,7 @@ import pytest
 from langgraph_sdk import get_client
 from prometheus_client.parser import text_string_to_metric_families
 
+from agentstack._net import free_port
 from agentstack.api._app import app_on
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
@@ -21,7 +25,7 @@ from agentstack.observability import Metrics, Observability
 from agentstack.observability._usage import UsageStore
 from agentstack.safety import KeyStore
 from api_helpers import serving
-from cli_helpers import run_agentstack
+from cli_helpers import run_agentstack, wait_until_answering
 from test_tracing import agent
 
 
@@ -165,3 +169,35 @@ async def test_usage_rows_sum_by_model_graph_and_caller_priced_per_token_or_per_
     wrong = run_agentstack("usage", "--by", "color", env=env)
     assert wrong.returncode == 1 and "--by model, graph, caller or thread" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+WRITER = """
+import sys
+from agentstack.observability import Metrics
+metrics = Metrics()
+for _ in range(int(sys.argv[1])):
+    metrics.runs_started.labels("mine").inc()
+"""
+
+
+def test_agentstack_metrics_serves_the_sum_of_a_library_users_processes(tmp_path: Path) -> None:
+    """Two processes of your own write their metrics into one directory; `agentstack metrics` serves the sum."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    for count in ("2", "3"):
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+        subprocess.run([sys.executable, "-c", WRITER, count], env=env, check=True, timeout=60)
+    port = free_port()
+    agentstack = str(Path(sys.executable).with_name("agentstack"))
+    command = [agentstack, "metrics", "--port", str(port), "--dir", str(shared)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as server:
+        try:
+            wait_until_answering(server, f"http://127.0.0.1:{port}/metrics", timeout=30)
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        finally:
+            server.send_signal(signal.SIGTERM)
+            out, err = server.communicate(timeout=30)
+    assert 'agentstack_runs_started_total{graph="mine"} 5.0' in text
+    assert server.returncode == 0 and "metrics: stopped" in out, err
+    missing = run_agentstack("metrics", "--dir", str(tmp_path / "nope"), env={})
+    assert missing.returncode == 1 and "is not a directory" in missing.stderr and "Traceback" not in missing.stderr

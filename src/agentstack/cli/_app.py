@@ -489,6 +489,23 @@ def usage(
     asyncio.run(show_usage(Settings.load(), console, by=by, since_s=since_s, output=output))  # type: ignore[arg-type]
 
 
+@app.command()
+@reports_errors
+def metrics(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Serve /metrics on this port.")] = 9464,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="The metrics directory your processes write (default: PROMETHEUS_MULTIPROC_DIR)."),
+    ] = None,
+) -> None:
+    """Serve the run metrics of your own processes (they use agentstack as a library, each with
+    PROMETHEUS_MULTIPROC_DIR set to one directory) as one Prometheus /metrics, until Ctrl-C."""
+    from agentstack.cli._metrics import serve_metrics
+
+    serve_metrics(directory, host=host, port=port, console=console)
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 @eval_app.command("run")
 @reports_errors

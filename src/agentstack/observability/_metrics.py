@@ -135,6 +135,20 @@ class Metrics:
             return generate_latest(registry)
         return generate_latest(self.registry)
 
+    def serve(self, port: int, host: str = "127.0.0.1") -> Any:
+        """Serve `render()` on http://host:port/metrics from a thread (a library user's own process); returns
+        the server (`.shutdown()` stops it)."""
+        from prometheus_client import start_http_server
+
+        registry = self.registry
+        if self._multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self._multiprocess)
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+        return server
+
     @staticmethod
     def process_gone(pid: int, directory: str | Path) -> None:
         """A worker process that exited: its live gauges leave the sums (its counters stay)."""
