@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -162,3 +163,43 @@ def test_run_refuses_bad_input_before_starting_anything(cli) -> None:
     assert flags.returncode == 1 and "--approve and --reject were both given" in flags.stderr
     missing = cli("resume", "some-thread")
     assert missing.returncode == 1 and "there is no thread 'some-thread'" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_traced_research_run_on_the_local_model(
+    tmp_path: Path, fleet_home: Path, agentstack_postgres: str, model_gateway: str
+) -> None:
+    """`agentstack run` exporting to an OTLP receiver, on the CPU Gemma through the gateway: the run's span tree
+    with the token counts llama.cpp reported, its trace id printed and in the thread's checkpoints, and its usage
+    rows for `agentstack usage`."""
+    from agentstack.testing import OtlpReceiver
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    with OtlpReceiver() as receiver:
+        cli = _cli(
+            tmp_path, fleet_home, agentstack_postgres,
+            AGENTSTACK_LLM_BASE_URL=model_gateway, AGENTSTACK_LLM_MODEL=MODEL, AGENTSTACK_OTLP_ENDPOINT=receiver.url,
+            AGENTSTACK_TRACE_URL="https://traces.example/{trace_id}",
+        )  # fmt: skip
+        knobs = ["--set", "max_iterations=1", "--set", "review_threshold=0"]
+        ran = cli("run", "research", "What restarts a crashed replica?", "--docs", str(docs), "--thread", "tr", *knobs)
+        assert ran.returncode == 0, ran.stderr + ran.stdout
+        trace = re.search(r"trace: https://traces\.example/([0-9a-f]{32})", ran.stdout)
+        assert trace is not None, ran.stdout
+        spans = receiver.wait_for(lambda got: any(s.name == "invoke_agent research" for s in got), timeout_s=30)
+    mine = [s for s in spans if s.trace_id == trace[1]]
+    names = {s.name for s in mine}
+    assert {"invoke_agent research", "node plan", "node search", "node answer"} <= names, names
+    assert any(s.name.startswith("retrieval") and s.attributes["agentstack.retrieval.documents"] > 0 for s in mine)
+    chats = [s for s in mine if s.name.startswith("chat ")]
+    assert chats and all(s.attributes["gen_ai.request.model"] == MODEL for s in chats)
+    assert all(s.attributes["gen_ai.usage.input_tokens"] > 0 for s in chats)  # what llama.cpp counted
+    shown = cli("threads", "show", "tr")
+    assert f"trace: https://traces.example/{trace[1]}" in shown.stdout, shown.stdout
+    usage = cli("usage", "--by", "graph", "--format", "json")
+    assert usage.returncode == 0, usage.stderr
+    rows = {r["key"]: r for r in json.loads(usage.stdout)}
+    assert rows["research"]["runs"] == 1 and rows["research"]["input_tokens"] > 0

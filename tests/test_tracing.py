@@ -296,3 +296,42 @@ async def test_a_model_call_carries_its_trace_through_the_router_and_the_gateway
     gateway_route = next(s for s in spans if s.trace_id == "0af7651916cd43dd8448eb211c80319c")
     assert gateway_route.name == "route stub" and gateway_route.parent_span_id == "b7ad6b7169203331"
     assert seen[1]["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+
+
+async def test_the_research_graph_traced_on_a_scripted_model() -> None:
+    """The research graph's own shape: plan, a search per query with its retrieval span, analyze, answer, and a
+    model call under each node that asks one."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from agentstack.graphs import build_research_graph
+    from agentstack.testing import InMemoryRetriever, schema_model
+    from graph_helpers import DOCS
+
+    model = schema_model(
+        Plan={"queries": ["postgres checkpoint resume"]},
+        Analysis={"draft": "It resumes [S1].", "confidence": 0.9, "gaps": [], "cited": ["S1"]},
+        FinalAnswer={"answer": "Threads resume from the last Postgres checkpoint [S1].", "citations": ["S1"]},
+    )
+    graph = build_research_graph(model, InMemoryRetriever.from_texts(DOCS), checkpointer=InMemorySaver())
+    with OtlpReceiver() as receiver:
+        observing = Observability(Tracing.create([otlp_exporter(receiver.url)]))
+        run_id = str(uuid.uuid4())
+        config: dict[str, Any] = {"configurable": {"thread_id": "r1"}, "run_id": run_id}
+        config["callbacks"] = observing.run_callbacks(config, graph="research", run_id=run_id, thread_id="r1")
+        out = await graph.ainvoke({"question": "How does a postgres checkpoint resume a thread?"}, config)
+        assert out["status"] == "answered"
+        observing.tracing.flush()  # type: ignore[union-attr]
+        spans = receiver.wait_for(lambda got: any(s.name == "node answer" for s in got))
+        observing.close()
+    shape = tree(spans, uuid.UUID(run_id).hex)
+    assert shape["(root)"] == ["invoke_agent research"]
+    nodes = shape["invoke_agent research"]
+    assert {"node plan", "node search", "node analyze", "node answer"} <= set(nodes)
+    assert nodes.count("node search") == len(out["asked"])  # one span per query searched
+    assert all("retrieval hybrid" in children for name, children in shape.items() if name == "node search")
+    assert any(c.startswith("chat ") for c in shape["node plan"])  # the plan asks the model
+    retrieval = next(s for s in spans if s.name == "retrieval hybrid")
+    assert (
+        retrieval.attributes["agentstack.retrieval.k"] > 0
+        and retrieval.attributes["agentstack.retrieval.documents"] > 0
+    )

@@ -194,7 +194,14 @@ async def _share_fleet(settings: Settings, exits: AsyncExitStack, progress: Call
     from agentstack._net import free_port
     from agentstack.serving import Fleet, gateway_server
 
-    fleet = Fleet.from_settings(settings)
+    tracing = None
+    if settings.otlp_endpoint or settings.langfuse_host:  # the workers' model calls' route spans
+        from agentstack.observability._tracing import Tracing
+
+        tracing = Tracing.from_settings(settings, service="agentstack-gateway")
+        if tracing is not None:
+            exits.callback(tracing.close)
+    fleet = Fleet.from_settings(settings, tracing=tracing)
     model = fleet.chat_model_name()  # a wrong AGENTSTACK_LLM_MODEL fails before anything starts
     progress("models: starting the fleet")
     exits.push_async_callback(fleet.stop)
