@@ -213,7 +213,7 @@ class TracingCallback(BaseCallbackHandler):
         attributes |= {f"agentstack.retrieval.{leg}_ms": float(ms) for leg, ms in timings.items()}
         span = self.tracing.tracer.start_span(
             f"retrieval {data.get('retriever')}",
-            context=set_span_in_context(parent),
+            context=_context_of(parent),
             attributes=attributes,
             start_time=ended - int(float(timings.get("total", 0.0)) * 1e6),
         )
@@ -280,7 +280,7 @@ class TracingCallback(BaseCallbackHandler):
         parent = self._span_above(parent_run_id)
         if parent is None and not self._spans:  # not within a run this callback saw start: nothing to hang off
             return None
-        context = set_span_in_context(parent) if parent is not None else self.parent
+        context = _context_of(parent) if parent is not None else self.parent
         span = self.tracing.tracer.start_span(name, context=context, kind=kind, attributes=dict(attributes))
         self._spans[run_id] = span
         return span
@@ -368,6 +368,15 @@ def _usage(response: LLMResult) -> dict[str, Any]:
     if reasons and reasons != ["None"]:
         found["gen_ai.response.finish_reasons"] = reasons
     return found
+
+
+def _context_of(span: Span) -> Context:
+    """A context holding only `span` (built on an empty one: not a copy of whatever the task's current context
+    holds, which a callback has no business inheriting)."""
+    return set_span_in_context(span, _EMPTY)
+
+
+_EMPTY = Context()
 
 
 def _is_interrupt(error: BaseException) -> bool:
