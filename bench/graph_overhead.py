@@ -8,7 +8,7 @@ renders versioned Jinja2 prompts, counts tokens, checks citations and writes pro
 the two alternate, so drift hits both alike. Ends with one JSON line; target: overhead_ratio <= 1.05.
 
 A third side runs our graph observed as a server runs it: metrics, and every span exported by OTLP/HTTP to a
-receiver in this process (`agentstack.testing.OtlpReceiver`, decoding the protobuf as a collector would);
+receiver in another process (`agentstack.testing.OtlpReceiver`, decoding the protobuf as a collector would);
 `tracing_overhead_ratio` is it against ours unobserved (target <= 1.05).
 
     python bench/graph_overhead.py [--quick | --smoke]
@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, NotRequired, TypedDict
 
+from _otlp_process import ReceiverProcess, otlp_receiver_process
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -37,7 +38,7 @@ from agentstack.graphs import Analysis, FinalAnswer, Plan, ResearchContext, buil
 from agentstack.observability import Metrics, Observability, Tracing
 from agentstack.observability._tracing import otlp_exporter
 from agentstack.rag import Chunk, ScoredChunk
-from agentstack.testing import OtlpReceiver, ScriptedChatModel, schema_model
+from agentstack.testing import ScriptedChatModel, schema_model
 
 ITERATIONS = 2  # search rounds per run: plan, then one refine
 QUERIES = 3
@@ -200,7 +201,7 @@ class Side:
         return out
 
 
-async def main(runs: int, warmup: int, receiver: OtlpReceiver) -> dict[str, Any]:
+async def main(runs: int, warmup: int, receiver: ReceiverProcess) -> dict[str, Any]:
     retriever = KeywordRetriever(CORPUS)
     context = ResearchContext(k=K, max_queries=QUERIES, max_iterations=ITERATIONS)
     ours = Side("agentstack", build_research_graph(scripted_model(), retriever, checkpointer=InMemorySaver()),
@@ -223,9 +224,8 @@ async def main(runs: int, warmup: int, receiver: OtlpReceiver) -> dict[str, Any]
     for i in range(runs):
         for side in sides[i % 3 :] + sides[: i % 3]:  # each side first in turn
             await side.run()
-    observing.tracing.flush()  # type: ignore[union-attr]
-    exported = len(receiver.spans)
-    observing.close()
+    observing.close()  # flushes
+    exported = receiver.spans()
     result: dict[str, Any] = {}
     for side in sides:
         result[f"{side.name}_p50_ms"] = round(statistics.median(side.times), 3)
@@ -245,5 +245,5 @@ if __name__ == "__main__":
     size.add_argument("--smoke", action="store_true", help="3 runs per side: proves it runs, measures nothing")
     args = parser.parse_args()
     runs, warmup = (3, 1) if args.smoke else (50, 10) if args.quick else (300, 10)
-    with OtlpReceiver() as otlp:
+    with otlp_receiver_process() as otlp:
         print(json.dumps(asyncio.run(main(runs, warmup, otlp))))

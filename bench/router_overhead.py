@@ -4,7 +4,7 @@ One replica, one request at a time, direct and routed alternating so drift hits 
 The request is a 1-token chat completion with a cached prompt: the cheapest real request, so the
 router's share is as visible as it can be. Added latency = routed percentile - direct percentile.
 A third side routes through a router that traces (a `route` span for each request, exported by OTLP/HTTP to a
-receiver in this process, and the `traceparent` passed on): `p99_added_ms_traced`, target < 1 too.
+receiver in another process, and the `traceparent` passed on): `p99_added_ms_traced`, target < 1 too.
 Ends with one JSON line; target: p99_added_ms < 1.
 
     python bench/router_overhead.py [--quick | --smoke]
@@ -19,15 +19,15 @@ import time
 
 import httpx
 from _fleet import MODEL, cpu_fleet, percentile
+from _otlp_process import ReceiverProcess, otlp_receiver_process
 
 from agentstack.observability import Tracing
 from agentstack.observability._tracing import otlp_exporter
 from agentstack.serving import Router
 from agentstack.serving._fleet import ROUTED_BASE_URL
-from agentstack.testing import OtlpReceiver
 
 
-async def main(requests: int, warmup: int, receiver: OtlpReceiver) -> dict[str, float]:
+async def main(requests: int, warmup: int, receiver: ReceiverProcess) -> dict[str, float]:
     body = json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0}
     ).encode()
@@ -57,9 +57,8 @@ async def main(requests: int, warmup: int, receiver: OtlpReceiver) -> dict[str, 
                 await once(name, client)
         for client in (direct, routed, traced):
             await client.aclose()
-        tracing.flush()
-        spans = len(receiver.spans)
-        tracing.close()
+        tracing.close()  # flushes
+        spans = receiver.spans()
     result: dict[str, float] = {}
     for q in (50, 99):
         d, r, t = (percentile(timings[side], q) for side in ("direct", "routed", "traced"))
@@ -78,5 +77,5 @@ if __name__ == "__main__":
     size.add_argument("--smoke", action="store_true", help="5 requests per side: proves it runs, measures nothing")
     args = parser.parse_args()
     requests, warmup = (5, 2) if args.smoke else (200, 20) if args.quick else (1000, 20)
-    with OtlpReceiver() as otlp:
+    with otlp_receiver_process() as otlp:
         print(json.dumps(asyncio.run(main(requests, warmup, otlp))))

@@ -20,7 +20,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 # benchmark -> the keys its JSON line must have
 EXPECTED_KEYS = {
     "checkpoint_throughput": {"steps_per_s", "pool_vs_stock", "pool_vs_none"},
-    "graph_overhead": {"agentstack_p50_ms", "handwritten_p50_ms", "overhead_ratio", "runs"},
+    "graph_overhead": {
+        "agentstack_p50_ms",
+        "handwritten_p50_ms",
+        "overhead_ratio",
+        "tracing_overhead_ratio",
+        "spans_exported",
+        "runs",
+    },
     "retrieval_scifact": {
         "ndcg10_bm25",
         "ndcg10_dense",
@@ -33,7 +40,7 @@ EXPECTED_KEYS = {
         "queries",
     },
     "fleet_throughput": {"fleet_over_direct", "direct_tok_s", "fleet_tok_s"},
-    "router_overhead": {"p50_added_ms", "p99_added_ms", "requests"},
+    "router_overhead": {"p50_added_ms", "p99_added_ms", "p50_added_ms_traced", "p99_added_ms_traced", "requests"},
     "affinity": {"ttft_rr_over_affinity", "throughput_affinity_over_rr", "prefill_rr_over_affinity"},
     "embedder_load": {"st_over_plain", "plain_load_s", "st_load_s", "max_abs_diff", "rounds"},
     "research_latency": {"written_over_extractive", "extractive_p50_s", "written_p50_s", "stack_open_s", "ingest_s"},
