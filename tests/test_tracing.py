@@ -181,7 +181,12 @@ async def test_the_agent_server_traces_runs_continues_a_callers_trace_and_record
         # the server's lifespan closed the tracing, which flushed it
         spans = receiver.wait_for(lambda got: len({s.trace_id for s in got}) >= 2)
     first_trace = uuid.UUID(first["run_id"]).hex
-    assert tree(spans, first_trace)["invoke_agent helpdesk"] == ["node act", "node review", "node think"]
+    children = tree(spans, first_trace)["invoke_agent helpdesk"]
+    assert [c for c in children if c.startswith("node")] == ["node act", "node review", "node think"]
+    saved = [s for s in spans if s.trace_id == first_trace and s.name == "checkpoint"]
+    assert len(saved) == children.count("checkpoint") >= 4  # input, each step: their waits for the group commit
+    assert {s.attributes["langgraph.checkpoint_source"] for s in saved} >= {"input", "loop"}
+    assert all(s.end_ns >= s.start_ns for s in saved)
     root = next(s for s in spans if s.trace_id == first_trace and s.name == "invoke_agent helpdesk")
     assert root.status == "UNSET" and root.resource["service.name"] == "agentstack-api"
     review = next(s for s in spans if s.trace_id == first_trace and s.name == "node review")

@@ -118,7 +118,7 @@ class Stack:
                 self.progress(f"retrieval: {loading}opening the index")
                 opening.append(open_retrieval(self.settings, warm=self._warm))
             self.saver, *rest = await _enter_together(exits, opening)
-            self.saver.report_commits(observing.metrics.checkpoint_commit)
+            observing.observe_saver(self.saver)
             self.retrieval = rest[0] if rest else None
             if starting is not None:
                 self.progress("models: waiting for the fleet to be healthy")

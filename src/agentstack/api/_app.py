@@ -180,9 +180,9 @@ def _app(
             usage = UsageStore(queue.pool, options.prices)
             await queue.setup()
             await usage.setup()
-            for served in graphs:  # their checkpoint writes' group commits, in the metrics
+            for served in graphs:  # their checkpoint writes in the metrics, and in traced runs' spans
                 if isinstance(served.graph.checkpointer, PoolSaver):
-                    served.graph.checkpointer.report_commits(options.observability.metrics.checkpoint_commit)
+                    options.observability.observe_saver(served.graph.checkpointer)
             await api.assistants.register(graphs)
             await api._adopt()
             tasks = api.workers = [

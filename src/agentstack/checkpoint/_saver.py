@@ -21,6 +21,7 @@ import asyncio
 import copy
 import math
 import random
+import time
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -122,6 +123,7 @@ class PoolSaver(BaseCheckpointSaver[str]):
         self.conn = pool
         self.loop = asyncio.get_running_loop()  # where the sync methods run their async twins
         self._committer = GroupCommitter(pool)
+        self._on_put: Callable[[RunnableConfig, Mapping[str, Any], int, int], None] | None = None
         self._snapshot_type = delta_snapshot_type()
 
     def _errors(self, doing: str) -> AbstractContextManager[None]:
@@ -132,6 +134,11 @@ class PoolSaver(BaseCheckpointSaver[str]):
         with self._errors("creating or migrating the checkpoint tables"):
             async with self.conn.connection() as conn:
                 await apply_migrations(conn)
+
+    def report_puts(self, observe: Callable[[RunnableConfig, Mapping[str, Any], int, int], None] | None) -> None:
+        """Tell `observe` each checkpoint saved: its config, its metadata as stored (a traced run's `trace_id`
+        in it), and when saving it started and ended (epoch ns; the wait for its group commit included)."""
+        self._on_put = observe
 
     def report_commits(self, observe: Callable[[float, int], None] | None) -> None:
         """Tell `observe` each group commit's seconds and operations (`Metrics.checkpoint_commit`); None: stop."""
@@ -251,6 +258,8 @@ class PoolSaver(BaseCheckpointSaver[str]):
             for key, version in new_versions.items()
             if key in blob_values
         ]
+        saved = get_serializable_checkpoint_metadata(config, metadata)
+        started = time.time_ns()
         await self._committer.submit(
             keys={("checkpoint", thread_id, ns, checkpoint_id)},
             blobs=blobs,
@@ -260,9 +269,13 @@ class PoolSaver(BaseCheckpointSaver[str]):
                 checkpoint_id,
                 configurable.get("checkpoint_id"),
                 Jsonb({**checkpoint, "channel_values": inline}),
-                Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+                Jsonb(saved),
             ),
         )
+        if self._on_put is not None:
+            self._on_put(
+                {"configurable": {**configurable, "checkpoint_id": checkpoint_id}}, saved, started, time.time_ns()
+            )
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
 
     async def aput_writes(

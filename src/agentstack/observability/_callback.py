@@ -63,6 +63,7 @@ class TracingCallback(BaseCallbackHandler):
         self.trace_id: int | None = None  # the root span's, once it started
         self._spans: dict[UUID, Span] = {}
         self._skipped: dict[UUID, UUID | None] = {}  # runs without a span -> their parent run
+        self._root_id: UUID | None = None
 
     # -- chains: the run and its nodes --------------------------------------------------------------
 
@@ -248,7 +249,10 @@ class TracingCallback(BaseCallbackHandler):
                 f"invoke_agent {graph}", context=self.parent, kind=SpanKind.SERVER, attributes=attributes
             )
         self._spans[run_id] = span
+        self._root_id = run_id
         self.trace_id = span.get_span_context().trace_id
+        if self.thread_id:  # its checkpoints' spans find it (`Tracing.checkpoint_saved`)
+            self.tracing.live[(self.trace_id, self.thread_id)] = span.get_span_context()
 
     def _model_span(
         self,
@@ -297,6 +301,8 @@ class TracingCallback(BaseCallbackHandler):
         span = self._spans.pop(run_id, None)
         if span is None:
             return
+        if run_id == self._root_id and self.trace_id is not None and self.thread_id:
+            self.tracing.live.pop((self.trace_id, self.thread_id), None)
         if error is not None:
             if _is_interrupt(error):  # a run that waits for a human: not a failure
                 span.set_attribute("langgraph.interrupted", True)

@@ -125,6 +125,12 @@ class Observability:
             )
         return [Fanout(observers)] if len(observers) > 1 else observers
 
+    def observe_saver(self, saver: Any) -> None:
+        """Report `saver`'s group commits to the metrics and, for traced runs, its checkpoints as spans."""
+        saver.report_commits(self.metrics.checkpoint_commit)
+        if self.tracing is not None:
+            saver.report_puts(self.tracing.checkpoint_saved)
+
     def close(self) -> None:
         """Export what traces are queued (bounded by the export timeout)."""
         if self.tracing is not None:

@@ -18,9 +18,9 @@ import functools
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -28,7 +28,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Tracer, format_trace_id, get_current_span
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    Tracer,
+    format_trace_id,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
@@ -66,6 +73,9 @@ class Tracing:
     provider: TracerProvider
     capture_content: bool = False
     scanner: PiiScanner | None = None
+    # the runs being traced now, (trace id, thread id) -> their root span, for what reports outside callbacks
+    # (a checkpoint saved: `checkpoint_saved`)
+    live: dict[tuple[int, str], SpanContext] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -127,6 +137,27 @@ class Tracing:
     def close(self) -> None:
         """Export what is queued (bounded by the export timeout) and stop the export threads."""
         self.provider.shutdown()
+
+    def checkpoint_saved(
+        self, config: Mapping[str, Any], metadata: Mapping[str, Any], started: int, ended: int
+    ) -> None:
+        """A `checkpoint` span (its wait for the group commit included) under the run that saved it, when that
+        run is traced here now (`PoolSaver.report_puts`)."""
+        trace_id, configurable = metadata.get("trace_id"), config.get("configurable") or {}
+        if not isinstance(trace_id, str):
+            return
+        root = self.live.get((int(trace_id, 16), str(configurable.get("thread_id"))))
+        if root is None:
+            return
+        attributes = {
+            "langgraph.checkpoint_ns": str(configurable.get("checkpoint_ns") or ""),
+            "langgraph.checkpoint_id": str(configurable.get("checkpoint_id") or ""),
+            "langgraph.step": int(metadata.get("step") or 0),
+            "langgraph.checkpoint_source": str(metadata.get("source") or ""),
+        }
+        parent = set_span_in_context(NonRecordingSpan(root), Context())
+        span = self.tracer.start_span("checkpoint", context=parent, attributes=attributes, start_time=started)
+        span.end(end_time=ended)
 
     def masked(self, text: str) -> str:
         return self.scanner.mask(text)[0] if self.scanner is not None else text
