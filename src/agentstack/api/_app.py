@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentstack.api._admission import RunAdmission
 from agentstack.api._assistant_routes import AssistantRoutes
 from agentstack.api._assistants import Assistant, AssistantStore
 from agentstack.api._bodies import (
@@ -91,10 +92,10 @@ from agentstack.observability._http import RequestMetrics
 from agentstack.observability._usage import UsageStore
 from agentstack.safety import Authenticator, Door, Guard, KeyStore
 from agentstack.safety._audit import AuditLog
-from agentstack.safety._auth import Caller, caller_of, visible_to
-from agentstack.safety._injection import InjectionBlocked, InjectionPolicy, strings_in
-from agentstack.safety._limits import Limiter, RequestLimits, RequestRefused, Spend
-from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
+from agentstack.safety._auth import caller_of, visible_to
+from agentstack.safety._injection import InjectionBlocked
+from agentstack.safety._limits import Limiter, RequestRefused, Spend
+from agentstack.safety._pii_policy import PiiBlocked
 
 if TYPE_CHECKING:
     from agentstack._stack import Stack
@@ -172,11 +173,13 @@ def _app(
             api.assistants = AssistantStore(queue.pool)
             keys = KeyStore(queue.pool)
             await keys.setup()
-            api.pii_secret = await keys.secret("pii")
             auth = Authenticator(keys, required=options.keys_required, jwt=options.jwt)
             api.door = Door(auth, Limiter(queue.pool), audit)
-            api.spend = Spend(queue.pool, options.prices)
-            charges = (api.door.limiter, api.spend)
+            spend = Spend(queue.pool, options.prices)
+            api.admission = RunAdmission(
+                options.limits, options.pii, options.injection, await keys.secret("pii"), api.door.limiter, spend
+            )
+            charges = (api.door.limiter, spend)
             usage = UsageStore(queue.pool, options.prices)
             await queue.setup()
             await usage.setup()
@@ -361,19 +364,14 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     notes: QueueNotifications
     assistants: AssistantStore
     door: Door
-    spend: Spend
-    injection: InjectionPolicy
-    pii: PiiPolicy
-    limits: RequestLimits
+    admission: RunAdmission
 
     def __init__(self, options: ServerOptions) -> None:
         self.poll_s = options.poll_s
         self.event_retention_s = options.event_retention_s
-        self.injection = options.injection
         self.observability = options.observability
-        self.pii = options.pii
-        self.pii_secret: bytes | None = None  # the database's, which names placeholders: set by the lifespan
-        self.limits = options.limits
+        # until the lifespan has the database's secret, limiter and spend: what needs none of them
+        self.admission = RunAdmission(options.limits, options.pii, options.injection)
         self.workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
 
@@ -428,23 +426,9 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
                     raise
         if kwargs["checkpoint"] is not None:
             await self._check_checkpoint(assistant.graph_id, thread_id, kwargs["checkpoint"])
-        metadata = dict(body.get("metadata") or {})
-        said = strings_in([body.get("input"), (body.get("command") or {}).get("resume")], limit=100_000)
-        self.limits.check_input(said, what="the run's input")
         names = (assistant.assistant_id, assistant.graph_id)
-        if found := self._mask_input(request, kwargs, names):  # `block` raises: a 400 naming the kinds
-            metadata["pii"] = found  # by kind, never the values
-        screened = self.injection.check(said, what="the run's input", names=names)  # `block` raises, naming why
-        if screened is not None:  # flagged: marked on the run, counted in the audit
-            metadata["injection"] = {"score": screened.score, "reasons": list(screened.reasons)}
-            request.state.findings = getattr(request.state, "findings", {}) | {"injection": 1}
+        metadata = await self.admission.admit(request, body, names, kwargs)  # raises the refusal
         caller = caller_of(request)
-        if caller is not None and (caller.tpm or caller.budget):
-            kwargs["charge"] = await self._admitted_usage(caller)
-        if caller is not None:
-            kwargs["caller"] = caller.key_id  # the trace's user
-        if "traceparent" in request.headers:  # the caller's trace, kept with the run for whichever worker runs it
-            kwargs["trace"] = {k: request.headers[k] for k in ("traceparent", "tracestate") if k in request.headers}
         return await self.queue.put_run(
             thread_id,
             assistant.assistant_id,
@@ -457,48 +441,6 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
             visible_to=visible_to(request),
             max_runs=caller.max_runs if caller is not None else None,
         )
-
-    def _mask_input(self, request: Request, kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, int]:
-        """Personal data in what a run gives its graph (input, a command's update and resume value) masked in
-        `kwargs` under the policy for `names`, before it is stored or any model reads it: the thread keeps the
-        placeholders (`<EMAIL_3f9a1c0b>`, the same for a value in every run: `PiiScanner.mask`), never the
-        values. What was found, by kind; `PiiBlocked` under `block`."""
-        command = dict(kwargs["command"] or {})
-        given = {"input": kwargs["input"], "update": command.get("update"), "resume": command.get("resume")}
-        try:
-            masked_given, masked = self.pii.masked_value(given, *names, secret=self.pii_secret)
-        except PiiBlocked as exc:
-            request.state.findings = dict(exc.kinds)
-            raise
-        if masked.found:
-            kwargs["input"] = masked_given["input"]
-            if kwargs["command"] is not None:
-                kwargs["command"] = command | {k: masked_given[k] for k in ("update", "resume") if k in command}
-            request.state.findings = dict(masked.found)
-        return dict(masked.found)
-
-    async def _admitted_usage(self, caller: Caller) -> dict[str, Any]:
-        """Whether the key may start a run under its tokens a minute and its budget (what its earlier runs were
-        charged when they ended): refused with `LimitError` (429) or `BudgetError` (402); else what the run's
-        usage is charged to when it ends."""
-        limiter = self.door.limiter
-        if caller.tpm and limiter is not None:
-            decision = await limiter.admit(caller.key_id, caller.tpm, kind="tpm")
-            if not decision.admitted:
-                raise LimitError(
-                    f"key {caller.key_id} used its {caller.tpm} tokens a minute: retry in "
-                    f"{decision.retry_after_s:.1f} s",
-                    fix="wait, or ask for a higher --tpm",
-                )
-        if caller.budget is not None:
-            usd, period = caller.budget
-            spent = await self.spend.spent(caller.key_id, period)
-            if spent >= usd:
-                raise BudgetError(
-                    f"key {caller.key_id} spent ${spent:.4f} of its ${usd:g} a {period}",
-                    fix=f"wait for the next {period}, or ask for a larger --budget",
-                )
-        return {"key_id": caller.key_id, "tpm": caller.tpm, "budget": list(caller.budget or []) or None}
 
     async def _check_checkpoint(self, graph_id: str, thread_id: str, at: Mapping[str, Any]) -> None:
         """A run from a checkpoint (a replay or a fork) names one the thread has, or is a 404 now."""

@@ -11,6 +11,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentstack.api._admission import RunAdmission
 from agentstack.api._runs import RunQueue, Thread, ThreadStatusValue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._wire import EMPTY_STATE, interrupts_json, json_response, read_body, state_json, thread_config
@@ -18,7 +19,6 @@ from agentstack.checkpoint._thread_status import thread_status
 from agentstack.errors import ConflictError, NotFoundError, UserError
 from agentstack.graphs._streaming import jsonable
 from agentstack.safety._auth import caller_of, visible_to
-from agentstack.safety._pii_policy import PiiBlocked, PiiPolicy
 
 __all__ = ["ThreadRoutes"]
 
@@ -31,8 +31,7 @@ _ADOPTED_STATUS: dict[str, ThreadStatusValue] = {
 class ThreadRoutes:
     queue: RunQueue
     graphs: ServedGraphs
-    pii: PiiPolicy
-    pii_secret: bytes | None
+    admission: RunAdmission
 
     async def create_thread(self, request: Request) -> Response:
         body = await read_body(request)
@@ -128,13 +127,7 @@ class ThreadRoutes:
         if body.get("checkpoint_id"):
             config["configurable"]["checkpoint_id"] = body["checkpoint_id"]
         names = (str(thread.metadata.get("assistant_id") or served.assistant_id), served.graph_id)
-        try:  # what a caller writes into the state is input too: masked (or refused) before it is stored
-            values, masked = self.pii.masked_value(body.get("values"), *names, secret=self.pii_secret)
-        except PiiBlocked as exc:
-            request.state.findings = dict(exc.kinds)
-            raise
-        if masked.found:
-            request.state.findings = dict(masked.found)
+        values = self.admission.masked_state(request, body.get("values"), names)  # masked, or refused, first
         updated = await served.graph.aupdate_state(config, values, as_node=body.get("as_node"))
         saved = {k: updated["configurable"].get(k) for k in ("thread_id", "checkpoint_ns", "checkpoint_id")}
         return json_response({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
