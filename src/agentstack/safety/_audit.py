@@ -111,8 +111,10 @@ class AuditLog:
                 conn.cursor() as cur,
                 cur.copy(f"COPY agentstack_audit ({', '.join(_COLUMNS)}) FROM STDIN") as copy,
             ):
-                for entry in entries:
+                for n, entry in enumerate(entries, 1):
                     await copy.write_row(entry.row())
+                    if n % 32 == 0:  # formatting rows holds the event loop: let requests in between
+                        await asyncio.sleep(0)
         except Exception:
             self._pending[:0] = entries  # kept for the next flush: the database may be back by then
             raise
