@@ -330,6 +330,9 @@ async def test_the_research_graph_traced_on_a_scripted_model() -> None:
         observing.close()
     shape = tree(spans, uuid.UUID(run_id).hex)
     assert shape["(root)"] == ["invoke_agent research"]
+    root = next(s for s in spans if s.name == "invoke_agent research")
+    assert "research/plan@v" in " ".join(root.attributes["agentstack.prompts"])  # prompt versions: trace tags
+    assert root.attributes["langfuse.trace.tags"] == root.attributes["agentstack.prompts"]
     nodes = shape["invoke_agent research"]
     assert {"node plan", "node search", "node analyze", "node answer"} <= set(nodes)
     assert nodes.count("node search") == len(out["asked"])  # one span per query searched

@@ -81,7 +81,7 @@ class TracingCallback(BaseCallbackHandler):
         metadata = metadata or {}
         name = kwargs.get("name") or _name(serialized)
         if parent_run_id is None and not self._spans:
-            self._root(run_id, name)
+            self._root(run_id, name, metadata)
         elif metadata.get("langgraph_node") == name and _HIDDEN not in (tags or []):
             attributes = {"langgraph.node": name, "langgraph.step": int(metadata.get("langgraph_step") or 0)}
             if metadata.get("checkpoint_ns"):
@@ -222,8 +222,10 @@ class TracingCallback(BaseCallbackHandler):
 
     # -- spans --------------------------------------------------------------------------------------
 
-    def _root(self, run_id: UUID, name: str) -> None:
-        """The run's span: its trace id is the run's id, unless it continues the caller's trace."""
+    def _root(self, run_id: UUID, name: str, metadata: Mapping[str, Any]) -> None:
+        """The run's span: its trace id is the run's id, unless it continues the caller's trace. The prompt
+        versions a built-in graph records (`agentstack_prompts`) become its tags, so a trace store can compare
+        runs by prompt version."""
         graph = self.graph or name
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",
@@ -241,8 +243,11 @@ class TracingCallback(BaseCallbackHandler):
             attributes["gen_ai.agent.id"] = self.assistant_id
         if self.caller:
             attributes |= {"user.id": self.caller, "langfuse.user.id": self.caller}
-        if self.tags:
-            attributes["langfuse.trace.tags"] = self.tags
+        prompts = str(metadata.get("agentstack_prompts") or "").split()
+        if prompts:
+            attributes |= {"agentstack.prompts": prompts, "langfuse.trace.metadata.prompts": " ".join(prompts)}
+        if self.tags or prompts:
+            attributes["langfuse.trace.tags"] = [*self.tags, *prompts]
         trace_id = None if self.parent is not None else (self.run_id or run_id)
         with Tracing.trace_id_for(trace_id):
             span = self.tracing.tracer.start_span(
