@@ -28,12 +28,14 @@ class Fanout(BaseCallbackHandler):
 
     def __init__(self, observers: list[BaseCallbackHandler]) -> None:
         self.observers = observers
+        self._methods: dict[str, list[Any]] = {}  # event -> the observers' bound methods, looked up once
 
     def _each(self, event: str, *args: Any, **kwargs: Any) -> None:
-        for observer in self.observers:
-            method = getattr(observer, event, None)
-            if method is not None:
-                method(*args, **kwargs)
+        methods = self._methods.get(event)
+        if methods is None:
+            methods = self._methods[event] = [getattr(o, event) for o in self.observers if hasattr(o, event)]
+        for method in methods:
+            method(*args, **kwargs)
 
     def on_chain_start(self, *args: Any, **kwargs: Any) -> None:
         self._each("on_chain_start", *args, **kwargs)

@@ -27,7 +27,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -89,9 +89,8 @@ class Tracing:
         service: str = "agentstack",
     ) -> Tracing:
         resource = Resource.create({"service.name": service, "service.version": release()})
-        provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(sample_ratio)), resource=resource, id_generator=_RunTraceIds()
-        )
+        root_sampler = ALWAYS_ON if sample_ratio >= 1.0 else TraceIdRatioBased(sample_ratio)
+        provider = TracerProvider(sampler=ParentBased(root_sampler), resource=resource, id_generator=_RunTraceIds())
         for exporter in exporters:
             provider.add_span_processor(
                 BatchSpanProcessor(
