@@ -48,8 +48,10 @@ __all__ = [
     "langfuse_exporter",
     "otlp_exporter",
     "parent_context",
+    "release",
     "trace_headers",
     "trace_id_hex",
+    "traces_url",
 ]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
