@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,7 @@ import pytest
 from langgraph_sdk import get_sync_client
 
 from agentstack._net import free_port
+from agentstack.testing import OtlpReceiver
 from cli_helpers import assert_quiet, clean_env, wait_until_answering
 
 # `second` hangs in the first attempt of a run asked to hang: the test kills the process it hangs in.
@@ -79,14 +82,22 @@ def wait_for(condition: object, what: str, timeout: float = 60) -> None:
 
 
 @pytest.mark.slow  # a supervisor and its worker processes, one of them killed and replaced
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    """Where the workers send their traces (a run taken over keeps its trace)."""
+    with OtlpReceiver() as receiving:
+        yield receiving
+
+
 def test_a_run_whose_worker_process_is_killed_completes_once_on_another(
-    tmp_path: Path, agentstack_postgres: str
+    tmp_path: Path, agentstack_postgres: str, receiver: OtlpReceiver
 ) -> None:
     (tmp_path / "agent.py").write_text(textwrap.dedent(AGENT))
     config = tmp_path / "langgraph.json"
     config.write_text(json.dumps({"graphs": {"steps": "./agent.py:graph"}}))
     marks = tmp_path / "marks"
     env = clean_env() | {
+        "AGENTSTACK_OTLP_ENDPOINT": receiver.url,
         "AGENTSTACK_HOME": str(tmp_path / "home"),
         "AGENTSTACK_POSTGRES_URL": agentstack_postgres,
         "AGENTSTACK_API_LEASE_S": "2",
@@ -142,6 +153,10 @@ def test_a_run_whose_worker_process_is_killed_completes_once_on_another(
         if server.poll() is None:
             server.kill()
             server.communicate()
+    spans = receiver.wait_for(lambda got: any(s.attributes.get("agentstack.attempt") == 2 for s in got))
+    taken_over = [s for s in spans if s.trace_id == uuid.UUID(doomed["run_id"]).hex and s.name == "invoke_agent steps"]
+    assert [s.attributes["agentstack.attempt"] for s in taken_over] == [2]  # the killed worker's queue died with it
+    assert {s.resource["service.name"] for s in spans} == {"agentstack-api"}
     assert server.returncode == 0, out + err
     assert "agent server: steps at" in out and "in each of 2 worker processes" in out, out
     assert f"(pid {victim}) ended (signal 9); starting another" in out + err
