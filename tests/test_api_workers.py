@@ -81,7 +81,6 @@ def wait_for(condition: object, what: str, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.slow  # a supervisor and its worker processes, one of them killed and replaced
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
     """Where the workers send their traces (a run taken over keeps its trace)."""
@@ -89,6 +88,7 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield receiving
 
 
+@pytest.mark.slow  # a supervisor and its worker processes, one of them killed and replaced
 def test_a_run_whose_worker_process_is_killed_completes_once_on_another(
     tmp_path: Path, agentstack_postgres: str, receiver: OtlpReceiver
 ) -> None:
