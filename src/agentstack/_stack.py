@@ -172,9 +172,11 @@ class Stack:
         from agentstack.safety._usage import RunUsage
 
         run = ObservedRun(str(uuid.uuid4()), graph, thread_id, RunUsage())
-        observers = [run.usage]
+        observers: list[Any] = [run.usage]
         if self.observability is not None:
-            observers += self.observability.run_callbacks(config, graph=graph, run_id=run.run_id, thread_id=thread_id)
+            observers = self.observability.run_callbacks(
+                config, graph=graph, run_id=run.run_id, thread_id=thread_id, alongside=[run.usage]
+            )
         config["callbacks"] = [*(config.get("callbacks") or []), *observers]
         config["run_id"] = run.run_id
         trace_id = (config.get("metadata") or {}).get("trace_id")

@@ -186,8 +186,8 @@ class RunWorker:
     async def _stream(self, run: Run, graph: Pregel[Any, Any, Any, Any], context: Any, usage: RunUsage) -> None:
         kwargs = run.kwargs
         graph_input, config = await self._input(run, graph)
-        observers = self._observers(run, config)  # before the copy: it puts the trace id in the config's metadata
-        config = {**config, "callbacks": [usage, *observers]}  # a client sends no handlers
+        observers = self._observers(run, config, usage)  # before the copy: it puts the trace id in the metadata
+        config = {**config, "callbacks": observers}  # a client sends no handlers
         requested = kwargs.get("stream_mode") or ["values"]
         modes = [MODES[m] for m in ([requested] if isinstance(requested, str) else requested) if m in MODES]
         subgraphs = bool(kwargs.get("subgraphs"))
@@ -212,11 +212,11 @@ class RunWorker:
             event = mode if not namespace else f"{mode}|{'|'.join(namespace)}"
             await self.queue.append_event(run, event, wire(chunk))
 
-    def _observers(self, run: Run, config: dict[str, Any]) -> list[BaseCallbackHandler]:
-        """The run's metrics and spans: in the caller's trace when it sent one (kept with the run, so the worker
-        that picks it up, or the next attempt, continues it), else in the run's own."""
+    def _observers(self, run: Run, config: dict[str, Any], usage: RunUsage) -> list[BaseCallbackHandler]:
+        """The run's usage, metrics and spans (in the caller's trace when it sent one, kept with the run, so the
+        worker that picks it up, or the next attempt, continues it; else in the run's own), as one handler."""
         if self.observability is None:
-            return []
+            return [usage]
         return self.observability.run_callbacks(
             config,
             graph=str(run.kwargs.get("graph_id") or run.assistant_id),
@@ -226,6 +226,7 @@ class RunWorker:
             caller=run.kwargs.get("caller"),
             carrier=run.kwargs.get("trace"),
             attempt=run.attempt,
+            alongside=[usage],
         )
 
     async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> tuple[Any, dict[str, Any]]:

@@ -3,7 +3,7 @@ them) and its run metrics, and the callbacks that observe one run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,10 +105,12 @@ class Observability:
         caller: str | None = None,
         carrier: Mapping[str, str] | None = None,
         attempt: int = 1,
+        alongside: Sequence[BaseCallbackHandler] = (),
     ) -> list[BaseCallbackHandler]:
         """What observes one run: its metrics, and its spans when traces are exported (the trace id then goes
-        into `config`'s metadata, so into the run's checkpoints: `traced_run`)."""
-        observers: list[BaseCallbackHandler] = [self.metrics.callback(graph)]
+        into `config`'s metadata, so into the run's checkpoints: `traced_run`). `alongside`: the caller's own
+        inline handlers (a run's usage counter), dispatched to in the same fan-out."""
+        observers: list[BaseCallbackHandler] = [*alongside, self.metrics.callback(graph)]
         if self.tracing is not None:
             from agentstack.observability._callback import traced_run
 

@@ -22,6 +22,8 @@ __all__ = ["RunUsage", "charge_run"]
 class RunUsage(BaseCallbackHandler):
     """Tokens in and out, by model, of every chat model call made under it."""
 
+    run_inline = True  # a few additions: not worth a thread hop per model call
+
     def __init__(self) -> None:
         self.by_model: dict[str, list[int]] = {}
 
