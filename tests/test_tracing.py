@@ -181,6 +181,8 @@ async def test_the_agent_server_traces_runs_continues_a_callers_trace_and_record
         # the server's lifespan closed the tracing, which flushed it
         spans = receiver.wait_for(lambda got: len({s.trace_id for s in got}) >= 2)
     first_trace = uuid.UUID(first["run_id"]).hex
+    # the worker's usage counter rides in the same fan-out: model calls are still chat spans, with their tokens
+    assert tree(spans, first_trace)["node think"] == ["chat gemma-3-270m"]
     children = tree(spans, first_trace)["invoke_agent helpdesk"]
     assert [c for c in children if c.startswith("node")] == ["node act", "node review", "node think"]
     saved = [s for s in spans if s.trace_id == first_trace and s.name == "checkpoint"]

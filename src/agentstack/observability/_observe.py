@@ -32,8 +32,10 @@ class Fanout(BaseCallbackHandler):
 
     def _each(self, event: str, *args: Any, **kwargs: Any) -> None:
         methods = self._methods.get(event)
-        if methods is None:
-            methods = self._methods[event] = [getattr(o, event) for o in self.observers if hasattr(o, event)]
+        if methods is None:  # only what an observer overrides: the base's `on_chat_model_start` raises
+            default = getattr(BaseCallbackHandler, event)
+            methods = [getattr(o, event) for o in self.observers if getattr(type(o), event, default) is not default]
+            self._methods[event] = methods
         for method in methods:
             method(*args, **kwargs)
 
