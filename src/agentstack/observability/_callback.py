@@ -23,12 +23,11 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
 from agentstack.observability._context import model_call
-from agentstack.observability._events import RETRIEVAL_EVENT
+from agentstack.observability._events import RETRIEVAL_EVENT, is_interrupt, is_node, requested_model
 from agentstack.observability._tracing import Tracing, context_trace_id, parent_context, release, trace_id_hex
+from agentstack.safety._usage import usage_by_model
 
 __all__ = ["TracingCallback", "traced_run"]
-
-_HIDDEN = "langsmith:hidden"
 
 
 class TracingCallback(BaseCallbackHandler):
@@ -82,7 +81,7 @@ class TracingCallback(BaseCallbackHandler):
         name = kwargs.get("name") or _name(serialized)
         if parent_run_id is None and not self._spans:
             self._root(run_id, name, metadata)
-        elif metadata.get("langgraph_node") == name and _HIDDEN not in (tags or []):
+        elif is_node(name, metadata, tags):
             attributes = {"langgraph.node": name, "langgraph.step": int(metadata.get("langgraph_step") or 0)}
             if metadata.get("checkpoint_ns"):
                 attributes["langgraph.checkpoint_ns"] = str(metadata["checkpoint_ns"])
@@ -267,7 +266,7 @@ class TracingCallback(BaseCallbackHandler):
         metadata: Mapping[str, Any],
         params: Mapping[str, Any],
     ) -> Span | None:
-        model = str(metadata.get("ls_model_name") or params.get("model") or params.get("model_name") or "unknown")
+        model = requested_model(metadata, params)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": str(metadata.get("ls_provider") or params.get("_type") or "unknown"),
@@ -309,7 +308,7 @@ class TracingCallback(BaseCallbackHandler):
         if run_id == self._root_id and self.trace_id is not None and self.thread_id:
             self.tracing.live.pop((self.trace_id, self.thread_id), None)
         if error is not None:
-            if _is_interrupt(error):  # a run that waits for a human: not a failure
+            if is_interrupt(error):  # a run that waits for a human: not a failure
                 span.set_attribute("langgraph.interrupted", True)
             else:
                 span.record_exception(error)
@@ -356,14 +355,9 @@ def _usage(response: LLMResult) -> dict[str, Any]:
     found: dict[str, Any] = {}
     generation = response.generations[0][0] if response.generations and response.generations[0] else None
     message = generation.message if isinstance(generation, ChatGeneration) else None
-    usage = getattr(message, "usage_metadata", None) or {}
-    token_usage = (response.llm_output or {}).get("token_usage") or {}
-    tokens_in = usage.get("input_tokens", token_usage.get("prompt_tokens"))
-    tokens_out = usage.get("output_tokens", token_usage.get("completion_tokens"))
-    if tokens_in is not None:
-        found["gen_ai.usage.input_tokens"] = int(tokens_in)
-    if tokens_out is not None:
-        found["gen_ai.usage.output_tokens"] = int(tokens_out)
+    if used := usage_by_model(response):
+        found["gen_ai.usage.input_tokens"] = sum(i for i, _ in used.values())
+        found["gen_ai.usage.output_tokens"] = sum(o for _, o in used.values())
     meta = getattr(message, "response_metadata", None) or {}
     model = meta.get("model_name") or (response.llm_output or {}).get("model_name")
     if model:
@@ -388,12 +382,6 @@ def _context_of(span: Span) -> Context:
 
 
 _EMPTY = Context()
-
-
-def _is_interrupt(error: BaseException) -> bool:
-    from langgraph.errors import GraphBubbleUp
-
-    return isinstance(error, GraphBubbleUp)
 
 
 def _name(serialized: Mapping[str, Any] | None) -> str:

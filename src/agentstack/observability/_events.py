@@ -1,18 +1,36 @@
-"""What a graph node reports to the run's observers beyond LangChain's own events: a retrieval, with its legs'
-times (`agentstack.retrieval`), so a trace shows it as a span and the metrics count each leg.
-
-A LangChain custom event: it reaches the run's callbacks (the tracing and metrics callbacks handle it, others
-ignore it) from inside a node, without the node knowing who observes.
+"""A run's events as its observers (the tracing and metrics callbacks) read them, one way for both: which chain
+is a graph node, which model a call asks, which error is a wait for a human, not a failure. And what a node
+reports beyond LangChain's own events: a retrieval, with its legs' times (`agentstack.retrieval`), a custom
+event that reaches the run's callbacks from inside a node without the node knowing who observes.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["RETRIEVAL_EVENT", "report_retrieval"]
+__all__ = ["RETRIEVAL_EVENT", "is_interrupt", "is_node", "requested_model", "report_retrieval"]
 
 RETRIEVAL_EVENT = "agentstack.retrieval"
+_HIDDEN = "langsmith:hidden"  # LangGraph's tag on its internal runnables
+
+
+def is_node(name: str, metadata: Mapping[str, Any], tags: Sequence[str] | None) -> bool:
+    """Whether a chain that starts is a graph node (not a channel write, nor a sequence inside a node)."""
+    return metadata.get("langgraph_node") == name and _HIDDEN not in (tags or [])
+
+
+def requested_model(metadata: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The model a model call asks for ("unknown" when neither LangChain nor the call's parameters say)."""
+    return str(metadata.get("ls_model_name") or params.get("model") or params.get("model_name") or "unknown")
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """A chain that ends so because the run waits for a human (`interrupt()`), which is not a failure."""
+    from langgraph.errors import GraphBubbleUp
+
+    return isinstance(error, GraphBubbleUp)
 
 
 async def report_retrieval(result: Any, *, k: int, retriever: str = "hybrid") -> None:

@@ -17,10 +17,12 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import LLMResult
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from agentstack.observability._events import RETRIEVAL_EVENT
+from agentstack.observability._events import RETRIEVAL_EVENT, is_interrupt, is_node, requested_model
+from agentstack.safety._limits import cost_usd
+from agentstack.safety._usage import usage_by_model
 
 __all__ = ["MULTIPROCESS_ENV", "Metrics"]
 
@@ -183,16 +185,14 @@ class MetricsCallback(BaseCallbackHandler):
             self._root = run_id
             self.metrics.runs_started.labels(self.graph).inc()
             self._started[run_id] = (time.perf_counter(), "run", self.graph)
-        elif (metadata or {}).get("langgraph_node") == name and "langsmith:hidden" not in (tags or []):
+        elif is_node(name, metadata or {}, tags):
             self._started[run_id] = (time.perf_counter(), "node", name)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._ended(run_id, "success")
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        from langgraph.errors import GraphBubbleUp
-
-        self._ended(run_id, "interrupted" if isinstance(error, GraphBubbleUp) else "error")
+        self._ended(run_id, "interrupted" if is_interrupt(error) else "error")
 
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._model_started(run_id, kwargs)
@@ -202,22 +202,17 @@ class MetricsCallback(BaseCallbackHandler):
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         started = self._started.pop(run_id, None)
-        model = started[2] if started else "unknown"
-        generation = response.generations[0][0] if response.generations and response.generations[0] else None
-        message = generation.message if isinstance(generation, ChatGeneration) else None
-        usage = getattr(message, "usage_metadata", None) or {}
-        answered = (getattr(message, "response_metadata", None) or {}).get("model_name")
-        if model == "unknown" and answered:
-            model = str(answered)
+        used = usage_by_model(response)
+        model = started[2] if started is not None else "unknown"
+        if model == "unknown" and used:  # named by who answered
+            model = next(iter(used))
         if started is not None:
             self.metrics.model_seconds.labels(self.graph, model).observe(time.perf_counter() - started[0])
-        tokens_in, tokens_out = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        tokens_in, tokens_out = sum(i for i, _ in used.values()), sum(o for _, o in used.values())
         if tokens_in:
             self.metrics.tokens.labels(self.graph, model, "input").inc(tokens_in)
         if tokens_out:
             self.metrics.tokens.labels(self.graph, model, "output").inc(tokens_out)
-        from agentstack.safety._limits import cost_usd
-
         cost = cost_usd(self.metrics.prices, model, tokens_in, tokens_out)
         if cost:
             self.metrics.cost.labels(self.graph, model).inc(cost)
@@ -248,8 +243,7 @@ class MetricsCallback(BaseCallbackHandler):
     def _model_started(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
         metadata = kwargs.get("metadata") or {}
         params = kwargs.get("invocation_params") or {}
-        model = str(metadata.get("ls_model_name") or params.get("model") or params.get("model_name") or "unknown")
-        self._started[run_id] = (time.perf_counter(), "model", model)
+        self._started[run_id] = (time.perf_counter(), "model", requested_model(metadata, params))
 
     def _ended(self, run_id: UUID, outcome: str) -> None:
         started = self._started.pop(run_id, None)

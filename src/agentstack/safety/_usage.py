@@ -16,7 +16,34 @@ from langchain_core.outputs import LLMResult
 
 from agentstack.safety._limits import Limiter, Spend
 
-__all__ = ["RunUsage", "charge_run"]
+__all__ = ["RunUsage", "charge_run", "usage_by_model"]
+
+
+def usage_by_model(response: LLMResult) -> dict[str, tuple[int, int]]:
+    """Tokens in and out a model reply reported, by the model that answered: its messages' `usage_metadata`, or,
+    for a reply that tells it only there, the `token_usage` of its `llm_output`. Read here for every observer
+    (the usage that is charged, the metrics, the traces), so they count alike."""
+    output = response.llm_output or {}
+    named = output.get("model_name")
+    found: dict[str, tuple[int, int]] = {}
+    for generations in response.generations:
+        for generation in generations:
+            message = getattr(generation, "message", None)
+            usage = getattr(message, "usage_metadata", None) or {}
+            if not usage:
+                continue
+            model = str((getattr(message, "response_metadata", None) or {}).get("model_name") or named or "unknown")
+            tokens_in, tokens_out = found.get(model, (0, 0))
+            found[model] = (
+                tokens_in + int(usage.get("input_tokens", 0)),
+                tokens_out + int(usage.get("output_tokens", 0)),
+            )
+    token_usage = output.get("token_usage") or {}
+    if not found and token_usage:
+        found[str(named or "unknown")] = (
+            int(token_usage.get("prompt_tokens", 0)), int(token_usage.get("completion_tokens", 0))
+        )  # fmt: skip
+    return found
 
 
 class RunUsage(BaseCallbackHandler):
@@ -28,17 +55,10 @@ class RunUsage(BaseCallbackHandler):
         self.by_model: dict[str, list[int]] = {}
 
     def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        named = (response.llm_output or {}).get("model_name")
-        for generations in response.generations:
-            for generation in generations:
-                message = getattr(generation, "message", None)
-                usage = getattr(message, "usage_metadata", None) or {}
-                if not usage:
-                    continue
-                model = (getattr(message, "response_metadata", None) or {}).get("model_name") or named or "unknown"
-                counts = self.by_model.setdefault(str(model), [0, 0])
-                counts[0] += int(usage.get("input_tokens", 0))
-                counts[1] += int(usage.get("output_tokens", 0))
+        for model, (tokens_in, tokens_out) in usage_by_model(response).items():
+            counts = self.by_model.setdefault(model, [0, 0])
+            counts[0] += tokens_in
+            counts[1] += tokens_out
 
     @property
     def total(self) -> int:
