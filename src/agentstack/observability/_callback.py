@@ -24,10 +24,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 
 from agentstack.observability._context import model_call
 from agentstack.observability._events import RETRIEVAL_EVENT, is_interrupt, is_node, requested_model
-from agentstack.observability._tracing import Tracing, context_trace_id, parent_context, release, trace_id_hex
+from agentstack.observability._tracing import Tracing, release
 from agentstack.safety._usage import usage_by_model
 
-__all__ = ["TracingCallback", "traced_run"]
+__all__ = ["TracingCallback"]
 
 
 class TracingCallback(BaseCallbackHandler):
@@ -318,36 +318,6 @@ class TracingCallback(BaseCallbackHandler):
 
     def _text(self, message: BaseMessage) -> str:
         return self.tracing.masked(message.text if isinstance(message.text, str) else str(message.content))
-
-
-def traced_run(
-    tracing: Tracing,
-    config: dict[str, Any],
-    *,
-    graph: str,
-    run_id: str,
-    thread_id: str | None,
-    assistant_id: str | None = None,
-    caller: str | None = None,
-    carrier: Mapping[str, str] | None = None,
-    attempt: int = 1,
-) -> TracingCallback:
-    """The callback that traces one run, with the run's trace id written into `config`'s metadata (so into every
-    checkpoint the run saves: `trace_id`). The trace is the caller's when `carrier` holds its `traceparent`,
-    else the run's own id."""
-    parent = parent_context(carrier)
-    trace_id = context_trace_id(parent) if parent is not None else UUID(run_id).int
-    config["metadata"] = {**(config.get("metadata") or {}), "trace_id": trace_id_hex(trace_id)}
-    return TracingCallback(
-        tracing,
-        graph=graph,
-        run_id=run_id,
-        thread_id=thread_id,
-        assistant_id=assistant_id,
-        caller=caller,
-        parent=parent,
-        attempt=attempt,
-    )
 
 
 def _usage(response: LLMResult) -> dict[str, Any]:

@@ -3,6 +3,7 @@ them) and its run metrics, and the callbacks that observe one run."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -109,23 +110,27 @@ class Observability:
         attempt: int = 1,
         alongside: Sequence[BaseCallbackHandler] = (),
     ) -> list[BaseCallbackHandler]:
-        """What observes one run: its metrics, and its spans when traces are exported (the trace id then goes
-        into `config`'s metadata, so into the run's checkpoints: `traced_run`). `alongside`: the caller's own
-        inline handlers (a run's usage counter), dispatched to in the same fan-out."""
+        """What observes one run: its metrics, and its spans when traces are exported. The trace is the caller's
+        when `carrier` holds its `traceparent`, else the run's own id; its id goes into `config`'s metadata, so
+        into every checkpoint the run saves (`trace_id`). `alongside`: the caller's own inline handlers (a run's
+        usage counter), dispatched to in the same fan-out."""
         observers: list[BaseCallbackHandler] = [*alongside, self.metrics.callback(graph)]
         if self.tracing is not None:
-            from agentstack.observability._callback import traced_run
+            from agentstack.observability._callback import TracingCallback
+            from agentstack.observability._tracing import context_trace_id, parent_context, trace_id_hex
 
+            parent = parent_context(carrier)  # the caller's trace, when it sent its `traceparent`
+            trace_id = context_trace_id(parent) if parent is not None else uuid.UUID(run_id).int
+            config["metadata"] = {**(config.get("metadata") or {}), "trace_id": trace_id_hex(trace_id)}
             observers.append(
-                traced_run(
+                TracingCallback(
                     self.tracing,
-                    config,
                     graph=graph,
                     run_id=run_id,
                     thread_id=thread_id,
                     assistant_id=assistant_id,
                     caller=caller,
-                    carrier=carrier,
+                    parent=parent,
                     attempt=attempt,
                 )
             )
