@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from agentstack.graphs._research import ResearchGraph
     from agentstack.graphs._team import TeamGraph
     from agentstack.observability._observe import Observability
+    from agentstack.observability._usage import UsageStore
     from agentstack.safety._usage import RunUsage
 
 __all__ = ["ObservedRun", "Stack"]
@@ -93,6 +94,7 @@ class Stack:
         self.fleet: Any = None
         self.model: Any = model
         self.observability: Observability | None = None  # runs' metrics, and traces: opened with the stack
+        self._usage: UsageStore | None = None  # where observed runs' usage goes, once one ended
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **options: Any) -> Stack:
@@ -132,6 +134,7 @@ class Stack:
 
     async def __aexit__(self, *exc: object) -> None:
         exits, self._exits = self._exits, None
+        self._usage = None  # its pool closes with the stack
         if exits is not None:
             await exits.aclose()
 
@@ -187,11 +190,13 @@ class Stack:
         """Store what an observed run's models used (a row per model: `agentstack usage` sums them)."""
         if not run.usage.by_model or self.saver is None:
             return
-        from agentstack.observability._usage import UsageStore
+        if self._usage is None:  # its tables checked once a stack, not at every run's end
+            from agentstack.observability._usage import UsageStore
 
-        store = UsageStore(self.saver.conn, self.settings.prices)
-        await store.setup()
-        await store.record(
+            store = UsageStore(self.saver.conn, self.settings.prices)
+            await store.setup()
+            self._usage = store
+        await self._usage.record(
             run_id=run.run_id, thread_id=run.thread_id, graph=run.graph, caller=None, by_model=run.usage.by_model
         )
 

@@ -25,9 +25,9 @@ class RunAdmission:
     limits: RequestLimits
     pii: PiiPolicy
     injection: InjectionPolicy
-    pii_secret: bytes | None = None  # the database's (`KeyStore.secret`): names placeholders alike in every worker
-    limiter: Limiter | None = None
-    spend: Spend | None = None
+    pii_secret: bytes  # the database's (`KeyStore.secret`): names placeholders alike in every worker
+    limiter: Limiter
+    spend: Spend
 
     async def admit(
         self, request: Request, body: Mapping[str, Any], names: tuple[str, ...], kwargs: dict[str, Any]
@@ -87,7 +87,7 @@ class RunAdmission:
         """Whether the key may start a run under its tokens a minute and its budget (what its earlier runs were
         charged when they ended): refused with `LimitError` (429) or `BudgetError` (402); else what the run's
         usage is charged to when it ends."""
-        if caller.tpm and self.limiter is not None:
+        if caller.tpm:
             decision = await self.limiter.admit(caller.key_id, caller.tpm, kind="tpm")
             if not decision.admitted:
                 raise LimitError(
@@ -95,7 +95,7 @@ class RunAdmission:
                     f"{decision.retry_after_s:.1f} s",
                     fix="wait, or ask for a higher --tpm",
                 )
-        if caller.budget is not None and self.spend is not None:
+        if caller.budget is not None:
             usd, period = caller.budget
             spent = await self.spend.spent(caller.key_id, period)
             if spent >= usd:

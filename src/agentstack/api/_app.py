@@ -174,12 +174,12 @@ def _app(
             keys = KeyStore(queue.pool)
             await keys.setup()
             auth = Authenticator(keys, required=options.keys_required, jwt=options.jwt)
-            api.door = Door(auth, Limiter(queue.pool), audit)
-            spend = Spend(queue.pool, options.prices)
+            limiter, spend = Limiter(queue.pool), Spend(queue.pool, options.prices)
+            api.door = Door(auth, limiter, audit)
             api.admission = RunAdmission(
-                options.limits, options.pii, options.injection, await keys.secret("pii"), api.door.limiter, spend
+                options.limits, options.pii, options.injection, await keys.secret("pii"), limiter, spend
             )
-            charges = (api.door.limiter, spend)
+            charges = (limiter, spend)
             usage = UsageStore(queue.pool, options.prices)
             await queue.setup()
             await usage.setup()
@@ -364,14 +364,12 @@ class _Api(AssistantRoutes, ThreadRoutes, RunReading):
     notes: QueueNotifications
     assistants: AssistantStore
     door: Door
-    admission: RunAdmission
+    admission: RunAdmission  # set by the lifespan, with the database's secret, limiter and spend
 
     def __init__(self, options: ServerOptions) -> None:
         self.poll_s = options.poll_s
         self.event_retention_s = options.event_retention_s
         self.observability = options.observability
-        # until the lifespan has the database's secret, limiter and spend: what needs none of them
-        self.admission = RunAdmission(options.limits, options.pii, options.injection)
         self.workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # stateless threads waiting to be deleted
 
