@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -31,34 +31,22 @@ from typing import Any, Literal, get_args
 from psycopg.types.json import Jsonb
 
 from agentstack.api._schema import migrate
+from agentstack.api._thread_rows import Thread, ThreadRows, ThreadStatusValue, as_uuid, thread_key
 from agentstack.errors import ConfigError, ConflictError, LeaseLostError, LimitError, NotFoundError
 
-__all__ = ["QueueStats", "Run", "RunQueue", "StreamEvent", "Thread"]
+__all__ = ["QueueStats", "Run", "RunQueue", "StreamEvent", "Thread", "ThreadStatusValue"]
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
-ThreadStatusValue = Literal["idle", "busy", "interrupted", "error"]
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 CancelAction = Literal["interrupt", "rollback"]
 
 FINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupted"})
 _STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")
-_THREAD_SORTS = ("thread_id", "status", "created_at", "updated_at")
 
 _RUN_COLUMNS = (
     "run_id, thread_id, assistant_id, created_at, updated_at, status, metadata, kwargs, multitask_strategy, "
     "attempt, worker, lease_until, cancel, error"
 )
-
-
-@dataclass(frozen=True)
-class Thread:
-    thread_id: str
-    created_at: datetime
-    updated_at: datetime
-    metadata: dict[str, Any]
-    status: ThreadStatusValue
-    error: Any = None
-    owner: str | None = None  # the key that made it (`agentstack.safety`); None: made while the server was open
 
 
 @dataclass(frozen=True)
@@ -99,8 +87,9 @@ class QueueStats:
     oldest_pending_s: float
 
 
-class RunQueue:
-    """Threads, runs and their stream events on a psycopg async pool in autocommit mode (`open_pool(url)`).
+class RunQueue(ThreadRows):
+    """Threads (`ThreadRows`), runs and their stream events on a psycopg async pool in autocommit mode
+    (`open_pool(url)`).
 
     Postgres errors are not mapped here: the server and the workers that call this map them where they
     know what was being done (a request, a claim) and what to tell the caller.
@@ -113,177 +102,6 @@ class RunQueue:
         """Create or migrate the agent server's tables (`_schema`); safe when several processes start at once."""
         async with self.pool.connection() as conn:
             await migrate(conn)
-
-    # -- threads ------------------------------------------------------------------------------------
-
-    async def create_thread(
-        self,
-        thread_id: str | None = None,
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        if_exists: Literal["raise", "do_nothing"] = "raise",
-        owner: str | None = None,
-    ) -> Thread:
-        """A new thread, owned by the key `owner` (None: nobody's, seen by admin keys and an open server)."""
-        thread_id = _uuid(thread_id or str(uuid.uuid4()), "thread")
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "INSERT INTO agentstack_threads (thread_id, metadata, owner) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (thread_id) DO NOTHING RETURNING *",
-                    (thread_id, Jsonb(dict(metadata or {})), owner),
-                )
-            ).fetchone()
-            if row is None:
-                if if_exists == "raise":
-                    raise ConflictError(
-                        f"thread {thread_id} already exists", fix="use another thread id, or if_exists='do_nothing'"
-                    )
-                row = await (
-                    await conn.execute("SELECT * FROM agentstack_threads WHERE thread_id = %s", (thread_id,))
-                ).fetchone()
-        return _thread(row)
-
-    async def get_thread(self, thread_id: str, *, visible_to: str | None = None) -> Thread:
-        """The thread; with `visible_to`, a thread another key made is missing too (404: its existence is not
-        told)."""
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT * FROM agentstack_threads WHERE thread_id = %s AND (%s::text IS NULL OR owner = %s)",
-                    (_thread_key(thread_id), visible_to, visible_to),
-                )
-            ).fetchone()
-        if row is None:
-            raise NotFoundError(f"there is no thread {thread_id}", fix="create it first, or use if_not_exists='create'")
-        return _thread(row)
-
-    async def search_threads(
-        self,
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        status: str | None = None,
-        ids: list[str] | None = None,
-        limit: int = 10,
-        offset: int = 0,
-        sort_by: str = "updated_at",
-        sort_order: str = "desc",
-        owner: str | None = None,
-    ) -> list[Thread]:
-        """Threads whose metadata contains `metadata` (JSON containment), with `status`, among `ids`, made by
-        the key `owner` (None: anyone's)."""
-        if sort_by not in _THREAD_SORTS:
-            raise ConfigError(f"threads cannot be sorted by {sort_by!r}", fix=f"one of {', '.join(_THREAD_SORTS)}")
-        direction = "ASC" if str(sort_order).lower() == "asc" else "DESC"
-        where, args = _thread_filter(metadata, status, ids, owner)
-        async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    f"SELECT * FROM agentstack_threads WHERE {where} "
-                    f"ORDER BY {sort_by} {direction}, thread_id {direction} LIMIT %s OFFSET %s",
-                    (*args, limit, offset),
-                )
-            ).fetchall()
-        return [_thread(r) for r in rows]
-
-    async def count_threads(
-        self,
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        status: str | None = None,
-        ids: list[str] | None = None,
-        owner: str | None = None,
-    ) -> int:
-        """How many threads `search_threads` would find with no limit."""
-        where, args = _thread_filter(metadata, status, ids, owner)
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(f"SELECT count(*) AS n FROM agentstack_threads WHERE {where}", args)
-            ).fetchone()
-        return int(row["n"]) if row is not None else 0
-
-    async def adopt_threads(self, graph_ids: Sequence[str], thread_id: str | None = None) -> list[str]:
-        """Register the threads whose checkpoints (in this database, written by the CLI, `Stack` or another
-        LangGraph server) name one of `graph_ids` as their agentstack graph, so this server sees them: all such
-        threads, or only `thread_id`. The adopted ids, to be given their status (`set_thread_status`).
-
-        Reads the checkpoint table LangGraph's Postgres savers share (`checkpoints`, root namespace, the
-        `agentstack_graph` metadata `Stack.graph` records); a database without it has nothing to adopt.
-        """
-        if not graph_ids:
-            return []
-        async with self.pool.connection() as conn:
-            exists = await (await conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL AS t")).fetchone()
-            if exists is None or not exists["t"]:
-                return []
-            rows = await (
-                await conn.execute(
-                    """INSERT INTO agentstack_threads (thread_id, metadata, created_at, updated_at)
-SELECT c.thread_id, jsonb_build_object('graph_id', min(c.metadata->>'agentstack_graph')),
-       min((c.checkpoint->>'ts')::timestamptz), max((c.checkpoint->>'ts')::timestamptz)
-FROM checkpoints c
-WHERE c.checkpoint_ns = '' AND c.metadata->>'agentstack_graph' = ANY(%(graphs)s)
-  AND (%(thread)s::text IS NULL OR c.thread_id = %(thread)s)
-  AND NOT EXISTS (SELECT 1 FROM agentstack_threads t WHERE t.thread_id = c.thread_id)
-GROUP BY c.thread_id
-ON CONFLICT (thread_id) DO NOTHING
-RETURNING thread_id""",
-                    {"graphs": list(graph_ids), "thread": thread_id},
-                )
-            ).fetchall()
-        return [str(r["thread_id"]) for r in rows]
-
-    async def set_thread_status(self, thread_id: str, status: ThreadStatusValue) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE agentstack_threads SET status = %s WHERE thread_id = %s", (status, _thread_key(thread_id))
-            )
-
-    async def patch_thread(self, thread_id: str, metadata: Mapping[str, Any]) -> Thread:
-        """Merge `metadata` into the thread's (a shallow merge, as the LangGraph API's PATCH)."""
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "UPDATE agentstack_threads SET metadata = metadata || %s, updated_at = now() "
-                    "WHERE thread_id = %s RETURNING *",
-                    (Jsonb(dict(metadata)), _thread_key(thread_id)),
-                )
-            ).fetchone()
-        if row is None:
-            raise NotFoundError(f"there is no thread {thread_id}", fix="create it first")
-        return _thread(row)
-
-    async def delete_thread(self, thread_id: str) -> None:
-        """Delete the thread, its runs and their events; refused while a run of it is unfinished."""
-        async with self.pool.connection() as conn, conn.transaction():
-            locked = await (
-                await conn.execute(
-                    "SELECT 1 FROM agentstack_threads WHERE thread_id = %s FOR UPDATE", (_thread_key(thread_id),)
-                )
-            ).fetchone()
-            if locked is None:
-                raise NotFoundError(f"there is no thread {thread_id}", fix="list the threads with /threads/search")
-            await self._refuse_if_busy(conn, thread_id, "deleted")
-            await conn.execute("DELETE FROM agentstack_threads WHERE thread_id = %s", (thread_id,))
-
-    async def check_idle(self, thread_id: str, doing: str) -> None:
-        """Refuse (409) to change a thread's state while one of its runs is unfinished."""
-        async with self.pool.connection() as conn:
-            await self._refuse_if_busy(conn, thread_id, doing)
-
-    @staticmethod
-    async def _refuse_if_busy(conn: Any, thread_id: str, doing: str) -> None:
-        busy = await (
-            await conn.execute(
-                "SELECT 1 FROM agentstack_runs WHERE thread_id = %s AND status IN ('pending', 'running') LIMIT 1",
-                (_thread_key(thread_id),),
-            )
-        ).fetchone()
-        if busy is not None:
-            raise ConflictError(
-                f"thread {thread_id} is busy with a run: it cannot be {doing} now",
-                fix="wait for its runs to finish, or cancel them",
-            )
 
     # -- runs ---------------------------------------------------------------------------------------
 
@@ -312,7 +130,7 @@ RETURNING thread_id""",
                 f"multitask_strategy {multitask_strategy!r} is not one of {', '.join(_STRATEGIES)}",
                 fix="multitask_strategy='enqueue' queues the run behind the thread's others",
             )
-        thread_id = _thread_key(thread_id)
+        thread_id = thread_key(thread_id)
         run_id = str(_uuid7())
         # Pipelined: the lock and the look at the thread's runs go in one round trip, the writes and the commit
         # in a second (each statement still reads after the one before it took its lock).
@@ -387,7 +205,7 @@ RETURNING thread_id""",
             row = await (
                 await conn.execute(
                     f"SELECT {_RUN_COLUMNS} FROM agentstack_runs WHERE thread_id = %s AND run_id = %s",
-                    (_thread_key(thread_id), _uuid(run_id, "run")),
+                    (thread_key(thread_id), as_uuid(run_id, "run")),
                 )
             ).fetchone()
         if row is None:
@@ -404,7 +222,7 @@ RETURNING thread_id""",
                 await conn.execute(
                     f"SELECT {_RUN_COLUMNS} FROM agentstack_runs WHERE thread_id = %s "
                     "AND (%s::text IS NULL OR status = %s) ORDER BY created_at DESC, run_id DESC LIMIT %s OFFSET %s",
-                    (_thread_key(thread_id), status, status, limit, offset),
+                    (thread_key(thread_id), status, status, limit, offset),
                 )
             ).fetchall()
         return [_run(r) for r in rows]
@@ -546,7 +364,7 @@ RETURNING {", ".join(f"u.{c}" for c in _RUN_COLUMNS.split(", "))}""",
             found = await (
                 await conn.execute(
                     "SELECT status FROM agentstack_runs WHERE thread_id = %s AND run_id = %s FOR UPDATE",
-                    (_thread_key(thread_id), _uuid(run_id, "run")),
+                    (thread_key(thread_id), as_uuid(run_id, "run")),
                 )
             ).fetchone()
             if found is None:
@@ -609,7 +427,7 @@ SELECT seq, pg_notify('agentstack_events', %(run)s::text) FROM appended""",
     FROM agentstack_run_events
     WHERE run_id = %s AND (event IN ('values', 'error') OR (event = 'updates' AND data ? '__interrupt__'))
 ) AS e ORDER BY kind, seq DESC""",
-                    (_uuid(run_id, "run"),),
+                    (as_uuid(run_id, "run"),),
                 )
             ).fetchall()
         return {r["kind"]: StreamEvent(int(r["seq"]), r["event"], r["data"]) for r in rows}
@@ -621,22 +439,10 @@ SELECT seq, pg_notify('agentstack_events', %(run)s::text) FROM appended""",
                 await conn.execute(
                     "SELECT seq, event, data FROM agentstack_run_events WHERE run_id = %s AND seq > %s "
                     "ORDER BY seq LIMIT %s",
-                    (_uuid(run_id, "run"), seq, limit),
+                    (as_uuid(run_id, "run"), seq, limit),
                 )
             ).fetchall()
         return [StreamEvent(int(r["seq"]), r["event"], r["data"]) for r in rows]
-
-
-def _thread_filter(
-    metadata: Mapping[str, Any] | None, status: str | None, ids: list[str] | None, owner: str | None
-) -> tuple[str, tuple[Any, ...]]:
-    """The WHERE clause (and its arguments) that thread search and count share."""
-    keys = [_thread_key(i) for i in ids] if ids is not None else None
-    where = (
-        "metadata @> %s AND (%s::text IS NULL OR status = %s) AND (%s::text[] IS NULL OR thread_id = ANY(%s)) "
-        "AND (%s::text IS NULL OR owner = %s)"
-    )
-    return where, (Jsonb(dict(metadata or {})), status, status, keys, keys, owner, owner)
 
 
 async def _cancel_rows(conn: Any, run_ids: list[Any], action: CancelAction) -> None:
@@ -678,25 +484,6 @@ def _lost(run: Run) -> LeaseLostError:
     )
 
 
-def _thread_key(value: str) -> str:
-    """A thread id as stored: a UUID in its canonical form (as the API creates them), any other id as it is
-    (a thread the CLI started, `research-...`, adopted from its checkpoints)."""
-    value = str(value)
-    if not value or len(value) > 255:
-        raise ConfigError(f"thread id {value!r} is empty or too long", fix="use the thread's id, e.g. a UUID")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return value
-
-
-def _uuid(value: str, kind: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise ConfigError(f"{kind} id {value!r} is not a UUID", fix=f"use a UUID, e.g. {uuid.uuid4()}") from None
-
-
 def _uuid7() -> uuid.UUID:
     """A time-ordered UUID (version 7), as the LangGraph API gives runs: ids sort by creation."""
     millis = time.time_ns() // 1_000_000
@@ -704,18 +491,6 @@ def _uuid7() -> uuid.UUID:
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
     return uuid.UUID(int=value)
-
-
-def _thread(row: Mapping[str, Any]) -> Thread:
-    return Thread(
-        thread_id=str(row["thread_id"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        metadata=dict(row["metadata"]),
-        status=row["status"],
-        error=row["error"],
-        owner=row.get("owner"),
-    )
 
 
 def _run(row: Mapping[str, Any]) -> Run:
