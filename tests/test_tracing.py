@@ -125,6 +125,52 @@ async def test_a_run_is_a_span_tree_whose_trace_id_is_the_run_id() -> None:
     )
 
 
+async def test_sampling_keeps_a_share_of_runs_by_their_trace_id_and_follows_a_callers_decision() -> None:
+    """A sampled-out run records nothing, yet its model calls still carry its trace on (flag off), so a
+    backend does not start a trace of its own; a caller's decision (its `traceparent`'s flag) wins either way."""
+    from agentstack.observability._context import model_call, traceparent
+    from agentstack.observability._tracing import parent_span
+
+    with OtlpReceiver() as receiver:
+        half = Tracing.create([otlp_exporter(receiver.url)], sample_ratio=0.5)
+        run_ids = [str(uuid.uuid4()) for _ in range(40)]
+        for run_id in run_ids:
+            await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(half, graph="g", run_id=run_id)]})
+        half.flush()
+        expected = {uuid.UUID(r).hex for r in run_ids if (uuid.UUID(r).int & (2**56 - 1)) < 2**55}
+        assert 5 < len(expected) < 35  # the ratio applies to these ids: enough of either to mean something
+        spans = receiver.wait_for(lambda got: {s.trace_id for s in got} >= expected)
+        assert {s.trace_id for s in receiver.spans} == expected and len(spans) >= 5 * len(expected)
+
+        none = Tracing.create([otlp_exporter(receiver.url)], sample_ratio=0.0)
+        seen: list[str] = []
+
+        def reply(*_: Any) -> AIMessage:  # what the model's HTTP request would carry (`add_trace_headers`)
+            seen.append(traceparent(model_call.get().get_span_context()))
+            return AIMessage("ok")
+
+        model = ScriptedChatModel.from_script(reply)
+
+        async def call(state: State) -> dict[str, list[str]]:
+            await model.ainvoke("hi")
+            return {"steps": ["called"]}
+
+        graph = StateGraph(State)
+        graph.add_node("call", call)
+        graph.add_edge(START, "call")
+        callers = {"00-" + "a" * 32 + "-" + "b" * 16 + "-01": True, "00-" + "c" * 32 + "-" + "d" * 16 + "-00": False}
+        for header, sampled in callers.items():
+            for tracing in (none, half):
+                parent = parent_span({"traceparent": header})
+                callback = TracingCallback(tracing, graph="g", run_id=str(uuid.uuid4()), parent=parent)
+                await graph.compile().ainvoke({"steps": []}, {"callbacks": [callback]})
+                assert seen[-1].startswith("00-" + header[3:35]) and seen[-1].endswith("-01" if sampled else "-00")
+        none.flush(), half.flush()
+        traces = {s.trace_id for s in receiver.spans}
+        assert "a" * 32 in traces and "c" * 32 not in traces
+        none.close(), half.close()
+
+
 async def test_content_is_captured_only_when_asked_and_then_masked() -> None:
     with OtlpReceiver() as receiver:
         tracing = Tracing.create([otlp_exporter(receiver.url)], capture_content=True, scanner=PiiScanner())

@@ -2,7 +2,7 @@
 joins a trace, its run and its checkpoints; Prometheus metrics of runs, nodes, model tokens and cost.
 
 `Observability.from_settings(settings)` is the one object a process passes down: `tracing` (agentstack's own
-tracer provider, never the process-global one; None unless the settings export traces) and `metrics` (its own
+spans and exporters, never the process-global tracer provider; None unless the settings export traces) and `metrics` (its own
 registry). `observability.run_callbacks(config, graph=..., run_id=..., thread_id=...)` observes one run.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -19,8 +20,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
 from agentstack.observability._context import model_call
 from agentstack.observability._events import RETRIEVAL_EVENT, is_interrupt, is_node, requested_model
@@ -46,7 +46,7 @@ class TracingCallback(BaseCallbackHandler):
         thread_id: str | None = None,
         assistant_id: str | None = None,
         caller: str | None = None,
-        parent: Context | None = None,
+        parent: SpanContext | None = None,
         tags: Sequence[str] = (),
         attempt: int = 1,
     ) -> None:
@@ -211,9 +211,9 @@ class TracingCallback(BaseCallbackHandler):
             "agentstack.retrieval.reranked": bool(data.get("reranked")),
         }
         attributes |= {f"agentstack.retrieval.{leg}_ms": float(ms) for leg, ms in timings.items()}
-        span = self.tracing.tracer.start_span(
+        span = self.tracing.start_span(
             f"retrieval {data.get('retriever')}",
-            context=_context_of(parent),
+            parent=parent.get_span_context(),
             attributes=attributes,
             start_time=ended - int(float(timings.get("total", 0.0)) * 1e6),
         )
@@ -247,11 +247,10 @@ class TracingCallback(BaseCallbackHandler):
             attributes |= {"agentstack.prompts": prompts, "langfuse.trace.metadata.prompts": " ".join(prompts)}
         if self.tags or prompts:
             attributes["langfuse.trace.tags"] = [*self.tags, *prompts]
-        trace_id = None if self.parent is not None else (self.run_id or run_id)
-        with Tracing.trace_id_for(trace_id):
-            span = self.tracing.tracer.start_span(
-                f"invoke_agent {graph}", context=self.parent, kind=SpanKind.SERVER, attributes=attributes
-            )
+        trace_id = None if self.parent is not None else uuid.UUID(str(self.run_id or run_id)).int
+        span = self.tracing.start_span(
+            f"invoke_agent {graph}", parent=self.parent, kind=SpanKind.SERVER, attributes=attributes, trace_id=trace_id
+        )
         self._spans[run_id] = span
         self._root_id = run_id
         self.trace_id = span.get_span_context().trace_id
@@ -288,8 +287,8 @@ class TracingCallback(BaseCallbackHandler):
         parent = self._span_above(parent_run_id)
         if parent is None and not self._spans:  # not within a run this callback saw start: nothing to hang off
             return None
-        context = _context_of(parent) if parent is not None else self.parent
-        span = self.tracing.tracer.start_span(name, context=context, kind=kind, attributes=dict(attributes))
+        context = parent.get_span_context() if parent is not None else self.parent
+        span = self.tracing.start_span(name, parent=context, kind=kind, attributes=dict(attributes))
         self._spans[run_id] = span
         return span
 
@@ -343,15 +342,6 @@ def _usage(response: LLMResult) -> dict[str, Any]:
     if reasons and reasons != ["None"]:
         found["gen_ai.response.finish_reasons"] = reasons
     return found
-
-
-def _context_of(span: Span) -> Context:
-    """A context holding only `span` (built on an empty one: not a copy of whatever the task's current context
-    holds, which a callback has no business inheriting)."""
-    return set_span_in_context(span, _EMPTY)
-
-
-_EMPTY = Context()
 
 
 def _name(serialized: Mapping[str, Any] | None) -> str:

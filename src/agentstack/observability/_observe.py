@@ -117,10 +117,10 @@ class Observability:
         observers: list[BaseCallbackHandler] = [*alongside, self.metrics.callback(graph)]
         if self.tracing is not None:
             from agentstack.observability._callback import TracingCallback
-            from agentstack.observability._tracing import context_trace_id, parent_context, trace_id_hex
+            from agentstack.observability._tracing import parent_span, trace_id_hex
 
-            parent = parent_context(carrier)  # the caller's trace, when it sent its `traceparent`
-            trace_id = context_trace_id(parent) if parent is not None else uuid.UUID(run_id).int
+            parent = parent_span(carrier)  # the caller's trace, when it sent its `traceparent`
+            trace_id = parent.trace_id if parent is not None else uuid.UUID(run_id).int
             config["metadata"] = {**(config.get("metadata") or {}), "trace_id": trace_id_hex(trace_id)}
             observers.append(
                 TracingCallback(

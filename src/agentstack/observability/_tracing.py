@@ -1,6 +1,7 @@
-"""Traces of graph runs on OpenTelemetry: a tracer provider of agentstack's own (never the process-global one, so
-a library user's own OpenTelemetry setup is neither replaced nor polluted), exporting by OTLP/HTTP to a collector,
-to Langfuse, or both.
+"""Traces of graph runs on OpenTelemetry: agentstack's own spans and exporters (never the process-global tracer
+provider, so a library user's own OpenTelemetry setup is neither replaced nor polluted), exporting by OTLP/HTTP to
+a collector, to Langfuse, or both. Spans are recorded by `_spans.RecordedSpan` (why there: cost) and exported by
+the SDK's batch processors.
 
 One id joins a trace to its run: a run's trace id is its run id (a UUID is 128 bits, as a trace id is), unless
 the run continues a caller's trace (a W3C `traceparent` it was sent), and either way the trace id is written into
@@ -13,30 +14,27 @@ costs the queue, then dropped spans and a warning in the log), and a short expor
 from __future__ import annotations
 
 import base64
-import contextvars
 import functools
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
+    Span,
     SpanContext,
-    Tracer,
+    SpanKind,
     format_trace_id,
     get_current_span,
-    set_span_in_context,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from agentstack.observability._spans import RecordedSpan, child_context
 
 if TYPE_CHECKING:
     from agentstack.config import Settings
@@ -44,40 +42,40 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Tracing",
-    "context_trace_id",
     "langfuse_exporter",
     "otlp_exporter",
-    "parent_context",
+    "parent_span",
     "release",
-    "trace_headers",
     "trace_id_hex",
     "traces_url",
 ]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_NEXT_TRACE_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar("agentstack_next_trace_id", default=None)
 EXPORT_TIMEOUT_S = 5.0  # the longest an export (and so a shutdown) waits on a collector
-
-
-class _RunTraceIds(RandomIdGenerator):
-    """Trace ids as random, but a run's root span takes the id `Tracing.trace_id_for` set: its run id."""
-
-    def generate_trace_id(self) -> int:
-        wanted = _NEXT_TRACE_ID.get()
-        return wanted if wanted is not None else super().generate_trace_id()
+# A new trace is sampled by its id's rightmost 56 bits (W3C Trace Context level 2's random part), not the 64 of
+# OpenTelemetry's `TraceIdRatioBased`: a run's trace id is its UUID4, whose 64th-63rd bits are the fixed variant
+# `10`, so a 64-bit bound of 0.5 would sample no run at all and 0.75 every one.
+_RANDOM_BITS = 56
+_RANDOM_MASK = (1 << _RANDOM_BITS) - 1
 
 
 @dataclass(frozen=True)
 class Tracing:
-    """agentstack's tracer provider and what spans may carry. `capture_content`: prompts and completions on the
-    model spans (masked by `scanner` when given: a trace store is a log, and logs hold no personal data)."""
+    """agentstack's spans and where they go. `processors`: the SDK's batch processors, one per exporter (its
+    queue, export thread, flush and shutdown); `sample_bound`: a new trace is sampled when its id's random part
+    (its low 56 bits) is under it; a span in a caller's trace follows the caller's decision.
+    `capture_content`: prompts and completions on the model spans (masked by `scanner` when given: a trace store
+    is a log, and logs hold no personal data)."""
 
-    provider: TracerProvider
+    processors: tuple[SpanProcessor, ...]
+    resource: Resource
+    sample_bound: int = 1 << _RANDOM_BITS
     capture_content: bool = False
     scanner: PiiScanner | None = None
     # the runs being traced now, (trace id, thread id) -> their root span, for what reports outside callbacks
     # (a checkpoint saved: `checkpoint_saved`)
     live: dict[tuple[int, str], SpanContext] = field(default_factory=dict)
+    scope: InstrumentationScope = field(default_factory=lambda: InstrumentationScope("agentstack", release()))
 
     @classmethod
     def create(
@@ -91,18 +89,17 @@ class Tracing:
         service: str = "agentstack",
     ) -> Tracing:
         resource = Resource.create({"service.name": service, "service.version": release()})
-        root_sampler = ALWAYS_ON if sample_ratio >= 1.0 else TraceIdRatioBased(sample_ratio)
-        provider = TracerProvider(sampler=ParentBased(root_sampler), resource=resource, id_generator=_RunTraceIds())
-        for exporter in exporters:
-            provider.add_span_processor(
-                BatchSpanProcessor(
-                    exporter,
-                    max_queue_size=queue_size,
-                    schedule_delay_millis=500,
-                    export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
-                )
+        processors = tuple(
+            BatchSpanProcessor(
+                exporter,
+                max_queue_size=queue_size,
+                schedule_delay_millis=500,
+                export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
             )
-        return cls(provider, capture_content, scanner)
+            for exporter in exporters
+        )
+        bound = round(min(max(sample_ratio, 0.0), 1.0) * (1 << _RANDOM_BITS))
+        return cls(processors, resource, bound, capture_content, scanner)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, service: str = "agentstack") -> Tracing | None:
@@ -127,17 +124,36 @@ class Tracing:
             service=service,
         )
 
-    @functools.cached_property
-    def tracer(self) -> Tracer:
-        return self.provider.get_tracer("agentstack", release())
+    def start_span(
+        self,
+        name: str,
+        *,
+        parent: SpanContext | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, Any] | None = None,
+        start_time: int | None = None,
+        trace_id: int | None = None,
+    ) -> Span:
+        """A span under `parent`, or the root of a new trace (`trace_id`: its id, a run's; else random). A span
+        the sampling leaves out is not recorded, but carries its trace on (`traceparent` with the flag off)."""
+        sampled = parent.trace_flags.sampled if parent is not None and parent.is_valid else None
+        context = child_context(parent, trace_id, sampled is not False)
+        if sampled is None and (context.trace_id & _RANDOM_MASK) >= self.sample_bound:
+            context = child_context(None, context.trace_id, False)
+        if not context.trace_flags.sampled:
+            return NonRecordingSpan(context)
+        return RecordedSpan(
+            name, context, parent, kind, attributes or {}, start_time, self.processors, self.resource, self.scope
+        )
 
     def flush(self, timeout_s: float = EXPORT_TIMEOUT_S) -> bool:
         """Export what is queued now (a CLI run that ends, a test that reads the receiver)."""
-        return self.provider.force_flush(int(timeout_s * 1000))
+        return all([processor.force_flush(int(timeout_s * 1000)) for processor in self.processors])
 
     def close(self) -> None:
         """Export what is queued (bounded by the export timeout) and stop the export threads."""
-        self.provider.shutdown()
+        for processor in self.processors:
+            processor.shutdown()
 
     def checkpoint_saved(
         self, config: Mapping[str, Any], metadata: Mapping[str, Any], started: int, ended: int
@@ -156,25 +172,10 @@ class Tracing:
             "langgraph.step": int(metadata.get("step") or 0),
             "langgraph.checkpoint_source": str(metadata.get("source") or ""),
         }
-        parent = set_span_in_context(NonRecordingSpan(root), Context())
-        span = self.tracer.start_span("checkpoint", context=parent, attributes=attributes, start_time=started)
-        span.end(end_time=ended)
+        self.start_span("checkpoint", parent=root, attributes=attributes, start_time=started).end(end_time=ended)
 
     def masked(self, text: str) -> str:
         return self.scanner.mask(text)[0] if self.scanner is not None else text
-
-    @staticmethod
-    @contextmanager
-    def trace_id_for(run_id: str | uuid.UUID | None) -> Iterator[None]:
-        """Within: a new root span's trace id is `run_id`'s 128 bits (a run without a caller's trace)."""
-        if run_id is None:
-            yield
-            return
-        token = _NEXT_TRACE_ID.set(uuid.UUID(str(run_id)).int)
-        try:
-            yield
-        finally:
-            _NEXT_TRACE_ID.reset(token)
 
 
 @functools.cache
@@ -183,24 +184,12 @@ def release() -> str:
     return version("agentstack")
 
 
-def parent_context(carrier: Mapping[str, str] | None) -> Context | None:
-    """The caller's trace from W3C headers (`traceparent`, `tracestate`), or None when it sent none valid."""
+def parent_span(carrier: Mapping[str, str] | None) -> SpanContext | None:
+    """The caller's span from W3C headers (`traceparent`, `tracestate`), or None when it sent none valid."""
     if not carrier or "traceparent" not in carrier:
         return None
-    context = _PROPAGATOR.extract(dict(carrier))
-    return context if get_current_span(context).get_span_context().is_valid else None
-
-
-def trace_headers(context: Context | None = None) -> dict[str, str]:
-    """`traceparent` (and `tracestate`) for the current span, or the one in `context`: to pass a trace on."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=context)
-    return carrier
-
-
-def context_trace_id(context: Context) -> int:
-    """The trace id of the span in `context` (a caller's, from `parent_context`)."""
-    return get_current_span(context).get_span_context().trace_id
+    context = get_current_span(_PROPAGATOR.extract(dict(carrier))).get_span_context()
+    return context if context.is_valid else None
 
 
 def trace_id_hex(trace_id: int) -> str:

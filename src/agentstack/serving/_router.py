@@ -36,6 +36,7 @@ import orjson
 from langchain_core.runnables.config import var_child_runnable_config
 
 from agentstack.errors import ConfigError
+from agentstack.observability._context import traceparent
 from agentstack.serving._backends._base import RESPONSE_FORMAT, StructuredDialect
 from agentstack.serving._metrics import FleetMetrics
 from agentstack.serving._replica import Replica, ReplicaState
@@ -243,8 +244,7 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         headers = request.headers.copy()
         headers["host"] = url.netloc.decode()
         if span is not None:  # the replica continues the trace under this request's route span
-            context = span.get_span_context()
-            headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+            headers["traceparent"] = traceparent(span.get_span_context())
         dialect = self._dialects.get(replica.model) if self._dialects else None
         if rename is not None or dialect is not None:
             rewritten = payload if rename is None else {**payload, "model": rename}
@@ -475,13 +475,13 @@ def _route_span(tracing: Tracing, request: httpx.Request, model: str, thread: st
     """A request's `route {model}` span, under the caller's trace when it sent a `traceparent`."""
     from opentelemetry.trace import SpanKind
 
-    from agentstack.observability._tracing import parent_context
+    from agentstack.observability._tracing import parent_span
 
     attributes = {"gen_ai.request.model": model, "url.path": request.url.path}
     if thread is not None:
         attributes["gen_ai.conversation.id"] = thread
-    return tracing.tracer.start_span(
-        f"route {model}", context=parent_context(request.headers), kind=SpanKind.CLIENT, attributes=attributes
+    return tracing.start_span(
+        f"route {model}", parent=parent_span(request.headers), kind=SpanKind.CLIENT, attributes=attributes
     )
 
 
