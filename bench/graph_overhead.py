@@ -193,12 +193,12 @@ class Side:
     async def run(self) -> dict[str, Any]:
         thread_id = uuid.uuid4().hex
         config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
-        counted = [RunUsage()] if self.usage else []
-        config["callbacks"] = counted
+        counted = RunUsage() if self.usage else None
+        config["callbacks"] = [counted] if counted is not None else []
         if self.observability is not None:
             run_id = str(uuid.uuid4())
             config["callbacks"] = self.observability.run_callbacks(
-                config, graph="research", run_id=run_id, thread_id=thread_id, alongside=counted
+                config, graph="research", run_id=run_id, thread_id=thread_id, usage=counted
             )
             config["run_id"] = run_id
         started = time.perf_counter()

@@ -92,7 +92,7 @@ EXPECTED = {
         "open_saver",
         "prune_thread",
     },
-    "agentstack.observability": {"Metrics", "Observability", "Tracing", "TracingCallback"},
+    "agentstack.observability": {"Metrics", "Observability", "RunObserver", "Tracing"},
     "agentstack.safety": {"ApiKey", "Authenticator", "Caller", "Door", "Guard", "KeyStore", "NewKey"},
     "agentstack.eval": {
         "AnswerRelevancy",

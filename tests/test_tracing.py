@@ -31,7 +31,7 @@ from agentstack.api._runs import RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver
 from agentstack.config import Settings
-from agentstack.observability import Observability, Tracing, TracingCallback
+from agentstack.observability import Observability, RunObserver, Tracing
 from agentstack.observability._tracing import otlp_exporter
 from agentstack.safety._pii import PiiScanner
 from agentstack.serving import Fleet, FleetSpec, gateway_app
@@ -98,7 +98,7 @@ async def test_a_run_is_a_span_tree_whose_trace_id_is_the_run_id() -> None:
     with OtlpReceiver() as receiver:
         tracing = Tracing.create([otlp_exporter(receiver.url)])
         run_id = str(uuid.uuid4())
-        callback = TracingCallback(tracing, graph="helpdesk", run_id=run_id, thread_id="thread-1", caller="key-1")
+        callback = RunObserver(tracing=tracing, graph="helpdesk", run_id=run_id, thread_id="thread-1", caller="key-1")
         await agent().ainvoke({"steps": []}, {"callbacks": [callback], "run_id": run_id})
         tracing.flush()
         trace_id = uuid.UUID(run_id).hex
@@ -135,7 +135,7 @@ async def test_sampling_keeps_a_share_of_runs_by_their_trace_id_and_follows_a_ca
         half = Tracing.create([otlp_exporter(receiver.url)], sample_ratio=0.5)
         run_ids = [str(uuid.uuid4()) for _ in range(40)]
         for run_id in run_ids:
-            await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(half, graph="g", run_id=run_id)]})
+            await agent().ainvoke({"steps": []}, {"callbacks": [RunObserver(tracing=half, graph="g", run_id=run_id)]})
         half.flush()
         expected = {uuid.UUID(r).hex for r in run_ids if (uuid.UUID(r).int & (2**56 - 1)) < 2**55}
         assert 5 < len(expected) < 35  # the ratio applies to these ids: enough of either to mean something
@@ -162,7 +162,7 @@ async def test_sampling_keeps_a_share_of_runs_by_their_trace_id_and_follows_a_ca
         for header, sampled in callers.items():
             for tracing in (none, half):
                 parent = parent_span({"traceparent": header})
-                callback = TracingCallback(tracing, graph="g", run_id=str(uuid.uuid4()), parent=parent)
+                callback = RunObserver(tracing=tracing, graph="g", run_id=str(uuid.uuid4()), parent=parent)
                 await graph.compile().ainvoke({"steps": []}, {"callbacks": [callback]})
                 assert seen[-1].startswith("00-" + header[3:35]) and seen[-1].endswith("-01" if sampled else "-00")
         none.flush(), half.flush()
@@ -174,7 +174,7 @@ async def test_sampling_keeps_a_share_of_runs_by_their_trace_id_and_follows_a_ca
 async def test_content_is_captured_only_when_asked_and_then_masked() -> None:
     with OtlpReceiver() as receiver:
         tracing = Tracing.create([otlp_exporter(receiver.url)], capture_content=True, scanner=PiiScanner())
-        await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="helpdesk")]})
+        await agent().ainvoke({"steps": []}, {"callbacks": [RunObserver(tracing=tracing, graph="helpdesk")]})
         tracing.flush()
         spans = receiver.wait_for(lambda got: any(s.name.startswith("chat") for s in got))
         tracing.close()
@@ -194,7 +194,7 @@ async def test_a_failing_node_marks_its_span_and_the_run_as_errors() -> None:
     with OtlpReceiver() as receiver:
         tracing = Tracing.create([otlp_exporter(receiver.url)])
         with pytest.raises(ValueError):
-            await graph.compile().ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="g")]})
+            await graph.compile().ainvoke({"steps": []}, {"callbacks": [RunObserver(tracing=tracing, graph="g")]})
         tracing.flush()
         spans = receiver.wait_for(lambda got: len(got) >= 2)
         tracing.close()
@@ -253,7 +253,7 @@ async def test_langfuse_gets_the_trace_at_its_otel_endpoint_with_the_projects_ke
         )
         tracing = Tracing.from_settings(settings)
         assert tracing is not None
-        await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="g", thread_id="t")]})
+        await agent().ainvoke({"steps": []}, {"callbacks": [RunObserver(tracing=tracing, graph="g", thread_id="t")]})
         tracing.flush()
         spans = receiver.wait_for(lambda got: len(got) >= 5)
         tracing.close()
@@ -262,7 +262,7 @@ async def test_langfuse_gets_the_trace_at_its_otel_endpoint_with_the_projects_ke
         )
         refused = Tracing.from_settings(wrong)
         assert refused is not None
-        await agent().ainvoke({"steps": []}, {"callbacks": [TracingCallback(refused, graph="g")]})
+        await agent().ainvoke({"steps": []}, {"callbacks": [RunObserver(tracing=refused, graph="g")]})
         refused.close()
         assert receiver.refused >= 1 and len(receiver.spans) == len(spans)
     assert {s.path for s in spans} == {"/api/public/otel/v1/traces"}
@@ -274,7 +274,7 @@ async def test_a_dead_collector_costs_a_run_nothing() -> None:
     graph = agent()
     started = time.perf_counter()
     for _ in range(3):
-        await graph.ainvoke({"steps": []}, {"callbacks": [TracingCallback(tracing, graph="g")]})
+        await graph.ainvoke({"steps": []}, {"callbacks": [RunObserver(tracing=tracing, graph="g")]})
     ran_s = time.perf_counter() - started
     closed = time.perf_counter()
     tracing.close()
@@ -320,7 +320,7 @@ async def test_a_model_call_carries_its_trace_through_the_router_and_the_gateway
                 graph.add_node("ask", ask)
                 graph.add_edge(START, "ask")
                 run_id = str(uuid.uuid4())
-                callback = TracingCallback(tracing, graph="g", run_id=run_id, thread_id="t-9")
+                callback = RunObserver(tracing=tracing, graph="g", run_id=run_id, thread_id="t-9")
                 config = {"callbacks": [callback], "run_id": run_id, "configurable": {"thread_id": "t-9"}}
                 await graph.compile().ainvoke({"steps": []}, config)
 

@@ -178,7 +178,7 @@ class Stack:
         observers: list[Any] = [run.usage]
         if self.observability is not None:
             observers = self.observability.run_callbacks(
-                config, graph=graph, run_id=run.run_id, thread_id=thread_id, alongside=[run.usage]
+                config, graph=graph, run_id=run.run_id, thread_id=thread_id, usage=run.usage
             )
         config["callbacks"] = [*(config.get("callbacks") or []), *observers]
         config["run_id"] = run.run_id

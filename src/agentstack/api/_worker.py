@@ -226,7 +226,7 @@ class RunWorker:
             caller=run.kwargs.get("caller"),
             carrier=run.kwargs.get("trace"),
             attempt=run.attempt,
-            alongside=[usage],
+            usage=usage,
         )
 
     async def _input(self, run: Run, graph: Pregel[Any, Any, Any, Any]) -> tuple[Any, dict[str, Any]]:

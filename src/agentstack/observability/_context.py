@@ -2,7 +2,7 @@
 the gateway, the router and the model server, whose spans then hang under the call's.
 
 LangChain tells a callback when a model call starts, but the HTTP request is made deep inside the model's
-client, where only context variables reach. `TracingCallback` runs inline (in the caller's task or thread), so
+client, where only context variables reach. `RunObserver` runs inline (in the caller's task or thread), so
 what it sets here at the call's start is what that task's request sees; each task of a `gather` has its own.
 
 This module stays light (no OpenTelemetry import) because every fleet client installs its hook.

@@ -2,7 +2,7 @@
 outcome, run and node durations, model tokens and cost by model and graph, model call latency, retrieval latency
 by leg; and the HTTP requests a server answered by route, status and caller, in flight, and refused by reason.
 
-Counted from the same LangChain callbacks the traces come from (`Metrics.callback`), so any graph is
+Counted from the same LangChain callbacks the traces come from (`_callback.RunObserver`), so any graph is
 measured without a line of its own. Several server processes (`agentstack api --workers N`) write to one
 directory (`multiprocess_dir`, prometheus_client's multiprocess mode) and any of them reports the sum.
 """
@@ -10,19 +10,11 @@ directory (`multiprocess_dir`, prometheus_client's multiprocess mode) and any of
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.outputs import LLMResult
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-from agentstack.observability._events import RETRIEVAL_EVENT, is_interrupt, is_node, requested_model
-from agentstack.safety._limits import cost_usd
-from agentstack.safety._usage import usage_by_model
 
 __all__ = ["MULTIPROCESS_ENV", "Metrics"]
 
@@ -124,10 +116,6 @@ class Metrics:
         self.checkpoint_seconds.observe(seconds)
         self.checkpoint_batch.observe(operations)
 
-    def callback(self, graph: str) -> MetricsCallback:
-        """A run's counter (one per run: it keeps the run's open nodes and calls)."""
-        return MetricsCallback(self, graph)
-
     def render(self) -> bytes:
         if self._multiprocess:
             from prometheus_client import multiprocess
@@ -157,102 +145,3 @@ class Metrics:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, str(directory))
-
-
-class MetricsCallback(BaseCallbackHandler):
-    run_inline = True
-    raise_error = False
-
-    def __init__(self, metrics: Metrics, graph: str) -> None:
-        self.metrics = metrics
-        self.graph = graph
-        self._started: dict[UUID, tuple[float, str, str]] = {}  # run id -> (start, kind, name)
-        self._root: UUID | None = None
-
-    def on_chain_start(
-        self,
-        serialized: dict[str, Any] | None,
-        inputs: Any,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        name = str(kwargs.get("name") or "")
-        if parent_run_id is None and self._root is None:
-            self._root = run_id
-            self.metrics.runs_started.labels(self.graph).inc()
-            self._started[run_id] = (time.perf_counter(), "run", self.graph)
-        elif is_node(name, metadata or {}, tags):
-            self._started[run_id] = (time.perf_counter(), "node", name)
-
-    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._ended(run_id, "success")
-
-    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._ended(run_id, "interrupted" if is_interrupt(error) else "error")
-
-    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._model_started(run_id, kwargs)
-
-    def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._model_started(run_id, kwargs)
-
-    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        started = self._started.pop(run_id, None)
-        used = usage_by_model(response)
-        model = started[2] if started is not None else "unknown"
-        if model == "unknown" and used:  # named by who answered
-            model = next(iter(used))
-        if started is not None:
-            self.metrics.model_seconds.labels(self.graph, model).observe(time.perf_counter() - started[0])
-        tokens_in, tokens_out = sum(i for i, _ in used.values()), sum(o for _, o in used.values())
-        if tokens_in:
-            self.metrics.tokens.labels(self.graph, model, "input").inc(tokens_in)
-        if tokens_out:
-            self.metrics.tokens.labels(self.graph, model, "output").inc(tokens_out)
-        cost = cost_usd(self.metrics.prices, model, tokens_in, tokens_out)
-        if cost:
-            self.metrics.cost.labels(self.graph, model).inc(cost)
-
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._started.pop(run_id, None)
-
-    def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, **kwargs: Any) -> None:
-        self._started[run_id] = (time.perf_counter(), "retriever", str(kwargs.get("name") or "retriever"))
-
-    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        started = self._started.pop(run_id, None)
-        if started is not None:
-            self.metrics.retrieval_seconds.labels(started[2], "all").observe(time.perf_counter() - started[0])
-
-    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._started.pop(run_id, None)
-
-    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        """A retrieval a node reported: each leg's time (embed, dense, bm25, fetch, rerank, total)."""
-        if name != RETRIEVAL_EVENT or not isinstance(data, Mapping):
-            return
-        retriever = str(data.get("retriever") or "retriever")
-        for leg, ms in (data.get("timings_ms") or {}).items():
-            if leg != "search":  # the legs' wall time together: each leg is there on its own
-                self.metrics.retrieval_seconds.labels(retriever, leg).observe(float(ms) / 1000)
-
-    def _model_started(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
-        metadata = kwargs.get("metadata") or {}
-        params = kwargs.get("invocation_params") or {}
-        self._started[run_id] = (time.perf_counter(), "model", requested_model(metadata, params))
-
-    def _ended(self, run_id: UUID, outcome: str) -> None:
-        started = self._started.pop(run_id, None)
-        if started is None:
-            return
-        at, kind, name = started
-        elapsed = time.perf_counter() - at
-        if kind == "run":
-            self.metrics.runs_ended.labels(self.graph, outcome).inc()
-            self.metrics.run_seconds.labels(self.graph).observe(elapsed)
-        elif kind == "node":
-            self.metrics.node_seconds.labels(self.graph, name).observe(elapsed)

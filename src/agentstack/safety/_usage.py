@@ -55,7 +55,11 @@ class RunUsage(BaseCallbackHandler):
         self.by_model: dict[str, list[int]] = {}
 
     def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        for model, (tokens_in, tokens_out) in usage_by_model(response).items():
+        self.add(usage_by_model(response))
+
+    def add(self, used: Mapping[str, tuple[int, int]]) -> None:
+        """One model call's `usage_by_model` (an observer that read it already hands it over)."""
+        for model, (tokens_in, tokens_out) in used.items():
             counts = self.by_model.setdefault(model, [0, 0])
             counts[0] += tokens_in
             counts[1] += tokens_out
