@@ -81,6 +81,11 @@ class RunObserver(BaseCallbackHandler):
         self._open: dict[UUID, tuple[float, str, str, Span | None]] = {}
         self._skipped: dict[UUID, UUID | None] = {}  # chains that are not nodes -> their parent (spans hang above)
         self._root_id: UUID | None = None
+        self._kinds: tuple[Any, ...] = ()  # (internal, client, server): OpenTelemetry's, imported when traced
+        if tracing is not None:
+            from opentelemetry.trace import SpanKind
+
+            self._kinds = (SpanKind.INTERNAL, SpanKind.CLIENT, SpanKind.SERVER)
 
     # -- chains: the run and its nodes --------------------------------------------------------------
 
@@ -277,8 +282,6 @@ class RunObserver(BaseCallbackHandler):
         self._open[run_id] = (time.perf_counter(), "run", graph, span)
 
     def _root_span(self, run_id: UUID, graph: str, metadata: Mapping[str, Any], tracing: Tracing) -> Span:
-        from opentelemetry.trace import SpanKind
-
         from agentstack.observability._tracing import release
 
         attributes: dict[str, Any] = {
@@ -304,7 +307,7 @@ class RunObserver(BaseCallbackHandler):
             attributes["langfuse.trace.tags"] = [*self.tags, *prompts]
         trace_id = None if self.parent is not None else uuid.UUID(str(self.run_id or run_id)).int
         span = tracing.start_span(
-            f"invoke_agent {graph}", parent=self.parent, kind=SpanKind.SERVER, attributes=attributes, trace_id=trace_id
+            f"invoke_agent {graph}", parent=self.parent, kind=self._kinds[2], attributes=attributes, trace_id=trace_id
         )
         self.trace_id = span.get_span_context().trace_id
         if self.thread_id:  # its checkpoints' spans find it (`Tracing.checkpoint_saved`)
@@ -360,12 +363,10 @@ class RunObserver(BaseCallbackHandler):
     ) -> Span | None:
         """A span under the nearest span above `parent_run_id` (None when this run's root never started here)."""
         assert self.tracing is not None
-        from opentelemetry.trace import SpanKind
-
         above = self._span_above(parent_run_id)
         if above is None:
             return None
-        kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
+        kind = self._kinds[1] if client else self._kinds[0]
         return self.tracing.start_span(name, parent=above.get_span_context(), kind=kind, attributes=attributes)
 
     def _span_above(self, parent_run_id: UUID | None) -> Span | None:

@@ -1,7 +1,7 @@
 """Spans recorded cheaply: a run emits a couple of dozen spans in a few milliseconds of framework work, and the
 OpenTelemetry SDK's own spans cost ~40 us each to start and end (a lock, validated and bounded attributes, a
 sampler and an id generator consulted through three layers), a tenth of a scripted run. A `RecordedSpan` is a few
-field writes; when it ends it becomes the SDK's `ReadableSpan` and goes to the SDK's own batch processors, so
+field writes; when it ends it is handed, as the SDK's `ReadableSpan` it also is, to the SDK's batch processors, so
 what is exported, and how (the OTLP encoder, the bounded queue, the export thread, flush and shutdown), is the
 SDK's, unchanged.
 
@@ -37,24 +37,11 @@ def new_span_id() -> int:
     return random.getrandbits(64) or 1
 
 
-class RecordedSpan(Span):
-    """A sampled span of ours, open until `end`; the subset of the API agentstack's code uses is cheap, and the
-    rest of `opentelemetry.trace.Span` works (so `set_span_in_context` and the propagators take it)."""
-
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_end_ns",
-        "_events",
-        "_kind",
-        "_name",
-        "_parent",
-        "_processors",
-        "_resource",
-        "_scope",
-        "_start_ns",
-        "_status",
-    )
+class RecordedSpan(Span, ReadableSpan):
+    """A sampled span of ours, open until `end`, then itself the `ReadableSpan` the processors get (as the SDK's
+    own span is, without the SDK's copy: nothing changes it after `end`). The subset of the API agentstack's
+    code uses is cheap; the rest of `opentelemetry.trace.Span` works (so `set_span_in_context` and the
+    propagators take it)."""
 
     def __init__(
         self,
@@ -73,41 +60,44 @@ class RecordedSpan(Span):
         self._parent = parent
         self._kind = kind
         self._attributes = attributes
-        self._start_ns = start_ns if start_ns is not None else time.time_ns()
-        self._end_ns: int | None = None
+        self._start_time = start_ns if start_ns is not None else time.time_ns()
+        self._end_time: int | None = None
         self._events: list[Event] = []
+        self._links = ()
         self._status = _UNSET
-        self._processors = processors
         self._resource = resource
-        self._scope = scope
-
-    @property
-    def name(self) -> str:
-        return self._name
+        self._instrumentation_scope = scope
+        self._instrumentation_info = None
+        self._processors = processors
 
     def get_span_context(self) -> SpanContext:
         return self._context
 
     def is_recording(self) -> bool:
-        return self._end_ns is None
+        return self._end_time is None
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self._attributes[key] = value
+        if self._end_time is None:
+            self._attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        self._attributes.update(attributes)
+        if self._end_time is None:
+            self._attributes.update(attributes)
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
-        self._events.append(Event(name, attributes, timestamp if timestamp is not None else time.time_ns()))
+        if self._end_time is None:
+            self._events.append(Event(name, attributes, timestamp if timestamp is not None else time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         """Links are not recorded (agentstack makes none)."""
 
     def update_name(self, name: str) -> None:
-        self._name = name
+        if self._end_time is None:
+            self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        self._status = status if isinstance(status, Status) else Status(status, description)
+        if self._end_time is None:
+            self._status = status if isinstance(status, Status) else Status(status, description)
 
     def record_exception(
         self,
@@ -125,24 +115,11 @@ class RecordedSpan(Span):
         self.add_event("exception", {**said, **(attributes or {})}, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end_ns is not None:  # ended once only, as the SDK's spans
+        if self._end_time is not None:  # ended once only, as the SDK's spans
             return
-        self._end_ns = end_time if end_time is not None else time.time_ns()
-        done = ReadableSpan(
-            self._name,
-            context=self._context,
-            parent=self._parent,
-            resource=self._resource,
-            attributes=self._attributes,
-            events=self._events,
-            kind=self._kind,
-            status=self._status,
-            start_time=self._start_ns,
-            end_time=self._end_ns,
-            instrumentation_scope=self._scope,
-        )
+        self._end_time = end_time if end_time is not None else time.time_ns()
         for processor in self._processors:
-            processor.on_end(done)
+            processor.on_end(self)
 
     def __repr__(self) -> str:
         return f"RecordedSpan({self._name!r}, trace_id={self._context.trace_id:032x})"
