@@ -128,7 +128,7 @@ async def test_a_run_is_a_span_tree_whose_trace_id_is_the_run_id() -> None:
 async def test_sampling_keeps_a_share_of_runs_by_their_trace_id_and_follows_a_callers_decision() -> None:
     """A sampled-out run records nothing, yet its model calls still carry its trace on (flag off), so a
     backend does not start a trace of its own; a caller's decision (its `traceparent`'s flag) wins either way."""
-    from agentstack.observability._context import model_call, traceparent
+    from agentstack.observability._context import model_call, trace_headers
     from agentstack.observability._tracing import parent_span
 
     with OtlpReceiver() as receiver:
@@ -143,10 +143,10 @@ async def test_sampling_keeps_a_share_of_runs_by_their_trace_id_and_follows_a_ca
         assert {s.trace_id for s in receiver.spans} == expected and len(spans) >= 5 * len(expected)
 
         none = Tracing.create([otlp_exporter(receiver.url)], sample_ratio=0.0)
-        seen: list[str] = []
+        seen: list[dict[str, str]] = []
 
         def reply(*_: Any) -> AIMessage:  # what the model's HTTP request would carry (`add_trace_headers`)
-            seen.append(traceparent(model_call.get().get_span_context()))
+            seen.append(trace_headers(model_call.get().get_span_context()))
             return AIMessage("ok")
 
         model = ScriptedChatModel.from_script(reply)
@@ -161,10 +161,12 @@ async def test_sampling_keeps_a_share_of_runs_by_their_trace_id_and_follows_a_ca
         callers = {"00-" + "a" * 32 + "-" + "b" * 16 + "-01": True, "00-" + "c" * 32 + "-" + "d" * 16 + "-00": False}
         for header, sampled in callers.items():
             for tracing in (none, half):
-                parent = parent_span({"traceparent": header})
+                parent = parent_span({"traceparent": header, "tracestate": "acme=7"})
                 callback = RunObserver(tracing=tracing, graph="g", run_id=str(uuid.uuid4()), parent=parent)
                 await graph.compile().ainvoke({"steps": []}, {"callbacks": [callback]})
-                assert seen[-1].startswith("00-" + header[3:35]) and seen[-1].endswith("-01" if sampled else "-00")
+                sent = seen[-1]["traceparent"]
+                assert sent.startswith("00-" + header[3:35]) and sent.endswith("-01" if sampled else "-00")
+                assert seen[-1]["tracestate"] == "acme=7"  # the caller's vendor state travels on
         none.flush(), half.flush()
         traces = {s.trace_id for s in receiver.spans}
         assert "a" * 32 in traces and "c" * 32 not in traces

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["add_trace_headers", "add_trace_headers_async", "model_call", "trace_hooks", "traceparent"]
+__all__ = ["add_trace_headers", "add_trace_headers_async", "model_call", "trace_headers", "trace_hooks"]
 
 model_call: contextvars.ContextVar[Any] = contextvars.ContextVar("agentstack_model_call_span", default=None)
 
@@ -24,16 +24,20 @@ def add_trace_headers(request: httpx.Request) -> None:
     """An httpx request hook: the current model call's `traceparent`, unless the request already has one."""
     span = model_call.get()
     if span is not None and "traceparent" not in request.headers:
-        request.headers["traceparent"] = traceparent(span.get_span_context())
+        request.headers.update(trace_headers(span.get_span_context()))
 
 
 async def add_trace_headers_async(request: httpx.Request) -> None:
     add_trace_headers(request)
 
 
-def traceparent(context: Any) -> str:
-    """The W3C `traceparent` header naming the span of `context` (an OpenTelemetry `SpanContext`) as the parent."""
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+def trace_headers(context: Any) -> dict[str, str]:
+    """The W3C headers naming the span of `context` (an OpenTelemetry `SpanContext`) as the parent: `traceparent`,
+    and the caller's `tracestate` when its trace came with one."""
+    headers = {"traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"}
+    if context.trace_state:
+        headers["tracestate"] = context.trace_state.to_header()
+    return headers
 
 
 def trace_hooks(*, sync: bool = False) -> dict[str, list[Any]]:

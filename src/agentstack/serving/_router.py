@@ -36,7 +36,7 @@ import orjson
 from langchain_core.runnables.config import var_child_runnable_config
 
 from agentstack.errors import ConfigError
-from agentstack.observability._context import traceparent
+from agentstack.observability._context import trace_headers
 from agentstack.serving._backends._base import RESPONSE_FORMAT, StructuredDialect
 from agentstack.serving._metrics import FleetMetrics
 from agentstack.serving._replica import Replica, ReplicaState
@@ -244,7 +244,7 @@ class Router(httpx.AsyncBaseTransport, httpx.BaseTransport):
         headers = request.headers.copy()
         headers["host"] = url.netloc.decode()
         if span is not None:  # the replica continues the trace under this request's route span
-            headers["traceparent"] = traceparent(span.get_span_context())
+            headers.update(trace_headers(span.get_span_context()))
         dialect = self._dialects.get(replica.model) if self._dialects else None
         if rename is not None or dialect is not None:
             rewritten = payload if rename is None else {**payload, "model": rename}
