@@ -439,3 +439,23 @@ async def test_a_found_passage_that_reads_like_an_injection_is_marked_or_left_ou
     assert blocked["suspicious"] and not blocked["suspicious"][0]["kept"]
     unscreened = await graph.ainvoke(question, thread(), context=ResearchContext(injection="off"))
     assert "suspicious" not in unscreened or unscreened["suspicious"] == []
+
+
+async def test_an_evidence_sentence_is_offered_without_the_bold_lead_in_that_labels_its_paragraph() -> None:
+    from agentstack.graphs._grounding import candidate_sentences
+    from agentstack.testing import HashingEmbedder
+
+    text = (
+        "**Context travels.** A background run picked up by another worker keeps its trace id.\n\n"
+        "__Why:__ Postgres keeps the trace context with the run itself."
+    )
+    found = await candidate_sentences(
+        "Does a run keep its trace?",
+        [{"id": "S1", "text": text}],
+        HashingEmbedder(),
+        limit=5,  # type: ignore[list-item]
+    )
+    assert sorted(c.text for c in found) == [
+        "A background run picked up by another worker keeps its trace id.",
+        "Postgres keeps the trace context with the run itself.",
+    ]
