@@ -1,4 +1,4 @@
-"""A run's events as its observers (the tracing and metrics callbacks) read them, one way for both: which chain
+"""A run's events as its observer (`RunObserver`: metrics and spans) reads them, one way for both: which chain
 is a graph node, which model a call asks, which error is a wait for a human, not a failure. And what a node
 reports beyond LangChain's own events: a retrieval, with its legs' times (`agentstack.retrieval`), a custom
 event that reaches the run's callbacks from inside a node without the node knowing who observes.
