@@ -53,35 +53,31 @@ class RunAdmission:
             kwargs["trace"] = {k: request.headers[k] for k in ("traceparent", "tracestate") if k in request.headers}
         return metadata
 
-    def masked_state(self, request: Request, values: Any, names: tuple[str, ...]) -> Any:
-        """A state update's values as they may be stored (what a caller writes into a state is input too)."""
+    def masked(self, request: Request, value: Any, names: tuple[str, ...]) -> tuple[Any, dict[str, int]]:
+        """`value` (a run's input, a state update: what a caller writes into a state is input too) as it may be
+        stored under the policy for `names`, and what was found in it, by kind; `PiiBlocked` under `block`. The
+        kinds are the request's findings (the audit's), never the values."""
         try:
-            masked_values, masked = self.pii.masked_value(values, *names, secret=self.pii_secret)
+            masked_value, masked = self.pii.masked_value(value, *names, secret=self.pii_secret)
         except PiiBlocked as exc:
             request.state.findings = dict(exc.kinds)
             raise
         if masked.found:
             request.state.findings = dict(masked.found)
-        return masked_values
+        return masked_value, dict(masked.found)
 
     def _mask_input(self, request: Request, kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, int]:
         """Personal data in what a run gives its graph (input, a command's update and resume value) masked in
-        `kwargs` under the policy for `names`, before it is stored or any model reads it: the thread keeps the
-        placeholders (`<EMAIL_3f9a1c0b>`, the same for a value in every run: `PiiScanner.mask`), never the
-        values. What was found, by kind; `PiiBlocked` under `block`."""
+        `kwargs` before it is stored or any model reads it: the thread keeps the placeholders (`<EMAIL_3f9a1c0b>`,
+        the same for a value in every run: `PiiScanner.mask`), never the values. What was found, by kind."""
         command = dict(kwargs["command"] or {})
         given = {"input": kwargs["input"], "update": command.get("update"), "resume": command.get("resume")}
-        try:
-            masked_given, masked = self.pii.masked_value(given, *names, secret=self.pii_secret)
-        except PiiBlocked as exc:
-            request.state.findings = dict(exc.kinds)
-            raise
-        if masked.found:
+        masked_given, found = self.masked(request, given, names)
+        if found:
             kwargs["input"] = masked_given["input"]
             if kwargs["command"] is not None:
                 kwargs["command"] = command | {k: masked_given[k] for k in ("update", "resume") if k in command}
-            request.state.findings = dict(masked.found)
-        return dict(masked.found)
+        return found
 
     async def _admitted_usage(self, caller: Caller) -> dict[str, Any]:
         """Whether the key may start a run under its tokens a minute and its budget (what its earlier runs were

@@ -347,7 +347,7 @@ def _mapped(endpoint: Endpoint) -> Handler:
         except InjectionBlocked as exc:
             request.state.findings = getattr(request.state, "findings", {}) | {"injection": 1}
             return json_response({"detail": str(exc)}, 400)
-        except PiiBlocked as exc:  # the kinds found are the audit's (`_mask_input`); never the values
+        except PiiBlocked as exc:  # the kinds found are the audit's (`RunAdmission.masked`)
             return json_response({"detail": str(exc)}, 400)
         except psycopg.DataError as exc:  # a value sent that Postgres cannot hold (a NUL character, a huge number)
             return json_response({"detail": f"a value in the request cannot be stored: {exc}"}, 422)

@@ -127,7 +127,7 @@ class ThreadRoutes:
         if body.get("checkpoint_id"):
             config["configurable"]["checkpoint_id"] = body["checkpoint_id"]
         names = (str(thread.metadata.get("assistant_id") or served.assistant_id), served.graph_id)
-        values = self.admission.masked_state(request, body.get("values"), names)  # masked, or refused, first
+        values, _found = self.admission.masked(request, body.get("values"), names)  # masked, or refused, first
         updated = await served.graph.aupdate_state(config, values, as_node=body.get("as_node"))
         saved = {k: updated["configurable"].get(k) for k in ("thread_id", "checkpoint_ns", "checkpoint_id")}
         return json_response({"checkpoint": saved, "configurable": saved, "checkpoint_id": saved["checkpoint_id"]})
