@@ -27,14 +27,26 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-__all__ = ["RecordedSpan", "child_context"]
+__all__ = ["RecordedSpan", "span_context"]
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(0)
+# A run's trace id is its UUID4, whose bits 62-63 are the fixed variant `10`: OpenTelemetry's `TraceIdRatioBased`
+# reads the low 64 bits, so a ratio of 0.5 would sample no run and 0.75 every one. The low 56 are random.
+RANDOM_BITS = 56
+RANDOM_MASK = (1 << RANDOM_BITS) - 1
 _UNSET = Status(StatusCode.UNSET)
 
 
-def new_span_id() -> int:
-    return random.getrandbits(64) or 1
+def span_context(parent: SpanContext | None, trace_id: int | None, sample_bound: int) -> SpanContext:
+    """A new span's context: in `parent`'s trace, with its sampling decision, when it has one; else the root of
+    a new trace, `trace_id` (or a random one), sampled when the id's random part (its low 56 bits, W3C Trace
+    Context level 2) is under `sample_bound`."""
+    span_id = random.getrandbits(64) or 1
+    if parent is not None and parent.is_valid:
+        return SpanContext(parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state)
+    trace_id = trace_id or random.getrandbits(128) or 1
+    sampled = (trace_id & RANDOM_MASK) < sample_bound
+    return SpanContext(trace_id, span_id, False, _SAMPLED if sampled else _NOT_SAMPLED)
 
 
 class RecordedSpan(Span, ReadableSpan):
@@ -123,12 +135,3 @@ class RecordedSpan(Span, ReadableSpan):
 
     def __repr__(self) -> str:
         return f"RecordedSpan({self._name!r}, trace_id={self._context.trace_id:032x})"
-
-
-def child_context(parent: SpanContext | None, trace_id: int | None, sampled: bool) -> SpanContext:
-    """A new span's context: in `parent`'s trace (and sampling decision) when it has one, else a new trace with
-    `trace_id` (or a random one)."""
-    if parent is not None and parent.is_valid:
-        return SpanContext(parent.trace_id, new_span_id(), False, parent.trace_flags, parent.trace_state)
-    trace_id = trace_id if trace_id else random.getrandbits(128) or 1
-    return SpanContext(trace_id, new_span_id(), False, _SAMPLED if sampled else TraceFlags(0))

@@ -34,7 +34,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from agentstack.observability._spans import RecordedSpan, child_context
+from agentstack.observability._spans import RANDOM_BITS, RecordedSpan, span_context
 
 if TYPE_CHECKING:
     from agentstack.config import Settings
@@ -52,11 +52,6 @@ __all__ = [
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 EXPORT_TIMEOUT_S = 5.0  # the longest an export (and so a shutdown) waits on a collector
-# A new trace is sampled by its id's rightmost 56 bits (W3C Trace Context level 2's random part), not the 64 of
-# OpenTelemetry's `TraceIdRatioBased`: a run's trace id is its UUID4, whose 64th-63rd bits are the fixed variant
-# `10`, so a 64-bit bound of 0.5 would sample no run at all and 0.75 every one.
-_RANDOM_BITS = 56
-_RANDOM_MASK = (1 << _RANDOM_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -69,7 +64,7 @@ class Tracing:
 
     processors: tuple[SpanProcessor, ...]
     resource: Resource
-    sample_bound: int = 1 << _RANDOM_BITS
+    sample_bound: int = 1 << RANDOM_BITS
     capture_content: bool = False
     scanner: PiiScanner | None = None
     # the runs being traced now, (trace id, thread id) -> their root span, for what reports outside callbacks
@@ -98,7 +93,7 @@ class Tracing:
             )
             for exporter in exporters
         )
-        bound = round(min(max(sample_ratio, 0.0), 1.0) * (1 << _RANDOM_BITS))
+        bound = round(min(max(sample_ratio, 0.0), 1.0) * (1 << RANDOM_BITS))
         return cls(processors, resource, bound, capture_content, scanner)
 
     @classmethod
@@ -136,10 +131,7 @@ class Tracing:
     ) -> Span:
         """A span under `parent`, or the root of a new trace (`trace_id`: its id, a run's; else random). A span
         the sampling leaves out is not recorded, but carries its trace on (`traceparent` with the flag off)."""
-        sampled = parent.trace_flags.sampled if parent is not None and parent.is_valid else None
-        context = child_context(parent, trace_id, sampled is not False)
-        if sampled is None and (context.trace_id & _RANDOM_MASK) >= self.sample_bound:
-            context = child_context(None, context.trace_id, False)
+        context = span_context(parent, trace_id, self.sample_bound)
         if not context.trace_flags.sampled:
             return NonRecordingSpan(context)
         return RecordedSpan(
