@@ -4,6 +4,7 @@ agent server and `agentstack run` write (`agentstack.observability._usage`), as 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from typing import Literal
@@ -33,7 +34,7 @@ async def show_usage(
         await store.setup()
         rows = await store.report(by, since_s=since_s)
     if output == "json":
-        print(json.dumps([r.as_dict() for r in rows]))
+        print(json.dumps([dataclasses.asdict(r) for r in rows]))
         return
     if output == "csv":
         writer = csv.writer(sys.stdout)

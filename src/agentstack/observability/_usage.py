@@ -47,12 +47,6 @@ class UsageRow:
     output_tokens: int
     cost_usd: float | None  # None: no priced model among its rows
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key, "runs": self.runs, "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens, "cost_usd": self.cost_usd,
-        }  # fmt: skip
-
 
 class UsageStore:
     """Usage rows on a psycopg async pool (autocommit, dict rows)."""
@@ -92,12 +86,12 @@ class UsageStore:
 
     async def report(self, by: Grouping, *, since_s: float | None = None) -> list[UsageRow]:
         """Usage summed by `by`, most expensive (then most tokens) first."""
-        column = {"model": "model", "graph": "graph", "caller": "coalesce(caller, '-')", "thread": "thread_id"}[by]
+        column = {"model": "model", "graph": "graph", "caller": "caller", "thread": "thread_id"}[by]
         where = "WHERE at > now() - make_interval(secs => %s)" if since_s is not None else ""
         async with self.pool.connection() as conn:
             found = await conn.execute(
-                f"""SELECT {column} AS key, count(DISTINCT run_id) AS runs, sum(input_tokens) AS input_tokens,
-    sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+                f"""SELECT coalesce({column}, '-') AS key, count(DISTINCT run_id) AS runs,
+    sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
 FROM agentstack_usage {where} GROUP BY 1
 ORDER BY sum(cost_usd) DESC NULLS LAST, sum(input_tokens + output_tokens) DESC""",
                 (since_s,) if since_s is not None else (),
