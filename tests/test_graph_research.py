@@ -443,6 +443,7 @@ async def test_a_found_passage_that_reads_like_an_injection_is_marked_or_left_ou
 
 async def test_an_evidence_sentence_is_offered_without_the_bold_lead_in_that_labels_its_paragraph() -> None:
     from agentstack.graphs._grounding import candidate_sentences
+    from agentstack.graphs._support import sentences
     from agentstack.testing import HashingEmbedder
 
     text = (
@@ -455,7 +456,7 @@ async def test_an_evidence_sentence_is_offered_without_the_bold_lead_in_that_lab
         HashingEmbedder(),
         limit=5,  # type: ignore[list-item]
     )
-    assert sorted(c.text for c in found) == [
-        "A background run picked up by another worker keeps its trace id.",
-        "Postgres keeps the trace context with the run itself.",
-    ]
+    claims = ["A background run picked up by another worker keeps its trace id.",
+              "Postgres keeps the trace context with the run itself."]  # fmt: skip
+    assert sorted(c.text for c in found) == claims
+    assert sentences(text) == claims  # what the support check and the citations read too

@@ -40,9 +40,6 @@ _PREFIX = 4  # "crash" ~ "crashed" ~ "crashes", "recover" ~ "recovery": a shared
 _SAME_MEANING = 0.55
 # Evidence sentences worth offering: a claim in prose, not a table row, a code line or a heading fragment.
 _MIN_WORDS, _MAX_CHARS = 5, 400
-# A bold lead-in that labels a paragraph in our docs ("**Context travels.** A background run..."): the splitter
-# sees no sentence end before it (".**" is not followed by a space), and it is a heading, not part of the claim.
-_LEAD_IN = re.compile(r"^(\*\*|__)[^*_\n]{1,80}(\*\*|__)\s+")
 _RRF_K = 10  # few candidates (tens, not the retriever's hundreds): a small k keeps the top ranks apart
 # Words that say nothing of a topic beyond Lucene's stop set (which BM25 uses): how a question is asked, and
 # common function words. "how" in "How does agentstack recover a thread?" made the one evidence sentence with
@@ -129,7 +126,6 @@ async def candidate_sentences(
     pool: dict[str, str] = {}  # sentence -> the first evidence id holding it
     for item in evidence:
         for sentence in sentences(item["text"]):
-            sentence = _LEAD_IN.sub("", sentence)
             if _prose(sentence):
                 pool.setdefault(sentence, item["id"])
     if not pool:

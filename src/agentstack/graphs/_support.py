@@ -43,6 +43,9 @@ _CITATION = re.compile(r"\s*\[([Ss]\d+)\]")
 # code-heavy prose), and always after a citation's full stop ("[S1]. agentstack's..." ends one).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[*_]?[A-Z0-9`])|(?<=\][.!?])\s+")
 _BULLET = re.compile(r"^\s*(?:[-*+>]|\d+[.)])\s+")
+# A bold lead-in that labels a paragraph ("**Context travels.** A background run..."): a heading, not part of the
+# first sentence's claim (and no sentence end to the splitter: ".**" is not followed by a space).
+_LEAD_IN = re.compile(r"^(\*\*|__)[^*_\n]{1,80}(\*\*|__)\s+")
 _MIN_SENTENCE = 12  # characters: shorter pieces ("Yes.", "1.") carry no claim
 _FOCUS_CHARS = 2500
 _WORDS = re.compile(r"\w{3,}")
@@ -54,12 +57,13 @@ def cited_sentences(text: str) -> list[tuple[str, list[str]]]:
     Markdown is read as a writer wraps it: the lines of a paragraph or of a list item are one text (a sentence
     may cross a line break), headings, table rows and code fences are not prose and are skipped. A paragraph
     splits after . ! ? before a capital or a digit; a marker right after a sentence's full stop belongs to that
-    sentence. Pieces too short to claim anything are dropped.
+    sentence. A bold label that leads a paragraph is left out, as headings are. Pieces too short to claim
+    anything are dropped.
     """
     found: list[tuple[str, list[str]]] = []
     for block in _blocks(text):
         block = re.sub(r"([.!?])((?:\s*\[[Ss]\d+\])+)", r"\2\1", block)
-        for piece in _SENTENCE_END.split(block):
+        for piece in _SENTENCE_END.split(_LEAD_IN.sub("", block)):
             cited = [i.upper() for i in _CITATION.findall(piece)]
             piece = _CITATION.sub("", piece).strip()
             if len(piece) >= _MIN_SENTENCE and any(c.isalpha() for c in piece):
