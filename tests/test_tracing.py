@@ -304,7 +304,7 @@ async def test_a_model_call_carries_its_trace_through_the_router_and_the_gateway
     tmp_path: Path,
 ) -> None:
     """graph -> chat span -> (traceparent) -> route span -> (traceparent) -> the replica; and a gateway continues
-    the `traceparent` its caller sent."""
+    the `traceparent` its caller sent. The thread's second call goes where its first went: an affinity hit."""
     seen: list[dict[str, str]] = []
     async with serving(recording_model(seen)) as model_url:
         spec = FleetSpec.from_data(
@@ -316,7 +316,7 @@ async def test_a_model_call_carries_its_trace_through_the_router_and_the_gateway
                 model = fleet.chat_model("stub")
 
                 async def ask(state: State) -> dict[str, list[str]]:
-                    return {"steps": [str((await model.ainvoke("hi")).content)]}
+                    return {"steps": [str((await model.ainvoke(said)).content) for said in ("hi", "again")]}
 
                 graph = StateGraph(State)
                 graph.add_node("ask", ask)
@@ -333,24 +333,26 @@ async def test_a_model_call_carries_its_trace_through_the_router_and_the_gateway
                         answer = await client.post("/v1/chat/completions", json=said, headers={"traceparent": caller})
                         assert answer.status_code == 200
             tracing.flush()
-            spans = receiver.wait_for(lambda got: len([s for s in got if s.name == "route stub"]) >= 2)
+            spans = receiver.wait_for(lambda got: len([s for s in got if s.name == "route stub"]) >= 3)
             tracing.close()
     trace = uuid.UUID(run_id).hex
     assert tree(spans, trace) == {
         "(root)": ["invoke_agent g"],
         "invoke_agent g": ["node ask"],
-        "node ask": ["chat stub"],
-        "chat stub": ["route stub"],
+        "node ask": ["chat stub", "chat stub"],
+        "chat stub": ["route stub", "route stub"],
     }
-    route = next(s for s in spans if s.trace_id == trace and s.name == "route stub")
+    routes = [s for s in spans if s.trace_id == trace and s.name == "route stub"]
+    route, again = sorted(routes, key=lambda s: s.start_ns)
     assert route.attributes["agentstack.replica"] == "stub/0" and route.attributes["agentstack.attempts"] == 1
+    assert route.attributes["agentstack.affinity_hit"] is False and again.attributes["agentstack.affinity_hit"] is True
     assert route.attributes["gen_ai.conversation.id"] == "t-9"  # affinity's thread, from the run's config
     chat = next(s for s in spans if s.name == "chat stub")
     assert chat.attributes["gen_ai.usage.input_tokens"] == 5 and chat.attributes["gen_ai.provider.name"] == "openai"
     assert seen[0]["traceparent"].startswith(f"00-{trace}-{route.span_id}-")  # the replica is told the route span
     gateway_route = next(s for s in spans if s.trace_id == "0af7651916cd43dd8448eb211c80319c")
     assert gateway_route.name == "route stub" and gateway_route.parent_span_id == "b7ad6b7169203331"
-    assert seen[1]["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert seen[2]["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
 
 
 async def test_the_research_graph_traced_on_a_scripted_model() -> None:

@@ -298,7 +298,9 @@ class _Exchange:
         self.thread = thread
         with router.bookkeeping:
             self._plan = iter(router.plan(model, thread))
-            self.sticky = router._affinity.get(thread) if thread is not None else None
+            # for the route span's `affinity_hit` only: the replica the thread went to last, when affinity is on
+            traced_affinity = router._tracing is not None and router._use_affinity and thread is not None
+            self.sticky = router._affinity.get(thread) if traced_affinity else None
         self.replica: Replica | None = None  # the one tried last
         self.started = 0.0
         self.tries = 0
