@@ -99,6 +99,21 @@ async def test_a_failed_batch_fails_its_callers_and_writes_nothing(saver: PoolSa
 
 
 @pytest.mark.slow
+async def test_a_commit_observer_that_fails_fails_no_write(saver: PoolSaver) -> None:
+    """`report_commits` is for metrics: its fault is logged, the committed writes stand and their callers return."""
+    seen: list[int] = []
+
+    def observe(seconds: float, operations: int) -> None:
+        seen.append(operations)
+        raise RuntimeError("the metrics backend broke")
+
+    saver.report_commits(observe)
+    result = await build(saver, steps=2).ainvoke({"step": 0, "notes": []}, {"configurable": {"thread_id": "o"}})
+    assert result["step"] == 2 and seen  # every commit was observed, and none failed for it
+    state = await build(saver, steps=2).aget_state({"configurable": {"thread_id": "o"}})
+    assert state.values["notes"] == ["n0", "n1"]
+
+
 def test_setup_from_many_processes_at_once(agentstack_postgres: str) -> None:
     code = (
         "import asyncio, sys\n"

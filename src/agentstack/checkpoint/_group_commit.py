@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -37,6 +38,8 @@ from agentstack.checkpoint._boundary import postgres_errors
 from agentstack.errors import CheckpointError
 
 __all__ = ["GroupCommitter"]
+
+_log = logging.getLogger(__name__)
 
 BlobRow = tuple[str, str, str, str, str, bytes | None]
 WriteRow = tuple[str, str, str, str, str, int, str, str, bytes | None]
@@ -183,8 +186,6 @@ class GroupCommitter:
             with postgres_errors(self._pool.conninfo, doing=f"saving {len(batch.waiters)} checkpoint operation(s)"):
                 async with self._pool.connection() as conn:
                     await conn.execute(*batch.statement(), binary=True)
-            if self.on_commit is not None:
-                self.on_commit(time.perf_counter() - started, len(batch.waiters))
         except BaseException as exc:
             for waiter in batch.waiters:
                 if not waiter.done():
@@ -195,6 +196,11 @@ class GroupCommitter:
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            if self.on_commit is not None:  # after: an observer's fault never fails writes that were committed
+                try:
+                    self.on_commit(time.perf_counter() - started, len(batch.waiters))
+                except Exception:
+                    _log.exception("the checkpoint commit observer failed")
 
 
 def _abandoned(cause: BaseException, operations: int) -> CheckpointError:
