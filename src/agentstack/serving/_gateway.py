@@ -46,7 +46,6 @@ def gateway_app(
     policy: GatewayPolicy | None = None,
     *,
     max_body_bytes: int = 10_000_000,
-    metrics: Metrics | None = None,
 ) -> Starlette:
     """The ASGI app of the gateway: OpenAI routes proxied through the fleet's router, plus models/health/metrics.
 
@@ -54,12 +53,12 @@ def gateway_app(
     need a key once one exists (OpenAI-shaped 401/403 errors as `openai` raises them, `/health` open, `/metrics`
     for admin keys); then what one request may ask, personal data (masked before the model and restored for the
     caller, or refused), prompt injection, tokens a minute and budgets, their findings, tokens and cost in the
-    audit log. None: no door, the limits' defaults, nothing masked or screened. `metrics`: where the requests
-    it answers are counted (`/metrics` shows them beside the fleet's)."""
+    audit log. None: no door, the limits' defaults, nothing masked or screened. The requests it answers are
+    counted in metrics of its own (`/metrics` shows them beside the fleet's)."""
     client = fleet.http_client(timeout=httpx.Timeout(None, connect=10.0))
     created = int(time.time())
     policy = policy or GatewayPolicy.create()
-    requests_seen = metrics or Metrics()  # (`metrics` is the route's handler below)
+    requests_seen = Metrics()  # (`metrics` is the route's handler below)
     door, limits = policy.door, policy.limits
 
     async def proxy(request: Request) -> Response:
