@@ -109,7 +109,8 @@ class Fleet:
         self._backend_stats: dict[Replica, BackendStats] = {}
         self._stopping = False
         self.metrics = FleetMetrics(lambda: self.replicas, lambda: self._backend_stats)
-        self.metrics.registry.register(GpuCollector(self._replica_pids))
+        self._gpu_telemetry = GpuCollector(self._replica_pids)
+        self.metrics.registry.register(self._gpu_telemetry)
         self._router: Router | None = None
 
     @classmethod
@@ -329,6 +330,7 @@ class Fleet:
             self._clients, self._probe = None, None
         self._backend_stats = {}
         self._members = []
+        self._gpu_telemetry.close()
 
     # -- the servers' own metrics -----------------------------------------------------------------
 

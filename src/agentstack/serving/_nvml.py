@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -66,17 +67,26 @@ def gpu_inventory() -> list[GpuInfo]:
 
 class GpuCollector(Collector):
     """GPU telemetry from NVML at each scrape: utilisation, memory used and total, temperature and power per GPU,
-    and the memory each replica's server process holds on each. Without a driver or a GPU it exports nothing
-    and says so once in the log (a CPU fleet is not an error)."""
+    and the memory each replica's server holds on each. NVML is opened at the first scrape and kept open until
+    `close` (opening it costs more than a scrape's reads); without a driver or a GPU it exports nothing, says so
+    once in the log, and is not tried again (a CPU fleet is not an error, and a driver does not appear later)."""
 
     def __init__(self, replica_pids: Callable[[], Mapping[int, tuple[str, str]]] = dict) -> None:
-        """`replica_pids`: pid -> (model, replica index) of the fleet's server processes, read at each scrape."""
+        """`replica_pids`: pid -> (model, replica index) of the fleet's server processes, read at each scrape.
+        Each was started in a session of its own, so a process of its (vLLM's engine core, SGLang's schedulers,
+        which hold the GPU memory, not the server's first process) is found by its session id."""
         self._replica_pids = replica_pids
-        self._said_absent = False
+        self._state: str = "closed"  # closed, open, absent
 
     def describe(self) -> Iterable[Metric]:
         """The families it exports (no samples): what dashboards may name, GPU or not."""
         return self._families()
+
+    def close(self) -> None:
+        if self._state == "open":
+            with contextlib.suppress(pynvml.NVMLError):
+                pynvml.nvmlShutdown()
+            self._state = "closed"
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -89,40 +99,54 @@ class GpuCollector(Collector):
             GaugeMetricFamily("agentstack_gpu_power_watts", "GPU power draw.", labels=gpu),
             GaugeMetricFamily(
                 "agentstack_replica_gpu_memory_bytes",
-                "GPU memory a replica's server process holds, per GPU.",
+                "GPU memory a replica's server processes hold, per GPU.",
                 labels=["model", "replica", "gpu"],
             ),
         )
 
-    def collect(self) -> Iterable[Metric]:
-        try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as exc:
-            if not self._said_absent:
+    def _opened(self) -> bool:
+        if self._state == "closed":
+            try:
+                pynvml.nvmlInit()
+                self._state = "open"
+            except pynvml.NVMLError as exc:
                 _log.info("no GPU telemetry: NVML is not available here (%s)", exc)
-                self._said_absent = True
+                self._state = "absent"
+        return self._state == "open"
+
+    def collect(self) -> Iterable[Metric]:
+        if not self._opened():
             return
         util, used, total, temperature, power, held = self._families()
         replicas = self._replica_pids()
-        try:
-            for index in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                labels = [str(index), _text(pynvml.nvmlDeviceGetName(handle))]
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                used.add_metric(labels, float(memory.used))
-                total.add_metric(labels, float(memory.total))
-                for family, read in (
-                    (util, lambda h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100),
-                    (temperature, lambda h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
-                    (power, lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
-                ):
-                    with contextlib.suppress(pynvml.NVMLError):  # not every GPU reports every figure
-                        family.add_metric(labels, float(read(handle)))
-                with contextlib.suppress(pynvml.NVMLError):
-                    for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                        owner = replicas.get(int(process.pid))
-                        if owner is not None and process.usedGpuMemory is not None:
-                            held.add_metric([*owner, str(index)], float(process.usedGpuMemory))
-        finally:
-            pynvml.nvmlShutdown()
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            labels = [str(index), _text(pynvml.nvmlDeviceGetName(handle))]
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            used.add_metric(labels, float(memory.used))
+            total.add_metric(labels, float(memory.total))
+            for family, read in (
+                (util, lambda h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100),
+                (temperature, lambda h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+                (power, lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
+            ):
+                with contextlib.suppress(pynvml.NVMLError):  # not every GPU reports every figure
+                    family.add_metric(labels, float(read(handle)))
+            held_by: dict[tuple[str, str], float] = {}
+            with contextlib.suppress(pynvml.NVMLError):
+                for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    owner = replicas.get(_session(int(process.pid)))
+                    if owner is not None and process.usedGpuMemory is not None:
+                        held_by[owner] = held_by.get(owner, 0.0) + float(process.usedGpuMemory)
+            for owner, held_bytes in held_by.items():
+                held.add_metric([*owner, str(index)], held_bytes)
         yield from (util, used, total, temperature, power, held)
+
+
+def _session(pid: int) -> int:
+    """The id of `pid`'s session (its first process's pid): the same for a replica's server and every process it
+    started."""
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone, or in another PID namespace (a container's pid NVML sees from the host)
+        return pid
