@@ -271,6 +271,24 @@ async def test_langfuse_gets_the_trace_at_its_otel_endpoint_with_the_projects_ke
     assert Tracing.from_settings(Settings()) is None  # nothing named: no provider, no thread
 
 
+def test_content_capture_by_settings_masks_with_the_processs_one_scanner() -> None:
+    """`AGENTSTACK_TRACE_CONTENT`: a run's spans capture content, masked by the scanner the process already has
+    (the agent server's PII policy's); a gateway's route spans capture none."""
+    settings = Settings(otlp_endpoint=f"http://127.0.0.1:{free_port()}", trace_content=True)
+    scanner = PiiScanner()
+    shared = Observability.from_settings(settings, scanner=scanner).tracing
+    assert shared is not None and shared.capture_content and shared.scanner is scanner
+    assert shared.masked("write to ana@example.com") == "write to <EMAIL_1>"
+    own = Observability.from_settings(settings).tracing  # `agentstack run`: its own, from the settings
+    assert own is not None and own.capture_content and own.scanner is not None
+    gateway = Tracing.from_settings(settings, service="agentstack-gateway")
+    assert gateway is not None and not gateway.capture_content
+    off = Observability.from_settings(settings.model_copy(update={"trace_content": False}), scanner=scanner).tracing
+    assert off is not None and not off.capture_content
+    for tracing in (shared, own, gateway, off):
+        tracing.close()
+
+
 async def test_a_dead_collector_costs_a_run_nothing() -> None:
     tracing = Tracing.create([otlp_exporter(f"http://127.0.0.1:{free_port()}")])
     graph = agent()

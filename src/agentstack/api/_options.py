@@ -36,15 +36,16 @@ class ServerOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, keys_required: bool = False) -> ServerOptions:
+        scanner = pii_scanner(settings)  # one (a Presidio model is loaded once) for run input and traces alike
         return cls(
             lease_s=settings.api_lease_s,
             keys_required=keys_required,
             max_body_bytes=settings.max_body_bytes,
             audit_retention_days=settings.audit_retention_days,
             injection=InjectionPolicy(settings.injection, overrides=settings.injection_assistants),
-            pii=PiiPolicy(settings.pii, pii_scanner(settings), overrides=settings.pii_assistants),
+            pii=PiiPolicy(settings.pii, scanner, overrides=settings.pii_assistants),
             jwt=JwtVerifier.from_settings(settings),
             limits=request_limits(settings),
             prices=settings.prices,
-            observability=Observability.from_settings(settings, service="agentstack-api"),
+            observability=Observability.from_settings(settings, service="agentstack-api", scanner=scanner),
         )

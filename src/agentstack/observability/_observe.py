@@ -15,6 +15,7 @@ from agentstack.observability._metrics import Metrics
 if TYPE_CHECKING:
     from agentstack.config import Settings
     from agentstack.observability._tracing import Tracing
+    from agentstack.safety._pii import PiiScanner
     from agentstack.safety._usage import RunUsage
 
 __all__ = ["Observability"]
@@ -26,12 +27,21 @@ class Observability:
     metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, service: str = "agentstack") -> Observability:
+    def from_settings(
+        cls, settings: Settings, *, service: str = "agentstack", scanner: PiiScanner | None = None
+    ) -> Observability:
+        """`scanner`: the process's PII detectors when it has them already (the agent server's policy: one
+        Presidio model a process), to mask what spans capture under `AGENTSTACK_TRACE_CONTENT`."""
         tracing = None
         if settings.otlp_endpoint or settings.langfuse_host:  # else OpenTelemetry is not even imported
             from agentstack.observability._tracing import Tracing
 
-            tracing = Tracing.from_settings(settings, service=service)
+            if settings.trace_content and scanner is None:
+                from agentstack.safety._pii_policy import pii_scanner
+
+                scanner = pii_scanner(settings)
+            content = scanner if settings.trace_content else None
+            tracing = Tracing.from_settings(settings, service=service, content_scanner=content)
         return cls(tracing, Metrics(settings.prices))
 
     def run_callbacks(

@@ -97,8 +97,12 @@ class Tracing:
         return cls(processors, resource, bound, capture_content, scanner)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, service: str = "agentstack") -> Tracing | None:
-        """The exporters the settings name (an OTLP endpoint, Langfuse), or None when they name none."""
+    def from_settings(
+        cls, settings: Settings, *, service: str = "agentstack", content_scanner: PiiScanner | None = None
+    ) -> Tracing | None:
+        """The exporters the settings name (an OTLP endpoint, Langfuse), or None when they name none. Prompts and
+        completions are captured only with a `content_scanner` to mask them (`Observability.from_settings` gives
+        one under `AGENTSTACK_TRACE_CONTENT`; a gateway's route spans carry no content and need none)."""
         exporters: list[SpanExporter] = []
         if settings.otlp_endpoint:
             exporters.append(otlp_exporter(settings.otlp_endpoint, settings.otlp_headers))
@@ -106,16 +110,11 @@ class Tracing:
             exporters.append(langfuse_exporter(settings))
         if not exporters:
             return None
-        scanner = None
-        if settings.trace_content:
-            from agentstack.safety._pii_policy import pii_scanner
-
-            scanner = pii_scanner(settings)
         return cls.create(
             exporters,
             sample_ratio=settings.trace_sample_ratio,
-            capture_content=settings.trace_content,
-            scanner=scanner,
+            capture_content=content_scanner is not None,
+            scanner=content_scanner,
             service=service,
         )
 
