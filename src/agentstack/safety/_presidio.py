@@ -19,9 +19,7 @@ from typing import Any
 
 from agentstack.errors import ConfigError
 
-__all__ = ["DEFAULT_ENTITIES", "PresidioDetector"]
-
-DEFAULT_ENTITIES = ("PERSON", "LOCATION", "NRP")  # names, places (addresses), nationalities / religious / political
+__all__ = ["PresidioDetector"]
 
 
 class PresidioDetector:
@@ -32,7 +30,7 @@ class PresidioDetector:
         self,
         model: str,
         *,
-        entities: Sequence[str] = DEFAULT_ENTITIES,
+        entities: Sequence[str],  # the settings' `pii_presidio_entities` (their default: PERSON, LOCATION, NRP)
         language: str = "en",
         threshold: float = 0.5,
     ) -> None:
