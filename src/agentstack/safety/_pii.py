@@ -91,23 +91,21 @@ class PiiScanner:
         """Every finding, in order, none overlapping (the first kind listed wins a tie: a JWT is not an API key
         twice over)."""
         seen, where = _readable(text)
+        candidates = [
+            (kind, *match.span())
+            for kind, pattern in self._patterns
+            for match in pattern.finditer(seen)
+            if _valid(kind, match.group(), seen, match.start())
+        ]
+        candidates += [found for finder in self._finders for found in finder.find(seen)]  # after ours: measured
         found: list[Finding] = []
         taken: list[tuple[int, int]] = []
-        for kind, pattern in self._patterns:
-            for match in pattern.finditer(seen):
-                start, end = match.span()
-                if any(start < b and a < end for a, b in taken) or not _valid(kind, match.group(), seen, start):
-                    continue
-                taken.append((start, end))
-                first, last = where[start], where[end - 1] + 1
-                found.append(Finding(kind, first, last, text[first:last]))
-        for finder in self._finders:
-            for kind, start, end in finder.find(seen):
-                if end <= start or any(start < b and a < end for a, b in taken):
-                    continue
-                taken.append((start, end))
-                first, last = where[start], where[end - 1] + 1
-                found.append(Finding(kind, first, last, text[first:last]))
+        for kind, start, end in candidates:
+            if end <= start or any(start < b and a < end for a, b in taken):
+                continue
+            taken.append((start, end))
+            first, last = where[start], where[end - 1] + 1
+            found.append(Finding(kind, first, last, text[first:last]))
         return sorted(found, key=lambda f: f.start)
 
     def mask(
@@ -125,27 +123,23 @@ class PiiScanner:
         without the secret. `found`: what `find(text)` said, when the caller already asked."""
         mapping = {} if mapping is None else mapping
         found = self.find(text) if found is None else found
-        if secret is not None:
-            pieces, last = [], 0
-            for finding in found:
-                label = finding.kind.upper()
-                tag = hmac.new(secret, f"{label}:{finding.value}".encode(), hashlib.sha256).hexdigest()[:8]
-                mapping[f"<{label}_{tag}>"] = finding.value
-                pieces += [text[last : finding.start], f"<{label}_{tag}>"]
-                last = finding.end
-            return "".join(pieces) + text[last:], mapping
-        by_value = {(_label(p)[0], v): p for p, v in mapping.items()}
-        counts: dict[str, int] = {}
-        for placeholder in mapping:
-            label, number = _label(placeholder)
-            counts[label] = max(counts.get(label, 0), number)
+        by_value = {(p[1:-1].rpartition("_")[0], v): p for p, v in mapping.items()}
+        counts: dict[str, int] = {}  # numbered placeholders: the highest number given so far, by kind
+        if secret is None:
+            for placeholder in mapping:
+                label, number = _label(placeholder)
+                counts[label] = max(counts.get(label, 0), number)
         pieces, last = [], 0
         for finding in found:
             label = finding.kind.upper()
             placeholder = by_value.get((label, finding.value))
             if placeholder is None:
-                counts[label] = counts.get(label, 0) + 1
-                placeholder = f"<{label}_{counts[label]}>"
+                if secret is not None:
+                    tag = hmac.new(secret, f"{label}:{finding.value}".encode(), hashlib.sha256).hexdigest()[:8]
+                    placeholder = f"<{label}_{tag}>"
+                else:
+                    counts[label] = counts.get(label, 0) + 1
+                    placeholder = f"<{label}_{counts[label]}>"
                 mapping[placeholder] = finding.value
                 by_value[(label, finding.value)] = placeholder
             pieces += [text[last : finding.start], placeholder]
