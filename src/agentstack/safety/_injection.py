@@ -22,13 +22,22 @@ import base64
 import binascii
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-__all__ = ["InjectionBlocked", "InjectionMode", "InjectionPolicy", "InjectionScreen", "Screening", "strings_in"]
+__all__ = [
+    "InjectionBlocked",
+    "InjectionMode",
+    "InjectionPolicy",
+    "InjectionScreen",
+    "Screening",
+    "mode_for",
+    "strings_in",
+]
 
 InjectionMode = Literal["off", "flag", "block"]
+_Mode = TypeVar("_Mode", bound=str)
 
 _OVERRIDES = [
     r"\b(?:ignore|disregard|forget|skip|override|bypass)\b[^.\n]{0,40}\b(?:previous|prior|above|earlier|preceding|"
@@ -147,6 +156,12 @@ class InjectionBlocked(Exception):
         super().__init__(f"{what} looks like a prompt injection ({reasons}; score {screening.score}), which is refused")
 
 
+def mode_for(mode: _Mode, overrides: Mapping[str, _Mode], names: Sequence[str]) -> _Mode:
+    """A policy's mode for the first of `names` it overrides (most specific first: an assistant, then its graph;
+    a model at the gateway), else its own."""
+    return next((overrides[n] for n in names if n in overrides), mode)
+
+
 @dataclass(frozen=True)
 class InjectionPolicy:
     """What a server does with text the screen flags: `off`, `flag` (marked where the request is recorded: the
@@ -159,7 +174,7 @@ class InjectionPolicy:
     def check(self, texts: Iterable[str], *, what: str, names: tuple[str, ...] = ()) -> Screening | None:
         """The highest-scoring flagged screening of `texts` (None: none flagged, or `off`), under the mode of the
         first of `names` overridden (an assistant, then its graph); raises `InjectionBlocked` under `block`."""
-        mode = next((self.overrides[n] for n in names if n in self.overrides), self.mode)
+        mode = mode_for(self.mode, self.overrides, names)
         if mode == "off":
             return None
         flagged = [s for s in (self.screen.screen(t) for t in texts) if s.flagged]

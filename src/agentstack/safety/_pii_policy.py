@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from agentstack.safety._injection import strings_in
+from agentstack.safety._injection import mode_for, strings_in
 from agentstack.safety._pii import PiiScanner, restore
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class PiiPolicy:
 
     def mode_for(self, *names: str) -> PiiMode:
         """The mode of the first of `names` (most specific first: an assistant, then its graph) overridden."""
-        return next((self.overrides[n] for n in names if n in self.overrides), self.mode)
+        return mode_for(self.mode, self.overrides, names)
 
     def masked_value(self, value: Any, *names: str, secret: bytes | None = None) -> tuple[Any, Masked]:
         """A JSON value (a run's input, a resume value, a state update) with every string in it masked as `names`
