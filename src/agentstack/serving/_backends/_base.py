@@ -113,12 +113,14 @@ class BackendContext:
     # where a server that traces sends its spans (OTLP/HTTP, the full /v1/traces URL; AGENTSTACK_OTLP_ENDPOINT)
     otlp_traces_endpoint: str | None = None
 
-    def tracing_env(self, server: str) -> dict[str, str]:
-        """The OpenTelemetry variables a tracing server gets with `otlp_traces_endpoint` (no headers: a child
-        process never gets keys), or none."""
+    def tracing(self, server: str, *flags: str) -> tuple[list[str], dict[str, str]]:
+        """What a server that traces gets with `otlp_traces_endpoint`, or nothing: its `flags` and
+        `--otlp-traces-endpoint` (its own spans, continuing the router's `traceparent`), and the OpenTelemetry
+        variables naming it (no headers: a child process never gets keys)."""
         if self.otlp_traces_endpoint is None:
-            return {}
-        return {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": server}
+            return [], {}
+        env = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": server}
+        return [*flags, "--otlp-traces-endpoint", self.otlp_traces_endpoint], env
 
     @property
     def models_dir(self) -> Path:

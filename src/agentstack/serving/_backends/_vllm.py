@@ -89,9 +89,9 @@ class VllmBackend(Backend):
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
         if spec.chat_template:
             argv += ["--chat-template", spec.chat_template]
-        if self.context.otlp_traces_endpoint:  # its own spans, continuing the router's `traceparent`
-            argv += ["--otlp-traces-endpoint", self.context.otlp_traces_endpoint]
-        env = self.env(spec, placement) | self.context.tracing_env(f"vllm-{spec.name}")
+        traced, tracing_env = self.context.tracing(f"vllm-{spec.name}")
+        argv += traced
+        env = self.env(spec, placement) | tracing_env
         return LaunchCommand(argv + spec.extra_args, env)
 
     def detect(self) -> str | None:
