@@ -1,17 +1,23 @@
 """What the graph tests share: a small corpus, openai's token-limit error, a fresh thread, the approval
-agent's scripted model, a fake sandbox for the team's coder, a runtime for calling one step alone.
+agent's scripted model, a fake sandbox for the team's coder, a runtime for calling one step alone, and a small
+agent (a model call with usage, a tool call, optionally a human's decision) that the observability tests observe.
 
 The doubles for models and retrieval come from the kit (`agentstack.testing`).
 """
 
 from __future__ import annotations
 
+import operator
 import uuid
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
-from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+from typing_extensions import TypedDict
 
 from agentstack.graphs import SandboxResult
 from agentstack.testing import ScriptedChatModel
@@ -71,3 +77,51 @@ def step_runtime(context: Any) -> tuple[Runtime[Any], list[Any]]:
     """A runtime for calling one graph step alone: `context` as the knobs, progress events into the list."""
     events: list[Any] = []
     return Runtime(context=context, stream_writer=events.append), events
+
+
+class State(TypedDict):
+    """The observed agent's state: what each step said."""
+
+    steps: Annotated[list[str], operator.add]
+
+
+@tool
+def lookup(order: str) -> str:
+    """Look an order up."""
+    return f"order {order} shipped"
+
+
+def replies(messages: list[Any], _tools: Any) -> AIMessage:
+    usage = {"input_tokens": 11, "output_tokens": 3, "total_tokens": 14}
+    meta = {"model_name": "gemma-3-270m", "finish_reason": "stop"}
+    return AIMessage("ana@example.com asked", usage_metadata=usage, response_metadata=meta)  # type: ignore[arg-type]
+
+
+def agent(checkpointer: Any = None, *, ask_human: bool = False) -> Any:
+    """think (a model call reporting 11 + 3 tokens) -> act (a tool call) [-> review (an interrupt)]."""
+    model = ScriptedChatModel.from_script(replies)
+
+    async def think(state: State) -> dict[str, list[str]]:
+        said = await model.ainvoke("the order of ana@example.com?")
+        return {"steps": [str(said.content)]}
+
+    async def act(state: State) -> dict[str, list[str]]:
+        result = await lookup.ainvoke({"name": "lookup", "args": {"order": "7"}, "id": "call-1", "type": "tool_call"})
+        assert isinstance(result, ToolMessage)
+        return {"steps": [str(result.content)]}
+
+    def review(state: State) -> dict[str, list[str]]:
+        return {"steps": [f"human said {interrupt('ok?')}"]}
+
+    graph = StateGraph(State)
+    graph.add_node("think", think)
+    graph.add_node("act", act)
+    graph.add_edge(START, "think")
+    graph.add_edge("think", "act")
+    if ask_human:
+        graph.add_node("review", review)
+        graph.add_edge("act", "review")
+        graph.add_edge("review", END)
+    else:
+        graph.add_edge("act", END)
+    return graph.compile(checkpointer=checkpointer)

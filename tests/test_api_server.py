@@ -19,7 +19,6 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import BadRequestError, ConflictError, NotFoundError, UnprocessableEntityError
-from prometheus_client.parser import text_string_to_metric_families
 from typing_extensions import TypedDict  # pydantic reads its schema on Python 3.11
 
 from agentstack.api._app import app_on
@@ -27,7 +26,7 @@ from agentstack.api._runs import RunQueue
 from agentstack.api._served import GRAPH_NAMESPACE, ServedGraph, ServedGraphs
 from agentstack.checkpoint import PoolSaver, open_pool
 from agentstack.testing import ScriptedChatModel
-from api_helpers import serving
+from api_helpers import samples, serving
 
 
 class State(TypedDict):
@@ -440,15 +439,11 @@ async def test_metrics_report_the_queue_from_postgres(url: str) -> None:
     async with httpx.AsyncClient(base_url=url) as http:
         scraped = await http.get("/metrics")
     assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(scraped.text)
-        for s in family.samples
-    }
-    assert samples[("agentstack_api_runs", (("status", "success"),))] >= 1
-    assert samples[("agentstack_api_threads", (("status", "interrupted"),))] >= 1
-    assert samples[("agentstack_api_workers", (("state", "alive"),))] == 2
-    assert ("agentstack_api_queue_depth", ()) in samples and ("agentstack_api_lapsed_leases", ()) in samples
+    found = samples(scraped.text)
+    assert found[("agentstack_api_runs", (("status", "success"),))] >= 1
+    assert found[("agentstack_api_threads", (("status", "interrupted"),))] >= 1
+    assert found[("agentstack_api_workers", (("state", "alive"),))] == 2
+    assert ("agentstack_api_queue_depth", ()) in found and ("agentstack_api_lapsed_leases", ()) in found
 
 
 async def test_a_thread_started_outside_the_server_is_adopted_with_its_status(url: str, saver: PoolSaver) -> None:

@@ -64,7 +64,8 @@ async def test_a_json_line_names_its_run_thread_and_trace_and_holds_no_secret(
     logging.getLogger("agentstack.x").info("outside any run")
     observing.close()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    inside, outside = lines[0], lines[-1]
+    inside = next(line for line in lines if line["logger"] == "some.library")  # other INFO lines may come first
+    outside = next(line for line in lines if line["logger"] == "agentstack.x")
     assert inside["level"] == "warning" and inside["logger"] == "some.library"
     assert inside["message"] == "retrying for [EMAIL] with key [API_KEY]"
     assert inside["run_id"] == run_id and inside["thread_id"] == "thread-7"

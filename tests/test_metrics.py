@@ -4,7 +4,6 @@ by `promtool check metrics` (the exposition format Prometheus itself parses)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 from langgraph_sdk import get_client
-from prometheus_client.parser import text_string_to_metric_families
 
 from agentstack._net import free_port
 from agentstack.api._app import app_on
@@ -24,24 +22,9 @@ from agentstack.checkpoint import PoolSaver
 from agentstack.observability import Metrics, Observability
 from agentstack.observability._usage import UsageStore
 from agentstack.safety import KeyStore
-from api_helpers import serving
-from cli_helpers import run_agentstack, wait_until_answering
-from test_tracing import agent
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(name, sorted labels) -> value of every sample in Prometheus text."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in found.items() if n == name and wanted <= set(ls))
+from api_helpers import samples, serving, value
+from cli_helpers import clean_env, run_agentstack, wait_until_answering
+from graph_helpers import agent
 
 
 def promtool_accepts(text: str) -> None:
@@ -185,12 +168,13 @@ def test_agentstack_metrics_serves_the_sum_of_a_library_users_processes(tmp_path
     shared = tmp_path / "metrics"
     shared.mkdir()
     for count in ("2", "3"):
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+        env = clean_env() | {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
         subprocess.run([sys.executable, "-c", WRITER, count], env=env, check=True, timeout=60)
     port = free_port()
     agentstack = str(Path(sys.executable).with_name("agentstack"))
     command = [agentstack, "metrics", "--port", str(port), "--dir", str(shared)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as server:
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with subprocess.Popen(command, env=clean_env(), **piped) as server:  # type: ignore[call-overload]
         try:
             wait_until_answering(server, f"http://127.0.0.1:{port}/metrics", timeout=30)
             text = httpx.get(f"http://127.0.0.1:{port}/metrics").text

@@ -5,25 +5,21 @@ content capture masked, and a dead collector that costs a run nothing."""
 
 from __future__ import annotations
 
-import operator
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import pytest
-from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import tool
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import interrupt
+from langchain_core.messages import AIMessage
+from langgraph.graph import START, StateGraph
 from langgraph_sdk import get_client
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from typing_extensions import TypedDict
 
 from agentstack._net import free_port
 from agentstack.api._app import app_on
@@ -37,51 +33,7 @@ from agentstack.safety._pii import PiiScanner
 from agentstack.serving import Fleet, FleetSpec, gateway_app
 from agentstack.testing import OtlpReceiver, ReceivedSpan, ScriptedChatModel
 from api_helpers import serving
-
-
-class State(TypedDict):
-    steps: Annotated[list[str], operator.add]
-
-
-@tool
-def lookup(order: str) -> str:
-    """Look an order up."""
-    return f"order {order} shipped"
-
-
-def replies(messages: list[Any], _tools: Any) -> AIMessage:
-    usage = {"input_tokens": 11, "output_tokens": 3, "total_tokens": 14}
-    meta = {"model_name": "gemma-3-270m", "finish_reason": "stop"}
-    return AIMessage("ana@example.com asked", usage_metadata=usage, response_metadata=meta)  # type: ignore[arg-type]
-
-
-def agent(checkpointer: Any = None, *, ask_human: bool = False) -> Any:
-    model = ScriptedChatModel.from_script(replies)
-
-    async def think(state: State) -> dict[str, list[str]]:
-        said = await model.ainvoke("the order of ana@example.com?")
-        return {"steps": [str(said.content)]}
-
-    async def act(state: State) -> dict[str, list[str]]:
-        result = await lookup.ainvoke({"name": "lookup", "args": {"order": "7"}, "id": "call-1", "type": "tool_call"})
-        assert isinstance(result, ToolMessage)
-        return {"steps": [str(result.content)]}
-
-    def review(state: State) -> dict[str, list[str]]:
-        return {"steps": [f"human said {interrupt('ok?')}"]}
-
-    graph = StateGraph(State)
-    graph.add_node("think", think)
-    graph.add_node("act", act)
-    graph.add_edge(START, "think")
-    graph.add_edge("think", "act")
-    if ask_human:
-        graph.add_node("review", review)
-        graph.add_edge("act", "review")
-        graph.add_edge("review", END)
-    else:
-        graph.add_edge("act", END)
-    return graph.compile(checkpointer=checkpointer)
+from graph_helpers import State, agent
 
 
 def tree(spans: list[ReceivedSpan], trace_id: str) -> dict[str, list[str]]:
@@ -406,7 +358,9 @@ async def test_the_research_graph_traced_on_a_scripted_model() -> None:
     nodes = shape["invoke_agent research"]
     assert {"node plan", "node search", "node analyze", "node answer"} <= set(nodes)
     assert nodes.count("node search") == len(out["asked"])  # one span per query searched
-    assert all("retrieval hybrid" in children for name, children in shape.items() if name == "node search")
+    searches = {s.span_id for s in spans if s.name == "node search"}
+    retrievals = [s for s in spans if s.name == "retrieval hybrid"]
+    assert sorted(s.parent_span_id for s in retrievals) == sorted(searches)  # each search's one, under it
     assert any(c.startswith("chat ") for c in shape["node plan"])  # the plan asks the model
     retrieval = next(s for s in spans if s.name == "retrieval hybrid")
     assert (
