@@ -13,9 +13,10 @@ fourth runs it as agentstack runs a graph with observability off: `agentstack ru
 run one without its usage counter (each run's tokens by model, for keys' limits and budgets and the usage rows),
 a LangChain callback handler. `tracing_overhead_ratio` is the observed side (usage counted by the same handler)
 against that one (target <= 1.05). `tracing_overhead_ratio_no_callbacks` is it against our graph run with no
-handler at all, which no agentstack run is: any LangChain handler, even one that does nothing, costs a run
-6-8% here (LangChain's dispatch of the ~110 events a scripted run emits, 56 of them streamed tokens, which a
-real model spreads over seconds), so that ratio cannot reach 1.05 by anything a handler does.
+handler at all, which no agentstack run is: any LangChain handler, even one that does nothing, cost a run
+6-8% here when this was measured apart (LangChain's dispatch of the ~110 events a scripted run emitted, 56 of
+them streamed tokens, which a real model spreads over seconds), so that ratio cannot reach 1.05 by anything a
+handler does.
 
     python bench/graph_overhead.py [--quick | --smoke]
 """
