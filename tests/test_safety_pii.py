@@ -119,9 +119,9 @@ def test_a_json_value_is_masked_with_placeholders_a_secret_names() -> None:
 
     policy = PiiPolicy("mask", overrides={"research": "block", "assistant-1": "off"})
     given = {"messages": [{"content": "ana@example.com and bo@example.com"}], "n": 3, "to": ["ana@example.com"]}
-    value, masked = policy.masked_value(given, "assistant-2", "team", secret=b"a" * 32)
+    value, found = policy.masked_value(given, "assistant-2", "team", secret=b"a" * 32)
     first, second = re.findall(r"<EMAIL_[0-9a-f]{8}>", value["messages"][0]["content"])
-    assert first != second and value["to"] == [first] and value["n"] == 3 and masked.found == {"email": 3}
+    assert first != second and value["to"] == [first] and value["n"] == 3 and found == {"email": 3}
     again, _ = policy.masked_value(given, "team", secret=b"a" * 32)
     elsewhere, _ = policy.masked_value(given, "team", secret=b"b" * 32)
     assert again == value and elsewhere["to"] != [first]

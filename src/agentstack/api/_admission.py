@@ -58,13 +58,13 @@ class RunAdmission:
         stored under the policy for `names`, and what was found in it, by kind; `PiiBlocked` under `block`. The
         kinds are the request's findings (the audit's), never the values."""
         try:
-            masked_value, masked = self.pii.masked_value(value, *names, secret=self.pii_secret)
+            masked_value, found = self.pii.masked_value(value, *names, secret=self.pii_secret)
         except PiiBlocked as exc:
             request.state.findings = dict(exc.kinds)
             raise
-        if masked.found:
-            request.state.findings = dict(masked.found)
-        return masked_value, dict(masked.found)
+        if found:
+            request.state.findings = dict(found)
+        return masked_value, dict(found)
 
     def _mask_input(self, request: Request, kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, int]:
         """Personal data in what a run gives its graph (input, a command's update and resume value) masked in

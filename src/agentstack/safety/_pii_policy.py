@@ -76,26 +76,26 @@ class PiiPolicy:
         """The mode of the first of `names` (most specific first: an assistant, then its graph) overridden."""
         return mode_for(self.mode, self.overrides, names)
 
-    def masked_value(self, value: Any, *names: str, secret: bytes | None = None) -> tuple[Any, Masked]:
+    def masked_value(self, value: Any, *names: str, secret: bytes | None = None) -> tuple[Any, Counter[str]]:
         """A JSON value (a run's input, a resume value, a state update) with every string in it masked as `names`
-        decide (placeholders named by `secret`: `PiiScanner.mask`), and what was found; raises `PiiBlocked`
-        under `block`."""
-        masked = Masked(b"")
+        decide (placeholders named by `secret`: `PiiScanner.mask`), and what was found, by kind; raises
+        `PiiBlocked` under `block`. The values are not kept: what stores the result never puts them back."""
         mode = self.mode_for(*names)
         if mode == "off":
-            return value, masked
+            return value, Counter()
         texts = strings_in(value, limit=100_000)
         found = {text: self.scanner.find(text) for text in texts}  # once for each string, however often it is said
-        masked.found.update(finding.kind for text in texts for finding in found[text])
-        if not masked.found:
-            return value, masked
+        kinds = Counter(finding.kind for text in texts for finding in found[text])
+        if not kinds:
+            return value, kinds
         if mode == "block":
-            raise PiiBlocked(masked.found)
+            raise PiiBlocked(kinds)
+        mapping: dict[str, str] = {}  # one for the value: a string said twice is one placeholder
 
         def mask(text: str) -> str:
-            return self.scanner.mask(text, masked.mapping, secret=secret, found=found.get(text))[0]
+            return self.scanner.mask(text, mapping, secret=secret, found=found.get(text))[0]
 
-        return _mapped_strings(value, mask), masked
+        return _mapped_strings(value, mask), kinds
 
     def inbound(self, body: bytes) -> Masked:
         """The request body as the model may see it; raises `PiiBlocked` under `block`."""
