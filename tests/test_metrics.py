@@ -89,6 +89,28 @@ sglang:generation_tokens_total{model_name="qwen",tp_rank="0"} 5.0
 """
 
 
+async def test_a_stack_reports_to_the_observability_it_is_given(agentstack_postgres: str, tmp_path: Path) -> None:
+    """The agent server's one `Observability`: the stack's checkpoint commits and runs count into it, and the
+    stack leaves it to its maker; a stack given none makes its own and forgets it when it closes."""
+    from agentstack._stack import Stack
+    from agentstack.config import Settings
+
+    settings = Settings(postgres_url=agentstack_postgres, home=tmp_path)
+    given = Observability()
+    async with Stack(settings, models=False, retrieval=False, observability=given) as stack:
+        config: dict[str, object] = {"configurable": {"thread_id": "given-1"}}
+        run = stack.observed(config, graph="g", thread_id="given-1")
+        await agent(stack.saver).ainvoke({"steps": []}, config)
+        await stack.record_usage(run)
+    assert stack.observability is given
+    found = samples(given.metrics.render().decode())
+    assert value(found, "agentstack_runs_started_total", graph="g") == 1
+    assert value(found, "agentstack_checkpoint_commit_seconds_count") >= 1  # the stack's saver reports here
+    async with Stack(settings, models=False, retrieval=False) as own:
+        assert own.observability is not None and own.observability is not given
+    assert own.observability is None
+
+
 def test_kv_cache_and_prefix_cache_figures_are_read_in_each_backends_own_names() -> None:
     from agentstack.serving._backends import SglangBackend, VllmBackend
     from agentstack.serving._metrics import parse_backend_metrics

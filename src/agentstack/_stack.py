@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ObservedRun", "Stack"]
 
+_log = logging.getLogger(__name__)
+
 # Per reply. Every graph step asks for a schema whose text fields are bounded, so a reply ends by itself, and
 # StructuredCall stops one that falls into repeating itself (Gemma 270M once wrote an agent answer of 2,000
 # zeros: 2,049 tokens, 70 s) a few hundred characters in; this is the backstop for a reply that rambles without
@@ -61,7 +64,9 @@ class ObservedRun:
 class Stack:
     """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM), `model`, and
     `observability` (run metrics, and traces when the settings export them; `observed(config, ...)` adds a
-    run's observers to a config).
+    run's observers to a config). A process that has its own (the agent server's options) gives it
+    (`observability=`, or sets the attribute before the stack opens): the stack's fleet and checkpoints report
+    to it, and its maker closes it; else the stack makes one from the settings when it opens, and closes it.
 
     `graphs` is the registry `graph(name)` builds from (default: `agentstack.graphs.BUILTIN_GRAPHS`).
     `warm=False` loads the local embedder on first use instead of while the stack opens: seconds saved by a
@@ -81,6 +86,7 @@ class Stack:
         warm: bool = True,
         on_progress: Callable[[str], None] | None = None,
         graphs: GraphRegistry | None = None,
+        observability: Observability | None = None,
     ) -> None:
         self.settings = settings
         self._graphs = graphs
@@ -93,7 +99,7 @@ class Stack:
         self.retrieval: Any = None
         self.fleet: Any = None
         self.model: Any = model
-        self.observability: Observability | None = None  # runs' metrics, and traces: opened with the stack
+        self.observability = observability  # runs' metrics, and traces: given, or made when the stack opens
         self._usage: UsageStore | None = None  # where observed runs' usage goes, once one ended
 
     @classmethod
@@ -108,8 +114,11 @@ class Stack:
         try:
             from agentstack.observability._observe import Observability
 
-            observing = self.observability = Observability.from_settings(self.settings)
-            exits.push_async_callback(asyncio.to_thread, observing.close)  # queued traces go out (bounded)
+            observing = self.observability
+            if observing is None:  # made here: closed here (its queued traces go out, bounded), then forgotten
+                observing = self.observability = Observability.from_settings(self.settings)
+                exits.push_async_callback(asyncio.to_thread, observing.close)
+                exits.callback(setattr, self, "observability", None)
             starting = self._start_models(exits)
             self.progress("checkpoints: opening Postgres")
             opening: list[AbstractAsyncContextManager[Any]] = [open_saver(settings=self.settings)]  # its pool size too
@@ -187,18 +196,22 @@ class Stack:
         return run
 
     async def record_usage(self, run: ObservedRun) -> None:
-        """Store what an observed run's models used (a row per model: `agentstack usage` sums them)."""
+        """Store what an observed run's models used (a row per model: `agentstack usage` sums them). Called as a
+        run ends, however it ends: a failure to record is logged, never raised over the run's own outcome."""
         if not run.usage.by_model or self.saver is None:
             return
-        if self._usage is None:  # its tables checked once a stack, not at every run's end
-            from agentstack.observability._usage import UsageStore
+        try:
+            if self._usage is None:  # its tables checked once a stack, not at every run's end
+                from agentstack.observability._usage import UsageStore
 
-            store = UsageStore(self.saver.conn, self.settings.prices)
-            await store.setup()
-            self._usage = store
-        await self._usage.record(
-            run_id=run.run_id, thread_id=run.thread_id, graph=run.graph, caller=None, by_model=run.usage.by_model
-        )
+                store = UsageStore(self.saver.conn, self.settings.prices)
+                await store.setup()
+                self._usage = store
+            await self._usage.record(
+                run_id=run.run_id, thread_id=run.thread_id, graph=run.graph, caller=None, by_model=run.usage.by_model
+            )
+        except Exception as exc:
+            _log.warning("run %s: its usage could not be recorded: %s", run.run_id, exc)
 
     # -- graphs wired from the running parts -----------------------------------------------------------
 

@@ -114,16 +114,18 @@ def create_app(
 
     settings = settings if settings is not None else Settings.load()
     own = load_langgraph_json(graphs) if isinstance(graphs, Path) else graphs
+    options = ServerOptions.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[tuple[RunQueue, ServedGraphs]]:
         async with AsyncExitStack() as exits:
-            stack = await exits.enter_async_context(Stack(settings, retrieval=own is None, models=own is None))
+            parts = Stack(settings, retrieval=own is None, models=own is None, observability=options.observability)
+            stack = await exits.enter_async_context(parts)
             assert stack.saver is not None
             served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
             yield RunQueue(stack.saver.conn), ServedGraphs(served)
 
-    return _app(opened, workers=workers, options=ServerOptions.from_settings(settings))
+    return _app(opened, workers=workers, options=options)
 
 
 def registered_graphs(stack: Stack) -> list[ServedGraph]:

@@ -111,12 +111,13 @@ async def serve_on(
     from agentstack.api._runs import RunQueue
     from agentstack.api._served import ServedGraphs
 
+    options = ServerOptions.from_settings(stack.settings, keys_required=keys_required)
+    stack.observability = options.observability  # one a process: the stack's fleet and checkpoints report to it
     async with stack, contextlib.AsyncExitStack() as exits:
         assert stack.saver is not None
         served = registered_graphs(stack) if own is None else await serve_user_graphs(own, stack.saver, exits)
         graphs = ServedGraphs(served)
         queue = RunQueue(stack.saver.conn)
-        options = ServerOptions.from_settings(stack.settings, keys_required=keys_required)
         app = app_on(queue, graphs, workers=jobs, options=options)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
