@@ -192,15 +192,12 @@ async def _share_parts(stack: Stack, exits: AsyncExitStack) -> dict[str, str]:
 async def _share_fleet(settings: Settings, exits: AsyncExitStack, progress: Callable[[str], None]) -> dict[str, str]:
     """Start the fleet and a gateway in front of it, on a loopback port only the workers are told."""
     from agentstack._net import free_port
+    from agentstack.observability._observe import gateway_tracing
     from agentstack.serving import Fleet, gateway_server
 
-    tracing = None
-    if settings.otlp_endpoint or settings.langfuse_host:  # the workers' model calls' route spans
-        from agentstack.observability._tracing import Tracing
-
-        tracing = Tracing.from_settings(settings, service="agentstack-gateway")
-        if tracing is not None:
-            exits.callback(tracing.close)
+    tracing = gateway_tracing(settings)  # the workers' model calls' route spans
+    if tracing is not None:
+        exits.callback(tracing.close)
     fleet = Fleet.from_settings(settings, tracing=tracing)
     model = fleet.chat_model_name()  # a wrong AGENTSTACK_LLM_MODEL fails before anything starts
     progress("models: starting the fleet")

@@ -535,17 +535,14 @@ def serve(
     """Launch a model fleet and serve it as one OpenAI-compatible endpoint, with a live status table."""
     from agentstack.cli._serve import serve_with_keys
     from agentstack.config import Settings
+    from agentstack.observability._observe import gateway_tracing
     from agentstack.serving import Fleet
 
     settings = Settings.load()
-    tracing = None
-    if settings.otlp_endpoint or settings.langfuse_host:
-        from agentstack.observability._tracing import Tracing
-
-        tracing = Tracing.from_settings(settings, service="agentstack-gateway")
-    fleet = Fleet.from_settings(settings, spec, tracing=tracing)
-    port = fleet.spec.port if port is None else port
+    tracing = gateway_tracing(settings)
     try:
+        fleet = Fleet.from_settings(settings, spec, tracing=tracing)
+        port = fleet.spec.port if port is None else port
         asyncio.run(serve_with_keys(fleet, host or fleet.spec.host, port, console, settings))
     finally:
         if tracing is not None:

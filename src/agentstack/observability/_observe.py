@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from agentstack.safety._pii import PiiScanner
     from agentstack.safety._usage import RunUsage
 
-__all__ = ["Observability"]
+__all__ = ["Observability", "gateway_tracing"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Observability:
         """`scanner`: the process's PII detectors when it has them already (the agent server's policy: one
         Presidio model a process), to mask what spans capture under `AGENTSTACK_TRACE_CONTENT`."""
         tracing = None
-        if settings.otlp_endpoint or settings.langfuse_host:  # else OpenTelemetry is not even imported
+        if _exports_traces(settings):  # else OpenTelemetry is not even imported
             from agentstack.observability._tracing import Tracing
 
             if settings.trace_content and scanner is None:
@@ -94,3 +94,17 @@ class Observability:
         """Export what traces are queued (bounded by the export timeout)."""
         if self.tracing is not None:
             self.tracing.close()
+
+
+def gateway_tracing(settings: Settings) -> Tracing | None:
+    """The spans of a gateway process (`agentstack serve`, the one `agentstack api --workers` shares): its
+    route spans, which carry no content; None when the settings export no traces (OpenTelemetry not imported)."""
+    if not _exports_traces(settings):
+        return None
+    from agentstack.observability._tracing import Tracing
+
+    return Tracing.from_settings(settings, service="agentstack-gateway")
+
+
+def _exports_traces(settings: Settings) -> bool:
+    return bool(settings.otlp_endpoint or settings.langfuse_host)
