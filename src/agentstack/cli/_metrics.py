@@ -15,15 +15,13 @@ from pathlib import Path
 from rich.console import Console
 
 from agentstack.errors import ConfigError
-from agentstack.observability._metrics import MULTIPROCESS_ENV
+from agentstack.observability._metrics import MULTIPROCESS_ENV, directory_registry, serve_registry
 
 __all__ = ["serve_metrics"]
 
 
 def serve_metrics(directory: Path | None, *, host: str, port: int, console: Console) -> None:
     """Serve the directory's metrics until SIGINT or SIGTERM."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
     found = directory or (Path(os.environ[MULTIPROCESS_ENV]) if os.environ.get(MULTIPROCESS_ENV) else None)
     if found is None:
         raise ConfigError(
@@ -34,10 +32,8 @@ def serve_metrics(directory: Path | None, *, host: str, port: int, console: Cons
         raise ConfigError(
             f"{found} is not a directory", fix=f"mkdir -p {found}, the {MULTIPROCESS_ENV} of your processes"
         )
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(found))
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        server = serve_registry(directory_registry(found), port, host)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", fix="pick another --port") from None
     console.print(f"metrics of {found} at http://{host}:{port}/metrics (Ctrl-C stops)")

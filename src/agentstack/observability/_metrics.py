@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["MULTIPROCESS_ENV", "Metrics"]
+__all__ = ["MULTIPROCESS_ENV", "Metrics", "directory_registry", "serve_registry"]
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is first imported
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -117,27 +117,16 @@ class Metrics:
         self.checkpoint_batch.observe(operations)
 
     def render(self) -> bytes:
-        if self._multiprocess:
-            from prometheus_client import multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self._multiprocess)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed())
 
     def serve(self, port: int, host: str = "127.0.0.1") -> Any:
         """Serve `render()` on http://host:port/metrics from a thread (a library user's own process); returns
         the server (`.shutdown()` stops it)."""
-        from prometheus_client import start_http_server
+        return serve_registry(self._exposed(), port, host)
 
-        registry = self.registry
-        if self._multiprocess:
-            from prometheus_client import multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self._multiprocess)
-        server, _thread = start_http_server(port, addr=host, registry=registry)
-        return server
+    def _exposed(self) -> CollectorRegistry:
+        """What `/metrics` shows: this process's registry, or every process's sum in multiprocess mode."""
+        return directory_registry(self._multiprocess) if self._multiprocess else self.registry
 
     @staticmethod
     def process_gone(pid: int, directory: str | Path) -> None:
@@ -145,3 +134,21 @@ class Metrics:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, str(directory))
+
+
+def directory_registry(path: str | Path) -> CollectorRegistry:
+    """A registry reading the sum of what every process wrote under `path` (prometheus_client's multiprocess
+    mode: `PROMETHEUS_MULTIPROC_DIR`)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(path))
+    return registry
+
+
+def serve_registry(registry: CollectorRegistry, port: int, host: str) -> Any:
+    """`registry` on http://host:port/metrics from a thread; the server (`.shutdown()` stops it)."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
