@@ -223,6 +223,18 @@ async def test_langfuse_gets_the_trace_at_its_otel_endpoint_with_the_projects_ke
     assert Tracing.from_settings(Settings()) is None  # nothing named: no provider, no thread
 
 
+async def test_a_collectors_headers_from_the_settings_go_with_every_export() -> None:
+    with OtlpReceiver() as receiver:
+        settings = Settings(otlp_endpoint=receiver.url, otlp_headers={"x-honeycomb-team": "team-key"})
+        tracing = Tracing.from_settings(settings)
+        assert tracing is not None
+        await agent().ainvoke({"steps": []}, {"callbacks": [RunObserver(tracing=tracing, graph="g")]})
+        tracing.close()
+        spans = receiver.wait_for(lambda got: len(got) >= 5)
+    assert {s.headers.get("x-honeycomb-team") for s in spans} == {"team-key"}
+    assert {s.headers.get("content-type") for s in spans} == {"application/x-protobuf"}
+
+
 def test_content_capture_by_settings_masks_with_the_processs_one_scanner() -> None:
     """`AGENTSTACK_TRACE_CONTENT`: a run's spans capture content, masked by the scanner the process already has
     (the agent server's PII policy's); a gateway's route spans capture none."""

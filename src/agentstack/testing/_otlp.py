@@ -50,7 +50,6 @@ class OtlpReceiver:
     def __init__(self, *, langfuse: tuple[str, str] | None = None) -> None:
         self.langfuse = langfuse
         self.spans: list[ReceivedSpan] = []
-        self.requests = 0
         self.refused = 0
         self._lock = threading.Lock()
         self._server: Any = None
@@ -136,10 +135,10 @@ class OtlpReceiver:
                             path=path,
                             start_ns=span.start_time_unix_nano,
                             end_ns=span.end_time_unix_nano,
+                            headers=dict(request.headers),
                         )
                     )
         with self._lock:
-            self.requests += 1
             self.spans.extend(received)
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type="application/x-protobuf")
 
