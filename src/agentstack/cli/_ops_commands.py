@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -112,9 +112,10 @@ def usage(
     from agentstack.cli._keys import parse_duration
     from agentstack.cli._usage import show_usage
     from agentstack.config import Settings
+    from agentstack.observability._usage import Grouping
 
-    if by not in ("model", "graph", "caller", "thread"):
-        raise ConfigError(f"--by {by!r} is not a grouping", fix="--by model, graph, caller or thread")
+    if by not in (groupings := get_args(Grouping)):
+        raise ConfigError(f"--by {by!r} is not a grouping", fix=f"--by one of {', '.join(groupings)}")
     if output not in ("table", "json", "csv"):
         raise ConfigError(f"--format {output!r} is not a format", fix="--format table, json or csv")
     since_s = parse_duration(since, option="--since") if since else None

@@ -25,7 +25,8 @@ __all__ = ["OtlpReceiver", "ReceivedSpan"]
 
 @dataclass(frozen=True)
 class ReceivedSpan:
-    """A span as it arrived: ids in hex, attributes as Python values, and the path it was posted to."""
+    """A span as it arrived: ids in hex, attributes as Python values, the path it was posted to and the request's
+    headers."""
 
     name: str
     trace_id: str
