@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agentstack.cli._database import opened_store
 from agentstack.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -196,16 +196,11 @@ def print_summary(result: ExperimentResult, console: Console) -> None:
     )
 
 
-@asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Any]:
+def _store(settings: Settings) -> AbstractAsyncContextManager[Any]:
     """The experiment store on the settings' Postgres, its tables created."""
-    from agentstack.checkpoint import open_saver
     from agentstack.eval._store import ExperimentStore
 
-    async with open_saver(settings=settings, pool_size=2) as saver:
-        store = ExperimentStore(saver.conn)
-        await store.setup()
-        yield store
+    return opened_store(settings, ExperimentStore)
 
 
 async def list_experiments(settings: Settings, console: Console) -> None:

@@ -8,14 +8,13 @@ same key id). A server that runs sees a new, revoked or rotated key within a sec
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agentstack.cli._database import opened_store
 from agentstack.config import Settings
 from agentstack.errors import ConfigError
 from agentstack.safety import ApiKey, KeyStore, NewKey
@@ -55,18 +54,8 @@ def parse_scope(text: str) -> list[str]:
     return graphs
 
 
-@asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[KeyStore]:
-    from agentstack.checkpoint import open_saver
-
-    async with open_saver(settings=settings, pool_size=2) as saver:
-        store = KeyStore(saver.conn)
-        await store.setup()
-        yield store
-
-
 async def create_key(settings: Settings, console: Console, **options: object) -> NewKey:
-    async with _store(settings) as store:
+    async with opened_store(settings, KeyStore) as store:
         made = await store.create(**options)  # type: ignore[arg-type]
     console.print(f"key {made.key.key_id} ({escape(made.key.name)}): {_limits(made.key)}")
     console.print(f"[bold]{made.secret}[/]")
@@ -79,7 +68,7 @@ async def create_key(settings: Settings, console: Console, **options: object) ->
 
 
 async def list_keys(settings: Settings, console: Console, *, include_revoked: bool) -> None:
-    async with _store(settings) as store:
+    async with opened_store(settings, KeyStore) as store:
         keys = await store.list(include_revoked=include_revoked)
     table = Table(title=f"{len(keys)} key(s)", title_justify="left")
     for column in ("id", "name", "may", "created", "expires", "state"):
@@ -95,13 +84,13 @@ async def list_keys(settings: Settings, console: Console, *, include_revoked: bo
 
 
 async def revoke_key(settings: Settings, console: Console, key_id: str) -> None:
-    async with _store(settings) as store:
+    async with opened_store(settings, KeyStore) as store:
         key = await store.revoke(key_id)
     console.print(f"key {key.key_id} ({escape(key.name)}) revoked: servers refuse it within a second")
 
 
 async def rotate_key(settings: Settings, console: Console, key_id: str) -> None:
-    async with _store(settings) as store:
+    async with opened_store(settings, KeyStore) as store:
         made = await store.rotate(key_id)
     console.print(f"key {made.key.key_id} ({escape(made.key.name)}) has a new secret; the old one no longer works:")
     console.print(f"[bold]{made.secret}[/]")
@@ -136,7 +125,7 @@ async def show_audit(
 
     from agentstack.safety._audit import AuditLog
 
-    async with _store(settings) as store:
+    async with opened_store(settings, KeyStore) as store:
         entries = await AuditLog(store.pool).read(key_id=key_id, since_s=since_s, thread_id=thread_id, limit=limit)
     if as_json:
         for entry in entries:

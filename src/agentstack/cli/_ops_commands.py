@@ -115,7 +115,7 @@ def usage(
     from agentstack.observability._usage import Grouping
 
     if by not in (groupings := get_args(Grouping)):
-        raise ConfigError(f"--by {by!r} is not a grouping", fix=f"--by one of {', '.join(groupings)}")
+        raise ConfigError(f"--by {by!r} is not a grouping", fix=f"--by {', '.join(groupings[:-1])} or {groupings[-1]}")
     if output not in ("table", "json", "csv"):
         raise ConfigError(f"--format {output!r} is not a format", fix="--format table, json or csv")
     since_s = parse_duration(since, option="--since") if since else None

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agentstack.cli._database import opened_store
 from agentstack.config import Settings
 from agentstack.observability._usage import Grouping, UsageStore
 
@@ -27,11 +28,7 @@ async def show_usage(
     since_s: float | None,
     output: Literal["table", "json", "csv"],
 ) -> None:
-    from agentstack.checkpoint import open_saver
-
-    async with open_saver(settings=settings, pool_size=1) as saver:
-        store = UsageStore(saver.conn, settings.prices)
-        await store.setup()
+    async with opened_store(settings, lambda pool: UsageStore(pool, settings.prices)) as store:
         rows = await store.report(by, since_s=since_s)
     if output == "json":
         print(json.dumps([dataclasses.asdict(r) for r in rows]))
