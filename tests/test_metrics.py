@@ -99,9 +99,11 @@ async def test_a_stack_reports_to_the_observability_it_is_given(agentstack_postg
     given = Observability()
     async with Stack(settings, models=False, retrieval=False, observability=given) as stack:
         config: dict[str, object] = {"configurable": {"thread_id": "given-1"}}
-        run = stack.observed(config, graph="g", thread_id="given-1")
-        await agent(stack.saver).ainvoke({"steps": []}, config)
-        await stack.record_usage(run)
+        async with stack.observed(config, graph="g", thread_id="given-1"):
+            await agent(stack.saver).ainvoke({"steps": []}, config)
+        assert stack.saver is not None
+        rows = await UsageStore(stack.saver.conn).report("thread")  # stored as the run ended
+        assert [(r.key, r.input_tokens, r.output_tokens) for r in rows if r.key == "given-1"] == [("given-1", 11, 3)]
     assert stack.observability is given
     found = samples(given.metrics.render().decode())
     assert value(found, "agentstack_runs_started_total", graph="g") == 1

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,26 +178,30 @@ class Stack:
         exits.push_async_callback(_cancelled, task)  # runs before fleet.stop: callbacks unwind in reverse
         return task
 
-    def observed(self, config: dict[str, Any], *, graph: str, thread_id: str) -> ObservedRun:
-        """`config` made to observe its run: metrics, spans when traces are exported (the trace id then in its
-        checkpoints' metadata), and its model usage, which `record_usage` stores when it ends."""
+    @contextlib.asynccontextmanager
+    async def observed(self, config: dict[str, Any], *, graph: str, thread_id: str) -> AsyncIterator[ObservedRun]:
+        """Within: `config` observes its run (metrics, spans when traces are exported, the trace id then in its
+        checkpoints' metadata, and its model usage); on the way out, however the run ended, its usage is stored
+        (a row per model: `agentstack usage` sums them): what its models used was used. A failure to store it is
+        logged, never raised over the run's own outcome."""
         from agentstack.safety._usage import RunUsage
 
+        if self.observability is None:
+            raise ConfigError("the stack is not open", fix="observe runs inside `async with stack:`")
         run = ObservedRun(str(uuid.uuid4()), graph, thread_id, RunUsage())
-        observers: list[Any] = [run.usage]
-        if self.observability is not None:
-            observers = self.observability.run_callbacks(
-                config, graph=graph, run_id=run.run_id, thread_id=thread_id, usage=run.usage
-            )
+        observers = self.observability.run_callbacks(
+            config, graph=graph, run_id=run.run_id, thread_id=thread_id, usage=run.usage
+        )
         config["callbacks"] = [*(config.get("callbacks") or []), *observers]
         config["run_id"] = run.run_id
         trace_id = (config.get("metadata") or {}).get("trace_id")
         run.trace_id = str(trace_id) if trace_id else None
-        return run
+        try:
+            yield run
+        finally:
+            await self._record_usage(run)
 
-    async def record_usage(self, run: ObservedRun) -> None:
-        """Store what an observed run's models used (a row per model: `agentstack usage` sums them). Called as a
-        run ends, however it ends: a failure to record is logged, never raised over the run's own outcome."""
+    async def _record_usage(self, run: ObservedRun) -> None:
         if not run.usage.by_model or self.saver is None:
             return
         try:

@@ -81,14 +81,11 @@ async def run_graph(
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(asdict(context))}
-        observed = stack.observed(config, graph=graph, thread_id=thread_id)
-        trace = trace_link(stack.settings, observed.trace_id)
-        try:
+        async with stack.observed(config, graph=graph, thread_id=thread_id) as observed:
+            trace = trace_link(stack.settings, observed.trace_id)
             return await _stream(
                 compiled, entry.input_from_task(task), config, context, entry.render, console, trace=trace
             )
-        finally:  # however it ended: what its models used was used
-            await stack.record_usage(observed)
 
 
 async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, console: Console) -> bool:
@@ -108,9 +105,8 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, c
         compiled = stack.graph(graph)
         config = Stack.thread(thread_id)
         config["metadata"] = {"agentstack_context": json.dumps(knobs)}
-        observed = stack.observed(config, graph=graph, thread_id=thread_id)
-        trace = trace_link(stack.settings, observed.trace_id)
-        try:
+        async with stack.observed(config, graph=graph, thread_id=thread_id) as observed:
+            trace = trace_link(stack.settings, observed.trace_id)
             if decision is None:
                 console.print(f"[dim]continuing: {escape(status.describe())}[/]")
                 return await _stream(compiled, None, config, context, entry.render, console, trace=trace)
@@ -123,8 +119,6 @@ async def resume_thread(stack: Stack, thread_id: str, decision: Any | None, *, c
                 )
             said = Command(resume=_resume_value(decision, pending))
             return await _stream(compiled, said, config, context, entry.render, console, trace=trace)
-        finally:  # however it ended: what its models used was used
-            await stack.record_usage(observed)
 
 
 async def _newest_checkpoint(stack: Stack, thread_id: str) -> Any:
