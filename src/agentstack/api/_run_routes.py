@@ -262,7 +262,7 @@ class RunRoutes(RunReading):
         from those checkpoints would lose its parents."""
         run = await self._run(request)
         await self.queue.check_idle(run.thread_id, "deleting one of its runs")
-        served = self.graphs.find(str(run.kwargs.get("graph_id")))
+        served = self.graphs.find(run.graph_id)
         saver = served.graph.checkpointer if served is not None else None
         if isinstance(saver, BaseCheckpointSaver):
             await saver.adelete_for_runs([run.run_id])

@@ -66,6 +66,12 @@ class Run:
     cancel: CancelAction | None = None
     error: Any = None
 
+    @property
+    def graph_id(self) -> str:
+        """The graph the run runs: the one its assistant named when it was queued (its assistant id names it
+        for a run queued before the graph id was stored with it)."""
+        return str(self.kwargs.get("graph_id") or self.assistant_id)
+
 
 @dataclass(frozen=True)
 class StreamEvent:

@@ -60,7 +60,7 @@ class ServedGraphs:
 
     def running(self, run: Any) -> ServedGraph:
         """The graph a queued run runs on: the one its assistant named when it was queued."""
-        return self.get(run.kwargs.get("graph_id") or run.assistant_id)
+        return self.get(run.graph_id)
 
     def get(self, assistant_or_graph_id: str) -> ServedGraph:
         found = self.by_assistant.get(assistant_or_graph_id) or self.find(assistant_or_graph_id)

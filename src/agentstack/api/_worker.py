@@ -174,7 +174,7 @@ class RunWorker:
             recorded = self.usage.record(
                 run_id=run.run_id,
                 thread_id=run.thread_id,
-                graph=str(run.kwargs.get("graph_id") or run.assistant_id),
+                graph=run.graph_id,
                 caller=run.kwargs.get("caller"),
                 by_model=usage.by_model,
             )
@@ -219,7 +219,7 @@ class RunWorker:
             return [usage]
         return self.observability.run_callbacks(
             config,
-            graph=str(run.kwargs.get("graph_id") or run.assistant_id),
+            graph=run.graph_id,
             run_id=run.run_id,
             thread_id=run.thread_id,
             assistant_id=run.assistant_id,
