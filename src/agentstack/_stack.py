@@ -63,8 +63,8 @@ class ObservedRun:
 
 class Stack:
     """The running parts: `saver`, `retrieval`, `fleet` (None with an external LLM), `model`, and
-    `observability` (run metrics, and traces when the settings export them; `observed(config, ...)` adds a
-    run's observers to a config). A process that has its own (the agent server's options) gives it
+    `observability` (run metrics, and traces when the settings export them; `async with observed(config, ...)`
+    observes a run and stores its usage when it ends). A process that has its own (the agent server's options) gives it
     (`observability=`, or sets the attribute before the stack opens): the stack's fleet and checkpoints report
     to it, and its maker closes it; else the stack makes one from the settings when it opens, and closes it.
 
