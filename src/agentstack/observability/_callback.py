@@ -245,7 +245,7 @@ class RunObserver(BaseCallbackHandler):
         if self.metrics is not None:
             for leg, ms in timings.items():
                 if leg != "search":  # the legs' wall time together: each leg is there on its own
-                    self.metrics.retrieval_seconds.labels(retriever, leg).observe(float(ms) / 1000)
+                    self.metrics.child(self.metrics.retrieval_seconds, retriever, leg).observe(float(ms) / 1000)
         if self.tracing is None:
             return
         above = self._span_above(run_id)
@@ -275,7 +275,7 @@ class RunObserver(BaseCallbackHandler):
         self._root_id = run_id
         graph = self.graph or name
         if self.metrics is not None:
-            self.metrics.runs_started.labels(graph).inc()
+            self.metrics.child(self.metrics.runs_started, graph).inc()
         span = None
         if self.tracing is not None:
             span = self._root_span(run_id, graph, metadata, self.tracing)
@@ -348,15 +348,15 @@ class RunObserver(BaseCallbackHandler):
         metrics = self.metrics
         assert metrics is not None
         if opened is not None:
-            metrics.model_seconds.labels(self.graph, model).observe(time.perf_counter() - opened[0])
+            metrics.child(metrics.model_seconds, self.graph, model).observe(time.perf_counter() - opened[0])
         tokens_in, tokens_out = sum(i for i, _ in used.values()), sum(o for _, o in used.values())
         if tokens_in:
-            metrics.tokens.labels(self.graph, model, "input").inc(tokens_in)
+            metrics.child(metrics.tokens, self.graph, model, "input").inc(tokens_in)
         if tokens_out:
-            metrics.tokens.labels(self.graph, model, "output").inc(tokens_out)
+            metrics.child(metrics.tokens, self.graph, model, "output").inc(tokens_out)
         cost = cost_usd(metrics.prices, model, tokens_in, tokens_out)
         if cost:
-            metrics.cost.labels(self.graph, model).inc(cost)
+            metrics.child(metrics.cost, self.graph, model).inc(cost)
 
     def _span(
         self, parent_run_id: UUID | None, name: str, attributes: dict[str, Any], *, client: bool = False
@@ -389,12 +389,12 @@ class RunObserver(BaseCallbackHandler):
             elapsed = time.perf_counter() - started
             if kind == "run":
                 outcome = "success" if error is None else "interrupted" if interrupted else "error"
-                self.metrics.runs_ended.labels(name, outcome).inc()
-                self.metrics.run_seconds.labels(name).observe(elapsed)
+                self.metrics.child(self.metrics.runs_ended, name, outcome).inc()
+                self.metrics.child(self.metrics.run_seconds, name).observe(elapsed)
             elif kind == "node":
-                self.metrics.node_seconds.labels(self.graph, name).observe(elapsed)
+                self.metrics.child(self.metrics.node_seconds, self.graph, name).observe(elapsed)
             elif kind == "retriever":
-                self.metrics.retrieval_seconds.labels(name, "all").observe(elapsed)
+                self.metrics.child(self.metrics.retrieval_seconds, name, "all").observe(elapsed)
         if span is None:
             return
         if kind == "run" and self.trace_id is not None and self.thread_id and self.tracing is not None:

@@ -31,6 +31,7 @@ class Metrics:
         self.prices = dict(prices or {})
         self.registry = CollectorRegistry(auto_describe=True)
         self._multiprocess = os.environ.get(MULTIPROCESS_ENV)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # `child`
         into = None if self._multiprocess else self.registry  # multiprocess: the values live in the directory
         self.runs_started = Counter("agentstack_runs_started", "Graph runs started.", ["graph"], registry=into)
         self.runs_ended = Counter(
@@ -110,6 +111,15 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=into,
         )
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """`family.labels(*labels)`, looked up once: a run's observer counts dozens of samples, and
+        prometheus_client's own lookup takes a lock and builds its key each time."""
+        key = (id(family), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
 
     def checkpoint_commit(self, seconds: float, operations: int) -> None:
         """What `PoolSaver.report_commits` tells: one group commit."""
