@@ -138,15 +138,12 @@ async def test_eval_agreement_scores_each_repeat_without_the_cache() -> None:
     )
     asked: list[str] = []
 
-    def questions(prompt: str) -> dict[str, list[str]]:
+    def question(prompt: str) -> dict[str, str]:
         asked.append(prompt)
-        return {
-            "questions": ["How does PoolSaver commit writes?"] * 3
-            if "PoolSaver" in prompt
-            else ["What is Milvus Lite?"] * 3
-        }
+        statement = prompt.rsplit("Statement:", 1)[1]
+        return {"question": "How does PoolSaver commit writes?" if "PoolSaver" in statement else "What is Milvus Lite?"}
 
-    judge = Judge(schema_model(AnswerQuestions=questions), embedder=HashingEmbedder())
+    judge = Judge(schema_model(AnswerQuestion=question), embedder=HashingEmbedder())
     runs = await bench.our_scores([good, broken], judge, repeats=2, concurrency=2)
     assert len(runs) == 2 and len(asked) == 4  # judged again in the second repeat
     for run in runs:

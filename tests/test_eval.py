@@ -122,13 +122,14 @@ def fact_checker(prompt: str) -> dict[str, str]:
 
 
 def question_writer(prompt: str) -> dict[str, object]:
-    answer = re.sub(r"\s*\[S\d+\]", "", prompt.split("Answer:", 1)[1]).strip().rstrip(".")
-    return {"questions": [f"What does {answer}?"] * 3}
+    """The question a statement answers: the statement itself, asked (the prompt's examples come first)."""
+    statement = prompt.rsplit("Statement:", 1)[1].split("Question:", 1)[0].strip().rstrip(".")
+    return {"question": f"What does {statement}?"}
 
 
 def judge(*, embedder: bool = True, **replies: object) -> Judge:
     """A scripted judge; with the embedder its support checks cascade (the embedder settles the clear cases)."""
-    model = schema_model(**{"SupportVerdict": fact_checker, "AnswerQuestions": question_writer, **replies})
+    model = schema_model(**{"SupportVerdict": fact_checker, "AnswerQuestion": question_writer, **replies})
     return Judge(model, embedder=HashingEmbedder() if embedder else None)
 
 
@@ -151,6 +152,31 @@ async def test_an_answer_to_another_question_scores_lower_on_faithfulness_and_re
     for metric in (Faithfulness(), AnswerRelevancy()):
         scores = [(await metric.score(s, judge())).value for s in (good, broken)]
         assert scores[0] is not None and scores[1] is not None and scores[0] > scores[1], (metric.name, scores)
+
+
+async def test_answer_relevancy_asks_about_each_of_the_first_three_sentences_without_their_citations() -> None:
+    shown: list[str] = []
+
+    def writer(prompt: str) -> dict[str, object]:
+        shown.append(prompt.rsplit("Statement:", 1)[1].split("Question:", 1)[0].strip())
+        return question_writer(prompt)
+
+    answer = "PoolSaver batches writes [S1]. Milvus Lite keeps vectors [S2]. The fleet runs llama.cpp [S1]. Fourth one."
+    score = await AnswerRelevancy().score(sample(answer), judge(AnswerQuestion=writer))
+    assert sorted(shown) == sorted(["PoolSaver batches writes.", "Milvus Lite keeps vectors.", "The fleet runs llama.cpp."])
+    assert score.value is not None and score.reason.count("|") == 2
+
+
+async def test_answer_relevancy_asks_again_when_the_judge_copies_an_example() -> None:
+    """A small model continues the last example it was shown; that question is the prompt's, not the answer's."""
+    copied = "How long does the cache keep an entry?"
+    assert f'"{copied}"' in Judge(embedder=HashingEmbedder()).prompts.get("eval", "answer_question").system
+    replies = iter([{"question": copied}, {"question": "What does PoolSaver commit in one transaction?"}])
+    score = await AnswerRelevancy().score(
+        sample("PoolSaver commits many threads' writes in one transaction [S1]."),
+        judge(AnswerQuestion=lambda _prompt: next(replies)),
+    )
+    assert score.reason == "the answer answers: What does PoolSaver commit in one transaction?"
 
 
 async def test_answer_relevancy_is_zero_for_a_noncommittal_answer() -> None:

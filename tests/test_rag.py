@@ -272,3 +272,23 @@ async def test_changing_the_chunker_re_ingests(index, embedder, corpus):
     ingestor.chunker = SemanticChunker(embedder)
     again = await ingestor.aingest_paths([corpus])
     assert len(again.replaced) == 3 and again.unchanged == []
+
+
+async def test_a_milvus_lite_server_that_exited_is_started_again_by_the_next_open(tmp_path, embedder, caplog):
+    """Milvus Lite gives every client of a file this process's server's address, dead or alive: without the
+    restart, every open after its server exited failed until the process did (the first `agentstack run` after a
+    test suite failed so: its server exited right after starting)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    path = tmp_path / "milvus.db"
+    first = await MilvusIndex.open(path, dimension=embedder.dimension, embedder=embedder.name)
+    await first.aclose()
+    server = server_manager_instance._servers[str(path.resolve())]
+    server._p.kill()
+    server._p.wait()
+    second = await MilvusIndex.open(path, dimension=embedder.dimension, embedder=embedder.name)
+    try:
+        assert await second.count() == 0
+    finally:
+        await second.aclose()
+    assert "Milvus Lite's server for" in caplog.text and "starting it again" in caplog.text

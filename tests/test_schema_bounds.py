@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from agentstack.eval._metrics_judged import AnswerQuestions, Usefulness
+from agentstack.eval._metrics_judged import AnswerQuestion, Usefulness
 from agentstack.graphs import Analysis, FinalAnswer, Plan, python_tool, search_tool, workspace_tools
 from agentstack.graphs._approval import turn_schema
 from agentstack.graphs._research import _selection_schema
@@ -74,7 +74,7 @@ SCHEMAS = [
     FinalAnswer,
     _selection_schema(8, 3),
     SupportVerdict,
-    AnswerQuestions,
+    AnswerQuestion,
     Usefulness,
     Route,
     CodeDraft,

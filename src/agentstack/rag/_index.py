@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import warnings
@@ -24,6 +25,8 @@ from agentstack._optional import require
 from agentstack.errors import ConfigError, RetrievalError
 from agentstack.rag._bm25_text import bm25_text
 from agentstack.rag._types import Chunk
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["LegHit", "MilvusIndex", "filter_expression", "is_lite_file", "shared_milvus_lite"]
 
@@ -122,6 +125,15 @@ class MilvusIndex:
         if is_lite_file(uri):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             _import_milvus_lite()
+        try:
+            return await cls._reach(pymilvus, uri, collection=collection, token=token)
+        except RetrievalError:
+            if not is_lite_file(uri) or not await asyncio.to_thread(_released_dead_lite, uri):
+                raise
+        return await cls._reach(pymilvus, uri, collection=collection, token=token)
+
+    @classmethod
+    async def _reach(cls, pymilvus: Any, uri: str, *, collection: str, token: str) -> MilvusIndex:
         index = cls(None, collection, dimension=0, embedder="", uri=uri, token=token)
         with index._failures("connecting"):
             index._client = client = pymilvus.AsyncMilvusClient(uri=uri, token=token)
@@ -356,6 +368,31 @@ async def shared_milvus_lite(path: str) -> AsyncIterator[str]:
         yield uri
     finally:
         await asyncio.to_thread(server_manager_instance.release_server, path)
+
+
+def _released_dead_lite(path: str) -> bool:
+    """Forget this process's Milvus Lite server for `path` when its process has exited, so the next client starts
+    a new one; False when it runs (the failure is something else) or there is none.
+
+    Milvus Lite keeps one server a file for the life of the process and hands every new client its address, dead
+    or alive. Its server exits as soon as it can take the lock on `.<file>.lock`, which its parent holds; seen on
+    the first `agentstack run` after a test suite, it did so a tenth of a second after starting ("[BlockLock]
+    Process exit"), and a second run worked. One way that happens: milvus-lite's `Server.stop` unlinks the lock
+    file even when another process has opened and locked it since, and the server (opening it by name, with
+    O_CREAT) then locks a fresh file at once. Starting it again is what the second run did.
+    """
+    from milvus_lite.server_manager import server_manager_instance
+
+    resolved = str(Path(path).absolute().resolve())
+    server = getattr(server_manager_instance, "_servers", {}).get(resolved)
+    process = getattr(server, "_p", None)
+    if process is None or process.poll() is None:
+        return False
+    _log.warning(
+        "Milvus Lite's server for %s exited (status %s) after it started; starting it again", path, process.returncode
+    )
+    server_manager_instance.release_server(resolved)
+    return True
 
 
 def _grpc_forks_plainly() -> None:
