@@ -10,7 +10,8 @@ A percentile of ~90 ms requests to a real model server moves by milliseconds run
 than the router adds, so each request's own router time is measured too, paired: the time in the router's
 `handle_async_request` less the time in the transport under it (the upstream request), for the same request:
 `p99_router_self_ms` and `p99_router_self_ms_traced` (the reply's body is read after: the router's per-chunk
-bookkeeping, and the route span's end when the body closes, are not in it). Ends with one JSON line; target: p99_added_ms < 1.
+bookkeeping, and the route span's end when the body closes, are not in it). Ends with one JSON line; target:
+p99_added_ms < 1.
 
     python bench/router_overhead.py [--quick | --smoke]
 """

@@ -161,9 +161,12 @@ async def test_answer_relevancy_asks_about_each_of_the_first_three_sentences_wit
         shown.append(prompt.rsplit("Statement:", 1)[1].split("Question:", 1)[0].strip())
         return question_writer(prompt)
 
-    answer = "PoolSaver batches writes [S1]. Milvus Lite keeps vectors [S2]. The fleet runs llama.cpp [S1]. Fourth one."
+    first_three = ["PoolSaver batches writes.", "Milvus Lite keeps vectors.", "The fleet runs llama.cpp."]
+    answer = "PoolSaver batches writes [S1]. Milvus Lite keeps vectors [S2]. The fleet runs llama.cpp [S1]. " + (
+        "This one is not asked about."
+    )
     score = await AnswerRelevancy().score(sample(answer), judge(AnswerQuestion=writer))
-    assert sorted(shown) == sorted(["PoolSaver batches writes.", "Milvus Lite keeps vectors.", "The fleet runs llama.cpp."])
+    assert sorted(shown) == sorted(first_three)
     assert score.value is not None and score.reason.count("|") == 2
 
 
