@@ -17,7 +17,7 @@ from langgraph.types import Command
 
 from agentstack.errors import GraphInputError, RetrievalError, UserError
 from agentstack.graphs import ResearchContext, build_research_graph
-from agentstack.graphs._grounding import verify_citations
+from agentstack.graphs._grounding import on_topic, verify_citations
 from agentstack.graphs._research import (
     RESEARCH_GRAPH,
     ResearchDeps,
@@ -332,6 +332,7 @@ async def test_off_topic_sub_queries_are_dropped_and_reported(retriever: InMemor
             "a t t e c h n c j o c h",
             "G a b l e a r s e r",
             "postgres://postgres:1044/qeries",
+            "resume_thread_checkpoint crash",
             "thread checkpoints",
         ]
     }
@@ -342,10 +343,21 @@ async def test_off_topic_sub_queries_are_dropped_and_reported(retriever: InMemor
     assert events[0] == {
         "stage": "plan",
         "queries": [question, "thread checkpoints"],
-        "dropped": soup["queries"][:3],  # letter soup, and a URL sharing only "postgres" of its two words
+        # letter soup, a URL sharing only "postgres" of its two words, and a name in code the question has not
+        "dropped": soup["queries"][:4],
     }
     out = await graph.ainvoke({"question": question}, thread())
-    assert out["dropped_queries"] == soup["queries"][:3] and soup["queries"][0] not in out["asked"]
+    assert out["dropped_queries"] == soup["queries"][:4] and soup["queries"][0] not in out["asked"]
+
+
+async def test_a_sub_query_may_name_what_the_question_names_in_code() -> None:
+    kept, dropped = await on_topic(
+        ["open_saver database URL", "OPEN_SAVER database", "open_saver.database_url", "agentstack.toml keys"],
+        "How does open_saver pick its database, and what does agentstack.toml set?",
+        None,
+    )
+    assert kept == ["open_saver database URL", "OPEN_SAVER database", "agentstack.toml keys"]
+    assert dropped == ["open_saver.database_url"]
 
 
 def _extractive(choose: list[str], **options: Any) -> Any:

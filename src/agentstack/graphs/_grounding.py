@@ -52,6 +52,9 @@ _NOT_TOPICAL = frozenset((
     "most", "some", "any", "each", "every", "all"
 ))
 # fmt: on
+# Words joined by dots or underscores: a name in code ("open_saver", "agentstack.toml"), which a planner can only
+# have read in the question or made up ("agentstack_qerie", "how_does_open_saver_choose_database").
+_IDENTIFIER = re.compile(r"\w+(?:[._]\w+)+")
 _SYMBOLS = 0.12  # a share of characters that are neither letters, digits, spaces nor . , ; : ' " ` - above this is code
 
 
@@ -76,20 +79,23 @@ def _shares_term(a: set[str], b: set[str]) -> bool:
 async def on_topic(queries: Sequence[str], question: str, embedder: Embedder | None) -> tuple[list[str], list[str]]:
     """(the queries worth searching, the ones dropped): more than half of a query's content words are the
     question's, or an embedder finds it means nearly the same. Half, not one: a tiny planner's
-    "postgres://postgres:1044/qeries" or "SELECT * FROM sys_utils.postgres_connection" shares a word too."""
+    "postgres://postgres:1044/qeries" or "SELECT * FROM sys_utils.postgres_connection" shares a word too.
+    A query that names an identifier the question does not is dropped whatever it shares: the CPU Gemma's
+    "ScriptedChatModel.hscenery.createtext.resumenable" passed the embedder's check on its first word."""
     asked = content_terms(question)
+    named = {name.lower() for name in _IDENTIFIER.findall(question)}
     kept: list[str] = []
     doubtful: list[str] = []
     for query in queries:
+        if any(name.lower() not in named for name in _IDENTIFIER.findall(query)):
+            continue
         terms = content_terms(query)
         shared = sum(1 for term in terms if _shares_term({term}, asked))
         (kept if shared * 2 > len(terms) else doubtful).append(query)
     if doubtful and embedder is not None:
         vectors = await embedder.aembed_documents([question, *doubtful])
-        close = {q for q, v in zip(doubtful, vectors[1:], strict=True) if cosine(vectors[0], v) >= _SAME_MEANING}
-        kept += [q for q in doubtful if q in close]
-        doubtful = [q for q in doubtful if q not in close]
-    return [q for q in queries if q in kept], doubtful
+        kept += [q for q, v in zip(doubtful, vectors[1:], strict=True) if cosine(vectors[0], v) >= _SAME_MEANING]
+    return [q for q in queries if q in kept], [q for q in queries if q not in kept]
 
 
 @dataclass(frozen=True)
