@@ -1,4 +1,5 @@
-"""A local server speaking the embeddings and rerank protocols, backed by the real local embedder.
+"""A local server speaking the embeddings and rerank protocols, backed by the real local embedder (and chat
+completions, answering "ok", for a test that reads what a client asks a model).
 
 No network reaches Cohere or a hosted embeddings API here, so the real clients (`cohere`, httpx) are
 tested against this: Cohere's `/v2/rerank`, the self-hosted `/v1/rerank` shape, and `/v1/embeddings`.
@@ -21,11 +22,21 @@ from starlette.routing import Route
 from agentstack.rag import LocalEmbedder
 
 
-def app(embedder: LocalEmbedder, seen: list[dict]) -> Starlette:
+def app(embedder: LocalEmbedder | None, seen: list[dict]) -> Starlette:
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append({"path": request.url.path, "body": body, "auth": request.headers.get("authorization")})
+        message = {"role": "assistant", "content": "ok"}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        choices = [{"index": 0, "message": message, "finish_reason": "stop"}]
+        reply = {"id": "c", "object": "chat.completion", "model": body["model"], "choices": choices, "usage": usage}
+        return JSONResponse(reply)
+
     async def embeddings(request: Request) -> JSONResponse:
         body = await request.json()
         seen.append({"path": request.url.path, "body": body, "auth": request.headers.get("authorization")})
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        assert embedder is not None, "serve(embedder, port) answers embeddings"
         vectors = embedder.embed(texts)
         data = [{"object": "embedding", "index": i, "embedding": [x * 3 for x in v]} for i, v in enumerate(vectors)]
         return JSONResponse({"object": "list", "data": data, "model": body["model"]})
@@ -35,6 +46,7 @@ def app(embedder: LocalEmbedder, seen: list[dict]) -> Starlette:
         seen.append({"path": request.url.path, "body": body, "auth": request.headers.get("authorization")})
         if body.get("model") == "missing":
             return JSONResponse({"message": "model 'missing' not found"}, status_code=404)
+        assert embedder is not None, "serve(embedder, port) reranks"
         query, *docs = embedder.embed([body["query"], *body["documents"]])
         scores = [sum(a * b for a, b in zip(query, doc, strict=True)) for doc in docs]
         order = sorted(range(len(docs)), key=lambda i: -scores[i])[: body.get("top_n") or len(docs)]
@@ -42,6 +54,7 @@ def app(embedder: LocalEmbedder, seen: list[dict]) -> Starlette:
         return JSONResponse({"id": "local", "results": results, "meta": {"api_version": {"version": "2"}}})
 
     routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/rerank", rerank, methods=["POST"]),
         Route("/v2/rerank", rerank, methods=["POST"]),
@@ -50,7 +63,7 @@ def app(embedder: LocalEmbedder, seen: list[dict]) -> Starlette:
 
 
 @contextmanager
-def serve(embedder: LocalEmbedder, port: int) -> Iterator[list[dict]]:
+def serve(embedder: LocalEmbedder | None, port: int) -> Iterator[list[dict]]:
     """Runs the server on 127.0.0.1:port in a thread; yields the list of requests it received."""
     seen: list[dict] = []
     server = uvicorn.Server(uvicorn.Config(app(embedder, seen), host="127.0.0.1", port=port, log_level="warning"))

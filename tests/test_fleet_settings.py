@@ -122,3 +122,19 @@ def test_serve_and_graph_ingest_choose_the_same_way(command: list[str], spec_fil
     assert result.returncode == 1, result.stdout + result.stderr
     assert "'nope' (AGENTSTACK_LLM_MODEL) is not a chat model of this fleet" in result.stderr
     assert "small, large, large-sql, remote" in result.stderr
+
+
+@pytest.mark.allow_model_requests  # a local stand-in, answering "ok"
+async def test_the_graphs_model_decodes_greedily(settings: Settings, agentstack_postgres: str) -> None:
+    """A server's default samples (llama.cpp's is 0.8): the same question over the same index then got another
+    answer each run, and an experiment measured the sampling as much as the change it was run for."""
+    from agentstack._net import free_port
+    from rag_server import serve
+
+    port = free_port()
+    with serve(None, port) as seen:
+        model = {"llm_base_url": f"http://127.0.0.1:{port}/v1", "llm_model": "m"}
+        external = settings.model_copy(update={"postgres_url": agentstack_postgres, **model})
+        async with Stack(external, retrieval=False) as stack:
+            assert (await stack.model.ainvoke("hi")).content == "ok"
+    assert [request["body"]["temperature"] for request in seen] == [0]
