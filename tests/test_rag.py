@@ -276,8 +276,7 @@ async def test_changing_the_chunker_re_ingests(index, embedder, corpus):
 
 async def test_a_milvus_lite_server_that_exited_is_started_again_by_the_next_open(tmp_path, embedder, caplog):
     """Milvus Lite gives every client of a file this process's server's address, dead or alive: without the
-    restart, every open after its server exited failed until the process did (the first `agentstack run` after a
-    test suite failed so: its server exited right after starting)."""
+    restart, every open after its server exited failed until the process did."""
     from milvus_lite.server_manager import server_manager_instance
 
     path = tmp_path / "milvus.db"
@@ -292,3 +291,22 @@ async def test_a_milvus_lite_server_that_exited_is_started_again_by_the_next_ope
     finally:
         await second.aclose()
     assert "Milvus Lite's server for" in caplog.text and "starting it again" in caplog.text
+
+
+@pytest.mark.slow
+async def test_a_milvus_lite_server_slow_to_start_is_waited_for(tmp_path, embedder, monkeypatch):
+    """Cold after a test suite, with the fleet and the embedder loading beside it, Milvus Lite took longer than
+    pymilvus's 10 s to listen, and the first `agentstack run` failed. Here its server starts 11 s late."""
+    import milvus_lite
+
+    real = Path(milvus_lite.__file__).parent / "lib"
+    late = tmp_path / "late-bin"
+    late.mkdir()
+    (late / "milvus").write_text(f'#!/bin/sh\nsleep 11\nLD_LIBRARY_PATH="{real}" exec "{real}/milvus" "$@"\n')
+    (late / "milvus").chmod(0o755)
+    monkeypatch.setenv("BIN_PATH", str(late))  # where milvus-lite's Server looks for its binary
+    index = await MilvusIndex.open(tmp_path / "late.db", dimension=embedder.dimension, embedder=embedder.name)
+    try:
+        assert await index.count() == 0
+    finally:
+        await index.aclose()

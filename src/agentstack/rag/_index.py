@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -33,6 +34,8 @@ __all__ = ["LegHit", "MilvusIndex", "filter_expression", "is_lite_file", "shared
 FilterValue = str | int | float | bool | Sequence[str | int | float]
 TEXT_LIMIT = 65_535  # Milvus VARCHAR maximum (bytes)
 _META_ID = "agentstack-index-meta"
+# How long a Milvus Lite server this process starts may take to listen (`_lite_server`); about a second here.
+_LITE_START_S = 60.0
 _FIELDS = ["id", "doc_id", "source", "kind", "parent_id", "position", "text", "metadata", "fingerprint"]
 
 
@@ -123,17 +126,7 @@ class MilvusIndex:
         pymilvus = require("pymilvus", extra="local", feature="the hybrid index")
         uri = str(uri)
         if is_lite_file(uri):
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            _import_milvus_lite()
-        try:
-            return await cls._reach(pymilvus, uri, collection=collection, token=token)
-        except RetrievalError:
-            if not is_lite_file(uri) or not await asyncio.to_thread(_released_dead_lite, uri):
-                raise
-        return await cls._reach(pymilvus, uri, collection=collection, token=token)
-
-    @classmethod
-    async def _reach(cls, pymilvus: Any, uri: str, *, collection: str, token: str) -> MilvusIndex:
+            await _lite_server(uri)  # pymilvus would start it too, but not wait until it listens
         index = cls(None, collection, dimension=0, embedder="", uri=uri, token=token)
         with index._failures("connecting"):
             index._client = client = pymilvus.AsyncMilvusClient(uri=uri, token=token)
@@ -353,46 +346,72 @@ async def shared_milvus_lite(path: str) -> AsyncIterator[str]:
     """Start Milvus Lite's server for the file at `path` and yield its address (`unix:<socket>`), a Milvus URI
     that other processes open: a Lite file is one process's (its server locks it), its server is anyone's.
     `agentstack api --workers N` shares one index with its N worker processes this way."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _import_milvus_lite()
+    uri = await _lite_server(path)  # imports milvus_lite as `_import_milvus_lite` does, quietly
     from milvus_lite.server_manager import server_manager_instance
 
-    uri = await asyncio.to_thread(server_manager_instance.start_and_get_uri, path)
-    if uri is None:
-        raise RetrievalError(
-            f"Milvus Lite could not start on {path}",
-            fix="another process holds the file's lock (one process at a time): stop it, or give another "
-            "AGENTSTACK_MILVUS_URI",
-        )
     try:
         yield uri
     finally:
         await asyncio.to_thread(server_manager_instance.release_server, path)
 
 
-def _released_dead_lite(path: str) -> bool:
-    """Forget this process's Milvus Lite server for `path` when its process has exited, so the next client starts
-    a new one; False when it runs (the failure is something else) or there is none.
+async def _lite_server(path: str) -> str:
+    """This process's Milvus Lite server for the file at `path`, listening: its address (`unix:<socket>`).
 
-    Milvus Lite keeps one server a file for the life of the process and hands every new client its address, dead
-    or alive. Its server exits as soon as it can take the lock on `.<file>.lock`, which its parent holds; seen on
-    the first `agentstack run` after a test suite, it did so a tenth of a second after starting ("[BlockLock]
-    Process exit"), and a second run worked. One way that happens: milvus-lite's `Server.stop` unlinks the lock
-    file even when another process has opened and locked it since, and the server (opening it by name, with
-    O_CREAT) then locks a fresh file at once. Starting it again is what the second run did.
+    milvus-lite starts a server a file and process, waits half a second, and hands every client its address from
+    then on, listening or not, alive or not. So a client that connects at once fails: the first `agentstack run`
+    after a test suite did ("Fail connecting to server", at once: the socket was not there yet), its server slow
+    to start while the fleet, the embedder and Postgres started beside it, every file cold. Here the socket is
+    waited for, up to `_LITE_START_S`; a server that has exited (crashed, killed) is started again once.
     """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _import_milvus_lite()
     from milvus_lite.server_manager import server_manager_instance
 
-    resolved = str(Path(path).absolute().resolve())
-    server = getattr(server_manager_instance, "_servers", {}).get(resolved)
-    process = getattr(server, "_p", None)
-    if process is None or process.poll() is None:
+    restarted = False
+    deadline = time.monotonic() + _LITE_START_S
+    while True:
+        address = await asyncio.to_thread(server_manager_instance.start_and_get_uri, path)
+        if address is None:
+            raise RetrievalError(
+                f"Milvus Lite could not start on {path}",
+                fix="another process holds the file's lock (one process at a time): stop it, or give another "
+                "AGENTSTACK_MILVUS_URI",
+            )
+        if await _listens(address.removeprefix("unix:")):
+            return address
+        process = _lite_process(path)
+        exited = process is not None and process.poll() is not None
+        if exited and not restarted:
+            _log.warning("Milvus Lite's server for %s had exited (%s); starting it again", path, process.returncode)
+            await asyncio.to_thread(server_manager_instance.release_server, path)
+            restarted = True
+            continue
+        if exited or time.monotonic() > deadline:
+            await asyncio.to_thread(server_manager_instance.release_server, path)
+            raise RetrievalError(
+                f"Milvus Lite's server for {path} did not listen within {_LITE_START_S:.0f} s",
+                fix="see that the machine is not out of memory or disk, and run again",
+            )
+        await asyncio.sleep(0.1)
+
+
+async def _listens(socket_path: str) -> bool:
+    try:
+        _reader, writer = await asyncio.open_unix_connection(socket_path)
+    except OSError:
         return False
-    _log.warning(
-        "Milvus Lite's server for %s exited (status %s) after it started; starting it again", path, process.returncode
-    )
-    server_manager_instance.release_server(resolved)
+    writer.close()
+    await writer.wait_closed()
     return True
+
+
+def _lite_process(path: str) -> Any:
+    """The `subprocess.Popen` of this process's Milvus Lite server for `path` (milvus-lite's own attributes)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server = getattr(server_manager_instance, "_servers", {}).get(str(Path(path).absolute().resolve()))
+    return getattr(server, "_p", None)
 
 
 def _grpc_forks_plainly() -> None:
