@@ -293,18 +293,28 @@ async def test_a_milvus_lite_server_that_exited_is_started_again_by_the_next_ope
     assert "Milvus Lite's server for" in caplog.text and "starting it again" in caplog.text
 
 
+def milvus_bin(folder: Path, script: str) -> Path:
+    """A `milvus` for milvus-lite's `BIN_PATH` that runs `script` first, then (if it gets there) the real one."""
+    import milvus_lite
+
+    real = Path(milvus_lite.__file__).parent / "lib"
+    folder.mkdir()
+    (folder / "milvus").write_text(f'#!/bin/sh\n{script}\nLD_LIBRARY_PATH="{real}" exec "{real}/milvus" "$@"\n')
+    (folder / "milvus").chmod(0o755)
+    return folder
+
+
+async def test_a_milvus_lite_server_that_keeps_exiting_is_a_clear_error(tmp_path, embedder, monkeypatch):
+    monkeypatch.setenv("BIN_PATH", str(milvus_bin(tmp_path / "bin", "sleep 1; exit 3")))
+    with pytest.raises(RetrievalError, match=r"Milvus Lite's server for .*broken.db exited twice \(status 3\)"):
+        await MilvusIndex.open(tmp_path / "broken.db", dimension=embedder.dimension, embedder=embedder.name)
+
+
 async def test_a_milvus_lite_server_slow_to_start_is_waited_for(tmp_path, embedder, monkeypatch):
     """milvus-lite waits half a second for its server, and pymilvus fails at once when the socket is not there
     yet: cold after a test suite, with the fleet and the embedder starting beside it, the first `agentstack run`
     failed so. Here the server starts 3 s late."""
-    import milvus_lite
-
-    real = Path(milvus_lite.__file__).parent / "lib"
-    late = tmp_path / "late-bin"
-    late.mkdir()
-    (late / "milvus").write_text(f'#!/bin/sh\nsleep 3\nLD_LIBRARY_PATH="{real}" exec "{real}/milvus" "$@"\n')
-    (late / "milvus").chmod(0o755)
-    monkeypatch.setenv("BIN_PATH", str(late))  # where milvus-lite's Server looks for its binary
+    monkeypatch.setenv("BIN_PATH", str(milvus_bin(tmp_path / "bin", "sleep 3")))  # where milvus-lite looks
     index = await MilvusIndex.open(tmp_path / "late.db", dimension=embedder.dimension, embedder=embedder.name)
     try:
         assert await index.count() == 0

@@ -359,10 +359,11 @@ async def _lite_server(path: str) -> str:
     """This process's Milvus Lite server for the file at `path`, listening: its address (`unix:<socket>`).
 
     milvus-lite starts a server a file and process, waits half a second, and hands every client its address from
-    then on, listening or not, alive or not. So a client that connects at once fails: the first `agentstack run`
-    after a test suite did ("Fail connecting to server", at once: the socket was not there yet), its server slow
-    to start while the fleet, the embedder and Postgres started beside it, every file cold. Here the socket is
-    waited for, up to `_LITE_START_S`; a server that has exited (crashed, killed) is started again once.
+    then on, listening or not, alive or not; pymilvus fails at once on a socket that is not there yet. The first
+    `agentstack run` after a test suite failed so ("Fail connecting to server"; its server's log then showed it
+    ready only after the process had given up), most likely slow to start while the fleet, the embedder and
+    Postgres started beside it, every file cold. Here the socket is waited for, up to `_LITE_START_S`; a server
+    that has exited (crashed, killed) is started again once.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     _import_milvus_lite()
@@ -389,9 +390,12 @@ async def _lite_server(path: str) -> str:
             continue
         if exited or time.monotonic() > deadline:
             await asyncio.to_thread(server_manager_instance.release_server, path)
+            what = (
+                f"exited twice (status {process.returncode})" if exited else f"did not listen in {_LITE_START_S:.0f} s"
+            )
             raise RetrievalError(
-                f"Milvus Lite's server for {path} did not listen within {_LITE_START_S:.0f} s",
-                fix="see that the machine is not out of memory or disk, and run again",
+                f"Milvus Lite's server for {path} {what}",
+                fix="see that the machine is not out of memory or disk and that the file is not damaged, and run again",
             )
         await asyncio.sleep(0.1)
 
