@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from agentstack.eval._metrics_judged import AnswerQuestion, Usefulness
 from agentstack.graphs import Analysis, FinalAnswer, Plan, python_tool, search_tool, workspace_tools
 from agentstack.graphs._approval import turn_schema
-from agentstack.graphs._research import _selection_schema
+from agentstack.graphs._research_deps import _selection_schema
 from agentstack.graphs._support import SupportVerdict
 from agentstack.graphs._team import CodeDraft, FinalOutput, Review, Route
 from agentstack.rag._graph import Extraction, QueryEntities
