@@ -173,7 +173,7 @@ async def test_answer_relevancy_asks_about_each_of_the_first_three_sentences_wit
 async def test_answer_relevancy_asks_again_when_the_judge_copies_an_example() -> None:
     """A small model continues the last example it was shown; that question is the prompt's, not the answer's."""
     copied = "How long does the cache keep an entry?"
-    assert f'"{copied}"' in Judge(embedder=HashingEmbedder()).prompts.get("eval", "answer_question").system
+    assert f'"{copied}"' in Judge(embedder=HashingEmbedder()).prompt("answer_question").system
     replies = iter([{"question": copied}, {"question": "What does PoolSaver commit in one transaction?"}])
     score = await AnswerRelevancy().score(
         sample("PoolSaver commits many threads' writes in one transaction [S1]."),

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from agentstack._structured import StructuredCall, chat_model_name
 from agentstack.errors import ConfigError
 from agentstack.graphs._support import CascadeSupport, Embedder, EmbeddingSupport, JudgeSupport, SupportScorer
-from agentstack.prompts import PromptLibrary
+from agentstack.prompts import Prompt, PromptLibrary
 
 __all__ = ["Judge"]
 
@@ -49,6 +49,7 @@ class Judge:
         self.embedder = embedder
         self.prompts = prompts or PromptLibrary()
         self._calls: dict[type[BaseModel], StructuredCall[Any]] = {}
+        self._prompts: dict[str, Prompt] = {}
         self._asked = 0
         self.support = support or _default_support(model, embedder, self.prompts)
 
@@ -67,9 +68,16 @@ class Judge:
         call = self._calls.get(schema)
         if call is None:
             call = self._calls[schema] = StructuredCall(self.model, schema)
-        reply, tokens = await call(self.prompts.get("eval", prompt), resample=resample, **variables)
+        reply, tokens = await call(self.prompt(prompt), resample=resample, **variables)
         self._asked += tokens
         return reply
+
+    def prompt(self, name: str) -> Prompt:
+        """`prompts/eval/<name>`, read once: a judgement per item and claim would read and parse its file again."""
+        found = self._prompts.get(name)
+        if found is None:
+            found = self._prompts[name] = self.prompts.get("eval", name)
+        return found
 
     @property
     def tokens_used(self) -> int:

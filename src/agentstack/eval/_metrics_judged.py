@@ -145,7 +145,7 @@ async def _question_for(judge: Judge, statement: str) -> str:
     """The judge's question for `statement`; asked once more, sampling, when it copied an example's question
     (a small model continues the last example it was shown instead of the statement)."""
     reply = await judge.ask("answer_question", AnswerQuestion, statement=statement)
-    if f'"{reply.question}"' in judge.prompts.get("eval", "answer_question").system:
+    if f'"{reply.question}"' in judge.prompt("answer_question").system:
         reply = await judge.ask("answer_question", AnswerQuestion, resample=True, statement=statement)
     return reply.question
 
