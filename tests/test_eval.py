@@ -166,7 +166,7 @@ async def test_answer_relevancy_asks_about_each_of_the_first_three_sentences_wit
         "This one is not asked about."
     )
     score = await AnswerRelevancy().score(sample(answer), judge(AnswerQuestion=writer))
-    assert sorted(shown) == sorted(first_three)
+    assert sorted(set(shown)) == sorted(first_three) and len(shown) == 3 * 4  # four drafts each
     assert score.value is not None and score.reason.count("|") == 2
 
 
@@ -174,12 +174,48 @@ async def test_answer_relevancy_asks_again_when_the_judge_copies_an_example() ->
     """A small model continues the last example it was shown; that question is the prompt's, not the answer's."""
     copied = "How long does the cache keep an entry?"
     assert f'"{copied}"' in Judge(embedder=HashingEmbedder()).prompt("answer_question").system
-    replies = iter([{"question": copied}, {"question": "What does PoolSaver commit in one transaction?"}])
-    score = await AnswerRelevancy().score(
-        sample("PoolSaver commits many threads' writes in one transaction [S1]."),
-        judge(AnswerQuestion=lambda _prompt: next(replies)),
+    asked = 0
+
+    def copier(_prompt: str) -> dict[str, object]:
+        nonlocal asked
+        asked += 1  # every draft copies; the sampled retry after them does not
+        return {"question": copied if asked <= 4 else "What does PoolSaver commit in one transaction?"}
+
+    score = await AnswerRelevancy(drafts=4).score(
+        sample("PoolSaver commits many threads' writes in one transaction [S1]."), judge(AnswerQuestion=copier)
     )
+    assert asked == 5
     assert score.reason == "the answer answers: What does PoolSaver commit in one transaction?"
+
+
+async def test_answer_relevancy_keeps_the_draft_nearest_each_sentence() -> None:
+    """Each draft follows the examples in another order; a draft that strays from its sentence loses to one that
+    stays (whatever the question asked was: the choice looks at the answer alone)."""
+    firsts: list[str] = []
+
+    def writer(prompt: str) -> dict[str, object]:
+        firsts.append(prompt.split("Statement:", 2)[1].split("\n", 1)[0].strip())
+        if len(firsts) == 3:
+            return question_writer(prompt)
+        return {"question": f"What is the default value for draft {len(firsts)}?"}
+
+    score = await AnswerRelevancy(drafts=4).score(
+        sample("PoolSaver commits many threads' writes in one transaction [S1]."), judge(AnswerQuestion=writer)
+    )
+    assert len(set(firsts)) == 4  # four orders of the examples, one first example each
+    assert score.reason == "the answer answers: What does PoolSaver commits many threads' writes in one transaction?"
+    single = await AnswerRelevancy(drafts=1).score(
+        sample("PoolSaver commits many threads' writes in one transaction [S1]."), judge(AnswerQuestion=writer)
+    )
+    assert single.reason == "the answer answers: What is the default value for draft 5?"
+
+
+def test_a_judged_metric_files_its_options_with_its_judgements() -> None:
+    """A cached judgement made with other options (how many drafts, which k) is another judgement."""
+    assert AnswerRelevancy(drafts=2).key != AnswerRelevancy().key == "answer_relevancy@v4;drafts=4"
+    assert ContextPrecision(k=3).key != ContextPrecision().key
+    with pytest.raises(ConfigError, match="writes no question"):
+        AnswerRelevancy(drafts=0)
 
 
 async def test_answer_relevancy_is_zero_for_a_noncommittal_answer() -> None:

@@ -35,9 +35,16 @@ class Metric(ABC):
         """The score of `sample`; an error is a `Score.failed(...)`, never an exception or NaN."""
 
     @property
+    def options(self) -> dict[str, object]:
+        """The settings its scores depend on that its name does not say (`ContextPrecision`'s k)."""
+        return {}
+
+    @property
     def key(self) -> str:
-        """Name and version: what a stored score and a cached judgement are filed under."""
-        return f"{self.name}@v{self.version}"
+        """Name, version and options: what a stored score and a cached judgement are filed under (a judgement
+        made with other options is another judgement)."""
+        options = "".join(f";{name}={value}" for name, value in sorted(self.options.items()))
+        return f"{self.name}@v{self.version}{options}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, v{self.version})"
