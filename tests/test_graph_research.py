@@ -317,6 +317,31 @@ async def test_answer_alone_below_the_threshold_is_budget_exhausted(retriever: I
     assert events[-1] == {"stage": "answer", "citations": ["S1"], "removed": ["S99"]}
 
 
+async def test_an_extractive_answer_is_as_confident_as_its_share_from_the_searchs_top_passages(
+    retriever: InMemoryRetriever,
+) -> None:
+    """The selection's cosine says how near the sentences are to the question; the answer's confidence also
+    counts how many of them come from the three passages the search ranked highest."""
+    deps = ResearchDeps.create(schema_model(), retriever, embedder=HashingEmbedder(), answer_style="extractive")
+    runtime, _ = step_runtime(ResearchContext(confidence_threshold=0.7))
+    evidence = [
+        {"id": f"S{n}", "query": "q", "kind": "chunk", "source": "a", "chunk_id": f"c{n}", "text": "t", "score": 1.0}
+        for n in range(1, 7)
+    ]
+    state = {"question": "q", "evidence": evidence, "confidence": 0.9}
+    sentences = ("A thread resumes from its checkpoint", "Writes are committed in groups", "Replicas restart")
+
+    def draft(*ids: int) -> str:
+        return " ".join(f"{sentence} [S{n}]." for sentence, n in zip(sentences, ids, strict=True))
+
+    top = await answer(state | {"draft": draft(1, 3, 2)}, runtime, deps)
+    assert top["confidence"] == 0.9 and top["status"] == "answered"
+    lower = await answer(state | {"draft": draft(1, 5, 6)}, runtime, deps)
+    assert lower["confidence"] == 0.3 and lower["status"] == "answered"  # the search loop ended confident
+    nothing = await answer(state | {"draft": ""}, runtime, deps)
+    assert nothing["confidence"] == 0.0 and nothing["answer"] == "The documents found do not answer this question."
+
+
 def test_routing_after_the_analysis_reads_the_knobs() -> None:
     runtime, _ = step_runtime(ResearchContext(confidence_threshold=0.5, max_iterations=2, token_budget=100))
     assert after_analyze({"question": "q", "confidence": 0.6, "iteration": 1}, runtime) == "answer"
