@@ -145,7 +145,7 @@ async def test_eval_agreement_scores_each_repeat_without_the_cache() -> None:
 
     judge = Judge(schema_model(AnswerQuestion=question), embedder=HashingEmbedder())
     runs = await bench.our_scores([good, broken], judge, repeats=2, concurrency=2)
-    assert len(runs) == 2 and len(asked) == 4  # judged again in the second repeat
+    assert len(runs) == 2 and len(asked) == 2 * 2 * 4  # judged again in the second repeat (four drafts a sentence)
     for run in runs:
         assert set(run[0]) == set(bench.METRICS)
         assert run[0]["faithfulness"] > run[1]["faithfulness"]
