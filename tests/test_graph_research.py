@@ -497,3 +497,36 @@ async def test_an_evidence_sentence_is_offered_without_the_bold_lead_in_that_lab
               "Postgres keeps the trace context with the run itself."]  # fmt: skip
     assert sorted(c.text for c in found) == claims
     assert sentences(text) == claims  # what the support check and the citations read too
+
+
+async def test_a_sentence_pointing_back_is_offered_after_the_one_it_points_at() -> None:
+    """Taken alone, "It is an async context manager..." loses its subject; after its sentence it keeps it. One
+    pointing back at a sentence that points back too is not offered (its referent is further still)."""
+    from agentstack.graphs._grounding import candidate_sentences
+    from agentstack.testing import HashingEmbedder
+
+    text = (
+        "A Fleet runs the servers of one fleet spec. It is an async context manager that starts every replica. "
+        "Then it stops the replicas that already started. The router sends each request to a healthy replica."
+    )
+    found = await candidate_sentences(
+        "How does a fleet start?",
+        [{"id": "S1", "text": text}],  # type: ignore[list-item]
+        HashingEmbedder(),
+        limit=10,
+    )
+    assert sorted(c.text for c in found) == [
+        "A Fleet runs the servers of one fleet spec.",
+        "A Fleet runs the servers of one fleet spec. It is an async context manager that starts every replica.",
+        "The router sends each request to a healthy replica.",
+    ]
+
+
+def test_a_pick_whose_text_a_chosen_one_holds_is_not_chosen_again() -> None:
+    from agentstack.graphs._grounding import Candidate
+    from agentstack.graphs._research import _chosen
+
+    alone = "A Fleet runs the servers of one fleet spec."
+    pair = f"{alone} It is an async context manager."
+    candidates = [Candidate("C1", pair, "S1", 0.8), Candidate("C2", alone, "S1", 0.7), Candidate("C3", "x.", "S2", 0.6)]
+    assert [c.id for c in _chosen(candidates, ["C1", "C2", "C3"], 3)] == ["C1", "C3"]

@@ -55,6 +55,8 @@ _NOT_TOPICAL = frozenset((
 # Words joined by dots or underscores: a name in code ("open_saver", "agentstack.toml"), which a planner can only
 # have read in the question or made up ("agentstack_qerie", "how_does_open_saver_choose_database").
 _IDENTIFIER = re.compile(r"\w+(?:[._]\w+)+")
+# A sentence opening on one of these points back at the sentence before it.
+_ANAPHOR = re.compile(r"(?:It|Its|This|That|These|Those|They|Their|Then|Such)\b")
 _SYMBOLS = 0.12  # a share of characters that are neither letters, digits, spaces nor . , ; : ' " ` - above this is code
 
 
@@ -131,9 +133,12 @@ async def candidate_sentences(
     """
     pool: dict[str, str] = {}  # sentence -> the first evidence id holding it
     for item in evidence:
+        previous = ""
         for sentence in sentences(item["text"]):
-            if _prose(sentence):
-                pool.setdefault(sentence, item["id"])
+            candidate = _with_referent(sentence, previous)
+            if candidate is not None and _prose(sentence):
+                pool.setdefault(candidate, item["id"])
+            previous = sentence
     if not pool:
         return []
     texts = list(pool)
@@ -146,6 +151,17 @@ async def candidate_sentences(
             fused[n] += 1 / (_RRF_K + rank)
     best = sorted(range(len(texts)), key=lambda n: -fused[n])[:limit]
     return [Candidate(f"C{rank}", texts[n], pool[texts[n]], cosines[n]) for rank, n in enumerate(best, 1)]
+
+
+def _with_referent(sentence: str, previous: str) -> str | None:
+    """`sentence`, after the one before it when it opens on a word pointing back ("It is an async context
+    manager; start is all-or-nothing...": taken alone into an answer, it loses its subject, a `Fleet`); None when
+    that one points back too (its referent is further still) or is not prose."""
+    if not _ANAPHOR.match(sentence):
+        return sentence
+    if previous and _prose(previous) and not _ANAPHOR.match(previous):
+        return f"{previous} {sentence}"
+    return None
 
 
 def _idf_overlap(question: str, texts: Sequence[str]) -> list[float]:
