@@ -530,3 +530,22 @@ def test_a_pick_whose_text_a_chosen_one_holds_is_not_chosen_again() -> None:
     pair = f"{alone} It is an async context manager."
     candidates = [Candidate("C1", pair, "S1", 0.8), Candidate("C2", alone, "S1", 0.7), Candidate("C3", "x.", "S2", 0.6)]
     assert [c.id for c in _chosen(candidates, ["C1", "C2", "C3"], 3)] == ["C1", "C3"]
+
+
+async def test_both_sentences_of_a_pair_are_cited_in_the_draft(retriever: InMemoryRetriever) -> None:
+    """The sentence before one pointing back is part of the answer, so it is cited too (its confidence counts
+    every sentence's citation)."""
+    from agentstack.graphs._research import select
+
+    deps = ResearchDeps.create(
+        schema_model(Selection={"chosen": ["C1"]}), retriever, embedder=HashingEmbedder(), answer_style="extractive"
+    )
+    runtime, _ = step_runtime(ResearchContext(max_sentences=1))
+    text = "A Fleet runs the servers of one fleet spec. It is an async context manager that starts every replica."
+    evidence = [{"id": "S1", "query": "q", "kind": "chunk", "source": "a", "chunk_id": "c", "text": text, "score": 1}]
+    state = {"question": "What is a Fleet, an async context manager?", "evidence": evidence}
+    update = await select(state, runtime, deps)  # type: ignore[arg-type]
+    assert update["draft"] == (
+        "A Fleet runs the servers of one fleet spec [S1]. "
+        "It is an async context manager that starts every replica [S1]."
+    )

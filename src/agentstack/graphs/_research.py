@@ -52,7 +52,7 @@ from agentstack.graphs._research_state import (
     SearchTask,
     Suspicious,
 )
-from agentstack.graphs._support import Embedder, SupportScorer, cited_sentences
+from agentstack.graphs._support import Embedder, SupportScorer, cited_sentences, sentences
 from agentstack.observability._events import report_retrieval
 from agentstack.prompts import PromptLibrary
 from agentstack.safety._injection import InjectionScreen
@@ -183,7 +183,8 @@ async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
     chosen = _chosen(candidates, reply.chosen, knobs.max_sentences)
     mean = sum(c.score for c in chosen) / len(chosen)
     confidence = round(min(1.0, max(0.0, (mean - _UNRELATED) / (_ANSWERS - _UNRELATED))), 2)
-    draft = " ".join(with_citations(c.text, [c.evidence_id]) for c in chosen)
+    # each sentence cited, a candidate's sentence before the one pointing back at it too
+    draft = " ".join(with_citations(part, [c.evidence_id]) for c in chosen for part in sentences(c.text) or [c.text])
     runtime.stream_writer({"stage": "select", "confidence": confidence, "chosen": [c.id for c in chosen]})
     return {"draft": draft, "confidence": confidence, "gaps": [], "tokens_used": tokens}
 
