@@ -140,12 +140,12 @@ async def test_eval_agreement_scores_each_repeat_without_the_cache() -> None:
 
     def question(prompt: str) -> dict[str, str]:
         asked.append(prompt)
-        statement = prompt.rsplit("Statement:", 1)[1]
-        return {"question": "How does PoolSaver commit writes?" if "PoolSaver" in statement else "What is Milvus Lite?"}
+        answer = prompt.rsplit("Answer:", 1)[1]
+        return {"question": "How does PoolSaver commit writes?" if "PoolSaver" in answer else "What is Milvus Lite?"}
 
     judge = Judge(schema_model(AnswerQuestion=question), embedder=HashingEmbedder())
     runs = await bench.our_scores([good, broken], judge, repeats=2, concurrency=2)
-    assert len(runs) == 2 and len(asked) == 2 * 2 * 4  # judged again in the second repeat (four drafts a sentence)
+    assert len(runs) == 2 and len(asked) == 2 * 2 * 4  # judged again in the second repeat (four drafts an answer)
     for run in runs:
         assert set(run[0]) == set(bench.METRICS)
         assert run[0]["faithfulness"] > run[1]["faithfulness"]

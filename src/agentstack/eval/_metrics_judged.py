@@ -4,17 +4,15 @@
   LLM to restate the answer as statements; splitting deterministically removes one run-to-run variance and one
   way for a small judge to fail); it is checked against the passages it cites, or all retrieved ones when it
   cites none, by the judge's `SupportScorer` (the one the research graph grounds its answers with).
-- answer relevancy = mean cosine(question, q_i) over the questions the judge writes from the answer alone, one
-  from each of its first 3 sentences; 0 when the answer is noncommittal ("I don't know", "the documents do not
-  say"). RAGAS asks for N questions from the whole answer; the CPU Gemma (a base model) asked so mostly wrote
-  unrelated ones, and shown examples copied them; one sentence at a time, shown examples, it stays nearer the
-  sentence (the docs dataset's 30 answers and the same 30 under another question, greedy: 0.235 -> 0.328 for the
-  right answers, 0.126 -> 0.200 for the swapped ones, the right one higher in 18 -> 21 of 30 pairs). For each
-  sentence the judge writes `drafts` questions, greedily, each after the examples in another order, and the one
-  nearest the sentence counts: a small judge's miss ("What is the default value for the model?") is its own
-  failure, not the answer's, and it rarely misses in every order (same 30 pairs, one draft / four: right 0.349 /
-  0.402, swapped 0.214 / 0.240). A human writing those questions scores these answers 0.63 (the ceiling with
-  this embedder; docs/eval.md).
+- answer relevancy = cosine(question, q) for the question q the judge writes from the answer alone, its first
+  3 sentences together (RAGAS: from the whole answer, averaging 3 questions); 0 when the answer is
+  noncommittal ("I don't know", "the documents do not say"). The judge writes `drafts` questions, greedily,
+  each after the prompt's examples in another order, and the one nearest the answer counts: a small judge's
+  miss ("What is the default value for the model?") is its own failure, not the answer's, and it rarely misses
+  in every order. On the docs dataset's 30 answers and the same 30 under another question (right / swapped /
+  right higher), v4's question per sentence scored 0.402 / 0.240 / 23 of 30 and this 0.517 / 0.258 / 29
+  (docs/eval.md): an extractive answer's later sentences are on the topic, not the point, and asked one at a
+  time each pulled the score down.
   RAGAS has the judge flag noncommittal answers too; here their phrases do, since a small judge's yes/no is
   noise (the CPU Gemma called most of 30 committed answers noncommittal).
 - context precision = sum over the top K of precision@k * v_k / (useful passages in the top K), v_k = 1 when
@@ -106,12 +104,12 @@ class ContextRecall(JudgedMetric):
         return Score(value, reason=reason, details={"not_found": missing})
 
 
+_SENTENCES_ASKED = 3  # an answer makes its point first; the CPU Gemma shown all of a 5-sentence one wandered
 _QUESTION = r"^(What|How|Why|When|Which|Who|Where|Does|Do|Is|Are|Can|Should) [A-Za-z0-9 ,'`_.-]{8,140}\?$"
-_SENTENCES_ASKED = 3
 
 
 class AnswerQuestion(BaseModel):
-    """The question one statement answers."""
+    """The question an answer answers."""
 
     # The grammar holds it to the shape of a question (an interrogative first, a question mark last): the CPU
     # Gemma, asked for free strings, wrote digits, "yes" and JSON fragments.
@@ -126,11 +124,11 @@ _EVASIVE = re.compile(
 
 
 class AnswerRelevancy(JudgedMetric):
-    """Mean cosine between the question and the questions the judge writes from the answer's first sentences
-    (for each, the nearest to it of `drafts` written); 0 if the answer is noncommittal."""
+    """Cosine between the question and the question the judge writes from the whole answer (the nearest to the
+    answer of `drafts` written); 0 if the answer is noncommittal."""
 
     name = "answer_relevancy"
-    version: ClassVar[int] = 4  # v4: the nearest of `drafts` questions a sentence, the examples rotated
+    version: ClassVar[int] = 5  # v5: from the whole answer, as RAGAS asks (v3-v4: one question a sentence)
     needs_embedder = True
 
     def __init__(self, drafts: int = 4) -> None:
@@ -148,27 +146,26 @@ class AnswerRelevancy(JudgedMetric):
             return Score(0.0, reason="the answer is empty")
         if evasive := _EVASIVE.search(answer):
             return Score(0.0, reason=f"the answer is noncommittal ({evasive.group(0)!r})")
-        statements = [claim for claim, _ in cited_sentences(answer)][:_SENTENCES_ASKED] or [answer.strip()]
-        asked = await all_or_none(self._question_for(judge, statement) for statement in statements)
-        question, *generated = await judge.embed([sample.example.text, *asked])
-        value = max(0.0, min(1.0, sum(cosine(question, g) for g in generated) / len(generated)))
-        return Score(value, reason=f"the answer answers: {' | '.join(asked)}")
+        said = " ".join(claim for claim, _ in cited_sentences(answer)[:_SENTENCES_ASKED]) or answer.strip()
+        asked = await self._question_for(judge, said)
+        question, generated = await judge.embed([sample.example.text, asked])
+        return Score(max(0.0, min(1.0, cosine(question, generated))), reason=f"the answer answers: {asked}")
 
-    async def _question_for(self, judge: Judge, statement: str) -> str:
-        """Of the judge's drafts for `statement` (one per order of the examples), the one nearest it. A draft
-        that copies an example's question is the prompt's, not the statement's (a small model continues the
-        last example it read); when every draft does, the judge is asked once more, sampling."""
+    async def _question_for(self, judge: Judge, answer: str) -> str:
+        """Of the judge's drafts for `answer` (one per order of the examples), the one nearest it. A draft that
+        copies an example's question is the prompt's, not the answer's (a small model continues the last
+        example it read); when every draft does, the judge is asked once more, sampling."""
         replies = await all_or_none(
-            judge.ask("answer_question", AnswerQuestion, statement=statement, rotation=n) for n in range(self.drafts)
+            judge.ask("answer_question", AnswerQuestion, answer=answer, rotation=n) for n in range(self.drafts)
         )
         examples = judge.prompt("answer_question").system
         drafts = list(dict.fromkeys(r.question for r in replies if f'"{r.question}"' not in examples))
         if not drafts:
-            reply = await judge.ask("answer_question", AnswerQuestion, resample=True, statement=statement, rotation=0)
+            reply = await judge.ask("answer_question", AnswerQuestion, resample=True, answer=answer, rotation=0)
             return reply.question
         if len(drafts) == 1:
             return drafts[0]
-        target, *vectors = await judge.embed([statement, *drafts])
+        target, *vectors = await judge.embed([answer, *drafts])
         nearest = max(range(len(drafts)), key=lambda n: cosine(target, vectors[n]))
         return drafts[nearest]
 
