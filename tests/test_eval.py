@@ -422,3 +422,15 @@ async def test_stored_answers_are_judged_again_without_running_the_graph(agentst
     assert by_id["5"].outcome.error == "GraphInputError: no answer"  # a failed run stays failed
     missing = await replay(Example(id="new", question="q"))
     assert missing.error == "experiment 'ran' has no answer for it"
+
+    # the CLI refuses examples it never answered (each would be a failed run scoring 0), naming the fix
+    replay.refuse_unanswered(DATASET)
+    assert replay.graph == "test"
+    more = Dataset.from_list([*({"id": e.id, "question": e.text} for e in DATASET), {"id": "x", "question": "q"}])
+    with pytest.raises(ConfigError, match=r"answered 6 of the 7 examples to judge \(none for x\)") as refused:
+        replay.refuse_unanswered(more)
+    assert refused.value.fix == "add --limit 6"
+    first = Dataset.from_list([{"id": "x", "question": "q"}, *({"id": e.id, "question": e.text} for e in DATASET)])
+    with pytest.raises(ConfigError) as refused:
+        replay.refuse_unanswered(first)
+    assert refused.value.fix == "judge a dataset of only the examples it answered"

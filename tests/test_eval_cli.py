@@ -68,6 +68,13 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
     else:
         assert third.returncode == 0 and "- PASS: cites_gold" in report
     assert "faithfulness changed" in third.stdout
+    # answers it never gave, or another graph's, are refused: judged, each missing one would score 0
+    replayed = [str(DATASET), "--answers-from", "smoke", "--judge", "embedder", "--name", "refused"]
+    fourth = cli("eval", "run", *replayed, "--limit", "2", models=False)
+    assert fourth.returncode == 1 and "answered 1 of the 2 examples" in fourth.stderr
+    assert "add --limit 1" in fourth.stderr
+    fifth = cli("eval", "run", *replayed, "--limit", "1", "--graph", "team", models=False)
+    assert fifth.returncode == 1 and "holds answers of the 'research' graph, not 'team'" in fifth.stderr
 
     listed = cli("eval", "list")
     assert "smoke" in listed.stdout and "gated" in listed.stdout

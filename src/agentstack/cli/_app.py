@@ -345,7 +345,10 @@ def api_worker(
 @reports_errors
 def eval_run(
     dataset: Annotated[Path, typer.Argument(help="A .jsonl or .csv dataset (see docs/eval.md).")],
-    graph: Annotated[str, typer.Option(help="The registered graph to evaluate.")] = "research",
+    graph: Annotated[
+        str | None,
+        typer.Option(help="The registered graph to evaluate (default: research, or --answers-from's graph)."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="The experiment's name (default: graph-dataset-time).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Items run at once.")] = 8,
     judge: Annotated[

@@ -29,7 +29,7 @@ async def run_eval(
     stack: Stack,
     dataset_path: Path,
     *,
-    graph: str,
+    graph: str | None,
     name: str | None,
     concurrency: int,
     judge_kind: str,
@@ -68,7 +68,7 @@ async def run_eval(
     # Everything that can be refused is refused before the models start.
     dataset = Dataset.load(dataset_path)
     dataset = dataset.select(limit=limit) if limit else dataset
-    entry = stack.graphs.get(graph)
+    entry = stack.graphs.get(graph or "research")  # with --answers-from, the stored experiment's (checked below)
     context = entry.context_from(knobs)
     if judge_kind not in ("none", "embedder", "model"):
         raise ConfigError(f"--judge {judge_kind!r} is not none, embedder or model", fix="--judge embedder")
@@ -95,12 +95,21 @@ async def run_eval(
         )
     if assistant and not assistant.startswith(("http://", "https://")):
         raise ConfigError(f"--assistant {assistant!r} is not an http(s) URL", fix="--assistant http://127.0.0.1:2024")
-    name = name or f"{graph}-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     async with stack, AsyncExitStack() as exits:
         store = ExperimentStore(stack.saver.conn)
         await store.setup()
         before = await store.load(baseline) if baseline else None
-        replayed = await store.load(answers_from) if answers_from else None
+        replay = ReplayTarget(await store.load(answers_from)) if answers_from else None
+        if replay is not None:
+            if graph is not None and graph != replay.graph:
+                raise ConfigError(
+                    f"experiment {replay.name!r} holds answers of the {replay.graph!r} graph, not {graph!r}",
+                    fix=f"drop --graph, or pass --graph {replay.graph}",
+                )
+            graph = replay.graph
+            replay.refuse_unanswered(dataset)
+        graph = graph or "research"
+        name = name or f"{graph}-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if await store.exists(name):
             raise ConfigError(f"an experiment named {name!r} is already stored", fix="pass another --name")
         embedder = stack.retrieval.embedder if stack.retrieval is not None else None
@@ -116,7 +125,7 @@ async def run_eval(
         elif judge_kind == "model":
             judge = Judge(stack.model, embedder=embedder)
         check_metrics(metrics, judge)
-        if entry.searches_documents and replayed is None and assistant is None:
+        if entry.searches_documents and replay is None and assistant is None:
             paths = docs or [default_corpus()]
             ingested = await stack.retrieval.ingestor.aingest_paths(paths, progress=console.is_terminal)
             console.print(
@@ -124,9 +133,9 @@ async def run_eval(
                 f"{len(ingested.unchanged)} unchanged[/]"
             )
         config: dict[str, Any] = {"dataset_path": str(dataset_path), "concurrency": concurrency}
-        if replayed is not None:
-            target: Any = ReplayTarget(replayed)
-            config |= {"answers_from": replayed.name, "answered_with": dict(replayed.config)}
+        if replay is not None:
+            target: Any = replay
+            config |= {"answers_from": replay.name, "answered_with": dict(replay.config)}
         elif assistant is not None:
             target = AssistantTarget(assistant, entry, context=knobs, price_per_1k_tokens=price_per_1k_tokens)
             exits.push_async_callback(target.aclose)

@@ -10,7 +10,7 @@
   each after the prompt's examples in another order, and the one nearest the answer counts: a small judge's
   miss ("What is the default value for the model?") is its own failure, not the answer's, and it rarely misses
   in every order. On the docs dataset's 30 answers and the same 30 under another question (right / swapped /
-  right higher), v4's question per sentence scored 0.402 / 0.240 / 23 of 30 and this 0.517 / 0.258 / 29
+  right higher), v4's question per sentence scored 0.402 / 0.240 / 23 of 30 and this 0.491 / 0.270 / 26
   (docs/eval.md): an extractive answer's later sentences are on the topic, not the point, and asked one at a
   time each pulled the score down.
   RAGAS has the judge flag noncommittal answers too; here their phrases do, since a small judge's yes/no is
@@ -128,7 +128,7 @@ class AnswerRelevancy(JudgedMetric):
     answer of `drafts` written); 0 if the answer is noncommittal."""
 
     name = "answer_relevancy"
-    version: ClassVar[int] = 5  # v5: from the whole answer, as RAGAS asks (v3-v4: one question a sentence)
+    version: ClassVar[int] = 5  # v5: of the first 3 sentences together (v3-v4: one question a sentence)
     needs_embedder = True
 
     def __init__(self, drafts: int = 4) -> None:

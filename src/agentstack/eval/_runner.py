@@ -173,11 +173,29 @@ class ReplayTarget:
 
     def __init__(self, stored: ExperimentResult) -> None:
         self.name = stored.name
+        self.graph = stored.graph
+        self.config = stored.config
         self._outcomes = {item.example.id: item.outcome for item in stored.items}
 
     async def __call__(self, example: Example) -> Outcome:
         found = self._outcomes.get(example.id)
         return found if found is not None else Outcome(error=f"experiment {self.name!r} has no answer for it")
+
+    def refuse_unanswered(self, dataset: Dataset) -> None:
+        """Refuse a dataset with examples the stored experiment never answered: judged, each would be a failed
+        run scoring 0, and the means would say the answers got worse when they were only missing."""
+        missing = [example.id for example in dataset if example.id not in self._outcomes]
+        if not missing:
+            return
+        answered = [example.id for example in dataset if example.id in self._outcomes]
+        first = [example.id for example in list(dataset)[: len(answered)]]
+        leading = bool(answered) and answered == first  # it ran with --limit: judge with the same
+        fix = f"add --limit {len(answered)}" if leading else "judge a dataset of only the examples it answered"
+        raise ConfigError(
+            f"experiment {self.name!r} answered {len(answered)} of the {len(dataset)} examples to judge "
+            f"(none for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})",
+            fix=fix,
+        )
 
 
 def _context(found: Mapping[str, Any]) -> Context:
