@@ -529,7 +529,30 @@ def test_a_pick_whose_text_a_chosen_one_holds_is_not_chosen_again() -> None:
     alone = "A Fleet runs the servers of one fleet spec."
     pair = f"{alone} It is an async context manager."
     candidates = [Candidate("C1", pair, "S1", 0.8), Candidate("C2", alone, "S1", 0.7), Candidate("C3", "x.", "S2", 0.6)]
-    assert [c.id for c in _chosen(candidates, ["C1", "C2", "C3"], 3)] == ["C1", "C3"]
+    chosen, left_out = _chosen(candidates, ["C1", "C2", "C3"], 3)
+    assert [c.id for c in chosen] == ["C1", "C3"] and left_out == 0
+
+
+def test_a_pick_from_a_low_ranked_passage_far_under_the_best_is_left_out_and_counted_as_doubt() -> None:
+    """The model filling its quota from the fifth passage ("Which file types can agentstack ingest?" took
+    `StrictSerializer`'s allow-list): left out of the answer, and its confidence counts it."""
+    from agentstack.graphs._grounding import Candidate
+    from agentstack.graphs._research import _chosen, _ranked_high
+
+    top = {"S1", "S2", "S3"}
+    candidates = [
+        Candidate("C1", "Ingest indexes files.", "S1", 0.9),
+        Candidate("C2", "The loader reads Markdown.", "S5", 0.8),  # low-ranked, near the best: stays
+        Candidate("C3", "The serializer loads allow-listed types.", "S5", 0.6),  # low and far: left out
+        Candidate("C4", "Chunks are 800 characters.", "S2", 0.6),  # far, but from a top passage: stays
+    ]
+    chosen, left_out = _chosen(candidates, ["C2", "C3", "C4"], 3, top)
+    assert [c.id for c in chosen] == ["C1", "C2", "C4"] and left_out == 1
+    assert _chosen(candidates, ["C2", "C3", "C4"], 3)[1] == 0  # no ranks known: nothing is left out
+    evidence = [{"id": f"S{n}"} for n in range(1, 6)]
+    answer = "Ingest indexes files [S1]. Chunks are 800 characters [S2]."
+    assert _ranked_high(answer, evidence) == 1.0  # type: ignore[arg-type]
+    assert _ranked_high(answer, evidence, left_out) == 2 / 3  # type: ignore[arg-type]
 
 
 async def test_both_sentences_of_a_pair_are_cited_in_the_draft(retriever: InMemoryRetriever) -> None:

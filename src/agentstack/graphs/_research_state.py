@@ -107,6 +107,7 @@ class ResearchState(TypedDict):
     iteration: NotRequired[int]  # search rounds done
     tokens_used: NotRequired[Annotated[int, operator.add]]
     draft: NotRequired[str]
+    left_out: NotRequired[int]  # the model's picks from low-ranked passages left out of the draft (doubt)
     confidence: NotRequired[float]
     gaps: NotRequired[list[str]]
     feedback: NotRequired[str]  # a reviewer's reason for rejecting the last answer
