@@ -194,6 +194,20 @@ async def test_an_extractive_result_with_a_program_is_the_research_then_the_prog
     assert "print(sum(range(10)))" in program and "45" in program
 
 
+async def test_an_extractive_result_leaves_out_a_failed_program_unless_it_is_all_there_is() -> None:
+    """The CPU Gemma's coder, sent a question, wrote `code`: its NameError is no part of a cited answer."""
+    route = coordinator("coder", "coder", "synthesize")
+    model = schema_model(Route=route, CodeDraft=CRASH, FinalOutput={"output": "w"})
+    deps = TeamDeps.create(model, researcher=Researcher(ANSWERS), run_code=FakeSandbox(SANDBOX))
+    graph = compose_team_graph(deps, checkpointer=InMemorySaver())
+    out = await graph.ainvoke({"task": TASK}, thread(), context=TeamContext(answer_style="extractive"))
+    assert [w["role"] for w in out["work"]] == ["researcher", "coder"] and not out["work"][1]["ok"]
+    assert out["output"] == "From the last checkpoint [S1]."
+    alone = team(schema_model(Route=coordinator("coder", "synthesize"), CodeDraft=CRASH, FinalOutput={"output": "w"}))
+    out = await alone.ainvoke({"task": "divide"}, thread(), context=TeamContext(answer_style="extractive"))
+    assert "ZeroDivisionError" in out["output"]  # the failure is the result when nothing else is
+
+
 async def test_an_instruction_off_the_tasks_topic_researches_the_task() -> None:
     researcher = Researcher(ANSWERS)
     route = coordinator("researcher", "synthesize", instruction="G a b l e")

@@ -297,15 +297,18 @@ async def review(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps
 
 async def synthesize(state: TeamState, runtime: Runtime[TeamContext], deps: TeamDeps) -> dict[str, Any]:
     """The result from the workers' contributions (the reviews left out). With extractive answers (a small
-    model) it is composed of the work itself: the research answers, then the latest program and its output; a
-    270M model's rewrite of them lost their grounding ("python", "output_0000.txt" as a team's result). Written,
-    the synthesizer writes it, keeping only the citation marks of passages the research cited."""
+    model) it is composed of the work itself: the research answers, then the latest program that ran and its
+    output (one that failed only when nothing else is there to show: the CPU Gemma's coder, sent a question,
+    wrote `code` and appended its NameError to a cited answer); a 270M model's rewrite of them lost their
+    grounding ("python", "output_0000.txt" as a team's result). Written, the synthesizer writes it, keeping only
+    the citation marks of passages the research cited."""
     status = state.get("status") or "done"
     work = [w for w in state.get("work", []) if w["role"] != "reviewer"]
     if deps.style(read_knobs(runtime, TeamContext)) == "extractive" and work:
         researched = [w["content"] for w in work if w["role"] == "researcher" and w["ok"]]
         programs = [w for w in work if w["role"] == "coder"]
-        program = next((w for w in reversed(programs) if w["ok"]), programs[-1] if programs else None)
+        failed = programs[-1] if programs and not researched else None
+        program = next((w for w in reversed(programs) if w["ok"]), failed)
         parts = [*dict.fromkeys(researched), *([program["content"]] if program else [])]
         if parts:
             runtime.stream_writer({"stage": "synthesizer", "composed_from": len(parts)})
