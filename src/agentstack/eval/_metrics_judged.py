@@ -124,8 +124,8 @@ _EVASIVE = re.compile(
 
 
 class AnswerRelevancy(JudgedMetric):
-    """Cosine between the question and the question the judge writes from the whole answer (the nearest to the
-    answer of `drafts` written); 0 if the answer is noncommittal."""
+    """Cosine between the question and the question the judge writes from the answer's first sentences together
+    (the nearest to them of `drafts` written); 0 if the answer is noncommittal."""
 
     name = "answer_relevancy"
     version: ClassVar[int] = 5  # v5: of the first 3 sentences together (v3-v4: one question a sentence)

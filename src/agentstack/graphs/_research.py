@@ -177,7 +177,7 @@ async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
     candidates = await candidate_sentences(question, state.get("evidence", []), deps.embedder, knobs.candidates)
     if not candidates:
         runtime.stream_writer({"stage": "select", "confidence": 0.0, "chosen": []})
-        return {"draft": "", "confidence": 0.0, "gaps": [question]}
+        return {"draft": "", "confidence": 0.0, "gaps": [question], "left_out": 0}
     reply, tokens = await deps.selector(len(candidates), knobs.max_sentences)(
         deps.prompts.select, question=question, candidates=candidates, max_sentences=knobs.max_sentences
     )
@@ -188,8 +188,7 @@ async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
     # each sentence cited, a candidate's sentence before the one pointing back at it too
     draft = " ".join(with_citations(part, [c.evidence_id]) for c in chosen for part in sentences(c.text) or [c.text])
     runtime.stream_writer({"stage": "select", "confidence": confidence, "chosen": [c.id for c in chosen]})
-    update = {"draft": draft, "confidence": confidence, "gaps": [], "left_out": left_out}
-    return update | {"tokens_used": tokens}
+    return {"draft": draft, "confidence": confidence, "gaps": [], "left_out": left_out, "tokens_used": tokens}
 
 
 def _chosen(
