@@ -529,7 +529,7 @@ def test_a_pick_whose_text_a_chosen_one_holds_is_not_chosen_again() -> None:
     alone = "A Fleet runs the servers of one fleet spec."
     pair = f"{alone} It is an async context manager."
     candidates = [Candidate("C1", pair, "S1", 0.8), Candidate("C2", alone, "S1", 0.7), Candidate("C3", "x.", "S2", 0.6)]
-    chosen, left_out = _chosen(candidates, ["C1", "C2", "C3"], 3)
+    chosen, left_out = _chosen(candidates, ["C1", "C2", "C3"], 3, top=())
     assert [c.id for c in chosen] == ["C1", "C3"] and left_out == 0
 
 
@@ -548,7 +548,7 @@ def test_a_pick_from_a_low_ranked_passage_far_under_the_best_is_left_out_and_cou
     ]
     chosen, left_out = _chosen(candidates, ["C2", "C3", "C4"], 3, top)
     assert [c.id for c in chosen] == ["C1", "C2", "C4"] and left_out == 1
-    assert _chosen(candidates, ["C2", "C3", "C4"], 3)[1] == 0  # no ranks known: nothing is left out
+    assert _chosen(candidates, ["C2", "C3", "C4"], 3, top=())[1] == 0  # no ranks known: nothing is left out
     evidence = [{"id": f"S{n}"} for n in range(1, 6)]
     answer = "Ingest indexes files [S1]. Chunks are 800 characters [S2]."
     assert _ranked_high(answer, evidence) == 1.0  # type: ignore[arg-type]

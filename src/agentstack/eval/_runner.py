@@ -184,15 +184,15 @@ class ReplayTarget:
     def refuse_unanswered(self, dataset: Dataset) -> None:
         """Refuse a dataset with examples the stored experiment never answered: judged, each would be a failed
         run scoring 0, and the means would say the answers got worse when they were only missing."""
-        missing = [example.id for example in dataset if example.id not in self._outcomes]
+        ids = [example.id for example in dataset]
+        missing = [i for i in ids if i not in self._outcomes]
         if not missing:
             return
-        answered = [example.id for example in dataset if example.id in self._outcomes]
-        first = [example.id for example in list(dataset)[: len(answered)]]
-        leading = bool(answered) and answered == first  # it ran with --limit: judge with the same
-        fix = f"add --limit {len(answered)}" if leading else "judge a dataset of only the examples it answered"
+        answered = len(ids) - len(missing)
+        leading = answered > 0 and all(i in self._outcomes for i in ids[:answered])  # it ran with --limit
+        fix = f"add --limit {answered}" if leading else "judge a dataset of only the examples it answered"
         raise ConfigError(
-            f"experiment {self.name!r} answered {len(answered)} of the {len(dataset)} examples to judge "
+            f"experiment {self.name!r} answered {answered} of the {len(ids)} examples to judge "
             f"(none for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})",
             fix=fix,
         )

@@ -181,8 +181,7 @@ async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
     reply, tokens = await deps.selector(len(candidates), knobs.max_sentences)(
         deps.prompts.select, question=question, candidates=candidates, max_sentences=knobs.max_sentences
     )
-    top = {item["id"] for item in state.get("evidence", [])[:_TOP_RANKED]}
-    chosen, left_out = _chosen(candidates, reply.chosen, knobs.max_sentences, top)
+    chosen, left_out = _chosen(candidates, reply.chosen, knobs.max_sentences, _top_ranked(state.get("evidence", [])))
     mean = sum(c.score for c in chosen) / len(chosen)
     confidence = round(min(1.0, max(0.0, (mean - _UNRELATED) / (_ANSWERS - _UNRELATED))), 2)
     # each sentence cited, a candidate's sentence before the one pointing back at it too
@@ -192,7 +191,7 @@ async def select(state: ResearchState, runtime: Runtime[ResearchContext], deps: 
 
 
 def _chosen(
-    candidates: Sequence[Candidate], picked: Sequence[str], limit: int, top: Collection[str] = ()
+    candidates: Sequence[Candidate], picked: Sequence[str], limit: int, top: Collection[str]
 ) -> tuple[list[Candidate], int]:
     """(the best-ranked candidate and the model's picks, in rank order; how many picks were left out for coming
     from a passage outside `top` with a cosine under `_FAR` of the best one's).
@@ -319,9 +318,14 @@ def _ranked_high(answer: str, evidence: Sequence[Evidence], left_out: int = 0) -
     (without them, "Which file types can agentstack ingest?", answered off the point, went from 0.65 to 1.0).
     """
     claims = cited_sentences(answer)
-    top = {item["id"] for item in evidence[:_TOP_RANKED]}
+    top = _top_ranked(evidence)
     high = sum(1 for _, cited in claims if top.intersection(cited))
     return high / (len(claims) + left_out) if claims else 0.0
+
+
+def _top_ranked(evidence: Sequence[Evidence]) -> set[str]:
+    """The ids of the passages the search ranked highest (evidence comes in search order)."""
+    return {item["id"] for item in evidence[:_TOP_RANKED]}
 
 
 def review(state: ResearchState, runtime: Runtime[ResearchContext]) -> Command[Any]:
