@@ -36,7 +36,7 @@ def sections() -> list[Document]:
     return found
 
 
-@pytest.mark.slow  # 12 s: pure-Python hashing embeddings of every section's sentences, 30 times
+@pytest.mark.slow  # 7-12 s: pure-Python hashing embeddings of every section's sentences, 50 times
 async def test_the_docs_dataset_on_the_scripted_model_meets_its_gates(eval_dataset: Any) -> None:
     dataset = eval_dataset("docs/eval/agentstack-docs.jsonl")
     model = schema_model(Plan={"queries": ["agentstack"]}, Selection={"chosen": ["C1"]})
@@ -57,6 +57,7 @@ async def test_the_docs_dataset_on_the_scripted_model_meets_its_gates(eval_datas
         graph="research",
         judge=Judge(embedder=embedder),
     )
-    # measured 2026-11-30: recall@5 0.717, cites_gold 0.533, context_recall 0.367, token_f1 0.319
-    gates = {"faithfulness": 1.0, "citation_validity": 1.0, "recall@5": 0.7, "cites_gold": 0.53, "context_recall": 0.36}
+    # measured 2026-12-01 (50 questions): recall@5 0.790, cites_gold 0.640, context_recall 0.540, token_f1 0.365;
+    # the gates leave room for edits to the docs, which are the corpus here
+    gates = {"faithfulness": 1.0, "citation_validity": 1.0, "recall@5": 0.75, "cites_gold": 0.6, "context_recall": 0.5}
     assert_quality(result, gates)
