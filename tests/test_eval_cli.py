@@ -32,9 +32,12 @@ def cli(tmp_path: Path, model_gateway: str, agentstack_postgres: str) -> Run:
         "AGENTSTACK_LLM_MODEL": MODEL,
     }
 
-    def run(*args: str, models: bool = True) -> subprocess.CompletedProcess[str]:
-        """`models=False`: no model server configured, so a command that needs one starts the CPU fleet."""
+    def run(*args: str, models: bool = True, judge: bool = False) -> subprocess.CompletedProcess[str]:
+        """`models=False`: no model server configured, so a command that needs one starts the CPU fleet;
+        `judge`: the gateway's model is a judge of its own (AGENTSTACK_JUDGE_*), as a larger one would be."""
         chosen = env if models else {k: v for k, v in env.items() if not k.startswith("AGENTSTACK_LLM_")}
+        if judge:
+            chosen = chosen | {"AGENTSTACK_JUDGE_BASE_URL": model_gateway, "AGENTSTACK_JUDGE_MODEL": MODEL}
         return run_agentstack(*args, env=chosen, cwd=tmp_path)
 
     return run
@@ -43,13 +46,22 @@ def cli(tmp_path: Path, model_gateway: str, agentstack_postgres: str) -> Run:
 @pytest.mark.slow  # the CPU Gemma, the embedder, a research run judged by the model, then by the embedder
 def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Path) -> None:
     common = [str(DATASET), "--docs", str(tmp_path / "docs"), "--limit", "1"]
-    first = cli("eval", "run", *common, "--judge", "model", "--name", "smoke", "--junit", "smoke.xml")
+    first = cli("eval", "run", *common, "--name", "smoke", "--junit", "smoke.xml")
     assert first.returncode == 0, first.stdout + first.stderr
     assert_quiet(first.stderr)
-    for metric in ("recall@5", "cites_gold", "faithfulness", "answer_relevancy", "context_precision"):
+    for metric in ("recall@5", "cites_gold", "faithfulness", "context_recall"):
         assert metric in first.stdout
     suite = ET.parse(tmp_path / "smoke.xml").getroot()
     assert suite.get("failures") == "0" and suite.find("testcase[@name='metric faithfulness']") is not None
+
+    # the answers judged by a model on a server of its own: no fleet starts here, and every judgement parses
+    judging = [str(DATASET), "--limit", "1", "--answers-from", "smoke", "--judge", "model", "--name", "judged"]
+    judged = cli("eval", "run", *judging, models=False, judge=True)
+    assert judged.returncode == 0, judged.stdout + judged.stderr
+    assert "models:" not in judged.stdout
+    for metric in ("answer_relevancy", "context_precision", "faithfulness"):
+        [row] = [line for line in judged.stdout.splitlines() if f" {metric} " in line]
+        assert [cell.strip() for cell in row.split("│")][4:6] == ["1", "0"], row  # scored once, no error
 
     # a gate that cannot be met is refused before anything starts
     again = [str(DATASET), "--limit", "1", "--answers-from", "smoke", "--judge", "embedder", "--name", "gated"]
@@ -58,7 +70,7 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
     assert "models:" not in second.stdout
     # the same answers judged again by the embedder, gated against the model-judged run
     third = cli(
-        "eval", "run", *again, "--baseline", "smoke", "--max-drop", "faithfulness=0.5", "--min", "cites_gold=1.0",
+        "eval", "run", *again, "--baseline", "judged", "--max-drop", "faithfulness=0.5", "--min", "cites_gold=1.0",
         "--report", "r.md", models=False,
     )  # fmt: skip
     report = (tmp_path / "r.md").read_text()
@@ -78,7 +90,7 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
 
     listed = cli("eval", "list")
     assert "smoke" in listed.stdout and "gated" in listed.stdout
-    shown = cli("eval", "show", "smoke")
+    shown = cli("eval", "show", "judged")
     assert shown.returncode == 0 and "answer_relevancy" in shown.stdout and "extractive" in shown.stdout
     compared = cli("eval", "compare", "smoke", "gated")
     assert compared.returncode == 0 and "faithfulness" in compared.stdout

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from agentstack import Stack
 from agentstack.config import Settings
@@ -138,3 +139,52 @@ async def test_the_graphs_model_decodes_greedily(settings: Settings, agentstack_
         async with Stack(external, retrieval=False) as stack:
             assert (await stack.model.ainvoke("hi")).content == "ok"
     assert [request["body"]["temperature"] for request in seen] == [0]
+
+
+def test_a_judge_url_needs_its_model_name() -> None:
+    with pytest.raises(ConfigError, match="judge_base_url needs judge_model") as info:
+        Settings.load(judge_base_url="http://127.0.0.1:9/v1")
+    assert "AGENTSTACK_JUDGE_MODEL" in info.value.problem
+    with pytest.raises(ConfigError, match=r"judge_base_url: .*must be an http"):
+        Settings.load(judge_base_url="localhost:8000", judge_model="m")
+    assert "judge_api_key=SecretStr('**********')" in repr(Settings.load(judge_api_key="sk-1"))
+
+
+@pytest.mark.allow_model_requests  # a local stand-in for a larger judge, answering "ok"
+async def test_the_judge_is_its_own_server_model_and_needs_no_fleet(
+    settings: Settings, agentstack_postgres: str
+) -> None:
+    """`agentstack eval --judge model` with AGENTSTACK_JUDGE_*: the small model answers, a larger one judges."""
+    from agentstack._net import free_port
+    from rag_server import serve
+
+    port = free_port()
+    judge = {
+        "judge_base_url": f"http://127.0.0.1:{port}/v1",
+        "judge_model": "big-judge",
+        "judge_api_key": SecretStr("sk-j"),
+    }
+    configured = settings.model_copy(update={"postgres_url": agentstack_postgres, **judge})
+    with serve(None, port) as seen:
+        async with Stack(configured, models=False, retrieval=False) as stack:  # judging stored answers: no fleet
+            model = stack.judge_model()
+            assert stack.judge_model() is model  # one client, closed with the stack
+            assert (await model.ainvoke("Is this supported?")).content == "ok"
+        own = configured.model_copy(update={"judge_base_url": None, "judge_model": None})
+        own = own.model_copy(update={"llm_base_url": f"http://127.0.0.1:{port}/v1", "llm_model": "small"})
+        async with Stack(own, retrieval=False) as stack:
+            assert stack.judge_model() is stack.model  # no judge of its own: the graphs' model judges
+    [request] = seen
+    assert request["body"]["model"] == "big-judge" and request["body"]["temperature"] == 0
+    assert request["auth"] == "Bearer sk-j"
+
+
+async def test_a_judge_named_in_the_fleet_needs_the_fleet(settings: Settings, agentstack_postgres: str) -> None:
+    named = settings.model_copy(update={"postgres_url": agentstack_postgres, "judge_model": "large"})
+    async with Stack(named, models=False, retrieval=False) as stack:
+        with pytest.raises(ConfigError, match=r"'large' names a model of the fleet, and this stack runs no fleet"):
+            stack.judge_model()
+    plain = settings.model_copy(update={"postgres_url": agentstack_postgres})
+    async with Stack(plain, models=False, retrieval=False) as stack:
+        with pytest.raises(ConfigError, match="opened without models"):
+            stack.judge_model()  # no judge of its own: the graphs' model, and there is none

@@ -29,6 +29,7 @@ from agentstack.errors import ConfigError
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
     from langgraph.graph.state import CompiledStateGraph
+    from pydantic import SecretStr
 
     from agentstack.graphs import GraphParts, GraphRegistry
     from agentstack.graphs._approval import ApprovalGraph
@@ -105,6 +106,7 @@ class Stack:
         self.retrieval: Any = None
         self.fleet: Any = None
         self.model: Any = model
+        self._judge: Any = None  # AGENTSTACK_JUDGE_BASE_URL's model, made on first use
         self.observability = observability  # runs' metrics, and traces: given, or made when the stack opens
         self._usage: UsageStore | None = None  # where observed runs' usage goes, once one ended
 
@@ -150,6 +152,7 @@ class Stack:
     async def __aexit__(self, *exc: object) -> None:
         exits, self._exits = self._exits, None
         self._usage = None  # its pool closes with the stack
+        self._judge = None  # and the judge's clients
         if exits is not None:
             await exits.aclose()
 
@@ -159,19 +162,7 @@ class Stack:
             return None
         settings = self.settings
         if settings.llm_base_url:
-            import httpx
-
-            from agentstack.observability._context import trace_hooks
-
-            # our own clients, closed with the stack: their requests carry the model call's trace
-            timeout = httpx.Timeout(600.0, connect=5.0)
-            clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks())
-            sync = httpx.Client(timeout=timeout, event_hooks=trace_hooks(sync=True))
-            exits.push_async_callback(clients.aclose)
-            exits.callback(sync.close)
-            self.model = external_chat_model(
-                settings, max_tokens=_MAX_TOKENS, temperature=_TEMPERATURE, http_async_client=clients, http_client=sync
-            )
+            self.model = external_chat_model(settings, **_model_options(exits))
             return None
         from agentstack.serving import Fleet
 
@@ -301,6 +292,33 @@ class Stack:
             tools.append(search_tool(self.retrieval.retriever))
         return tools
 
+    def judge_model(self) -> Any:
+        """The chat model that judges (`agentstack eval --judge model`): AGENTSTACK_JUDGE_MODEL at
+        AGENTSTACK_JUDGE_BASE_URL, or that model of the fleet, else the graphs' own model.
+
+        A judge of its own is what a team wants once it has one: a model grading its own answers favours them,
+        and the CPU Gemma is too weak a judge for answer relevancy (docs/eval.md). Asked greedily, as the graphs
+        are, so a judgement repeats. An external judge needs no fleet: judging stored answers starts none.
+        """
+        settings = self.settings
+        if settings.judge_base_url and settings.judge_model:
+            if self._judge is None:
+                if self._exits is None:
+                    raise ConfigError("the stack is not open", fix="use it inside `async with Stack.from_settings()`")
+                self._judge = openai_chat_model(
+                    settings.judge_base_url, settings.judge_model, settings.judge_api_key, **_model_options(self._exits)
+                )
+            return self._judge
+        if settings.judge_model:
+            if self.fleet is None:
+                raise ConfigError(
+                    f"AGENTSTACK_JUDGE_MODEL={settings.judge_model!r} names a model of the fleet, and this stack runs "
+                    "no fleet (AGENTSTACK_LLM_BASE_URL is set, or it was opened without models)",
+                    fix="set AGENTSTACK_JUDGE_BASE_URL to the OpenAI-compatible server that serves it",
+                )
+            return self.fleet.chat_model(settings.judge_model, max_tokens=_MAX_TOKENS, temperature=_TEMPERATURE)
+        return self._need_model()
+
     def _need_model(self) -> Any:
         if self.model is None and not self.wants_models:
             raise ConfigError("this stack was opened without models (models=False)", fix="open it with models=True")
@@ -320,16 +338,35 @@ def external_chat_model(settings: Settings, **options: Any) -> Any:
     Streamed replies report the server's token usage (`stream_options.include_usage`, which llama.cpp, vLLM and
     SGLang honour), as `Fleet.chat_model` does: without it a streamed run's tokens are only estimated.
     """
-    from langchain_openai import ChatOpenAI
-
     if not settings.llm_base_url or not settings.llm_model:
         raise ConfigError(
             "an external model needs both AGENTSTACK_LLM_BASE_URL and AGENTSTACK_LLM_MODEL",
             fix="set AGENTSTACK_LLM_MODEL to the model that server serves (and the URL, if it is unset)",
         )
-    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "none"
-    options = {"stream_usage": True} | options
-    return ChatOpenAI(base_url=settings.llm_base_url, model=settings.llm_model, api_key=key, **options)
+    return openai_chat_model(settings.llm_base_url, settings.llm_model, settings.llm_api_key, **options)
+
+
+def openai_chat_model(base_url: str, model: str, api_key: SecretStr | None, **options: Any) -> Any:
+    """A `ChatOpenAI` for `model` at `base_url` (the graphs' external model, or the judge's)."""
+    from langchain_openai import ChatOpenAI
+
+    key = api_key.get_secret_value() if api_key else "none"
+    return ChatOpenAI(base_url=base_url, model=model, api_key=key, **({"stream_usage": True} | options))
+
+
+def _model_options(exits: AsyncExitStack) -> dict[str, Any]:
+    """The stack's options for a model on an OpenAI-compatible server: greedy, its reply limit, and our own HTTP
+    clients, closed with the stack, whose requests carry the model call's trace."""
+    import httpx
+
+    from agentstack.observability._context import trace_hooks
+
+    timeout = httpx.Timeout(600.0, connect=5.0)
+    clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks())
+    sync = httpx.Client(timeout=timeout, event_hooks=trace_hooks(sync=True))
+    exits.push_async_callback(clients.aclose)
+    exits.callback(sync.close)
+    return {"max_tokens": _MAX_TOKENS, "temperature": _TEMPERATURE, "http_async_client": clients, "http_client": sync}
 
 
 async def _enter_together(exits: AsyncExitStack, managers: list[AbstractAsyncContextManager[Any]]) -> list[Any]:

@@ -200,6 +200,17 @@ class Settings(BaseSettings):
         "unset: the fleet's first chat model (required with llm_base_url).",
     )
     llm_api_key: SecretStr | None = Field(default=None, description="API key for llm_base_url.")
+    judge_base_url: str | None = Field(
+        default=None,
+        description="Any OpenAI-compatible /v1 URL whose model judges `agentstack eval --judge model`; unset: "
+        "judge_model of the fleet, else the graphs' own model.",
+    )
+    judge_model: str | None = Field(
+        default=None,
+        description="The judge's chat model: the name served at judge_base_url (required with it), or a model "
+        "of the fleet; unset: the graphs' own model.",
+    )
+    judge_api_key: SecretStr | None = Field(default=None, description="API key for judge_base_url.")
     answer_style: Literal["written", "extractive"] | None = Field(
         default=None,
         description="How the graphs answer: written by the model, or extractive (evidence sentences it picks); "
@@ -298,7 +309,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"pattern {name!r} is not a regex: {exc}") from None
         return value
 
-    @field_validator("llm_base_url", mode="after")
+    @field_validator("llm_base_url", "judge_base_url", mode="after")
     @classmethod
     def _check_llm_url(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
@@ -329,6 +340,14 @@ class Settings(BaseSettings):
             raise ValueError("reranker=cohere needs Cohere's key: set COHERE_API_KEY (or AGENTSTACK_COHERE_API_KEY)")
         if self.reranker == "http" and not self.rerank_url:
             raise ValueError("reranker=http needs AGENTSTACK_RERANK_URL, the /v1/rerank endpoint to use")
+        return self
+
+    @model_validator(mode="after")
+    def _check_judge(self) -> Self:
+        if self.judge_base_url and not self.judge_model:
+            raise ValueError(
+                "judge_base_url needs judge_model, the name that server serves: set AGENTSTACK_JUDGE_MODEL"
+            )
         return self
 
     @property

@@ -21,6 +21,7 @@ from agentstack.cli._report import console, reports_errors
 if TYPE_CHECKING:
     from agentstack._stack import Stack
     from agentstack.checkpoint import LocalPostgres
+    from agentstack.config import Settings
 
 # Every command imports what it uses when it runs: `agentstack --help` and `agentstack doctor` must start in
 # well under a second, and must work without the `local` extra (Milvus Lite, torch, llama-index...).
@@ -231,7 +232,9 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
     return knobs
 
 
-def _stack(*, warm: bool = True, models: bool = True, retrieval: bool = True) -> Stack:
+def _stack(
+    settings: Settings | None = None, *, warm: bool = True, models: bool = True, retrieval: bool = True
+) -> Stack:
     """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console.
 
     `resume` opens it cold (`warm=False`): a decision usually ends a run without a search, and then the
@@ -243,7 +246,7 @@ def _stack(*, warm: bool = True, models: bool = True, retrieval: bool = True) ->
     from agentstack.cli._run import progress_printer
     from agentstack.config import Settings
 
-    settings = Settings.load()
+    settings = settings or Settings.load()
     if "workspace" not in settings.model_fields_set:
         settings = settings.model_copy(update={"workspace": Path.cwd()})
     return Stack.from_settings(
@@ -352,7 +355,11 @@ def eval_run(
     name: Annotated[str | None, typer.Option(help="The experiment's name (default: graph-dataset-time).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Items run at once.")] = 8,
     judge: Annotated[
-        str, typer.Option(help="none: no judge; embedder: support by embeddings; model: the stack's model judges.")
+        str,
+        typer.Option(
+            help="none: no judge; embedder: support by embeddings; model: a model judges (AGENTSTACK_JUDGE_MODEL, "
+            "at AGENTSTACK_JUDGE_BASE_URL when set; else the graphs' own)."
+        ),
     ] = "embedder",
     metric: Annotated[
         list[str] | None, typer.Option("--metric", help="A metric to score, e.g. recall@5 (default: the judge's set).")
@@ -386,13 +393,19 @@ def eval_run(
 ) -> None:
     """Run DATASET through a graph, score every item, store the experiment; exit 1 when a gate fails."""
     from agentstack.cli._eval import run_eval
+    from agentstack.config import Settings
 
+    settings = Settings.load()
     elsewhere = answers_from is not None or assistant is not None  # the answers come from a store or a server
     passed = asyncio.run(
         run_eval(
-            # judging with the embedder (or none) answers given elsewhere needs no model: no fleet starts; the
-            # server behind --assistant holds the index (Milvus Lite opens in one process at a time)
-            _stack(models=not (elsewhere and judge != "model"), retrieval=assistant is None),
+            # answers given elsewhere, judged by the embedder (or none) or by a judge on its own server, need no
+            # model: no fleet starts; the server behind --assistant holds the index (one process opens Milvus Lite)
+            _stack(
+                settings,
+                models=not (elsewhere and (judge != "model" or settings.judge_base_url)),
+                retrieval=assistant is None,
+            ),
             dataset,
             graph=graph,
             name=name,

@@ -123,7 +123,7 @@ async def run_eval(
                 raise ConfigError("--judge embedder needs the retrieval's embedder", fix="use --judge none")
             judge = Judge(embedder=embedder)
         elif judge_kind == "model":
-            judge = Judge(stack.model, embedder=embedder)
+            judge = Judge(stack.judge_model(), embedder=embedder)
         check_metrics(metrics, judge)
         if entry.searches_documents and replay is None and assistant is None:
             paths = docs or [default_corpus()]
