@@ -242,6 +242,16 @@ def test_settings_reject_unknown_keys_in_toml(tmp_path, monkeypatch: pytest.Monk
         agentstack.Settings.load()
 
 
+def test_every_setting_is_documented() -> None:
+    """docs/configuration.md is the settings' reference: a field added without a line there is a setting users
+    cannot find (the page names each by its environment variable)."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [name for name in agentstack.Settings.model_fields if f"AGENTSTACK_{name.upper()}" not in page]
+    assert not missing, f"add these to docs/configuration.md: {missing}"
+
+
 def loaded_by(package: str, prefixes: tuple[str, ...]) -> list[str]:
     """The modules starting with `prefixes` that importing every module of `package` loads (a fresh process)."""
     probe = (
