@@ -253,6 +253,7 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
         await stack.retrieval.ingestor.aingest_paths([ROOT / "docs"])
         entry = stack.graphs.get("research")
         target = GraphTarget(stack.graph("research"), entry, context=entry.context_from({}))
+        _say(f"answering {len(dataset)} questions with the research graph")
         answered = await run_experiment(target, dataset, [], name="answers", graph="research", concurrency=concurrency)
         examples = [item.example for item in answered.items]
         outcomes = [item.outcome for item in answered.items]
@@ -270,6 +271,7 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
         ]
         embedder = stack.retrieval.embedder
         started = time.perf_counter()
+        _say(f"agentstack scoring {len(samples)} items x {repeats}")
         ours = await our_scores(samples, Judge(stack.model, embedder=embedder), repeats, concurrency)
         seconds = {"agentstack": time.perf_counter() - started}
         gateway, embeddings = free_port(), free_port()
@@ -299,6 +301,7 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
         async with serving(*servers):
             for mode in MODES:
                 started = time.perf_counter()
+                _say(f"RAGAS ({mode} mode) scoring {len(samples)} items x {1 if mode == 'json' else repeats}")
                 # JSON mode once: what it shows is its NaN count, and its failing calls retry at length
                 found = await ragas_scores(python, spec | {"mode": mode, "repeats": 1 if mode == "json" else repeats})
                 seconds[f"ragas_{mode}"] = time.perf_counter() - started
@@ -319,6 +322,11 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
         "repeats": repeats,
         **{f"{tool}_s": round(spent, 1) for tool, spent in seconds.items()},
     }
+
+
+def _say(step: str) -> None:
+    """A step of a run that takes hours on a CPU, on stderr as it starts (stdout is the tables and the JSON)."""
+    print(f"{time.strftime('%H:%M:%S')} {step}", file=sys.stderr, flush=True)
 
 
 def _top(outcome: Outcome, *, answer: str | None = None) -> Outcome:
