@@ -57,7 +57,9 @@ async def test_the_docs_dataset_on_the_scripted_model_meets_its_gates(eval_datas
         graph="research",
         judge=Judge(embedder=embedder),
     )
-    # measured 2026-12-01 (50 questions): recall@5 0.790, cites_gold 0.640, context_recall 0.540, token_f1 0.365;
-    # the gates leave room for edits to the docs, which are the corpus here
-    gates = {"faithfulness": 1.0, "citation_validity": 1.0, "recall@5": 0.75, "cites_gold": 0.6, "context_recall": 0.5}
+    # measured 2026-12-01 (50 questions): recall@5 0.790, cites_gold 0.560, context_recall 0.540, token_f1 0.340;
+    # the gates leave room for edits to the docs, which are the corpus here. Quoting sentences of up to 600
+    # characters instead of 400 took cites_gold here from 0.640 to 0.560 (the hashing embedder and the word
+    # overlap both favour long sentences) and on the CPU Gemma with all-MiniLM-L6-v2 from 0.820 to 0.860.
+    gates = {"faithfulness": 1.0, "citation_validity": 1.0, "recall@5": 0.75, "cites_gold": 0.52, "context_recall": 0.5}
     assert_quality(result, gates)
