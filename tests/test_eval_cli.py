@@ -43,7 +43,7 @@ def cli(tmp_path: Path, model_gateway: str, agentstack_postgres: str) -> Run:
     return run
 
 
-@pytest.mark.slow  # the CPU Gemma, the embedder, a research run judged by the model, then by the embedder
+@pytest.mark.slow  # the CPU Gemma: a research run judged by the embedder, by the model as a judge of its own, gated
 def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Path) -> None:
     common = [str(DATASET), "--docs", str(tmp_path / "docs"), "--limit", "1"]
     first = cli("eval", "run", *common, "--name", "smoke", "--junit", "smoke.xml")
