@@ -127,6 +127,39 @@ async def test_concurrent_requests_use_both_replicas(fleet: Fleet) -> None:
     assert sum(gained) == 8 and min(gained) >= 2, gained
 
 
+async def test_exact_models_take_turns_and_compute_each_prompt_alone(fleet: Fleet) -> None:
+    """`agentstack eval run --exact`: batched with other requests, or computed on a cached prefix, llama.cpp
+    sums in another order and a greedy reply can flip; one at a time and computed alone, it repeats."""
+    exact = [fleet.chat_model(MODEL, max_tokens=16, temperature=0, exact=True) for _ in range(2)]
+    plain = fleet.chat_model(MODEL, max_tokens=16, temperature=0)
+    cached: dict[int, list[int]] = {}
+
+    def count_cached(model: object) -> None:  # llama.cpp's `timings.cache_n`: prompt tokens taken from its cache
+        async def read(response: httpx.Response) -> None:
+            await response.aread()
+            cached.setdefault(id(model), []).append(response.json()["timings"]["cache_n"])
+
+        model.http_async_client.event_hooks["response"].append(read)  # type: ignore[attr-defined]
+
+    async def most_at_once(models: list[object]) -> int:
+        calls = asyncio.gather(*(m.ainvoke(f"Count to {n}:") for n, m in enumerate(models * 3)))  # type: ignore[attr-defined]
+        most = 0
+        while not calls.done():
+            most = max(most, sum(r.outstanding for r in fleet.replicas))
+            await asyncio.sleep(0.002)
+        await calls
+        return most
+
+    assert await most_at_once(exact) == 1  # the two exact models share one turn
+    assert await most_at_once([plain]) > 1  # the check can see more
+    for model in (exact[0], plain):
+        count_cached(model)
+        for _ in range(2):
+            await model.ainvoke("The same prompt, asked twice over: what is a thread?")
+    assert cached[id(exact[0])] == [0, 0]
+    assert cached[id(plain)][1] > 0  # what exact turns off: the second ask starts from the first's prefix
+
+
 async def test_unknown_model_is_refused_clearly(fleet: Fleet) -> None:
     with pytest.raises(ConfigError, match="the fleet has no model named 'nope'"):
         fleet.chat_model("nope")

@@ -107,10 +107,11 @@ class GreedyModel(ScriptedChatModel):
     """A scripted model with a temperature, like ChatOpenAI's, that records the options of each call."""
 
     temperature: float | None = 0.0
+    seed: int | None = None
     options: list[dict[str, Any]] = Field(default_factory=list)
 
     def _message(self, messages: Any, **kwargs: Any) -> Any:  # every path (invoke, stream) asks through here
-        self.options.append({k: v for k, v in kwargs.items() if k == "temperature"})
+        self.options.append({k: v for k, v in kwargs.items() if k in ("temperature", "seed")})
         return super()._message(messages, **kwargs)
 
 
@@ -120,6 +121,20 @@ async def test_a_greedy_model_is_asked_again_at_a_sampling_temperature() -> None
     verdict, _ = await StructuredCall(model, Verdict)(PROMPT, question="q")
     assert verdict.why == "ok"
     assert "temperature" not in model.options[0] and model.options[1]["temperature"] == 0.7
+
+
+async def test_sampled_replies_are_seeded_so_a_rerun_samples_the_same_and_each_resample_its_own() -> None:
+    """A judge asked again for its spread, or a step asked again after a bad reply, repeats on a rerun; the n-th
+    and the m-th samples still differ (a seed each)."""
+
+    async def seeds(resample: int) -> list[Any]:
+        model = GreedyModel(replies=[LengthFinishReasonError(3100), verdict_reply("ok", 40)])
+        await StructuredCall(model, Verdict)(PROMPT, resample=resample, question="q")
+        return [o.get("seed") for o in model.options]
+
+    assert await seeds(0) == [None, 1]  # greedy first, as ever; the retry samples, seeded
+    assert await seeds(1) == await seeds(1) == [8, 9]
+    assert await seeds(2) == [16, 17]
 
 
 def completion(content: str, total_tokens: int, finish: str = "stop", *, stream: bool = True) -> httpx.Response:
@@ -160,6 +175,7 @@ async def test_chat_openai_takes_the_same_path_as_the_scripted_model() -> None:
     assert verdict == Verdict(ok=False, why="no") and 42 < tokens < 42 + 60
     assert [r["response_format"]["json_schema"]["name"] for r in requests] == ["Verdict", "Verdict"]
     assert [r["temperature"] for r in requests] == [0.0, 0.7]
+    assert [r.get("seed") for r in requests] == [None, 1]  # the sampled attempt repeats on a rerun
     assert [r.get("stream", False) for r in requests] == [True, False]  # the first is watched as it grows
     await client.aclose()
 

@@ -81,6 +81,11 @@ class Stack:
     model (judging stored answers with the embedder needs Postgres and the index only); its graphs then
     cannot be built. What was asked stays readable (`wants_models`, `wants_retrieval`, `progress`): a
     supervisor of several processes opens the parts they must share from it (`agentstack api --workers`).
+
+    `exact=True`: the models it makes (the graphs' and the judge's) answer one call at a time, each prompt
+    computed alone, so a rerun gives the same replies; about three times slower on the CPU default
+    (`agentstack eval run --exact`, src/agentstack/_one_at_a_time.py). A server of your own should then not
+    reuse cached prompt prefixes either (llama.cpp: --no-cache-prompt).
     """
 
     def __init__(
@@ -94,8 +99,10 @@ class Stack:
         on_progress: Callable[[str], None] | None = None,
         graphs: GraphRegistry | None = None,
         observability: Observability | None = None,
+        exact: bool = False,
     ) -> None:
         self.settings = settings
+        self.exact = exact
         self._graphs = graphs
         self.wants_retrieval = retrieval
         self.wants_models = models
@@ -142,7 +149,7 @@ class Stack:
             if starting is not None:
                 self.progress("models: waiting for the fleet to be healthy")
                 await starting
-                self.model = self.fleet.chat_model(max_tokens=_MAX_TOKENS, temperature=_TEMPERATURE)
+                self.model = self.fleet.chat_model(max_tokens=_MAX_TOKENS, temperature=_TEMPERATURE, exact=self.exact)
         except BaseException:
             await exits.aclose()
             raise
@@ -162,7 +169,7 @@ class Stack:
             return None
         settings = self.settings
         if settings.llm_base_url:
-            self.model = external_chat_model(settings, **_model_options(exits))
+            self.model = external_chat_model(settings, **_model_options(exits, exact=self.exact))
             return None
         from agentstack.serving import Fleet
 
@@ -306,7 +313,10 @@ class Stack:
                 if self._exits is None:
                     raise ConfigError("the stack is not open", fix="use it inside `async with Stack.from_settings()`")
                 self._judge = openai_chat_model(
-                    settings.judge_base_url, settings.judge_model, settings.judge_api_key, **_model_options(self._exits)
+                    settings.judge_base_url,
+                    settings.judge_model,
+                    settings.judge_api_key,
+                    **_model_options(self._exits, exact=self.exact),
                 )
             return self._judge
         if settings.judge_model:
@@ -316,7 +326,9 @@ class Stack:
                     "no fleet (AGENTSTACK_LLM_BASE_URL is set, or it was opened without models)",
                     fix="set AGENTSTACK_JUDGE_BASE_URL to the OpenAI-compatible server that serves it",
                 )
-            return self.fleet.chat_model(settings.judge_model, max_tokens=_MAX_TOKENS, temperature=_TEMPERATURE)
+            return self.fleet.chat_model(
+                settings.judge_model, max_tokens=_MAX_TOKENS, temperature=_TEMPERATURE, exact=self.exact
+            )
         return self._need_model()
 
     def _need_model(self) -> Any:
@@ -354,15 +366,17 @@ def openai_chat_model(base_url: str, model: str, api_key: SecretStr | None, **op
     return ChatOpenAI(base_url=base_url, model=model, api_key=key, **({"stream_usage": True} | options))
 
 
-def _model_options(exits: AsyncExitStack) -> dict[str, Any]:
+def _model_options(exits: AsyncExitStack, *, exact: bool = False) -> dict[str, Any]:
     """The stack's options for a model on an OpenAI-compatible server: greedy, its reply limit, and our own HTTP
-    clients, closed with the stack, whose requests carry the model call's trace."""
+    clients, closed with the stack, whose requests carry the model call's trace (and take turns, `exact`)."""
     import httpx
 
+    from agentstack._one_at_a_time import OneAtATime
     from agentstack.observability._context import trace_hooks
 
     timeout = httpx.Timeout(600.0, connect=5.0)
-    clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks())
+    transport = OneAtATime(httpx.AsyncHTTPTransport()) if exact else None
+    clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks(), transport=transport)
     sync = httpx.Client(timeout=timeout, event_hooks=trace_hooks(sync=True))
     exits.push_async_callback(clients.aclose)
     exits.callback(sync.close)

@@ -38,6 +38,8 @@ T = TypeVar("T", bound=BaseModel)
 _PARSE_ATTEMPTS = 2
 # A greedy (temperature 0) model asked again answers the same thing again; the second attempt samples instead.
 _RETRY_TEMPERATURE = 0.7
+# Seeds of sampled attempts: `resample * _SEEDS + attempt`, distinct for every attempt of every resample.
+_SEEDS = 8
 # A reply whose last 200 characters are one pattern of up to 40 repeated (5 times or more) has fallen into a loop
 # a tiny model does not leave: "0000...", "\\n\\n...", one line of code over and over, or the same line with
 # another number each time (a second look reads every run of digits as one symbol). So has one whose last 100
@@ -77,16 +79,17 @@ class StructuredCall(Generic[T]):
         if steps and _is_chat_model(steps[0]):
             self._model = steps[0]
             self._parser = steps[1] if len(steps) == 2 else RunnableSequence(*steps[1:])
-            self._retry_model = self._model.bind(**_retry_sampling(model))
+            self._sampling = _retry_sampling(model)
+            self._seeded = "seed" in type(model).model_fields
             self._with_raw = None
         else:
             self._with_raw = model.with_structured_output(schema, method="json_schema", include_raw=True)
 
-    async def __call__(self, prompt: Prompt, *, resample: bool = False, **variables: Any) -> tuple[T, int]:
+    async def __call__(self, prompt: Prompt, *, resample: int = 0, **variables: Any) -> tuple[T, int]:
         messages = prompt.messages(**variables)
         return await self.ask(messages, ref=prompt.ref, resample=resample)
 
-    async def ask(self, messages: Sequence[BaseMessage], *, ref: str, resample: bool = False) -> tuple[T, int]:
+    async def ask(self, messages: Sequence[BaseMessage], *, ref: str, resample: int = 0) -> tuple[T, int]:
         """One reply parsed as the schema, and the tokens spent on it (every attempt's).
 
         A reply that does not parse, or that the token limit cut short, is asked for once more: a schema can say
@@ -96,8 +99,12 @@ class StructuredCall(Generic[T]):
         every attempt but the last is streamed and watched: one that falls into a loop is stopped there (closing
         the stream frees the server's slot), seconds in rather than thousands of tokens later, and being that
         cheap it earns one extra attempt. The last runs to its end: a model that loops every time still gets the
-        reply its schema's bounds allow (nonsense, but a finished run), not an error. `resample`: every
-        attempt samples (a judge asked again, for the spread of its verdicts).
+        reply its schema's bounds allow (nonsense, but a finished run), not an error. `resample` n > 0: every
+        attempt samples (the n-th reply of a judge asked again, for the spread of its verdicts).
+
+        Sampled attempts are seeded (from `resample` and the attempt) where the model takes a seed: a rerun
+        samples the same replies, so an experiment, a rubric's spread or a retried graph step repeats, while the
+        n-th and the m-th replies still differ.
         """
         error: Exception | None = None
         spent = 0
@@ -105,8 +112,9 @@ class StructuredCall(Generic[T]):
         attempt = 0
         while attempt < attempts:
             try:
+                sampled = resample > 0 or attempt > 0
                 raw, parsed, error = await self._reply(
-                    messages, retry=resample or attempt > 0, watch=attempt + 1 < attempts
+                    messages, seed=resample * _SEEDS + attempt if sampled else None, watch=attempt + 1 < attempts
                 )
             except (OutputParserException, ValueError, RepeatingReply) as exc:
                 # ValueError: pydantic's ValidationError (some clients parse inside the call), or openai's stream,
@@ -148,14 +156,16 @@ class StructuredCall(Generic[T]):
             tokens_used=spent,
         ) from error
 
-    async def _reply(self, messages: Sequence[BaseMessage], *, retry: bool, watch: bool) -> tuple[Any, Any, Any]:
-        """(raw message, parsed reply or None, parsing error or None)."""
+    async def _reply(self, messages: Sequence[BaseMessage], *, seed: int | None, watch: bool) -> tuple[Any, Any, Any]:
+        """(raw message, parsed reply or None, parsing error or None); `seed`: sampled, not greedy."""
         if self._with_raw is not None:
             with warnings.catch_warnings():  # langchain serialises the raw+parsed pair with a loose schema
                 warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
                 out = await self._with_raw.ainvoke(list(messages))
             return out.get("raw"), out.get("parsed"), out.get("parsing_error")
-        model = self._retry_model if retry else self._model
+        model = self._model
+        if seed is not None:
+            model = model.bind(**self._sampling, **({"seed": seed} if self._seeded else {}))
         # the last attempt is not stopped: a model that loops again still ends where the schema's bounds end it
         raw = await _watched(model, messages) if watch else await model.ainvoke(list(messages))
         try:
@@ -265,7 +275,8 @@ def _is_chat_model(step: Any) -> bool:
 
 
 def _retry_sampling(model: BaseChatModel) -> dict[str, Any]:
-    """Request options for the second attempt: a temperature when the model is greedy and has one to set."""
+    """Request options for a sampled attempt but its seed: a temperature when the model is greedy and has one to
+    set (nothing when it samples already, or has none)."""
     if "temperature" not in type(model).model_fields:
         return {}
     temperature = getattr(model, "temperature", None)

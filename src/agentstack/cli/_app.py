@@ -233,7 +233,12 @@ def _knobs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _stack(
-    settings: Settings | None = None, *, warm: bool = True, models: bool = True, retrieval: bool = True
+    settings: Settings | None = None,
+    *,
+    warm: bool = True,
+    models: bool = True,
+    retrieval: bool = True,
+    exact: bool = False,
 ) -> Stack:
     """The stack `run` and `resume` open (once the arguments are checked), reporting its start on the console.
 
@@ -250,7 +255,7 @@ def _stack(
     if "workspace" not in settings.model_fields_set:
         settings = settings.model_copy(update={"workspace": Path.cwd()})
     return Stack.from_settings(
-        settings, warm=warm, models=models, retrieval=retrieval, on_progress=progress_printer(console)
+        settings, warm=warm, models=models, retrieval=retrieval, exact=exact, on_progress=progress_printer(console)
     )
 
 

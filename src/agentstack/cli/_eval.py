@@ -88,6 +88,12 @@ async def run_eval(
             "change nothing",
             fix="drop them, or run the graph again without --answers-from",
         )
+    if stack.exact and (answers_from or assistant) and judge_kind != "model":
+        raise ConfigError(
+            "--exact makes this process's model calls repeat exactly, and this run makes none (the answers come "
+            f"from {'--answers-from' if answers_from else '--assistant'}, judged by {judge_kind})",
+            fix="drop --exact, or judge with --judge model",
+        )
     if assistant and docs:
         raise ConfigError(
             "--docs ingests into this machine's index, and the agent server answers from its own",
@@ -133,6 +139,8 @@ async def run_eval(
                 f"{len(ingested.unchanged)} unchanged[/]"
             )
         config: dict[str, Any] = {"dataset_path": str(dataset_path), "concurrency": concurrency}
+        if stack.exact:
+            config["exact"] = True
         if replay is not None:
             target: Any = replay
             config |= {"answers_from": replay.name, "answered_with": dict(replay.config)}

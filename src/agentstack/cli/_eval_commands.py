@@ -62,6 +62,13 @@ def eval_run(
         str | None,
         typer.Option(help="Run the graph on this agent server (agentstack api's URL) instead of in this process."),
     ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            help="Ask the models one call at a time, each prompt computed alone: a rerun answers and judges exactly "
+            "the same, about three times slower (docs/eval.md)."
+        ),
+    ] = False,
 ) -> None:
     """Run DATASET through a graph, score every item, store the experiment; exit 1 when a gate fails."""
     from agentstack.cli._app import _knobs, _stack
@@ -78,6 +85,7 @@ def eval_run(
                 settings,
                 models=not (elsewhere and (judge != "model" or settings.judge_base_url)),
                 retrieval=assistant is None,
+                exact=exact,
             ),
             dataset,
             graph=graph,

@@ -60,9 +60,10 @@ class Judge:
         embedder = getattr(self.embedder, "name", "-") if self.embedder is not None else "-"
         return f"model={model};embedder={embedder};support={self.support.name}"
 
-    async def ask(self, prompt: str, schema: type[T], *, resample: bool = False, **variables: Any) -> T:
+    async def ask(self, prompt: str, schema: type[T], *, resample: int = 0, **variables: Any) -> T:
         """The reply to `prompts/eval/<prompt>` as `schema`; `ModelOutputError` when it never parses.
-        `resample`: sample rather than decode greedily (a repeated judgement, for its spread)."""
+        `resample` n > 0: the n-th sampled reply, not the greedy one (a repeated judgement, for its spread;
+        seeded, so a rerun samples the same)."""
         if self.model is None:
             raise ConfigError(f"the {prompt} judgement needs a judge model", fix="Judge(model, embedder=embedder)")
         call = self._calls.get(schema)

@@ -161,7 +161,7 @@ class AnswerRelevancy(JudgedMetric):
         examples = judge.prompt("answer_question").system
         drafts = list(dict.fromkeys(r.question for r in replies if f'"{r.question}"' not in examples))
         if not drafts:
-            reply = await judge.ask("answer_question", AnswerQuestion, resample=True, answer=answer, rotation=0)
+            reply = await judge.ask("answer_question", AnswerQuestion, resample=1, answer=answer, rotation=0)
             return reply.question
         if len(drafts) == 1:
             return drafts[0]

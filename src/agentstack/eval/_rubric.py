@@ -75,7 +75,7 @@ class Rubric(JudgedMetric):
                 await judge.ask(
                     "rubric",
                     self.schema,
-                    resample=attempt > 0,
+                    resample=attempt,
                     question=sample.example.text,
                     answer=sample.outcome.answer,
                     reference=sample.example.reference or "",

@@ -18,7 +18,7 @@ pins its own torch) stay out of ours.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -148,6 +148,8 @@ class Backend:
     metrics_path: ClassVar[str] = "/metrics"
     metrics: ClassVar[MetricNames | None] = None  # None: the fleet does not scrape it
     dialect: ClassVar[StructuredDialect] = RESPONSE_FORMAT
+    # Request fields that make a reply computed alone come out the same every time (`Fleet.chat_model(exact=)`)
+    exact_request: ClassVar[Mapping[str, Any]] = {}
     install_hint: ClassVar[str] = "install the server program"
 
     def __init__(self, context: BackendContext) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agentstack.errors import MissingDependencyError
 from agentstack.serving._backends._base import Backend, MetricNames, Prepared
@@ -46,6 +47,9 @@ class LlamaCppBackend(Backend):
         prefix_cache_queries="llamacpp:prompt_tokens_total",
     )
     install_hint = INSTALL_HINT
+    # Not on top of a slot's cached prefix: a prompt computed in other chunks than the last time sums in another
+    # order, and a greedy reply can flip (src/agentstack/_one_at_a_time.py)
+    exact_request: ClassVar[Mapping[str, Any]] = {"cache_prompt": False}
     default_parallel: ClassVar[int] = 4
     default_context: ClassVar[int] = 4096
 
