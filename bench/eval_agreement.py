@@ -18,9 +18,11 @@ line: `nan_ragas` (scores that were NaN or raised, JSON mode, out of `items` * 4
 `pearson_<metric>` of the per-item means (null when one side is constant or too few items were scored by both)
 and `std_agentstack_over_ragas` (the mean run-to-run standard deviation over the items both scored every time,
 ours over theirs: <= 1 is at least as stable); `<metric>_good_minus_broken_<tool>` (a metric that cannot tell
-the broken answers from the good ones is a defect); each tool's seconds.
+the broken answers from the good ones is a defect); each tool's seconds. agentstack scores twice: as a user's
+run does (its calls batched by llama.cpp, on cached prompt prefixes), and exact (`agentstack eval run --exact`:
+one call at a time, each prompt computed alone): `std_agentstack_exact`, `std_agentstack_exact_over_ragas`.
 
-    python bench/eval_agreement.py [--quick | --smoke] [--ragas-python PATH]
+    python bench/eval_agreement.py [--quick | --smoke] [--repeats N] [--ragas-python PATH]
 """
 
 from __future__ import annotations
@@ -206,7 +208,6 @@ def summary(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]]
     """Agreement of the per-item means, each tool's good-minus-broken gap, and the run-to-run spread of both
     over the items both scored in every repeat."""
     result: dict[str, Any] = {}
-    spread: dict[str, list[float]] = {"agentstack": [], "ragas": []}
     for metric in METRICS:
         items = {"agentstack": _per_item(ours, metric), "ragas": _per_item(theirs, metric)}
         means = {tool: [_mean(v) for v in values] for tool, values in items.items()}
@@ -221,19 +222,24 @@ def summary(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]]
         ]
         result[f"spearman_{metric}"] = correlation(ranks([a for a, _ in both]), ranks([b for _, b in both]))
         result[f"pearson_{metric}"] = correlation([a for a, _ in both], [b for _, b in both])
-        for n, ours_item in enumerate(items["agentstack"]):
-            theirs_item = items["ragas"][n]
-            if None not in ours_item and None not in theirs_item:
-                spread["agentstack"].append(statistics.pstdev(ours_item))  # type: ignore[arg-type]
-                spread["ragas"].append(statistics.pstdev(theirs_item))  # type: ignore[arg-type]
-    stds = {tool: round(statistics.fmean(values), 4) if values else None for tool, values in spread.items()}
-    result["std_agentstack"], result["std_ragas"] = stds["agentstack"], stds["ragas"]
-    if stds["agentstack"] is not None and stds["ragas"]:
-        result["std_agentstack_over_ragas"] = round(stds["agentstack"] / stds["ragas"], 3)
-    else:  # nothing both scored twice, or RAGAS never varied: no ratio to give
-        result["std_agentstack_over_ragas"] = None
+    result["std_agentstack"], result["std_ragas"], result["std_agentstack_over_ragas"] = spread(ours, theirs)
     result["nan_agentstack"] = nan_count(ours)
     return result
+
+
+def spread(
+    ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]]
+) -> tuple[float | None, float | None, float | None]:
+    """Each tool's mean run-to-run standard deviation over the scores both gave in every repeat, and ours over
+    theirs (None when nothing was scored by both, or RAGAS never varied)."""
+    found: dict[str, list[float]] = {"agentstack": [], "ragas": []}
+    for metric in METRICS:
+        for ours_item, theirs_item in zip(_per_item(ours, metric), _per_item(theirs, metric), strict=True):
+            if None not in ours_item and None not in theirs_item:
+                found["agentstack"].append(statistics.pstdev(ours_item))  # type: ignore[arg-type]
+                found["ragas"].append(statistics.pstdev(theirs_item))  # type: ignore[arg-type]
+    mine, other = (round(statistics.fmean(v), 4) if v else None for v in found.values())
+    return mine, other, (round(mine / other, 3) if mine is not None and other else None)
 
 
 def nan_count(runs: list[list[dict[str, Any]]]) -> int:
@@ -274,6 +280,11 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
         _say(f"agentstack scoring {len(samples)} items x {repeats}")
         ours = await our_scores(samples, Judge(stack.model, embedder=embedder), repeats, concurrency)
         seconds = {"agentstack": time.perf_counter() - started}
+        started = time.perf_counter()
+        _say(f"agentstack scoring {len(samples)} items x {repeats}, exact (one call at a time, each prompt alone)")
+        exact = stack.fleet.chat_model(max_tokens=stack.model.max_tokens, temperature=0, exact=True)
+        ours_exact = await our_scores(samples, Judge(exact, embedder=embedder), repeats, concurrency)
+        seconds["agentstack_exact"] = time.perf_counter() - started
         gateway, embeddings = free_port(), free_port()
         servers = (
             gateway_server(stack.fleet, "127.0.0.1", gateway),
@@ -313,8 +324,12 @@ async def _measure(settings: Settings, dataset: Dataset, repeats: int, python: s
         print(f"-- RAGAS in instructor's {mode} mode")
         _table(ours, theirs[mode], good)
     result = summary(ours, theirs["json_schema"], good)
+    exact_std, _, exact_ratio = spread(ours_exact, theirs["json_schema"])
     return {
         **result,
+        "std_agentstack_exact": exact_std,
+        "std_agentstack_exact_over_ragas": exact_ratio,
+        "nan_agentstack_exact": nan_count(ours_exact),
         "nan_ragas": nan_count(theirs["json"]),
         "nan_ragas_json_schema": nan_count(theirs["json_schema"]),
         "scores_per_tool": len(samples) * len(METRICS) * repeats,
@@ -363,7 +378,9 @@ if __name__ == "__main__":
     size.add_argument("--smoke", action="store_true", help="2 questions (4 items), 1 repeat")
     parser.add_argument("--ragas-python", help="a Python with ragas 0.4 installed (else a venv is made)")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--repeats", type=int, help="repeats of each tool's scoring (default: 3; --quick 2; --smoke 1)")
     args = parser.parse_args()
     questions, repeats = (2, 1) if args.smoke else (8, 2) if args.quick else (25, 3)
+    repeats = args.repeats or repeats
     python = ragas_python(args.ragas_python)
     print(json.dumps(asyncio.run(main(questions, repeats, python, args.concurrency))))

@@ -116,6 +116,12 @@ def test_eval_agreement_statistics() -> None:
     assert result["std_agentstack"] == 0.0 and result["std_ragas"] == pytest.approx(0.1 / 3, abs=1e-4)
     assert result["std_agentstack_over_ragas"] == 0.0 and result["spearman_faithfulness"] == pytest.approx(1.0)
     assert bench.nan_count(theirs) == 4 and result["nan_agentstack"] == 0
+    exact = [run(1.0, 0.5, 0.0, 0.2), run(1.0, 0.5, 0.5, 0.4)]  # the exact side is measured the same way
+    assert bench.spread(exact, theirs) == (
+        pytest.approx(0.25 / 3, abs=1e-4),
+        result["std_ragas"],
+        pytest.approx(2.5, abs=0.01),
+    )
 
 
 async def test_eval_agreement_scores_each_repeat_without_the_cache() -> None:
