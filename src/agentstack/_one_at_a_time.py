@@ -2,11 +2,11 @@
 
 Greedy decoding repeats only while the numbers under it do. llama.cpp (and vLLM, unless it is started batch
 invariant) computes a request batched with others, or on top of a cached prompt prefix, with other kernels and
-summation orders than the same request alone, and a greedy model's near ties then flip from run to run: on the
-docs dataset the CPU Gemma's judged scores moved in 6 of 8 items over three reruns, also at `--concurrency 1`
-(a metric asks several things at once). Asked one at a time, without a cached prefix, they moved in none. The
-stack's exact mode (`Stack(exact=True)`, `agentstack eval run --exact`) sends its model calls through one of
-these.
+summation orders than the same request alone, and a greedy model's near ties then flip from run to run: the
+CPU Gemma's four judged scores of 8 docs items, rescored three times, moved in 7 of the items at
+`--concurrency 1` (a metric asks several things at once) and in 7 asked one at a time (cached prefixes); one
+at a time and each prompt computed alone, in none, taking three times as long as at `--concurrency 4`. The
+stack's exact mode (`Stack(exact=True)`, `agentstack eval run --exact`) sends its model calls through one.
 """
 
 from __future__ import annotations
