@@ -54,8 +54,20 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
     suite = ET.parse(tmp_path / "smoke.xml").getroot()
     assert suite.get("failures") == "0" and suite.find("testcase[@name='metric faithfulness']") is not None
 
-    # the answers judged by a model on a server of its own: no fleet starts here, and every judgement parses
-    judging = [str(DATASET), "--limit", "1", "--answers-from", "smoke", "--judge", "model", "--name", "judged"]
+    # the answers judged by a model on a server of its own, exactly (one call at a time): no fleet starts here,
+    # and every judgement parses
+    judging = [
+        str(DATASET),
+        "--limit",
+        "1",
+        "--answers-from",
+        "smoke",
+        "--judge",
+        "model",
+        "--name",
+        "judged",
+        "--exact",
+    ]
     judged = cli("eval", "run", *judging, models=False, judge=True)
     assert judged.returncode == 0, judged.stdout + judged.stderr
     assert "models:" not in judged.stdout
@@ -87,6 +99,8 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
     assert "add --limit 1" in fourth.stderr
     fifth = cli("eval", "run", *replayed, "--limit", "1", "--graph", "team", models=False)
     assert fifth.returncode == 1 and "holds answers of the 'research' graph, not 'team'" in fifth.stderr
+    sixth = cli("eval", "run", *replayed, "--limit", "1", "--exact", models=False)  # no model call to make exact
+    assert sixth.returncode == 1 and "this run makes none" in sixth.stderr and "drop --exact" in sixth.stderr
 
     listed = cli("eval", "list")
     assert "smoke" in listed.stdout and "gated" in listed.stdout
