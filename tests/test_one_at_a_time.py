@@ -78,6 +78,20 @@ async def test_requests_reach_the_server_one_at_a_time() -> None:
         assert [r.json() for r in replies] == [{"ok": True}] * 4 and at_once == [1, 1, 1, 1]
 
 
+def test_sync_requests_take_turns_too() -> None:
+    """A notebook's `stack.model.invoke(...)` from threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with server() as (url, at_once):
+        turns = OneAtATime(httpx.AsyncHTTPTransport(), httpx.HTTPTransport())
+        with httpx.Client(transport=turns) as client, ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: client.get(f"{url}/slow"), range(4)))
+            with client.stream("GET", f"{url}/stream") as streamed:
+                assert next(streamed.iter_lines()) == "chunk 0"  # closed half-way: the turn comes back
+            replies.append(client.get(f"{url}/slow", timeout=5))
+        assert [r.json() for r in replies] == [{"ok": True}] * 5 and at_once == [1] * 5
+
+
 async def test_the_turn_comes_back_from_a_stream_closed_half_way_and_from_a_failed_request() -> None:
     """A watched reply that loops is closed after a few chunks (`_structured._watched`); a server can be down."""
     with server() as (url, at_once):

@@ -12,20 +12,24 @@ stack's exact mode (`Stack(exact=True)`, `agentstack eval run --exact`) sends it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
 __all__ = ["OneAtATime"]
 
 
-class OneAtATime(httpx.AsyncBaseTransport):
-    """Sends through `inner`, one request at a time: a response keeps the turn until it is closed (a streamed
-    reply until its last chunk is read or the stream is closed), so no two replies are ever computed together."""
+class OneAtATime(httpx.AsyncBaseTransport, httpx.BaseTransport):
+    """Sends through `inner` (sync calls through `sync_inner`), one request at a time: a response keeps the turn
+    until it is closed (a streamed reply until its last chunk is read or the stream is closed), so no two replies
+    are ever computed together. Sync calls take turns among themselves (a lock the event loop cannot wait on)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, sync_inner: httpx.BaseTransport | None = None) -> None:
         self._inner = inner
+        self._sync_inner = sync_inner
         self._turn = asyncio.Lock()
+        self._sync_turn = threading.Lock()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._turn.acquire()
@@ -34,15 +38,31 @@ class OneAtATime(httpx.AsyncBaseTransport):
         except BaseException:
             self._turn.release()
             raise
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_Turn(response.stream, self._turn.release),  # type: ignore[arg-type]
-            extensions=response.extensions,
-        )
+        return _holding(response, _Turn(response.stream, self._turn.release))  # type: ignore[arg-type]
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._sync_inner is None:
+            raise TypeError("this OneAtATime was made without a sync transport: OneAtATime(inner, sync_inner)")
+        self._sync_turn.acquire()
+        try:
+            response = self._sync_inner.handle_request(request)
+        except BaseException:
+            self._sync_turn.release()
+            raise
+        return _holding(response, _SyncTurn(response.stream, self._sync_turn.release))  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+    def close(self) -> None:
+        if self._sync_inner is not None:
+            self._sync_inner.close()
+
+
+def _holding(response: httpx.Response, stream: httpx.AsyncByteStream | httpx.SyncByteStream) -> httpx.Response:
+    return httpx.Response(
+        status_code=response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+    )
 
 
 class _Turn(httpx.AsyncByteStream):
@@ -59,6 +79,25 @@ class _Turn(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _SyncTurn(httpx.SyncByteStream):
+    """`_Turn` for a sync response."""
+
+    def __init__(self, stream: httpx.SyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
         finally:
             release, self._release = self._release, None
             if release is not None:

@@ -375,9 +375,9 @@ def _model_options(exits: AsyncExitStack, *, exact: bool = False) -> dict[str, A
     from agentstack.observability._context import trace_hooks
 
     timeout = httpx.Timeout(600.0, connect=5.0)
-    transport = OneAtATime(httpx.AsyncHTTPTransport()) if exact else None
-    clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks(), transport=transport)
-    sync = httpx.Client(timeout=timeout, event_hooks=trace_hooks(sync=True))
+    turns = OneAtATime(httpx.AsyncHTTPTransport(), httpx.HTTPTransport()) if exact else None
+    clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks(), transport=turns)
+    sync = httpx.Client(timeout=timeout, event_hooks=trace_hooks(sync=True), transport=turns)
     exits.push_async_callback(clients.aclose)
     exits.callback(sync.close)
     return {"max_tokens": _MAX_TOKENS, "temperature": _TEMPERATURE, "http_async_client": clients, "http_client": sync}

@@ -409,10 +409,10 @@ class Fleet:
             raise ConfigError(f"model {name!r} serves {spec.task}, not chat", fix="pick a chat model of this fleet")
         clients = self._started_clients()
         timeout = kwargs.pop("timeout", 600.0)
-        transport: httpx.AsyncBaseTransport = self.router
+        transport: Router | OneAtATime = self.router
         if exact:
             if self._one_at_a_time is None:
-                self._one_at_a_time = OneAtATime(self.router)
+                self._one_at_a_time = OneAtATime(self.router, self.router)
             transport = self._one_at_a_time
             if spec.backend_class.exact_request:
                 kwargs["extra_body"] = {**spec.backend_class.exact_request, **kwargs.get("extra_body", {})}
@@ -421,7 +421,7 @@ class Fleet:
             base_url=ROUTED_BASE_URL,
             api_key="agentstack-fleet",  # type: ignore[arg-type]
             http_async_client=clients.async_client(transport, timeout=timeout),
-            http_client=clients.sync_client(self.router, timeout=timeout),
+            http_client=clients.sync_client(transport, timeout=timeout),
             **({"stream_usage": True} | kwargs),
         )
 
