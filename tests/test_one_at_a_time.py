@@ -110,16 +110,17 @@ async def test_the_turn_comes_back_from_a_stream_closed_half_way_and_from_a_fail
 async def test_an_exact_stack_asks_its_own_model_server_one_call_at_a_time(
     settings: Settings, agentstack_postgres: str
 ) -> None:
-    """`agentstack eval run --exact` with AGENTSTACK_LLM_BASE_URL: the graphs' calls (and the judge's) take turns."""
+    """`agentstack eval run --exact` with AGENTSTACK_LLM_BASE_URL: the graphs' calls and a judge's of its own on
+    the same server take turns together."""
     with server() as (url, at_once):
-        external = settings.model_copy(
-            update={"postgres_url": agentstack_postgres, "llm_base_url": f"{url}/v1", "llm_model": "m"}
-        )
+        model = {"llm_base_url": f"{url}/v1", "llm_model": "m", "judge_base_url": f"{url}/v1", "judge_model": "j"}
+        external = settings.model_copy(update={"postgres_url": agentstack_postgres, **model})
         seen = {}
         for exact in (False, True):
             at_once.clear()
             async with Stack(external, retrieval=False, exact=exact) as stack:
-                replies = await asyncio.gather(*(stack.model.ainvoke(f"question {n}") for n in range(4)))
+                models = [stack.model, stack.judge_model()] * 2
+                replies = await asyncio.gather(*(m.ainvoke(f"question {n}") for n, m in enumerate(models)))
             assert [r.content for r in replies] == ["ok"] * 4
             seen[exact] = max(at_once)
     assert seen[False] > 1 and seen[True] == 1

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
     from pydantic import SecretStr
 
+    from agentstack._one_at_a_time import OneAtATime
     from agentstack.graphs import GraphParts, GraphRegistry
     from agentstack.graphs._approval import ApprovalGraph
     from agentstack.graphs._research import ResearchGraph
@@ -114,6 +115,7 @@ class Stack:
         self.fleet: Any = None
         self.model: Any = model
         self._judge: Any = None  # AGENTSTACK_JUDGE_BASE_URL's model, made on first use
+        self._one_at_a_time: OneAtATime | None = None  # exact: the models' turns on servers of the user's own
         self.observability = observability  # runs' metrics, and traces: given, or made when the stack opens
         self._usage: UsageStore | None = None  # where observed runs' usage goes, once one ended
 
@@ -160,6 +162,7 @@ class Stack:
         exits, self._exits = self._exits, None
         self._usage = None  # its pool closes with the stack
         self._judge = None  # and the judge's clients
+        self._one_at_a_time = None
         if exits is not None:
             await exits.aclose()
 
@@ -169,7 +172,7 @@ class Stack:
             return None
         settings = self.settings
         if settings.llm_base_url:
-            self.model = external_chat_model(settings, **_model_options(exits, exact=self.exact))
+            self.model = external_chat_model(settings, **_model_options(exits, self._turns()))
             return None
         from agentstack.serving import Fleet
 
@@ -316,7 +319,7 @@ class Stack:
                     settings.judge_base_url,
                     settings.judge_model,
                     settings.judge_api_key,
-                    **_model_options(self._exits, exact=self.exact),
+                    **_model_options(self._exits, self._turns()),
                 )
             return self._judge
         if settings.judge_model:
@@ -330,6 +333,19 @@ class Stack:
                 settings.judge_model, max_tokens=_MAX_TOKENS, temperature=_TEMPERATURE, exact=self.exact
             )
         return self._need_model()
+
+    def _turns(self) -> OneAtATime | None:
+        """Exact: the one transport every model on a server of the user's own goes through (the graphs' and the
+        judge's may be one server), so their calls take turns together."""
+        if not self.exact:
+            return None
+        if self._one_at_a_time is None:
+            import httpx
+
+            from agentstack._one_at_a_time import OneAtATime
+
+            self._one_at_a_time = OneAtATime(httpx.AsyncHTTPTransport(), httpx.HTTPTransport())
+        return self._one_at_a_time
 
     def _need_model(self) -> Any:
         if self.model is None and not self.wants_models:
@@ -366,16 +382,14 @@ def openai_chat_model(base_url: str, model: str, api_key: SecretStr | None, **op
     return ChatOpenAI(base_url=base_url, model=model, api_key=key, **({"stream_usage": True} | options))
 
 
-def _model_options(exits: AsyncExitStack, *, exact: bool = False) -> dict[str, Any]:
+def _model_options(exits: AsyncExitStack, turns: OneAtATime | None) -> dict[str, Any]:
     """The stack's options for a model on an OpenAI-compatible server: greedy, its reply limit, and our own HTTP
-    clients, closed with the stack, whose requests carry the model call's trace (and take turns, `exact`)."""
+    clients, closed with the stack, whose requests carry the model call's trace (and take `turns`: exact)."""
     import httpx
 
-    from agentstack._one_at_a_time import OneAtATime
     from agentstack.observability._context import trace_hooks
 
     timeout = httpx.Timeout(600.0, connect=5.0)
-    turns = OneAtATime(httpx.AsyncHTTPTransport(), httpx.HTTPTransport()) if exact else None
     clients = httpx.AsyncClient(timeout=timeout, event_hooks=trace_hooks(), transport=turns)
     sync = httpx.Client(timeout=timeout, event_hooks=trace_hooks(sync=True), transport=turns)
     exits.push_async_callback(clients.aclose)
