@@ -68,7 +68,8 @@ async def sse_events(events: AsyncIterable[StreamEvent], *, heartbeat: float | N
     try:
         while True:
             try:
-                item = await asyncio.wait_for(queue.get(), heartbeat)
+                async with asyncio.timeout(heartbeat):  # not wait_for: on 3.11 it can lose a cancel (api/_notify)
+                    item = await queue.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue

@@ -124,7 +124,8 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                async with asyncio.timeout(self.flush_s):  # not wait_for: on 3.11 it can lose a cancel (api/_notify)
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()
