@@ -66,14 +66,21 @@ def app(embedder: LocalEmbedder | None, seen: list[dict]) -> Starlette:
 def serve(embedder: LocalEmbedder | None, port: int) -> Iterator[list[dict]]:
     """Runs the server on 127.0.0.1:port in a thread; yields the list of requests it received."""
     seen: list[dict] = []
-    server = uvicorn.Server(uvicorn.Config(app(embedder, seen), host="127.0.0.1", port=port, log_level="warning"))
+    with in_thread(app(embedder, seen), port):
+        yield seen
+
+
+@contextmanager
+def in_thread(application: Starlette, port: int) -> Iterator[None]:
+    """Serves `application` on 127.0.0.1:port from a thread, started before this yields, stopped after."""
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        yield seen
+        yield
     finally:
         server.should_exit = True
         thread.join(10)

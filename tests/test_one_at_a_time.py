@@ -4,14 +4,11 @@ turn comes back however a request ends (read, closed half-way, failed)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -21,6 +18,7 @@ from agentstack import Stack
 from agentstack._net import free_port
 from agentstack._one_at_a_time import OneAtATime
 from agentstack.config import Settings
+from rag_server import in_thread
 
 
 @contextmanager
@@ -53,18 +51,8 @@ def server() -> Iterator[tuple[str, list[int]]]:
 
     port = free_port()
     routes = [Route("/slow", slow), Route("/stream", stream), Route("/v1/chat/completions", chat, methods=["POST"])]
-    app = Starlette(routes=routes)
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not running.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
+    with in_thread(Starlette(routes=routes), port):
         yield f"http://127.0.0.1:{port}", at_once
-    finally:
-        running.should_exit = True
-        thread.join(10)
 
 
 async def test_requests_reach_the_server_one_at_a_time() -> None:
