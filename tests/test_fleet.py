@@ -228,6 +228,7 @@ async def test_gateway_speaks_openai_and_prometheus(fleet: Fleet) -> None:
             assert [m["id"] for m in models["data"]] == [MODEL]
             health = await client.get("/health")
             assert health.status_code == 200 and health.json()["ready_replicas"] == {MODEL: 2}
+            timed_before = _timed((await client.get("/metrics")).text)  # earlier tests streamed on this fleet too
             body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "stream": True}
             async with client.stream("POST", "/v1/chat/completions", json=body) as stream:
                 assert stream.headers["content-type"].startswith("text/event-stream")
@@ -246,20 +247,31 @@ async def test_gateway_speaks_openai_and_prometheus(fleet: Fleet) -> None:
         assert f'agentstack_replica_outstanding_requests{{model="{MODEL}",replica="0"}} 0.0' in metrics
         assert f'agentstack_replica_restarts{{model="{MODEL}",replica="1"}} 0.0' in metrics
         assert f'agentstack_request_seconds_count{{model="{MODEL}",replica=' in metrics
-        counted = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(metrics)
-            for sample in family.samples
-            if sample.name.endswith("_count") and sample.labels.get("model") == MODEL and sample.value
-        }  # the one streamed reply timed: its first token once, the gaps between the others (a replica each)
-        assert counted.get("agentstack_time_to_first_token_seconds_count") == 1
-        assert counted.get("agentstack_inter_token_seconds_count", 0) >= 1
+        timed = _timed(metrics)  # the one streamed reply timed: its first token once, the gaps between the others
+        assert (
+            timed["agentstack_time_to_first_token_seconds_count"]
+            - timed_before.get("agentstack_time_to_first_token_seconds_count", 0)
+            == 1
+        )
+        assert timed["agentstack_inter_token_seconds_count"] > timed_before.get(
+            "agentstack_inter_token_seconds_count", 0
+        )
         assert f'agentstack_replica_breaker_open{{model="{MODEL}",replica="0"}} 0.0' in metrics
         route = 'agentstack_http_requests_total{caller="-",route="/v1/chat/completions",server="gateway",status="404"}'
         assert f"{route} 1.0" in metrics  # what the gateway answered, by route template and status
     finally:
         server.should_exit = True
         await serving
+
+
+def _timed(metrics: str) -> dict[str, float]:
+    """Each `_count` series of the model's histograms, summed over its replicas."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name.endswith("_count") and sample.labels.get("model") == MODEL:
+                counts[sample.name] = counts.get(sample.name, 0) + sample.value
+    return counts
 
 
 async def test_closing_one_client_leaves_the_pool_to_the_others(fleet: Fleet) -> None:
