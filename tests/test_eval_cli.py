@@ -56,19 +56,8 @@ def test_a_judged_smoke_run_is_stored_reported_and_gated(cli: Run, tmp_path: Pat
 
     # the answers judged by a model on a server of its own, exactly (one call at a time): no fleet starts here,
     # and every judgement parses
-    judging = [
-        str(DATASET),
-        "--limit",
-        "1",
-        "--answers-from",
-        "smoke",
-        "--judge",
-        "model",
-        "--name",
-        "judged",
-        "--exact",
-    ]
-    judged = cli("eval", "run", *judging, models=False, judge=True)
+    judging = [str(DATASET), "--limit", "1", "--answers-from", "smoke", "--judge", "model", "--exact"]
+    judged = cli("eval", "run", *judging, "--name", "judged", models=False, judge=True)
     assert judged.returncode == 0, judged.stdout + judged.stderr
     assert "models:" not in judged.stdout
     for metric in ("answer_relevancy", "context_precision", "faithfulness"):
