@@ -1,4 +1,4 @@
-"""`all_or_none`: results in order, and a failure leaves nothing running behind it."""
+"""`all_or_none`: results in order, and a failure leaves nothing running behind it; `wait_for_event` keeps a cancel."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agentstack._aio import all_or_none
+from agentstack._aio import all_or_none, wait_for_event
 
 
 async def test_results_come_in_the_order_given_and_the_steps_overlap() -> None:
@@ -43,3 +43,16 @@ async def test_a_failure_cancels_the_others_before_it_is_raised() -> None:
     with pytest.raises(ValueError, match="boom"):
         await all_or_none([slow(), failing()])
     assert cancelled.is_set()  # already cancelled when the error reached the caller
+
+
+async def test_a_stop_that_comes_with_a_wake_up_is_not_lost() -> None:
+    """Python 3.11's `asyncio.wait_for` returned when its event was set a loop turn before the cancel, and the
+    cancel was gone: an API worker told to stop as its run ended waited out its idle hour (a test hung)."""
+    event = asyncio.Event()
+    waiting = asyncio.create_task(wait_for_event(event, 3600))
+    for _ in range(3):
+        await asyncio.sleep(0)  # it waits on the event
+    event.set()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

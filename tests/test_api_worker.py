@@ -15,7 +15,7 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
-from agentstack.api._notify import QueueNotifications, wait_for
+from agentstack.api._notify import QueueNotifications
 from agentstack.api._runs import RunQueue
 from agentstack.api._served import ServedGraph, ServedGraphs
 from agentstack.api._worker import RunWorker
@@ -212,19 +212,6 @@ async def test_notifications_wake_an_idle_worker_and_deliver_a_cancel_at_once(
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
-
-
-async def test_a_stop_that_comes_with_a_wake_up_is_not_lost() -> None:
-    """Python 3.11's `asyncio.wait_for` returned when its event was set a loop turn before the cancel, and the
-    cancel was gone: the worker in the test above, told to stop as its run ended, waited out its idle hour."""
-    event = asyncio.Event()
-    waiting = asyncio.create_task(wait_for(event, 3600))
-    for _ in range(3):
-        await asyncio.sleep(0)  # it waits on the event
-    event.set()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
 
 
 async def test_a_wake_up_lives_only_while_someone_waits_on_it() -> None:

@@ -24,26 +24,11 @@ from weakref import WeakValueDictionary
 
 import psycopg
 
-__all__ = ["QueueNotifications", "wait_for"]
+__all__ = ["QueueNotifications"]
 
 _log = logging.getLogger(__name__)
 
 CHANNELS = ("agentstack_runs", "agentstack_events", "agentstack_cancels", "agentstack_ended")
-
-
-async def wait_for(event: asyncio.Event | None, seconds: float) -> None:
-    """Until `event` is set or `seconds` have passed (just the wait without notifications).
-
-    Not `asyncio.wait_for`: on Python 3.11 it returns normally when its event is set in the loop turns before
-    a cancel reaches it, and the cancel is gone; a worker told to stop just as a run was queued then waited out
-    another idle period (an hour, in a test that hung). `asyncio.timeout` keeps the cancel.
-    """
-    if event is None:
-        await asyncio.sleep(seconds)
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
 
 
 def _held(waiters: WeakValueDictionary[str, asyncio.Event], run_id: str) -> asyncio.Event:

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import StreamingResponse
 
-from agentstack.api._notify import QueueNotifications, wait_for
+from agentstack._aio import wait_for_event
+from agentstack.api._notify import QueueNotifications
 from agentstack.api._runs import FINAL, Run, RunQueue, StreamEvent
 from agentstack.api._wire import dump_json, run_locations
 
@@ -40,7 +41,7 @@ class RunReading:
                 yield event
             if events:  # look again when the next event, or the run's end, is notified: one query per batch
                 if self.notes.connected.is_set():
-                    await wait_for(changed, self._poll_s())
+                    await wait_for_event(changed, self._poll_s())
                 continue
             if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
                 for event in await self.queue.events_after(run.run_id, last):  # written before it ended
@@ -49,7 +50,7 @@ class RunReading:
             if time.monotonic() - beat > _HEARTBEAT_S:
                 beat = time.monotonic()
                 yield None
-            await wait_for(changed, self._poll_s())
+            await wait_for_event(changed, self._poll_s())
 
     def _sse(
         self,
@@ -97,7 +98,7 @@ class RunReading:
                     done = self.notes.run_ended(run.run_id)
                     if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
                         break
-                    await wait_for(done, _HEARTBEAT_S if self.notes.connected.is_set() else self.poll_s)
+                    await wait_for_event(done, _HEARTBEAT_S if self.notes.connected.is_set() else self.poll_s)
                     yield b"\n"
                 ended = True
                 final = await self.queue.final_events(run.run_id)

@@ -18,9 +18,9 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentstack._aio import wait_for_event
 from agentstack.api._admission import RunAdmission
 from agentstack.api._assistants import Assistant
-from agentstack.api._notify import wait_for
 from agentstack.api._run_reading import RunReading
 from agentstack.api._runs import FINAL, Run
 from agentstack.api._served import ServedGraphs
@@ -206,7 +206,7 @@ class RunRoutes(RunReading):
                     done = self.notes.run_ended(run.run_id)
                     if (await self.queue.get_run(run.thread_id, run.run_id)).status in FINAL:
                         break
-                    await wait_for(done, self._poll_s())
+                    await wait_for_event(done, self._poll_s())
                 await self.queue.delete_thread(run.thread_id)
                 served = self.graphs.running(run)
                 if served.graph.checkpointer is not None:

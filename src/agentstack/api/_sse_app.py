@@ -68,7 +68,7 @@ async def sse_events(events: AsyncIterable[StreamEvent], *, heartbeat: float | N
     try:
         while True:
             try:
-                async with asyncio.timeout(heartbeat):  # not wait_for: on 3.11 it can lose a cancel (api/_notify)
+                async with asyncio.timeout(heartbeat):  # not wait_for: on 3.11 it can lose a cancel (_aio)
                     item = await queue.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"

@@ -28,8 +28,9 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
+from agentstack._aio import wait_for_event
 from agentstack.api._messages import MessageEvents
-from agentstack.api._notify import QueueNotifications, wait_for
+from agentstack.api._notify import QueueNotifications
 from agentstack.api._runs import Run, RunQueue
 from agentstack.api._served import ServedGraphs
 from agentstack.api._wire import wire
@@ -112,7 +113,7 @@ class RunWorker:
                 run = await self.queue.claim(self.name, lease_s=self.lease_s)
                 if run is None:
                     listening = self.notes is not None and self.notes.connected.is_set()
-                    await wait_for(queued, max(idle_s, 2.0) if listening else idle_s)
+                    await wait_for_event(queued, max(idle_s, 2.0) if listening else idle_s)
                     continue
                 await self.execute(run)
             except asyncio.CancelledError:
@@ -249,7 +250,7 @@ class RunWorker:
         try:
             while True:
                 asked = self.notes.cancel_asked(run.run_id) if self.notes is not None else None
-                await wait_for(asked, self.lease_s / 3)  # a cancel is seen at once when notified
+                await wait_for_event(asked, self.lease_s / 3)  # a cancel is seen at once when notified
                 cancel = await self.queue.renew(run, lease_s=self.lease_s)
                 if cancel is not None:
                     streaming.cancel()

@@ -24,6 +24,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from agentstack._aio import wait_for_event
+
 __all__ = ["AuditEntry", "AuditLog"]
 
 _log = logging.getLogger(__name__)
@@ -123,9 +125,7 @@ class AuditLog:
     async def _flushing(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.flush_s):  # not wait_for: on 3.11 it can lose a cancel (api/_notify)
-                    await self._wake.wait()
+            await wait_for_event(self._wake, self.flush_s)
             self._wake.clear()
             try:
                 await self.flush()
