@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -38,7 +39,7 @@ class OneAtATime(httpx.AsyncBaseTransport, httpx.BaseTransport):
         except BaseException:
             self._turn.release()
             raise
-        return _holding(response, _Turn(response.stream, self._turn.release))  # type: ignore[arg-type]
+        return _holding(response, self._turn.release)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self._sync_inner is None:
@@ -49,7 +50,7 @@ class OneAtATime(httpx.AsyncBaseTransport, httpx.BaseTransport):
         except BaseException:
             self._sync_turn.release()
             raise
-        return _holding(response, _SyncTurn(response.stream, self._sync_turn.release))  # type: ignore[arg-type]
+        return _holding(response, self._sync_turn.release)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -59,16 +60,19 @@ class OneAtATime(httpx.AsyncBaseTransport, httpx.BaseTransport):
             self._sync_inner.close()
 
 
-def _holding(response: httpx.Response, stream: httpx.AsyncByteStream | httpx.SyncByteStream) -> httpx.Response:
+def _holding(response: httpx.Response, release: Callable[[], None]) -> httpx.Response:
     return httpx.Response(
-        status_code=response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+        status_code=response.status_code,
+        headers=response.headers,
+        stream=_Turn(response.stream, release),
+        extensions=response.extensions,
     )
 
 
-class _Turn(httpx.AsyncByteStream):
-    """A response body that gives the turn back when it is closed (once)."""
+class _Turn(httpx.AsyncByteStream, httpx.SyncByteStream):
+    """A response body (async or sync, as the transport gave it) that gives the turn back when closed, once."""
 
-    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+    def __init__(self, stream: Any, release: Callable[[], None]) -> None:
         self._stream = stream
         self._release: Callable[[], None] | None = release
 
@@ -76,29 +80,22 @@ class _Turn(httpx.AsyncByteStream):
         async for chunk in self._stream:
             yield chunk
 
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
-class _SyncTurn(httpx.SyncByteStream):
-    """`_Turn` for a sync response."""
-
-    def __init__(self, stream: httpx.SyncByteStream, release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release: Callable[[], None] | None = release
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
+            self._give_back()
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
